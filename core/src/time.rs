@@ -1,0 +1,102 @@
+//! Time as the core sees it: only what the caller passes in.
+//!
+//! The core never reads a clock. Every method that can arm a timer takes `now: Instant`, and
+//! every deadline it hands back is an `Instant` on the same scale. A runtime maps its monotonic
+//! clock onto this type (nanoseconds since the runtime started, say); a simulation advances a
+//! virtual clock by hand. Same inputs, same outputs.
+
+use core::fmt;
+use core::ops::{Add, AddAssign, Sub};
+
+pub use core::time::Duration;
+
+/// A point in time: nanoseconds since an epoch the caller chooses. Arithmetic saturates
+/// instead of overflowing, so no input can make the core panic.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The epoch.
+    pub const ZERO: Self = Self(0);
+    /// The farthest representable instant: a deadline that never comes.
+    pub const MAX: Self = Self(u64::MAX);
+
+    /// The instant `nanos` nanoseconds after the epoch.
+    pub const fn from_nanos(nanos: u64) -> Self {
+        Self(nanos)
+    }
+
+    /// The instant `millis` milliseconds after the epoch.
+    pub const fn from_millis(millis: u64) -> Self {
+        Self(millis.saturating_mul(1_000_000))
+    }
+
+    /// The instant `secs` seconds after the epoch.
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(secs.saturating_mul(1_000_000_000))
+    }
+
+    /// Nanoseconds since the epoch.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// The time from `earlier` to `self`, or zero if `earlier` is later.
+    pub const fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// `self + d`, saturating at [`Instant::MAX`].
+    pub fn saturating_add(self, d: Duration) -> Instant {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self(self.0.saturating_add(nanos))
+    }
+}
+
+impl Add<Duration> for Instant {
+    type Output = Instant;
+    fn add(self, d: Duration) -> Instant {
+        self.saturating_add(d)
+    }
+}
+
+impl AddAssign<Duration> for Instant {
+    fn add_assign(&mut self, d: Duration) {
+        *self = self.saturating_add(d);
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    fn sub(self, earlier: Instant) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+impl fmt::Debug for Instant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t+{:?}", Duration::from_nanos(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_saturates_instead_of_panicking() {
+        assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
+        assert_eq!(Instant::ZERO - Instant::from_secs(5), Duration::ZERO);
+        assert_eq!(Instant::from_secs(u64::MAX), Instant::MAX);
+        assert_eq!(Instant::ZERO + Duration::MAX, Instant::MAX);
+    }
+
+    #[test]
+    fn units_agree() {
+        assert_eq!(Instant::from_secs(2), Instant::from_millis(2000));
+        assert_eq!(Instant::from_millis(3), Instant::from_nanos(3_000_000));
+        let t = Instant::from_secs(10) + Duration::from_millis(1500);
+        assert_eq!(t - Instant::from_secs(10), Duration::from_millis(1500));
+        assert_eq!(alloc::format!("{t:?}"), "t+11.5s");
+    }
+}
