@@ -1,0 +1,115 @@
+//! The `ternmq` command-line program.
+//!
+//! Today it offers `ternmq decode`, which decodes MQTT packets given in hex and prints them: a
+//! way to look at what is on the wire with the same strict decoder the broker and client use.
+//! The `broker`, `pub`, `sub`, `passwd` and `bench` subcommands arrive with the broker-server,
+//! client and benchmark work; until then they say so and exit with status 2.
+
+use std::process::ExitCode;
+
+use bytes::BytesMut;
+use ternmq::codec::{Decoder, MAX_PACKET_SIZE, ProtocolVersion};
+
+const USAGE: &str = "\
+usage: ternmq <command> [options]
+
+commands:
+  decode [-V 311|5] [--server] HEX...   decode MQTT packets written in hex and print them
+                                        (-V: version of the stream, default 5; --server: the
+                                        stream starts with CONNECT, which fixes the version)
+  broker, pub, sub, passwd, bench        not available in this version yet
+
+options:
+  -h, --help       print this help
+  --version        print the version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some("--version") => {
+            println!("ternmq {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("decode") => match decode(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ternmq decode: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(cmd @ ("broker" | "pub" | "sub" | "passwd" | "bench")) => {
+            eprintln!("ternmq {cmd}: not available in this version yet (see the README's roadmap)");
+            ExitCode::from(2)
+        }
+        Some(other) => {
+            eprintln!("ternmq: unknown command {other:?}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn decode(args: &[String]) -> Result<(), String> {
+    let mut version = Some(ProtocolVersion::V5);
+    let mut hex = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-V" => {
+                version = Some(match it.next().map(String::as_str) {
+                    Some("311" | "mqttv311") => ProtocolVersion::V3_1_1,
+                    Some("5" | "mqttv5") => ProtocolVersion::V5,
+                    Some(v) => {
+                        return Err(format!("-V: unknown protocol version {v:?}; use 311 or 5"));
+                    }
+                    None => return Err("-V needs a value: 311 or 5".into()),
+                })
+            }
+            "--server" => version = None,
+            _ => hex.push_str(a),
+        }
+    }
+    let bytes = parse_hex(&hex)?;
+    if bytes.is_empty() {
+        return Err("no bytes given; pass the packets as hex, e.g. `ternmq decode c000`".into());
+    }
+    let mut decoder = Decoder::new(version, MAX_PACKET_SIZE);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut offset = 0;
+    loop {
+        let before = buf.len();
+        match decoder.decode(&mut buf) {
+            Ok(Some(packet)) => {
+                println!("@{offset}: {packet:#?}");
+                offset += before - buf.len();
+            }
+            Ok(None) if buf.is_empty() => return Ok(()),
+            Ok(None) => {
+                return Err(format!(
+                    "@{offset}: incomplete packet ({} bytes left over)",
+                    buf.len()
+                ));
+            }
+            Err(e) => {
+                return Err(format!("@{offset}: {e} (reason code {})", e.reason_code()));
+            }
+        }
+    }
+}
+
+fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace() && *b != b':').collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".into());
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let text = std::str::from_utf8(pair).map_err(|_| "non-ASCII input".to_string())?;
+            u8::from_str_radix(text, 16).map_err(|_| format!("{text:?} is not a hex byte"))
+        })
+        .collect()
+}
