@@ -377,7 +377,10 @@ impl Packet {
     fn remaining_len(&self, version: ProtocolVersion) -> Result<u32, EncodeError> {
         let version = self.effective_version(version);
         self.check(version)?;
-        let len = measure(|c| self.write_body(version, c));
+        let len = match self {
+            Self::Publish(p) => p.body_len(version),
+            _ => measure(|c| self.write_body(version, c)),
+        };
         u32::try_from(len)
             .ok()
             .filter(|&l| l <= MAX_VARINT)
@@ -599,8 +602,7 @@ impl Encoder {
         head: &mut BytesMut,
     ) -> Result<Bytes, EncodeError> {
         publish.check(self.version)?;
-        let head_len = measure(|c| publish.write_head(self.version, c));
-        let rl = head_len + publish.payload.len();
+        let rl = publish.body_len(self.version);
         let rl = u32::try_from(rl)
             .ok()
             .filter(|&l| l <= MAX_VARINT)

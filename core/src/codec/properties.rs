@@ -282,6 +282,15 @@ pub(crate) trait PropertySet {
     fn strip(&mut self, _level: u8) {}
 }
 
+/// The size of a property block, its length prefix included.
+pub(crate) fn block_len<P: PropertySet>(p: &P) -> usize {
+    if p.is_empty() {
+        return 1;
+    }
+    let len = measure(|c| p.write(c));
+    varint_len(len as u32) + len
+}
+
 /// Writes a property block: the length, then the properties. An empty block is one zero byte,
 /// written without walking the set; a counting sink measures the set once.
 pub(crate) fn put<S: Sink, P: PropertySet>(s: &mut S, p: &P) {
