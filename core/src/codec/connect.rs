@@ -207,9 +207,7 @@ impl ConnAck {
         let session_present = flags & 0x01 != 0;
         let code = r.u8()?;
         let reason_code = if version.is_v5() {
-            ReasonCode::from_u8(code)
-                .filter(|c| c.is_valid_for(PacketType::ConnAck))
-                .ok_or(ErrorKind::InvalidReasonCode(code))?
+            ReasonCode::decode_for(code, PacketType::ConnAck)?
         } else {
             ConnectReturnCode::from_u8(code).ok_or(ErrorKind::InvalidReasonCode(code))?.to_reason()
         };

@@ -1,6 +1,6 @@
 //! DISCONNECT and AUTH (sections 3.14 and 3.15).
 
-use super::error::{DecodeError, EncodeError, ErrorKind};
+use super::error::{DecodeError, EncodeError};
 use super::properties::{self, AuthProperties, DisconnectProperties, PropertySet};
 use super::reason::ReasonCode;
 use super::wire::{Reader, Sink};
@@ -17,9 +17,7 @@ fn reason_tail<P: Default>(
         return Ok((ReasonCode::Success, P::default()));
     }
     let b = r.u8()?;
-    let code = ReasonCode::from_u8(b)
-        .filter(|c| c.is_valid_for(kind))
-        .ok_or(ErrorKind::InvalidReasonCode(b))?;
+    let code = ReasonCode::decode_for(b, kind)?;
     let p = if r.is_empty() { P::default() } else { props(r)? };
     end(r)?;
     Ok((code, p))

@@ -155,9 +155,7 @@ impl PubAck {
         let mut ack = Self::new(packet_id);
         if version.is_v5() && !r.is_empty() {
             let code = r.u8()?;
-            ack.reason_code = ReasonCode::from_u8(code)
-                .filter(|c| c.is_valid_for(kind))
-                .ok_or(ErrorKind::InvalidReasonCode(code))?;
+            ack.reason_code = ReasonCode::decode_for(code, kind)?;
             if !r.is_empty() {
                 ack.properties = AckProperties::decode(r)?;
             }

@@ -3,6 +3,7 @@
 use core::fmt;
 
 use super::PacketType;
+use super::error::{DecodeError, ErrorKind};
 
 macro_rules! reason_codes {
     ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
@@ -248,6 +249,14 @@ impl ReasonCode {
             PacketType::Auth => matches!(self, Success | ContinueAuthentication | ReAuthenticate),
             _ => false,
         }
+    }
+
+    /// Reads the reason code byte `b` of a packet of type `packet`: a value the specification
+    /// does not define, or does not allow in that packet, is a Malformed Packet.
+    pub(crate) fn decode_for(b: u8, packet: PacketType) -> Result<Self, DecodeError> {
+        Self::from_u8(b)
+            .filter(|c| c.is_valid_for(packet))
+            .ok_or_else(|| ErrorKind::InvalidReasonCode(b).into())
     }
 
     /// The MQTT 3.1.1 SUBACK return code for this code: the granted QoS for 0x00 to 0x02, and

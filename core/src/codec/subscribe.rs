@@ -174,17 +174,17 @@ impl SubAck {
         while !r.is_empty() {
             let b = r.u8()?;
             let code = if version.is_v5() {
-                ReasonCode::from_u8(b).filter(|c| c.is_valid_for(PacketType::SubAck))
+                ReasonCode::decode_for(b, PacketType::SubAck)?
             } else {
                 match b {
-                    0x00 => Some(ReasonCode::Success),
-                    0x01 => Some(ReasonCode::GrantedQoS1),
-                    0x02 => Some(ReasonCode::GrantedQoS2),
-                    0x80 => Some(ReasonCode::UnspecifiedError),
-                    _ => None,
+                    0x00 => ReasonCode::Success,
+                    0x01 => ReasonCode::GrantedQoS1,
+                    0x02 => ReasonCode::GrantedQoS2,
+                    0x80 => ReasonCode::UnspecifiedError,
+                    _ => return Err(ErrorKind::InvalidReasonCode(b).into()),
                 }
             };
-            reason_codes.push(code.ok_or(ErrorKind::InvalidReasonCode(b))?);
+            reason_codes.push(code);
         }
         if reason_codes.is_empty() {
             return Err(ErrorKind::NoReasonCodes.into());
@@ -283,9 +283,7 @@ impl UnsubAck {
             ack.properties = AckProperties::decode(r)?;
             while !r.is_empty() {
                 let b = r.u8()?;
-                let code = ReasonCode::from_u8(b)
-                    .filter(|c| c.is_valid_for(PacketType::UnsubAck))
-                    .ok_or(ErrorKind::InvalidReasonCode(b))?;
+                let code = ReasonCode::decode_for(b, PacketType::UnsubAck)?;
                 ack.reason_codes.push(code);
             }
             if ack.reason_codes.is_empty() {
