@@ -2,9 +2,10 @@
 # The project's test command. On a fresh machine it installs what the tests need when it is
 # missing, then runs every test of the workspace. Extra arguments go to `cargo test`.
 #
-# Today the suite needs only the Rust toolchain. The interop tests that arrive with the client
-# and broker servers need Mosquitto and paho-mqtt; they are installed here, by this script, in
-# the same change that adds those tests.
+# Real peers, not mocks: the interop tests start their own Mosquitto broker on a free loopback
+# port and use `mosquitto_sub`, so this script installs Debian's `mosquitto` and
+# `mosquitto-clients` when they are missing and tells the tests that the peers are required
+# (TERNMQ_REQUIRE_INTEROP=1): under this script they run, never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,4 +14,25 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+have_mosquitto() {
+    { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; } &&
+        command -v mosquitto_sub >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1
+}
+
+if ! have_mosquitto; then
+    echo "scripts/test.sh: installing mosquitto and mosquitto-clients (Debian packages)"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO="sudo"
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "scripts/test.sh: apt-get not found; install mosquitto and mosquitto-clients by hand" >&2
+        exit 1
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    have_mosquitto || { echo "scripts/test.sh: mosquitto still missing after install" >&2; exit 1; }
+fi
+
+export TERNMQ_REQUIRE_INTEROP=1
 exec cargo test --workspace --all-features "$@"
