@@ -8,11 +8,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::num::NonZeroU16;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
@@ -20,71 +21,6 @@ use ternmq_core::client::{Client, ClientConfig, Event};
 use ternmq_core::codec::*;
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
-
-fn mosquitto_binary() -> Option<PathBuf> {
-    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// A private Mosquitto, killed on drop.
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Broker {
-    fn start() -> Option<Broker> {
-        let Some(bin) = mosquitto_binary() else {
-            assert!(
-                std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_none(),
-                "mosquitto is required (TERNMQ_REQUIRE_INTEROP is set) but not installed"
-            );
-            eprintln!("skipped: mosquitto not installed (scripts/test.sh installs it)");
-            return None;
-        };
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("ternmq-mosq-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let broker = Broker { child, port, _dir: TempDir(dir) };
-        let deadline = StdInstant::now() + StdDuration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(StdInstant::now() < deadline, "mosquitto did not start on port {port}");
-            std::thread::sleep(StdDuration::from_millis(20));
-        }
-        Some(broker)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A blocking driver: the client state machine on a TCP socket with the real clock.
 struct Conn {
@@ -258,7 +194,7 @@ fn versions() -> [ProtocolVersion; 2] {
 
 #[test]
 fn qos_0_1_2_round_trip_through_mosquitto() {
-    let Some(broker) = Broker::start() else { return };
+    let Some(broker) = support::Broker::start() else { return };
     for v in versions() {
         let mut sub = Conn::open(broker.port, ClientConfig::default(), options(v, "rt-sub"));
         sub.subscribe("rt/#", QoS::ExactlyOnce);
@@ -296,7 +232,7 @@ fn qos_0_1_2_round_trip_through_mosquitto() {
 
 #[test]
 fn retained_message_reaches_a_later_subscriber() {
-    let Some(broker) = Broker::start() else { return };
+    let Some(broker) = support::Broker::start() else { return };
     for v in versions() {
         let mut publ = Conn::open(broker.port, ClientConfig::default(), options(v, "ret-pub"));
         let mut p = msg("status/online", QoS::AtLeastOnce, "true");
@@ -312,7 +248,7 @@ fn retained_message_reaches_a_later_subscriber() {
 
 #[test]
 fn will_is_published_when_the_client_vanishes() {
-    let Some(broker) = Broker::start() else { return };
+    let Some(broker) = support::Broker::start() else { return };
     for v in versions() {
         let mut watcher =
             Conn::open(broker.port, ClientConfig::default(), options(v, "will-watch"));
@@ -334,7 +270,7 @@ fn will_is_published_when_the_client_vanishes() {
 
 #[test]
 fn keep_alive_pings_keep_an_idle_connection_up() {
-    let Some(broker) = Broker::start() else { return };
+    let Some(broker) = support::Broker::start() else { return };
     for v in versions() {
         let mut opts = options(v, "ka");
         opts.keep_alive = 1;
@@ -348,7 +284,7 @@ fn keep_alive_pings_keep_an_idle_connection_up() {
 
 #[test]
 fn persistent_session_receives_what_was_published_while_offline() {
-    let Some(broker) = Broker::start() else { return };
+    let Some(broker) = support::Broker::start() else { return };
     for v in versions() {
         let mut opts = options(v, "persist");
         opts.clean_start = false;
@@ -372,7 +308,7 @@ fn persistent_session_receives_what_was_published_while_offline() {
 
 #[test]
 fn v5_topic_aliases_are_understood_by_mosquitto() {
-    let Some(broker) = Broker::start() else { return };
+    let Some(broker) = support::Broker::start() else { return };
     let v = ProtocolVersion::V5;
     let mut sub = Conn::open(broker.port, ClientConfig::default(), options(v, "alias-sub"));
     sub.subscribe("very/long/topic/name", QoS::AtLeastOnce);
@@ -399,7 +335,7 @@ fn v5_topic_aliases_are_understood_by_mosquitto() {
 
 #[test]
 fn mosquitto_sub_receives_what_the_client_publishes() {
-    let Some(broker) = Broker::start() else { return };
+    let Some(broker) = support::Broker::start() else { return };
     let Ok(mut sub) = Command::new("mosquitto_sub")
         .args([
             "-h",
