@@ -2,7 +2,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 fn ternmq(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ternmq")).args(args).output().unwrap();
@@ -53,7 +56,116 @@ fn decode_rejects_bad_hex_and_bad_flags() {
 
 #[test]
 fn commands_not_built_yet_say_so() {
+    let (code, _, err) = ternmq(&["passwd"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not available"), "{err}");
     let (code, _, err) = ternmq(&["broker"]);
     assert_eq!(code, 2);
     assert!(err.contains("not available"), "{err}");
+}
+
+/// Starts `ternmq sub -p port` with `extra` arguments.
+fn start_sub(port: u16, extra: &[&str]) -> std::process::Child {
+    let port = port.to_string();
+    let mut args = vec!["sub", "-p", port.as_str()];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_ternmq"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: std::process::Child) -> (i32, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pub_and_sub_round_trip_through_mosquitto() {
+    let Some(broker) = support::Broker::start() else { return };
+    let port = broker.port.to_string();
+    for v in ["311", "5"] {
+        // A retained message: the subscriber gets it however late its subscription lands.
+        let (code, _, err) =
+            ternmq(&["pub", "-p", &port, "-V", v, "-t", "cli/a", "-m", "hello", "-q", "1", "-r"]);
+        assert_eq!(code, 0, "{err}");
+        let sub = start_sub(broker.port, &["-V", v, "-t", "cli/#", "-C", "1", "-v", "-W", "10"]);
+        let (code, out, err) = finish(sub);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), "cli/a hello");
+    }
+}
+
+#[test]
+fn pub_sends_each_stdin_line_and_sub_counts_them() {
+    let Some(broker) = support::Broker::start() else { return };
+    let port = broker.port.to_string();
+    // A retained marker tells us when the subscription is in place: it arrives first.
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "lines/ready", "-m", "ready", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    let mut sub =
+        start_sub(broker.port, &["-t", "lines/#", "-t", "other", "-C", "4", "-q", "1", "-W", "10"]);
+    let mut stdout = std::io::BufReader::new(sub.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert_eq!(first.trim(), "ready");
+    let mut publ = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+        .args(["pub", "-p", &port, "-t", "lines/x", "-l", "-q", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publ.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
+    let (code, _, err) = finish(publ);
+    assert_eq!(code, 0, "{err}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let (code, _, err) = finish(sub);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rest.lines().collect::<Vec<_>>(), ["one", "two", "three"]);
+}
+
+#[test]
+fn sub_times_out_with_status_27_like_mosquitto_sub() {
+    let Some(broker) = support::Broker::start() else { return };
+    let sub = start_sub(broker.port, &["-t", "quiet/#", "-W", "1"]);
+    let (code, _, err) = finish(sub);
+    assert_eq!(code, 27, "{err}");
+}
+
+#[test]
+fn refused_connection_prints_the_reason_and_fails() {
+    let Some(broker) = support::Broker::start_with("allow_anonymous false\n") else { return };
+    let port = broker.port.to_string();
+    for v in ["311", "5"] {
+        let (code, _, err) = ternmq(&["pub", "-p", &port, "-V", v, "-t", "a", "-m", "x"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("Connection refused: not authorized"), "{v}: {err}");
+    }
+}
+
+#[test]
+fn bad_arguments_name_the_flag() {
+    let (code, _, err) = ternmq(&["pub", "-t", "a/+", "-m", "x"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-t") && err.contains("wildcard"), "{err}");
+    let (code, _, err) = ternmq(&["pub", "-t", "a", "-m", "x", "-q", "3"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-q") && err.contains("0, 1 or 2"), "{err}");
+    let (code, _, err) = ternmq(&["sub", "-p", "nope", "-t", "a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-p") && err.contains("not a valid number"), "{err}");
+    let (code, _, err) = ternmq(&["pub", "-t", "a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a message is required"), "{err}");
+    let (code, out, _) = ternmq(&["sub", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("-C COUNT"), "{out}");
 }

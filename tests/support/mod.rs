@@ -37,6 +37,11 @@ impl Drop for TempDir {
 impl Broker {
     /// Starts a broker on a free port.
     pub(crate) fn start() -> Option<Broker> {
+        Self::start_with("allow_anonymous true\n")
+    }
+
+    /// Starts a broker on a free port with `config` appended to its listener line.
+    pub(crate) fn start_with(config: &str) -> Option<Broker> {
         let Some(bin) = mosquitto_binary() else {
             assert!(
                 std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_none(),
@@ -46,18 +51,15 @@ impl Broker {
             return None;
         };
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(&bin, port)
+        Self::start_on(&bin, port, config)
     }
 
-    fn start_on(bin: &std::path::Path, port: u16) -> Option<Broker> {
+    fn start_on(bin: &std::path::Path, port: u16, config: &str) -> Option<Broker> {
         let dir = std::env::temp_dir().join(format!("ternmq-mosq-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\npersistence false\n{config}"))
+            .unwrap();
         let child = Command::new(bin)
             .arg("-c")
             .arg(&conf)
@@ -88,7 +90,7 @@ impl Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let bin = mosquitto_binary().unwrap();
-        let mut fresh = Broker::start_on(&bin, self.port).unwrap();
+        let mut fresh = Broker::start_on(&bin, self.port, "allow_anonymous true\n").unwrap();
         std::mem::swap(self, &mut fresh);
     }
 }

@@ -1,11 +1,15 @@
 //! The `ternmq` command-line program.
 //!
-//! Today it offers `ternmq decode`, which decodes MQTT packets given in hex and prints them: a
-//! way to look at what is on the wire with the same strict decoder the broker and client use.
-//! The `broker`, `pub`, `sub`, `passwd` and `bench` subcommands arrive with the broker-server,
-//! client and benchmark work; until then they say so and exit with status 2.
+//! - `ternmq pub` and `ternmq sub`: publish and subscribe, typed as with mosquitto_pub/_sub.
+//! - `ternmq decode`: decodes MQTT packets given in hex and prints them, with the same strict
+//!   decoder the broker and client use.
+//!
+//! The `broker`, `passwd` and `bench` subcommands arrive with the broker-server and benchmark
+//! work; until then they say so and exit with status 2.
 
 use std::process::ExitCode;
+
+mod pubsub;
 
 use bytes::BytesMut;
 use ternmq::codec::{Decoder, MAX_PACKET_SIZE, ProtocolVersion};
@@ -14,10 +18,12 @@ const USAGE: &str = "\
 usage: ternmq <command> [options]
 
 commands:
+  pub -t TOPIC -m MSG [options]          publish (see `ternmq pub --help`)
+  sub -t FILTER [options]                subscribe and print messages (see `ternmq sub --help`)
   decode [-V 311|5] [--server] HEX...   decode MQTT packets written in hex and print them
                                         (-V: version of the stream, default 5; --server: the
                                         stream starts with CONNECT, which fixes the version)
-  broker, pub, sub, passwd, bench        not available in this version yet
+  broker, passwd, bench                  not available in this version yet
 
 options:
   -h, --help       print this help
@@ -41,7 +47,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(cmd @ ("broker" | "pub" | "sub" | "passwd" | "bench")) => {
+        Some("pub") => match pubsub::publish(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("sub") => match pubsub::subscribe(&args[1..]) {
+            Ok(status) => ExitCode::from(status),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(cmd @ ("broker" | "passwd" | "bench")) => {
             eprintln!("ternmq {cmd}: not available in this version yet (see the README's roadmap)");
             ExitCode::from(2)
         }
