@@ -142,19 +142,7 @@ fn refused_connection_is_an_error_naming_the_reason() {
 #[test]
 fn sync_client_example_runs_against_mosquitto() {
     let Some(broker) = support::Broker::start() else { return };
-    // Examples are built next to the test binaries: target/<profile>/examples/.
-    let exe = std::env::current_exe().unwrap();
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
-    let bin = examples.join(format!("sync_client{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        // `cargo test --test <this>` builds no examples; build it the way cargo test would.
-        let mut build = std::process::Command::new(env!("CARGO"));
-        build.args(["build", "--example", "sync_client"]);
-        if examples.parent().is_some_and(|p| p.ends_with("release")) {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "could not build the sync_client example");
-    }
+    let bin = support::example_bin("sync_client");
     let out = std::process::Command::new(bin)
         .args(["--host", "127.0.0.1", "--port", &broker.port.to_string()])
         .output()

@@ -94,3 +94,19 @@ impl Broker {
         std::mem::swap(self, &mut fresh);
     }
 }
+
+/// The path of example `name`, built if `cargo test` did not build it (as with `--test X`).
+pub(crate) fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let bin = examples.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--example", name]);
+        if examples.parent().is_some_and(|p| p.ends_with("release")) {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "could not build the {name} example");
+    }
+    bin
+}

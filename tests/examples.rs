@@ -1,0 +1,91 @@
+//! The examples, run as users run them, against a real Mosquitto on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ternmq::blocking::{ConnectOptions, SyncClient};
+use ternmq::codec::QoS;
+
+fn watcher(port: u16, filter: &str) -> SyncClient {
+    let c = SyncClient::connect(ConnectOptions::new("127.0.0.1", port)).unwrap();
+    c.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    c
+}
+
+fn text(c: &SyncClient) -> (String, String) {
+    let m = c.recv_timeout(Duration::from_secs(10)).expect("a message");
+    (m.topic.to_string(), String::from_utf8_lossy(&m.payload).into_owned())
+}
+
+#[test]
+fn iot_sensor_publishes_readings_and_its_status() {
+    let Some(broker) = support::Broker::start() else { return };
+    let w = watcher(broker.port, "sensors/temp/001/#");
+    let out = Command::new(support::example_bin("iot_sensor"))
+        .args(["--port", &broker.port.to_string(), "--count", "3", "--interval-ms", "50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: Vec<(String, String)> = (0..5).map(|_| text(&w)).collect();
+    assert_eq!(got[0], ("sensors/temp/001/status".into(), "online".into()));
+    for (topic, payload) in &got[1..4] {
+        assert_eq!(topic, "sensors/temp/001");
+        assert!(payload.starts_with("{\"temp\":") && payload.ends_with('}'), "{payload}");
+    }
+    assert_eq!(got[4], ("sensors/temp/001/status".into(), "offline".into()));
+}
+
+#[test]
+fn iot_sensor_will_marks_it_offline_when_it_dies() {
+    let Some(broker) = support::Broker::start() else { return };
+    let w = watcher(broker.port, "sensors/temp/001/status");
+    let mut sensor = Command::new(support::example_bin("iot_sensor"))
+        .args(["--port", &broker.port.to_string(), "--interval-ms", "100"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first reading, then kill it without a goodbye.
+    let mut sensor_out = BufReader::new(sensor.stdout.take().unwrap());
+    let mut line = String::new();
+    sensor_out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("reading 0"), "{line}");
+    assert_eq!(text(&w).1, "online");
+    sensor.kill().unwrap();
+    sensor.wait().unwrap();
+    assert_eq!(text(&w).1, "offline", "the will should mark the sensor offline");
+}
+
+#[test]
+fn command_control_answers_requests_from_its_async_handler() {
+    let Some(broker) = support::Broker::start() else { return };
+    let port = broker.port.to_string();
+    let w = watcher(broker.port, "devices/status");
+    let mut controller = Command::new(support::example_bin("command_control"))
+        .args(["--role", "controller", "--port", &port])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep reading its stdout for the whole test: a closed pipe would fail its prints.
+    let mut controller_out = BufReader::new(controller.stdout.take().unwrap());
+    let mut ready = String::new();
+    controller_out.read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "controller ready");
+    let device = Command::new(support::example_bin("command_control"))
+        .args(["--role", "device", "--port", &port, "--action", "turn_off"])
+        .output()
+        .unwrap();
+    let mut acted = String::new();
+    controller_out.read_line(&mut acted).unwrap();
+    assert_eq!(acted.trim(), "lamp: {\"action\":\"turn_off\"} -> off");
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&device.stdout);
+    assert!(device.status.success(), "{stdout}{}", String::from_utf8_lossy(&device.stderr));
+    assert_eq!(stdout.trim(), "response: {\"device\":\"lamp\",\"status\":\"off\"}");
+    assert_eq!(text(&w).1, "{\"device\":\"lamp\",\"status\":\"off\"}");
+}
