@@ -132,11 +132,16 @@ async fn async_handler_publishes_without_deadlock_under_load() {
 async fn reconnects_after_the_broker_is_killed_and_restarted() {
     let Some(mut broker) = support::Broker::start() else { return };
     let v = ProtocolVersion::V5;
-    let mut opts = options(broker.port, v, "phoenix");
-    opts.config.reconnect.initial_delay = ternmq::core::time::Duration::from_millis(100);
-    opts.config.reconnect.max_delay = ternmq::core::time::Duration::from_millis(400);
-    opts.config.reconnect.jitter = false;
-    let client = Client::connect(opts).await.unwrap();
+    let client = Client::connect(options(broker.port, v, "phoenix")).await.unwrap();
+    // As in the seed's auto-reconnect example.
+    client.set_reconnect_options(ternmq::tokio::ReconnectOptions {
+        enable: true,
+        initial_delay: ternmq::core::time::Duration::from_millis(100),
+        max_delay: ternmq::core::time::Duration::from_millis(400),
+        backoff_multiplier: 2.0,
+        jitter: false,
+        ..Default::default()
+    });
     let (ups, downs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (u, d) = (Arc::clone(&ups), Arc::clone(&downs));
     client.on_connect(move || {

@@ -875,3 +875,24 @@ fn mqtt_4_12_0_5_auth_with_another_method_is_a_protocol_error() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn reconnect_options_can_be_changed_on_a_live_client() {
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    h.connect(t(0), accepted());
+    h.client.set_reconnect_options(ternmq_core::client::ReconnectOptions {
+        initial_delay: Duration::from_secs(5),
+        jitter: false,
+        ..Default::default()
+    });
+    h.client.handle_closed(t(1));
+    assert_eq!(h.client.poll_timeout(), Some(t(6)));
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    h.connect(t(0), accepted());
+    h.client.set_reconnect_options(ternmq_core::client::ReconnectOptions {
+        enable: false,
+        ..Default::default()
+    });
+    h.client.handle_closed(t(1));
+    assert_eq!(h.client.poll_timeout(), None, "reconnect disabled");
+}

@@ -41,6 +41,7 @@ use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
 
 pub use ternmq_core as core;
+pub use ternmq_core::client::ReconnectOptions;
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -324,6 +325,12 @@ impl SyncClient {
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         self.shared.lock().client.is_connected()
+    }
+
+    /// Replaces the automatic reconnect policy; it applies from the next time the connection is
+    /// lost.
+    pub fn set_reconnect_options(&self, options: ReconnectOptions) {
+        self.shared.lock().client.set_reconnect_options(options);
     }
 
     /// Sends DISCONNECT, closes the connection and stops the I/O thread.

@@ -359,6 +359,12 @@ impl Client {
         self.shared.lock().core.is_connected()
     }
 
+    /// Replaces the automatic reconnect policy (enable, initial and maximum delay, backoff
+    /// multiplier, jitter); it applies from the next time the connection is lost.
+    pub fn set_reconnect_options(&self, options: ReconnectOptions) {
+        self.shared.lock().core.set_reconnect_options(options);
+    }
+
     /// Sends DISCONNECT, waits until it is written, and stops the client.
     pub async fn disconnect(&self) -> Result<(), Error> {
         self.disconnect_with(Disconnect::default()).await

@@ -617,6 +617,13 @@ impl Client {
         }
     }
 
+    /// Replaces the reconnect policy. It applies from the next time the connection is lost; a
+    /// reconnect already scheduled keeps its time.
+    pub fn set_reconnect_options(&mut self, options: ReconnectOptions) {
+        self.config.reconnect = options;
+        self.backoff.reset();
+    }
+
     /// Answers the server's [`Event::Auth`] with more authentication data (AUTH, Continue
     /// authentication). The Authentication Method is the connection's own.
     pub fn authenticate(&mut self, now: Instant, data: Option<Bytes>) -> Result<(), ClientError> {
