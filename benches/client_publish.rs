@@ -3,7 +3,7 @@
 //! window; ternmq gets 100 concurrent publishing tasks).
 //!
 //! Run: `cargo bench --bench client_publish` (needs `mosquitto`; scripts/test.sh installs it).
-//! Each figure is the median of three rounds of 50,000 messages, timed until every message is
+//! Each figure is the median of five rounds of 50,000 messages (the range is printed too), timed until every message is
 //! acknowledged (QoS 1) or written (QoS 0). The machine is shared: compare the ratio, not the
 //! absolute numbers.
 
@@ -18,7 +18,7 @@ use ternmq::tokio::{Client, ConnectOptions};
 
 const MESSAGES: usize = 50_000;
 const INFLIGHT: usize = 100;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 struct Mosquitto(Child);
 
@@ -160,7 +160,20 @@ async fn main() {
             }
         }
         let rate = |d: Duration| MESSAGES as f64 / d.as_secs_f64();
+        let range = |v: &[Duration]| {
+            let r: Vec<f64> = v.iter().map(|d| rate(*d)).collect();
+            let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = r.iter().copied().fold(0.0, f64::max);
+            format!("{min:.0}-{max:.0}")
+        };
+        let (ours_range, theirs_range) = (range(&ours), range(&theirs));
         let (a, b) = (rate(median(ours)), rate(median(theirs)));
-        println!("{:<6} {:>14.0} {:>14.0} {:>7.2}x", qos as u8, a, b, a / b);
+        println!(
+            "{:<6} {:>14.0} {:>14.0} {:>7.2}x   (ranges: ternmq {ours_range}, rumqttc {theirs_range})",
+            qos as u8,
+            a,
+            b,
+            a / b
+        );
     }
 }

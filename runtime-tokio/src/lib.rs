@@ -420,6 +420,7 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: mpsc::Sender<Pu
             st.take_output();
             (st.out.split().freeze(), st.queued)
         };
+        let mut timeout = None;
         if !out.is_empty() {
             let ok = match writer.as_mut() {
                 Some(w) => w.write_all(&out).await.is_ok(),
@@ -433,26 +434,29 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: mpsc::Sender<Pu
                 let now = shared.now();
                 st.core.handle_closed(now);
             }
-            let written = st.written;
-            let (done, pending): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut st.flushes).into_iter().partition(|(t, _)| *t <= written);
-            st.flushes = pending;
-            for (_, tx) in done {
-                let _ = tx.send(Ok(vec![ReasonCode::Success]));
+            if !st.flushes.is_empty() {
+                let written = st.written;
+                let (done, pending): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut st.flushes).into_iter().partition(|(t, _)| *t <= written);
+                st.flushes = pending;
+                for (_, tx) in done {
+                    let _ = tx.send(Ok(vec![ReasonCode::Success]));
+                }
             }
+            timeout = Some(st.core.poll_timeout());
         }
         // 2. Wait for input, a command or the core's deadline.
-        let deadline = {
-            let st = shared.lock();
-            let now = shared.now();
-            st.core.poll_timeout().map(|t| {
-                tokio::time::Instant::now()
-                    + Duration::from_nanos(
-                        u64::try_from(t.saturating_duration_since(now).as_nanos())
-                            .unwrap_or(u64::MAX),
-                    )
-            })
+        let timeout = match timeout {
+            Some(t) => t,
+            None => shared.lock().core.poll_timeout(),
         };
+        let now = shared.now();
+        let deadline = timeout.map(|t| {
+            tokio::time::Instant::now()
+                + Duration::from_nanos(
+                    u64::try_from(t.saturating_duration_since(now).as_nanos()).unwrap_or(u64::MAX),
+                )
+        });
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         buf.reserve(16 * 1024);
         let mut closed = false;
@@ -532,21 +536,24 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: mpsc::Sender<Pu
                     _ => {}
                 }
             }
-            // Handlers run here, in order, on the driver: they must not block.
-            let mut handlers = std::mem::take(&mut st.handlers);
-            let async_handlers = st.async_handlers.clone();
-            drop(st);
-            for p in &delivered {
-                for h in handlers.iter_mut() {
-                    h(p);
+            if !delivered.is_empty() {
+                // Handlers run here, in order, on the driver, without the lock: they must not
+                // block. Handlers added meanwhile are kept.
+                let mut handlers = std::mem::take(&mut st.handlers);
+                let async_handlers = st.async_handlers.clone();
+                drop(st);
+                for p in &delivered {
+                    for h in handlers.iter_mut() {
+                        h(p);
+                    }
+                    for h in &async_handlers {
+                        tokio::spawn(h(p.clone()));
+                    }
                 }
-                for h in &async_handlers {
-                    tokio::spawn(h(p.clone()));
-                }
+                let mut st = shared.lock();
+                handlers.append(&mut st.handlers);
+                st.handlers = handlers;
             }
-            let mut st = shared.lock();
-            handlers.append(&mut st.handlers);
-            st.handlers = handlers;
         }
         for p in delivered {
             if messages.try_send(p).is_err() {
