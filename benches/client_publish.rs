@@ -9,8 +9,9 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use ternmq::codec::{MqttStr, ProtocolVersion, QoS};
@@ -19,42 +20,6 @@ use ternmq::tokio::{Client, ConnectOptions};
 const MESSAGES: usize = 50_000;
 const INFLIGHT: usize = 100;
 const ROUNDS: usize = 5;
-
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_mosquitto() -> Option<(Mosquitto, u16)> {
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let conf = std::env::temp_dir().join(format!("ternmq-bench-{port}.conf"));
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let m = Mosquitto(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some((m, port))
-}
 
 async fn ternmq_round(port: u16, qos: QoS, round: usize) -> Duration {
     let mut o = ConnectOptions::new("127.0.0.1", port);
@@ -139,10 +104,8 @@ async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let Some((_mosquitto, port)) = start_mosquitto() else {
-        eprintln!("mosquitto not installed: skipped (scripts/test.sh installs it)");
-        return;
-    };
+    let Some(mosquitto) = support::Broker::start() else { return };
+    let port = mosquitto.port;
     println!(
         "client publish throughput, {MESSAGES} x 64 B, {INFLIGHT} in flight, MQTT 3.1.1, median of {ROUNDS}"
     );
