@@ -625,6 +625,7 @@ fn server_disconnect_is_surfaced_with_its_reason() {
     );
 }
 
+/// [MQTT-3.14.4-1] [MQTT-3.14.4-2]: after DISCONNECT the client sends nothing more and closes.
 #[test]
 fn disconnect_sends_disconnect_and_stops_reconnecting() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
@@ -638,6 +639,9 @@ fn disconnect_sends_disconnect_and_stops_reconnecting() {
         h.events(),
         vec![Event::Disconnected(DisconnectReason::Requested), Event::CloseTransport]
     );
+    // Nothing more goes out: commands now only queue, and no timer fires a PINGREQ.
+    h.client.publish(t(2), publish("a", QoS::AtMostOnce, "late")).unwrap();
+    assert!(h.sent().is_empty());
     h.client.handle_closed(t(1));
     assert_eq!(h.client.poll_timeout(), None);
 }
@@ -895,4 +899,15 @@ fn reconnect_options_can_be_changed_on_a_live_client() {
     });
     h.client.handle_closed(t(1));
     assert_eq!(h.client.poll_timeout(), None, "reconnect disabled");
+}
+
+/// [MQTT-3.3.4-6]: a PUBLISH from a client carries no Subscription Identifier. MQTT 5 only.
+#[test]
+fn mqtt_3_3_4_6_client_refuses_subscription_identifiers_in_publish() {
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    h.connect(t(0), accepted());
+    let mut p = publish("a", QoS::AtMostOnce, "x");
+    p.properties.subscription_identifiers.push(std::num::NonZeroU32::new(3).unwrap());
+    assert_eq!(h.client.publish(t(1), p), Err(ClientError::SubscriptionIdentifierInPublish));
+    assert!(h.sent().is_empty());
 }
