@@ -8,10 +8,10 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use core::num::{NonZeroU16, NonZeroU32};
 
-use super::QoS;
 use super::error::{DecodeError, EncodeError, ErrorKind};
 use super::string::MqttStr;
 use super::wire::{MAX_VARINT, Reader, Sink, measure, varint_len};
+use super::{QoS, check_binary};
 use crate::topic::TopicName;
 
 /// A User Property: a name and a value, both UTF-8 strings. Order and repeats are kept.
@@ -347,12 +347,6 @@ fn put_users<S: Sink>(s: &mut S, users: &[UserProperty]) {
         s.put_string(v);
     }
 }
-fn check_bin(v: Option<&Bytes>, field: &'static str) -> Result<(), EncodeError> {
-    match v {
-        Some(b) if b.len() > usize::from(u16::MAX) => Err(EncodeError::FieldTooLong(field)),
-        _ => Ok(()),
-    }
-}
 fn check_sub_id(v: SubscriptionId) -> Result<(), EncodeError> {
     if v.get() > MAX_SUBSCRIPTION_ID {
         return Err(EncodeError::InvalidPropertyValue("Subscription Identifier"));
@@ -468,7 +462,7 @@ impl PropertySet for ConnectProperties {
     }
 
     fn check(&self) -> Result<(), EncodeError> {
-        check_bin(self.authentication_data.as_ref(), "Authentication Data")
+        check_binary(self.authentication_data.as_ref(), "Authentication Data")
     }
 }
 
@@ -539,7 +533,7 @@ impl PropertySet for WillProperties {
     }
 
     fn check(&self) -> Result<(), EncodeError> {
-        check_bin(self.correlation_data.as_ref(), "Correlation Data")
+        check_binary(self.correlation_data.as_ref(), "Correlation Data")
     }
 }
 
@@ -660,7 +654,7 @@ impl PropertySet for ConnAckProperties {
             // [MQTT-3.2.2-9]: a server that supports QoS 2 leaves Maximum QoS out.
             return Err(EncodeError::InvalidPropertyValue("Maximum QoS"));
         }
-        check_bin(self.authentication_data.as_ref(), "Authentication Data")
+        check_binary(self.authentication_data.as_ref(), "Authentication Data")
     }
 
     fn strip(&mut self, level: u8) {
@@ -755,7 +749,7 @@ impl PropertySet for PublishProperties {
         for id in &self.subscription_identifiers {
             check_sub_id(*id)?;
         }
-        check_bin(self.correlation_data.as_ref(), "Correlation Data")
+        check_binary(self.correlation_data.as_ref(), "Correlation Data")
     }
 }
 
@@ -1006,7 +1000,7 @@ impl PropertySet for AuthProperties {
     }
 
     fn check(&self) -> Result<(), EncodeError> {
-        check_bin(self.authentication_data.as_ref(), "Authentication Data")
+        check_binary(self.authentication_data.as_ref(), "Authentication Data")
     }
 
     fn strip(&mut self, level: u8) {
