@@ -911,3 +911,26 @@ fn mqtt_3_3_4_6_client_refuses_subscription_identifiers_in_publish() {
     assert_eq!(h.client.publish(t(1), p), Err(ClientError::SubscriptionIdentifierInPublish));
     assert!(h.sent().is_empty());
 }
+
+#[test]
+fn packet_ids_of_queued_publishes_are_never_handed_out_again() {
+    // Offline, every one of the 65,535 ids ends up held by a queued publish; the next one must
+    // be refused, not given an id that is still queued.
+    let config = ClientConfig {
+        max_queued_messages: 70_000,
+        max_queued_bytes: usize::MAX,
+        ..ClientConfig::default()
+    };
+    let mut h = Harness::new(ProtocolVersion::V5, config);
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..u16::MAX {
+        let id = h.client.publish(t(0), publish("a", QoS::AtLeastOnce, "x")).unwrap().unwrap();
+        assert!(ids.insert(id), "id {id} reused while queued");
+    }
+    assert_eq!(
+        h.client.publish(t(0), publish("a", QoS::AtLeastOnce, "x")),
+        Err(ClientError::PacketIdsExhausted)
+    );
+    // QoS 0 needs no id and still queues.
+    assert_eq!(h.client.publish(t(0), publish("a", QoS::AtMostOnce, "x")), Ok(None));
+}

@@ -284,6 +284,8 @@ pub struct Client {
     alias_topics: BTreeMap<u16, TopicName>,
     /// Publishes waiting to be sent, in order; QoS 1/2 ones already hold a packet id.
     queue: VecDeque<Publish>,
+    /// The packet ids the queue holds, so that allocating an id does not scan the queue.
+    queued_ids: BTreeSet<u16>,
     queued_bytes: usize,
     /// In-flight QoS 1/2 publishes by packet id, and their send order.
     inflight: BTreeMap<u16, (u64, Outgoing)>,
@@ -353,6 +355,7 @@ impl Client {
             alias_clock: 0,
             alias_topics: BTreeMap::new(),
             queue: VecDeque::new(),
+            queued_ids: BTreeSet::new(),
             queued_bytes: 0,
             inflight: BTreeMap::new(),
             inflight_order: BTreeMap::new(),
@@ -502,6 +505,7 @@ impl Client {
             self.alias_topics.insert(alias.get(), publish.topic.clone());
         }
         self.queued_bytes += cost;
+        self.queued_ids.extend(publish.packet_id.map(NonZeroU16::get));
         self.queue.push_back(publish);
         self.pump(now);
         Ok(id)
@@ -776,7 +780,7 @@ impl Client {
         let in_use = |c: &Self, id: u16| {
             c.inflight.contains_key(&id)
                 || c.requests.contains_key(&id)
-                || c.queue.iter().any(|p| p.packet_id.is_some_and(|q| q.get() == id))
+                || c.queued_ids.contains(&id)
         };
         for _ in 0..u16::MAX {
             let id = self.next_packet_id;
@@ -802,6 +806,9 @@ impl Client {
                 return;
             }
             let Some(publish) = self.queue.pop_front() else { return };
+            if let Some(id) = publish.packet_id {
+                self.queued_ids.remove(&id.get());
+            }
             self.queued_bytes = self.queued_bytes.saturating_sub(publish_cost(&publish));
             let sent = self.transmit_publish(now, &publish);
             match (publish.packet_id, sent) {
@@ -1021,6 +1028,7 @@ impl Client {
                 Outgoing::Publish(mut p) => {
                     p.dup = false;
                     self.queued_bytes += publish_cost(&p);
+                    self.queued_ids.extend(p.packet_id.map(NonZeroU16::get));
                     self.queue.push_front(*p);
                 }
                 Outgoing::Released => {
