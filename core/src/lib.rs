@@ -45,6 +45,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod broker;
 pub mod client;
 pub mod codec;
 pub mod time;

@@ -419,7 +419,7 @@ impl Packet {
     /// Drops what a sender may leave out to fit the peer's Maximum Packet Size: the Reason String
     /// at `level` 1, User Properties too at level 2 ([MQTT-3.1.2-25] and the per-packet rules on
     /// Reason String and User Property). Returns false for packets where nothing may be dropped.
-    fn strip(&mut self, level: u8) -> bool {
+    pub(crate) fn strip(&mut self, level: u8) -> bool {
         use properties::PropertySet;
         match self {
             Self::ConnAck(p) => p.properties.strip(level),

@@ -44,6 +44,14 @@ impl fmt::Display for StrError {
 #[cfg(feature = "std")]
 impl std::error::Error for StrError {}
 
+/// Lookups by bytes in ordered and hashed collections: ordering, equality and hashing are those
+/// of the bytes.
+impl core::borrow::Borrow<[u8]> for MqttStr {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl MqttStr {
     /// Checks `bytes` and wraps them without copying.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, StrError> {

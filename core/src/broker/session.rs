@@ -1,0 +1,191 @@
+//! Session state: what the broker keeps per client identifier across connections.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use super::ConnId;
+use super::config::PeerInfo;
+use crate::codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionId};
+use crate::time::Instant;
+use crate::topic::{TopicFilter, TopicName};
+
+/// An application message as the broker received it, shared by every subscriber it goes to.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) topic: TopicName,
+    pub(crate) payload: Bytes,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    /// As received, without Topic Alias or Subscription Identifiers; the Message Expiry
+    /// Interval is recomputed from `expires_at` for each send.
+    pub(crate) properties: PublishProperties,
+    pub(crate) expires_at: Option<Instant>,
+    /// Serial of the publishing session (for No Local), 0 if none.
+    pub(crate) origin: u64,
+}
+
+impl Message {
+    /// Bytes counted against queue limits.
+    pub(crate) fn cost(&self) -> usize {
+        self.payload.len() + self.topic.as_bytes().len()
+    }
+
+    pub(crate) fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// One message on its way to one session.
+#[derive(Clone, Debug)]
+pub(crate) struct Delivery {
+    pub(crate) msg: Arc<Message>,
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) sub_ids: Vec<SubscriptionId>,
+}
+
+/// What an outgoing QoS 1 or 2 message waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutState {
+    /// QoS 1, PUBLISH sent.
+    Ack,
+    /// QoS 2, PUBLISH sent.
+    Rec,
+    /// QoS 2, PUBREL sent.
+    Comp,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub(crate) id: PacketId,
+    pub(crate) state: OutState,
+    pub(crate) delivery: Delivery,
+}
+
+/// A will waiting for its connection to end, or for its delay to pass.
+#[derive(Debug)]
+pub(crate) struct PendingWill {
+    pub(crate) msg: Arc<Message>,
+    /// Will Delay Interval, seconds.
+    pub(crate) delay: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Unique for the broker's lifetime: tells sessions that reuse a slot apart.
+    pub(crate) serial: u64,
+    pub(crate) client_id: MqttStr,
+    pub(crate) username: Option<MqttStr>,
+    pub(crate) peer: PeerInfo,
+    pub(crate) protocol: ProtocolVersion,
+    pub(crate) conn: Option<ConnId>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub(crate) expiry: u32,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) will: Option<PendingWill>,
+    pub(crate) will_at: Option<Instant>,
+    /// The deadline a timer is armed for.
+    pub(crate) timer_at: Option<Instant>,
+    pub(crate) subscriptions: BTreeSet<TopicFilter>,
+    /// Outgoing QoS 1 and 2 messages in the order they were first sent.
+    pub(crate) inflight: VecDeque<Inflight>,
+    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) queued_bytes: usize,
+    /// Incoming QoS 2 packet identifiers between PUBREC and PUBREL.
+    pub(crate) incoming_qos2: BTreeSet<u16>,
+    pub(crate) next_id: u16,
+}
+
+impl Session {
+    pub(crate) fn new(serial: u64, client_id: MqttStr, protocol: ProtocolVersion) -> Self {
+        Self {
+            serial,
+            client_id,
+            username: None,
+            peer: PeerInfo::default(),
+            protocol,
+            conn: None,
+            expiry: 0,
+            expires_at: None,
+            will: None,
+            will_at: None,
+            timer_at: None,
+            subscriptions: BTreeSet::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            incoming_qos2: BTreeSet::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The earlier of the will and expiry deadlines.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match (self.expires_at, self.will_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A packet identifier not used by an inflight message ([MQTT-2.2.1-4]).
+    pub(crate) fn allocate_id(&mut self) -> Option<PacketId> {
+        for _ in 0..u16::MAX {
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|f| f.id.get() == id) {
+                return PacketId::new(id);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn inflight_index(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|f| f.id == id)
+    }
+
+    pub(crate) fn pop_queued(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.cost());
+        Some(d)
+    }
+}
+
+/// Topic aliases the broker chose for one connection, least recently used replaced first.
+#[derive(Debug, Default)]
+pub(crate) struct OutAliases {
+    by_topic: BTreeMap<TopicName, (u16, u64)>,
+    by_use: BTreeMap<u64, TopicName>,
+    clock: u64,
+}
+
+impl OutAliases {
+    /// The alias for `topic` and whether the client already knows it, without recording
+    /// anything: the send may still fail.
+    pub(crate) fn lookup(&self, topic: &TopicName, max: u16) -> (u16, bool) {
+        if let Some(&(alias, _)) = self.by_topic.get(topic) {
+            return (alias, true);
+        }
+        if self.by_topic.len() < usize::from(max) {
+            return (self.by_topic.len() as u16 + 1, false);
+        }
+        let oldest = self.by_use.values().next().and_then(|t| self.by_topic.get(t));
+        (oldest.map_or(1, |&(a, _)| a), false)
+    }
+
+    /// Records that `alias` now stands for `topic`.
+    pub(crate) fn commit(&mut self, topic: &TopicName, alias: u16) {
+        self.clock += 1;
+        if let Some((_, used)) = self.by_topic.remove(topic) {
+            self.by_use.remove(&used);
+        } else if let Some(old) =
+            self.by_topic.iter().find(|(_, (a, _))| *a == alias).map(|(t, _)| t.clone())
+            && let Some((_, used)) = self.by_topic.remove(&old)
+        {
+            self.by_use.remove(&used);
+        }
+        self.by_topic.insert(topic.clone(), (alias, self.clock));
+        self.by_use.insert(self.clock, topic.clone());
+    }
+}
