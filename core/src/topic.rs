@@ -134,6 +134,11 @@ impl TopicName {
         self.0.as_bytes()
     }
 
+    /// The same topic in an allocation of its own (see [`MqttStr::detach`]).
+    pub(crate) fn detach(&self) -> Self {
+        Self(self.0.detach())
+    }
+
     /// The name as an MQTT string.
     pub fn as_mqtt_str(&self) -> &MqttStr {
         &self.0
@@ -268,6 +273,11 @@ impl TopicFilter {
     /// The whole filter as sent, including any `$share/{ShareName}/`.
     pub fn as_str(&self) -> &str {
         self.full.as_str()
+    }
+
+    /// The same filter in an allocation of its own (see [`MqttStr::detach`]).
+    pub(crate) fn detach(&self) -> Self {
+        Self { full: self.full.detach(), inner_start: self.inner_start }
     }
 
     /// The whole filter as an MQTT string.

@@ -49,13 +49,12 @@ mod session;
 mod tree;
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::ToString;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
-use core::cmp::Reverse;
 use core::fmt;
 use core::num::NonZeroU16;
 
@@ -214,6 +213,10 @@ pub struct Stats {
     pub publish_denied: u64,
     /// Sessions discarded because their expiry interval passed.
     pub sessions_expired: u64,
+    /// Timer entries taken off the timer heap by [`Broker::handle_timeout`]: the broker's only
+    /// work that is not a reaction to input. An idle broker adds nothing here until a deadline
+    /// (keep-alive, expiry, `$SYS`) is actually due.
+    pub timers_run: u64,
 }
 
 /// A point-in-time view of the broker's size, for `$SYS` and metrics.
@@ -335,7 +338,7 @@ impl Conn {
 #[derive(Debug)]
 struct Slot {
     generation: u32,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -353,13 +356,14 @@ pub struct Broker {
     free_slots: Vec<u32>,
     connections: usize,
     clients_connected: usize,
-    sessions: Vec<Option<Session>>,
+    sessions: Vec<Option<Box<Session>>>,
     free_sessions: Vec<u32>,
     session_count: usize,
     by_client_id: BTreeMap<MqttStr, u32>,
     tree: SubTree,
     retained: BTreeMap<TopicName, Arc<Message>>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Every armed deadline, in order: the first is what `poll_timeout` reports.
+    timers: BTreeSet<(Instant, Timer)>,
     ready: VecDeque<ConnId>,
     events: VecDeque<Event>,
     pending_auth: BTreeMap<u64, ConnId>,
@@ -397,7 +401,7 @@ impl Broker {
             by_client_id: BTreeMap::new(),
             tree: SubTree::new(),
             retained: BTreeMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
             pending_auth: BTreeMap::new(),
@@ -409,7 +413,7 @@ impl Broker {
             scratch_groups: Vec::new(),
         };
         if let Some(interval) = broker.config.sys_interval {
-            broker.timers.push(Reverse((now + interval, Timer::Sys)));
+            broker.timers.insert((now + interval, Timer::Sys));
         }
         Ok(broker)
     }
@@ -496,7 +500,7 @@ impl Broker {
             }
         };
         let slot = &mut self.slots[index as usize];
-        slot.conn = Some(conn);
+        slot.conn = Some(Box::new(conn));
         let id = ConnId { index, generation: slot.generation };
         self.connections += 1;
         self.stats.connections_accepted += 1;
@@ -554,18 +558,19 @@ impl Broker {
     /// Runs the timers that are due: CONNECT and keep-alive timeouts, will delays, session
     /// expiry and `$SYS` publication.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+        while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
+            self.stats.timers_run += 1;
             match timer {
                 Timer::Conn { index, generation } => self.conn_timer(now, index, generation, at),
                 Timer::Session { index, serial } => self.session_timer(now, index, serial, at),
                 Timer::Sys => {
                     self.publish_sys(now);
                     if let Some(interval) = self.config.sys_interval {
-                        self.timers.push(Reverse((now + interval, Timer::Sys)));
+                        self.timers.insert((now + interval, Timer::Sys));
                     }
                 }
             }
@@ -665,7 +670,7 @@ impl Broker {
     /// same with one connection or a hundred thousand.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// The next event.
@@ -681,7 +686,7 @@ impl Broker {
         if slot.generation != id.generation {
             return None;
         }
-        slot.conn.as_ref()
+        slot.conn.as_deref()
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
@@ -689,11 +694,11 @@ impl Broker {
         if slot.generation != id.generation {
             return None;
         }
-        slot.conn.as_mut()
+        slot.conn.as_deref_mut()
     }
 
     fn slot_conn(&mut self, index: u32) -> Option<&mut Conn> {
-        self.slots.get_mut(index as usize)?.conn.as_mut()
+        self.slots.get_mut(index as usize)?.conn.as_deref_mut()
     }
 
     fn conn_id(&self, index: u32) -> ConnId {
@@ -709,11 +714,11 @@ impl Broker {
     }
 
     fn session(&self, index: u32) -> Option<&Session> {
-        self.sessions.get(index as usize)?.as_ref()
+        self.sessions.get(index as usize)?.as_deref()
     }
 
     fn session_mut(&mut self, index: u32) -> Option<&mut Session> {
-        self.sessions.get_mut(index as usize)?.as_mut()
+        self.sessions.get_mut(index as usize)?.as_deref_mut()
     }
 
     fn mark_ready(&mut self, index: u32) {
@@ -752,30 +757,61 @@ impl Broker {
 
     fn arm_conn_timer(&mut self, index: u32) {
         let timeout = self.config.connect_timeout;
-        let generation = self.slots[index as usize].generation;
-        let Some(c) = self.slot_conn(index) else {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        let generation = slot.generation;
+        let Some(c) = slot.conn.as_mut() else {
             return;
         };
         let Some(deadline) = c.deadline(timeout) else {
             return;
         };
-        if c.timer_at.is_none_or(|t| deadline < t) {
-            c.timer_at = Some(deadline);
-            self.timers.push(Reverse((deadline, Timer::Conn { index, generation })));
+        // A later deadline (keep-alive pushed back by traffic) leaves the armed one in place:
+        // it is checked again when it fires. An earlier one replaces it.
+        if let Some(old) = c.timer_at {
+            if old <= deadline {
+                return;
+            }
+            self.timers.remove(&(old, Timer::Conn { index, generation }));
+        }
+        c.timer_at = Some(deadline);
+        self.timers.insert((deadline, Timer::Conn { index, generation }));
+    }
+
+    /// Disarms a connection's timer (its phase changed).
+    fn clear_conn_timer(&mut self, index: u32) {
+        let generation = self.slots[index as usize].generation;
+        if let Some(at) = self.slot_conn(index).and_then(|c| c.timer_at.take()) {
+            self.timers.remove(&(at, Timer::Conn { index, generation }));
         }
     }
 
     fn arm_session_timer(&mut self, index: u32) {
-        let Some(s) = self.session_mut(index) else {
+        let Some(s) = self.sessions.get_mut(index as usize).and_then(Option::as_mut) else {
             return;
         };
         let Some(deadline) = s.deadline() else {
             return;
         };
-        if s.timer_at.is_none_or(|t| deadline < t) {
-            s.timer_at = Some(deadline);
+        let serial = s.serial;
+        if let Some(old) = s.timer_at {
+            if old <= deadline {
+                return;
+            }
+            self.timers.remove(&(old, Timer::Session { index, serial }));
+        }
+        s.timer_at = Some(deadline);
+        self.timers.insert((deadline, Timer::Session { index, serial }));
+    }
+
+    /// Disarms a session's timer (it reconnected or ended).
+    fn clear_session_timer(&mut self, index: u32) {
+        if let Some(s) = self.session_mut(index)
+            && let Some(at) = s.timer_at.take()
+        {
             let serial = s.serial;
-            self.timers.push(Reverse((deadline, Timer::Session { index, serial })));
+            self.timers.remove(&(at, Timer::Session { index, serial }));
         }
     }
 
@@ -930,13 +966,13 @@ impl Broker {
         {
             self.send(index, &Disconnect::new(code).into());
         }
+        self.clear_conn_timer(index);
         let Some(c) = self.slot_conn(index) else {
             return;
         };
         c.phase = Phase::Closing;
         c.pending = None;
         c.held = BytesMut::new();
-        c.timer_at = None;
         let ticket = c.ticket.take();
         let session = core::mem::replace(&mut c.session, NO_SESSION);
         let client_id = c.client_id.clone();
@@ -1003,6 +1039,7 @@ impl Broker {
     /// Discards a session: its will (published now if still pending, [MQTT-3.1.2-8]), its
     /// subscriptions and its messages.
     fn end_session(&mut self, now: Instant, index: u32) {
+        self.clear_session_timer(index);
         let Some(s) = self.session_mut(index) else {
             return;
         };
@@ -1196,7 +1233,7 @@ impl Broker {
             return;
         };
         let request = AuthRequest { peer: c.peer.clone(), ..request };
-        c.auth_method = method;
+        c.auth_method = method.as_ref().map(MqttStr::detach);
         c.pending = Some(Box::new(PendingConnect { connect, client_id, assigned }));
         c.phase = Phase::Authenticating;
         self.ask_authenticator(now, index, request);
@@ -1329,6 +1366,10 @@ impl Broker {
             return;
         };
         let PendingConnect { connect, client_id, assigned } = *pending;
+        // Kept for the connection's and session's life: copies, so that they do not pin the
+        // read buffer the CONNECT arrived in.
+        let client_id = client_id.detach();
+        let username = connect.username.as_ref().map(MqttStr::detach);
         let version = connect.protocol;
         let v5 = version.is_v5();
         let peer = c.peer.clone();
@@ -1380,8 +1421,8 @@ impl Broker {
             properties.message_expiry_interval = None;
             PendingWill {
                 msg: Arc::new(Message {
-                    topic: w.topic,
-                    payload: w.payload,
+                    topic: w.topic.detach(),
+                    payload: Bytes::copy_from_slice(&w.payload),
                     qos: w.qos.min(max_qos),
                     retain: w.retain && retain_available,
                     properties,
@@ -1391,6 +1432,7 @@ impl Broker {
                 delay: w.properties.will_delay_interval.unwrap_or(0),
             }
         });
+        self.clear_session_timer(si);
         let Some(s) = self.session_mut(si) else {
             return;
         };
@@ -1401,7 +1443,7 @@ impl Broker {
         // A pending will of the resumed session is not sent ([MQTT-3.1.3-9]).
         s.will_at = None;
         s.will = will;
-        s.username = connect.username.clone();
+        s.username = username.clone();
         s.peer = peer;
         let serial = s.serial;
         if let Some(m) = s.will.as_mut().and_then(|w| Arc::get_mut(&mut w.msg)) {
@@ -1453,6 +1495,7 @@ impl Broker {
             }
         }
         let outgoing_aliases = self.config.outgoing_topic_aliases;
+        self.clear_conn_timer(index);
         let Some(c) = self.slot_conn(index) else {
             return;
         };
@@ -1462,9 +1505,9 @@ impl Broker {
         }
         c.session = si;
         c.client_id = Some(client_id.clone());
+        c.username = username;
         c.keep_alive = Duration::from_millis(u64::from(keep_alive) * 1500);
         c.phase = Phase::Connected;
-        c.timer_at = None;
         if v5 && outgoing_aliases && c.alias_max > 0 {
             c.out_aliases = Some(Box::default());
         }
@@ -1497,12 +1540,12 @@ impl Broker {
         if c.v5() {
             self.send(index, &Disconnect::new(code).into());
         }
+        self.clear_conn_timer(index);
         let Some(c) = self.slot_conn(index) else {
             return;
         };
         c.phase = Phase::Closing;
         c.session = NO_SESSION;
-        c.timer_at = None;
         let client_id = c.client_id.clone();
         self.clients_connected -= 1;
         self.detach(now, si, true, true);
@@ -1517,7 +1560,7 @@ impl Broker {
     fn new_session(&mut self, client_id: MqttStr, version: ProtocolVersion) -> u32 {
         let serial = self.next_serial;
         self.next_serial += 1;
-        let s = Session::new(serial, client_id.clone(), version);
+        let s = Box::new(Session::new(serial, client_id.clone(), version));
         let index = match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize] = Some(s);
@@ -1684,9 +1727,11 @@ impl Broker {
             properties.message_expiry_interval.take().map(|s| now + Duration::from_secs(s.into()));
         properties.subscription_identifiers.clear();
         properties.topic_alias = None;
+        // Copied out of the packet buffer, which may be a much larger read buffer: a message
+        // kept in a queue or as retained must cost what `Message::cost` says, no more.
         let msg = Arc::new(Message {
-            topic: p.topic,
-            payload: p.payload,
+            topic: p.topic.detach(),
+            payload: Bytes::copy_from_slice(&p.payload),
             qos: p.qos,
             retain: p.retain,
             properties,
@@ -2087,7 +2132,7 @@ impl Broker {
                 };
                 let existed = self.tree.insert(f, entry);
                 if let Some(sess) = self.session_mut(si) {
-                    sess.subscriptions.insert(f.clone());
+                    sess.subscriptions.insert(f.detach());
                 }
                 use crate::codec::RetainHandling::*;
                 let send = match s.options.retain_handling {

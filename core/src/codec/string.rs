@@ -105,6 +105,12 @@ impl MqttStr {
         self.0
     }
 
+    /// The same string in an allocation of its own, so that keeping it does not keep alive the
+    /// (possibly much larger) packet buffer it was decoded from.
+    pub(crate) fn detach(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     /// A zero-copy view of `self[range]`, which must fall on character boundaries.
     #[allow(dead_code)] // used by the topic module
     pub(crate) fn slice(&self, range: core::ops::Range<usize>) -> Self {
