@@ -7,10 +7,10 @@
 //!   runtime adapters.
 //! - `store` (feature `store`): the embedded durable store.
 //!
-//! The `ternmq` program (feature `cli`) is built from `src/bin/ternmq.rs`.
+//! The `ternmq` program (feature `cli`) is built from `src/bin/ternmq/`.
 
 pub use ternmq_core as core;
-pub use ternmq_core::{codec, topic};
+pub use ternmq_core::{broker, codec, topic};
 
 #[cfg(feature = "smol")]
 pub use ternmq_smol as smol;

@@ -19,7 +19,7 @@
 //! # }
 //! ```
 //!
-//! The broker server on Tokio comes with the broker work.
+//! [`Server`] runs the MQTT broker on Tokio; see the [`server`] module.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +40,9 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub mod server;
+
+pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 

@@ -4,11 +4,14 @@
 //! - `ternmq decode`: decodes MQTT packets given in hex and prints them, with the same strict
 //!   decoder the broker and client use.
 //!
-//! The `broker`, `passwd` and `bench` subcommands arrive with the broker-server and benchmark
-//! work; until then they say so and exit with status 2.
+//! - `ternmq broker`: the MQTT broker.
+//!
+//! The `passwd` and `bench` subcommands arrive with the password-file and benchmark work; until
+//! then they say so and exit with status 2.
 
 use std::process::ExitCode;
 
+mod broker;
 mod pubsub;
 
 use bytes::BytesMut;
@@ -23,7 +26,8 @@ commands:
   decode [-V 311|5] [--server] HEX...   decode MQTT packets written in hex and print them
                                         (-V: version of the stream, default 5; --server: the
                                         stream starts with CONNECT, which fixes the version)
-  broker, passwd, bench                  not available in this version yet
+  broker [options]                       run the MQTT broker (see `ternmq broker --help`)
+  passwd, bench                          not available in this version yet
 
 options:
   -h, --help       print this help
@@ -61,7 +65,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(cmd @ ("broker" | "passwd" | "bench")) => {
+        Some("broker") => match broker::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(cmd @ ("passwd" | "bench")) => {
             eprintln!("ternmq {cmd}: not available in this version yet (see the README's roadmap)");
             ExitCode::from(2)
         }

@@ -1,0 +1,497 @@
+//! The MQTT broker server on Tokio: TCP listeners around one sans-IO
+//! [`Broker`](ternmq_core::broker::Broker).
+//!
+//! Tasks and their jobs:
+//! - one accept task per listener hands new sockets to the core task;
+//! - per connection, a reader task reads into a buffer and sends the bytes to the core task, and a
+//!   writer task writes what the core task gives it with vectored writes and reports how much
+//!   it wrote;
+//! - the core task owns the `Broker`. It takes its input in batches (everything waiting, up to a
+//!   bound), then drains output, events and the next deadline, as the core's documentation says.
+//!
+//! Flow control: each connection has a window of bytes handed to its writer but not yet written.
+//! When the window is full the rest stays in the core, whose limits for slow consumers then
+//! apply (QoS 0 dropped, QoS 1 and 2 queued in the session), so a stalled reader grows no memory
+//! here. Protocol decisions are the core's; this module only moves bytes and time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use bytes::{Bytes, BytesMut};
+use ternmq_core::broker::{
+    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
+};
+use ternmq_core::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Bytes handed to one connection's writer and not yet written, at most.
+const WRITE_WINDOW: usize = 256 * 1024;
+/// Bytes one read may bring in.
+const READ_CHUNK: usize = 16 * 1024;
+/// Inputs the core task takes before it drains output again.
+const BATCH: usize = 256;
+/// Inputs waiting for the core task, at most: readers wait beyond it.
+const INPUT_QUEUE: usize = 1024;
+/// How long a writer waits for a peer that does not read before it gives up on it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the last bytes to be written.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// A future an [`AsyncAuthenticator`] returns.
+pub type AuthFuture = Pin<Box<dyn Future<Output = AuthDecision> + Send>>;
+
+/// Authentication that needs I/O (a database, an HTTP call). The core's synchronous
+/// [`Authenticator`](ternmq_core::broker::Authenticator) answers
+/// [`AuthDecision::Defer`]; the server then calls this on its own task and gives the answer back
+/// to the core. The connection's later packets wait, in order, until then.
+pub trait AsyncAuthenticator: Send + Sync {
+    /// Decides on `request`.
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture;
+}
+
+/// What a [`Server`] runs: the broker's configuration and where to listen.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The broker core's options and limits.
+    pub broker: BrokerConfig,
+    /// Addresses to listen on (IPv4 or IPv6); port 0 picks a free port.
+    pub listeners: Vec<SocketAddr>,
+    /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
+    pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("broker", &self.broker)
+            .field("listeners", &self.listeners)
+            .field("async_authenticator", &self.async_authenticator.is_some())
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    /// The broker's defaults, listening on `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            broker: BrokerConfig::default(),
+            listeners: vec![addr],
+            async_authenticator: None,
+        }
+    }
+}
+
+/// Stops a running [`Server`] gracefully; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Asks the server to stop: it stops accepting, sends DISCONNECT 0x8B (Server shutting down)
+    /// to MQTT 5 clients, flushes and closes every connection, and then `run` returns.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A bound MQTT broker server. See the [module documentation](self).
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    config: ServerConfig,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").field("local_addrs", &self.local_addrs()).finish()
+    }
+}
+
+impl Server {
+    /// Checks the configuration and binds every listener.
+    pub async fn bind(config: ServerConfig) -> io::Result<Server> {
+        config
+            .broker
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if config.listeners.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener configured"));
+        }
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for addr in &config.listeners {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(listener);
+        }
+        let (tx, _) = watch::channel(false);
+        Ok(Server { listeners, config, shutdown: Arc::new(tx) })
+    }
+
+    /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until [`ShutdownHandle::shutdown`] is called.
+    pub async fn run(self) -> io::Result<()> {
+        let epoch = StdInstant::now();
+        let broker = Broker::new(self.config.broker.clone(), Instant::ZERO)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let mut acceptors = Vec::new();
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let tx = tx.clone();
+            let listener_index = u16::try_from(index).unwrap_or(u16::MAX);
+            acceptors.push(tokio::spawn(accept_loop(listener, listener_index, tx)));
+        }
+        let mut core = CoreTask {
+            broker,
+            epoch,
+            conns: BTreeMap::new(),
+            tx,
+            auth: self.config.async_authenticator.clone(),
+            closing: None,
+        };
+        let mut stop = self.shutdown.subscribe();
+        core.run(rx, &mut stop).await;
+        for a in &acceptors {
+            a.abort();
+        }
+        core.shutdown().await;
+        Ok(())
+    }
+}
+
+enum Input {
+    Accepted(TcpStream, SocketAddr, u16),
+    Bytes(ConnId, BytesMut),
+    Closed(ConnId),
+    Written(ConnId, usize),
+    Auth(AuthTicket, AuthDecision),
+}
+
+async fn accept_loop(listener: TcpListener, index: u16, tx: mpsc::Sender<Input>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                if tx.send(Input::Accepted(stream, addr, index)).await.is_err() {
+                    return;
+                }
+            }
+            // Out of file descriptors and the like: wait a little rather than spin.
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+struct ConnState {
+    input: BytesMut,
+    /// Bytes given to the writer and not yet reported written.
+    in_writer: usize,
+    writer: Option<mpsc::UnboundedSender<Vec<Bytes>>>,
+    reader: JoinHandle<()>,
+    writer_task: JoinHandle<()>,
+}
+
+struct CoreTask {
+    broker: Broker,
+    epoch: StdInstant,
+    conns: BTreeMap<ConnId, ConnState>,
+    tx: mpsc::Sender<Input>,
+    auth: Option<Arc<dyn AsyncAuthenticator>>,
+    /// While shutting down: the writers still flushing.
+    closing: Option<Vec<JoinHandle<()>>>,
+}
+
+impl CoreTask {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let at = self.broker.poll_timeout()?;
+        let at = self.epoch + Duration::from_nanos(at.as_nanos());
+        Some(tokio::time::Instant::from_std(at))
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<Input>, stop: &mut watch::Receiver<bool>) {
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                input = rx.recv() => {
+                    let Some(input) = input else { return };
+                    self.input(input);
+                    for _ in 1..BATCH {
+                        match rx.try_recv() {
+                            Ok(input) => self.input(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {}
+            }
+            let now = self.now();
+            self.broker.handle_timeout(now);
+            self.drain();
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Accepted(stream, addr, listener) => self.accepted(now, stream, addr, listener),
+            Input::Bytes(id, chunk) => {
+                let Some(c) = self.conns.get_mut(&id) else { return };
+                if c.input.is_empty() {
+                    c.input = chunk;
+                } else {
+                    c.input.extend_from_slice(&chunk);
+                }
+                self.broker.handle_bytes(now, id, &mut c.input);
+            }
+            Input::Closed(id) => {
+                if self.conns.contains_key(&id) {
+                    self.broker.handle_closed(now, id);
+                    let _ = self.forget(id);
+                }
+            }
+            Input::Written(id, n) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.in_writer = c.in_writer.saturating_sub(n);
+                    self.transmit(id, false);
+                }
+            }
+            Input::Auth(ticket, decision) => self.broker.resolve_auth(now, ticket, decision),
+        }
+    }
+
+    fn accepted(&mut self, now: Instant, stream: TcpStream, addr: SocketAddr, listener: u16) {
+        let id = match self.broker.accept(now, PeerInfo { addr: Some(addr), listener }) {
+            Ok(id) => id,
+            Err(e) => {
+                log::warn!("refused connection from {addr}: {e}");
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(read, id, self.tx.clone()));
+        let writer_task = tokio::spawn(write_loop(write, id, wrx, self.tx.clone()));
+        self.conns.insert(
+            id,
+            ConnState { input: BytesMut::new(), in_writer: 0, writer: Some(wtx), reader, writer_task },
+        );
+    }
+
+    /// Hands `id`'s output to its writer, within the window unless `all`.
+    fn transmit(&mut self, id: ConnId, all: bool) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(writer) = &c.writer else { return };
+        let mut chunks = Vec::new();
+        loop {
+            let room = if all { usize::MAX } else { WRITE_WINDOW.saturating_sub(c.in_writer) };
+            if room == 0 {
+                break;
+            }
+            match self.broker.poll_transmit(id, room) {
+                Some(b) => {
+                    c.in_writer += b.len();
+                    chunks.push(b);
+                }
+                None => break,
+            }
+        }
+        if !chunks.is_empty() {
+            let _ = writer.send(chunks);
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(id) = self.broker.poll_writable() {
+            self.transmit(id, false);
+        }
+        while let Some(event) = self.broker.poll_event() {
+            match event {
+                Event::Connected { conn, client_id, protocol, session_present } => {
+                    log::info!(
+                        "client {client_id} connected ({protocol:?}, session present: \
+                         {session_present}) as {conn:?}"
+                    );
+                }
+                Event::Refused { conn, reason } => {
+                    log::info!("connection {conn:?} refused: {reason:?}");
+                }
+                Event::Disconnected { conn, client_id, reason } => {
+                    log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
+                }
+                Event::CloseTransport(id) => {
+                    if let Some(writer) = self.close(id)
+                        && let Some(closing) = &mut self.closing
+                    {
+                        closing.push(writer);
+                    }
+                }
+                Event::AuthRequired { ticket, request, .. } => self.authenticate(ticket, request),
+                other => log::debug!("{other:?}"),
+            }
+        }
+    }
+
+    /// The core asked for `id` to be closed: what it queued is written, then the socket closes.
+    fn close(&mut self, id: ConnId) -> Option<JoinHandle<()>> {
+        self.transmit(id, true);
+        let now = self.now();
+        self.broker.handle_closed(now, id);
+        self.forget(id)
+    }
+
+    /// Drops `id`'s state; returns its writer task, which finishes what it holds and then
+    /// closes the socket.
+    fn forget(&mut self, id: ConnId) -> Option<JoinHandle<()>> {
+        let c = self.conns.remove(&id)?;
+        c.reader.abort();
+        drop(c.writer);
+        Some(c.writer_task)
+    }
+
+    fn authenticate(&mut self, ticket: AuthTicket, request: AuthRequest) {
+        let tx = self.tx.clone();
+        match &self.auth {
+            Some(auth) => {
+                let fut = auth.authenticate(request);
+                tokio::spawn(async move {
+                    let decision = fut.await;
+                    let _ = tx.send(Input::Auth(ticket, decision)).await;
+                });
+            }
+            None => {
+                log::warn!("an authenticator deferred but no async authenticator is configured");
+                let now = self.now();
+                self.broker.resolve_auth(
+                    now,
+                    ticket,
+                    AuthDecision::Deny(ternmq_core::codec::ReasonCode::NotAuthorized),
+                );
+            }
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let now = self.now();
+        self.broker.shutdown(now);
+        self.closing = Some(Vec::new());
+        // The core has asked for every connection to close: `drain` closes them, and the
+        // loop catches any it did not name.
+        self.drain();
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            let writer = self.close(id);
+            self.closing.get_or_insert_default().extend(writer);
+        }
+        self.drain();
+        let writers = self.closing.take().unwrap_or_default();
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
+            for w in writers {
+                let _ = w.await;
+            }
+        })
+        .await;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_loop(mut read: OwnedReadHalf, id: ConnId, tx: mpsc::Sender<Input>) {
+    let mut buf = BytesMut::new();
+    loop {
+        buf.reserve(READ_CHUNK);
+        match read.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Input::Closed(id)).await;
+                return;
+            }
+            Ok(_) => {
+                if tx.send(Input::Bytes(id, buf.split())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    id: ConnId,
+    mut rx: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    tx: mpsc::Sender<Input>,
+) {
+    let mut pending: Vec<Bytes> = Vec::new();
+    while let Some(chunks) = rx.recv().await {
+        pending.extend(chunks);
+        while let Ok(more) = rx.try_recv() {
+            pending.extend(more);
+        }
+        let total: usize = pending.iter().map(Bytes::len).sum();
+        match tokio::time::timeout(WRITE_TIMEOUT, write_all(&mut write, &mut pending)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                let _ = tx.send(Input::Closed(id)).await;
+                return;
+            }
+        }
+        if tx.send(Input::Written(id, total)).await.is_err() {
+            break;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Writes every buffer in `bufs` with vectored writes, emptying it.
+async fn write_all(write: &mut OwnedWriteHalf, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        let slices: Vec<IoSlice<'_>> = bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        let mut n = write.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let b = &mut bufs[first];
+            if n >= b.len() {
+                n -= b.len();
+                first += 1;
+            } else {
+                let _ = b.split_to(n);
+                n = 0;
+            }
+        }
+    }
+    bufs.clear();
+    Ok(())
+}

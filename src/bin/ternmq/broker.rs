@@ -1,0 +1,474 @@
+//! `ternmq broker`: the MQTT broker program.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use ternmq::broker::BrokerConfig;
+use ternmq::codec::QoS;
+use ternmq::tokio::{Server, ServerConfig};
+
+const USAGE: &str = "\
+usage: ternmq broker [options]
+
+Runs an MQTT 3.1.1 and 5.0 broker. Without options it listens on 127.0.0.1:1883.
+
+options:
+  -c, --config FILE      read options from a TOML file (see examples/broker.toml)
+      --bind ADDR        address to listen on (default 127.0.0.1; IPv6 as ::1)
+  -p, --port N           port to listen on (default 1883)
+      --data-dir DIR     where persistent state is kept (default ./mqtt_data)
+      --no-persistence   keep everything in memory
+      --runtime NAME     tokio (default)
+      --allow-anonymous  accept clients without credentials on a non-loopback address
+  -v, --verbose          log every connection (same as --log-level debug)
+      --log-level LEVEL  error, warn, info (default), debug or trace
+      --help             print this help
+
+Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully.";
+
+/// The options of a broker configuration file. Names follow the seed's broker options where it
+/// names one, and Mosquitto's otherwise.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<String>,
+    port: Option<u16>,
+    #[serde(default)]
+    listener: Vec<ListenerConfig>,
+    max_connections: Option<usize>,
+    max_packet_size: Option<u32>,
+    enable_persistence: Option<bool>,
+    persistence_path: Option<PathBuf>,
+    session_expiry_interval: Option<u32>,
+    max_qos: Option<u8>,
+    retain_available: Option<bool>,
+    wildcard_subscription_available: Option<bool>,
+    shared_subscription_available: Option<bool>,
+    subscription_identifiers_available: Option<bool>,
+    receive_maximum: Option<u16>,
+    max_inflight_messages: Option<u16>,
+    max_queued_messages: Option<usize>,
+    max_queued_bytes: Option<usize>,
+    queue_qos0_messages: Option<bool>,
+    max_outbound_bytes: Option<usize>,
+    max_topic_alias: Option<u16>,
+    max_keepalive: Option<u16>,
+    connect_timeout: Option<u64>,
+    allow_zero_length_clientid: Option<bool>,
+    max_client_id_len: Option<usize>,
+    sys_interval: Option<u64>,
+    allow_anonymous: Option<bool>,
+    password_file: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerConfig {
+    port: u16,
+    bind: Option<String>,
+}
+
+/// Everything the broker runs with, from defaults, the file and the flags.
+struct Settings {
+    config: ServerConfig,
+    persistence: Option<PathBuf>,
+    log_level: log::LevelFilter,
+}
+
+/// Runs the broker until Ctrl-C or SIGTERM. Errors are messages for the user.
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let Some(settings) = settings(args)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    Logger::install(settings.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let server = Server::bind(settings.config).await.map_err(|e| e.to_string())?;
+    println!("ternmq {} (MQTT 3.1.1 and 5.0 broker)", env!("CARGO_PKG_VERSION"));
+    for addr in server.local_addrs() {
+        println!("listening on {addr} (mqtt over tcp)");
+    }
+    match &settings.persistence {
+        Some(dir) => println!(
+            "persistence is not available in this version yet: running in memory (data \
+             directory {} unused); sessions and retained messages are lost on restart",
+            dir.display()
+        ),
+        None => println!("running in memory (persistence off)"),
+    }
+    let handle = server.shutdown_handle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        println!("shutting down");
+        handle.shutdown();
+    });
+    server.run().await.map_err(|e| e.to_string())?;
+    println!("stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The settings from `args`, or `None` for `--help`.
+fn settings(args: &[String]) -> Result<Option<Settings>, String> {
+    let mut file: Option<PathBuf> = None;
+    let mut bind: Option<String> = None;
+    let mut port: Option<u16> = None;
+    let mut data_dir: Option<PathBuf> = None;
+    let mut no_persistence = false;
+    let mut allow_anonymous = false;
+    let mut log_level: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| {
+            it.next().cloned().ok_or_else(|| format!("ternmq broker: {name} needs a value"))
+        };
+        match flag.as_str() {
+            "--help" | "-h" => return Ok(None),
+            "-c" | "--config" => file = Some(PathBuf::from(value(flag)?)),
+            "--bind" => bind = Some(value(flag)?),
+            "-p" | "--port" => {
+                let v = value(flag)?;
+                port = Some(v.parse().map_err(|_| {
+                    format!("ternmq broker: {flag}: {v:?} is not a port number (0 to 65535)")
+                })?);
+            }
+            "--data-dir" => data_dir = Some(PathBuf::from(value(flag)?)),
+            "--no-persistence" => no_persistence = true,
+            "--allow-anonymous" => allow_anonymous = true,
+            "--runtime" => {
+                let v = value(flag)?;
+                if v != "tokio" {
+                    return Err(format!(
+                        "ternmq broker: --runtime {v}: only the tokio runtime serves the broker in \
+                         this version"
+                    ));
+                }
+            }
+            "-v" | "--verbose" => log_level = Some("debug".into()),
+            "--log-level" => log_level = Some(value(flag)?),
+            other => return Err(format!("ternmq broker: unknown option {other:?}\n\n{USAGE}")),
+        }
+    }
+    let (fc, source) = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("ternmq broker: cannot read {}: {e}", path.display()))?;
+            (parse_file(path, &text)?, Some((path.as_path(), text)))
+        }
+        None => (FileConfig::default(), None),
+    };
+    let at = |key: &str| match &source {
+        Some((path, text)) => locate(path, text, key),
+        None => format!("ternmq broker: {key}"),
+    };
+    build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at).map(Some)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+        let key = text
+            .lines()
+            .nth(line.saturating_sub(1))
+            .and_then(|l| l.split('=').next())
+            .map(|k| k.trim().trim_matches(['[', ']']))
+            .filter(|k| !k.is_empty())
+            .unwrap_or("?");
+        format!("{}:{line}: key `{key}`: {}", path.display(), e.message())
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// `file:line: key `key`` for a key of the file (line 0 if the key is not written there).
+fn locate(path: &Path, text: &str, key: &str) -> String {
+    let line = text
+        .lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1);
+    format!("{}:{line}: key `{key}`", path.display())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    fc: FileConfig,
+    bind: Option<String>,
+    port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    no_persistence: bool,
+    allow_anonymous_flag: bool,
+    log_level: Option<String>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Settings, String> {
+    let mut b = BrokerConfig::default();
+    let mut listeners = Vec::new();
+    if fc.listener.is_empty() || bind.is_some() || port.is_some() {
+        let host = bind.or(fc.bind.clone()).unwrap_or_else(|| "127.0.0.1".into());
+        let ip = parse_ip(&host).map_err(|e| format!("{}: {e}", at("bind")))?;
+        listeners.push(SocketAddr::new(ip, port.or(fc.port).unwrap_or(1883)));
+    } else {
+        for l in &fc.listener {
+            let host = l.bind.clone().unwrap_or_else(|| "127.0.0.1".into());
+            let ip = parse_ip(&host).map_err(|e| format!("{}: {e}", at("bind")))?;
+            listeners.push(SocketAddr::new(ip, l.port));
+        }
+    }
+    if let Some(v) = fc.max_connections {
+        b.max_connections = v;
+    }
+    if let Some(v) = fc.max_packet_size {
+        b.max_packet_size = v;
+    }
+    if let Some(v) = fc.session_expiry_interval {
+        b.session_expiry_interval = v;
+    }
+    if let Some(v) = fc.max_qos {
+        b.max_qos = match v {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            2 => QoS::ExactlyOnce,
+            _ => return Err(format!("{}: {v} is not a QoS; use 0, 1 or 2", at("max_qos"))),
+        };
+    }
+    if let Some(v) = fc.retain_available {
+        b.retain_available = v;
+    }
+    if let Some(v) = fc.wildcard_subscription_available {
+        b.wildcard_subscription_available = v;
+    }
+    if let Some(v) = fc.shared_subscription_available {
+        b.shared_subscription_available = v;
+    }
+    if let Some(v) = fc.subscription_identifiers_available {
+        b.subscription_identifiers_available = v;
+    }
+    if let Some(v) = fc.receive_maximum {
+        b.receive_maximum = v;
+    }
+    if let Some(v) = fc.max_inflight_messages {
+        b.max_inflight_messages = v;
+    }
+    if let Some(v) = fc.max_queued_messages {
+        b.max_queued_messages = v;
+    }
+    if let Some(v) = fc.max_queued_bytes {
+        b.max_queued_bytes = v;
+    }
+    if let Some(v) = fc.queue_qos0_messages {
+        b.queue_qos0_offline = v;
+    }
+    if let Some(v) = fc.max_outbound_bytes {
+        b.max_outbound_bytes = v;
+    }
+    if let Some(v) = fc.max_topic_alias {
+        b.topic_alias_maximum = v;
+    }
+    if let Some(v) = fc.max_keepalive {
+        b.max_keepalive = v;
+    }
+    if let Some(v) = fc.connect_timeout {
+        b.connect_timeout = Duration::from_secs(v);
+    }
+    if let Some(v) = fc.allow_zero_length_clientid {
+        b.allow_zero_length_client_id = v;
+    }
+    if let Some(v) = fc.max_client_id_len {
+        b.max_client_id_len = v;
+    }
+    if let Some(v) = fc.sys_interval {
+        b.sys_interval = (v > 0).then(|| Duration::from_secs(v));
+    }
+    b.version = format!("ternmq {}", env!("CARGO_PKG_VERSION"));
+    b.validate().map_err(|e| format!("{}: {}", at(config_key(e.field)), e.message))?;
+
+    for (key, value) in [("password_file", &fc.password_file), ("acl_file", &fc.acl_file)] {
+        if value.is_some() {
+            return Err(format!(
+                "{}: password and ACL files are not supported in this version yet",
+                at(key)
+            ));
+        }
+    }
+    let allow_anonymous = allow_anonymous_flag || fc.allow_anonymous.unwrap_or(false);
+    if fc.allow_anonymous == Some(false) {
+        return Err(format!(
+            "{}: with no password_file support yet, refusing anonymous clients would refuse \
+             everyone; remove the key",
+            at("allow_anonymous")
+        ));
+    }
+    if let Some(open) = listeners.iter().find(|a| !a.ip().is_loopback())
+        && !allow_anonymous
+    {
+        return Err(format!(
+            "ternmq broker: refusing to listen on {open} without authentication: anyone who can \
+             reach it could connect. Listen on a loopback address (--bind 127.0.0.1), or accept \
+             anonymous clients on purpose with --allow-anonymous (allow_anonymous = true in \
+             the config file)"
+        ));
+    }
+
+    let persistence = if no_persistence || fc.enable_persistence == Some(false) {
+        None
+    } else {
+        Some(data_dir.or(fc.persistence_path).unwrap_or_else(|| PathBuf::from("./mqtt_data")))
+    };
+    let level = log_level.or(fc.log_level).unwrap_or_else(|| "info".into());
+    let log_level = match level.as_str() {
+        "off" => log::LevelFilter::Off,
+        "error" => log::LevelFilter::Error,
+        "warn" | "warning" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        other => {
+            return Err(format!(
+                "{}: unknown log level {other:?}; use error, warn, info, debug or trace",
+                at("log_level")
+            ));
+        }
+    };
+    let mut config = ServerConfig::new(listeners[0]);
+    config.listeners = listeners;
+    config.broker = b;
+    Ok(Settings { config, persistence, log_level })
+}
+
+/// The file key for a field of `BrokerConfig`.
+fn config_key(field: &str) -> &str {
+    match field {
+        "topic_alias_maximum" => "max_topic_alias",
+        "queue_qos0_offline" => "queue_qos0_messages",
+        "allow_zero_length_client_id" => "allow_zero_length_clientid",
+        other => other,
+    }
+}
+
+fn parse_ip(host: &str) -> Result<IpAddr, String> {
+    if host == "localhost" {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    host.trim_matches(['[', ']'])
+        .parse()
+        .map_err(|_| format!("{host:?} is not an IP address (e.g. 127.0.0.1, ::1 or 0.0.0.0)"))
+}
+
+/// Log lines to standard error: `level target: message`.
+struct Logger;
+
+impl Logger {
+    fn install(level: log::LevelFilter) {
+        static LOGGER: Logger = Logger;
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("{:<5} {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let s = settings(&[]).unwrap().unwrap();
+        assert_eq!(s.config.listeners, vec!["127.0.0.1:1883".parse().unwrap()]);
+        assert_eq!(s.config.broker.max_connections, 10_000);
+        assert_eq!(s.config.broker.max_packet_size, 256 * 1024);
+        assert_eq!(s.persistence, Some(PathBuf::from("./mqtt_data")));
+    }
+
+    #[test]
+    fn flags_override() {
+        let s = settings(&args("--bind ::1 -p 0 --no-persistence")).unwrap().unwrap();
+        assert_eq!(s.config.listeners, vec!["[::1]:0".parse().unwrap()]);
+        assert_eq!(s.persistence, None);
+    }
+
+    #[test]
+    fn non_loopback_without_auth_is_refused() {
+        let e = settings(&args("--bind 0.0.0.0")).err().unwrap();
+        assert!(e.contains("--allow-anonymous"), "{e}");
+        assert!(settings(&args("--bind 0.0.0.0 --allow-anonymous")).is_ok());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse_file(Path::new("b.toml"), "port = 1883\nmax_conections = 5\n").unwrap_err();
+        assert!(e.starts_with("b.toml:2: key `max_conections`"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_file_line_and_key() {
+        let e = parse_file(Path::new("b.toml"), "port = 1883\n\nmax_qos = \"two\"\n").unwrap_err();
+        assert!(e.starts_with("b.toml:3: key `max_qos`"), "{e}");
+        let text = "max_qos = 3\n";
+        let fc = parse_file(Path::new("b.toml"), text).unwrap();
+        let at = |k: &str| locate(Path::new("b.toml"), text, k);
+        let e = build(fc, None, None, None, false, false, None, &at).err().unwrap();
+        assert!(e.starts_with("b.toml:1: key `max_qos`: 3 is not a QoS"), "{e}");
+    }
+
+    #[test]
+    fn shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/broker.toml");
+        let s = settings(&["-c".into(), path.display().to_string()]).unwrap().unwrap();
+        assert_eq!(s.config.broker.max_connections, 10_000);
+        assert_eq!(s.config.broker.session_expiry_interval, 3600);
+    }
+}
