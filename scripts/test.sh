@@ -4,7 +4,7 @@
 #
 # Real peers, not mocks: the interop tests start their own Mosquitto broker on a free loopback
 # port and use `mosquitto_sub`, so this script installs Debian's `mosquitto` and
-# `mosquitto-clients` when they are missing and tells the tests that the peers are required
+# `mosquitto-clients` (and the Python `paho-mqtt` client from PyPI) when they are missing and tells the tests that the peers are required
 # (TERNMQ_REQUIRE_INTEROP=1): under this script they run, never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,20 @@ if ! have_mosquitto; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
     have_mosquitto || { echo "scripts/test.sh: mosquitto still missing after install" >&2; exit 1; }
+fi
+
+# The Python paho-mqtt client, a second real client for the broker interop tests (PyPI).
+if ! python3 -c "import paho.mqtt.client" >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing the paho-mqtt Python client (PyPI)"
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "scripts/test.sh: python3 not found; install Python 3 and run again" >&2
+        exit 1
+    fi
+    python3 -m pip install -q paho-mqtt 2>/dev/null ||
+        python3 -m pip install -q --user paho-mqtt 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages paho-mqtt
+    python3 -c "import paho.mqtt.client" ||
+        { echo "scripts/test.sh: paho-mqtt still missing after install" >&2; exit 1; }
 fi
 
 export TERNMQ_REQUIRE_INTEROP=1

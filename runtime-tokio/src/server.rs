@@ -83,11 +83,7 @@ impl fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// The broker's defaults, listening on `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            broker: BrokerConfig::default(),
-            listeners: vec![addr],
-            async_authenticator: None,
-        }
+        Self { broker: BrokerConfig::default(), listeners: vec![addr], async_authenticator: None }
     }
 }
 
@@ -300,7 +296,13 @@ impl CoreTask {
         let writer_task = tokio::spawn(write_loop(write, id, wrx, self.tx.clone()));
         self.conns.insert(
             id,
-            ConnState { input: BytesMut::new(), in_writer: 0, writer: Some(wtx), reader, writer_task },
+            ConnState {
+                input: BytesMut::new(),
+                in_writer: 0,
+                writer: Some(wtx),
+                reader,
+                writer_task,
+            },
         );
     }
 
@@ -476,7 +478,8 @@ async fn write_loop(
 async fn write_all(write: &mut OwnedWriteHalf, bufs: &mut Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        let slices: Vec<IoSlice<'_>> =
+            bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
         let mut n = write.write_vectored(&slices).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
