@@ -174,6 +174,14 @@ pub struct BrokerConfig {
     /// Most bytes waiting to be written to one connection. Beyond it, QoS 0 messages for that
     /// connection are dropped and QoS 1 and 2 messages wait in the session queue.
     pub max_outbound_bytes: usize,
+    /// Flow control from subscribers back to publishers. When a QoS 1 or 2 message finds a
+    /// connected subscriber's queue full, it is queued all the same and the publisher's
+    /// PUBACK/PUBREC is withheld until that queue has room again, so a publisher that respects
+    /// its Receive Maximum slows down instead of losing messages. A subscriber that holds
+    /// acknowledgements back for longer than this is a slow consumer: the withheld acks are
+    /// sent and, until its queue drains to half, messages beyond its limits are dropped.
+    /// Zero turns the flow control off (full queues drop at once).
+    pub max_ack_delay: Duration,
     /// The Topic Alias Maximum sent to MQTT 5 clients: aliases a client may use towards the
     /// broker.
     pub topic_alias_maximum: u16,
@@ -223,6 +231,7 @@ impl Default for BrokerConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             queue_qos0_offline: false,
             max_outbound_bytes: 4 * 1024 * 1024,
+            max_ack_delay: Duration::from_secs(5),
             topic_alias_maximum: 10,
             outgoing_topic_aliases: false,
             max_keepalive: 0,

@@ -62,7 +62,7 @@ pub use config::{
     Action, AuthDecision, AuthRequest, AuthStage, Authenticator, Authorizer, BrokerConfig,
     ClientInfo, ConfigError, MIN_MAX_PACKET_SIZE, PeerInfo, SharedPolicy,
 };
-use session::{Delivery, Inflight, Message, OutAliases, OutState, PendingWill, Session};
+use session::{Delivery, Inflight, Message, OutAliases, OutState, ParkedAck, PendingWill, Session};
 use tree::{Entry, GroupRef, SubTree};
 
 use crate::codec::{
@@ -217,6 +217,12 @@ pub struct Stats {
     /// work that is not a reaction to input. An idle broker adds nothing here until a deadline
     /// (keep-alive, expiry, `$SYS`) is actually due.
     pub timers_run: u64,
+    /// PUBACKs and PUBRECs withheld because a subscriber's queue was full
+    /// ([`BrokerConfig::max_ack_delay`]).
+    pub acks_delayed: u64,
+    /// Times a subscriber held acknowledgements back longer than `max_ack_delay` and was
+    /// treated as a slow consumer.
+    pub slow_consumers: u64,
 }
 
 /// A point-in-time view of the broker's size, for `$SYS` and metrics.
@@ -295,6 +301,8 @@ struct Conn {
     out_bytes: usize,
     tail: BytesMut,
     in_ready: bool,
+    /// This connection's PUBACKs/PUBRECs withheld by subscribers' full queues.
+    parked: u16,
 }
 
 impl Conn {
@@ -373,6 +381,10 @@ pub struct Broker {
     stats: Stats,
     scratch: Vec<Entry>,
     scratch_groups: Vec<GroupRef>,
+    /// While a QoS 1/2 publish is routed: whether its ack may be withheld, and the first
+    /// connected session that took it over its queue limit.
+    park_ok: bool,
+    congested: Option<u32>,
 }
 
 impl fmt::Debug for Broker {
@@ -411,6 +423,8 @@ impl Broker {
             stats: Stats::default(),
             scratch: Vec::new(),
             scratch_groups: Vec::new(),
+            park_ok: false,
+            congested: None,
         };
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.insert((now + interval, Timer::Sys));
@@ -491,6 +505,7 @@ impl Broker {
             out_bytes: 0,
             tail: BytesMut::new(),
             in_ready: false,
+            parked: 0,
         };
         let index = match self.free_slots.pop() {
             Some(i) => i,
@@ -788,10 +803,11 @@ impl Broker {
     }
 
     fn arm_session_timer(&mut self, index: u32) {
+        let max_ack_delay = self.config.max_ack_delay;
         let Some(s) = self.sessions.get_mut(index as usize).and_then(Option::as_mut) else {
             return;
         };
-        let Some(deadline) = s.deadline() else {
+        let Some(deadline) = s.deadline(max_ack_delay) else {
             return;
         };
         let serial = s.serial;
@@ -848,6 +864,7 @@ impl Broker {
     }
 
     fn session_timer(&mut self, now: Instant, index: u32, serial: u64, at: Instant) {
+        let delay = self.config.max_ack_delay;
         let Some(s) = self.session_mut(index) else {
             return;
         };
@@ -855,6 +872,15 @@ impl Broker {
             return;
         }
         s.timer_at = None;
+        if s.parked.front().is_some_and(|p| p.since + delay <= now) {
+            // Held acknowledgements too long: a slow consumer.
+            s.slow = true;
+            self.stats.slow_consumers += 1;
+            self.release_parked(index);
+        }
+        let Some(s) = self.session_mut(index) else {
+            return;
+        };
         if s.will_at.is_some_and(|t| t <= now) {
             s.will_at = None;
             if let Some(will) = s.will.take() {
@@ -1003,10 +1029,13 @@ impl Broker {
     /// The session's connection is gone. `takeover` keeps even a session with expiry 0: a new
     /// connection is about to take it.
     fn detach(&mut self, now: Instant, index: u32, publish_will: bool, takeover: bool) {
+        // An offline session's queue drops at its limit: nobody waits for it.
+        self.release_parked(index);
         let Some(s) = self.session_mut(index) else {
             return;
         };
         s.conn = None;
+        s.slow = false;
         if publish_will {
             if let Some(will) = s.will.take() {
                 let delay = if s.protocol.is_v5() { will.delay.min(s.expiry) } else { 0 };
@@ -1039,6 +1068,7 @@ impl Broker {
     /// Discards a session: its will (published now if still pending, [MQTT-3.1.2-8]), its
     /// subscriptions and its messages.
     fn end_session(&mut self, now: Instant, index: u32) {
+        self.release_parked(index);
         self.clear_session_timer(index);
         let Some(s) = self.session_mut(index) else {
             return;
@@ -1643,6 +1673,14 @@ impl Broker {
             return;
         };
         let serial = s.serial;
+        let parked = self.slot_conn(index).map_or(0, |c| usize::from(c.parked));
+        let Some(s) = self.session(si) else {
+            return;
+        };
+        if v5 && p.qos == QoS::AtLeastOnce && parked + s.incoming_qos2.len() >= receive_maximum {
+            // Withheld PUBACKs count against the broker's Receive Maximum ([MQTT-3.3.4-7]).
+            return self.violation(now, index, ReasonCode::ReceiveMaximumExceeded);
+        }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             if s.incoming_qos2.contains(&id.get()) {
                 // A resent PUBLISH of a message already received: acknowledge, do not deliver
@@ -1662,8 +1700,13 @@ impl Broker {
             ReasonCode::PayloadFormatInvalid
         } else {
             let (qos, id) = (p.qos, p.packet_id);
+            self.park_ok =
+                id.is_some() && !self.config.max_ack_delay.is_zero() && parked < receive_maximum;
+            self.congested = None;
             let matched = self.publish_message(now, serial, p);
-            return self.acknowledge(index, si, qos, id, v5, matched);
+            self.park_ok = false;
+            let congested = self.congested.take();
+            return self.acknowledge(now, index, si, qos, id, v5, matched, congested);
         };
         match (p.qos, p.packet_id) {
             // 3.1.1 has no way to say no: acknowledge as usual and drop ([MQTT-3.3.5-2]).
@@ -1693,18 +1736,40 @@ impl Broker {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn acknowledge(
         &mut self,
+        now: Instant,
         index: u32,
         si: u32,
         qos: QoS,
         id: Option<PacketId>,
         v5: bool,
         matched: bool,
+        congested: Option<u32>,
     ) {
         let Some(id) = id else {
             return;
         };
+        if let Some(target) = congested {
+            // Withheld until `target`'s queue has room (`max_ack_delay`). The QoS 2 packet
+            // identifier is taken now so that a resent PUBLISH is not delivered twice.
+            let conn = self.conn_id(index);
+            if qos == QoS::ExactlyOnce
+                && let Some(s) = self.session_mut(si)
+            {
+                s.incoming_qos2.insert(id.get());
+            }
+            if let Some(c) = self.slot_conn(index) {
+                c.parked += 1;
+            }
+            if let Some(s) = self.session_mut(target) {
+                s.parked.push_back(ParkedAck { conn, id, qos, since: now });
+            }
+            self.stats.acks_delayed += 1;
+            self.arm_session_timer(target);
+            return;
+        }
         let code =
             if v5 && !matched { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
         let ack = PubAck { packet_id: id, reason_code: code, properties: AckProperties::default() };
@@ -1880,16 +1945,47 @@ impl Broker {
         } else if d.qos == QoS::AtMostOnce && !queue_qos0 {
             return;
         }
-        let Some(s) = self.session_mut(si) else {
+        let park_ok = self.park_ok;
+        let Some(s) = self.sessions.get_mut(si as usize).and_then(Option::as_deref_mut) else {
             return;
         };
         let cost = d.msg.cost();
-        if s.queue.len() >= max_msgs || s.queued_bytes + cost > max_bytes {
-            self.stats.dropped_queue_full += 1;
-            return;
+        if s.queue_full(max_msgs, max_bytes, cost) {
+            // A live subscriber that keeps up with acknowledgements takes it over the limit
+            // and the publisher's ack waits (`max_ack_delay`); otherwise it is dropped.
+            let live = s.conn.is_some() && !s.slow;
+            if !(live && park_ok && d.qos != QoS::AtMostOnce) {
+                self.stats.dropped_queue_full += 1;
+                return;
+            }
+            self.congested.get_or_insert(si);
         }
         s.queued_bytes += cost;
         s.queue.push_back(d);
+    }
+
+    /// Sends the acknowledgements session `si` withheld.
+    fn release_parked(&mut self, si: u32) {
+        let Some(s) = self.session_mut(si) else {
+            return;
+        };
+        if s.parked.is_empty() {
+            return;
+        }
+        let parked = core::mem::take(&mut s.parked);
+        for p in parked {
+            let Some(c) = self.conn_mut(p.conn) else {
+                continue;
+            };
+            c.parked = c.parked.saturating_sub(1);
+            if c.phase != Phase::Connected {
+                continue;
+            }
+            let ack = PubAck::new(p.id);
+            let packet =
+                if p.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
+            self.send(p.conn.index, &packet);
+        }
     }
 
     /// Gives a QoS 1 or 2 delivery a packet identifier and sends it.
@@ -1934,9 +2030,20 @@ impl Broker {
             if front_qos != QoS::AtMostOnce && s.inflight.len() >= window {
                 return;
             }
-            let Some(d) = self.session_mut(si).and_then(Session::pop_queued) else {
+            let max_msgs = self.config.max_queued_messages;
+            let max_bytes = self.config.max_queued_bytes;
+            let Some(s) = self.session_mut(si) else {
                 return;
             };
+            let Some(d) = s.pop_queued() else {
+                return;
+            };
+            if s.slow && s.queue.len() <= max_msgs / 2 {
+                s.slow = false;
+            }
+            if !s.parked.is_empty() && !s.queue_full(max_msgs, max_bytes, 0) {
+                self.release_parked(si);
+            }
             if d.qos == QoS::AtMostOnce {
                 if d.msg.expired(now) {
                     self.stats.dropped_expired += 1;

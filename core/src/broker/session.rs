@@ -96,6 +96,21 @@ pub(crate) struct Session {
     /// Incoming QoS 2 packet identifiers between PUBREC and PUBREL.
     pub(crate) incoming_qos2: BTreeSet<u16>,
     pub(crate) next_id: u16,
+    /// Publishers' acknowledgements withheld until this session's queue has room, oldest
+    /// first (see `BrokerConfig::max_ack_delay`).
+    pub(crate) parked: VecDeque<ParkedAck>,
+    /// Held acknowledgements too long: messages beyond the limits are dropped until the queue
+    /// drains to half.
+    pub(crate) slow: bool,
+}
+
+/// A PUBACK or PUBREC withheld from a publisher.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ParkedAck {
+    pub(crate) conn: ConnId,
+    pub(crate) id: PacketId,
+    pub(crate) qos: QoS,
+    pub(crate) since: Instant,
 }
 
 impl Session {
@@ -118,15 +133,20 @@ impl Session {
             queued_bytes: 0,
             incoming_qos2: BTreeSet::new(),
             next_id: 1,
+            parked: VecDeque::new(),
+            slow: false,
         }
     }
 
-    /// The earlier of the will and expiry deadlines.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        match (self.expires_at, self.will_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// The earliest of the will, expiry and withheld-acknowledgement deadlines.
+    pub(crate) fn deadline(&self, max_ack_delay: core::time::Duration) -> Option<Instant> {
+        let parked = self.parked.front().map(|p| p.since + max_ack_delay);
+        [self.expires_at, self.will_at, parked].into_iter().flatten().min()
+    }
+
+    /// Whether the queue is over either limit.
+    pub(crate) fn queue_full(&self, max_msgs: usize, max_bytes: usize, extra: usize) -> bool {
+        self.queue.len() >= max_msgs || self.queued_bytes + extra > max_bytes
     }
 
     /// A packet identifier not used by an inflight message ([MQTT-2.2.1-4]).
