@@ -6,11 +6,14 @@
 //!
 //! - `ternmq broker`: the MQTT broker.
 //!
-//! The `passwd` and `bench` subcommands arrive with the password-file and benchmark work; until
-//! then they say so and exit with status 2.
+//! - `ternmq bench`: a load generator for any MQTT broker.
+//!
+//! The `passwd` subcommand arrives with the password-file work; until then it says so and exits
+//! with status 2.
 
 use std::process::ExitCode;
 
+mod bench;
 mod broker;
 mod pubsub;
 
@@ -27,7 +30,8 @@ commands:
                                         (-V: version of the stream, default 5; --server: the
                                         stream starts with CONNECT, which fixes the version)
   broker [options]                       run the MQTT broker (see `ternmq broker --help`)
-  passwd, bench                          not available in this version yet
+  bench [options]                        measure a broker (see `ternmq bench --help`)
+  passwd                                 not available in this version yet
 
 options:
   -h, --help       print this help
@@ -72,7 +76,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(cmd @ ("passwd" | "bench")) => {
+        Some("bench") => match bench::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(cmd @ "passwd") => {
             eprintln!("ternmq {cmd}: not available in this version yet (see the README's roadmap)");
             ExitCode::from(2)
         }
