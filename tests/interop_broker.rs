@@ -168,10 +168,19 @@ def wait(cond, what, timeout=10):
 
 #[test]
 fn mosquitto_clients_publish_and_subscribe_at_every_qos_across_versions() {
+    every_qos_across_versions(&[]);
+}
+
+#[test]
+fn mosquitto_clients_against_the_std_threads_runtime() {
+    every_qos_across_versions(&["--runtime", "std"]);
+}
+
+fn every_qos_across_versions(flags: &[&str]) {
     if !have_mosquitto_clients() {
         return;
     }
-    let broker = Ternmq::start(&[]);
+    let broker = Ternmq::start(flags);
     let port = broker.port;
     // Retained first, so that the subscriber's arrival proves its subscription is in place.
     pub_cmd(port, &["-t", "t/ready", "-m", "ready", "-r", "-q", "1"]);

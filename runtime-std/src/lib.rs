@@ -21,7 +21,7 @@
 //! # Ok::<(), ternmq_std::Error>(())
 //! ```
 //!
-//! The broker server on std threads comes with the broker work.
+//! [`Server`] runs the MQTT broker on std threads; see the [`server`] module.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +40,9 @@ use ternmq_core::codec::{
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
 
+pub mod server;
+
+pub use server::{BlockingAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 

@@ -14,7 +14,6 @@
 //! apply (QoS 0 dropped, QoS 1 and 2 queued in the session), so a stalled reader grows no memory
 //! here. Protocol decisions are the core's; this module only moves bytes and time.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -24,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
+use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
 use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
 };
@@ -31,11 +31,9 @@ use ternmq_core::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinSet};
 
-/// Bytes handed to one connection's writer and not yet written, at most.
-const WRITE_WINDOW: usize = 256 * 1024;
 /// Bytes one read may bring in.
 const READ_CHUNK: usize = 16 * 1024;
 /// Inputs the core task takes before it drains output again.
@@ -156,12 +154,11 @@ impl Server {
             acceptors.push(tokio::spawn(accept_loop(listener, listener_index, tx)));
         }
         let mut core = CoreTask {
-            broker,
+            driver: Driver::new(broker),
             epoch,
-            conns: BTreeMap::new(),
             tx,
             auth: self.config.async_authenticator.clone(),
-            closing: None,
+            writers: JoinSet::new(),
         };
         let mut stop = self.shutdown.subscribe();
         core.run(rx, &mut stop).await;
@@ -198,23 +195,19 @@ async fn accept_loop(listener: TcpListener, index: u16, tx: mpsc::Sender<Input>)
     }
 }
 
-struct ConnState {
-    input: BytesMut,
-    /// Bytes given to the writer and not yet reported written.
-    in_writer: usize,
-    writer: Option<mpsc::UnboundedSender<Vec<Bytes>>>,
-    reader: JoinHandle<()>,
-    writer_task: JoinHandle<()>,
+/// How the core task reaches one connection's tasks.
+#[derive(Clone, Debug)]
+struct Handle {
+    writer: mpsc::UnboundedSender<Vec<Bytes>>,
+    reader: AbortHandle,
 }
 
 struct CoreTask {
-    broker: Broker,
+    driver: Driver<Handle>,
     epoch: StdInstant,
-    conns: BTreeMap<ConnId, ConnState>,
     tx: mpsc::Sender<Input>,
     auth: Option<Arc<dyn AsyncAuthenticator>>,
-    /// While shutting down: the writers still flushing.
-    closing: Option<Vec<JoinHandle<()>>>,
+    writers: JoinSet<()>,
 }
 
 impl CoreTask {
@@ -223,7 +216,7 @@ impl CoreTask {
     }
 
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        let at = self.broker.poll_timeout()?;
+        let at = self.driver.poll_timeout()?;
         let at = self.epoch + Duration::from_nanos(at.as_nanos());
         Some(tokio::time::Instant::from_std(at))
     }
@@ -247,141 +240,63 @@ impl CoreTask {
                 _ = sleep_until(deadline) => {}
             }
             let now = self.now();
-            self.broker.handle_timeout(now);
-            self.drain();
+            self.driver.timeout(now);
+            self.act();
+            // Reap finished writers so the set does not grow with every connection ever made.
+            while self.writers.try_join_next().is_some() {}
         }
     }
 
     fn input(&mut self, input: Input) {
         let now = self.now();
         match input {
-            Input::Accepted(stream, addr, listener) => self.accepted(now, stream, addr, listener),
-            Input::Bytes(id, chunk) => {
-                let Some(c) = self.conns.get_mut(&id) else { return };
-                if c.input.is_empty() {
-                    c.input = chunk;
-                } else {
-                    c.input.extend_from_slice(&chunk);
-                }
-                self.broker.handle_bytes(now, id, &mut c.input);
-            }
-            Input::Closed(id) => {
-                if self.conns.contains_key(&id) {
-                    self.broker.handle_closed(now, id);
-                    let _ = self.forget(id);
-                }
-            }
-            Input::Written(id, n) => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.in_writer = c.in_writer.saturating_sub(n);
-                    self.transmit(id, false);
-                }
-            }
-            Input::Auth(ticket, decision) => self.broker.resolve_auth(now, ticket, decision),
-        }
-    }
-
-    fn accepted(&mut self, now: Instant, stream: TcpStream, addr: SocketAddr, listener: u16) {
-        let id = match self.broker.accept(now, PeerInfo { addr: Some(addr), listener }) {
-            Ok(id) => id,
-            Err(e) => {
-                log::warn!("refused connection from {addr}: {e}");
-                return;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let (wtx, wrx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(read, id, self.tx.clone()));
-        let writer_task = tokio::spawn(write_loop(write, id, wrx, self.tx.clone()));
-        self.conns.insert(
-            id,
-            ConnState {
-                input: BytesMut::new(),
-                in_writer: 0,
-                writer: Some(wtx),
-                reader,
-                writer_task,
-            },
-        );
-    }
-
-    /// Hands `id`'s output to its writer, within the window unless `all`.
-    fn transmit(&mut self, id: ConnId, all: bool) {
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        let Some(writer) = &c.writer else { return };
-        let mut chunks = Vec::new();
-        loop {
-            let room = if all { usize::MAX } else { WRITE_WINDOW.saturating_sub(c.in_writer) };
-            if room == 0 {
-                break;
-            }
-            match self.broker.poll_transmit(id, room) {
-                Some(b) => {
-                    c.in_writer += b.len();
-                    chunks.push(b);
-                }
-                None => break,
-            }
-        }
-        if !chunks.is_empty() {
-            let _ = writer.send(chunks);
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Some(id) = self.broker.poll_writable() {
-            self.transmit(id, false);
-        }
-        while let Some(event) = self.broker.poll_event() {
-            match event {
-                Event::Connected { conn, client_id, protocol, session_present } => {
-                    log::info!(
-                        "client {client_id} connected ({protocol:?}, session present: \
-                         {session_present}) as {conn:?}"
-                    );
-                }
-                Event::Refused { conn, reason } => {
-                    log::info!("connection {conn:?} refused: {reason:?}");
-                }
-                Event::Disconnected { conn, client_id, reason } => {
-                    log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
-                }
-                Event::CloseTransport(id) => {
-                    if let Some(writer) = self.close(id)
-                        && let Some(closing) = &mut self.closing
-                    {
-                        closing.push(writer);
+            Input::Accepted(stream, addr, listener) => {
+                let _ = stream.set_nodelay(true);
+                let (read, write) = stream.into_split();
+                let (wtx, wrx) = mpsc::unbounded_channel();
+                // The reader starts once its connection id is known.
+                let (id_tx, id_rx) = oneshot::channel();
+                let reader = tokio::spawn(read_loop(read, id_rx, self.tx.clone()));
+                let handle = Handle { writer: wtx, reader: reader.abort_handle() };
+                match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, handle) {
+                    Ok(id) => {
+                        let _ = id_tx.send(id);
+                        self.writers.spawn(write_loop(write, id, wrx, self.tx.clone()));
+                    }
+                    Err(e) => {
+                        reader.abort();
+                        log::warn!("refused connection from {addr}: {e}");
                     }
                 }
-                Event::AuthRequired { ticket, request, .. } => self.authenticate(ticket, request),
-                other => log::debug!("{other:?}"),
             }
+            Input::Bytes(id, chunk) => self.driver.input(now, id, chunk),
+            Input::Closed(id) => self.driver.closed(now, id),
+            Input::Written(id, n) => self.driver.written(id, n),
+            Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
         }
     }
 
-    /// The core asked for `id` to be closed: what it queued is written, then the socket closes.
-    fn close(&mut self, id: ConnId) -> Option<JoinHandle<()>> {
-        self.transmit(id, true);
-        let now = self.now();
-        self.broker.handle_closed(now, id);
-        self.forget(id)
-    }
-
-    /// Drops `id`'s state; returns its writer task, which finishes what it holds and then
-    /// closes the socket.
-    fn forget(&mut self, id: ConnId) -> Option<JoinHandle<()>> {
-        let c = self.conns.remove(&id)?;
-        c.reader.abort();
-        drop(c.writer);
-        Some(c.writer_task)
+    /// Carries out what the driver asks.
+    fn act(&mut self) {
+        while let Some(action) = self.driver.poll_action() {
+            match action {
+                Action::Write(h, chunks) => {
+                    let _ = h.writer.send(chunks);
+                }
+                // Dropping the last sender lets the writer finish what it holds and close.
+                Action::Close(h) => h.reader.abort(),
+                Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
+                Action::Log(event) => log_event(&event),
+                _ => {}
+            }
+        }
     }
 
     fn authenticate(&mut self, ticket: AuthTicket, request: AuthRequest) {
-        let tx = self.tx.clone();
         match &self.auth {
             Some(auth) => {
                 let fut = auth.authenticate(request);
+                let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let decision = fut.await;
                     let _ = tx.send(Input::Auth(ticket, decision)).await;
@@ -390,35 +305,35 @@ impl CoreTask {
             None => {
                 log::warn!("an authenticator deferred but no async authenticator is configured");
                 let now = self.now();
-                self.broker.resolve_auth(
-                    now,
-                    ticket,
-                    AuthDecision::Deny(ternmq_core::codec::ReasonCode::NotAuthorized),
-                );
+                self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
             }
         }
     }
 
     async fn shutdown(mut self) {
         let now = self.now();
-        self.broker.shutdown(now);
-        self.closing = Some(Vec::new());
-        // The core has asked for every connection to close: `drain` closes them, and the
-        // loop catches any it did not name.
-        self.drain();
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
-            let writer = self.close(id);
-            self.closing.get_or_insert_default().extend(writer);
-        }
-        self.drain();
-        let writers = self.closing.take().unwrap_or_default();
+        self.driver.shutdown(now);
+        self.act();
+        let mut writers = std::mem::take(&mut self.writers);
         let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
-            for w in writers {
-                let _ = w.await;
-            }
+            while writers.join_next().await.is_some() {}
         })
         .await;
+    }
+}
+
+/// Logs what the broker reports.
+fn log_event(event: &Event) {
+    match event {
+        Event::Connected { conn, client_id, protocol, session_present } => log::info!(
+            "client {client_id} connected ({protocol:?}, session present: {session_present}) as \
+             {conn:?}"
+        ),
+        Event::Refused { conn, reason } => log::info!("connection {conn:?} refused: {reason:?}"),
+        Event::Disconnected { conn, client_id, reason } => {
+            log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
+        }
+        other => log::debug!("{other:?}"),
     }
 }
 
@@ -429,7 +344,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn read_loop(mut read: OwnedReadHalf, id: ConnId, tx: mpsc::Sender<Input>) {
+async fn read_loop(
+    mut read: OwnedReadHalf,
+    id: oneshot::Receiver<ConnId>,
+    tx: mpsc::Sender<Input>,
+) {
+    let Ok(id) = id.await else { return };
     let mut buf = BytesMut::new();
     loop {
         buf.reserve(READ_CHUNK);
@@ -480,20 +400,11 @@ async fn write_all(write: &mut OwnedWriteHalf, bufs: &mut Vec<Bytes>) -> io::Res
     while first < bufs.len() {
         let slices: Vec<IoSlice<'_>> =
             bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
-        let mut n = write.write_vectored(&slices).await?;
+        let n = write.write_vectored(&slices).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let b = &mut bufs[first];
-            if n >= b.len() {
-                n -= b.len();
-                first += 1;
-            } else {
-                let _ = b.split_to(n);
-                n = 0;
-            }
-        }
+        first = consume(bufs, first, n);
     }
     bufs.clear();
     Ok(())

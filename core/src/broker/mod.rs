@@ -45,6 +45,7 @@
 //!   for the member whose turn it is, so it is not lost while sessions last.
 
 mod config;
+pub mod driver;
 mod session;
 mod tree;
 

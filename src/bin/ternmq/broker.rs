@@ -20,7 +20,7 @@ options:
   -p, --port N           port to listen on (default 1883)
       --data-dir DIR     where persistent state is kept (default ./mqtt_data)
       --no-persistence   keep everything in memory
-      --runtime NAME     tokio (default)
+      --runtime NAME     tokio (default) or std (plain threads)
       --allow-anonymous  accept clients without credentials on a non-loopback address
   -v, --verbose          log every connection (same as --log-level debug)
       --log-level LEVEL  error, warn, info (default), debug or trace
@@ -77,6 +77,13 @@ struct Settings {
     config: ServerConfig,
     persistence: Option<PathBuf>,
     log_level: log::LevelFilter,
+    runtime: Runtime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Runtime {
+    Tokio,
+    Std,
 }
 
 /// Runs the broker until Ctrl-C or SIGTERM. Errors are messages for the user.
@@ -86,6 +93,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     };
     Logger::install(settings.log_level);
+    if settings.runtime == Runtime::Std {
+        return serve_std(settings);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,13 +103,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     runtime.block_on(serve(settings))
 }
 
-async fn serve(settings: Settings) -> Result<(), String> {
-    let server = Server::bind(settings.config).await.map_err(|e| e.to_string())?;
-    println!("ternmq {} (MQTT 3.1.1 and 5.0 broker)", env!("CARGO_PKG_VERSION"));
-    for addr in server.local_addrs() {
+/// The startup lines: version, one per listener, and where state is kept.
+fn announce(addrs: &[std::net::SocketAddr], persistence: Option<&Path>, runtime: Runtime) {
+    println!(
+        "ternmq {} (MQTT 3.1.1 and 5.0 broker, {} runtime)",
+        env!("CARGO_PKG_VERSION"),
+        if runtime == Runtime::Std { "std threads" } else { "tokio" }
+    );
+    for addr in addrs {
         println!("listening on {addr} (mqtt over tcp)");
     }
-    match &settings.persistence {
+    match persistence {
         Some(dir) => println!(
             "persistence is not available in this version yet: running in memory (data \
              directory {} unused); sessions and retained messages are lost on restart",
@@ -107,6 +121,31 @@ async fn serve(settings: Settings) -> Result<(), String> {
         ),
         None => println!("running in memory (persistence off)"),
     }
+}
+
+/// The broker on std threads: the signal wait runs on a small Tokio runtime of its own.
+fn serve_std(settings: Settings) -> Result<(), String> {
+    let mut config = ternmq::blocking::ServerConfig::new(settings.config.listeners[0]);
+    config.listeners = settings.config.listeners.clone();
+    config.broker = settings.config.broker.clone();
+    let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
+    announce(&server.local_addrs(), settings.persistence.as_deref(), settings.runtime);
+    let handle = server.shutdown_handle();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(wait_for_signal());
+            println!("shutting down");
+            handle.shutdown();
+        }
+    });
+    server.run().map_err(|e| e.to_string())?;
+    println!("stopped");
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    let server = Server::bind(settings.config).await.map_err(|e| e.to_string())?;
+    announce(&server.local_addrs(), settings.persistence.as_deref(), settings.runtime);
     let handle = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -148,6 +187,7 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut no_persistence = false;
     let mut allow_anonymous = false;
     let mut log_level: Option<String> = None;
+    let mut runtime = Runtime::Tokio;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = |name: &str| {
@@ -167,13 +207,20 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
             "--no-persistence" => no_persistence = true,
             "--allow-anonymous" => allow_anonymous = true,
             "--runtime" => {
-                let v = value(flag)?;
-                if v != "tokio" {
-                    return Err(format!(
-                        "ternmq broker: --runtime {v}: only the tokio runtime serves the broker in \
-                         this version"
-                    ));
-                }
+                runtime = match value(flag)?.as_str() {
+                    "tokio" => Runtime::Tokio,
+                    "std" => Runtime::Std,
+                    "smol" => {
+                        return Err("ternmq broker: --runtime smol: the smol server is not in \
+                                    this version yet; use tokio or std"
+                            .into());
+                    }
+                    v => {
+                        return Err(format!(
+                            "ternmq broker: --runtime {v:?}: use tokio (default) or std"
+                        ));
+                    }
+                };
             }
             "-v" | "--verbose" => log_level = Some("debug".into()),
             "--log-level" => log_level = Some(value(flag)?),
@@ -192,7 +239,9 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
         Some((path, text)) => locate(path, text, key),
         None => format!("ternmq broker: {key}"),
     };
-    build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at).map(Some)
+    let mut s = build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at)?;
+    s.runtime = runtime;
+    Ok(Some(s))
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, String> {
@@ -367,7 +416,7 @@ fn build(
     let mut config = ServerConfig::new(listeners[0]);
     config.listeners = listeners;
     config.broker = b;
-    Ok(Settings { config, persistence, log_level })
+    Ok(Settings { config, persistence, log_level, runtime: Runtime::Tokio })
 }
 
 /// The file key for a field of `BrokerConfig`.

@@ -1,0 +1,242 @@
+//! The bookkeeping every broker server needs around a [`Broker`], written once for all
+//! runtimes.
+//!
+//! A server runs reader and writer tasks (or threads) per connection and one owner of the
+//! broker. [`Driver`] is that owner's state: the broker, each connection's partial input and
+//! the bytes handed to its writer but not yet written. The runtime feeds it what happened
+//! ([`accepted`](Driver::accepted), [`input`](Driver::input), [`written`](Driver::written),
+//! [`closed`](Driver::closed), [`timeout`](Driver::timeout)) and then carries out the
+//! [`Action`]s from [`poll_action`](Driver::poll_action): write these buffers to that
+//! connection, close it, authenticate asynchronously. Still no I/O and no clock here.
+//!
+//! Flow control: at most [`WRITE_WINDOW`] bytes per connection are out with its writer. The rest
+//! stays in the broker, whose slow-consumer limits then apply, so a stalled reader grows no
+//! memory in the server.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use bytes::{Bytes, BytesMut};
+
+use super::{AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, ConnId, Event, PeerInfo};
+use crate::codec::ReasonCode;
+use crate::time::Instant;
+
+/// Bytes handed to one connection's writer and not yet reported written, at most.
+pub const WRITE_WINDOW: usize = 256 * 1024;
+
+/// What the runtime must do next.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Action<H> {
+    /// Write these buffers, in order, to the connection whose writer is `H`; report the total
+    /// with [`Driver::written`] once done.
+    Write(H, Vec<Bytes>),
+    /// Everything for this connection has been handed out: let its writer finish what it
+    /// holds, then close the socket and stop its reader.
+    Close(H),
+    /// The authenticator deferred: decide `request` (asynchronously) and answer with
+    /// [`Driver::resolve_auth`].
+    Authenticate(AuthTicket, AuthRequest),
+    /// Something worth logging.
+    Log(Event),
+}
+
+struct Io<H> {
+    handle: H,
+    input: BytesMut,
+    in_writer: usize,
+}
+
+/// A broker and its connections' I/O state. See the [module documentation](self).
+pub struct Driver<H> {
+    broker: Broker,
+    conns: BTreeMap<ConnId, Io<H>>,
+    actions: VecDeque<Action<H>>,
+    /// The latest `now` given: closes the broker decides happen then.
+    now: Instant,
+}
+
+impl<H: core::fmt::Debug> core::fmt::Debug for Driver<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Driver")
+            .field("broker", &self.broker)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Clone> Driver<H> {
+    /// Wraps `broker`.
+    pub fn new(broker: Broker) -> Self {
+        Self { broker, conns: BTreeMap::new(), actions: VecDeque::new(), now: Instant::ZERO }
+    }
+
+    /// The broker, for getters such as [`Broker::stats`].
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Connections open.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A socket was accepted; `handle` reaches its writer. Refused at once (drop the socket)
+    /// when `max_connections` are open.
+    pub fn accepted(
+        &mut self,
+        now: Instant,
+        peer: PeerInfo,
+        handle: H,
+    ) -> Result<ConnId, AcceptError> {
+        self.now = self.now.max(now);
+        let id = self.broker.accept(now, peer)?;
+        self.conns.insert(id, Io { handle, input: BytesMut::new(), in_writer: 0 });
+        Ok(id)
+    }
+
+    /// Bytes read from `id`.
+    pub fn input(&mut self, now: Instant, id: ConnId, chunk: BytesMut) {
+        self.now = self.now.max(now);
+        let Some(io) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if io.input.is_empty() {
+            io.input = chunk;
+        } else {
+            io.input.extend_from_slice(&chunk);
+        }
+        self.broker.handle_bytes(now, id, &mut io.input);
+        self.collect();
+    }
+
+    /// `id`'s writer wrote `n` bytes.
+    pub fn written(&mut self, id: ConnId, n: usize) {
+        let Some(io) = self.conns.get_mut(&id) else {
+            return;
+        };
+        io.in_writer = io.in_writer.saturating_sub(n);
+        self.transmit(id, false);
+    }
+
+    /// `id`'s socket closed (end of stream or an error, reading or writing).
+    pub fn closed(&mut self, now: Instant, id: ConnId) {
+        self.now = self.now.max(now);
+        if let Some(io) = self.conns.remove(&id) {
+            self.broker.handle_closed(now, id);
+            self.actions.push_back(Action::Close(io.handle));
+            self.collect();
+        }
+    }
+
+    /// The answer to an [`Action::Authenticate`].
+    pub fn resolve_auth(&mut self, now: Instant, ticket: AuthTicket, decision: AuthDecision) {
+        self.now = self.now.max(now);
+        self.broker.resolve_auth(now, ticket, decision);
+        self.collect();
+    }
+
+    /// Runs the broker's due timers. Call when [`poll_timeout`](Self::poll_timeout) passes.
+    pub fn timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.broker.handle_timeout(now);
+        self.collect();
+    }
+
+    /// When [`timeout`](Self::timeout) must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.broker.poll_timeout()
+    }
+
+    /// Disconnects every client (MQTT 5: DISCONNECT 0x8B) and closes every connection.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.broker.shutdown(now);
+        self.collect();
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(now, id);
+        }
+    }
+
+    /// The next thing to do.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action<H>> {
+        self.actions.pop_front()
+    }
+
+    /// Turns the broker's output and events into actions.
+    fn collect(&mut self) {
+        while let Some(id) = self.broker.poll_writable() {
+            self.transmit(id, false);
+        }
+        while let Some(event) = self.broker.poll_event() {
+            match event {
+                Event::CloseTransport(id) => {
+                    self.close(self.now, id);
+                }
+                Event::AuthRequired { ticket, request, .. } => {
+                    self.actions.push_back(Action::Authenticate(ticket, request));
+                }
+                other => self.actions.push_back(Action::Log(other)),
+            }
+        }
+    }
+
+    /// Hands what the broker queued for `id` to its writer, within the window unless `all`.
+    fn transmit(&mut self, id: ConnId, all: bool) {
+        let Some(io) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut chunks = Vec::new();
+        loop {
+            let room = if all { usize::MAX } else { WRITE_WINDOW.saturating_sub(io.in_writer) };
+            if room == 0 {
+                break;
+            }
+            match self.broker.poll_transmit(id, room) {
+                Some(b) => {
+                    io.in_writer += b.len();
+                    chunks.push(b);
+                }
+                None => break,
+            }
+        }
+        if !chunks.is_empty() {
+            self.actions.push_back(Action::Write(io.handle.clone(), chunks));
+        }
+    }
+
+    /// Writes out what the broker queued for `id` (its last words), then closes it.
+    fn close(&mut self, now: Instant, id: ConnId) {
+        self.transmit(id, true);
+        if let Some(io) = self.conns.remove(&id) {
+            self.broker.handle_closed(now, id);
+            self.actions.push_back(Action::Close(io.handle));
+        }
+        // handle_closed may have published a will or freed queues.
+        while let Some(w) = self.broker.poll_writable() {
+            self.transmit(w, false);
+        }
+    }
+}
+
+/// What a deferred authentication answers when the server has no asynchronous authenticator.
+pub const NO_ASYNC_AUTHENTICATOR: AuthDecision = AuthDecision::Deny(ReasonCode::NotAuthorized);
+
+/// After a vectored write of `n` bytes from `bufs[first..]`: drops what was written (splitting a
+/// partly written buffer) and returns the index of the first buffer still to write.
+pub fn consume(bufs: &mut [Bytes], mut first: usize, mut n: usize) -> usize {
+    while n > 0 && first < bufs.len() {
+        let b = &mut bufs[first];
+        if n >= b.len() {
+            n -= b.len();
+            first += 1;
+        } else {
+            let _ = b.split_to(n);
+            n = 0;
+        }
+    }
+    first
+}

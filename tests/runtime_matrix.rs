@@ -1,0 +1,138 @@
+//! Each runtime's client against each runtime's broker server: a QoS 2 round trip (subscribe,
+//! publish, receive exactly once) on loopback, in both protocol versions, and a graceful
+//! shutdown that tells MQTT 5 clients why.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ternmq::blocking::SyncClient;
+use ternmq::codec::{MqttStr, ProtocolVersion, QoS, ReasonCode};
+
+/// A running server of one runtime; stops on drop.
+enum Running {
+    Tokio(tokio::runtime::Runtime, ternmq::tokio::ShutdownHandle),
+    Std(ternmq::blocking::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        match self {
+            Running::Tokio(_, h) => h.shutdown(),
+            Running::Std(h, t) => {
+                h.shutdown();
+                if let Some(t) = t.take() {
+                    t.join().unwrap();
+                }
+            }
+        }
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn start(runtime: &str) -> (SocketAddr, Running) {
+    match runtime {
+        "tokio" => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let server = rt
+                .block_on(ternmq::tokio::Server::bind(ternmq::tokio::ServerConfig::new(loopback())))
+                .unwrap();
+            let addr = server.local_addrs()[0];
+            let handle = server.shutdown_handle();
+            rt.spawn(server.run());
+            (addr, Running::Tokio(rt, handle))
+        }
+        "std" => {
+            let server =
+                ternmq::blocking::Server::bind(ternmq::blocking::ServerConfig::new(loopback()))
+                    .unwrap();
+            let addr = server.local_addrs()[0];
+            let handle = server.shutdown_handle();
+            let t = std::thread::spawn(move || server.run().unwrap());
+            (addr, Running::Std(handle, Some(t)))
+        }
+        other => panic!("no runtime {other}"),
+    }
+}
+
+/// Subscribes, publishes at QoS 2 and receives the message exactly once, with `client`.
+fn round_trip(client: &str, addr: SocketAddr, version: ProtocolVersion, tag: &str) {
+    let topic = format!("matrix/{tag}");
+    match client {
+        "std" => {
+            let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
+            o.connect.protocol = version;
+            o.connect.client_id = MqttStr::new(&format!("std-{tag}")).unwrap();
+            let c = SyncClient::connect(o).unwrap();
+            assert_eq!(c.subscribe(&topic, QoS::ExactlyOnce).unwrap(), ReasonCode::GrantedQoS2);
+            c.publish(&topic, "payload", QoS::ExactlyOnce).unwrap();
+            let m = c.recv_timeout(Duration::from_secs(10)).expect("the message");
+            assert_eq!(&m.payload[..], b"payload");
+            assert_eq!(m.qos, QoS::ExactlyOnce);
+            assert!(c.recv_timeout(Duration::from_millis(200)).is_none(), "exactly once");
+            c.disconnect().unwrap();
+        }
+        "tokio" => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut o = ternmq::tokio::ConnectOptions::new("127.0.0.1", addr.port());
+                o.connect.protocol = version;
+                o.connect.client_id = MqttStr::new(&format!("tokio-{tag}")).unwrap();
+                let c = ternmq::tokio::Client::connect(o).await.unwrap();
+                assert_eq!(
+                    c.subscribe(&topic, QoS::ExactlyOnce).await.unwrap(),
+                    ReasonCode::GrantedQoS2
+                );
+                c.publish(&topic, "payload", QoS::ExactlyOnce).await.unwrap();
+                let m = tokio::time::timeout(Duration::from_secs(10), c.next_message())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(&m.payload[..], b"payload");
+                assert!(
+                    tokio::time::timeout(Duration::from_millis(200), c.next_message())
+                        .await
+                        .is_err(),
+                    "exactly once"
+                );
+                c.disconnect().await.unwrap();
+            });
+        }
+        other => panic!("no client {other}"),
+    }
+}
+
+#[test]
+fn every_client_runtime_against_every_server_runtime_qos2_round_trip() {
+    for server in ["tokio", "std"] {
+        let (addr, running) = start(server);
+        for client in ["tokio", "std"] {
+            for (version, v) in [(ProtocolVersion::V5, "5"), (ProtocolVersion::V3_1_1, "311")] {
+                round_trip(client, addr, version, &format!("{server}-{client}-{v}"));
+            }
+        }
+        drop(running);
+    }
+}
+
+#[test]
+fn std_server_shutdown_sends_server_shutting_down_to_v5_clients() {
+    let (addr, running) = start("std");
+    let o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
+    let c = SyncClient::connect(o).unwrap();
+    assert!(c.is_connected());
+    drop(running);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.is_connected() {
+        assert!(std::time::Instant::now() < deadline, "still connected after shutdown");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
