@@ -132,3 +132,115 @@ async fn a_stalled_reader_does_not_hold_up_other_subscribers() {
     drop(stalled);
     stop.shutdown();
 }
+
+// ---------------------------------------------------------------- bad input
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn until_closed(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server did not close the connection within {within:?}"),
+        }
+    }
+}
+
+/// A healthy client still gets through.
+async fn healthy(addr: SocketAddr, id: &str) {
+    let c = Client::connect(options(addr, id)).await.unwrap();
+    c.subscribe("ok", QoS::AtLeastOnce).await.unwrap();
+    c.publish("ok", "fine", QoS::AtLeastOnce).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), c.next_message()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"fine");
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_are_refused_and_others_keep_being_served() {
+    let (addr, stop) = start(loopback()).await;
+    // A deterministic pseudo-random stream (xorshift).
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let junk: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    for start_byte in [0x10u8, 0x30, 0xff] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = junk.clone();
+        bytes[0] = start_byte;
+        let _ = s.write_all(&bytes).await;
+        until_closed(&mut s, Duration::from_secs(10)).await;
+    }
+    healthy(addr, "after-junk").await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_claiming_256_mb_is_refused_from_its_header() {
+    let (addr, stop) = start(loopback()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // CONNECT with the largest remaining length there is (268,435,455 bytes), and nothing else:
+    // the server must refuse from the fixed header, not wait for the body.
+    s.write_all(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await.unwrap();
+    until_closed(&mut s, Duration::from_secs(10)).await;
+    healthy(addr, "after-huge").await;
+    stop.shutdown();
+}
+
+/// The process's soft limit on open files.
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_send_connect_are_closed_at_the_connect_timeout() {
+    let mut config = loopback();
+    config.broker.connect_timeout = Duration::from_secs(1);
+    let (addr, stop) = start(config).await;
+    // 10,000 where the file limit allows (each costs a descriptor on both ends).
+    let n = 10_000.min(open_files_limit().saturating_sub(200) / 2).max(100);
+    let mut silent = Vec::with_capacity(n);
+    for _ in 0..n {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    healthy(addr, "among-silent").await;
+    let mut closed = 0;
+    for s in &mut silent {
+        until_closed(s, Duration::from_secs(30)).await;
+        closed += 1;
+    }
+    assert_eq!(closed, n);
+    healthy(addr, "after-silent").await;
+    stop.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_client_is_dropped_after_one_and_a_half_keep_alives() {
+    let (addr, stop) = start(loopback()).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // MQTT 3.1.1 CONNECT, keep-alive 1 s, then silence (as a peer that vanished would be).
+    s.write_all(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 1, 0, 1, b'h']).await.unwrap();
+    let started = std::time::Instant::now();
+    let got = until_closed(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(got, [0x20, 2, 0, 0], "only the CONNACK");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1400), "closed too early: {waited:?}");
+    stop.shutdown();
+}
