@@ -7,7 +7,12 @@
 //!   runtime adapters.
 //! - `store` (feature `store`): the embedded durable store.
 //!
+//! It also holds [`auth`]: Mosquitto-compatible password and ACL files, as an authenticator
+//! and an authorizer for the broker.
+//!
 //! The `ternmq` program (feature `cli`) is built from `src/bin/ternmq/`.
+
+pub mod auth;
 
 pub use ternmq_core as core;
 pub use ternmq_core::{broker, codec, topic};

@@ -396,3 +396,63 @@ fn non_loopback_listener_without_auth_is_refused_with_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allow-anonymous") && err.contains("0.0.0.0"), "{err}");
 }
+
+#[test]
+fn password_file_and_acl_file_with_real_clients() {
+    if !have_mosquitto_clients() || !have_paho() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ternmq-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwd = dir.join("passwd");
+    let out = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+        .args(["passwd", "-c", "-b", passwd.to_str().unwrap(), "alice", "secret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "user alice\ntopic readwrite sensors/#\ntopic read status/#\n").unwrap();
+    let conf = dir.join("broker.toml");
+    std::fs::write(
+        &conf,
+        format!("password_file = {:?}\nacl_file = {:?}\n", passwd.display(), acl.display()),
+    )
+    .unwrap();
+    let broker = Ternmq::start(&["-c", conf.to_str().unwrap()]);
+    let port = broker.port;
+    let try_pub = |args: &[&str]| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "sensors/a", "-m", "x"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(try_pub(&["-u", "alice", "-P", "secret", "-q", "1"]).status.success());
+    for bad in [&["-u", "alice", "-P", "wrong"][..], &[][..], &["-u", "bob", "-P", "secret"][..]] {
+        let out = try_pub(bad);
+        assert!(!out.status.success(), "{bad:?} was let in");
+    }
+    let script = format!(
+        "{PAHO_PRELUDE}{}",
+        r#"
+acks = {}
+subacks = []
+c = client("alice-paho")
+c.username_pw_set("alice", "secret")
+c.on_publish = lambda c, u, mid, rc, p: acks.__setitem__(mid, rc.value)
+c.on_subscribe = lambda c, u, mid, rcs, p: subacks.append([r.value for r in rcs])
+c.connect("127.0.0.1", PORT)
+c.loop_start()
+c.subscribe([("sensors/+/temp", 1), ("secret/#", 1), ("status/#", 1)])
+wait(lambda: subacks, "SUBACK")
+ok = c.publish("sensors/a/temp", "1", qos=1).mid
+denied = c.publish("status/a", "1", qos=1).mid
+wait(lambda: ok in acks and denied in acks, "PUBACKs")
+print(subacks[0], hex(acks[ok]), hex(acks[denied]))
+"#
+    );
+    let out = paho(port, &script);
+    // Granted QoS 1, refused 0x87, granted; PUBACK 0x00 (a subscriber matched), refused 0x87.
+    assert_eq!(out.trim(), "[1, 135, 1] 0x0 0x87");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -12,7 +12,8 @@ use ternmq::codec::{MqttStr, ProtocolVersion, QoS, ReasonCode};
 
 /// A running server of one runtime; stops on drop.
 enum Running {
-    Tokio(tokio::runtime::Runtime, ternmq::tokio::ShutdownHandle),
+    /// The runtime is kept so that the server task lives as long as this value.
+    Tokio(#[allow(dead_code)] tokio::runtime::Runtime, ternmq::tokio::ShutdownHandle),
     Std(ternmq::blocking::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
 }
 

@@ -205,9 +205,12 @@ impl Conn {
             .await
             .map_err(|e| format!("cannot connect to {}:{}: {e}", o.host, o.port))?;
         let _ = stream.set_nodelay(true);
-        let mut config = ClientConfig::default();
-        config.max_queued_messages = usize::MAX;
-        config.max_queued_bytes = usize::MAX;
+        // The publishers pace themselves; a lost connection ends the scenario.
+        let mut config = ClientConfig {
+            max_queued_messages: usize::MAX,
+            max_queued_bytes: usize::MAX,
+            ..ClientConfig::default()
+        };
         config.reconnect.enable = false;
         let mut client = Client::new(config, core_now());
         let mut c = Connect::new(o.version, MqttStr::new(&id).map_err(|e| e.to_string())?);
@@ -369,16 +372,24 @@ async fn publisher(
     Ok(sent)
 }
 
-async fn subscriber(
-    o: Options,
+/// What one subscriber of a scenario expects.
+struct SubPlan {
     id: String,
     filter: String,
-    ready: tokio::sync::mpsc::Sender<()>,
+    /// Messages to wait for.
     expected: u64,
+    /// Publishers feeding it, and messages from each.
     publishers: usize,
     per_publisher: u64,
+}
+
+async fn subscriber(
+    o: Options,
+    plan: SubPlan,
+    ready: tokio::sync::mpsc::Sender<()>,
     progress: Arc<Progress>,
 ) -> Result<Seen, String> {
+    let SubPlan { id, filter, expected, publishers, per_publisher } = plan;
     let mut conn = Conn::open(&o, id).await?;
     conn.subscribe(&filter, o.qos).await?;
     let _ = ready.send(()).await;
@@ -452,14 +463,17 @@ async fn flow(o: &Options, scenario: &str) -> Result<Row, String> {
             "pairs" => (topic(s), per_pub, pubs),
             _ => (topic(0), per_pub, 1),
         };
-        sub_tasks.push(tokio::spawn(subscriber(
-            o.clone(),
-            format!("bench-sub-{run_id}-{s}"),
+        let plan = SubPlan {
+            id: format!("bench-sub-{run_id}-{s}"),
             filter,
-            ready_tx.clone(),
             expected,
             publishers,
-            per_pub,
+            per_publisher: per_pub,
+        };
+        sub_tasks.push(tokio::spawn(subscriber(
+            o.clone(),
+            plan,
+            ready_tx.clone(),
             progress.clone(),
         )));
     }

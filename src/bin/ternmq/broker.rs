@@ -4,7 +4,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
+use ternmq::auth::{AclFile, PasswordFile};
 use ternmq::broker::BrokerConfig;
 use ternmq::codec::QoS;
 use ternmq::tokio::{Server, ServerConfig};
@@ -21,7 +24,8 @@ options:
       --data-dir DIR     where persistent state is kept (default ./mqtt_data)
       --no-persistence   keep everything in memory
       --runtime NAME     tokio (default) or std (plain threads)
-      --allow-anonymous  accept clients without credentials on a non-loopback address
+      --allow-anonymous  accept clients without credentials (on a non-loopback address, or
+                         beside a password_file)
   -v, --verbose          log every connection (same as --log-level debug)
       --log-level LEVEL  error, warn, info (default), debug or trace
       --help             print this help
@@ -366,30 +370,33 @@ fn build(
     b.version = format!("ternmq {}", env!("CARGO_PKG_VERSION"));
     b.validate().map_err(|e| format!("{}: {}", at(config_key(e.field)), e.message))?;
 
-    for (key, value) in [("password_file", &fc.password_file), ("acl_file", &fc.acl_file)] {
-        if value.is_some() {
-            return Err(format!(
-                "{}: password and ACL files are not supported in this version yet",
-                at(key)
-            ));
-        }
-    }
     let allow_anonymous = allow_anonymous_flag || fc.allow_anonymous.unwrap_or(false);
-    if fc.allow_anonymous == Some(false) {
+    if let Some(path) = &fc.password_file {
+        let passwords = PasswordFile::load(path)
+            .map_err(|e| format!("{}: {e}", at("password_file")))?
+            .with_allow_anonymous(allow_anonymous);
+        b.authenticator = Some(Arc::new(passwords));
+    } else if fc.allow_anonymous == Some(false) {
         return Err(format!(
-            "{}: with no password_file support yet, refusing anonymous clients would refuse \
-             everyone; remove the key",
+            "{}: without a password_file, refusing anonymous clients would refuse everyone; \
+             set password_file or remove the key",
             at("allow_anonymous")
         ));
     }
+    if let Some(path) = &fc.acl_file {
+        let acl = AclFile::load(path).map_err(|e| format!("{}: {e}", at("acl_file")))?;
+        b.authorizer = Some(Arc::new(acl));
+    }
     if let Some(open) = listeners.iter().find(|a| !a.ip().is_loopback())
+        && fc.password_file.is_none()
         && !allow_anonymous
     {
         return Err(format!(
             "ternmq broker: refusing to listen on {open} without authentication: anyone who can \
-             reach it could connect. Listen on a loopback address (--bind 127.0.0.1), or accept \
-             anonymous clients on purpose with --allow-anonymous (allow_anonymous = true in \
-             the config file)"
+             reach it could connect. Set password_file in a config file (create it with \
+             `ternmq passwd -c FILE USER`), listen on a loopback address (--bind 127.0.0.1), \
+             or accept anonymous clients on purpose with --allow-anonymous (allow_anonymous = \
+             true in the config file)"
         ));
     }
 

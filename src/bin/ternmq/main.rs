@@ -8,13 +8,13 @@
 //!
 //! - `ternmq bench`: a load generator for any MQTT broker.
 //!
-//! The `passwd` subcommand arrives with the password-file work; until then it says so and exits
-//! with status 2.
+//! - `ternmq passwd`: manages Mosquitto-compatible password files, as mosquitto_passwd does.
 
 use std::process::ExitCode;
 
 mod bench;
 mod broker;
+mod passwd;
 mod pubsub;
 
 use bytes::BytesMut;
@@ -31,7 +31,8 @@ commands:
                                         stream starts with CONNECT, which fixes the version)
   broker [options]                       run the MQTT broker (see `ternmq broker --help`)
   bench [options]                        measure a broker (see `ternmq bench --help`)
-  passwd                                 not available in this version yet
+  passwd [-c | -D] FILE USER             add a user to a password file, change its password or
+                                         delete it (see `ternmq passwd --help`)
 
 options:
   -h, --help       print this help
@@ -83,10 +84,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(cmd @ "passwd") => {
-            eprintln!("ternmq {cmd}: not available in this version yet (see the README's roadmap)");
-            ExitCode::from(2)
-        }
+        Some("passwd") => match passwd::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
         Some(other) => {
             eprintln!("ternmq: unknown command {other:?}\n\n{USAGE}");
             ExitCode::from(2)
