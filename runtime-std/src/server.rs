@@ -21,12 +21,13 @@ use ternmq_core::broker::{
 };
 use ternmq_core::time::Instant;
 
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes one read may bring in: on the reader thread's stack, held while it waits.
+const READ_CHUNK: usize = 4 * 1024;
 const BATCH: usize = 256;
 const INPUT_QUEUE: usize = 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-const STACK: usize = 128 * 1024;
+const STACK: usize = 64 * 1024;
 
 /// Authentication that may block (a database lookup, an HTTP call): runs on a thread of its own
 /// when the core's authenticator answers [`AuthDecision::Defer`].

@@ -3,23 +3,26 @@
 //!
 //! Tasks and their jobs:
 //! - one accept task per listener hands new sockets to the core task;
-//! - per connection, a reader task reads into a buffer and sends the bytes to the core task, and a
-//!   writer task writes what the core task gives it with vectored writes and reports how much
-//!   it wrote;
-//! - the core task owns the `Broker`. It takes its input in batches (everything waiting, up to a
-//!   bound), then drains output, events and the next deadline, as the core's documentation says.
+//! - one task per connection reads (taking a buffer only once the socket is readable, so an idle
+//!   connection holds none), hands the bytes to the core task, and writes what the core task
+//!   queued for it with vectored writes, reporting how much it wrote;
+//! - the core task owns the broker through a [`Driver`]. It takes its input in batches
+//!   (everything waiting, up to a bound), then carries out the driver's actions and sleeps
+//!   until the next deadline.
 //!
-//! Flow control: each connection has a window of bytes handed to its writer but not yet written.
-//! When the window is full the rest stays in the core, whose limits for slow consumers then
-//! apply (QoS 0 dropped, QoS 1 and 2 queued in the session), so a stalled reader grows no memory
-//! here. Protocol decisions are the core's; this module only moves bytes and time.
+//! Flow control: each connection has a window of bytes handed to it but not yet written
+//! ([`WRITE_WINDOW`](ternmq_core::broker::driver::WRITE_WINDOW)). When the window is full the
+//! rest stays in the core, whose limits for slow consumers then apply (QoS 0 dropped, QoS 1 and
+//! 2 queued in the session), so a stalled reader grows no memory here. Protocol decisions are
+//! the core's; this module only moves bytes and time.
 
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
@@ -28,11 +31,10 @@ use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
 };
 use ternmq_core::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
 
 /// Bytes one read may bring in.
 const READ_CHUNK: usize = 16 * 1024;
@@ -158,7 +160,7 @@ impl Server {
             epoch,
             tx,
             auth: self.config.async_authenticator.clone(),
-            writers: JoinSet::new(),
+            tasks: JoinSet::new(),
         };
         let mut stop = self.shutdown.subscribe();
         core.run(rx, &mut stop).await;
@@ -195,19 +197,24 @@ async fn accept_loop(listener: TcpListener, index: u16, tx: mpsc::Sender<Input>)
     }
 }
 
-/// How the core task reaches one connection's tasks.
-#[derive(Clone, Debug)]
-struct Handle {
-    writer: mpsc::UnboundedSender<Vec<Bytes>>,
-    reader: AbortHandle,
+/// What the core task shares with one connection's task: output to write, and whether to
+/// close once it is written. Small on purpose: an idle connection costs this, its task and the
+/// core's state, no buffers.
+#[derive(Debug, Default)]
+struct Shared {
+    out: Mutex<Vec<Bytes>>,
+    closing: AtomicBool,
+    wake: Notify,
 }
+
+type Handle = Arc<Shared>;
 
 struct CoreTask {
     driver: Driver<Handle>,
     epoch: StdInstant,
     tx: mpsc::Sender<Input>,
     auth: Option<Arc<dyn AsyncAuthenticator>>,
-    writers: JoinSet<()>,
+    tasks: JoinSet<()>,
 }
 
 impl CoreTask {
@@ -242,8 +249,8 @@ impl CoreTask {
             let now = self.now();
             self.driver.timeout(now);
             self.act();
-            // Reap finished writers so the set does not grow with every connection ever made.
-            while self.writers.try_join_next().is_some() {}
+            // Reap finished tasks so the set does not grow with every connection ever made.
+            while self.tasks.try_join_next().is_some() {}
         }
     }
 
@@ -252,21 +259,13 @@ impl CoreTask {
         match input {
             Input::Accepted(stream, addr, listener) => {
                 let _ = stream.set_nodelay(true);
-                let (read, write) = stream.into_split();
-                let (wtx, wrx) = mpsc::unbounded_channel();
-                // The reader starts once its connection id is known.
-                let (id_tx, id_rx) = oneshot::channel();
-                let reader = tokio::spawn(read_loop(read, id_rx, self.tx.clone()));
-                let handle = Handle { writer: wtx, reader: reader.abort_handle() };
-                match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, handle) {
+                let shared = Handle::default();
+                let peer = PeerInfo { addr: Some(addr), listener };
+                match self.driver.accepted(now, peer, shared.clone()) {
                     Ok(id) => {
-                        let _ = id_tx.send(id);
-                        self.writers.spawn(write_loop(write, id, wrx, self.tx.clone()));
+                        self.tasks.spawn(conn_loop(stream, id, shared, self.tx.clone()));
                     }
-                    Err(e) => {
-                        reader.abort();
-                        log::warn!("refused connection from {addr}: {e}");
-                    }
+                    Err(e) => log::warn!("refused connection from {addr}: {e}"),
                 }
             }
             Input::Bytes(id, chunk) => self.driver.input(now, id, chunk),
@@ -281,10 +280,14 @@ impl CoreTask {
         while let Some(action) = self.driver.poll_action() {
             match action {
                 Action::Write(h, chunks) => {
-                    let _ = h.writer.send(chunks);
+                    lock(&h.out).extend(chunks);
+                    h.wake.notify_one();
                 }
-                // Dropping the last sender lets the writer finish what it holds and close.
-                Action::Close(h) => h.reader.abort(),
+                // The connection's task writes what it holds, then closes.
+                Action::Close(h) => {
+                    h.closing.store(true, Ordering::Release);
+                    h.wake.notify_one();
+                }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
                 _ => {}
@@ -314,9 +317,9 @@ impl CoreTask {
         let now = self.now();
         self.driver.shutdown(now);
         self.act();
-        let mut writers = std::mem::take(&mut self.writers);
+        let mut tasks = std::mem::take(&mut self.tasks);
         let _ = tokio::time::timeout(SHUTDOWN_FLUSH, async {
-            while writers.join_next().await.is_some() {}
+            while tasks.join_next().await.is_some() {}
         })
         .await;
     }
@@ -344,58 +347,70 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn read_loop(
-    mut read: OwnedReadHalf,
-    id: oneshot::Receiver<ConnId>,
-    tx: mpsc::Sender<Input>,
-) {
-    let Ok(id) = id.await else { return };
-    let mut buf = BytesMut::new();
-    loop {
-        buf.reserve(READ_CHUNK);
-        match read.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Input::Closed(id)).await;
-                return;
-            }
-            Ok(_) => {
-                if tx.send(Input::Bytes(id, buf.split())).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn write_loop(
-    mut write: OwnedWriteHalf,
+/// One connection: reads and hands the bytes to the core task; writes what the core task
+/// queued; closes when asked, after writing the rest.
+async fn conn_loop(
+    mut stream: TcpStream,
     id: ConnId,
-    mut rx: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    shared: Arc<Shared>,
     tx: mpsc::Sender<Input>,
 ) {
     let mut pending: Vec<Bytes> = Vec::new();
-    while let Some(chunks) = rx.recv().await {
-        pending.extend(chunks);
-        while let Ok(more) = rx.try_recv() {
-            pending.extend(more);
-        }
-        let total: usize = pending.iter().map(Bytes::len).sum();
-        match tokio::time::timeout(WRITE_TIMEOUT, write_all(&mut write, &mut pending)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
+    loop {
+        pending.append(&mut lock(&shared.out));
+        if !pending.is_empty() {
+            let total: usize = pending.iter().map(Bytes::len).sum();
+            let written = tokio::time::timeout(WRITE_TIMEOUT, write_all(&mut stream, &mut pending));
+            if !matches!(written.await, Ok(Ok(()))) {
                 let _ = tx.send(Input::Closed(id)).await;
                 return;
             }
+            pending = Vec::new();
+            if tx.send(Input::Written(id, total)).await.is_err() {
+                return;
+            }
+            continue;
         }
-        if tx.send(Input::Written(id, total)).await.is_err() {
-            break;
+        if shared.closing.load(Ordering::Acquire) {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        tokio::select! {
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    let _ = tx.send(Input::Closed(id)).await;
+                    return;
+                }
+                // A buffer only once there is something to read: an idle connection holds none.
+                let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) => {
+                        let _ = tx.send(Input::Closed(id)).await;
+                        return;
+                    }
+                    Ok(_) => {
+                        if tx.send(Input::Bytes(id, buf)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        let _ = tx.send(Input::Closed(id)).await;
+                        return;
+                    }
+                }
+            }
+            () = shared.wake.notified() => {}
         }
     }
-    let _ = write.shutdown().await;
 }
 
 /// Writes every buffer in `bufs` with vectored writes, emptying it.
-async fn write_all(write: &mut OwnedWriteHalf, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+async fn write_all(write: &mut TcpStream, bufs: &mut Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
         let slices: Vec<IoSlice<'_>> =

@@ -107,6 +107,10 @@ impl<H: Clone> Driver<H> {
             io.input.extend_from_slice(&chunk);
         }
         self.broker.handle_bytes(now, id, &mut io.input);
+        if io.input.is_empty() {
+            // Do not keep the spare capacity of the read buffer while the connection idles.
+            io.input = BytesMut::new();
+        }
         self.collect();
     }
 

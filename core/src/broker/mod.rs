@@ -675,6 +675,11 @@ impl Broker {
         c.out_bytes -= chunk.len();
         let session = c.session;
         let drained = c.unwritten() == 0;
+        if drained {
+            // An idle connection keeps no output buffers (a busy one allocates once per burst).
+            c.out = VecDeque::new();
+            c.tail = BytesMut::new();
+        }
         self.stats.bytes_sent += chunk.len() as u64;
         if drained && session != NO_SESSION {
             self.pump(Instant::ZERO.max(self.last_now(conn.index)), session);
