@@ -177,3 +177,117 @@ fn v311_publisher_is_held_back_the_same_way() {
         assert_eq!(acks(&h.recv(&mut publisher)).len(), usize::from(expect_released));
     }
 }
+
+// ---------------------------------------------------------------- QoS 0: pausing the publisher
+
+use bytes::BytesMut;
+use ternmq_core::broker::Event;
+use ternmq_core::codec::{Encoder, ProtocolVersion};
+
+/// `n` QoS 0 PUBLISH packets to `t`, back to back, as one read would bring them.
+fn burst(t: &str, n: usize) -> BytesMut {
+    let mut buf = BytesMut::new();
+    for _ in 0..n {
+        let p = publish(t, b"0123456789012345678901234567890123456789", QoS::AtMostOnce, 0);
+        Encoder::new(ProtocolVersion::V5).encode(&p.into(), &mut buf).unwrap();
+    }
+    buf
+}
+
+fn paused(h: &mut Harness, peer: &Peer) -> bool {
+    h.pump();
+    let mut state = false;
+    for e in &h.events {
+        match e {
+            Event::PauseInput(c) if *c == peer.id => state = true,
+            Event::ResumeInput(c) if *c == peer.id => state = false,
+            _ => {}
+        }
+    }
+    state
+}
+
+fn small_output() -> Harness {
+    Harness::config(|c| {
+        c.max_packet_size = 128;
+        c.max_outbound_bytes = 200;
+    })
+}
+
+#[test]
+fn qos0_to_a_subscriber_behind_pauses_the_publisher_and_loses_nothing() {
+    let mut h = small_output();
+    let mut sub = h.connect(V5, "sub", true);
+    h.subscribe(&mut sub, "t", QoS::AtMostOnce);
+    let publisher = h.connect(V5, "pub", true);
+    let mut input = burst("t", 20);
+    let now = h.now;
+    h.broker.handle_bytes(now, publisher.id, &mut input);
+    assert!(paused(&mut h, &publisher), "the publisher's input is paused");
+    assert!(!input.is_empty(), "the rest waits in the adapter's buffer");
+    let mut received = 0;
+    while paused(&mut h, &publisher) || !input.is_empty() {
+        received += h.recv_publishes(&mut sub).len(); // the subscriber catches up
+        assert!(!paused(&mut h, &publisher), "resumed once the subscriber's output drained");
+        let now = h.now;
+        h.broker.handle_bytes(now, publisher.id, &mut input);
+    }
+    received += h.recv_publishes(&mut sub).len();
+    assert_eq!(received, 20);
+    assert_eq!(h.broker.stats().dropped_slow_consumer, 0);
+    assert!(h.broker.stats().inputs_paused >= 1);
+}
+
+#[test]
+fn a_subscriber_that_never_reads_releases_the_publisher_after_max_ack_delay() {
+    let mut h = small_output();
+    let mut sub = h.connect(V5, "sub", true);
+    h.subscribe(&mut sub, "t", QoS::AtMostOnce);
+    let publisher = h.connect(V5, "pub", true);
+    let mut input = burst("t", 20);
+    let now = h.now;
+    h.broker.handle_bytes(now, publisher.id, &mut input);
+    assert!(paused(&mut h, &publisher));
+    h.secs(4);
+    assert!(paused(&mut h, &publisher));
+    h.secs(1);
+    assert!(!paused(&mut h, &publisher), "released after max_ack_delay (5 s)");
+    assert_eq!(h.broker.stats().slow_consumers, 1);
+    // The rest of the burst goes on, and the slow subscriber's share is dropped.
+    let now = h.now;
+    h.broker.handle_bytes(now, publisher.id, &mut input);
+    assert!(input.is_empty());
+    assert!(!paused(&mut h, &publisher));
+    assert!(h.broker.stats().dropped_slow_consumer > 0);
+    drop(sub);
+}
+
+#[test]
+fn a_paused_publisher_is_not_dropped_by_its_keep_alive() {
+    let mut h = small_output();
+    let mut sub = h.connect(V5, "sub", true);
+    h.subscribe(&mut sub, "t", QoS::AtMostOnce);
+    let mut c = connect_packet(V5, "pub", true);
+    c.keep_alive = 2;
+    let (mut publisher, _) = h.connect_with(c);
+    let mut input = burst("t", 20);
+    let now = h.now;
+    h.broker.handle_bytes(now, publisher.id, &mut input);
+    assert!(paused(&mut h, &publisher));
+    h.secs(4); // past 1.5 x keep-alive, within max_ack_delay
+    assert!(!h.is_closed(&mut publisher));
+}
+
+#[test]
+fn the_subscriber_leaving_resumes_the_publisher() {
+    let mut h = small_output();
+    let mut sub = h.connect(V5, "sub", true);
+    h.subscribe(&mut sub, "t", QoS::AtMostOnce);
+    let publisher = h.connect(V5, "pub", true);
+    let mut input = burst("t", 20);
+    let now = h.now;
+    h.broker.handle_bytes(now, publisher.id, &mut input);
+    assert!(paused(&mut h, &publisher));
+    h.drop_peer(&sub);
+    assert!(!paused(&mut h, &publisher));
+}

@@ -8,9 +8,9 @@
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant as StdInstant};
 
@@ -224,6 +224,8 @@ fn accept_loop(
 struct Handle {
     writer: Sender<Vec<Bytes>>,
     stream: Arc<TcpStream>,
+    /// Reading is paused while true (a subscriber of what this client publishes is behind).
+    paused: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl fmt::Debug for Handle {
@@ -296,7 +298,8 @@ impl Core {
         };
         let stream = Arc::new(stream);
         let (wtx, wrx) = mpsc::channel();
-        let handle = Handle { writer: wtx, stream: stream.clone() };
+        let paused = Arc::new((Mutex::new(false), Condvar::new()));
+        let handle = Handle { writer: wtx, stream: stream.clone(), paused: paused.clone() };
         let id = match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, handle) {
             Ok(id) => id,
             Err(e) => {
@@ -305,7 +308,7 @@ impl Core {
             }
         };
         let tx = self.tx.clone();
-        let reader = spawn("ternmq-read", move || read_loop(read, id, tx));
+        let reader = spawn("ternmq-read", move || read_loop(read, id, &tx, &paused));
         let tx = self.tx.clone();
         let writer = spawn("ternmq-write", move || write_loop(write, id, &wrx, &tx));
         match (reader, writer) {
@@ -328,7 +331,10 @@ impl Core {
                 // holds (the last sender is dropped here).
                 Action::Close(h) => {
                     let _ = h.stream.shutdown(Shutdown::Read);
+                    set_paused(&h.paused, false);
                 }
+                Action::PauseRead(h) => set_paused(&h.paused, true),
+                Action::ResumeRead(h) => set_paused(&h.paused, false),
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
                 _ => {}
@@ -384,9 +390,24 @@ fn log_event(event: &Event) {
     }
 }
 
-fn read_loop(mut read: TcpStream, id: ConnId, tx: SyncSender<Input>) {
+fn set_paused(flag: &(Mutex<bool>, Condvar), paused: bool) {
+    *flag.0.lock().unwrap_or_else(PoisonError::into_inner) = paused;
+    flag.1.notify_all();
+}
+
+fn read_loop(
+    mut read: TcpStream,
+    id: ConnId,
+    tx: &SyncSender<Input>,
+    paused: &(Mutex<bool>, Condvar),
+) {
     let mut buf = [0u8; READ_CHUNK];
     loop {
+        let mut p = paused.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while *p {
+            p = paused.1.wait(p).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(p);
         match read.read(&mut buf) {
             Ok(0) | Err(_) => {
                 let _ = tx.send(Input::Closed(id));

@@ -40,8 +40,9 @@ use tokio::task::JoinSet;
 const READ_CHUNK: usize = 16 * 1024;
 /// Inputs the core task takes before it drains output again.
 const BATCH: usize = 256;
-/// Inputs waiting for the core task, at most: readers wait beyond it.
-const INPUT_QUEUE: usize = 1024;
+/// Inputs waiting for the core task, at most: readers wait beyond it. With reads of up to
+/// `READ_CHUNK` bytes this bounds what is read ahead of the core to 4 MiB.
+const INPUT_QUEUE: usize = 256;
 /// How long a writer waits for a peer that does not read before it gives up on it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the last bytes to be written.
@@ -204,6 +205,8 @@ async fn accept_loop(listener: TcpListener, index: u16, tx: mpsc::Sender<Input>)
 struct Shared {
     out: Mutex<Vec<Bytes>>,
     closing: AtomicBool,
+    /// Reading is paused: a subscriber of what this client publishes is behind.
+    paused: AtomicBool,
     wake: Notify,
 }
 
@@ -288,6 +291,15 @@ impl CoreTask {
                     h.closing.store(true, Ordering::Release);
                     h.wake.notify_one();
                 }
+                Action::PauseRead(h) => {
+                    log::trace!("pause read");
+                    h.paused.store(true, Ordering::Release);
+                }
+                Action::ResumeRead(h) => {
+                    log::trace!("resume read");
+                    h.paused.store(false, Ordering::Release);
+                    h.wake.notify_one();
+                }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
                 _ => {}
@@ -314,6 +326,7 @@ impl CoreTask {
     }
 
     async fn shutdown(mut self) {
+        log::info!("{:?}", self.driver.broker().stats());
         let now = self.now();
         self.driver.shutdown(now);
         self.act();
@@ -379,8 +392,9 @@ async fn conn_loop(
             let _ = stream.shutdown().await;
             return;
         }
+        let paused = shared.paused.load(Ordering::Acquire);
         tokio::select! {
-            ready = stream.readable() => {
+            ready = stream.readable(), if !paused => {
                 if ready.is_err() {
                     let _ = tx.send(Input::Closed(id)).await;
                     return;

@@ -34,6 +34,10 @@ pub enum Action<H> {
     /// Everything for this connection has been handed out: let its writer finish what it
     /// holds, then close the socket and stop its reader.
     Close(H),
+    /// Stop reading from this connection (a subscriber of what it publishes is behind).
+    PauseRead(H),
+    /// Read from this connection again.
+    ResumeRead(H),
     /// The authenticator deferred: decide `request` (asynchronously) and answer with
     /// [`Driver::resolve_auth`].
     Authenticate(AuthTicket, AuthRequest),
@@ -45,6 +49,8 @@ struct Io<H> {
     handle: H,
     input: BytesMut,
     in_writer: usize,
+    /// The peer closed while input waited (paused): close once it has been handled.
+    eof: bool,
 }
 
 /// A broker and its connections' I/O state. See the [module documentation](self).
@@ -91,7 +97,7 @@ impl<H: Clone> Driver<H> {
     ) -> Result<ConnId, AcceptError> {
         self.now = self.now.max(now);
         let id = self.broker.accept(now, peer)?;
-        self.conns.insert(id, Io { handle, input: BytesMut::new(), in_writer: 0 });
+        self.conns.insert(id, Io { handle, input: BytesMut::new(), in_writer: 0, eof: false });
         Ok(id)
     }
 
@@ -123,9 +129,18 @@ impl<H: Clone> Driver<H> {
         self.transmit(id, false);
     }
 
-    /// `id`'s socket closed (end of stream or an error, reading or writing).
+    /// `id`'s socket closed (end of stream or an error, reading or writing). Input that waits
+    /// because the broker paused it is still handled first: a client that published and left
+    /// loses nothing it sent.
     pub fn closed(&mut self, now: Instant, id: ConnId) {
         self.now = self.now.max(now);
+        if let Some(io) = self.conns.get_mut(&id)
+            && !io.input.is_empty()
+            && self.broker.is_input_paused(id)
+        {
+            io.eof = true;
+            return;
+        }
         if let Some(io) = self.conns.remove(&id) {
             self.broker.handle_closed(now, id);
             self.actions.push_back(Action::Close(io.handle));
@@ -182,6 +197,35 @@ impl<H: Clone> Driver<H> {
                 }
                 Event::AuthRequired { ticket, request, .. } => {
                     self.actions.push_back(Action::Authenticate(ticket, request));
+                }
+                Event::PauseInput(id) => {
+                    if let Some(io) = self.conns.get(&id) {
+                        self.actions.push_back(Action::PauseRead(io.handle.clone()));
+                    }
+                }
+                Event::ResumeInput(id) => {
+                    let Some(io) = self.conns.get_mut(&id) else {
+                        continue;
+                    };
+                    self.actions.push_back(Action::ResumeRead(io.handle.clone()));
+                    // What was read before the pause took effect goes first.
+                    if !io.input.is_empty() {
+                        self.broker.handle_bytes(self.now, id, &mut io.input);
+                        if io.input.is_empty() {
+                            io.input = BytesMut::new();
+                        }
+                    }
+                    let finished = io.eof && !self.broker.is_input_paused(id);
+                    while let Some(w) = self.broker.poll_writable() {
+                        self.transmit(w, false);
+                    }
+                    if finished {
+                        // The peer had closed: now that its input is handled, so do we.
+                        if let Some(io) = self.conns.remove(&id) {
+                            self.broker.handle_closed(self.now, id);
+                            self.actions.push_back(Action::Close(io.handle));
+                        }
+                    }
                 }
                 other => self.actions.push_back(Action::Log(other)),
             }

@@ -182,6 +182,13 @@ pub enum Event {
         /// Its client identifier.
         client_id: MqttStr,
     },
+    /// Stop reading from this connection: what it publishes is more than a live subscriber can
+    /// take. Bytes already read may still be passed to [`Broker::handle_bytes`]; the broker
+    /// leaves them in the buffer until [`Event::ResumeInput`].
+    PauseInput(ConnId),
+    /// Read from this connection again, and first pass the bytes left in its buffer to
+    /// [`Broker::handle_bytes`] (even if nothing new arrived).
+    ResumeInput(ConnId),
 }
 
 /// Counters, all since the broker started.
@@ -224,6 +231,8 @@ pub struct Stats {
     /// Times a subscriber held acknowledgements back longer than `max_ack_delay` and was
     /// treated as a slow consumer.
     pub slow_consumers: u64,
+    /// Times a publisher's input was paused because a live subscriber's output was full.
+    pub inputs_paused: u64,
 }
 
 /// A point-in-time view of the broker's size, for `$SYS` and metrics.
@@ -304,6 +313,8 @@ struct Conn {
     in_ready: bool,
     /// This connection's PUBACKs/PUBRECs withheld by subscribers' full queues.
     parked: u16,
+    /// Subscribers' sessions whose full output paused this connection's input.
+    paused: u16,
 }
 
 impl Conn {
@@ -386,6 +397,8 @@ pub struct Broker {
     /// connected session that took it over its queue limit.
     park_ok: bool,
     congested: Option<u32>,
+    /// While a client's PUBLISH is routed: that client, which a full subscriber may pause.
+    publisher: Option<ConnId>,
 }
 
 impl fmt::Debug for Broker {
@@ -426,6 +439,7 @@ impl Broker {
             scratch_groups: Vec::new(),
             park_ok: false,
             congested: None,
+            publisher: None,
         };
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.insert((now + interval, Timer::Sys));
@@ -507,6 +521,7 @@ impl Broker {
             tail: BytesMut::new(),
             in_ready: false,
             parked: 0,
+            paused: 0,
         };
         let index = match self.free_slots.pop() {
             Some(i) => i,
@@ -527,7 +542,14 @@ impl Broker {
     /// Bytes read from `conn`'s transport. Whole packets are taken from `buf`; a partial packet
     /// stays in it for the next call. Input for a closing or unknown connection is discarded.
     pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
-        let len = buf.len() as u64;
+        let before = buf.len();
+        self.input(now, conn, buf);
+        // Counted as consumed: bytes left for later (a partial packet, a paused input) are
+        // counted when they are.
+        self.stats.bytes_received += before.saturating_sub(buf.len()) as u64;
+    }
+
+    fn input(&mut self, now: Instant, conn: ConnId, buf: &mut BytesMut) {
         let Some(c) = self.conn_mut(conn) else {
             buf.clear();
             return;
@@ -537,10 +559,6 @@ impl Broker {
             return;
         }
         c.last_recv = now;
-        self.stats.bytes_received += len;
-        let Some(c) = self.conn_mut(conn) else {
-            return;
-        };
         if c.ticket.is_some() || !c.held.is_empty() {
             c.held.extend_from_slice(buf);
             buf.clear();
@@ -683,8 +701,22 @@ impl Broker {
         self.stats.bytes_sent += chunk.len() as u64;
         if drained && session != NO_SESSION {
             self.pump(Instant::ZERO.max(self.last_now(conn.index)), session);
+            let half = self.config.max_queued_messages / 2;
+            if let Some(s) = self.session_mut(session)
+                && s.queue.len() <= half
+            {
+                s.slow = false;
+            }
+            self.release_throttle(session);
         }
         Some(chunk)
+    }
+
+    /// Whether `conn`'s input is paused ([`Event::PauseInput`]): bytes passed to
+    /// [`handle_bytes`](Self::handle_bytes) stay in the buffer for now.
+    #[must_use]
+    pub fn is_input_paused(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some_and(|c| c.paused > 0)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called. A peek: it costs the
@@ -849,6 +881,10 @@ impl Broker {
             return; // superseded by an earlier deadline
         }
         c.timer_at = None;
+        if c.paused > 0 {
+            // Its input waits because of the broker, not the client: it is not idle.
+            c.last_recv = now;
+        }
         let Some(deadline) = c.deadline(timeout) else {
             return;
         };
@@ -878,11 +914,14 @@ impl Broker {
             return;
         }
         s.timer_at = None;
-        if s.parked.front().is_some_and(|p| p.since + delay <= now) {
-            // Held acknowledgements too long: a slow consumer.
+        let held_acks = s.parked.front().is_some_and(|p| p.since + delay <= now);
+        let held_publishers = s.throttled_since.is_some_and(|t| t + delay <= now);
+        if held_acks || held_publishers {
+            // Held publishers back too long: a slow consumer.
             s.slow = true;
             self.stats.slow_consumers += 1;
             self.release_parked(index);
+            self.release_throttle(index);
         }
         let Some(s) = self.session_mut(index) else {
             return;
@@ -924,6 +963,9 @@ impl Broker {
                     buf.clear();
                 }
                 return;
+            }
+            if c.paused > 0 {
+                return; // the rest waits in `buf` until ResumeInput
             }
             match c.decoder.decode(buf) {
                 Ok(None) => return,
@@ -1037,6 +1079,7 @@ impl Broker {
     fn detach(&mut self, now: Instant, index: u32, publish_will: bool, takeover: bool) {
         // An offline session's queue drops at its limit: nobody waits for it.
         self.release_parked(index);
+        self.release_throttle(index);
         let Some(s) = self.session_mut(index) else {
             return;
         };
@@ -1075,6 +1118,7 @@ impl Broker {
     /// subscriptions and its messages.
     fn end_session(&mut self, now: Instant, index: u32) {
         self.release_parked(index);
+        self.release_throttle(index);
         self.clear_session_timer(index);
         let Some(s) = self.session_mut(index) else {
             return;
@@ -1709,7 +1753,9 @@ impl Broker {
             self.park_ok =
                 id.is_some() && !self.config.max_ack_delay.is_zero() && parked < receive_maximum;
             self.congested = None;
+            self.publisher = Some(self.conn_id(index));
             let matched = self.publish_message(now, serial, p);
+            self.publisher = None;
             self.park_ok = false;
             let congested = self.congested.take();
             return self.acknowledge(now, index, si, qos, id, v5, matched, congested);
@@ -1936,10 +1982,18 @@ impl Broker {
         });
         if let Some((index, unwritten, receive_max)) = conn {
             if d.qos == QoS::AtMostOnce {
-                if unwritten > max_out {
-                    self.stats.dropped_slow_consumer += 1;
-                } else {
+                if unwritten <= max_out {
                     self.write_publish(now, index, &d, None, false);
+                } else if let Some(publisher) = self.publisher
+                    && !s.slow
+                    && s.conn != Some(publisher)
+                    && !self.config.max_ack_delay.is_zero()
+                {
+                    // A live subscriber behind: it gets the message and the publisher waits.
+                    self.write_publish(now, index, &d, None, false);
+                    self.throttle(now, si, publisher);
+                } else {
+                    self.stats.dropped_slow_consumer += 1;
                 }
                 return;
             }
@@ -1968,6 +2022,49 @@ impl Broker {
         }
         s.queued_bytes += cost;
         s.queue.push_back(d);
+    }
+
+    /// Pauses `publisher`'s input until session `si` has written its output (or turns out to
+    /// be a slow consumer).
+    fn throttle(&mut self, now: Instant, si: u32, publisher: ConnId) {
+        let Some(s) = self.session_mut(si) else {
+            return;
+        };
+        if s.throttling.contains(&publisher) {
+            return;
+        }
+        s.throttling.push(publisher);
+        let first = s.throttled_since.is_none();
+        s.throttled_since.get_or_insert(now);
+        if let Some(c) = self.conn_mut(publisher) {
+            c.paused += 1;
+            if c.paused == 1 {
+                self.stats.inputs_paused += 1;
+                self.events.push_back(Event::PauseInput(publisher));
+            }
+        }
+        if first {
+            self.arm_session_timer(si);
+        }
+    }
+
+    /// Resumes the publishers session `si` paused.
+    fn release_throttle(&mut self, si: u32) {
+        let Some(s) = self.session_mut(si) else {
+            return;
+        };
+        s.throttled_since = None;
+        if s.throttling.is_empty() {
+            return;
+        }
+        for p in core::mem::take(&mut s.throttling) {
+            if let Some(c) = self.conn_mut(p) {
+                c.paused = c.paused.saturating_sub(1);
+                if c.paused == 0 && c.phase != Phase::Closing {
+                    self.events.push_back(Event::ResumeInput(p));
+                }
+            }
+        }
     }
 
     /// Sends the acknowledgements session `si` withheld.

@@ -102,6 +102,9 @@ pub(crate) struct Session {
     /// Held acknowledgements too long: messages beyond the limits are dropped until the queue
     /// drains to half.
     pub(crate) slow: bool,
+    /// Publishers whose input is paused because this session's output is full, and since when.
+    pub(crate) throttling: Vec<ConnId>,
+    pub(crate) throttled_since: Option<Instant>,
 }
 
 /// A PUBACK or PUBREC withheld from a publisher.
@@ -135,13 +138,16 @@ impl Session {
             next_id: 1,
             parked: VecDeque::new(),
             slow: false,
+            throttling: Vec::new(),
+            throttled_since: None,
         }
     }
 
     /// The earliest of the will, expiry and withheld-acknowledgement deadlines.
     pub(crate) fn deadline(&self, max_ack_delay: core::time::Duration) -> Option<Instant> {
         let parked = self.parked.front().map(|p| p.since + max_ack_delay);
-        [self.expires_at, self.will_at, parked].into_iter().flatten().min()
+        let throttled = self.throttled_since.map(|t| t + max_ack_delay);
+        [self.expires_at, self.will_at, parked, throttled].into_iter().flatten().min()
     }
 
     /// Whether the queue is over either limit.

@@ -14,6 +14,7 @@ use ternmq_core::codec::{
 use ternmq_core::time::{Duration, Instant};
 use ternmq_core::topic::{TopicFilter, TopicName};
 
+#[allow(unused_imports)]
 pub use ProtocolVersion::{V3_1_1 as V311, V5};
 
 pub struct Harness {
