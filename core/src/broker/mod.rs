@@ -1728,7 +1728,7 @@ impl Broker {
             return;
         };
         if v5 && p.qos == QoS::AtLeastOnce && parked + s.incoming_qos2.len() >= receive_maximum {
-            // Withheld PUBACKs count against the broker's Receive Maximum ([MQTT-3.3.4-7]).
+            // Withheld PUBACKs count against the broker's Receive Maximum (section 3.3.4).
             return self.violation(now, index, ReasonCode::ReceiveMaximumExceeded);
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {

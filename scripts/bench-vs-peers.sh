@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# ternmq against its peers, in one run on one machine: `ternmq bench` drives ternmq, a Mosquitto
+# started with persistence off, and rumqttd (when installed; `cargo install rumqttd` puts it on
+# PATH, or pass RUMQTTD=/path/to/rumqttd), each broker pinned to CPU 0 and the load generator to
+# CPU 1. MQTT 3.1.1 throughout, since rumqttd's MQTT 5 support is partial.
+#
+# Prints each broker's results, its peak memory under load and its memory per idle connection,
+# then ternmq's ratios to each peer. Everything listens on 127.0.0.1 only.
+#
+# Usage: scripts/bench-vs-peers.sh [quick]   (quick: fewer messages and connections)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=${1:-}
+MSGS=20000
+FANOUT_MSGS=5000
+IDLE=10000
+if [ "$QUICK" = quick ]; then
+    MSGS=5000
+    FANOUT_MSGS=1000
+    IDLE=2000
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release -q --bin ternmq
+TERNMQ=target/release/ternmq
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+RUMQTTD=${RUMQTTD:-$(command -v rumqttd || true)}
+PIN_BROKER="taskset -c 0"
+PIN_LOAD="taskset -c 1"
+if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
+    PIN_BROKER=""
+    PIN_LOAD=""
+    echo "note: not pinning (taskset missing or fewer than 2 CPUs)"
+fi
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 200); do
+        if (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "broker did not start on port $1" >&2
+    return 1
+}
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+start_broker() { # name port -> sets PID
+    local name=$1 port=$2
+    case $name in
+    ternmq)
+        $PIN_BROKER "$TERNMQ" broker -p "$port" --no-persistence --log-level error \
+            >"$WORK/$name.log" 2>&1 &
+        ;;
+    mosquitto)
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" \
+            >"$WORK/mosquitto.conf"
+        $PIN_BROKER "$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/$name.log" 2>&1 &
+        ;;
+    rumqttd)
+        cat >"$WORK/rumqttd.toml" <<EOF
+id = 0
+[router]
+id = 0
+max_connections = 20010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+EOF
+        $PIN_BROKER "$RUMQTTD" -c "$WORK/rumqttd.toml" -q >"$WORK/$name.log" 2>&1 &
+        ;;
+    esac
+    PID=$!
+    wait_port "$port"
+}
+
+# Runs one bench; prints its table rows (without the header lines).
+bench() { # port args...
+    local port=$1
+    shift
+    $PIN_LOAD "$TERNMQ" bench -p "$port" -V 311 --timeout 120 "$@" 2>/dev/null |
+        awk '/^(fan-in|fan-out|pairs|latency|idle) / {print}' || true
+}
+
+BROKERS="ternmq mosquitto"
+if [ -n "$RUMQTTD" ]; then BROKERS="$BROKERS rumqttd"; else echo "note: rumqttd not found; skipping it"; fi
+
+RESULTS="$WORK/results"
+: >"$RESULTS"
+for b in $BROKERS; do
+    port=$(free_port)
+    start_broker "$b" "$port"
+    base=$(rss_kb "$PID")
+    echo "== $b (pid $PID, $((base / 1024)) MiB at start)"
+    for q in 0 1; do
+        bench "$port" -q "$q" -s fan-in,pairs -n "$MSGS" | sed "s/^/$b q$q /" | tee -a "$RESULTS"
+        bench "$port" -q "$q" -s fan-out -n "$FANOUT_MSGS" | sed "s/^/$b q$q /" | tee -a "$RESULTS"
+    done
+    bench "$port" -q 0 -s latency --rate 10000 --seconds 5 | sed "s/^/$b q0 /" | tee -a "$RESULTS"
+    peak=$(hwm_kb "$PID")
+    echo "$b peak_rss_kb $peak" | tee -a "$RESULTS"
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+
+    # Idle connections on a fresh broker: RSS growth per connection while they are held.
+    port=$(free_port)
+    start_broker "$b" "$port"
+    base=$(rss_kb "$PID")
+    $PIN_LOAD "$TERNMQ" bench -p "$port" -V 311 -s idle --connections "$IDLE" --hold 6 \
+        >"$WORK/idle.out" 2>"$WORK/idle.err" &
+    load=$!
+    for _ in $(seq 1 600); do
+        grep -q holding "$WORK/idle.err" 2>/dev/null && break
+        sleep 0.1
+    done
+    sleep 1
+    held=$(rss_kb "$PID")
+    wait "$load" || true
+    opened=$(awk '/^idle / {print $5}' "$WORK/idle.out")
+    opened=${opened:-0}
+    per=$(( opened > 0 ? (held - base) * 1024 / opened : 0 ))
+    echo "$b idle_bytes_per_connection $per ($opened connections)" | tee -a "$RESULTS"
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+done
+
+echo
+echo "== ternmq / peer (throughput: higher is better; latency and memory: lower is better)"
+python3 - "$RESULTS" <<'EOF'
+import sys
+rows = {}
+mem = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) >= 3 and f[1] in ("peak_rss_kb", "idle_bytes_per_connection"):
+        mem[(f[0], f[1])] = float(f[2])
+        continue
+    if len(f) < 14:
+        continue
+    broker, qos, scen = f[0], f[1], f[2]
+    rows[(broker, qos, scen)] = dict(rate=float(f[7]), p50=float(f[8]), p99=float(f[9]),
+                                     lost=int(f[11]), dup=int(f[12]))
+peers = sorted({b for b, _, _ in rows} - {"ternmq"})
+print(f"{'shape':<16}" + "".join(f"{'vs ' + p:>22}" for p in peers))
+for (b, q, s), r in sorted(rows.items()):
+    if b != "ternmq":
+        continue
+    cells = []
+    for p in peers:
+        o = rows.get((p, q, s))
+        if not o or o["rate"] == 0:
+            cells.append("-")
+        elif s == "latency":
+            cells.append(f"p99 {r['p99'] / max(o['p99'], 1e-9):.2f}x")
+        else:
+            cells.append(f"{r['rate'] / o['rate']:.2f}x ({o['lost']} lost)")
+    print(f"{s + ' ' + q:<16}" + "".join(f"{c:>22}" for c in cells) + f"   ternmq lost {r['lost']}")
+for key in ("peak_rss_kb", "idle_bytes_per_connection"):
+    t = mem.get(("ternmq", key))
+    cells = []
+    for p in peers:
+        o = mem.get((p, key))
+        cells.append(f"{t / o:.2f}x" if t is not None and o else "-")
+    print(f"{key:<16}" + "".join(f"{c:>22}" for c in cells) + f"   ternmq {t:.0f}")
+EOF
