@@ -176,6 +176,11 @@ fn mosquitto_clients_against_the_std_threads_runtime() {
     every_qos_across_versions(&["--runtime", "std"]);
 }
 
+#[test]
+fn mosquitto_clients_against_the_smol_runtime() {
+    every_qos_across_versions(&["--runtime", "smol"]);
+}
+
 fn every_qos_across_versions(flags: &[&str]) {
     if !have_mosquitto_clients() {
         return;

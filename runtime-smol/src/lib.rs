@@ -1,9 +1,22 @@
-//! smol adapter for ternmq.
+//! smol adapter for ternmq: the MQTT broker [`Server`] on smol (async-io, async-channel,
+//! futures-lite).
 //!
-//! This crate will bind the sans-IO state machines of [`ternmq_core`] to smol (`async-io` and
-//! `futures-lite`): the same async MQTT `Client` and broker `Server` as the Tokio adapter, for
-//! applications that run on smol. It only moves bytes and time; protocol logic lives in the core.
+//! It binds the sans-IO broker of [`ternmq_core`] to smol's reactor and timers through the
+//! core's [`Driver`](ternmq_core::broker::driver::Driver); protocol logic lives in the core.
+//! The async client on smol is not in this version yet (use `ternmq-tokio` or the blocking
+//! `ternmq-std` client meanwhile).
 //!
-//! It is empty until the client and broker-server work lands: nothing here pretends to work yet.
+//! ```no_run
+//! use ternmq_smol::{Server, ServerConfig};
+//!
+//! smol::block_on(async {
+//!     let server = Server::bind(ServerConfig::new("127.0.0.1:1883".parse().unwrap())).await?;
+//!     server.run().await
+//! })?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
+pub mod server;
+
+pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;

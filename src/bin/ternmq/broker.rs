@@ -23,7 +23,7 @@ options:
   -p, --port N           port to listen on (default 1883)
       --data-dir DIR     where persistent state is kept (default ./mqtt_data)
       --no-persistence   keep everything in memory
-      --runtime NAME     tokio (default) or std (plain threads)
+      --runtime NAME     tokio (default), smol, or std (plain threads)
       --allow-anonymous  accept clients without credentials (on a non-loopback address, or
                          beside a password_file)
   -v, --verbose          log every connection (same as --log-level debug)
@@ -87,6 +87,7 @@ struct Settings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Runtime {
     Tokio,
+    Smol,
     Std,
 }
 
@@ -97,8 +98,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     };
     Logger::install(settings.log_level);
-    if settings.runtime == Runtime::Std {
-        return serve_std(settings);
+    match settings.runtime {
+        Runtime::Std => return serve_std(settings),
+        Runtime::Smol => return serve_smol(settings),
+        Runtime::Tokio => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,7 +115,11 @@ fn announce(addrs: &[std::net::SocketAddr], persistence: Option<&Path>, runtime:
     println!(
         "ternmq {} (MQTT 3.1.1 and 5.0 broker, {} runtime)",
         env!("CARGO_PKG_VERSION"),
-        if runtime == Runtime::Std { "std threads" } else { "tokio" }
+        match runtime {
+            Runtime::Std => "std threads",
+            Runtime::Smol => "smol",
+            Runtime::Tokio => "tokio",
+        }
     );
     for addr in addrs {
         println!("listening on {addr} (mqtt over tcp)");
@@ -127,7 +134,32 @@ fn announce(addrs: &[std::net::SocketAddr], persistence: Option<&Path>, runtime:
     }
 }
 
-/// The broker on std threads: the signal wait runs on a small Tokio runtime of its own.
+/// Waits for Ctrl-C or SIGTERM on a thread of its own (a small Tokio runtime), then calls `stop`.
+fn on_signal(stop: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(wait_for_signal());
+            println!("shutting down");
+            stop();
+        }
+    });
+}
+
+/// The broker on smol, on this thread.
+fn serve_smol(settings: Settings) -> Result<(), String> {
+    let mut config = ternmq::smol::ServerConfig::new(settings.config.listeners[0]);
+    config.listeners = settings.config.listeners.clone();
+    config.broker = settings.config.broker.clone();
+    let server = ternmq::smol::Server::bind_blocking(config).map_err(|e| e.to_string())?;
+    announce(&server.local_addrs(), settings.persistence.as_deref(), settings.runtime);
+    let handle = server.shutdown_handle();
+    on_signal(move || handle.shutdown());
+    server.run_blocking().map_err(|e| e.to_string())?;
+    println!("stopped");
+    Ok(())
+}
+
+/// The broker on std threads.
 fn serve_std(settings: Settings) -> Result<(), String> {
     let mut config = ternmq::blocking::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
@@ -135,13 +167,7 @@ fn serve_std(settings: Settings) -> Result<(), String> {
     let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
     announce(&server.local_addrs(), settings.persistence.as_deref(), settings.runtime);
     let handle = server.shutdown_handle();
-    std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            rt.block_on(wait_for_signal());
-            println!("shutting down");
-            handle.shutdown();
-        }
-    });
+    on_signal(move || handle.shutdown());
     server.run().map_err(|e| e.to_string())?;
     println!("stopped");
     Ok(())
@@ -214,14 +240,10 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
                 runtime = match value(flag)?.as_str() {
                     "tokio" => Runtime::Tokio,
                     "std" => Runtime::Std,
-                    "smol" => {
-                        return Err("ternmq broker: --runtime smol: the smol server is not in \
-                                    this version yet; use tokio or std"
-                            .into());
-                    }
+                    "smol" => Runtime::Smol,
                     v => {
                         return Err(format!(
-                            "ternmq broker: --runtime {v:?}: use tokio (default) or std"
+                            "ternmq broker: --runtime {v:?}: use tokio (default), smol or std"
                         ));
                     }
                 };

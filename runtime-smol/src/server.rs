@@ -1,0 +1,458 @@
+//! The MQTT broker server on smol (async-io's reactor, async-channel, futures-lite).
+//!
+//! The same shape as the Tokio server: an accept task per listener, one task per connection
+//! (it waits for readability before taking a read buffer, and writes what the core task queued
+//! for it with vectored writes), and one task that owns the broker through a [`Driver`] and
+//! takes its input in batches. Protocol decisions are the core's.
+
+use std::fmt;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant as StdInstant};
+
+use bytes::{Bytes, BytesMut};
+use smol::channel::{self, Receiver, Sender};
+use smol::{Async, Task, Timer, future};
+use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+use ternmq_core::broker::{
+    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
+};
+use ternmq_core::time::Instant;
+
+const READ_CHUNK: usize = 16 * 1024;
+const BATCH: usize = 256;
+const INPUT_QUEUE: usize = 256;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// A future an [`AsyncAuthenticator`] returns.
+pub type AuthFuture = std::pin::Pin<Box<dyn std::future::Future<Output = AuthDecision> + Send>>;
+
+/// Authentication that needs I/O: called on its own task when the core's authenticator answers
+/// [`AuthDecision::Defer`].
+pub trait AsyncAuthenticator: Send + Sync {
+    /// Decides on `request`.
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture;
+}
+
+/// What a [`Server`] runs: the broker's configuration and where to listen.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The broker core's options and limits.
+    pub broker: BrokerConfig,
+    /// Addresses to listen on (IPv4 or IPv6); port 0 picks a free port.
+    pub listeners: Vec<SocketAddr>,
+    /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
+    pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("broker", &self.broker)
+            .field("listeners", &self.listeners)
+            .field("async_authenticator", &self.async_authenticator.is_some())
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    /// The broker's defaults, listening on `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { broker: BrokerConfig::default(), listeners: vec![addr], async_authenticator: None }
+    }
+}
+
+/// Stops a running [`Server`] gracefully; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Sender<()>);
+
+impl ShutdownHandle {
+    /// Asks the server to stop: it stops accepting, sends DISCONNECT 0x8B (Server shutting down)
+    /// to MQTT 5 clients, flushes and closes every connection, and then `run` returns.
+    pub fn shutdown(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// A bound MQTT broker server on smol.
+pub struct Server {
+    listeners: Vec<Async<TcpListener>>,
+    config: ServerConfig,
+    stop: (Sender<()>, Receiver<()>),
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").field("local_addrs", &self.local_addrs()).finish()
+    }
+}
+
+impl Server {
+    /// Checks the configuration and binds every listener.
+    pub async fn bind(config: ServerConfig) -> io::Result<Server> {
+        config
+            .broker
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if config.listeners.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener configured"));
+        }
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for addr in &config.listeners {
+            let l = Async::<TcpListener>::bind(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(l);
+        }
+        Ok(Server { listeners, config, stop: channel::bounded(1) })
+    }
+
+    /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.get_ref().local_addr().ok()).collect()
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.stop.0.clone())
+    }
+
+    /// [`bind`](Self::bind) on the calling thread, for programs with no executor of their own.
+    pub fn bind_blocking(config: ServerConfig) -> io::Result<Server> {
+        smol::block_on(Self::bind(config))
+    }
+
+    /// [`run`](Self::run) on the calling thread, for programs with no executor of their own.
+    pub fn run_blocking(self) -> io::Result<()> {
+        smol::block_on(self.run())
+    }
+
+    /// Serves until [`ShutdownHandle::shutdown`] is called. Spawns its tasks on smol's global
+    /// executor.
+    pub async fn run(self) -> io::Result<()> {
+        let broker = Broker::new(self.config.broker.clone(), Instant::ZERO)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (tx, rx) = channel::bounded(INPUT_QUEUE);
+        let acceptors: Vec<Task<()>> = self
+            .listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                smol::spawn(accept_loop(l, u16::try_from(i).unwrap_or(u16::MAX), tx.clone()))
+            })
+            .collect();
+        let mut core = Core {
+            driver: Driver::new(broker),
+            epoch: StdInstant::now(),
+            tx,
+            auth: self.config.async_authenticator.clone(),
+            tasks: Vec::new(),
+        };
+        core.run(&rx, &self.stop.1).await;
+        drop(acceptors); // dropping a smol task cancels it
+        core.shutdown().await;
+        Ok(())
+    }
+}
+
+enum Input {
+    Accepted(Async<TcpStream>, SocketAddr, u16),
+    Bytes(ConnId, BytesMut),
+    Closed(ConnId),
+    Written(ConnId, usize),
+    Auth(AuthTicket, AuthDecision),
+}
+
+async fn accept_loop(listener: Async<TcpListener>, index: u16, tx: Sender<Input>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                if tx.send(Input::Accepted(stream, addr, index)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What the core task shares with one connection's task.
+#[derive(Debug)]
+struct Shared {
+    out: Mutex<Vec<Bytes>>,
+    closing: AtomicBool,
+    paused: AtomicBool,
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        let (wake_tx, wake_rx) = channel::bounded(1);
+        Arc::new(Shared {
+            out: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            wake_tx,
+            wake_rx,
+        })
+    }
+
+    fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Core {
+    driver: Driver<Arc<Shared>>,
+    epoch: StdInstant,
+    tx: Sender<Input>,
+    auth: Option<Arc<dyn AsyncAuthenticator>>,
+    tasks: Vec<Task<()>>,
+}
+
+impl Core {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    async fn run(&mut self, rx: &Receiver<Input>, stop: &Receiver<()>) {
+        loop {
+            let deadline = self
+                .driver
+                .poll_timeout()
+                .map(|at| self.epoch + Duration::from_nanos(at.as_nanos()));
+            enum Wake {
+                Stop,
+                Input(Input),
+                Timer,
+            }
+            let stopped = async {
+                let _ = stop.recv().await;
+                Wake::Stop
+            };
+            let input = async { rx.recv().await.map_or(Wake::Stop, Wake::Input) };
+            let timer = async {
+                match deadline {
+                    Some(at) => {
+                        Timer::at(at).await;
+                    }
+                    None => future::pending::<()>().await,
+                }
+                Wake::Timer
+            };
+            match future::or(stopped, future::or(input, timer)).await {
+                Wake::Stop => return,
+                Wake::Input(input) => {
+                    self.input(input);
+                    for _ in 1..BATCH {
+                        match rx.try_recv() {
+                            Ok(input) => self.input(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Timer => {}
+            }
+            let now = self.now();
+            self.driver.timeout(now);
+            self.act();
+            self.tasks.retain(|t| !t.is_finished());
+        }
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Accepted(stream, addr, listener) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                let shared = Shared::new();
+                let peer = PeerInfo { addr: Some(addr), listener };
+                match self.driver.accepted(now, peer, shared.clone()) {
+                    Ok(id) => {
+                        self.tasks.push(smol::spawn(conn_loop(
+                            stream,
+                            id,
+                            shared,
+                            self.tx.clone(),
+                        )));
+                    }
+                    Err(e) => log::warn!("refused connection from {addr}: {e}"),
+                }
+            }
+            Input::Bytes(id, chunk) => self.driver.input(now, id, chunk),
+            Input::Closed(id) => self.driver.closed(now, id),
+            Input::Written(id, n) => self.driver.written(id, n),
+            Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
+        }
+    }
+
+    fn act(&mut self) {
+        while let Some(action) = self.driver.poll_action() {
+            match action {
+                Action::Write(h, chunks) => {
+                    lock(&h.out).extend(chunks);
+                    h.wake();
+                }
+                Action::Close(h) => {
+                    h.closing.store(true, Ordering::Release);
+                    h.wake();
+                }
+                Action::PauseRead(h) => h.paused.store(true, Ordering::Release),
+                Action::ResumeRead(h) => {
+                    h.paused.store(false, Ordering::Release);
+                    h.wake();
+                }
+                Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
+                Action::Log(event) => log_event(&event),
+                _ => {}
+            }
+        }
+    }
+
+    fn authenticate(&mut self, ticket: AuthTicket, request: AuthRequest) {
+        match &self.auth {
+            Some(auth) => {
+                let fut = auth.authenticate(request);
+                let tx = self.tx.clone();
+                smol::spawn(async move {
+                    let decision = fut.await;
+                    let _ = tx.send(Input::Auth(ticket, decision)).await;
+                })
+                .detach();
+            }
+            None => {
+                log::warn!("an authenticator deferred but no async authenticator is configured");
+                let now = self.now();
+                self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
+            }
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let now = self.now();
+        self.driver.shutdown(now);
+        self.act();
+        let tasks = std::mem::take(&mut self.tasks);
+        let flush = async {
+            for t in tasks {
+                t.await;
+            }
+        };
+        future::or(flush, async {
+            Timer::after(SHUTDOWN_FLUSH).await;
+        })
+        .await;
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Connected { conn, client_id, protocol, session_present } => log::info!(
+            "client {client_id} connected ({protocol:?}, session present: {session_present}) as \
+             {conn:?}"
+        ),
+        Event::Refused { conn, reason } => log::info!("connection {conn:?} refused: {reason:?}"),
+        Event::Disconnected { conn, client_id, reason } => {
+            log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
+        }
+        other => log::debug!("{other:?}"),
+    }
+}
+
+/// One connection: reads and hands the bytes to the core task; writes what the core task
+/// queued; closes when asked, after writing the rest.
+async fn conn_loop(stream: Async<TcpStream>, id: ConnId, shared: Arc<Shared>, tx: Sender<Input>) {
+    let mut pending: Vec<Bytes> = Vec::new();
+    loop {
+        pending.append(&mut lock(&shared.out));
+        if !pending.is_empty() {
+            let total: usize = pending.iter().map(Bytes::len).sum();
+            let written =
+                future::or(async { Some(write_all(&stream, &mut pending).await) }, async {
+                    Timer::after(WRITE_TIMEOUT).await;
+                    None
+                });
+            if !matches!(written.await, Some(Ok(()))) {
+                let _ = tx.send(Input::Closed(id)).await;
+                return;
+            }
+            pending = Vec::new();
+            if tx.send(Input::Written(id, total)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if shared.closing.load(Ordering::Acquire) {
+            let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        let paused = shared.paused.load(Ordering::Acquire);
+        let readable = async {
+            if paused {
+                future::pending::<()>().await;
+            }
+            Some(stream.readable().await)
+        };
+        let woken = async {
+            let _ = shared.wake_rx.recv().await;
+            None
+        };
+        let Some(ready) = future::or(readable, woken).await else {
+            continue;
+        };
+        if ready.is_err() {
+            let _ = tx.send(Input::Closed(id)).await;
+            return;
+        }
+        // A buffer only once there is something to read: an idle connection holds none.
+        let mut buf = BytesMut::zeroed(READ_CHUNK);
+        let mut socket = stream.get_ref();
+        match socket.read(&mut buf) {
+            Ok(0) => {
+                let _ = tx.send(Input::Closed(id)).await;
+                return;
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(Input::Bytes(id, buf)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                let _ = tx.send(Input::Closed(id)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes every buffer in `bufs` with vectored writes, emptying it.
+async fn write_all(stream: &Async<TcpStream>, bufs: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        let n = stream
+            .write_with(|s| {
+                let slices: Vec<IoSlice<'_>> =
+                    bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+                (&*s).write_vectored(&slices)
+            })
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        first = consume(bufs, first, n);
+    }
+    bufs.clear();
+    Ok(())
+}
