@@ -174,6 +174,9 @@ pub struct BrokerConfig {
     /// Most bytes waiting to be written to one connection. Beyond it, QoS 0 messages for that
     /// connection are dropped and QoS 1 and 2 messages wait in the session queue.
     pub max_outbound_bytes: usize,
+    /// Whether durable state is logged for a store, and whether acknowledgements wait for it
+    /// ([`persist`](super::persist)).
+    pub persistence: super::persist::Persistence,
     /// Flow control from subscribers back to publishers. When a QoS 1 or 2 message finds a
     /// connected subscriber's queue full, it is queued all the same and the publisher's
     /// PUBACK/PUBREC is withheld until that queue has room again, so a publisher that respects
@@ -232,6 +235,7 @@ impl Default for BrokerConfig {
             queue_qos0_offline: false,
             max_outbound_bytes: 4 * 1024 * 1024,
             max_ack_delay: Duration::from_secs(5),
+            persistence: super::persist::Persistence::Off,
             topic_alias_maximum: 10,
             outgoing_topic_aliases: false,
             max_keepalive: 0,

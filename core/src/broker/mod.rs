@@ -46,6 +46,7 @@
 
 mod config;
 pub mod driver;
+pub mod persist;
 mod session;
 mod tree;
 
@@ -63,6 +64,7 @@ pub use config::{
     Action, AuthDecision, AuthRequest, AuthStage, Authenticator, Authorizer, BrokerConfig,
     ClientInfo, ConfigError, MIN_MAX_PACKET_SIZE, PeerInfo, SharedPolicy,
 };
+use persist::{PersistOp, PersistSeq};
 use session::{Delivery, Inflight, Message, OutAliases, OutState, ParkedAck, PendingWill, Session};
 use tree::{Entry, GroupRef, SubTree};
 
@@ -399,6 +401,14 @@ pub struct Broker {
     congested: Option<u32>,
     /// While a client's PUBLISH is routed: that client, which a full subscriber may pause.
     publisher: Option<ConnId>,
+    /// The persistence log not yet drained, the last sequence number given, the last one the
+    /// store confirmed, and the next delivery key.
+    persist_log: VecDeque<(PersistSeq, PersistOp)>,
+    persist_seq: u64,
+    persisted: u64,
+    next_key: u64,
+    /// Durable mode: acknowledgements waiting for the store.
+    awaiting_store: VecDeque<ParkedAck>,
 }
 
 impl fmt::Debug for Broker {
@@ -440,6 +450,11 @@ impl Broker {
             park_ok: false,
             congested: None,
             publisher: None,
+            persist_log: VecDeque::new(),
+            persist_seq: 0,
+            persisted: 0,
+            next_key: 1,
+            awaiting_store: VecDeque::new(),
         };
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.insert((now + interval, Timer::Sys));
@@ -929,6 +944,7 @@ impl Broker {
         if s.will_at.is_some_and(|t| t <= now) {
             s.will_at = None;
             if let Some(will) = s.will.take() {
+                self.log_session(index, |client_id| PersistOp::WillCleared { client_id });
                 self.publish_will(now, index, will);
             }
         }
@@ -1085,6 +1101,7 @@ impl Broker {
         };
         s.conn = None;
         s.slow = false;
+        let had_will = s.will.is_some();
         if publish_will {
             if let Some(will) = s.will.take() {
                 let delay = if s.protocol.is_v5() { will.delay.min(s.expiry) } else { 0 };
@@ -1101,6 +1118,12 @@ impl Broker {
         let Some(s) = self.session_mut(index) else {
             return;
         };
+        if had_will && s.will.is_none() {
+            self.log_session(index, |client_id| PersistOp::WillCleared { client_id });
+        }
+        let Some(s) = self.session_mut(index) else {
+            return;
+        };
         if takeover {
             return;
         }
@@ -1108,6 +1131,10 @@ impl Broker {
             self.end_session(now, index);
             return;
         }
+        self.log_session(index, |client_id| PersistOp::Disconnected { client_id });
+        let Some(s) = self.session_mut(index) else {
+            return;
+        };
         if s.expiry != u32::MAX {
             s.expires_at = Some(now + Duration::from_secs(s.expiry.into()));
         }
@@ -1120,9 +1147,11 @@ impl Broker {
         self.release_parked(index);
         self.release_throttle(index);
         self.clear_session_timer(index);
+        self.log_session(index, |client_id| PersistOp::SessionDeleted { client_id });
         let Some(s) = self.session_mut(index) else {
             return;
         };
+        s.persistent = false;
         s.will_at = None;
         if let Some(will) = s.will.take() {
             self.publish_will(now, index, will);
@@ -1146,7 +1175,7 @@ impl Broker {
             return;
         }
         self.stats.messages_received += 1;
-        self.store_retained(&will.msg);
+        self.store_retained(now, &will.msg);
         self.route(now, &will.msg);
     }
 
@@ -1529,6 +1558,33 @@ impl Broker {
         if let Some(m) = s.will.as_mut().and_then(|w| Arc::get_mut(&mut w.msg)) {
             m.origin = serial;
         }
+        // Durable state: a session that outlives its connection is logged, with its will.
+        let was_logged = s.persistent;
+        s.persistent = granted > 0;
+        let will = s.will.as_ref().map(|w| (persist::stored(&w.msg, now), w.delay));
+        if granted > 0 {
+            let expiry = granted;
+            self.log_session(si, |client_id| PersistOp::Session {
+                client_id,
+                protocol: version,
+                expiry,
+            });
+            match will {
+                Some((message, delay)) => {
+                    self.log_session(si, |client_id| PersistOp::Will { client_id, message, delay });
+                }
+                None if was_logged => {
+                    self.log_session(si, |client_id| PersistOp::WillCleared { client_id });
+                }
+                None => {}
+            }
+        } else if was_logged && self.logging() {
+            // Resumed with expiry 0: it ends with this connection; its record goes now.
+            if let Some(s) = self.session(si) {
+                let client_id = s.client_id.clone();
+                self.log(PersistOp::SessionDeleted { client_id });
+            }
+        }
 
         let mut props = ConnAckProperties::default();
         let mut keep_alive = connect.keep_alive;
@@ -1673,6 +1729,7 @@ impl Broker {
                 _ => {
                     if !self.write_publish(now, index, &d, Some(id), true) {
                         dropped.push(id);
+                        self.log_released(si, d.key);
                     }
                 }
             }
@@ -1754,19 +1811,28 @@ impl Broker {
                 id.is_some() && !self.config.max_ack_delay.is_zero() && parked < receive_maximum;
             self.congested = None;
             self.publisher = Some(self.conn_id(index));
+            let logged_before = self.persist_seq;
             let matched = self.publish_message(now, serial, p);
             self.publisher = None;
             self.park_ok = false;
             let congested = self.congested.take();
-            return self.acknowledge(now, index, si, qos, id, v5, matched, congested);
+            return self.acknowledge(
+                now,
+                index,
+                si,
+                qos,
+                id,
+                v5,
+                matched,
+                congested,
+                logged_before,
+            );
         };
         match (p.qos, p.packet_id) {
             // 3.1.1 has no way to say no: acknowledge as usual and drop ([MQTT-3.3.5-2]).
             (_, Some(id)) if !v5 => {
                 let packet = if p.qos == QoS::ExactlyOnce {
-                    if let Some(s) = self.session_mut(si) {
-                        s.incoming_qos2.insert(id.get());
-                    }
+                    self.take_incoming_qos2(si, id);
                     Packet::PubRec(PubAck::new(id))
                 } else {
                     Packet::PubAck(PubAck::new(id))
@@ -1799,39 +1865,54 @@ impl Broker {
         v5: bool,
         matched: bool,
         congested: Option<u32>,
+        logged_before: u64,
     ) {
         let Some(id) = id else {
             return;
         };
+        if qos == QoS::ExactlyOnce {
+            // Taken now, even if the PUBREC waits, so that a resent PUBLISH is not delivered
+            // twice.
+            self.take_incoming_qos2(si, id);
+        }
+        let code =
+            if v5 && !matched { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
+        // Durable mode: wait for what this publish logged.
+        let seq =
+            if self.durable() && self.persist_seq > logged_before { self.persist_seq } else { 0 };
+        let ack = ParkedAck { conn: self.conn_id(index), id, qos, since: now, seq, code };
+        if (congested.is_some() || seq > 0)
+            && let Some(c) = self.slot_conn(index)
+        {
+            c.parked += 1;
+        }
         if let Some(target) = congested {
-            // Withheld until `target`'s queue has room (`max_ack_delay`). The QoS 2 packet
-            // identifier is taken now so that a resent PUBLISH is not delivered twice.
-            let conn = self.conn_id(index);
-            if qos == QoS::ExactlyOnce
-                && let Some(s) = self.session_mut(si)
-            {
-                s.incoming_qos2.insert(id.get());
-            }
-            if let Some(c) = self.slot_conn(index) {
-                c.parked += 1;
-            }
+            // Withheld until `target`'s queue has room (`max_ack_delay`).
             if let Some(s) = self.session_mut(target) {
-                s.parked.push_back(ParkedAck { conn, id, qos, since: now });
+                s.parked.push_back(ack);
             }
             self.stats.acks_delayed += 1;
             self.arm_session_timer(target);
             return;
         }
-        let code =
-            if v5 && !matched { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
+        if seq > 0 {
+            self.awaiting_store.push_back(ack);
+            return;
+        }
         let ack = PubAck { packet_id: id, reason_code: code, properties: AckProperties::default() };
         if qos == QoS::ExactlyOnce {
-            if let Some(s) = self.session_mut(si) {
-                s.incoming_qos2.insert(id.get());
-            }
             self.send(index, &Packet::PubRec(ack));
         } else {
             self.send(index, &Packet::PubAck(ack));
+        }
+    }
+
+    /// Records an incoming QoS 2 packet identifier as awaiting PUBREL.
+    fn take_incoming_qos2(&mut self, si: u32, id: PacketId) {
+        if let Some(s) = self.session_mut(si)
+            && s.incoming_qos2.insert(id.get())
+        {
+            self.log_session(si, |client_id| PersistOp::IncomingQos2 { client_id, packet_id: id });
         }
     }
 
@@ -1855,20 +1936,25 @@ impl Broker {
             expires_at,
             origin,
         });
-        self.store_retained(&msg);
+        self.store_retained(now, &msg);
         self.route(now, &msg)
     }
 
     /// RETAIN 1 replaces the topic's retained message; an empty payload clears it and is never
     /// stored ([MQTT-3.3.1-5], [MQTT-3.3.1-6], [MQTT-3.3.1-7]).
-    fn store_retained(&mut self, msg: &Arc<Message>) {
+    fn store_retained(&mut self, now: Instant, msg: &Arc<Message>) {
         if !msg.retain {
             return;
         }
         if msg.payload.is_empty() {
-            self.retained.remove(&msg.topic);
+            if self.retained.remove(&msg.topic).is_some() {
+                self.log(PersistOp::RetainedCleared { topic: msg.topic.clone() });
+            }
         } else {
             self.retained.insert(msg.topic.clone(), msg.clone());
+            if !msg.topic.is_system() && self.logging() {
+                self.log(PersistOp::Retained { message: persist::stored(msg, now) });
+            }
         }
     }
 
@@ -1906,6 +1992,7 @@ impl Broker {
                     qos: q.min(msg.qos),
                     retain: msg.retain && rap,
                     sub_ids,
+                    key: 0,
                 };
                 self.deliver(now, session, d);
             }
@@ -1917,6 +2004,7 @@ impl Broker {
                     qos: e.qos.min(msg.qos),
                     retain: msg.retain && e.retain_as_published,
                     sub_ids: e.sub_id.into_iter().collect(),
+                    key: 0,
                 };
                 self.deliver(now, e.session, d);
             }
@@ -2020,8 +2108,12 @@ impl Broker {
             }
             self.congested.get_or_insert(si);
         }
-        s.queued_bytes += cost;
-        s.queue.push_back(d);
+        let mut d = d;
+        self.log_queued(now, si, &mut d);
+        if let Some(s) = self.session_mut(si) {
+            s.queued_bytes += cost;
+            s.queue.push_back(d);
+        }
     }
 
     /// Pauses `publisher`'s input until session `si` has written its output (or turns out to
@@ -2077,24 +2169,15 @@ impl Broker {
         }
         let parked = core::mem::take(&mut s.parked);
         for p in parked {
-            let Some(c) = self.conn_mut(p.conn) else {
-                continue;
-            };
-            c.parked = c.parked.saturating_sub(1);
-            if c.phase != Phase::Connected {
-                continue;
-            }
-            let ack = PubAck::new(p.id);
-            let packet =
-                if p.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
-            self.send(p.conn.index, &packet);
+            self.release_ack(p);
         }
     }
 
     /// Gives a QoS 1 or 2 delivery a packet identifier and sends it.
-    fn send_inflight(&mut self, now: Instant, index: u32, si: u32, d: Delivery) {
+    fn send_inflight(&mut self, now: Instant, index: u32, si: u32, mut d: Delivery) {
         if d.msg.expired(now) {
             self.stats.dropped_expired += 1; // [MQTT-3.3.2-5]
+            self.log_released(si, d.key);
             return;
         }
         let Some(s) = self.session_mut(si) else {
@@ -2103,11 +2186,20 @@ impl Broker {
         let Some(id) = s.allocate_id() else {
             return; // 65,535 in flight: cannot happen with a window of at most 65,535
         };
+        if d.key == 0 {
+            self.log_queued(now, si, &mut d);
+        }
+        let key = d.key;
         if self.write_publish(now, index, &d, Some(id), false) {
             let state = if d.qos == QoS::ExactlyOnce { OutState::Rec } else { OutState::Ack };
             if let Some(s) = self.session_mut(si) {
                 s.inflight.push_back(Inflight { id, state, delivery: d });
             }
+            if key != 0 {
+                self.log_session(si, |client_id| PersistOp::Sent { client_id, key, packet_id: id });
+            }
+        } else {
+            self.log_released(si, key);
         }
     }
 
@@ -2153,6 +2245,7 @@ impl Broker {
                 } else {
                     self.write_publish(now, id.index, &d, None, false);
                 }
+                self.log_released(si, d.key);
             } else {
                 self.send_inflight(now, id.index, si, d);
             }
@@ -2228,8 +2321,9 @@ impl Broker {
         };
         if let Some(i) = s.inflight_index(ack.packet_id)
             && s.inflight[i].state == OutState::Ack
+            && let Some(done) = s.inflight.remove(i)
         {
-            s.inflight.remove(i);
+            self.log_released(si, done.delivery.key);
             self.pump(now, si);
         }
     }
@@ -2250,11 +2344,17 @@ impl Broker {
             }
             Some(i) if ack.reason_code.is_error() => {
                 // The client refused it: done, no PUBREL ([MQTT-4.3.3-?]).
-                s.inflight.remove(i);
+                if let Some(done) = s.inflight.remove(i) {
+                    self.log_released(si, done.delivery.key);
+                }
                 self.pump(now, si);
             }
             Some(i) => {
                 s.inflight[i].state = OutState::Comp;
+                let key = s.inflight[i].delivery.key;
+                if key != 0 {
+                    self.log_session(si, |client_id| PersistOp::Received { client_id, key });
+                }
                 self.send(index, &Packet::PubRel(PubAck::new(id)));
             }
             None => {
@@ -2275,11 +2375,15 @@ impl Broker {
             return;
         };
         let id = ack.packet_id;
-        let code = if s.incoming_qos2.remove(&id.get()) || !v5 {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
-        };
+        let known = s.incoming_qos2.remove(&id.get());
+        if known {
+            self.log_session(si, |client_id| PersistOp::IncomingQos2Released {
+                client_id,
+                packet_id: id,
+            });
+        }
+        let code =
+            if known || !v5 { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
         let comp = PubAck { packet_id: id, reason_code: code, ..PubAck::new(id) };
         self.send(index, &Packet::PubComp(comp));
     }
@@ -2293,8 +2397,9 @@ impl Broker {
         };
         if let Some(i) = s.inflight_index(ack.packet_id)
             && s.inflight[i].state == OutState::Comp
+            && let Some(done) = s.inflight.remove(i)
         {
-            s.inflight.remove(i);
+            self.log_released(si, done.delivery.key);
             self.pump(now, si);
         }
     }
@@ -2344,6 +2449,14 @@ impl Broker {
                 if let Some(sess) = self.session_mut(si) {
                     sess.subscriptions.insert(f.detach());
                 }
+                let (filter, options) =
+                    (f.detach(), crate::codec::SubscriptionOptions { qos, ..s.options });
+                self.log_session(si, |client_id| PersistOp::Subscribed {
+                    client_id,
+                    filter,
+                    options,
+                    subscription_id: sub_id,
+                });
                 use crate::codec::RetainHandling::*;
                 let send = match s.options.retain_handling {
                     SendOnSubscribe => true,
@@ -2407,6 +2520,7 @@ impl Broker {
         }
         for t in expired {
             self.retained.remove(&t);
+            self.log(PersistOp::RetainedCleared { topic: t });
         }
         for msg in found {
             let d = Delivery {
@@ -2414,6 +2528,7 @@ impl Broker {
                 retain: true,
                 sub_ids: sub_id.into_iter().collect(),
                 msg,
+                key: 0,
             };
             self.deliver(now, si, d);
         }
@@ -2428,6 +2543,10 @@ impl Broker {
             let removed = self.tree.remove(f, si);
             if let Some(s) = self.session_mut(si) {
                 s.subscriptions.remove(f);
+            }
+            if removed {
+                let filter = f.clone();
+                self.log_session(si, |client_id| PersistOp::Unsubscribed { client_id, filter });
             }
             codes.push(if removed {
                 ReasonCode::Success
@@ -2457,6 +2576,14 @@ impl Broker {
                 return self.violation(now, index, ReasonCode::ProtocolError);
             }
             s.expiry = expiry.min(max_expiry);
+            if s.expiry > 0 {
+                let (protocol, expiry) = (s.protocol, s.expiry);
+                self.log_session(si, |client_id| PersistOp::Session {
+                    client_id,
+                    protocol,
+                    expiry,
+                });
+            }
         }
         let with_will = d.reason_code == ReasonCode::DisconnectWithWillMessage;
         let reason = CloseReason::ClientDisconnect(d.reason_code);
@@ -2503,7 +2630,7 @@ impl Broker {
                 expires_at: None,
                 origin: 0,
             });
-            self.store_retained(&msg);
+            self.store_retained(now, &msg);
             self.route(now, &msg);
         }
     }

@@ -44,6 +44,8 @@ pub(crate) struct Delivery {
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
     pub(crate) sub_ids: Vec<SubscriptionId>,
+    /// Names it in the persistence log; 0 when it is not logged.
+    pub(crate) key: u64,
 }
 
 /// What an outgoing QoS 1 or 2 message waits for.
@@ -105,6 +107,8 @@ pub(crate) struct Session {
     /// Publishers whose input is paused because this session's output is full, and since when.
     pub(crate) throttling: Vec<ConnId>,
     pub(crate) throttled_since: Option<Instant>,
+    /// Its state is in the persistence log (it outlives its connection).
+    pub(crate) persistent: bool,
 }
 
 /// A PUBACK or PUBREC withheld from a publisher.
@@ -114,6 +118,9 @@ pub(crate) struct ParkedAck {
     pub(crate) id: PacketId,
     pub(crate) qos: QoS,
     pub(crate) since: Instant,
+    /// In durable mode: the persistence log position it must also wait for.
+    pub(crate) seq: u64,
+    pub(crate) code: crate::codec::ReasonCode,
 }
 
 impl Session {
@@ -140,6 +147,7 @@ impl Session {
             slow: false,
             throttling: Vec::new(),
             throttled_since: None,
+            persistent: false,
         }
     }
 

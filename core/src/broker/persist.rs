@@ -1,0 +1,667 @@
+//! The broker's durable state as a log of operations, and the snapshot it restarts from.
+//!
+//! The core never writes anything. With [`Persistence::Log`] or [`Persistence::Durable`] in the
+//! config, every change to state that must survive a restart is appended, in order and with a
+//! sequence number, to a log the adapter drains with
+//! [`Broker::poll_persist`](super::Broker::poll_persist): sessions that outlive their
+//! connection (Session Expiry Interval > 0, or 3.1.1 CleanSession 0), their subscriptions, the
+//! QoS 1/2 messages queued or in flight for them (with packet identifiers and PUBREL state), the
+//! QoS 2 packet identifiers they sent that await PUBREL, their pending wills, and retained
+//! messages. Sessions that end with their connection and QoS 0 messages to connected clients
+//! are not logged.
+//!
+//! A store applies the operations (in order; many may share one transaction) and, in durable
+//! mode, reports how far it got with [`Broker::handle_persisted`](super::Broker::handle_persisted):
+//! the broker sends the PUBACK or PUBREC of a QoS 1/2 publish only once every operation that
+//! publish caused is on disk. At startup the store hands back a [`Snapshot`] and the broker is
+//! built with [`Broker::restore`](super::Broker::restore).
+//!
+//! Time: the core has only the monotonic `now`, which means nothing across a restart. Durations
+//! in operations (session expiry, message expiry, will delay) are relative to the moment the
+//! operation was emitted; the store stamps each operation with its wall-clock time and turns
+//! them into remaining durations when it builds the snapshot. [`Replay`] does exactly that in
+//! memory: it is the reference model for stores, and the store used by simulations.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use crate::codec::MqttStr;
+use crate::codec::{
+    PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionId, SubscriptionOptions,
+};
+use crate::time::Duration;
+use crate::topic::{TopicFilter, TopicName};
+
+/// Whether and how the broker logs its durable state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Persistence {
+    /// Nothing is logged: state lives as long as the process.
+    #[default]
+    Off,
+    /// Operations are logged; acknowledgements do not wait for them (a crash may lose what the
+    /// store had not yet written).
+    Log,
+    /// Operations are logged, and the PUBACK/PUBREC of a QoS 1/2 publish waits until
+    /// [`Broker::handle_persisted`](super::Broker::handle_persisted) confirms the operations it
+    /// caused: an acknowledged message survives a crash.
+    Durable,
+}
+
+/// The position of an operation in the log: increases by one per operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PersistSeq(pub u64);
+
+/// An application message as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Topic.
+    pub topic: TopicName,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN as published.
+    pub retain: bool,
+    /// Properties as published, without Message Expiry Interval, Topic Alias or Subscription
+    /// Identifiers.
+    pub properties: PublishProperties,
+    /// Time left before it expires, counted from the operation (or, in a [`Snapshot`], from the
+    /// restore); `None` never expires.
+    pub expires_in: Option<Duration>,
+}
+
+/// A message on its way to one session, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDelivery {
+    /// The message.
+    pub message: StoredMessage,
+    /// QoS of this delivery (the subscription may have lowered it).
+    pub qos: QoS,
+    /// RETAIN flag of this delivery.
+    pub retain: bool,
+    /// Subscription Identifiers that go with it.
+    pub subscription_ids: Vec<SubscriptionId>,
+}
+
+/// One change to durable state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PersistOp {
+    /// A session that outlives its connection was created or resumed, or its expiry changed.
+    /// It is connected from now on.
+    Session {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// Protocol version of its latest connection.
+        protocol: ProtocolVersion,
+        /// Session Expiry Interval, seconds (`u32::MAX`: never).
+        expiry: u32,
+    },
+    /// The session's connection ended: its expiry interval runs from now.
+    Disconnected {
+        /// Client identifier.
+        client_id: MqttStr,
+    },
+    /// The session ended: forget it and everything it held.
+    SessionDeleted {
+        /// Client identifier.
+        client_id: MqttStr,
+    },
+    /// A subscription was added or replaced.
+    Subscribed {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// The filter as sent (including `$share/{group}/`).
+        filter: TopicFilter,
+        /// Granted options (QoS already capped by the broker).
+        options: SubscriptionOptions,
+        /// Subscription Identifier.
+        subscription_id: Option<SubscriptionId>,
+    },
+    /// A subscription was removed.
+    Unsubscribed {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// The filter.
+        filter: TopicFilter,
+    },
+    /// A message was queued for the session (or sent at once: a `Sent` follows).
+    Queued {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// Names the delivery; increasing in the order deliveries were queued.
+        key: u64,
+        /// What to deliver.
+        delivery: StoredDelivery,
+    },
+    /// The delivery was sent with this packet identifier and awaits PUBACK or PUBREC.
+    Sent {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// The delivery.
+        key: u64,
+        /// Its packet identifier.
+        packet_id: PacketId,
+    },
+    /// PUBREC arrived for the delivery: it awaits PUBCOMP (PUBREL is resent on resume).
+    Received {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// The delivery.
+        key: u64,
+    },
+    /// The delivery is done (acknowledged, expired, or dropped): forget it.
+    Released {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// The delivery.
+        key: u64,
+    },
+    /// The client's QoS 2 PUBLISH with this packet identifier was received; it awaits PUBREL.
+    IncomingQos2 {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// Packet identifier.
+        packet_id: PacketId,
+    },
+    /// PUBREL arrived for it.
+    IncomingQos2Released {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// Packet identifier.
+        packet_id: PacketId,
+    },
+    /// The session's will, to be published `delay` seconds after its connection ends.
+    Will {
+        /// Client identifier.
+        client_id: MqttStr,
+        /// The will message.
+        message: StoredMessage,
+        /// Will Delay Interval, seconds.
+        delay: u32,
+    },
+    /// The session has no will any more (published, or cleared by a normal DISCONNECT).
+    WillCleared {
+        /// Client identifier.
+        client_id: MqttStr,
+    },
+    /// The retained message of its topic.
+    Retained {
+        /// The message.
+        message: StoredMessage,
+    },
+    /// The topic has no retained message any more.
+    RetainedCleared {
+        /// The topic.
+        topic: TopicName,
+    },
+}
+
+/// A queued or in-flight delivery in a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotDelivery {
+    /// Its key (see [`PersistOp::Queued`]).
+    pub key: u64,
+    /// What to deliver.
+    pub delivery: StoredDelivery,
+    /// Set once it was sent: it is resent with DUP and this packet identifier.
+    pub packet_id: Option<PacketId>,
+    /// PUBREC arrived: PUBREL is resent instead.
+    pub received: bool,
+}
+
+/// One session in a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotSession {
+    /// Client identifier.
+    pub client_id: MqttStr,
+    /// Protocol version of its latest connection.
+    pub protocol: ProtocolVersion,
+    /// Session Expiry Interval, seconds.
+    pub expiry: u32,
+    /// Time left before it expires, from the restore; `None` never expires.
+    pub expires_in: Option<Duration>,
+    /// Subscriptions.
+    pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<SubscriptionId>)>,
+    /// Deliveries, in key order.
+    pub deliveries: Vec<SnapshotDelivery>,
+    /// QoS 2 packet identifiers awaiting PUBREL.
+    pub incoming_qos2: Vec<PacketId>,
+    /// A will and the time left before it is published.
+    pub will: Option<(StoredMessage, Duration)>,
+}
+
+/// Everything the broker restarts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sessions.
+    pub sessions: Vec<SnapshotSession>,
+    /// Retained messages.
+    pub retained: Vec<StoredMessage>,
+}
+
+#[derive(Clone, Debug)]
+struct Stamped<T> {
+    value: T,
+    /// Wall-clock seconds when it was logged.
+    at: u64,
+}
+
+#[derive(Clone, Debug)]
+struct ReplaySession {
+    protocol: ProtocolVersion,
+    expiry: u32,
+    disconnected_at: Option<u64>,
+    subscriptions: BTreeMap<TopicFilter, (SubscriptionOptions, Option<SubscriptionId>)>,
+    deliveries: BTreeMap<u64, (Stamped<StoredDelivery>, Option<PacketId>, bool)>,
+    incoming_qos2: BTreeSet<PacketId>,
+    will: Option<(Stamped<StoredMessage>, u32)>,
+}
+
+/// The reference store: applies [`PersistOp`]s in memory, each stamped with a wall-clock time,
+/// and builds the [`Snapshot`] a restarted broker starts from.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    sessions: BTreeMap<MqttStr, ReplaySession>,
+    retained: BTreeMap<TopicName, Stamped<StoredMessage>>,
+    /// The latest wall-clock time seen: a session connected at a crash counts as disconnected
+    /// then.
+    last: u64,
+}
+
+impl Replay {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `op`, logged at wall-clock second `at`.
+    pub fn apply(&mut self, op: PersistOp, at: u64) {
+        self.last = self.last.max(at);
+        match op {
+            PersistOp::Session { client_id, protocol, expiry } => {
+                let s = self.sessions.entry(client_id).or_insert_with(|| ReplaySession {
+                    protocol,
+                    expiry,
+                    disconnected_at: None,
+                    subscriptions: BTreeMap::new(),
+                    deliveries: BTreeMap::new(),
+                    incoming_qos2: BTreeSet::new(),
+                    will: None,
+                });
+                s.protocol = protocol;
+                s.expiry = expiry;
+                s.disconnected_at = None;
+            }
+            PersistOp::Disconnected { client_id } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.disconnected_at = Some(at);
+                }
+            }
+            PersistOp::SessionDeleted { client_id } => {
+                self.sessions.remove(&client_id);
+            }
+            PersistOp::Subscribed { client_id, filter, options, subscription_id } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.subscriptions.insert(filter, (options, subscription_id));
+                }
+            }
+            PersistOp::Unsubscribed { client_id, filter } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.subscriptions.remove(&filter);
+                }
+            }
+            PersistOp::Queued { client_id, key, delivery } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.deliveries.insert(key, (Stamped { value: delivery, at }, None, false));
+                }
+            }
+            PersistOp::Sent { client_id, key, packet_id } => {
+                if let Some(d) = self.delivery(&client_id, key) {
+                    d.1 = Some(packet_id);
+                }
+            }
+            PersistOp::Received { client_id, key } => {
+                if let Some(d) = self.delivery(&client_id, key) {
+                    d.2 = true;
+                }
+            }
+            PersistOp::Released { client_id, key } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.deliveries.remove(&key);
+                }
+            }
+            PersistOp::IncomingQos2 { client_id, packet_id } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.incoming_qos2.insert(packet_id);
+                }
+            }
+            PersistOp::IncomingQos2Released { client_id, packet_id } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.incoming_qos2.remove(&packet_id);
+                }
+            }
+            PersistOp::Will { client_id, message, delay } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.will = Some((Stamped { value: message, at }, delay));
+                }
+            }
+            PersistOp::WillCleared { client_id } => {
+                if let Some(s) = self.sessions.get_mut(&client_id) {
+                    s.will = None;
+                }
+            }
+            PersistOp::Retained { message } => {
+                self.retained.insert(message.topic.clone(), Stamped { value: message, at });
+            }
+            PersistOp::RetainedCleared { topic } => {
+                self.retained.remove(&topic);
+            }
+        }
+    }
+
+    fn delivery(
+        &mut self,
+        client_id: &MqttStr,
+        key: u64,
+    ) -> Option<&mut (Stamped<StoredDelivery>, Option<PacketId>, bool)> {
+        self.sessions.get_mut(client_id)?.deliveries.get_mut(&key)
+    }
+
+    /// Sessions stored.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Deliveries stored, over all sessions.
+    pub fn deliveries(&self) -> usize {
+        self.sessions.values().map(|s| s.deliveries.len()).sum()
+    }
+
+    /// The state to restart from at wall-clock second `now`: expired sessions and messages are
+    /// left out; wills whose delay ran out while the broker was down are due at once.
+    pub fn snapshot(&self, now: u64) -> Snapshot {
+        let left = |from: u64, secs: u64| -> Option<Duration> {
+            let end = from.saturating_add(secs);
+            (end > now).then(|| Duration::from_secs(end - now))
+        };
+        let message = |m: &Stamped<StoredMessage>| -> Option<StoredMessage> {
+            let mut msg = m.value.clone();
+            if let Some(e) = msg.expires_in {
+                msg.expires_in = Some(left(m.at, e.as_secs())?);
+            }
+            Some(msg)
+        };
+        let mut snapshot = Snapshot::default();
+        for (client_id, s) in &self.sessions {
+            // A session still connected when the broker stopped went offline then.
+            let offline_since = s.disconnected_at.unwrap_or(self.last);
+            let expires_in = if s.expiry == u32::MAX {
+                None
+            } else {
+                match left(offline_since, u64::from(s.expiry)) {
+                    Some(d) => Some(d),
+                    None => continue, // expired while the broker was down
+                }
+            };
+            let mut deliveries = Vec::new();
+            for (key, (d, packet_id, received)) in &s.deliveries {
+                let Some(msg) = message(&Stamped { value: d.value.message.clone(), at: d.at })
+                else {
+                    // Expired; but a message already sent is still owed its acknowledgement
+                    // flow ([MQTT-3.3.2-5] applies to delivery that has not started).
+                    if packet_id.is_none() {
+                        continue;
+                    }
+                    let mut delivery = d.value.clone();
+                    delivery.message.expires_in = Some(Duration::ZERO);
+                    deliveries.push(SnapshotDelivery {
+                        key: *key,
+                        delivery,
+                        packet_id: *packet_id,
+                        received: *received,
+                    });
+                    continue;
+                };
+                let mut delivery = d.value.clone();
+                delivery.message = msg;
+                deliveries.push(SnapshotDelivery {
+                    key: *key,
+                    delivery,
+                    packet_id: *packet_id,
+                    received: *received,
+                });
+            }
+            let will = s.will.as_ref().and_then(|(m, delay)| {
+                let msg = message(m)?;
+                let due = left(offline_since, u64::from(*delay)).unwrap_or(Duration::ZERO);
+                Some((msg, due))
+            });
+            snapshot.sessions.push(SnapshotSession {
+                client_id: client_id.clone(),
+                protocol: s.protocol,
+                expiry: s.expiry,
+                expires_in,
+                subscriptions: s
+                    .subscriptions
+                    .iter()
+                    .map(|(f, (o, id))| (f.clone(), *o, *id))
+                    .collect(),
+                deliveries,
+                incoming_qos2: s.incoming_qos2.iter().copied().collect(),
+                will,
+            });
+        }
+        snapshot.retained = self.retained.values().filter_map(message).collect();
+        snapshot
+    }
+}
+
+// ---------------------------------------------------------------- the broker's side
+
+use alloc::sync::Arc;
+
+use super::session::{Delivery, Inflight, Message, OutState, ParkedAck, PendingWill};
+use super::tree::Entry;
+use super::{Broker, BrokerConfig, ConfigError};
+use crate::codec::{Packet, PubAck};
+use crate::time::Instant;
+
+impl Broker {
+    /// The next operation of the persistence log, in order; call after every input, with the
+    /// other `poll_*`. Always `None` with [`Persistence::Off`].
+    #[must_use]
+    pub fn poll_persist(&mut self) -> Option<(PersistSeq, PersistOp)> {
+        self.persist_log.pop_front()
+    }
+
+    /// The store has every operation up to and including `seq` on disk. In durable mode this
+    /// sends the acknowledgements that waited for them.
+    pub fn handle_persisted(&mut self, now: Instant, seq: PersistSeq) {
+        let _ = now;
+        self.persisted = self.persisted.max(seq.0);
+        let persisted = self.persisted;
+        let mut waiting = core::mem::take(&mut self.awaiting_store);
+        waiting.retain(|p| {
+            if p.seq > persisted {
+                return true;
+            }
+            self.send_ack(p);
+            false
+        });
+        self.awaiting_store = waiting;
+    }
+
+    /// A broker that starts from `snapshot` (what a store kept, see [`Replay::snapshot`]): its
+    /// sessions offline, their subscriptions, queued and in-flight messages (resent with DUP on
+    /// resume), QoS 2 identifiers awaiting PUBREL, pending wills, and retained messages.
+    pub fn restore(
+        config: BrokerConfig,
+        snapshot: Snapshot,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let mut b = Broker::new(config, now)?;
+        let max_qos = b.config.max_qos;
+        for s in snapshot.sessions {
+            let si = b.new_session(s.client_id.detach(), s.protocol);
+            for (filter, options, sub_id) in &s.subscriptions {
+                let entry = Entry {
+                    session: si,
+                    qos: options.qos.min(max_qos),
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    sub_id: *sub_id,
+                };
+                b.tree.insert(filter, entry);
+            }
+            let mut max_key = 0;
+            let Some(sess) = b.session_mut(si) else {
+                continue;
+            };
+            sess.persistent = true;
+            sess.expiry = s.expiry;
+            sess.expires_at = s.expires_in.map(|d| now + d);
+            sess.subscriptions = s.subscriptions.into_iter().map(|(f, _, _)| f.detach()).collect();
+            for id in s.incoming_qos2 {
+                sess.incoming_qos2.insert(id.get());
+            }
+            for d in s.deliveries {
+                max_key = max_key.max(d.key);
+                let delivery = Delivery {
+                    msg: Arc::new(message(d.delivery.message, now)),
+                    qos: d.delivery.qos,
+                    retain: d.delivery.retain,
+                    sub_ids: d.delivery.subscription_ids,
+                    key: d.key,
+                };
+                match d.packet_id {
+                    Some(id) => {
+                        let state = if d.received {
+                            OutState::Comp
+                        } else if delivery.qos == QoS::ExactlyOnce {
+                            OutState::Rec
+                        } else {
+                            OutState::Ack
+                        };
+                        sess.inflight.push_back(Inflight { id, state, delivery });
+                    }
+                    None => {
+                        sess.queued_bytes += delivery.msg.cost();
+                        sess.queue.push_back(delivery);
+                    }
+                }
+            }
+            if let Some((will, due)) = s.will {
+                let delay = u32::try_from(due.as_secs()).unwrap_or(u32::MAX);
+                sess.will = Some(PendingWill { msg: Arc::new(message(will, now)), delay });
+                sess.will_at = Some(now + due);
+            }
+            b.next_key = b.next_key.max(max_key + 1);
+            b.arm_session_timer(si);
+        }
+        for m in snapshot.retained {
+            let msg = Arc::new(message(m, now));
+            b.retained.insert(msg.topic.clone(), msg);
+        }
+        Ok(b)
+    }
+
+    pub(super) fn logging(&self) -> bool {
+        self.config.persistence != Persistence::Off
+    }
+
+    pub(super) fn durable(&self) -> bool {
+        self.config.persistence == Persistence::Durable
+    }
+
+    pub(super) fn log(&mut self, op: PersistOp) {
+        if self.logging() {
+            self.persist_seq += 1;
+            self.persist_log.push_back((PersistSeq(self.persist_seq), op));
+        }
+    }
+
+    /// Logs `op(client_id)` if session `si` is logged.
+    pub(super) fn log_session(&mut self, si: u32, op: impl FnOnce(MqttStr) -> PersistOp) {
+        if let Some(s) = self.session(si)
+            && s.persistent
+            && self.logging()
+        {
+            let id = s.client_id.clone();
+            self.log(op(id));
+        }
+    }
+
+    /// Logs a delivery queued for `si`, giving it a key.
+    pub(super) fn log_queued(&mut self, now: Instant, si: u32, d: &mut Delivery) {
+        if !self.logging() || !self.session(si).is_some_and(|s| s.persistent) {
+            return;
+        }
+        d.key = self.next_key;
+        self.next_key += 1;
+        let delivery = StoredDelivery {
+            message: stored(&d.msg, now),
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.sub_ids.clone(),
+        };
+        let key = d.key;
+        self.log_session(si, |client_id| PersistOp::Queued { client_id, key, delivery });
+    }
+
+    /// Logs that a delivery of `si` is done.
+    pub(super) fn log_released(&mut self, si: u32, key: u64) {
+        if key != 0 {
+            self.log_session(si, |client_id| PersistOp::Released { client_id, key });
+        }
+    }
+
+    /// Sends a withheld PUBACK/PUBREC now, or, in durable mode, once its operations are stored.
+    pub(super) fn release_ack(&mut self, p: ParkedAck) {
+        if p.seq > self.persisted {
+            self.awaiting_store.push_back(p);
+        } else {
+            self.send_ack(&p);
+        }
+    }
+
+    fn send_ack(&mut self, p: &ParkedAck) {
+        let Some(c) = self.conn_mut(p.conn) else {
+            return;
+        };
+        c.parked = c.parked.saturating_sub(1);
+        if c.phase != super::Phase::Connected {
+            return;
+        }
+        let ack = PubAck { reason_code: p.code, ..PubAck::new(p.id) };
+        let packet =
+            if p.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
+        self.send(p.conn.index, &packet);
+    }
+}
+
+/// `msg` as stored at `now`.
+pub(super) fn stored(msg: &Message, now: Instant) -> StoredMessage {
+    StoredMessage {
+        topic: msg.topic.clone(),
+        payload: msg.payload.clone(),
+        qos: msg.qos,
+        retain: msg.retain,
+        properties: msg.properties.clone(),
+        expires_in: msg.expires_at.map(|at| at.saturating_duration_since(now)),
+    }
+}
+
+fn message(m: StoredMessage, now: Instant) -> Message {
+    Message {
+        topic: m.topic.detach(),
+        payload: Bytes::copy_from_slice(&m.payload),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties,
+        expires_at: m.expires_in.map(|d| now + d),
+        origin: 0,
+    }
+}
