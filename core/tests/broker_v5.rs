@@ -1173,6 +1173,38 @@ fn shared_subscription_round_robin() {
     assert!(gb.iter().all(|p| p.qos == QoS::AtMostOnce));
 }
 
+/// Section 4.8.2: a member whose session ends before acknowledging its shared messages: they
+/// go to another member.
+#[test]
+fn sec_4_8_2_unacknowledged_shared_messages_go_to_another_member_when_a_session_ends() {
+    let mut h = Harness::new();
+    let mut a = h.connect(V5, "a", true);
+    let mut b = h.connect(V5, "b", true);
+    h.subscribe(&mut a, "$share/g/t", QoS::AtLeastOnce);
+    h.subscribe(&mut b, "$share/g/t", QoS::AtLeastOnce);
+    let p = h.connect(V5, "p", true);
+    for (i, body) in [b"1", b"2", b"3", b"4"].into_iter().enumerate() {
+        h.send(&p, publish("t", body, QoS::AtLeastOnce, i as u16 + 1));
+    }
+    let to_a = h.recv_publishes(&mut a);
+    let to_b = h.recv_publishes(&mut b);
+    assert_eq!((to_a.len(), to_b.len()), (2, 2));
+    // `a` acknowledges one of its two and vanishes (clean session: its session ends).
+    h.puback(&a, to_a[0].packet_id.unwrap());
+    h.drop_peer(&a);
+    let again = h.recv_publishes(&mut b);
+    assert_eq!(again.len(), 1, "only the unacknowledged one moves");
+    assert_eq!(again[0].payload, to_a[1].payload);
+    assert_eq!(h.broker.stats().shared_redelivered, 1);
+    // With nobody left in the group the message is lost, and counted.
+    let (mut c, _) = h.connect_v5_session("c", true, 0);
+    h.subscribe(&mut c, "$share/h/u", QoS::AtLeastOnce);
+    h.send(&p, publish("u", b"x", QoS::AtLeastOnce, 9));
+    assert_eq!(h.recv_publishes(&mut c).len(), 1);
+    h.drop_peer(&c);
+    assert_eq!(h.broker.stats().dropped_no_member, 1);
+}
+
 #[test]
 fn shared_group_with_offline_members_queues_for_one() {
     let mut h = Harness::new();

@@ -235,6 +235,11 @@ pub struct Stats {
     pub slow_consumers: u64,
     /// Times a publisher's input was paused because a live subscriber's output was full.
     pub inputs_paused: u64,
+    /// Shared-subscription messages given to another member because the session they were
+    /// sent to ended before acknowledging them.
+    pub shared_redelivered: u64,
+    /// Shared-subscription messages lost because their session ended and no member was left.
+    pub dropped_no_member: u64,
 }
 
 /// A point-in-time view of the broker's size, for `$SYS` and metrics.
@@ -709,9 +714,9 @@ impl Broker {
         let session = c.session;
         let drained = c.unwritten() == 0;
         if drained {
-            // An idle connection keeps no output buffers (a busy one allocates once per burst).
+            // An idle connection keeps no queue of output buffers. (The tail is kept: its
+            // spare capacity is small, and reallocating it per burst costs more.)
             c.out = VecDeque::new();
-            c.tail = BytesMut::new();
         }
         self.stats.bytes_sent += chunk.len() as u64;
         if drained && session != NO_SESSION {
@@ -1165,6 +1170,29 @@ impl Broker {
         self.by_client_id.remove(&s.client_id);
         self.free_sessions.push(index);
         self.session_count -= 1;
+        // Messages of shared subscriptions it had not acknowledged go to another member of the
+        // same group ([MQTT-4.8.2-?], section 4.8.2); a QoS 2 message it already PUBRECed is
+        // its own.
+        let unfinished = s
+            .inflight
+            .into_iter()
+            .filter(|f| f.state != OutState::Comp)
+            .map(|f| f.delivery)
+            .chain(s.queue);
+        for d in unfinished {
+            let Some(filter) = d.shared else {
+                continue;
+            };
+            if d.msg.expired(now) {
+                continue;
+            }
+            match self.tree.group_of(&filter) {
+                Some(g) if self.deliver_shared(now, g, &d.msg) => {
+                    self.stats.shared_redelivered += 1;
+                }
+                _ => self.stats.dropped_no_member += 1,
+            }
+        }
     }
 
     fn publish_will(&mut self, now: Instant, index: u32, will: PendingWill) {
@@ -1993,25 +2021,35 @@ impl Broker {
                     retain: msg.retain && rap,
                     sub_ids,
                     key: 0,
+                    shared: None,
                 };
                 self.deliver(now, session, d);
             }
         }
         for &g in &groups {
-            if let Some(e) = self.pick_member(g) {
-                let d = Delivery {
-                    msg: msg.clone(),
-                    qos: e.qos.min(msg.qos),
-                    retain: msg.retain && e.retain_as_published,
-                    sub_ids: e.sub_id.into_iter().collect(),
-                    key: 0,
-                };
-                self.deliver(now, e.session, d);
-            }
+            self.deliver_shared(now, g, msg);
         }
         self.scratch = entries;
         self.scratch_groups = groups;
         any
+    }
+
+    /// Delivers `msg` to one member of shared group `g`.
+    fn deliver_shared(&mut self, now: Instant, g: GroupRef, msg: &Arc<Message>) -> bool {
+        let Some(e) = self.pick_member(g) else {
+            return false;
+        };
+        let shared = self.tree.group_mut(g).map(|g| g.filter.clone());
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: e.qos.min(msg.qos),
+            retain: msg.retain && e.retain_as_published,
+            sub_ids: e.sub_id.into_iter().collect(),
+            key: 0,
+            shared,
+        };
+        self.deliver(now, e.session, d);
+        true
     }
 
     fn pick_member(&mut self, g: GroupRef) -> Option<Entry> {
@@ -2529,6 +2567,7 @@ impl Broker {
                 sub_ids: sub_id.into_iter().collect(),
                 msg,
                 key: 0,
+                shared: None,
             };
             self.deliver(now, si, d);
         }

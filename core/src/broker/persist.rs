@@ -535,6 +535,7 @@ impl Broker {
                     retain: d.delivery.retain,
                     sub_ids: d.delivery.subscription_ids,
                     key: d.key,
+                    shared: None,
                 };
                 match d.packet_id {
                     Some(id) => {

@@ -46,6 +46,9 @@ pub(crate) struct Delivery {
     pub(crate) sub_ids: Vec<SubscriptionId>,
     /// Names it in the persistence log; 0 when it is not logged.
     pub(crate) key: u64,
+    /// The shared subscription it was chosen for: if this session ends before it is
+    /// acknowledged, another member gets it.
+    pub(crate) shared: Option<TopicFilter>,
 }
 
 /// What an outgoing QoS 1 or 2 message waits for.

@@ -24,6 +24,8 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) struct Group {
     pub(crate) name: Box<str>,
+    /// The whole filter, `$share/{name}/{filter}`.
+    pub(crate) filter: TopicFilter,
     pub(crate) members: Vec<Entry>,
     /// Round-robin cursor, or the sticky member.
     pub(crate) next: usize,
@@ -148,7 +150,12 @@ impl SubTree {
                 let g = match node.groups.iter().position(|g| &*g.name == name) {
                     Some(g) => g,
                     None => {
-                        node.groups.push(Group { name: name.into(), members: Vec::new(), next: 0 });
+                        node.groups.push(Group {
+                            name: name.into(),
+                            filter: filter.detach(),
+                            members: Vec::new(),
+                            next: 0,
+                        });
                         node.groups.len() - 1
                     }
                 };
@@ -250,6 +257,14 @@ impl SubTree {
             }
         }
         self.stack = stack;
+    }
+
+    /// The shared group of `filter` (a `$share/{name}/...` filter), if it has members.
+    pub(crate) fn group_of(&self, filter: &TopicFilter) -> Option<GroupRef> {
+        let name = filter.share_name()?;
+        let n = self.find(filter.filter())?;
+        let g = self.node(n).groups.iter().position(|g| &*g.name == name)?;
+        Some(GroupRef { node: n, group: g as u32 })
     }
 
     /// A shared group found by [`matches`](Self::matches).
