@@ -1,10 +1,611 @@
-//! The embedded durable store behind ternmq's broker persistence.
+//! The embedded durable store behind ternmq's broker persistence, on redb.
 //!
-//! This crate will apply the broker core's ordered log of persistence operations (sessions,
-//! subscriptions, queued and inflight messages, retained messages, pending wills) to a redb
-//! database in group-committed transactions, report each commit back to the core, and load the
-//! snapshot the core restores from after a restart or a crash.
+//! [`Store`] applies the broker core's ordered log of [`PersistOp`]s to a redb database, many
+//! operations per transaction (group commit), and loads the [`Snapshot`] the core restores from
+//! after a restart or a crash. [`Writer`] runs a store on a thread of its own with a queue, so
+//! that the broker's event loop never waits on the disk: the broker learns what is on disk
+//! through a callback (which the server turns into `handle_persisted`).
 //!
-//! It is empty until the persistence work lands: nothing here pretends to work yet.
+//! Layout: one file, `ternmq.redb`, in the data directory. Tables hold the state (sessions,
+//! subscriptions, deliveries, QoS 2 identifiers, retained messages), not the log, so space is
+//! reclaimed as deliveries complete and sessions end. Messages are stored as MQTT 5 PUBLISH
+//! packets, encoded and decoded by the same codec as the wire. Each row carries the wall-clock
+//! second it was written, from which [`Replay`] computes what time is left on restore.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use redb::{Database, ReadableTable, TableDefinition};
+use ternmq_core::broker::persist::{
+    PersistOp, PersistSeq, Replay, Snapshot, StoredDelivery, StoredMessage,
+};
+use ternmq_core::codec::{
+    Decoder, Encoder, MAX_PACKET_SIZE, MqttStr, Packet, PacketId, ProtocolVersion, Publish, QoS,
+    RetainHandling, SubscriptionId, SubscriptionOptions,
+};
+use ternmq_core::time::Duration;
+use ternmq_core::topic::{TopicFilter, TopicName};
 
 pub use ternmq_core as core;
+
+/// The store's file name inside the data directory.
+pub const FILE_NAME: &str = "ternmq.redb";
+/// The layout version this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const SESSIONS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("sessions");
+const SUBS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("subscriptions");
+const DELIVERIES: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("deliveries");
+const INCOMING: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("incoming_qos2");
+const RETAINED: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("retained");
+
+/// How commits reach the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every commit is fsynced before the broker is told (acknowledgements wait for it).
+    #[default]
+    Sync,
+    /// Commits are written at once and fsynced every this often; a crash may lose that window.
+    Periodic(StdDuration),
+    /// Commits are written but never forced to disk; the operating system decides.
+    None,
+}
+
+/// A store that cannot be opened, read or written. Names the file and what to do.
+#[derive(Debug)]
+pub struct StoreError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "persistent store {}: {} (use another --data-dir, or move the file away to start \
+             empty)",
+            self.path.display(),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Seconds since the Unix epoch, the store's wall clock.
+pub fn wall_clock() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The durable store. See the [crate documentation](crate).
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in directory `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        let path = dir.join(FILE_NAME);
+        let err = |m: String| StoreError { path: path.clone(), message: m };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create the directory: {e}")))?;
+        // redb asserts on some damaged files instead of returning an error: a panic while
+        // opening is reported as the damage it is.
+        let opened = std::panic::catch_unwind(|| Database::create(&path));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(err(format!("cannot open: {e}"))),
+            Err(_) => return Err(err("damaged: the file is not a complete redb database".into())),
+        };
+        let store = Store { db, path: path.clone() };
+        let tx = store.db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| err(e.to_string()))?;
+            let version = meta.get("format").map_err(|e| err(e.to_string()))?.map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert("format", FORMAT_VERSION).map_err(|e| err(e.to_string()))?;
+                }
+                Some(FORMAT_VERSION) => {}
+                Some(v) => {
+                    return Err(err(format!(
+                        "written in layout version {v}, this build reads version \
+                         {FORMAT_VERSION}"
+                    )));
+                }
+            }
+            for t in [SESSIONS, SUBS, DELIVERIES, INCOMING, RETAINED] {
+                tx.open_table(t).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        tx.commit().map_err(|e| err(e.to_string()))?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: impl fmt::Display) -> StoreError {
+        StoreError { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// Applies `ops`, in order, in one transaction, stamped with wall-clock second `wall`;
+    /// `fsync` forces it to disk before returning.
+    pub fn apply(&self, ops: &[PersistOp], wall: u64, fsync: bool) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(if fsync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::Eventual
+        });
+        {
+            let mut t = Tables {
+                meta: tx.open_table(META).map_err(|e| self.err(e))?,
+                sessions: tx.open_table(SESSIONS).map_err(|e| self.err(e))?,
+                subs: tx.open_table(SUBS).map_err(|e| self.err(e))?,
+                deliveries: tx.open_table(DELIVERIES).map_err(|e| self.err(e))?,
+                incoming: tx.open_table(INCOMING).map_err(|e| self.err(e))?,
+                retained: tx.open_table(RETAINED).map_err(|e| self.err(e))?,
+            };
+            for op in ops {
+                t.apply(op, wall).map_err(|e| self.err(e))?;
+            }
+            t.meta.insert("last_write", wall).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The state to restart from at wall-clock second `now`.
+    pub fn load(&self, now: u64) -> Result<Snapshot, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let mut replay = Replay::new();
+        let bad = |what: &str| self.err(format!("unreadable {what} record"));
+        let meta = tx.open_table(META).map_err(|e| self.err(e))?;
+        if let Some(v) = meta.get("last_write").map_err(|e| self.err(e))? {
+            replay.note_time(v.value());
+        }
+        let sessions = tx.open_table(SESSIONS).map_err(|e| self.err(e))?;
+        for row in sessions.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let client_id = MqttStr::from_bytes(bytes::Bytes::copy_from_slice(k.value()))
+                .map_err(|_| bad("session"))?;
+            let mut r = Reader(v.value());
+            let protocol =
+                version(r.u8().ok_or_else(|| bad("session"))?).ok_or_else(|| bad("session"))?;
+            let expiry = r.u32().ok_or_else(|| bad("session"))?;
+            let disconnected = r.u64().ok_or_else(|| bad("session"))?;
+            replay.apply(PersistOp::Session { client_id: client_id.clone(), protocol, expiry }, 0);
+            if disconnected != u64::MAX {
+                replay
+                    .apply(PersistOp::Disconnected { client_id: client_id.clone() }, disconnected);
+            }
+            if r.u8() == Some(1) {
+                let at = r.u64().ok_or_else(|| bad("will"))?;
+                let delay = r.u32().ok_or_else(|| bad("will"))?;
+                let message = decode_message(r.rest()).ok_or_else(|| bad("will"))?;
+                replay.apply(PersistOp::Will { client_id, message, delay }, at);
+            }
+        }
+        let subs = tx.open_table(SUBS).map_err(|e| self.err(e))?;
+        for row in subs.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (client_id, rest) = split_key(k.value()).ok_or_else(|| bad("subscription"))?;
+            let filter = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|f| TopicFilter::new(f).ok())
+                .ok_or_else(|| bad("subscription"))?;
+            let mut r = Reader(v.value());
+            let (q, flags, rh, id) = (r.u8(), r.u8(), r.u8(), r.u32());
+            let (Some(q), Some(flags), Some(rh), Some(id)) = (q, flags, rh, id) else {
+                return Err(bad("subscription"));
+            };
+            let options = SubscriptionOptions {
+                qos: qos(q).ok_or_else(|| bad("subscription"))?,
+                no_local: flags & 1 != 0,
+                retain_as_published: flags & 2 != 0,
+                retain_handling: match rh {
+                    1 => RetainHandling::SendOnNewSubscribe,
+                    2 => RetainHandling::DoNotSend,
+                    _ => RetainHandling::SendOnSubscribe,
+                },
+            };
+            let subscription_id = SubscriptionId::new(id);
+            replay.apply(PersistOp::Subscribed { client_id, filter, options, subscription_id }, 0);
+        }
+        let deliveries = tx.open_table(DELIVERIES).map_err(|e| self.err(e))?;
+        for row in deliveries.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let (client_id, rest) = split_key(k.value()).ok_or_else(|| bad("delivery"))?;
+            let key = Reader(rest).u64().ok_or_else(|| bad("delivery"))?;
+            let mut r = Reader(v.value());
+            let at = r.u64().ok_or_else(|| bad("delivery"))?;
+            let packet_id = r.u16().ok_or_else(|| bad("delivery"))?;
+            let received = r.u8().ok_or_else(|| bad("delivery"))? == 1;
+            let dq = qos(r.u8().ok_or_else(|| bad("delivery"))?).ok_or_else(|| bad("delivery"))?;
+            let retain = r.u8().ok_or_else(|| bad("delivery"))? == 1;
+            let n = r.u8().ok_or_else(|| bad("delivery"))?;
+            let mut subscription_ids = Vec::new();
+            for _ in 0..n {
+                let id = r.u32().ok_or_else(|| bad("delivery"))?;
+                subscription_ids.extend(SubscriptionId::new(id));
+            }
+            let message = decode_message(r.rest()).ok_or_else(|| bad("delivery"))?;
+            let delivery = StoredDelivery { message, qos: dq, retain, subscription_ids };
+            replay.apply(PersistOp::Queued { client_id: client_id.clone(), key, delivery }, at);
+            if let Some(packet_id) = PacketId::new(packet_id) {
+                replay.apply(PersistOp::Sent { client_id: client_id.clone(), key, packet_id }, at);
+            }
+            if received {
+                replay.apply(PersistOp::Received { client_id, key }, at);
+            }
+        }
+        let incoming = tx.open_table(INCOMING).map_err(|e| self.err(e))?;
+        for row in incoming.iter().map_err(|e| self.err(e))? {
+            let (k, _) = row.map_err(|e| self.err(e))?;
+            let (client_id, rest) = split_key(k.value()).ok_or_else(|| bad("incoming"))?;
+            let id = Reader(rest).u16().and_then(PacketId::new).ok_or_else(|| bad("incoming"))?;
+            replay.apply(PersistOp::IncomingQos2 { client_id, packet_id: id }, 0);
+        }
+        let retained = tx.open_table(RETAINED).map_err(|e| self.err(e))?;
+        for row in retained.iter().map_err(|e| self.err(e))? {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            let mut r = Reader(v.value());
+            let at = r.u64().ok_or_else(|| bad("retained"))?;
+            let message = decode_message(r.rest()).ok_or_else(|| bad("retained"))?;
+            replay.apply(PersistOp::Retained { message }, at);
+        }
+        Ok(replay.snapshot(now))
+    }
+}
+
+type Table<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
+struct Tables<'t> {
+    meta: redb::Table<'t, &'static str, u64>,
+    sessions: Table<'t>,
+    subs: Table<'t>,
+    deliveries: Table<'t>,
+    incoming: Table<'t>,
+    retained: Table<'t>,
+}
+
+impl Tables<'_> {
+    fn has_session(&self, client_id: &MqttStr) -> Result<bool, redb::StorageError> {
+        Ok(self.sessions.get(client_id.as_bytes())?.is_some())
+    }
+
+    fn apply(&mut self, op: &PersistOp, wall: u64) -> Result<(), redb::StorageError> {
+        // What belongs to a session is kept only while the session is.
+        match op {
+            PersistOp::Subscribed { client_id, .. }
+            | PersistOp::Queued { client_id, .. }
+            | PersistOp::IncomingQos2 { client_id, .. }
+                if !self.has_session(client_id)? =>
+            {
+                return Ok(());
+            }
+            _ => {}
+        }
+        match op {
+            PersistOp::Session { client_id, protocol, expiry } => {
+                let old = owned(&self.sessions, client_id.as_bytes())?;
+                let mut v = vec![*protocol as u8];
+                v.extend_from_slice(&expiry.to_be_bytes());
+                v.extend_from_slice(&u64::MAX.to_be_bytes()); // connected
+                // Keep the will part of an existing row.
+                match old.as_deref().and_then(|o| o.get(13..)) {
+                    Some(will) if !will.is_empty() => v.extend_from_slice(will),
+                    _ => v.push(0),
+                }
+                self.sessions.insert(client_id.as_bytes(), v.as_slice())?;
+            }
+            PersistOp::Disconnected { client_id } => {
+                if let Some(mut v) = owned(&self.sessions, client_id.as_bytes())?
+                    && v.len() >= 13
+                {
+                    v[5..13].copy_from_slice(&wall.to_be_bytes());
+                    self.sessions.insert(client_id.as_bytes(), v.as_slice())?;
+                }
+            }
+            PersistOp::SessionDeleted { client_id } => {
+                self.sessions.remove(client_id.as_bytes())?;
+                let prefix = prefix(client_id);
+                for t in [&mut self.subs, &mut self.deliveries, &mut self.incoming] {
+                    let keys: Vec<Vec<u8>> = t
+                        .range(prefix.as_slice()..)?
+                        .map_while(|r| r.ok().map(|(k, _)| k.value().to_vec()))
+                        .take_while(|k| k.starts_with(&prefix))
+                        .collect();
+                    for k in keys {
+                        t.remove(k.as_slice())?;
+                    }
+                }
+            }
+            PersistOp::Subscribed { client_id, filter, options, subscription_id } => {
+                let mut k = prefix(client_id);
+                k.extend_from_slice(filter.as_str().as_bytes());
+                let flags =
+                    u8::from(options.no_local) | (u8::from(options.retain_as_published) << 1);
+                let rh = match options.retain_handling {
+                    RetainHandling::SendOnNewSubscribe => 1,
+                    RetainHandling::DoNotSend => 2,
+                    _ => 0,
+                };
+                let mut v = vec![options.qos as u8, flags, rh];
+                v.extend_from_slice(&subscription_id.map_or(0, SubscriptionId::get).to_be_bytes());
+                self.subs.insert(k.as_slice(), v.as_slice())?;
+            }
+            PersistOp::Unsubscribed { client_id, filter } => {
+                let mut k = prefix(client_id);
+                k.extend_from_slice(filter.as_str().as_bytes());
+                self.subs.remove(k.as_slice())?;
+            }
+            PersistOp::Queued { client_id, key, delivery } => {
+                let mut v = wall.to_be_bytes().to_vec();
+                v.extend_from_slice(&0u16.to_be_bytes());
+                v.push(0);
+                v.push(delivery.qos as u8);
+                v.push(u8::from(delivery.retain));
+                v.push(u8::try_from(delivery.subscription_ids.len().min(255)).unwrap_or(255));
+                for id in delivery.subscription_ids.iter().take(255) {
+                    v.extend_from_slice(&id.get().to_be_bytes());
+                }
+                encode_message(&delivery.message, &mut v);
+                self.deliveries.insert(delivery_key(client_id, *key).as_slice(), v.as_slice())?;
+            }
+            PersistOp::Sent { client_id, key, packet_id } => {
+                let k = delivery_key(client_id, *key);
+                if let Some(mut v) = owned(&self.deliveries, k.as_slice())?
+                    && v.len() >= 10
+                {
+                    v[8..10].copy_from_slice(&packet_id.get().to_be_bytes());
+                    self.deliveries.insert(k.as_slice(), v.as_slice())?;
+                }
+            }
+            PersistOp::Received { client_id, key } => {
+                let k = delivery_key(client_id, *key);
+                if let Some(mut v) = owned(&self.deliveries, k.as_slice())?
+                    && v.len() >= 11
+                {
+                    v[10] = 1;
+                    self.deliveries.insert(k.as_slice(), v.as_slice())?;
+                }
+            }
+            PersistOp::Released { client_id, key } => {
+                self.deliveries.remove(delivery_key(client_id, *key).as_slice())?;
+            }
+            PersistOp::IncomingQos2 { client_id, packet_id } => {
+                let mut k = prefix(client_id);
+                k.extend_from_slice(&packet_id.get().to_be_bytes());
+                self.incoming.insert(k.as_slice(), [].as_slice())?;
+            }
+            PersistOp::IncomingQos2Released { client_id, packet_id } => {
+                let mut k = prefix(client_id);
+                k.extend_from_slice(&packet_id.get().to_be_bytes());
+                self.incoming.remove(k.as_slice())?;
+            }
+            PersistOp::Will { client_id, message, delay } => {
+                if let Some(old) = owned(&self.sessions, client_id.as_bytes())?
+                    && old.len() >= 13
+                {
+                    let mut v = old[..13].to_vec();
+                    v.push(1);
+                    v.extend_from_slice(&wall.to_be_bytes());
+                    v.extend_from_slice(&delay.to_be_bytes());
+                    encode_message(message, &mut v);
+                    self.sessions.insert(client_id.as_bytes(), v.as_slice())?;
+                }
+            }
+            PersistOp::WillCleared { client_id } => {
+                if let Some(old) = owned(&self.sessions, client_id.as_bytes())?
+                    && old.len() >= 13
+                {
+                    let mut v = old[..13].to_vec();
+                    v.push(0);
+                    self.sessions.insert(client_id.as_bytes(), v.as_slice())?;
+                }
+            }
+            PersistOp::Retained { message } => {
+                let mut v = wall.to_be_bytes().to_vec();
+                encode_message(message, &mut v);
+                self.retained.insert(message.topic.as_bytes(), v.as_slice())?;
+            }
+            PersistOp::RetainedCleared { topic } => {
+                self.retained.remove(topic.as_bytes())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The value at `k`, copied out (so that the table can be written next).
+fn owned(t: &Table<'_>, k: &[u8]) -> Result<Option<Vec<u8>>, redb::StorageError> {
+    Ok(t.get(k)?.map(|v| v.value().to_vec()))
+}
+
+/// A client id as a key prefix: its length first, so that no id is a prefix of another's.
+fn prefix(client_id: &MqttStr) -> Vec<u8> {
+    let b = client_id.as_bytes();
+    let mut k = u16::try_from(b.len()).unwrap_or(u16::MAX).to_be_bytes().to_vec();
+    k.extend_from_slice(b);
+    k
+}
+
+fn delivery_key(client_id: &MqttStr, key: u64) -> Vec<u8> {
+    let mut k = prefix(client_id);
+    k.extend_from_slice(&key.to_be_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> Option<(MqttStr, &[u8])> {
+    let len = usize::from(u16::from_be_bytes([*k.first()?, *k.get(1)?]));
+    let id = k.get(2..2 + len)?;
+    let id = MqttStr::from_bytes(bytes::Bytes::copy_from_slice(id)).ok()?;
+    Some((id, &k[2 + len..]))
+}
+
+fn version(b: u8) -> Option<ProtocolVersion> {
+    [ProtocolVersion::V3_1, ProtocolVersion::V3_1_1, ProtocolVersion::V5]
+        .into_iter()
+        .find(|v| *v as u8 == b)
+}
+
+fn qos(b: u8) -> Option<QoS> {
+    [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().find(|q| *q as u8 == b)
+}
+
+/// A message as an MQTT 5 PUBLISH packet (expiry as Message Expiry Interval, in seconds).
+fn encode_message(m: &StoredMessage, out: &mut Vec<u8>) {
+    let mut p = Publish::new(m.topic.clone(), m.payload.clone());
+    p.qos = m.qos;
+    p.retain = m.retain;
+    p.packet_id = (m.qos != QoS::AtMostOnce).then(|| PacketId::new(1)).flatten();
+    p.properties = m.properties.clone();
+    p.properties.message_expiry_interval =
+        m.expires_in.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    let mut buf = BytesMut::new();
+    // Every stored message came off the wire or out of the broker: it encodes.
+    if Encoder::new(ProtocolVersion::V5).encode(&Packet::Publish(p), &mut buf).is_ok() {
+        out.extend_from_slice(&buf);
+    }
+}
+
+fn decode_message(b: &[u8]) -> Option<StoredMessage> {
+    let mut buf = BytesMut::from(b);
+    let Ok(Some(Packet::Publish(p))) =
+        Decoder::new(Some(ProtocolVersion::V5), MAX_PACKET_SIZE).decode(&mut buf)
+    else {
+        return None;
+    };
+    let mut properties = p.properties;
+    let expires_in =
+        properties.message_expiry_interval.take().map(|s| Duration::from_secs(s.into()));
+    Some(StoredMessage {
+        topic: TopicName::new(p.topic.as_str()).ok()?,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties,
+        expires_in,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_be_bytes)
+    }
+    fn rest(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+// ---------------------------------------------------------------- the writer thread
+
+/// A batch of operations for the [`Writer`]: the last one's sequence number is reported once
+/// the batch is stored.
+pub type Batch = Vec<(PersistSeq, PersistOp)>;
+
+/// A [`Store`] on a thread of its own. Batches queue up while a commit is in progress and go
+/// into the next commit together (group commit), so throughput grows with load.
+#[derive(Debug)]
+pub struct Writer {
+    tx: Option<mpsc::Sender<Batch>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread. `stored(seq)` is called (on that thread) after every commit with the
+    /// last sequence number in it; `failed(error)` once if the store cannot be written, after
+    /// which the writer stops.
+    pub fn spawn(
+        store: Store,
+        durability: Durability,
+        stored: impl Fn(PersistSeq) + Send + 'static,
+        failed: impl FnOnce(StoreError) + Send + 'static,
+    ) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Batch>();
+        let thread = std::thread::Builder::new().name("ternmq-store".into()).spawn(move || {
+            let mut last_sync = std::time::Instant::now();
+            let mut ops = Vec::new();
+            while let Ok(first) = rx.recv() {
+                ops.clear();
+                let mut last = None;
+                for batch in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                {
+                    for (seq, op) in batch {
+                        last = Some(seq);
+                        ops.push(op);
+                    }
+                }
+                let fsync = match durability {
+                    Durability::Sync => true,
+                    Durability::Periodic(every) => last_sync.elapsed() >= every,
+                    _ => false,
+                };
+                if fsync {
+                    last_sync = std::time::Instant::now();
+                }
+                if let Err(e) = store.apply(&ops, wall_clock(), fsync) {
+                    failed(e);
+                    return;
+                }
+                if let Some(seq) = last {
+                    stored(seq);
+                }
+            }
+            // Closing: one last forced commit so that nothing written is left unsynced.
+            let _ = store.apply(&[], wall_clock(), true);
+        })?;
+        Ok(Writer { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// Queues a batch.
+    pub fn send(&self, batch: Batch) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn close(mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

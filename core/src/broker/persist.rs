@@ -370,6 +370,12 @@ impl Replay {
         self.sessions.get_mut(client_id)?.deliveries.get_mut(&key)
     }
 
+    /// Records that the store was still writing at wall-clock second `at` (a session connected
+    /// when the broker stopped counts as disconnected from the latest such time).
+    pub fn note_time(&mut self, at: u64) {
+        self.last = self.last.max(at);
+    }
+
     /// Sessions stored.
     pub fn sessions(&self) -> usize {
         self.sessions.len()

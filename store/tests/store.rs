@@ -1,0 +1,177 @@
+//! The redb store against the reference model: the same operations applied to `Store` and to
+//! `Replay` give the same snapshot, across reopening the file; a damaged file is an error,
+//! never a panic.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use ternmq_store::core::broker::persist::{PersistOp, Replay, StoredDelivery, StoredMessage};
+use ternmq_store::core::codec::{
+    MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionId, SubscriptionOptions,
+};
+use ternmq_store::core::time::Duration;
+use ternmq_store::core::topic::{TopicFilter, TopicName};
+use ternmq_store::{FILE_NAME, Store};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ternmq-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn message(rng: &mut Rng) -> StoredMessage {
+    let mut properties = PublishProperties::default();
+    if rng.below(2) == 0 {
+        properties.content_type = Some(MqttStr::new("application/json").unwrap());
+        properties.user_properties.push((MqttStr::new("k").unwrap(), MqttStr::new("v").unwrap()));
+    }
+    StoredMessage {
+        topic: TopicName::new(&format!("t/{}", rng.below(4))).unwrap(),
+        payload: Bytes::from(format!("payload {}", rng.next())),
+        qos: [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][rng.below(3) as usize],
+        retain: rng.below(2) == 0,
+        properties,
+        expires_in: (rng.below(2) == 0).then(|| Duration::from_secs(rng.below(200))),
+    }
+}
+
+fn random_op(rng: &mut Rng, next_key: &mut u64) -> PersistOp {
+    let client_id = MqttStr::new(&format!("client-{}", rng.below(4))).unwrap();
+    let key = 1 + rng.below((*next_key).max(1));
+    match rng.below(14) {
+        0 | 1 => PersistOp::Session {
+            client_id,
+            protocol: [ProtocolVersion::V3_1_1, ProtocolVersion::V5][rng.below(2) as usize],
+            expiry: [60, 3600, u32::MAX][rng.below(3) as usize],
+        },
+        2 => PersistOp::Disconnected { client_id },
+        3 => PersistOp::SessionDeleted { client_id },
+        4 => PersistOp::Subscribed {
+            client_id,
+            filter: TopicFilter::new(["t/#", "t/+", "$share/g/t/1", "t/2"][rng.below(4) as usize])
+                .unwrap(),
+            options: SubscriptionOptions {
+                no_local: rng.below(2) == 0,
+                ..SubscriptionOptions::qos(QoS::AtLeastOnce)
+            },
+            subscription_id: SubscriptionId::new(rng.below(3) as u32),
+        },
+        5 => PersistOp::Unsubscribed { client_id, filter: TopicFilter::new("t/#").unwrap() },
+        6 | 7 => {
+            *next_key += 1;
+            PersistOp::Queued {
+                client_id,
+                key: *next_key,
+                delivery: StoredDelivery {
+                    message: message(rng),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    subscription_ids: vec![SubscriptionId::new(7).unwrap()],
+                },
+            }
+        }
+        8 => PersistOp::Sent {
+            client_id,
+            key,
+            packet_id: PacketId::new(1 + rng.below(9) as u16).unwrap(),
+        },
+        9 => PersistOp::Received { client_id, key },
+        10 => PersistOp::Released { client_id, key },
+        11 => PersistOp::IncomingQos2 {
+            client_id,
+            packet_id: PacketId::new(1 + rng.below(5) as u16).unwrap(),
+        },
+        12 => match rng.below(3) {
+            0 => PersistOp::Will { client_id, message: message(rng), delay: rng.below(100) as u32 },
+            1 => PersistOp::WillCleared { client_id },
+            _ => PersistOp::IncomingQos2Released {
+                client_id,
+                packet_id: PacketId::new(1 + rng.below(5) as u16).unwrap(),
+            },
+        },
+        _ => {
+            let mut m = message(rng);
+            if rng.below(3) == 0 {
+                PersistOp::RetainedCleared { topic: m.topic }
+            } else {
+                m.retain = true;
+                PersistOp::Retained { message: m }
+            }
+        }
+    }
+}
+
+#[test]
+fn store_and_reference_model_agree_on_every_snapshot_across_reopening() {
+    for seed in 1..=8u64 {
+        let dir = temp_dir(&format!("agree-{seed}"));
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut model = Replay::new();
+        let mut next_key = 0;
+        let mut wall = 1_000_000;
+        let mut store = Store::open(&dir).unwrap();
+        for round in 0..40 {
+            wall += rng.below(30);
+            let ops: Vec<PersistOp> =
+                (0..1 + rng.below(20)).map(|_| random_op(&mut rng, &mut next_key)).collect();
+            store.apply(&ops, wall, round % 3 == 0).unwrap();
+            for op in ops {
+                model.apply(op, wall);
+            }
+            if round % 10 == 9 {
+                drop(store); // as a restart would
+                store = Store::open(&dir).unwrap();
+            }
+            let at = wall + rng.below(120);
+            assert_eq!(store.load(at).unwrap(), model.snapshot(at), "seed {seed}, round {round}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_damaged_file_is_an_error_naming_the_file_never_a_panic() {
+    let dir = temp_dir("damaged");
+    let store = Store::open(&dir).unwrap();
+    let mut rng = Rng(42);
+    let mut key = 0;
+    let ops: Vec<PersistOp> = (0..300).map(|_| random_op(&mut rng, &mut key)).collect();
+    store.apply(&ops, 1_000, true).unwrap();
+    drop(store);
+    let file = dir.join(FILE_NAME);
+    let bytes = std::fs::read(&file).unwrap();
+    for cut in [0, 1, 100, 4096, bytes.len() / 2, bytes.len() - 1] {
+        let d = temp_dir(&format!("cut-{cut}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(FILE_NAME), &bytes[..cut]).unwrap();
+        match Store::open(&d).and_then(|s| s.load(2_000)) {
+            Ok(_) => {} // recovered to a committed state
+            Err(e) => assert!(e.to_string().contains(FILE_NAME), "{e}"),
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    // Garbage where the file should be.
+    let d = temp_dir("garbage");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join(FILE_NAME), vec![0x5a; 10_000]).unwrap();
+    let e = Store::open(&d).expect_err("garbage is not a store");
+    assert!(e.to_string().contains("--data-dir"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
