@@ -42,9 +42,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub mod server;
 
-pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
+pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle, StoreConfig};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
+pub use ternmq_store::Durability;
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]

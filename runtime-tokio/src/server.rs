@@ -27,10 +27,12 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
 };
 use ternmq_core::time::Instant;
+use ternmq_store::{Durability, Store, Writer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
@@ -69,6 +71,19 @@ pub struct ServerConfig {
     pub listeners: Vec<SocketAddr>,
     /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
     pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
+    /// Where durable state is kept, and how; `None` keeps everything in memory.
+    pub store: Option<StoreConfig>,
+}
+
+/// Durable state for a [`Server`]: sessions, queued and in-flight messages and retained
+/// messages survive a restart (and, with [`Durability::Sync`], a crash).
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The data directory.
+    pub dir: std::path::PathBuf,
+    /// How commits reach the disk. `Sync` also makes the broker withhold each PUBACK/PUBREC
+    /// until what the publish changed is on disk.
+    pub durability: Durability,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -77,6 +92,7 @@ impl fmt::Debug for ServerConfig {
             .field("broker", &self.broker)
             .field("listeners", &self.listeners)
             .field("async_authenticator", &self.async_authenticator.is_some())
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -84,7 +100,12 @@ impl fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// The broker's defaults, listening on `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { broker: BrokerConfig::default(), listeners: vec![addr], async_authenticator: None }
+        Self {
+            broker: BrokerConfig::default(),
+            listeners: vec![addr],
+            async_authenticator: None,
+            store: None,
+        }
     }
 }
 
@@ -105,6 +126,7 @@ pub struct Server {
     listeners: Vec<TcpListener>,
     config: ServerConfig,
     shutdown: Arc<watch::Sender<bool>>,
+    store: Option<Store>,
 }
 
 impl fmt::Debug for Server {
@@ -130,8 +152,12 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(listener);
         }
+        let store = match &config.store {
+            Some(s) => Some(Store::open(&s.dir).map_err(|e| io::Error::other(e.to_string()))?),
+            None => None,
+        };
         let (tx, _) = watch::channel(false);
-        Ok(Server { listeners, config, shutdown: Arc::new(tx) })
+        Ok(Server { listeners, config, shutdown: Arc::new(tx), store })
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -147,9 +173,45 @@ impl Server {
     /// Serves until [`ShutdownHandle::shutdown`] is called.
     pub async fn run(self) -> io::Result<()> {
         let epoch = StdInstant::now();
-        let broker = Broker::new(self.config.broker.clone(), Instant::ZERO)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let mut broker_config = self.config.broker.clone();
+        let (broker, writer) = match (self.store, &self.config.store) {
+            (Some(store), Some(sc)) => {
+                broker_config.persistence = match sc.durability {
+                    Durability::Sync => Persistence::Durable,
+                    _ => Persistence::Log,
+                };
+                let snapshot = store
+                    .load(ternmq_store::wall_clock())
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                log::info!(
+                    "restored {} sessions and {} retained messages from {}",
+                    snapshot.sessions.len(),
+                    snapshot.retained.len(),
+                    store.path().display()
+                );
+                let broker = Broker::restore(broker_config, snapshot, Instant::ZERO)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                let (done, fail) = (tx.clone(), tx.clone());
+                let writer = Writer::spawn(
+                    store,
+                    sc.durability,
+                    move |seq| {
+                        let _ = done.blocking_send(Input::Persisted(seq));
+                    },
+                    move |e| {
+                        let _ = fail.blocking_send(Input::StoreFailed(e.to_string()));
+                    },
+                )?;
+                (broker, Some(writer))
+            }
+            _ => {
+                broker_config.persistence = Persistence::Off;
+                let broker = Broker::new(broker_config, Instant::ZERO)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                (broker, None)
+            }
+        };
         let mut acceptors = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let tx = tx.clone();
@@ -162,14 +224,20 @@ impl Server {
             tx,
             auth: self.config.async_authenticator.clone(),
             tasks: JoinSet::new(),
+            writer,
+            store_failed: None,
         };
         let mut stop = self.shutdown.subscribe();
         core.run(rx, &mut stop).await;
         for a in &acceptors {
             a.abort();
         }
+        let failed = core.store_failed.take();
         core.shutdown().await;
-        Ok(())
+        match failed {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -179,6 +247,8 @@ enum Input {
     Closed(ConnId),
     Written(ConnId, usize),
     Auth(AuthTicket, AuthDecision),
+    Persisted(PersistSeq),
+    StoreFailed(String),
 }
 
 async fn accept_loop(listener: TcpListener, index: u16, tx: mpsc::Sender<Input>) {
@@ -218,6 +288,9 @@ struct CoreTask {
     tx: mpsc::Sender<Input>,
     auth: Option<Arc<dyn AsyncAuthenticator>>,
     tasks: JoinSet<()>,
+    writer: Option<Writer>,
+    /// The store could not be written: the server stops.
+    store_failed: Option<String>,
 }
 
 impl CoreTask {
@@ -240,6 +313,9 @@ impl CoreTask {
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     self.input(input);
+                    if self.store_failed.is_some() {
+                        return;
+                    }
                     for _ in 1..BATCH {
                         match rx.try_recv() {
                             Ok(input) => self.input(input),
@@ -275,6 +351,11 @@ impl CoreTask {
             Input::Closed(id) => self.driver.closed(now, id),
             Input::Written(id, n) => self.driver.written(id, n),
             Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
+            Input::Persisted(seq) => self.driver.persisted(now, seq),
+            Input::StoreFailed(e) => {
+                log::error!("{e}; stopping");
+                self.store_failed = Some(e);
+            }
         }
     }
 
@@ -302,6 +383,11 @@ impl CoreTask {
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
+                Action::Persist(batch) => {
+                    if let Some(w) = &self.writer {
+                        w.send(batch);
+                    }
+                }
                 _ => {}
             }
         }
@@ -335,6 +421,10 @@ impl CoreTask {
             while tasks.join_next().await.is_some() {}
         })
         .await;
+        // Everything logged so far is committed before the server returns.
+        if let Some(w) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || w.close()).await;
+        }
     }
 }
 

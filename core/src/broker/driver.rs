@@ -17,6 +17,7 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 
+use super::persist::{PersistOp, PersistSeq};
 use super::{AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, ConnId, Event, PeerInfo};
 use crate::codec::ReasonCode;
 use crate::time::Instant;
@@ -43,6 +44,9 @@ pub enum Action<H> {
     Authenticate(AuthTicket, AuthRequest),
     /// Something worth logging.
     Log(Event),
+    /// Durable state to store, in order (see [`persist`](super::persist)); report what is on
+    /// disk with [`Driver::persisted`].
+    Persist(Vec<(PersistSeq, PersistOp)>),
 }
 
 struct Io<H> {
@@ -155,6 +159,13 @@ impl<H: Clone> Driver<H> {
         self.collect();
     }
 
+    /// The store has everything up to `seq` on disk.
+    pub fn persisted(&mut self, now: Instant, seq: PersistSeq) {
+        self.now = self.now.max(now);
+        self.broker.handle_persisted(now, seq);
+        self.collect();
+    }
+
     /// Runs the broker's due timers. Call when [`poll_timeout`](Self::poll_timeout) passes.
     pub fn timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
@@ -229,6 +240,13 @@ impl<H: Clone> Driver<H> {
                 }
                 other => self.actions.push_back(Action::Log(other)),
             }
+        }
+        let mut batch = Vec::new();
+        while let Some(entry) = self.broker.poll_persist() {
+            batch.push(entry);
+        }
+        if !batch.is_empty() {
+            self.actions.push_back(Action::Persist(batch));
         }
     }
 

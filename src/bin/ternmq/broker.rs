@@ -10,7 +10,7 @@ use serde::Deserialize;
 use ternmq::auth::{AclFile, PasswordFile};
 use ternmq::broker::BrokerConfig;
 use ternmq::codec::QoS;
-use ternmq::tokio::{Server, ServerConfig};
+use ternmq::tokio::{Durability, Server, ServerConfig, StoreConfig};
 
 const USAGE: &str = "\
 usage: ternmq broker [options]
@@ -45,6 +45,8 @@ struct FileConfig {
     max_packet_size: Option<u32>,
     enable_persistence: Option<bool>,
     persistence_path: Option<PathBuf>,
+    durability: Option<String>,
+    sync_interval_ms: Option<u64>,
     session_expiry_interval: Option<u32>,
     max_qos: Option<u8>,
     retain_available: Option<bool>,
@@ -82,6 +84,8 @@ struct Settings {
     persistence: Option<PathBuf>,
     log_level: log::LevelFilter,
     runtime: Runtime,
+    durability: Durability,
+    durability_text: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +115,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// The startup lines: version, one per listener, and where state is kept.
-fn announce(addrs: &[std::net::SocketAddr], persistence: Option<&Path>, runtime: Runtime) {
+fn announce(
+    addrs: &[std::net::SocketAddr],
+    persistence: Option<&Path>,
+    durability: &str,
+    runtime: Runtime,
+) {
     println!(
         "ternmq {} (MQTT 3.1.1 and 5.0 broker, {} runtime)",
         env!("CARGO_PKG_VERSION"),
@@ -124,13 +133,15 @@ fn announce(addrs: &[std::net::SocketAddr], persistence: Option<&Path>, runtime:
     for addr in addrs {
         println!("listening on {addr} (mqtt over tcp)");
     }
-    match persistence {
-        Some(dir) => println!(
-            "persistence is not available in this version yet: running in memory (data \
-             directory {} unused); sessions and retained messages are lost on restart",
-            dir.display()
+    match (persistence, runtime) {
+        (Some(dir), Runtime::Tokio) => {
+            println!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display())
+        }
+        (Some(_), _) => println!(
+            "running in memory: persistence is served by the tokio runtime only in this \
+             version; sessions and retained messages are lost on restart"
         ),
-        None => println!("running in memory (persistence off)"),
+        (None, _) => println!("running in memory (persistence off)"),
     }
 }
 
@@ -151,7 +162,12 @@ fn serve_smol(settings: Settings) -> Result<(), String> {
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
     let server = ternmq::smol::Server::bind_blocking(config).map_err(|e| e.to_string())?;
-    announce(&server.local_addrs(), settings.persistence.as_deref(), settings.runtime);
+    announce(
+        &server.local_addrs(),
+        settings.persistence.as_deref(),
+        &settings.durability_text,
+        settings.runtime,
+    );
     let handle = server.shutdown_handle();
     on_signal(move || handle.shutdown());
     server.run_blocking().map_err(|e| e.to_string())?;
@@ -165,7 +181,12 @@ fn serve_std(settings: Settings) -> Result<(), String> {
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
     let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
-    announce(&server.local_addrs(), settings.persistence.as_deref(), settings.runtime);
+    announce(
+        &server.local_addrs(),
+        settings.persistence.as_deref(),
+        &settings.durability_text,
+        settings.runtime,
+    );
     let handle = server.shutdown_handle();
     on_signal(move || handle.shutdown());
     server.run().map_err(|e| e.to_string())?;
@@ -173,9 +194,18 @@ fn serve_std(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-async fn serve(settings: Settings) -> Result<(), String> {
-    let server = Server::bind(settings.config).await.map_err(|e| e.to_string())?;
-    announce(&server.local_addrs(), settings.persistence.as_deref(), settings.runtime);
+async fn serve(mut settings: Settings) -> Result<(), String> {
+    if let Some(dir) = &settings.persistence {
+        settings.config.store =
+            Some(StoreConfig { dir: dir.clone(), durability: settings.durability });
+    }
+    let server = Server::bind(settings.config.clone()).await.map_err(|e| e.to_string())?;
+    announce(
+        &server.local_addrs(),
+        settings.persistence.as_deref(),
+        &settings.durability_text,
+        settings.runtime,
+    );
     let handle = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -445,7 +475,36 @@ fn build(
     let mut config = ServerConfig::new(listeners[0]);
     config.listeners = listeners;
     config.broker = b;
-    Ok(Settings { config, persistence, log_level, runtime: Runtime::Tokio })
+    let durability_text = fc.durability.clone().unwrap_or_else(|| "sync".into());
+    let durability = match durability_text.as_str() {
+        "sync" => Durability::Sync,
+        "periodic" => Durability::Periodic(std::time::Duration::from_millis(
+            fc.sync_interval_ms.unwrap_or(100),
+        )),
+        "none" => Durability::None,
+        other => {
+            return Err(format!(
+                "{}: unknown durability {other:?}; use sync, periodic or none",
+                at("durability")
+            ));
+        }
+    };
+    let durability_text = match durability_text.as_str() {
+        "sync" => "sync: acknowledged messages survive a crash".to_string(),
+        "periodic" => format!(
+            "periodic: fsync every {} ms; a crash may lose that window",
+            fc.sync_interval_ms.unwrap_or(100)
+        ),
+        _ => "none: the operating system decides when data reaches the disk".to_string(),
+    };
+    Ok(Settings {
+        config,
+        persistence,
+        log_level,
+        runtime: Runtime::Tokio,
+        durability,
+        durability_text,
+    })
 }
 
 /// The file key for a field of `BrokerConfig`.
