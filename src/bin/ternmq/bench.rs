@@ -47,6 +47,8 @@ options:
       --hold N          seconds idle connections are held (default 2)
       --window N        QoS 1/2 messages in flight per publisher (default 100)
       --timeout N       seconds a scenario may take at most (default 60)
+      --persistent      subscribers keep sessions (clean start 0, expiry 1 h): with a
+                        durable broker their messages are stored before they are acknowledged
       --help            print this help";
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,7 @@ struct Options {
     hold: u64,
     window: usize,
     timeout: Duration,
+    persistent: bool,
 }
 
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
@@ -85,6 +88,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         hold: 2,
         window: 100,
         timeout: Duration::from_secs(60),
+        persistent: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -133,6 +137,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--connections" => o.connections = num(flag, value()?)?,
             "--hold" => o.hold = num(flag, value()?)?,
             "--window" => o.window = num(flag, value()?)?,
+            "--persistent" => o.persistent = true,
             "--timeout" => o.timeout = Duration::from_secs(num(flag, value()?)?),
             other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
         }
@@ -201,6 +206,12 @@ struct Conn {
 
 impl Conn {
     async fn open(o: &Options, id: String) -> Result<Conn, String> {
+        Self::open_with(o, id, false).await
+    }
+
+    /// `persistent`: a session that outlives the connection (clean start 0, MQTT 5 Session
+    /// Expiry Interval 1 hour), whose messages a durable broker must store.
+    async fn open_with(o: &Options, id: String, persistent: bool) -> Result<Conn, String> {
         let stream = TcpStream::connect((o.host.as_str(), o.port))
             .await
             .map_err(|e| format!("cannot connect to {}:{}: {e}", o.host, o.port))?;
@@ -215,6 +226,12 @@ impl Conn {
         let mut client = Client::new(config, core_now());
         let mut c = Connect::new(o.version, MqttStr::new(&id).map_err(|e| e.to_string())?);
         c.keep_alive = 300;
+        if persistent {
+            c.clean_start = false;
+            if o.version.is_v5() {
+                c.properties.session_expiry_interval = Some(3600);
+            }
+        }
         client.connect(core_now(), c).map_err(|e| e.to_string())?;
         let mut conn = Conn {
             client,
@@ -390,7 +407,7 @@ async fn subscriber(
     progress: Arc<Progress>,
 ) -> Result<Seen, String> {
     let SubPlan { id, filter, expected, publishers, per_publisher } = plan;
-    let mut conn = Conn::open(&o, id).await?;
+    let mut conn = Conn::open_with(&o, id, o.persistent).await?;
     conn.subscribe(&filter, o.qos).await?;
     let _ = ready.send(()).await;
     let mut seen = Seen::default();
