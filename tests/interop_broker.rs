@@ -343,7 +343,8 @@ fn max_connections_from_the_config_file_refuses_the_excess_at_once() {
     let broker = Ternmq::start(&["-c", file.to_str().unwrap()]);
     let connect = |id: &str| {
         let mut s = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Generous: CI runs many brokers and tests at once on two cores.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         // MQTT 3.1.1 CONNECT, clean session, keep-alive 60, client id `id`.
         let mut pkt = vec![0x10, (12 + id.len()) as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60];
         pkt.extend_from_slice(&[0, id.len() as u8]);
@@ -360,7 +361,7 @@ fn max_connections_from_the_config_file_refuses_the_excess_at_once() {
     let started = Instant::now();
     let (_c, _, n) = connect("c");
     assert_eq!(n, 0, "the third connection must be closed without a CONNACK");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -314,6 +314,13 @@ impl Core {
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
+                Action::Authorize(ticket, _) => {
+                    // Deferred authorization is answered by the Tokio server's AsyncAuthorizer;
+                    // here it is refused, as an authorizer that cannot decide must be.
+                    log::warn!("an authorizer deferred, which this server cannot wait for");
+                    let now = self.now();
+                    self.driver.resolve_authorization(now, ticket, false);
+                }
                 _ => {}
             }
         }

@@ -42,7 +42,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub mod server;
 
-pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle, StoreConfig};
+pub use server::{
+    AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle, StoreConfig,
+};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_store::Durability;

@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+use ternmq_core::broker::driver::{
+    Action, AuthorizeRequest, Driver, NO_ASYNC_AUTHENTICATOR, consume,
+};
 use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
@@ -62,6 +64,13 @@ pub trait AsyncAuthenticator: Send + Sync {
     fn authenticate(&self, request: AuthRequest) -> AuthFuture;
 }
 
+/// Authorization that needs I/O: called on its own task when the core's authorizer answers
+/// `Defer` ([`AuthzDecision::Defer`](ternmq_core::broker::AuthzDecision)).
+pub trait AsyncAuthorizer: Send + Sync {
+    /// Whether the client may do what `request` says.
+    fn authorize(&self, request: AuthorizeRequest) -> Pin<Box<dyn Future<Output = bool> + Send>>;
+}
+
 /// What a [`Server`] runs: the broker's configuration and where to listen.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -71,6 +80,8 @@ pub struct ServerConfig {
     pub listeners: Vec<SocketAddr>,
     /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
     pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
+    /// Answers the authorizer's `Defer`s; without it a deferred request is refused.
+    pub async_authorizer: Option<Arc<dyn AsyncAuthorizer>>,
     /// Where durable state is kept, and how; `None` keeps everything in memory.
     pub store: Option<StoreConfig>,
 }
@@ -92,6 +103,7 @@ impl fmt::Debug for ServerConfig {
             .field("broker", &self.broker)
             .field("listeners", &self.listeners)
             .field("async_authenticator", &self.async_authenticator.is_some())
+            .field("async_authorizer", &self.async_authorizer.is_some())
             .field("store", &self.store)
             .finish()
     }
@@ -104,6 +116,7 @@ impl ServerConfig {
             broker: BrokerConfig::default(),
             listeners: vec![addr],
             async_authenticator: None,
+            async_authorizer: None,
             store: None,
         }
     }
@@ -225,6 +238,7 @@ impl Server {
             auth: self.config.async_authenticator.clone(),
             tasks: JoinSet::new(),
             writer,
+            authz: self.config.async_authorizer.clone(),
             store_failed: None,
         };
         let mut stop = self.shutdown.subscribe();
@@ -248,6 +262,7 @@ enum Input {
     Written(ConnId, usize),
     Auth(AuthTicket, AuthDecision),
     Persisted(PersistSeq),
+    Authorized(AuthTicket, bool),
     StoreFailed(String),
 }
 
@@ -289,6 +304,7 @@ struct CoreTask {
     auth: Option<Arc<dyn AsyncAuthenticator>>,
     tasks: JoinSet<()>,
     writer: Option<Writer>,
+    authz: Option<Arc<dyn AsyncAuthorizer>>,
     /// The store could not be written: the server stops.
     store_failed: Option<String>,
 }
@@ -352,6 +368,9 @@ impl CoreTask {
             Input::Written(id, n) => self.driver.written(id, n),
             Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
             Input::Persisted(seq) => self.driver.persisted(now, seq),
+            Input::Authorized(ticket, allowed) => {
+                self.driver.resolve_authorization(now, ticket, allowed);
+            }
             Input::StoreFailed(e) => {
                 log::error!("{e}; stopping");
                 self.store_failed = Some(e);
@@ -383,6 +402,21 @@ impl CoreTask {
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
+                Action::Authorize(ticket, request) => match &self.authz {
+                    Some(a) => {
+                        let fut = a.authorize(request);
+                        let tx = self.tx.clone();
+                        tokio::spawn(async move {
+                            let allowed = fut.await;
+                            let _ = tx.send(Input::Authorized(ticket, allowed)).await;
+                        });
+                    }
+                    None => {
+                        log::warn!("an authorizer deferred but no async authorizer is configured");
+                        let now = self.now();
+                        self.driver.resolve_authorization(now, ticket, false);
+                    }
+                },
                 Action::Persist(batch) => {
                     if let Some(w) = &self.writer {
                         w.send(batch);

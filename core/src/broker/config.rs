@@ -114,10 +114,36 @@ pub struct ClientInfo<'a> {
 }
 
 /// Decides per topic whether a client may publish or subscribe. Runs inside the core and must
-/// not block.
+/// not block: a decision that needs I/O answers [`AuthzDecision::Defer`] from
+/// [`decide`](Self::decide).
 pub trait Authorizer: Send + Sync {
     /// Whether `client` may perform `action` on `topic`.
     fn authorize(&self, client: &ClientInfo<'_>, action: Action, topic: &str) -> bool;
+
+    /// The decision, or [`AuthzDecision::Defer`]: the broker then emits
+    /// [`Event::AuthorizeRequired`](super::Event) and holds the connection's input (the
+    /// PUBLISH or SUBSCRIBE in question and everything after it) until
+    /// [`Broker::resolve_authorization`](super::Broker::resolve_authorization). Wills cannot
+    /// wait: for them `Defer` counts as a refusal. By default, [`authorize`](Self::authorize).
+    fn decide(&self, client: &ClientInfo<'_>, action: Action, topic: &str) -> AuthzDecision {
+        if self.authorize(client, action, topic) {
+            AuthzDecision::Allow
+        } else {
+            AuthzDecision::Deny
+        }
+    }
+}
+
+/// An [`Authorizer`]'s answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthzDecision {
+    /// Allowed.
+    Allow,
+    /// Refused.
+    Deny,
+    /// Needs I/O: answer later with [`Broker::resolve_authorization`](super::Broker::resolve_authorization).
+    Defer,
 }
 
 /// How a message for a shared subscription group picks its member ([MQTT-4.8.2]).

@@ -44,9 +44,26 @@ pub enum Action<H> {
     Authenticate(AuthTicket, AuthRequest),
     /// Something worth logging.
     Log(Event),
+    /// The authorizer deferred: decide whether `request`'s client may do it, and answer with
+    /// [`Driver::resolve_authorization`].
+    Authorize(AuthTicket, AuthorizeRequest),
     /// Durable state to store, in order (see [`persist`](super::persist)); report what is on
     /// disk with [`Driver::persisted`].
     Persist(Vec<(PersistSeq, PersistOp)>),
+}
+
+/// What a deferred authorization is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthorizeRequest {
+    /// The client identifier.
+    pub client_id: crate::codec::MqttStr,
+    /// Its user name.
+    pub username: Option<crate::codec::MqttStr>,
+    /// Publish to a topic name, or subscribe to a filter.
+    pub action: super::Action,
+    /// The topic name or the whole filter.
+    pub topic: alloc::string::String,
 }
 
 struct Io<H> {
@@ -159,6 +176,13 @@ impl<H: Clone> Driver<H> {
         self.collect();
     }
 
+    /// The answer to an [`Action::Authorize`].
+    pub fn resolve_authorization(&mut self, now: Instant, ticket: AuthTicket, allowed: bool) {
+        self.now = self.now.max(now);
+        self.broker.resolve_authorization(now, ticket, allowed);
+        self.collect();
+    }
+
     /// The store has everything up to `seq` on disk.
     pub fn persisted(&mut self, now: Instant, seq: PersistSeq) {
         self.now = self.now.max(now);
@@ -208,6 +232,10 @@ impl<H: Clone> Driver<H> {
                 }
                 Event::AuthRequired { ticket, request, .. } => {
                     self.actions.push_back(Action::Authenticate(ticket, request));
+                }
+                Event::AuthorizeRequired { ticket, client_id, username, action, topic, .. } => {
+                    let request = AuthorizeRequest { client_id, username, action, topic };
+                    self.actions.push_back(Action::Authorize(ticket, request));
                 }
                 Event::PauseInput(id) => {
                     if let Some(io) = self.conns.get(&id) {

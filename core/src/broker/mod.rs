@@ -61,8 +61,8 @@ use core::fmt;
 use core::num::NonZeroU16;
 
 pub use config::{
-    Action, AuthDecision, AuthRequest, AuthStage, Authenticator, Authorizer, BrokerConfig,
-    ClientInfo, ConfigError, MIN_MAX_PACKET_SIZE, PeerInfo, SharedPolicy,
+    Action, AuthDecision, AuthRequest, AuthStage, Authenticator, Authorizer, AuthzDecision,
+    BrokerConfig, ClientInfo, ConfigError, MIN_MAX_PACKET_SIZE, PeerInfo, SharedPolicy,
 };
 use persist::{PersistOp, PersistSeq};
 use session::{Delivery, Inflight, Message, OutAliases, OutState, ParkedAck, PendingWill, Session};
@@ -191,6 +191,22 @@ pub enum Event {
     /// Read from this connection again, and first pass the bytes left in its buffer to
     /// [`Broker::handle_bytes`] (even if nothing new arrived).
     ResumeInput(ConnId),
+    /// The authorizer deferred ([`AuthzDecision::Defer`]): decide, then call
+    /// [`Broker::resolve_authorization`] with the ticket. The connection's input waits.
+    AuthorizeRequired {
+        /// Names this request.
+        ticket: AuthTicket,
+        /// The connection waiting.
+        conn: ConnId,
+        /// Its client identifier.
+        client_id: MqttStr,
+        /// Its user name.
+        username: Option<MqttStr>,
+        /// What it wants to do.
+        action: Action,
+        /// The topic name (publish) or the whole filter (subscribe).
+        topic: alloc::string::String,
+    },
 }
 
 /// Counters, all since the broker started.
@@ -311,8 +327,10 @@ struct Conn {
     out_aliases: Option<Box<OutAliases>>,
     pending: Option<Box<PendingConnect>>,
     auth_method: Option<MqttStr>,
-    /// A deferred authentication: input is held until it is resolved.
+    /// A deferred authentication or authorization: input is held until it is resolved.
     ticket: Option<u64>,
+    /// Answers to deferred authorizations, for the packet being handled again.
+    authz: Vec<(Action, alloc::string::String, bool)>,
     held: BytesMut,
     out: VecDeque<Bytes>,
     out_bytes: usize,
@@ -394,6 +412,8 @@ pub struct Broker {
     ready: VecDeque<ConnId>,
     events: VecDeque<Event>,
     pending_auth: BTreeMap<u64, ConnId>,
+    /// Deferred authorizations: the connection and the packet to handle again.
+    pending_authz: BTreeMap<u64, (ConnId, Packet, Action, alloc::string::String)>,
     next_ticket: u64,
     next_serial: u64,
     rng: u64,
@@ -446,6 +466,7 @@ impl Broker {
             ready: VecDeque::new(),
             events: VecDeque::new(),
             pending_auth: BTreeMap::new(),
+            pending_authz: BTreeMap::new(),
             next_ticket: 1,
             next_serial: 1,
             rng,
@@ -542,6 +563,7 @@ impl Broker {
             in_ready: false,
             parked: 0,
             paused: 0,
+            authz: Vec::new(),
         };
         let index = match self.free_slots.pop() {
             Some(i) => i,
@@ -649,7 +671,34 @@ impl Broker {
             d => d,
         };
         self.apply_auth(now, conn.index, decision);
-        // Input that arrived meanwhile, in order.
+        self.resume_held(now, conn);
+    }
+
+    /// Answers an [`Event::AuthorizeRequired`]: the PUBLISH or SUBSCRIBE is handled with this
+    /// answer, then the input that waited. A ticket whose connection has gone is ignored.
+    pub fn resolve_authorization(&mut self, now: Instant, ticket: AuthTicket, allowed: bool) {
+        let Some((conn, packet, action, topic)) = self.pending_authz.remove(&ticket.0) else {
+            return;
+        };
+        let Some(c) = self.conn_mut(conn) else {
+            return;
+        };
+        if c.ticket != Some(ticket.0) {
+            return;
+        }
+        c.ticket = None;
+        c.authz.push((action, topic, allowed));
+        self.handle_packet(now, conn.index, packet);
+        if let Some(c) = self.conn_mut(conn)
+            && c.ticket.is_none()
+        {
+            c.authz.clear();
+        }
+        self.resume_held(now, conn);
+    }
+
+    /// Handles the input held while a decision was pending, in order.
+    fn resume_held(&mut self, now: Instant, conn: ConnId) {
         if let Some(c) = self.conn_mut(conn)
             && !c.held.is_empty()
             && c.ticket.is_none()
@@ -1073,6 +1122,7 @@ impl Broker {
         let client_id = c.client_id.clone();
         if let Some(t) = ticket {
             self.pending_auth.remove(&t);
+            self.pending_authz.remove(&t);
         }
         if was == Phase::Connected {
             self.clients_connected -= 1;
@@ -1207,6 +1257,7 @@ impl Broker {
         self.route(now, &will.msg);
     }
 
+    /// Whether a will may be published: it cannot wait, so `Defer` refuses.
     fn allowed(
         &self,
         client_id: &MqttStr,
@@ -1214,11 +1265,7 @@ impl Broker {
         peer: &PeerInfo,
         topic: &str,
     ) -> bool {
-        // Clients do not write the broker's own statistics.
-        if topic.starts_with("$SYS/") || topic == "$SYS" {
-            return false;
-        }
-        self.authorize(client_id, username, peer, Action::Publish, topic)
+        self.authorize(client_id, username, peer, Action::Publish, topic) == AuthzDecision::Allow
     }
 
     fn authorize(
@@ -1228,16 +1275,59 @@ impl Broker {
         peer: &PeerInfo,
         action: Action,
         topic: &str,
-    ) -> bool {
+    ) -> AuthzDecision {
+        // Clients do not write the broker's own statistics.
+        if action == Action::Publish && (topic.starts_with("$SYS/") || topic == "$SYS") {
+            return AuthzDecision::Deny;
+        }
         match &self.config.authorizer {
-            None => true,
+            None => AuthzDecision::Allow,
             Some(a) => {
                 let info = ClientInfo {
                     client_id: client_id.as_str(),
                     username: username.map(MqttStr::as_str),
                     peer,
                 };
-                a.authorize(&info, action, topic)
+                a.decide(&info, action, topic)
+            }
+        }
+    }
+
+    /// The decision for connection `index`: an answer to a deferred request if there is one,
+    /// else the authorizer's. `None`: deferred, and `packet` waits for the answer.
+    fn check(
+        &mut self,
+        index: u32,
+        action: Action,
+        topic: &str,
+        packet: impl FnOnce() -> Packet,
+    ) -> Option<bool> {
+        let c = self.slot_conn(index)?;
+        if let Some((_, _, answer)) = c.authz.iter().find(|(a, t, _)| *a == action && t == topic) {
+            return Some(*answer);
+        }
+        let (client_id, username, peer) =
+            (c.client_id.clone().unwrap_or_default(), c.username.clone(), c.peer.clone());
+        match self.authorize(&client_id, username.as_ref(), &peer, action, topic) {
+            AuthzDecision::Allow => Some(true),
+            AuthzDecision::Deny => Some(false),
+            _ => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                let conn = self.conn_id(index);
+                if let Some(c) = self.slot_conn(index) {
+                    c.ticket = Some(ticket);
+                }
+                self.pending_authz.insert(ticket, (conn, packet(), action, topic.into()));
+                self.events.push_back(Event::AuthorizeRequired {
+                    ticket: AuthTicket(ticket),
+                    conn,
+                    client_id,
+                    username,
+                    action,
+                    topic: topic.into(),
+                });
+                None
             }
         }
     }
@@ -1828,7 +1918,14 @@ impl Broker {
         }
         let invalid_utf8 = p.properties.payload_format_indicator == Some(PayloadFormat::Utf8)
             && core::str::from_utf8(&p.payload).is_err();
-        let code = if !self.allowed(&client_id, username.as_ref(), &peer, p.topic.as_str()) {
+        let _ = (&client_id, &username, &peer);
+        let topic = p.topic.clone();
+        let Some(allowed) =
+            self.check(index, Action::Publish, topic.as_str(), || Packet::Publish(p.clone()))
+        else {
+            return; // deferred: handled again with the answer
+        };
+        let code = if !allowed {
             self.stats.publish_denied += 1;
             ReasonCode::NotAuthorized
         } else if v5 && invalid_utf8 {
@@ -2457,22 +2554,34 @@ impl Broker {
         if sub_id.is_some() && !self.config.subscription_identifiers_available {
             return self.violation(now, index, ReasonCode::SubscriptionIdentifiersNotSupported);
         }
+        // Every decision first, so that a deferred one leaves nothing half done.
+        let mut allowed = Vec::with_capacity(sub.subscriptions.len());
+        for s in &sub.subscriptions {
+            let f = &s.filter;
+            if (f.is_shared() && !self.config.shared_subscription_available)
+                || (f.has_wildcards() && !self.config.wildcard_subscription_available)
+            {
+                allowed.push(false); // refused below for that reason, not asked
+                continue;
+            }
+            match self
+                .check(index, Action::Subscribe, f.as_str(), || Packet::Subscribe(sub.clone()))
+            {
+                Some(a) => allowed.push(a),
+                None => return, // deferred: handled again with the answer
+            }
+        }
+        let _ = (&client_id, &username, &peer);
         let mut codes = Vec::with_capacity(sub.subscriptions.len());
         let mut retained = Vec::new();
-        for s in &sub.subscriptions {
+        for (s, &allowed) in sub.subscriptions.iter().zip(&allowed) {
             let f = &s.filter;
             let code = if f.is_shared() && !self.config.shared_subscription_available {
                 ReasonCode::SharedSubscriptionsNotSupported
             } else if f.has_wildcards() && !self.config.wildcard_subscription_available {
                 // [MQTT-3.8.3-2] in 3.1.1 (0x80 there).
                 ReasonCode::WildcardSubscriptionsNotSupported
-            } else if !self.authorize(
-                &client_id,
-                username.as_ref(),
-                &peer,
-                Action::Subscribe,
-                f.as_str(),
-            ) {
+            } else if !allowed {
                 ReasonCode::NotAuthorized
             } else {
                 let qos = s.options.qos.min(self.config.max_qos);
