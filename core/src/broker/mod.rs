@@ -1221,12 +1221,12 @@ impl Broker {
         self.free_sessions.push(index);
         self.session_count -= 1;
         // Messages of shared subscriptions it had not acknowledged go to another member of the
-        // same group ([MQTT-4.8.2-?], section 4.8.2); a QoS 2 message it already PUBRECed is
-        // its own.
+        // same group (section 4.8.2: SHOULD for QoS 1). A QoS 2 message whose delivery had
+        // started must not go to anyone else ([MQTT-4.8.2-5]); queued ones had not started.
         let unfinished = s
             .inflight
             .into_iter()
-            .filter(|f| f.state != OutState::Comp)
+            .filter(|f| f.delivery.qos != QoS::ExactlyOnce)
             .map(|f| f.delivery)
             .chain(s.queue);
         for d in unfinished {
