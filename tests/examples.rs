@@ -89,3 +89,56 @@ fn command_control_answers_requests_from_its_async_handler() {
     assert_eq!(stdout.trim(), "response: {\"device\":\"lamp\",\"status\":\"off\"}");
     assert_eq!(text(&w).1, "{\"device\":\"lamp\",\"status\":\"off\"}");
 }
+
+/// Starts a broker example on a free port; returns it once it prints its listening line.
+fn start_broker_example(name: &str, extra: &[&str]) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(support::example_bin(name))
+        .args(["--port", &port.to_string(), "--seconds", "60"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains(&format!("listening on port {port}")), "{line}");
+    (child, port)
+}
+
+#[test]
+fn embedded_broker_serves_with_the_seeds_options_and_persistence() {
+    let dir = std::env::temp_dir().join(format!("ternmq-embedded-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut broker, port) =
+        start_broker_example("embedded_broker", &["--data-dir", dir.to_str().unwrap()]);
+    let w = watcher(port, "sensor/#");
+    let p = SyncClient::connect(ConnectOptions::new("127.0.0.1", port)).unwrap();
+    p.publish("sensor/temp", "22.5", QoS::ExactlyOnce).unwrap();
+    assert_eq!(text(&w), ("sensor/temp".into(), "22.5".into()));
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    assert!(dir.join("ternmq.redb").exists(), "the seed's persistence is on");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn custom_auth_lets_known_users_in_and_refuses_the_rest() {
+    let (mut broker, port) = start_broker_example("custom_auth", &[]);
+    let mut ok = ConnectOptions::new("127.0.0.1", port);
+    ok.connect.username = Some(ternmq::codec::MqttStr::new("alice").unwrap());
+    ok.connect.password = Some("wonderland".into());
+    let c = SyncClient::connect(ok).unwrap();
+    c.publish("hello", "world", QoS::AtLeastOnce).unwrap();
+    let mut bad = ConnectOptions::new("127.0.0.1", port);
+    bad.connect.username = Some(ternmq::codec::MqttStr::new("alice").unwrap());
+    bad.connect.password = Some("guess".into());
+    bad.config.reconnect.enable = false;
+    match SyncClient::connect(bad) {
+        Err(ternmq::blocking::Error::Refused(code)) => {
+            assert_eq!(code, ternmq::codec::ReasonCode::BadUserNameOrPassword);
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
