@@ -19,9 +19,10 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start(port: u16, dir: &Path) -> Child {
+fn start(port: u16, dir: &Path, runtime: &str) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ternmq"))
         .args(["broker", "-p", &port.to_string(), "--data-dir", dir.to_str().unwrap()])
+        .args(["--runtime", runtime])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -108,22 +109,32 @@ async fn collect(port: u16, id: &str, v: ProtocolVersion) -> BTreeMap<String, us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_sigkill_at_several_points() {
-    for kill_after in [37, 400] {
-        let dir =
-            std::env::temp_dir().join(format!("ternmq-crash-{}-{kill_after}", std::process::id()));
+    crash_and_check("tokio", &[37, 400]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_std_and_smol_servers_survive_sigkill_too() {
+    crash_and_check("std", &[150]).await;
+    crash_and_check("smol", &[150]).await;
+}
+
+async fn crash_and_check(runtime: &str, kill_points: &[usize]) {
+    for &kill_after in kill_points {
+        let dir = std::env::temp_dir()
+            .join(format!("ternmq-crash-{}-{runtime}-{kill_after}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let port = free_port();
-        let mut broker = start(port, &dir);
+        let mut broker = start(port, &dir, runtime);
         subscribe_and_leave(port).await;
         let acked = publish_until_killed(port, kill_after, &mut broker).await;
         assert!(acked.len() >= kill_after, "the load ran until the kill");
-        let mut broker = start(port, &dir);
+        let mut broker = start(port, &dir, runtime);
         for (id, v) in [("sub5", ProtocolVersion::V5), ("sub311", ProtocolVersion::V3_1_1)] {
             let seen = collect(port, id, v).await;
             for body in &acked {
                 assert!(
                     seen.contains_key(body),
-                    "{id}: acknowledged {body} lost (kill after {kill_after})"
+                    "{runtime} {id}: acknowledged {body} lost (kill after {kill_after})"
                 );
             }
             for (body, n) in &seen {

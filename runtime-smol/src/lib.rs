@@ -20,3 +20,4 @@ pub mod server;
 
 pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
+pub use ternmq_store::{Durability, StoreConfig};

@@ -16,10 +16,12 @@ use bytes::{Bytes, BytesMut};
 use smol::channel::{self, Receiver, Sender};
 use smol::{Async, Task, Timer, future};
 use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
 };
 use ternmq_core::time::Instant;
+use ternmq_store::{Store, StoreConfig, Writer};
 
 const READ_CHUNK: usize = 16 * 1024;
 const BATCH: usize = 256;
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     pub listeners: Vec<SocketAddr>,
     /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
     pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
+    /// Where durable state is kept, and how; `None` keeps everything in memory.
+    pub store: Option<StoreConfig>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -54,6 +58,7 @@ impl fmt::Debug for ServerConfig {
             .field("broker", &self.broker)
             .field("listeners", &self.listeners)
             .field("async_authenticator", &self.async_authenticator.is_some())
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -61,7 +66,12 @@ impl fmt::Debug for ServerConfig {
 impl ServerConfig {
     /// The broker's defaults, listening on `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { broker: BrokerConfig::default(), listeners: vec![addr], async_authenticator: None }
+        Self {
+            broker: BrokerConfig::default(),
+            listeners: vec![addr],
+            async_authenticator: None,
+            store: None,
+        }
     }
 }
 
@@ -82,6 +92,7 @@ pub struct Server {
     listeners: Vec<Async<TcpListener>>,
     config: ServerConfig,
     stop: (Sender<()>, Receiver<()>),
+    store: Option<Store>,
 }
 
 impl fmt::Debug for Server {
@@ -106,7 +117,11 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(l);
         }
-        Ok(Server { listeners, config, stop: channel::bounded(1) })
+        let store = match &config.store {
+            Some(s) => Some(Store::open(&s.dir).map_err(|e| io::Error::other(e.to_string()))?),
+            None => None,
+        };
+        Ok(Server { listeners, config, stop: channel::bounded(1), store })
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -132,9 +147,36 @@ impl Server {
     /// Serves until [`ShutdownHandle::shutdown`] is called. Spawns its tasks on smol's global
     /// executor.
     pub async fn run(self) -> io::Result<()> {
-        let broker = Broker::new(self.config.broker.clone(), Instant::ZERO)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = channel::bounded(INPUT_QUEUE);
+        let mut broker_config = self.config.broker.clone();
+        let (broker, writer) = match (self.store, &self.config.store) {
+            (Some(store), Some(sc)) => {
+                broker_config.persistence = sc.persistence();
+                let snapshot = store
+                    .load(ternmq_store::wall_clock())
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                let broker = Broker::restore(broker_config, snapshot, Instant::ZERO)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                let (done, fail): (Sender<Input>, Sender<Input>) = (tx.clone(), tx.clone());
+                let writer = Writer::spawn(
+                    store,
+                    sc.durability,
+                    move |seq| {
+                        let _ = done.send_blocking(Input::Persisted(seq));
+                    },
+                    move |e| {
+                        let _ = fail.send_blocking(Input::StoreFailed(e.to_string()));
+                    },
+                )?;
+                (broker, Some(writer))
+            }
+            _ => {
+                broker_config.persistence = Persistence::Off;
+                let broker = Broker::new(broker_config, Instant::ZERO)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                (broker, None)
+            }
+        };
         let acceptors: Vec<Task<()>> = self
             .listeners
             .into_iter()
@@ -149,11 +191,17 @@ impl Server {
             tx,
             auth: self.config.async_authenticator.clone(),
             tasks: Vec::new(),
+            writer,
+            store_failed: None,
         };
         core.run(&rx, &self.stop.1).await;
         drop(acceptors); // dropping a smol task cancels it
+        let failed = core.store_failed.take();
         core.shutdown().await;
-        Ok(())
+        match failed {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -163,6 +211,8 @@ enum Input {
     Closed(ConnId),
     Written(ConnId, usize),
     Auth(AuthTicket, AuthDecision),
+    Persisted(PersistSeq),
+    StoreFailed(String),
 }
 
 async fn accept_loop(listener: Async<TcpListener>, index: u16, tx: Sender<Input>) {
@@ -218,6 +268,9 @@ struct Core {
     tx: Sender<Input>,
     auth: Option<Arc<dyn AsyncAuthenticator>>,
     tasks: Vec<Task<()>>,
+    writer: Option<Writer>,
+    /// The store could not be written: the server stops.
+    store_failed: Option<String>,
 }
 
 impl Core {
@@ -254,6 +307,9 @@ impl Core {
                 Wake::Stop => return,
                 Wake::Input(input) => {
                     self.input(input);
+                    if self.store_failed.is_some() {
+                        return;
+                    }
                     for _ in 1..BATCH {
                         match rx.try_recv() {
                             Ok(input) => self.input(input),
@@ -293,6 +349,11 @@ impl Core {
             Input::Closed(id) => self.driver.closed(now, id),
             Input::Written(id, n) => self.driver.written(id, n),
             Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
+            Input::Persisted(seq) => self.driver.persisted(now, seq),
+            Input::StoreFailed(e) => {
+                log::error!("{e}; stopping");
+                self.store_failed = Some(e);
+            }
         }
     }
 
@@ -314,6 +375,11 @@ impl Core {
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
+                Action::Persist(batch) => {
+                    if let Some(w) = &self.writer {
+                        w.send(batch);
+                    }
+                }
                 Action::Authorize(ticket, _) => {
                     // Deferred authorization is answered by the Tokio server's AsyncAuthorizer;
                     // here it is refused, as an authorizer that cannot decide must be.
@@ -349,6 +415,10 @@ impl Core {
         let now = self.now();
         self.driver.shutdown(now);
         self.act();
+        // Everything logged so far is committed before the server returns.
+        if let Some(w) = self.writer.take() {
+            smol::unblock(move || w.close()).await;
+        }
         let tasks = std::mem::take(&mut self.tasks);
         let flush = async {
             for t in tasks {

@@ -45,6 +45,7 @@ pub mod server;
 pub use server::{BlockingAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
+pub use ternmq_store::{Durability, StoreConfig};
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
 };
 use ternmq_core::time::Instant;
+use ternmq_store::{Store, StoreConfig, Writer};
 
 /// Bytes one read may bring in: on the reader thread's stack, held while it waits.
 const READ_CHUNK: usize = 4 * 1024;
@@ -45,6 +47,8 @@ pub struct ServerConfig {
     pub listeners: Vec<SocketAddr>,
     /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
     pub blocking_authenticator: Option<Arc<dyn BlockingAuthenticator>>,
+    /// Where durable state is kept, and how; `None` keeps everything in memory.
+    pub store: Option<StoreConfig>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -53,6 +57,7 @@ impl fmt::Debug for ServerConfig {
             .field("broker", &self.broker)
             .field("listeners", &self.listeners)
             .field("blocking_authenticator", &self.blocking_authenticator.is_some())
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -64,6 +69,7 @@ impl ServerConfig {
             broker: BrokerConfig::default(),
             listeners: vec![addr],
             blocking_authenticator: None,
+            store: None,
         }
     }
 }
@@ -74,6 +80,8 @@ enum Input {
     Closed(ConnId),
     Written(ConnId, usize),
     Auth(AuthTicket, AuthDecision),
+    Persisted(PersistSeq),
+    StoreFailed(String),
     Shutdown,
 }
 
@@ -118,6 +126,7 @@ pub struct Server {
     tx: SyncSender<Input>,
     rx: Receiver<Input>,
     stopping: Arc<AtomicBool>,
+    store: Option<Store>,
 }
 
 impl fmt::Debug for Server {
@@ -142,8 +151,13 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(l);
         }
+        let store = match &config.store {
+            Some(s) => Some(Store::open(&s.dir).map_err(|e| io::Error::other(e.to_string()))?),
+            None => None,
+        };
         let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
-        Ok(Server { listeners, config, tx, rx, stopping: Arc::new(AtomicBool::new(false)) })
+        let stopping = Arc::new(AtomicBool::new(false));
+        Ok(Server { listeners, config, tx, rx, stopping, store })
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -162,8 +176,35 @@ impl Server {
 
     /// Serves until [`ShutdownHandle::shutdown`] is called; blocks the calling thread.
     pub fn run(self) -> io::Result<()> {
-        let broker = Broker::new(self.config.broker.clone(), Instant::ZERO)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let mut broker_config = self.config.broker.clone();
+        let (broker, writer) = match (self.store, &self.config.store) {
+            (Some(store), Some(sc)) => {
+                broker_config.persistence = sc.persistence();
+                let snapshot = store
+                    .load(ternmq_store::wall_clock())
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                let broker = Broker::restore(broker_config, snapshot, Instant::ZERO)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                let (done, fail) = (self.tx.clone(), self.tx.clone());
+                let writer = Writer::spawn(
+                    store,
+                    sc.durability,
+                    move |seq| {
+                        let _ = done.send(Input::Persisted(seq));
+                    },
+                    move |e| {
+                        let _ = fail.send(Input::StoreFailed(e.to_string()));
+                    },
+                )?;
+                (broker, Some(writer))
+            }
+            _ => {
+                broker_config.persistence = Persistence::Off;
+                let broker = Broker::new(broker_config, Instant::ZERO)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                (broker, None)
+            }
+        };
         let mut acceptors = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let tx = self.tx.clone();
@@ -178,13 +219,19 @@ impl Server {
             tx: self.tx,
             auth: self.config.blocking_authenticator.clone(),
             writers: Vec::new(),
+            writer,
+            store_failed: None,
         };
         core.run(&self.rx);
+        let failed = core.store_failed.take();
         core.shutdown();
         for a in acceptors {
             let _ = a.join();
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -241,6 +288,10 @@ struct Core {
     auth: Option<Arc<dyn BlockingAuthenticator>>,
     /// Writer threads, reaped as they finish.
     writers: Vec<JoinHandle<()>>,
+    /// The store's writer thread.
+    writer: Option<Writer>,
+    /// The store could not be written: the server stops.
+    store_failed: Option<String>,
 }
 
 impl Core {
@@ -260,6 +311,9 @@ impl Core {
                 Ok(Input::Shutdown) => return,
                 Ok(input) => {
                     self.input(input);
+                    if self.store_failed.is_some() {
+                        return;
+                    }
                     for _ in 1..BATCH {
                         match rx.try_recv() {
                             Ok(Input::Shutdown) => return,
@@ -286,6 +340,11 @@ impl Core {
             Input::Closed(id) => self.driver.closed(now, id),
             Input::Written(id, n) => self.driver.written(id, n),
             Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
+            Input::Persisted(seq) => self.driver.persisted(now, seq),
+            Input::StoreFailed(e) => {
+                log::error!("{e}; stopping");
+                self.store_failed = Some(e);
+            }
             Input::Shutdown => {}
         }
     }
@@ -337,6 +396,11 @@ impl Core {
                 Action::ResumeRead(h) => set_paused(&h.paused, false),
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
+                Action::Persist(batch) => {
+                    if let Some(w) = &self.writer {
+                        w.send(batch);
+                    }
+                }
                 Action::Authorize(ticket, _) => {
                     // Deferred authorization is answered by the Tokio server's AsyncAuthorizer;
                     // here it is refused, as an authorizer that cannot decide must be.
@@ -371,6 +435,10 @@ impl Core {
         let now = self.now();
         self.driver.shutdown(now);
         self.act();
+        // Everything logged so far is committed before the server returns.
+        if let Some(w) = self.writer.take() {
+            w.close();
+        }
         let deadline = StdInstant::now() + SHUTDOWN_FLUSH;
         for w in std::mem::take(&mut self.writers) {
             while !w.is_finished() && StdInstant::now() < deadline {

@@ -42,12 +42,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub mod server;
 
-pub use server::{
-    AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle, StoreConfig,
-};
+pub use server::{AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
-pub use ternmq_store::Durability;
+pub use ternmq_store::{Durability, StoreConfig};
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]

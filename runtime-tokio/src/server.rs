@@ -34,7 +34,7 @@ use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
 };
 use ternmq_core::time::Instant;
-use ternmq_store::{Durability, Store, Writer};
+use ternmq_store::{Store, StoreConfig, Writer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
@@ -84,17 +84,6 @@ pub struct ServerConfig {
     pub async_authorizer: Option<Arc<dyn AsyncAuthorizer>>,
     /// Where durable state is kept, and how; `None` keeps everything in memory.
     pub store: Option<StoreConfig>,
-}
-
-/// Durable state for a [`Server`]: sessions, queued and in-flight messages and retained
-/// messages survive a restart (and, with [`Durability::Sync`], a crash).
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    /// The data directory.
-    pub dir: std::path::PathBuf,
-    /// How commits reach the disk. `Sync` also makes the broker withhold each PUBACK/PUBREC
-    /// until what the publish changed is on disk.
-    pub durability: Durability,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -190,10 +179,7 @@ impl Server {
         let mut broker_config = self.config.broker.clone();
         let (broker, writer) = match (self.store, &self.config.store) {
             (Some(store), Some(sc)) => {
-                broker_config.persistence = match sc.durability {
-                    Durability::Sync => Persistence::Durable,
-                    _ => Persistence::Log,
-                };
+                broker_config.persistence = sc.persistence();
                 let snapshot = store
                     .load(ternmq_store::wall_clock())
                     .map_err(|e| io::Error::other(e.to_string()))?;

@@ -57,6 +57,26 @@ pub enum Durability {
     None,
 }
 
+/// Where a server keeps its durable state, and how.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The data directory (the file is [`FILE_NAME`] in it).
+    pub dir: PathBuf,
+    /// How commits reach the disk. `Sync` also makes the broker withhold each PUBACK/PUBREC
+    /// until what the publish changed is on disk.
+    pub durability: Durability,
+}
+
+impl StoreConfig {
+    /// The broker persistence mode this durability calls for.
+    pub fn persistence(&self) -> ternmq_core::broker::persist::Persistence {
+        match self.durability {
+            Durability::Sync => ternmq_core::broker::persist::Persistence::Durable,
+            _ => ternmq_core::broker::persist::Persistence::Log,
+        }
+    }
+}
+
 /// A store that cannot be opened, read or written. Names the file and what to do.
 #[derive(Debug)]
 pub struct StoreError {

@@ -114,6 +114,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     runtime.block_on(serve(settings))
 }
 
+impl Settings {
+    fn store(&self) -> Option<StoreConfig> {
+        let dir = self.persistence.clone()?;
+        Some(StoreConfig { dir, durability: self.durability })
+    }
+}
+
 /// The startup lines: version, one per listener, and where state is kept.
 fn announce(
     addrs: &[std::net::SocketAddr],
@@ -133,15 +140,11 @@ fn announce(
     for addr in addrs {
         println!("listening on {addr} (mqtt over tcp)");
     }
-    match (persistence, runtime) {
-        (Some(dir), Runtime::Tokio) => {
+    match persistence {
+        Some(dir) => {
             println!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display())
         }
-        (Some(_), _) => println!(
-            "running in memory: persistence is served by the tokio runtime only in this \
-             version; sessions and retained messages are lost on restart"
-        ),
-        (None, _) => println!("running in memory (persistence off)"),
+        None => println!("running in memory (persistence off)"),
     }
 }
 
@@ -161,6 +164,7 @@ fn serve_smol(settings: Settings) -> Result<(), String> {
     let mut config = ternmq::smol::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
+    config.store = settings.store();
     let server = ternmq::smol::Server::bind_blocking(config).map_err(|e| e.to_string())?;
     announce(
         &server.local_addrs(),
@@ -180,6 +184,7 @@ fn serve_std(settings: Settings) -> Result<(), String> {
     let mut config = ternmq::blocking::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
+    config.store = settings.store();
     let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
     announce(
         &server.local_addrs(),
@@ -195,10 +200,7 @@ fn serve_std(settings: Settings) -> Result<(), String> {
 }
 
 async fn serve(mut settings: Settings) -> Result<(), String> {
-    if let Some(dir) = &settings.persistence {
-        settings.config.store =
-            Some(StoreConfig { dir: dir.clone(), durability: settings.durability });
-    }
+    settings.config.store = settings.store();
     let server = Server::bind(settings.config.clone()).await.map_err(|e| e.to_string())?;
     announce(
         &server.local_addrs(),
