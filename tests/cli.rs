@@ -169,3 +169,30 @@ fn bad_arguments_name_the_flag() {
     assert_eq!(code, 0);
     assert!(out.contains("-C COUNT"), "{out}");
 }
+
+#[test]
+fn a_damaged_store_stops_the_broker_with_the_file_and_the_way_out() {
+    let dir = std::env::temp_dir().join(format!("ternmq-cli-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ternmq.redb"), vec![0x42; 8192]).unwrap();
+    let d = dir.to_str().unwrap();
+    let (code, _, err) = ternmq(&["broker", "-p", "0", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ternmq.redb") && err.contains("ternmq store repair"), "{err}");
+    let (code, _, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ternmq.redb"), "{err}");
+    // reset wants --yes, then sets the file aside: nothing is deleted.
+    let (code, _, err) = ternmq(&["store", "reset", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--yes"), "{err}");
+    let (code, out, _) = ternmq(&["store", "reset", "--data-dir", d, "--yes"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ternmq.redb.bak-"), "{out}");
+    let kept = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(kept, 1, "the damaged file is kept aside");
+    let (code, out, _) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_eq!(code, 0, "a fresh store is created and readable");
+    assert!(out.contains("readable"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

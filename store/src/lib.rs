@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ternmq_core::broker::persist::{
     PersistOp, PersistSeq, Replay, Snapshot, StoredDelivery, StoredMessage,
 };
@@ -90,8 +90,9 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "persistent store {}: {} (use another --data-dir, or move the file away to start \
-             empty)",
+            "persistent store {}: {} (run `ternmq store check` or `ternmq store repair` on it, \
+             `ternmq store reset --yes` to set it aside and start empty, or use another \
+             --data-dir)",
             self.path.display(),
             self.message
         )
@@ -156,6 +157,23 @@ impl Store {
         }
         tx.commit().map_err(|e| err(e.to_string()))?;
         Ok(store)
+    }
+
+    /// Checks the file's integrity and repairs what redb can; `Ok(false)` if it had to.
+    pub fn check_integrity(&mut self) -> Result<bool, StoreError> {
+        let path = self.path.clone();
+        self.db.check_integrity().map_err(|e| StoreError { path, message: e.to_string() })
+    }
+
+    /// Rows per table: sessions, subscriptions, deliveries, QoS 2 ids, retained messages.
+    pub fn counts(&self) -> Result<[u64; 5], StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let mut out = [0; 5];
+        for (i, t) in [SESSIONS, SUBS, DELIVERIES, INCOMING, RETAINED].into_iter().enumerate() {
+            let table = tx.open_table(t).map_err(|e| self.err(e))?;
+            out[i] = table.len().map_err(|e| self.err(e))?;
+        }
+        Ok(out)
     }
 
     /// The database file.

@@ -16,6 +16,7 @@ mod bench;
 mod broker;
 mod passwd;
 mod pubsub;
+mod store;
 
 use bytes::BytesMut;
 use ternmq::codec::{Decoder, MAX_PACKET_SIZE, ProtocolVersion};
@@ -31,6 +32,7 @@ commands:
                                         stream starts with CONNECT, which fixes the version)
   broker [options]                       run the MQTT broker (see `ternmq broker --help`)
   bench [options]                        measure a broker (see `ternmq bench --help`)
+  store check|repair|reset [--data-dir]  look after the broker's persistent store
   passwd [-c | -D] FILE USER             add a user to a password file, change its password or
                                          delete it (see `ternmq passwd --help`)
 
@@ -71,6 +73,13 @@ fn main() -> ExitCode {
             }
         },
         Some("broker") => match broker::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("store") => match store::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");
