@@ -175,3 +175,42 @@ fn a_damaged_file_is_an_error_naming_the_file_never_a_panic() {
     let _ = std::fs::remove_dir_all(&d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_steady_workload_keeps_the_file_size_bounded() {
+    let dir = temp_dir("steady");
+    let store = Store::open(&dir).unwrap();
+    let client_id = MqttStr::new("steady").unwrap();
+    let session = PersistOp::Session {
+        client_id: client_id.clone(),
+        protocol: ProtocolVersion::V5,
+        expiry: 3600,
+    };
+    store.apply(&[session], 1, true).unwrap();
+    let mut rng = Rng(7);
+    let mut key = 0;
+    let mut sizes = Vec::new();
+    for round in 0..60u64 {
+        // 500 messages queued; the 500 of the round before delivered and released: a backlog
+        // that stays the same size while everything in it changes.
+        let mut ops = Vec::new();
+        for _ in 0..500 {
+            key += 1;
+            let delivery = StoredDelivery {
+                message: message(&mut rng),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+            };
+            ops.push(PersistOp::Queued { client_id: client_id.clone(), key, delivery });
+            if key > 500 {
+                ops.push(PersistOp::Released { client_id: client_id.clone(), key: key - 500 });
+            }
+        }
+        store.apply(&ops, 10 + round, round % 2 == 0).unwrap();
+        sizes.push(std::fs::metadata(dir.join(FILE_NAME)).unwrap().len());
+    }
+    let (early, late) = (sizes[10], sizes[59]);
+    assert!(late <= early * 2, "the file grew from {early} to {late} bytes under a steady load");
+    let _ = std::fs::remove_dir_all(&dir);
+}
