@@ -300,3 +300,26 @@ fn persistence_off_logs_nothing_at_all() {
     h.send(&publisher, publish("t", b"x", QoS::AtLeastOnce, 1));
     assert!(h.broker.poll_persist().is_none());
 }
+
+#[test]
+fn log_mode_holds_acks_back_once_the_store_falls_far_behind() {
+    use ternmq_core::broker::persist::MAX_UNSTORED;
+    let mut d = Durable::new(Persistence::Log);
+    let mut publisher = d.h.connect(V5, "pub", true);
+    // Retained publishes each log one operation; the store confirms nothing.
+    let n = MAX_UNSTORED as usize + 10;
+    let mut acked = 0;
+    for i in 0..n {
+        let mut p = publish(&format!("r/{i}"), b"x", QoS::AtLeastOnce, (i % 60_000) as u16 + 1);
+        p.retain = true;
+        d.h.send(&publisher, p);
+        if i % 1000 == 0 || i + 1 == n {
+            acked += d.h.recv(&mut publisher).len();
+        }
+    }
+    assert!(acked < n, "acknowledgements stop once the store is {MAX_UNSTORED} behind");
+    assert!(acked >= MAX_UNSTORED as usize - 1);
+    d.sync(); // the store catches up
+    acked += d.h.recv(&mut publisher).len();
+    assert_eq!(acked, n, "and the rest follow");
+}

@@ -214,3 +214,23 @@ fn a_steady_workload_keeps_the_file_size_bounded() {
     assert!(late <= early * 2, "the file grew from {early} to {late} bytes under a steady load");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_store_of_another_layout_version_is_refused_by_name() {
+    let dir = temp_dir("version");
+    drop(Store::open(&dir).unwrap());
+    {
+        let db = redb::Database::create(dir.join(FILE_NAME)).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("meta");
+            let mut t = tx.open_table(meta).unwrap();
+            t.insert("format", 99).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let e = Store::open(&dir).expect_err("a future layout");
+    let text = e.to_string();
+    assert!(text.contains("layout version 99") && text.contains(FILE_NAME), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

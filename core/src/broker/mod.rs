@@ -2002,9 +2002,11 @@ impl Broker {
         }
         let code =
             if v5 && !matched { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
-        // Durable mode: wait for what this publish logged.
-        let seq =
-            if self.durable() && self.persist_seq > logged_before { self.persist_seq } else { 0 };
+        // Durable mode: wait for what this publish logged. In log mode too once the store is
+        // far behind: publishers slow down rather than the log grow without bound.
+        let behind = self.persist_seq - self.persisted > persist::MAX_UNSTORED;
+        let wait = self.durable() || (self.logging() && behind);
+        let seq = if wait && self.persist_seq > logged_before { self.persist_seq } else { 0 };
         let ack = ParkedAck { conn: self.conn_id(index), id, qos, since: now, seq, code };
         if (congested.is_some() || seq > 0)
             && let Some(c) = self.slot_conn(index)

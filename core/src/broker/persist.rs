@@ -49,6 +49,10 @@ pub enum Persistence {
     Durable,
 }
 
+/// In [`Persistence::Log`] mode, operations the store may be behind before acknowledgements
+/// wait for it as in durable mode: the log between the broker and a slow disk stays bounded.
+pub const MAX_UNSTORED: u64 = 65_536;
+
 /// The position of an operation in the log: increases by one per operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PersistSeq(pub u64);
