@@ -244,3 +244,29 @@ async fn half_open_client_is_dropped_after_one_and_a_half_keep_alives() {
     assert!(waited >= Duration::from_millis(1400), "closed too early: {waited:?}");
     stop.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_and_ipv6_listeners_side_by_side() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    }
+    let mut config = loopback();
+    config.listeners.push("[::1]:0".parse().unwrap());
+    let server = Server::bind(config).await.unwrap();
+    let addrs = server.local_addrs();
+    assert_eq!(addrs.len(), 2);
+    assert!(addrs[1].is_ipv6());
+    let stop = server.shutdown_handle();
+    tokio::spawn(server.run());
+    let mut v6 = ConnectOptions::new("::1", addrs[1].port());
+    v6.connect.client_id = MqttStr::new("six").unwrap();
+    let six = Client::connect(v6).await.unwrap();
+    six.subscribe("ip/#", QoS::AtLeastOnce).await.unwrap();
+    let four = Client::connect(options(addrs[0], "four")).await.unwrap();
+    four.publish("ip/4", "from v4", QoS::AtLeastOnce).await.unwrap();
+    let m =
+        tokio::time::timeout(Duration::from_secs(10), six.next_message()).await.unwrap().unwrap();
+    assert_eq!(&m.payload[..], b"from v4", "one broker behind both listeners");
+    stop.shutdown();
+}
