@@ -162,9 +162,7 @@ impl<H: Clone> Driver<H> {
             io.eof = true;
             return;
         }
-        if let Some(io) = self.conns.remove(&id) {
-            self.broker.handle_closed(now, id);
-            self.actions.push_back(Action::Close(io.handle));
+        if self.forget(now, id) {
             self.collect();
         }
     }
@@ -260,10 +258,7 @@ impl<H: Clone> Driver<H> {
                     }
                     if finished {
                         // The peer had closed: now that its input is handled, so do we.
-                        if let Some(io) = self.conns.remove(&id) {
-                            self.broker.handle_closed(self.now, id);
-                            self.actions.push_back(Action::Close(io.handle));
-                        }
+                        self.forget(self.now, id);
                     }
                 }
                 other => self.actions.push_back(Action::Log(other)),
@@ -302,13 +297,20 @@ impl<H: Clone> Driver<H> {
         }
     }
 
+    /// Tells the broker `id` is gone and the runtime to close it. Returns whether it was open.
+    fn forget(&mut self, now: Instant, id: ConnId) -> bool {
+        let Some(io) = self.conns.remove(&id) else {
+            return false;
+        };
+        self.broker.handle_closed(now, id);
+        self.actions.push_back(Action::Close(io.handle));
+        true
+    }
+
     /// Writes out what the broker queued for `id` (its last words), then closes it.
     fn close(&mut self, now: Instant, id: ConnId) {
         self.transmit(id, true);
-        if let Some(io) = self.conns.remove(&id) {
-            self.broker.handle_closed(now, id);
-            self.actions.push_back(Action::Close(io.handle));
-        }
+        self.forget(now, id);
         // handle_closed may have published a will or freed queues.
         while let Some(w) = self.broker.poll_writable() {
             self.transmit(w, false);
