@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use smol::channel::{self, Receiver, Sender};
 use smol::{Async, Task, Timer, future};
 use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+pub use ternmq_core::broker::driver::{AsyncAuthenticator, AuthFuture};
 use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
     AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
@@ -28,16 +29,6 @@ const BATCH: usize = 256;
 const INPUT_QUEUE: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-
-/// A future an [`AsyncAuthenticator`] returns.
-pub type AuthFuture = std::pin::Pin<Box<dyn std::future::Future<Output = AuthDecision> + Send>>;
-
-/// Authentication that needs I/O: called on its own task when the core's authenticator answers
-/// [`AuthDecision::Defer`].
-pub trait AsyncAuthenticator: Send + Sync {
-    /// Decides on `request`.
-    fn authenticate(&self, request: AuthRequest) -> AuthFuture;
-}
 
 /// What a [`Server`] runs: the broker's configuration and where to listen.
 #[derive(Clone)]

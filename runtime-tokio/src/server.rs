@@ -17,17 +17,16 @@
 //! the core's; this module only moves bytes and time.
 
 use std::fmt;
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::broker::driver::{
-    Action, AuthorizeRequest, Driver, NO_ASYNC_AUTHENTICATOR, consume,
+use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+pub use ternmq_core::broker::driver::{
+    AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
 };
 use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
@@ -51,25 +50,6 @@ const INPUT_QUEUE: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the last bytes to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-
-/// A future an [`AsyncAuthenticator`] returns.
-pub type AuthFuture = Pin<Box<dyn Future<Output = AuthDecision> + Send>>;
-
-/// Authentication that needs I/O (a database, an HTTP call). The core's synchronous
-/// [`Authenticator`](ternmq_core::broker::Authenticator) answers
-/// [`AuthDecision::Defer`]; the server then calls this on its own task and gives the answer back
-/// to the core. The connection's later packets wait, in order, until then.
-pub trait AsyncAuthenticator: Send + Sync {
-    /// Decides on `request`.
-    fn authenticate(&self, request: AuthRequest) -> AuthFuture;
-}
-
-/// Authorization that needs I/O: called on its own task when the core's authorizer answers
-/// `Defer` ([`AuthzDecision::Defer`](ternmq_core::broker::AuthzDecision)).
-pub trait AsyncAuthorizer: Send + Sync {
-    /// Whether the client may do what `request` says.
-    fn authorize(&self, request: AuthorizeRequest) -> Pin<Box<dyn Future<Output = bool> + Send>>;
-}
 
 /// What a [`Server`] runs: the broker's configuration and where to listen.
 #[derive(Clone)]

@@ -13,9 +13,12 @@
 //! stays in the broker, whose slow-consumer limits then apply, so a stalled reader grows no
 //! memory in the server.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
+use core::future::Future;
+use core::pin::Pin;
 
 use super::persist::{PersistOp, PersistSeq};
 use super::{AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, ConnId, Event, PeerInfo};
@@ -50,6 +53,30 @@ pub enum Action<H> {
     /// Durable state to store, in order (see [`persist`](super::persist)); report what is on
     /// disk with [`Driver::persisted`].
     Persist(Vec<(PersistSeq, PersistOp)>),
+}
+
+/// A future an [`AsyncAuthenticator`] returns.
+pub type AuthFuture = Pin<Box<dyn Future<Output = AuthDecision> + Send>>;
+
+/// A future an [`AsyncAuthorizer`] returns: whether the client may.
+pub type AuthzFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// Authentication that needs I/O (a database, an HTTP call). The core's synchronous
+/// [`Authenticator`](super::Authenticator) answers [`AuthDecision::Defer`]; a server then runs
+/// this on a task of its own and gives the answer back with [`Driver::resolve_auth`]. The
+/// connection's later packets wait, in order, until then. The future is the runtime's to run:
+/// the trait is the same for every async runtime.
+pub trait AsyncAuthenticator: Send + Sync {
+    /// Decides on `request`.
+    fn authenticate(&self, request: AuthRequest) -> AuthFuture;
+}
+
+/// Authorization that needs I/O: run when the core's authorizer answers
+/// [`AuthzDecision::Defer`](super::AuthzDecision); the answer goes back with
+/// [`Driver::resolve_authorization`].
+pub trait AsyncAuthorizer: Send + Sync {
+    /// Whether the client may do what `request` says.
+    fn authorize(&self, request: AuthorizeRequest) -> AuthzFuture;
 }
 
 /// What a deferred authorization is about.
