@@ -15,11 +15,11 @@ use std::time::{Duration, Instant as StdInstant};
 use bytes::{Bytes, BytesMut};
 use smol::channel::{self, Receiver, Sender};
 use smol::{Async, Task, Timer, future};
-use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 pub use ternmq_core::broker::driver::{AsyncAuthenticator, AuthFuture};
 use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
-    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
+    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, PeerInfo,
 };
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
@@ -420,20 +420,6 @@ impl Core {
             Timer::after(SHUTDOWN_FLUSH).await;
         })
         .await;
-    }
-}
-
-fn log_event(event: &Event) {
-    match event {
-        Event::Connected { conn, client_id, protocol, session_present } => log::info!(
-            "client {client_id} connected ({protocol:?}, session present: {session_present}) as \
-             {conn:?}"
-        ),
-        Event::Refused { conn, reason } => log::info!("connection {conn:?} refused: {reason:?}"),
-        Event::Disconnected { conn, client_id, reason } => {
-            log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
-        }
-        other => log::debug!("{other:?}"),
     }
 }
 

@@ -24,13 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume};
+use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 pub use ternmq_core::broker::driver::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
 };
 use ternmq_core::broker::persist::{PersistSeq, Persistence};
 use ternmq_core::broker::{
-    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, Event, PeerInfo,
+    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, PeerInfo,
 };
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
@@ -425,21 +425,6 @@ impl CoreTask {
         if let Some(w) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || w.close()).await;
         }
-    }
-}
-
-/// Logs what the broker reports.
-fn log_event(event: &Event) {
-    match event {
-        Event::Connected { conn, client_id, protocol, session_present } => log::info!(
-            "client {client_id} connected ({protocol:?}, session present: {session_present}) as \
-             {conn:?}"
-        ),
-        Event::Refused { conn, reason } => log::info!("connection {conn:?} refused: {reason:?}"),
-        Event::Disconnected { conn, client_id, reason } => {
-            log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
-        }
-        other => log::debug!("{other:?}"),
     }
 }
 

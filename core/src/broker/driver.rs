@@ -345,6 +345,23 @@ impl<H: Clone> Driver<H> {
     }
 }
 
+/// Logs what the broker reports with the `log` crate: connections at info level, the rest at
+/// debug (with the core's `log` feature).
+#[cfg(feature = "log")]
+pub fn log_event(event: &Event) {
+    match event {
+        Event::Connected { conn, client_id, protocol, session_present } => log::info!(
+            "client {client_id} connected ({protocol:?}, session present: {session_present}) as \
+             {conn:?}"
+        ),
+        Event::Refused { conn, reason } => log::info!("connection {conn:?} refused: {reason:?}"),
+        Event::Disconnected { conn, client_id, reason } => {
+            log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
+        }
+        other => log::debug!("{other:?}"),
+    }
+}
+
 /// What a deferred authentication answers when the server has no asynchronous authenticator.
 pub const NO_ASYNC_AUTHENTICATOR: AuthDecision = AuthDecision::Deny(ReasonCode::NotAuthorized);
 
