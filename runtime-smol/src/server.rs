@@ -17,10 +17,8 @@ use smol::channel::{self, Receiver, Sender};
 use smol::{Async, Task, Timer, future};
 use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 pub use ternmq_core::broker::driver::{AsyncAuthenticator, AuthFuture};
-use ternmq_core::broker::persist::{PersistSeq, Persistence};
-use ternmq_core::broker::{
-    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, PeerInfo,
-};
+use ternmq_core::broker::persist::PersistSeq;
+use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
@@ -108,10 +106,7 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(l);
         }
-        let store = match &config.store {
-            Some(s) => Some(Store::open(&s.dir).map_err(|e| io::Error::other(e.to_string()))?),
-            None => None,
-        };
+        let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
         Ok(Server { listeners, config, stop: channel::bounded(1), store })
     }
 
@@ -139,35 +134,17 @@ impl Server {
     /// executor.
     pub async fn run(self) -> io::Result<()> {
         let (tx, rx) = channel::bounded(INPUT_QUEUE);
-        let mut broker_config = self.config.broker.clone();
-        let (broker, writer) = match (self.store, &self.config.store) {
-            (Some(store), Some(sc)) => {
-                broker_config.persistence = sc.persistence();
-                let snapshot = store
-                    .load(ternmq_store::wall_clock())
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                let broker = Broker::restore(broker_config, snapshot, Instant::ZERO)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                let (done, fail): (Sender<Input>, Sender<Input>) = (tx.clone(), tx.clone());
-                let writer = Writer::spawn(
-                    store,
-                    sc.durability,
-                    move |seq| {
-                        let _ = done.send_blocking(Input::Persisted(seq));
-                    },
-                    move |e| {
-                        let _ = fail.send_blocking(Input::StoreFailed(e.to_string()));
-                    },
-                )?;
-                (broker, Some(writer))
-            }
-            _ => {
-                broker_config.persistence = Persistence::Off;
-                let broker = Broker::new(broker_config, Instant::ZERO)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                (broker, None)
-            }
-        };
+        let (done, fail) = (tx.clone(), tx.clone());
+        let (broker, writer) = ternmq_store::start_broker(
+            self.config.broker.clone(),
+            self.store.zip(self.config.store.as_ref()),
+            move |seq| {
+                let _ = done.send_blocking(Input::Persisted(seq));
+            },
+            move |e| {
+                let _ = fail.send_blocking(Input::StoreFailed(e.to_string()));
+            },
+        )?;
         let acceptors: Vec<Task<()>> = self
             .listeners
             .into_iter()

@@ -16,10 +16,8 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
-use ternmq_core::broker::persist::{PersistSeq, Persistence};
-use ternmq_core::broker::{
-    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, PeerInfo,
-};
+use ternmq_core::broker::persist::PersistSeq;
+use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
@@ -151,10 +149,7 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(l);
         }
-        let store = match &config.store {
-            Some(s) => Some(Store::open(&s.dir).map_err(|e| io::Error::other(e.to_string()))?),
-            None => None,
-        };
+        let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
         let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
         let stopping = Arc::new(AtomicBool::new(false));
         Ok(Server { listeners, config, tx, rx, stopping, store })
@@ -176,35 +171,17 @@ impl Server {
 
     /// Serves until [`ShutdownHandle::shutdown`] is called; blocks the calling thread.
     pub fn run(self) -> io::Result<()> {
-        let mut broker_config = self.config.broker.clone();
-        let (broker, writer) = match (self.store, &self.config.store) {
-            (Some(store), Some(sc)) => {
-                broker_config.persistence = sc.persistence();
-                let snapshot = store
-                    .load(ternmq_store::wall_clock())
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                let broker = Broker::restore(broker_config, snapshot, Instant::ZERO)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                let (done, fail) = (self.tx.clone(), self.tx.clone());
-                let writer = Writer::spawn(
-                    store,
-                    sc.durability,
-                    move |seq| {
-                        let _ = done.send(Input::Persisted(seq));
-                    },
-                    move |e| {
-                        let _ = fail.send(Input::StoreFailed(e.to_string()));
-                    },
-                )?;
-                (broker, Some(writer))
-            }
-            _ => {
-                broker_config.persistence = Persistence::Off;
-                let broker = Broker::new(broker_config, Instant::ZERO)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                (broker, None)
-            }
-        };
+        let (done, fail) = (self.tx.clone(), self.tx.clone());
+        let (broker, writer) = ternmq_store::start_broker(
+            self.config.broker.clone(),
+            self.store.zip(self.config.store.as_ref()),
+            move |seq| {
+                let _ = done.send(Input::Persisted(seq));
+            },
+            move |e| {
+                let _ = fail.send(Input::StoreFailed(e.to_string()));
+            },
+        )?;
         let mut acceptors = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let tx = self.tx.clone();

@@ -28,10 +28,8 @@ use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consum
 pub use ternmq_core::broker::driver::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
 };
-use ternmq_core::broker::persist::{PersistSeq, Persistence};
-use ternmq_core::broker::{
-    AuthDecision, AuthRequest, AuthTicket, Broker, BrokerConfig, ConnId, PeerInfo,
-};
+use ternmq_core::broker::persist::PersistSeq;
+use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 use tokio::io::AsyncWriteExt;
@@ -134,10 +132,7 @@ impl Server {
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             listeners.push(listener);
         }
-        let store = match &config.store {
-            Some(s) => Some(Store::open(&s.dir).map_err(|e| io::Error::other(e.to_string()))?),
-            None => None,
-        };
+        let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
         let (tx, _) = watch::channel(false);
         Ok(Server { listeners, config, shutdown: Arc::new(tx), store })
     }
@@ -156,41 +151,26 @@ impl Server {
     pub async fn run(self) -> io::Result<()> {
         let epoch = StdInstant::now();
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
-        let mut broker_config = self.config.broker.clone();
-        let (broker, writer) = match (self.store, &self.config.store) {
-            (Some(store), Some(sc)) => {
-                broker_config.persistence = sc.persistence();
-                let snapshot = store
-                    .load(ternmq_store::wall_clock())
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                log::info!(
-                    "restored {} sessions and {} retained messages from {}",
-                    snapshot.sessions.len(),
-                    snapshot.retained.len(),
-                    store.path().display()
-                );
-                let broker = Broker::restore(broker_config, snapshot, Instant::ZERO)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                let (done, fail) = (tx.clone(), tx.clone());
-                let writer = Writer::spawn(
-                    store,
-                    sc.durability,
-                    move |seq| {
-                        let _ = done.blocking_send(Input::Persisted(seq));
-                    },
-                    move |e| {
-                        let _ = fail.blocking_send(Input::StoreFailed(e.to_string()));
-                    },
-                )?;
-                (broker, Some(writer))
-            }
-            _ => {
-                broker_config.persistence = Persistence::Off;
-                let broker = Broker::new(broker_config, Instant::ZERO)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                (broker, None)
-            }
-        };
+        let (done, fail) = (tx.clone(), tx.clone());
+        let (broker, writer) = ternmq_store::start_broker(
+            self.config.broker.clone(),
+            self.store.zip(self.config.store.as_ref()),
+            move |seq| {
+                let _ = done.blocking_send(Input::Persisted(seq));
+            },
+            move |e| {
+                let _ = fail.blocking_send(Input::StoreFailed(e.to_string()));
+            },
+        )?;
+        if let Some(sc) = &self.config.store {
+            let g = broker.gauges();
+            log::info!(
+                "restored {} sessions and {} retained messages from {}",
+                g.sessions,
+                g.retained,
+                sc.dir.join(ternmq_store::FILE_NAME).display()
+            );
+        }
         let mut acceptors = Vec::new();
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let tx = tx.clone();

@@ -21,13 +21,15 @@ use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ternmq_core::broker::persist::{
-    PersistOp, PersistSeq, Replay, Snapshot, StoredDelivery, StoredMessage,
+    PersistOp, PersistSeq, Persistence, Replay, Snapshot, StoredDelivery, StoredMessage,
 };
+use ternmq_core::broker::{Broker, BrokerConfig};
 use ternmq_core::codec::{
     Decoder, Encoder, MAX_PACKET_SIZE, MqttStr, Packet, PacketId, ProtocolVersion, Publish, QoS,
     RetainHandling, SubscriptionId, SubscriptionOptions,
 };
 use ternmq_core::time::Duration;
+use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
 
 pub use ternmq_core as core;
@@ -68,6 +70,11 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// Opens the store in [`dir`](Self::dir), as an I/O error for a server's `bind`.
+    pub fn open(&self) -> std::io::Result<Store> {
+        Store::open(&self.dir).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
     /// The broker persistence mode this durability calls for.
     pub fn persistence(&self) -> ternmq_core::broker::persist::Persistence {
         match self.durability {
@@ -570,6 +577,32 @@ impl<'a> Reader<'a> {
     fn rest(&self) -> &'a [u8] {
         self.0
     }
+}
+
+// ---------------------------------------------------------------- starting a server's broker
+
+/// The broker a server starts with. With a store: restored from it (sessions, queues, retained
+/// messages, at the wall clock's now), logging in the mode `durability` calls for, and a
+/// [`Writer`] that reports commits to `stored` and a failure to `failed`. Without: a new broker
+/// with persistence off.
+pub fn start_broker(
+    mut config: BrokerConfig,
+    store: Option<(Store, &StoreConfig)>,
+    stored: impl Fn(PersistSeq) + Send + 'static,
+    failed: impl FnOnce(StoreError) + Send + 'static,
+) -> std::io::Result<(Broker, Option<Writer>)> {
+    let invalid = |e: ternmq_core::broker::ConfigError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+    };
+    let Some((store, sc)) = store else {
+        config.persistence = Persistence::Off;
+        return Ok((Broker::new(config, Instant::ZERO).map_err(invalid)?, None));
+    };
+    config.persistence = sc.persistence();
+    let snapshot = store.load(wall_clock()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let broker = Broker::restore(config, snapshot, Instant::ZERO).map_err(invalid)?;
+    let writer = Writer::spawn(store, sc.durability, stored, failed)?;
+    Ok((broker, Some(writer)))
 }
 
 // ---------------------------------------------------------------- the writer thread
