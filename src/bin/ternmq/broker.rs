@@ -85,7 +85,6 @@ struct Settings {
     log_level: log::LevelFilter,
     runtime: Runtime,
     durability: Durability,
-    durability_text: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,32 +118,34 @@ impl Settings {
         let dir = self.persistence.clone()?;
         Some(StoreConfig { dir, durability: self.durability })
     }
-}
 
-/// The startup lines: version, one per listener, and where state is kept.
-fn announce(
-    addrs: &[std::net::SocketAddr],
-    persistence: Option<&Path>,
-    durability: &str,
-    runtime: Runtime,
-) {
-    println!(
-        "ternmq {} (MQTT 3.1.1 and 5.0 broker, {} runtime)",
-        env!("CARGO_PKG_VERSION"),
-        match runtime {
+    /// The startup lines: version, one per listener, and where state is kept.
+    fn announce(&self, addrs: &[std::net::SocketAddr]) {
+        let runtime = match self.runtime {
             Runtime::Std => "std threads",
             Runtime::Smol => "smol",
             Runtime::Tokio => "tokio",
+        };
+        println!(
+            "ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)",
+            env!("CARGO_PKG_VERSION")
+        );
+        for addr in addrs {
+            println!("listening on {addr} (mqtt over tcp)");
         }
-    );
-    for addr in addrs {
-        println!("listening on {addr} (mqtt over tcp)");
-    }
-    match persistence {
-        Some(dir) => {
-            println!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display())
-        }
-        None => println!("running in memory (persistence off)"),
+        let Some(dir) = &self.persistence else {
+            println!("running in memory (persistence off)");
+            return;
+        };
+        let durability = match self.durability {
+            Durability::Sync => "sync: acknowledged messages survive a crash".to_string(),
+            Durability::Periodic(every) => format!(
+                "periodic: fsync every {} ms; a crash may lose that window",
+                every.as_millis()
+            ),
+            _ => "none: the operating system decides when data reaches the disk".to_string(),
+        };
+        println!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display());
     }
 }
 
@@ -166,12 +167,7 @@ fn serve_smol(settings: Settings) -> Result<(), String> {
     config.broker = settings.config.broker.clone();
     config.store = settings.store();
     let server = ternmq::smol::Server::bind_blocking(config).map_err(|e| e.to_string())?;
-    announce(
-        &server.local_addrs(),
-        settings.persistence.as_deref(),
-        &settings.durability_text,
-        settings.runtime,
-    );
+    settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     on_signal(move || handle.shutdown());
     server.run_blocking().map_err(|e| e.to_string())?;
@@ -186,12 +182,7 @@ fn serve_std(settings: Settings) -> Result<(), String> {
     config.broker = settings.config.broker.clone();
     config.store = settings.store();
     let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
-    announce(
-        &server.local_addrs(),
-        settings.persistence.as_deref(),
-        &settings.durability_text,
-        settings.runtime,
-    );
+    settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     on_signal(move || handle.shutdown());
     server.run().map_err(|e| e.to_string())?;
@@ -202,12 +193,7 @@ fn serve_std(settings: Settings) -> Result<(), String> {
 async fn serve(mut settings: Settings) -> Result<(), String> {
     settings.config.store = settings.store();
     let server = Server::bind(settings.config.clone()).await.map_err(|e| e.to_string())?;
-    announce(
-        &server.local_addrs(),
-        settings.persistence.as_deref(),
-        &settings.durability_text,
-        settings.runtime,
-    );
+    settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -477,8 +463,7 @@ fn build(
     let mut config = ServerConfig::new(listeners[0]);
     config.listeners = listeners;
     config.broker = b;
-    let durability_text = fc.durability.clone().unwrap_or_else(|| "sync".into());
-    let durability = match durability_text.as_str() {
+    let durability = match fc.durability.as_deref().unwrap_or("sync") {
         "sync" => Durability::Sync,
         "periodic" => Durability::Periodic(std::time::Duration::from_millis(
             fc.sync_interval_ms.unwrap_or(100),
@@ -491,22 +476,7 @@ fn build(
             ));
         }
     };
-    let durability_text = match durability_text.as_str() {
-        "sync" => "sync: acknowledged messages survive a crash".to_string(),
-        "periodic" => format!(
-            "periodic: fsync every {} ms; a crash may lose that window",
-            fc.sync_interval_ms.unwrap_or(100)
-        ),
-        _ => "none: the operating system decides when data reaches the disk".to_string(),
-    };
-    Ok(Settings {
-        config,
-        persistence,
-        log_level,
-        runtime: Runtime::Tokio,
-        durability,
-        durability_text,
-    })
+    Ok(Settings { config, persistence, log_level, runtime: Runtime::Tokio, durability })
 }
 
 /// The file key for a field of `BrokerConfig`.
