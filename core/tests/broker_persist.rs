@@ -323,3 +323,59 @@ fn log_mode_holds_acks_back_once_the_store_falls_far_behind() {
     acked += d.h.recv(&mut publisher).len();
     assert_eq!(acked, n, "and the rest follow");
 }
+
+// Found by the deterministic simulation (`tests/simulation.rs`): a broker that restarted
+// between sending PUBREL and the store having the PUBREC sent the message again to a client
+// that had completed it, a duplicate QoS 2 delivery.
+#[test]
+fn durable_pubrel_waits_until_the_store_has_the_pubrec() {
+    let mut d = Durable::new(Persistence::Durable);
+    let (mut sub, _) = d.h.connect_v5_session("sub", false, 3600);
+    d.h.subscribe(&mut sub, "q2", QoS::ExactlyOnce);
+    d.sync();
+    let publisher = d.h.connect(V5, "pub", true);
+    d.h.send(&publisher, publish("q2", b"once", QoS::ExactlyOnce, 1));
+    d.sync();
+    let got = d.h.recv_publishes(&mut sub);
+    let id = got[0].packet_id.unwrap();
+    d.h.send(&sub, Packet::PubRec(PubAck::new(id)));
+    assert!(d.h.recv(&mut sub).is_empty(), "no PUBREL before the store has the PUBREC");
+    d.sync();
+    let rel = d.h.recv(&mut sub);
+    assert!(matches!(&rel[..], [Packet::PubRel(r)] if r.packet_id == id), "{rel:?}");
+}
+
+#[test]
+fn durable_pubcomp_waits_until_the_store_has_forgotten_the_identifier() {
+    let mut d = Durable::new(Persistence::Durable);
+    let (mut publisher, _) = d.h.connect_v5_session("pub", false, 3600);
+    d.h.send(&publisher, publish("t", b"x", QoS::ExactlyOnce, 7));
+    d.sync();
+    assert!(matches!(d.h.recv_one(&mut publisher), Packet::PubRec(_)));
+    d.h.send(&publisher, Packet::PubRel(PubAck::new(pid(7))));
+    assert!(d.h.recv(&mut publisher).is_empty(), "no PUBCOMP before the release is stored");
+    d.sync();
+    assert!(matches!(d.h.recv_one(&mut publisher), Packet::PubComp(c) if c.packet_id == pid(7)));
+}
+
+// Found by the simulation: QoS 2 PUBRECs withheld for the store were counted twice against
+// the broker's Receive Maximum (as withheld acks and as unreleased identifiers), so a client
+// within its quota was disconnected with 0x93.
+#[test]
+fn sec_3_3_4_withheld_pubrecs_count_once_against_receive_maximum() {
+    let mut c = config(Persistence::Durable);
+    c.receive_maximum = 4;
+    let mut h = Harness::with(c);
+    // A persistent subscriber: every message is a delivery the store must have first.
+    let (mut sub, _) = h.connect_v5_session("sub", false, 3600);
+    h.subscribe(&mut sub, "t", QoS::AtLeastOnce);
+    let mut p = h.connect(V5, "pub", true);
+    h.send(&p, publish("t", b"1", QoS::ExactlyOnce, 1));
+    h.send(&p, publish("t", b"2", QoS::AtLeastOnce, 2));
+    h.send(&p, publish("t", b"3", QoS::ExactlyOnce, 3));
+    h.send(&p, publish("t", b"4", QoS::AtLeastOnce, 4));
+    // Four in flight, none acknowledged (the store has not confirmed): within the quota.
+    assert!(!h.is_closed(&mut p), "a client at its Receive Maximum is not over it");
+    h.send(&p, publish("t", b"5", QoS::AtLeastOnce, 5));
+    assert!(h.is_closed(&mut p), "the fifth is over it");
+}

@@ -454,3 +454,18 @@ fn v311_publisher_to_v5_subscriber() {
     assert_eq!(got[0].qos, QoS::ExactlyOnce);
     assert_eq!(&got[0].payload[..], b"x");
 }
+
+// Found by the deterministic simulation: a 3.1.1 client, which is told no Receive Maximum,
+// was disconnected for having more unreleased QoS 2 messages than the broker's.
+#[test]
+fn a_3_1_1_client_is_not_held_to_a_receive_maximum_it_was_never_told() {
+    let mut h = Harness::config(|c| c.receive_maximum = 2);
+    let mut p = h.connect(V311, "pub", true);
+    for id in 1..=5 {
+        h.send(&p, publish("t", b"x", QoS::ExactlyOnce, id));
+    }
+    let out = h.recv(&mut p);
+    let recs = out.iter().filter(|x| matches!(x, Packet::PubRec(_))).count();
+    assert_eq!(recs, 5, "{out:?}");
+    assert!(!h.is_closed(&mut p));
+}

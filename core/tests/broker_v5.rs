@@ -189,6 +189,21 @@ fn session_expires_after_its_interval() {
     assert!(!ack.session_present);
 }
 
+// Found by the deterministic simulation: after a clock jump, a CONNECT handled before the
+// overdue expiry timer resumed a session that had expired.
+#[test]
+fn a_session_past_its_expiry_is_not_resumed_even_before_its_timer_runs() {
+    let mut h = Harness::new();
+    let (mut p, _) = h.connect_v5_session("s", false, 3);
+    h.subscribe(&mut p, "t", QoS::AtLeastOnce);
+    h.drop_peer(&p);
+    // The clock jumps past the expiry; the CONNECT is handled before `handle_timeout`.
+    h.now += ternmq_core::time::Duration::from_secs(6);
+    let (_, ack) = h.connect_v5_session("s", false, 3);
+    assert!(!ack.session_present, "the session expired 3 s ago");
+    assert!(h.events.iter().any(|e| matches!(e, Event::SessionExpired { .. })));
+}
+
 #[test]
 fn session_with_expiry_zero_ends_with_the_connection() {
     let mut h = Harness::new();

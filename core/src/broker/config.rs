@@ -240,6 +240,23 @@ pub struct BrokerConfig {
     pub authenticator: Option<Arc<dyn Authenticator>>,
     /// Authorizes publish and subscribe per topic; `None` allows everything.
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Test-only: a bug planted on purpose (feature `planted-bugs`).
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: PlantedBug,
+}
+
+/// A bug planted in the broker on purpose, so that a test can prove the deterministic
+/// simulation finds bugs of its kind. Only with the core's `planted-bugs` feature.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlantedBug {
+    /// No bug: the broker as shipped.
+    #[default]
+    None,
+    /// A QoS 2 PUBLISH resent (DUP) before its PUBREL is delivered to subscribers again
+    /// instead of only being acknowledged: breaks exactly-once [MQTT-4.3.3-?].
+    RedeliverResentQos2,
 }
 
 impl Default for BrokerConfig {
@@ -274,6 +291,8 @@ impl Default for BrokerConfig {
             seed: 0x7e51_b0c5,
             authenticator: None,
             authorizer: None,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: PlantedBug::None,
         }
     }
 }

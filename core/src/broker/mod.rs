@@ -60,6 +60,8 @@ use bytes::{Bytes, BytesMut};
 use core::fmt;
 use core::num::NonZeroU16;
 
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBug;
 pub use config::{
     Action, AuthDecision, AuthRequest, AuthStage, Authenticator, Authorizer, AuthzDecision,
     BrokerConfig, ClientInfo, ConfigError, MIN_MAX_PACKET_SIZE, PeerInfo, SharedPolicy,
@@ -336,7 +338,9 @@ struct Conn {
     out_bytes: usize,
     tail: BytesMut,
     in_ready: bool,
-    /// This connection's PUBACKs/PUBRECs withheld by subscribers' full queues.
+    /// This connection's QoS 1 PUBACKs withheld (by subscribers' full queues or the store).
+    /// Withheld QoS 2 PUBRECs are not counted here: their identifiers are already among the
+    /// session's unreleased ones.
     parked: u16,
     /// Subscribers' sessions whose full output paused this connection's input.
     paused: u16,
@@ -434,6 +438,12 @@ pub struct Broker {
     next_key: u64,
     /// Durable mode: acknowledgements waiting for the store.
     awaiting_store: VecDeque<ParkedAck>,
+    /// Durable mode: PUBRELs and PUBCOMPs waiting for the store to have the state change that
+    /// caused them, by log position. A PUBREL sent earlier could, after a crash, make the
+    /// restarted broker send the message again to a client that already completed it; a
+    /// PUBCOMP sent earlier could make it take a reused packet identifier for a resend and
+    /// drop a new message.
+    awaiting_reply: VecDeque<(u64, ConnId, Packet)>,
 }
 
 impl fmt::Debug for Broker {
@@ -481,6 +491,7 @@ impl Broker {
             persisted: 0,
             next_key: 1,
             awaiting_store: VecDeque::new(),
+            awaiting_reply: VecDeque::new(),
         };
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.insert((now + interval, Timer::Sys));
@@ -1601,6 +1612,18 @@ impl Broker {
         let v5 = version.is_v5();
         let peer = c.peer.clone();
 
+        // A session deadline that passed before this CONNECT was handled (a late
+        // `handle_timeout`, a clock that jumped) has passed: its will goes out and an expired
+        // session is gone before the client can resume it.
+        if let Some(&si) = self.by_client_id.get(&client_id)
+            && let Some(s) = self.session(si)
+            && let Some(at) = s.timer_at
+            && at <= now
+        {
+            let serial = s.serial;
+            self.session_timer(now, si, serial, at);
+        }
+
         // Takeover ([MQTT-3.1.4-3]; 3.1.1: [MQTT-3.1.4-2]).
         if let Some(&si) = self.by_client_id.get(&client_id)
             && let Some(old) = self.session(si).and_then(|s| s.conn)
@@ -1836,14 +1859,12 @@ impl Broker {
         let Some(s) = self.session_mut(si) else {
             return;
         };
-        let inflight: Vec<(PacketId, OutState, Delivery)> =
-            s.inflight.iter().map(|f| (f.id, f.state, f.delivery.clone())).collect();
+        let inflight: Vec<(PacketId, OutState, u64, Delivery)> =
+            s.inflight.iter().map(|f| (f.id, f.state, f.rel_after, f.delivery.clone())).collect();
         let mut dropped = Vec::new();
-        for (id, state, d) in inflight {
+        for (id, state, rel_after, d) in inflight {
             match state {
-                OutState::Comp => {
-                    self.send(index, &Packet::PubRel(PubAck::new(id)));
-                }
+                OutState::Comp => self.send_pubrel(index, id, rel_after),
                 _ => {
                     if !self.write_publish(now, index, &d, Some(id), true) {
                         dropped.push(id);
@@ -1902,17 +1923,27 @@ impl Broker {
         let Some(s) = self.session(si) else {
             return;
         };
-        if v5 && p.qos == QoS::AtLeastOnce && parked + s.incoming_qos2.len() >= receive_maximum {
+        // What the client counts against the broker's Receive Maximum: QoS 1 messages not yet
+        // acknowledged and QoS 2 messages not yet released.
+        let unacked = parked + s.incoming_qos2.len();
+        if v5 && p.qos == QoS::AtLeastOnce && unacked >= receive_maximum {
             // Withheld PUBACKs count against the broker's Receive Maximum (section 3.3.4).
             return self.violation(now, index, ReasonCode::ReceiveMaximumExceeded);
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
-            if s.incoming_qos2.contains(&id.get()) {
+            #[cfg(feature = "planted-bugs")]
+            let resent = s.incoming_qos2.contains(&id.get())
+                && self.config.planted_bug != PlantedBug::RedeliverResentQos2;
+            #[cfg(not(feature = "planted-bugs"))]
+            let resent = s.incoming_qos2.contains(&id.get());
+            if resent {
                 // A resent PUBLISH of a message already received: acknowledge, do not deliver
                 // again ([MQTT-4.3.3-?], method A of section 4.3.3).
                 return self.send(index, &Packet::PubRec(PubAck::new(id)));
             }
-            if s.incoming_qos2.len() >= receive_maximum {
+            // A 3.1.1 client is told no Receive Maximum, so it cannot break one: its unreleased
+            // QoS 2 identifiers are bounded by the 65,535 packet identifiers alone.
+            if v5 && s.incoming_qos2.len() >= receive_maximum {
                 return self.violation(now, index, ReasonCode::ReceiveMaximumExceeded);
             }
         }
@@ -1933,7 +1964,7 @@ impl Broker {
         } else {
             let (qos, id) = (p.qos, p.packet_id);
             self.park_ok =
-                id.is_some() && !self.config.max_ack_delay.is_zero() && parked < receive_maximum;
+                id.is_some() && !self.config.max_ack_delay.is_zero() && unacked < receive_maximum;
             self.congested = None;
             self.publisher = Some(self.conn_id(index));
             let logged_before = self.persist_seq;
@@ -2009,6 +2040,7 @@ impl Broker {
         let seq = if wait && self.persist_seq > logged_before { self.persist_seq } else { 0 };
         let ack = ParkedAck { conn: self.conn_id(index), id, qos, since: now, seq, code };
         if (congested.is_some() || seq > 0)
+            && qos == QoS::AtLeastOnce
             && let Some(c) = self.slot_conn(index)
         {
             c.parked += 1;
@@ -2330,7 +2362,7 @@ impl Broker {
         if self.write_publish(now, index, &d, Some(id), false) {
             let state = if d.qos == QoS::ExactlyOnce { OutState::Rec } else { OutState::Ack };
             if let Some(s) = self.session_mut(si) {
-                s.inflight.push_back(Inflight { id, state, delivery: d });
+                s.inflight.push_back(Inflight { id, state, delivery: d, rel_after: 0 });
             }
             if key != 0 {
                 self.log_session(si, |client_id| PersistOp::Sent { client_id, key, packet_id: id });
@@ -2489,10 +2521,18 @@ impl Broker {
             Some(i) => {
                 s.inflight[i].state = OutState::Comp;
                 let key = s.inflight[i].delivery.key;
+                let before = self.persist_seq;
                 if key != 0 {
                     self.log_session(si, |client_id| PersistOp::Received { client_id, key });
                 }
-                self.send(index, &Packet::PubRel(PubAck::new(id)));
+                let rel_after =
+                    if self.durable() && self.persist_seq > before { self.persist_seq } else { 0 };
+                if let Some(s) = self.session_mut(si)
+                    && let Some(f) = s.inflight.get_mut(i)
+                {
+                    f.rel_after = rel_after;
+                }
+                self.send_pubrel(index, id, rel_after);
             }
             None => {
                 let code =
@@ -2500,6 +2540,22 @@ impl Broker {
                 let rel = PubAck { packet_id: id, reason_code: code, ..PubAck::new(id) };
                 self.send(index, &Packet::PubRel(rel));
             }
+        }
+    }
+
+    /// Sends PUBREL `id`, or, in durable mode, parks it until the store has log position
+    /// `rel_after` (the PUBREC it answers).
+    fn send_pubrel(&mut self, index: u32, id: PacketId, rel_after: u64) {
+        self.send_after(index, Packet::PubRel(PubAck::new(id)), rel_after);
+    }
+
+    /// Sends `packet` once the store has log position `seq` (at once if it has).
+    fn send_after(&mut self, index: u32, packet: Packet, seq: u64) {
+        if seq > self.persisted {
+            let conn = self.conn_id(index);
+            self.awaiting_reply.push_back((seq, conn, packet));
+        } else {
+            self.send(index, &packet);
         }
     }
 
@@ -2522,7 +2578,10 @@ impl Broker {
         let code =
             if known || !v5 { ReasonCode::Success } else { ReasonCode::PacketIdentifierNotFound };
         let comp = PubAck { packet_id: id, reason_code: code, ..PubAck::new(id) };
-        self.send(index, &Packet::PubComp(comp));
+        // Durable mode: not before the store has forgotten the identifier (or, for an unknown
+        // one, whatever release of it may still be on the way to the store).
+        let seq = if self.durable() { self.persist_seq } else { 0 };
+        self.send_after(index, Packet::PubComp(comp), seq);
     }
 
     fn on_pubcomp(&mut self, now: Instant, index: u32, ack: PubAck) {

@@ -482,6 +482,11 @@ use crate::time::Instant;
 impl Broker {
     /// The next operation of the persistence log, in order; call after every input, with the
     /// other `poll_*`. Always `None` with [`Persistence::Off`].
+    ///
+    /// The operations drained after one input belong together (a QoS 2 publish records its
+    /// packet identifier and queues its deliveries): the store must commit them in one
+    /// transaction, all or none. A crash between them could otherwise deliver a resent
+    /// message twice, or acknowledge it without delivering it.
     #[must_use]
     pub fn poll_persist(&mut self) -> Option<(PersistSeq, PersistOp)> {
         self.persist_log.pop_front()
@@ -502,6 +507,18 @@ impl Broker {
             false
         });
         self.awaiting_store = waiting;
+        while self.awaiting_reply.front().is_some_and(|r| r.0 <= persisted) {
+            let Some((_, conn, packet)) = self.awaiting_reply.pop_front() else {
+                break;
+            };
+            // A connection that ended meanwhile gets its PUBREL when the session resumes, and
+            // its PUBCOMP when the client sends PUBREL again.
+            if let Some(c) = self.conn_mut(conn)
+                && c.phase == super::Phase::Connected
+            {
+                self.send(conn.index, &packet);
+            }
+        }
     }
 
     /// A broker that starts from `snapshot` (what a store kept, see [`Replay::snapshot`]): its
@@ -556,7 +573,7 @@ impl Broker {
                         } else {
                             OutState::Ack
                         };
-                        sess.inflight.push_back(Inflight { id, state, delivery });
+                        sess.inflight.push_back(Inflight { id, state, delivery, rel_after: 0 });
                     }
                     None => {
                         sess.queued_bytes += delivery.msg.cost();
@@ -642,7 +659,9 @@ impl Broker {
         let Some(c) = self.conn_mut(p.conn) else {
             return;
         };
-        c.parked = c.parked.saturating_sub(1);
+        if p.qos == QoS::AtLeastOnce {
+            c.parked = c.parked.saturating_sub(1);
+        }
         if c.phase != super::Phase::Connected {
             return;
         }

@@ -67,6 +67,9 @@ pub(crate) struct Inflight {
     pub(crate) id: PacketId,
     pub(crate) state: OutState,
     pub(crate) delivery: Delivery,
+    /// Durable mode, state `Comp`: the log position of the received PUBREC, which the store
+    /// must have before PUBREL goes out (0: none to wait for).
+    pub(crate) rel_after: u64,
 }
 
 /// A will waiting for its connection to end, or for its delay to pass.
