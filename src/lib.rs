@@ -6,6 +6,8 @@
 //! - `tokio`, `smol`, `blocking` (features of the same names, `blocking` is feature `std`): the
 //!   runtime adapters.
 //! - `store` (feature `store`): the embedded durable store.
+//! - [`sim`] (feature `sim`): deterministic simulation of clients and a broker on a virtual
+//!   clock and a faulty network, with the protocol's promises checked.
 //!
 //! It also holds [`auth`]: Mosquitto-compatible password and ACL files, as an authenticator
 //! and an authorizer for the broker.
@@ -17,6 +19,8 @@ pub mod auth;
 pub use ternmq_core as core;
 pub use ternmq_core::{broker, codec, topic};
 
+#[cfg(feature = "sim")]
+pub mod sim;
 #[cfg(feature = "smol")]
 pub use ternmq_smol as smol;
 #[cfg(feature = "std")]
