@@ -37,6 +37,7 @@ use crate::time::{Duration, Instant};
 use crate::topic::{TopicFilter, TopicName};
 
 mod config;
+pub mod driver;
 
 use config::Backoff;
 pub use config::{ClientConfig, ReconnectOptions};
