@@ -513,10 +513,13 @@ fn disconnect_while_dialling_stops_and_closes_the_new_transport() {
 fn keep_alive_sends_pingreq_when_due_only() {
     let mut h = Harness::connected(V5);
     let due = h.d.poll_timeout().unwrap();
+    assert_eq!(h.d.timeout_in(h.now), Some(Duration::from_secs(30)));
     h.advance(Duration::from_secs(1));
+    assert_eq!(h.d.timeout_in(h.now), Some(Duration::from_secs(29)));
     h.d.handle_timeout_if_due(h.now);
     assert_eq!(h.sent(), []);
-    h.now = due;
+    h.now = due + Duration::from_secs(1);
+    assert_eq!(h.d.timeout_in(h.now), Some(Duration::ZERO), "overdue is due now");
     h.d.handle_timeout_if_due(h.now);
     assert_eq!(h.sent(), [Packet::PingReq]);
 }

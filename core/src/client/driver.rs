@@ -346,6 +346,13 @@ impl<W> Driver<W> {
         if self.is_stopped() { None } else { self.core.poll_timeout() }
     }
 
+    /// How long from `now` until [`handle_timeout_if_due`](Self::handle_timeout_if_due) is
+    /// due (zero when it is), if ever: what a runtime's timer sleeps.
+    #[must_use]
+    pub fn timeout_in(&self, now: Instant) -> Option<Duration> {
+        self.poll_timeout().map(|t| t.saturating_duration_since(now))
+    }
+
     /// Everything to write to the transport now, in order (empty when there is nothing).
     /// Report what was written with [`wrote`](Self::wrote).
     pub fn take_output(&mut self) -> Bytes {
