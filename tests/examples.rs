@@ -90,6 +90,22 @@ fn command_control_answers_requests_from_its_async_handler() {
     assert_eq!(text(&w).1, "{\"device\":\"lamp\",\"status\":\"off\"}");
 }
 
+#[test]
+fn smol_client_round_trips_a_message_through_the_broker() {
+    let Some(broker) = support::Broker::start() else { return };
+    let w = watcher(broker.port, "topic");
+    let out = Command::new(support::example_bin("smol_client"))
+        .args(["--host", "127.0.0.1", "--port", &broker.port.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // From its handler, then from next_message.
+    assert!(stdout.contains("Received: data\n"), "{stdout}");
+    assert!(stdout.contains("topic data\n"), "{stdout}");
+    assert_eq!(text(&w), ("topic".into(), "data".into()));
+}
+
 /// Starts a broker example on a free port; returns it once it prints its listening line.
 fn start_broker_example(name: &str, extra: &[&str]) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -1,6 +1,6 @@
-//! Each runtime's client (Tokio, std; the smol client is not built yet) against each runtime's
-//! broker server (Tokio, std, smol): a QoS 2 round trip (subscribe,
-//! publish, receive exactly once) on loopback, in both protocol versions, and a graceful
+//! The full runtime matrix: each runtime's client (Tokio, smol, std) against each runtime's
+//! broker server (Tokio, std, smol), nine pairs, each doing a QoS 2 round trip (subscribe,
+//! publish, receive exactly once) on loopback in both protocol versions; and a graceful
 //! shutdown that tells MQTT 5 clients why.
 
 #![allow(clippy::unwrap_used)]
@@ -115,6 +115,7 @@ fn round_trip(client: &str, addr: SocketAddr, version: ProtocolVersion, tag: &st
                     .unwrap()
                     .unwrap();
                 assert_eq!(&m.payload[..], b"payload");
+                assert_eq!(m.qos, QoS::ExactlyOnce);
                 assert!(
                     tokio::time::timeout(Duration::from_millis(200), c.next_message())
                         .await
@@ -124,21 +125,61 @@ fn round_trip(client: &str, addr: SocketAddr, version: ProtocolVersion, tag: &st
                 c.disconnect().await.unwrap();
             });
         }
+        "smol" => smol::block_on(async {
+            let mut o = ternmq::smol::ConnectOptions::new("127.0.0.1", addr.port());
+            o.connect.protocol = version;
+            o.connect.client_id = MqttStr::new(&format!("smol-{tag}")).unwrap();
+            let c = ternmq::smol::Client::connect(o).await.unwrap();
+            assert_eq!(
+                c.subscribe(&topic, QoS::ExactlyOnce).await.unwrap(),
+                ReasonCode::GrantedQoS2
+            );
+            c.publish(&topic, "payload", QoS::ExactlyOnce).await.unwrap();
+            let m = within(Duration::from_secs(10), c.next_message()).await.flatten();
+            let m = m.expect("the message");
+            assert_eq!(&m.payload[..], b"payload");
+            assert_eq!(m.qos, QoS::ExactlyOnce);
+            let again = within(Duration::from_millis(200), c.next_message()).await;
+            assert!(again.is_none(), "exactly once");
+            c.disconnect().await.unwrap();
+        }),
         other => panic!("no client {other}"),
     }
 }
 
-#[test]
-fn every_client_runtime_against_every_server_runtime_qos2_round_trip() {
-    for server in ["tokio", "std", "smol"] {
-        let (addr, running) = start(server);
-        for client in ["tokio", "std"] {
-            for (version, v) in [(ProtocolVersion::V5, "5"), (ProtocolVersion::V3_1_1, "311")] {
-                round_trip(client, addr, version, &format!("{server}-{client}-{v}"));
-            }
+/// `fut`'s output, or `None` once `timeout` has passed (on smol's timer).
+async fn within<T>(timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    smol::future::or(async { Some(fut.await) }, async {
+        smol::Timer::after(timeout).await;
+        None
+    })
+    .await
+}
+
+/// Every client runtime, in both versions, against `server`'s runtime.
+fn every_client_against(server: &str) {
+    let (addr, running) = start(server);
+    for client in ["tokio", "smol", "std"] {
+        for (version, v) in [(ProtocolVersion::V5, "5"), (ProtocolVersion::V3_1_1, "311")] {
+            round_trip(client, addr, version, &format!("{server}-{client}-{v}"));
         }
-        drop(running);
     }
+    drop(running);
+}
+
+#[test]
+fn tokio_smol_and_std_clients_against_the_tokio_server_qos2_round_trip() {
+    every_client_against("tokio");
+}
+
+#[test]
+fn tokio_smol_and_std_clients_against_the_std_server_qos2_round_trip() {
+    every_client_against("std");
+}
+
+#[test]
+fn tokio_smol_and_std_clients_against_the_smol_server_qos2_round_trip() {
+    every_client_against("smol");
 }
 
 #[test]

@@ -1,10 +1,31 @@
-//! smol adapter for ternmq: the MQTT broker [`Server`] on smol (async-io, async-channel,
-//! futures-lite).
+//! smol adapter for ternmq: [`Client`], an async MQTT client, and the MQTT broker [`Server`], on
+//! smol (async-io, async-channel, futures-lite).
 //!
-//! It binds the sans-IO broker of [`ternmq_core`] to smol's reactor and timers through the
-//! core's [`Driver`](ternmq_core::broker::driver::Driver); protocol logic lives in the core.
-//! The async client on smol is not in this version yet (use `ternmq-tokio` or the blocking
-//! `ternmq-std` client meanwhile).
+//! Both bind the sans-IO state machines of [`ternmq_core`] to smol's reactor and timers through
+//! the core's drivers ([`client::driver`](ternmq_core::client::driver) and
+//! [`broker::driver`](ternmq_core::broker::driver)); protocol logic lives in the core.
+//!
+//! The client has the Tokio client's API. A driver task owns the TCP connection; the
+//! [`Client`] handle is cheap to clone and usable from many tasks; each call queues its
+//! packet, wakes the driver and awaits the answer. The driver task and
+//! [`on_message_async`](Client::on_message_async) handlers run on smol's global executor (see
+//! the [`client`] module).
+//!
+//! ```no_run
+//! use ternmq_smol::{Client, ConnectOptions};
+//! use ternmq_core::QoS;
+//!
+//! smol::block_on(async {
+//!     let client = Client::connect(ConnectOptions::new("127.0.0.1", 1883)).await?;
+//!     client.subscribe("sensor/#", QoS::AtLeastOnce).await?;
+//!     client.on_message(|msg| println!("Topic: {}, Payload: {:?}", msg.topic, msg.payload));
+//!     client.publish("sensor/temp", "22.5", QoS::ExactlyOnce).await?;
+//!     client.disconnect().await
+//! })?;
+//! # Ok::<(), ternmq_smol::Error>(())
+//! ```
+//!
+//! The server:
 //!
 //! ```no_run
 //! use ternmq_smol::{Server, ServerConfig};
@@ -16,8 +37,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod client;
 pub mod server;
 
+pub use client::{Client, Error};
 pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
+pub use ternmq_core::client::ReconnectOptions;
+pub use ternmq_core::client::driver::ConnectOptions;
 pub use ternmq_store::{Durability, StoreConfig};

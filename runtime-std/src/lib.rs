@@ -23,20 +23,19 @@
 //!
 //! [`Server`] runs the MQTT broker on std threads; see the [`server`] module.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::client::{Client, ClientConfig, ClientError, DisconnectReason, Event};
-use ternmq_core::codec::{
-    Connect, Disconnect, MqttStr, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscription,
-};
+use ternmq_core::client::driver::{Answer, CommandError, Driver, Outcome};
+use ternmq_core::client::{ClientError, DisconnectReason};
+use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
 
@@ -45,41 +44,8 @@ pub mod server;
 pub use server::{BlockingAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
+pub use ternmq_core::client::driver::ConnectOptions;
 pub use ternmq_store::{Durability, StoreConfig};
-
-/// Where and how to connect.
-#[derive(Clone, Debug)]
-pub struct ConnectOptions {
-    /// Server host name or address.
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// The CONNECT to send: protocol version, client id, clean start, keep-alive, credentials,
-    /// will, MQTT 5 properties.
-    pub connect: Connect,
-    /// Timers, reconnect policy and queue limits of the client state machine.
-    pub config: ClientConfig,
-    /// How long blocking calls wait for the server's answer.
-    pub timeout: Duration,
-    /// Most messages held for [`SyncClient::recv_timeout`] (and, separately, for the handlers);
-    /// further messages are dropped with a warning rather than grow memory without bound.
-    pub message_buffer: usize,
-}
-
-impl ConnectOptions {
-    /// MQTT 5 to `host:port` with an empty client id (the server assigns one), clean start, and
-    /// a 60 s keep-alive.
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            connect: Connect::new(ProtocolVersion::V5, MqttStr::default()),
-            config: ClientConfig::default(),
-            timeout: Duration::from_secs(30),
-            message_buffer: 10_000,
-        }
-    }
-}
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -130,26 +96,43 @@ impl From<TopicError> for Error {
     }
 }
 
+/// A stopped driver refuses commands with why the last connection ended.
+fn command_error(e: CommandError) -> Error {
+    match e {
+        CommandError::Client(e) => Error::Client(e),
+        CommandError::Stopped(reason) => Error::Disconnected(reason),
+        _ => Error::Disconnected(DisconnectReason::Requested),
+    }
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+/// The longest the I/O thread blocks in a read before it looks at the clock and state again.
+const POLL: Duration = Duration::from_millis(100);
+
+type Waiter = SyncSender<Answer>;
 type Handler = Box<dyn FnMut(&Publish) + Send>;
 
 /// What the I/O thread and the callers share, under one lock.
 struct State {
-    client: Client,
+    /// The core client, its unwritten output and the calls waiting for an answer.
+    driver: Driver<Waiter>,
     /// The write side of the current connection.
     writer: Option<TcpStream>,
-    /// Answers to blocking calls, by packet identifier.
-    done: BTreeMap<u16, Result<Vec<ReasonCode>, Error>>,
-    connected: Option<Result<bool, Error>>,
-    /// The last reason the connection ended.
-    disconnected: Option<DisconnectReason>,
+    connect_waiter: Option<SyncSender<Result<(), Error>>>,
+    /// Where messages go; dropped when the I/O thread ends.
+    sinks: Option<Sinks>,
+    /// The driver asked for a new connection: the I/O thread dials.
+    redial: bool,
+    /// The application stopped the client.
     stopping: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
-    changed: Condvar,
     epoch: StdInstant,
     handlers: Arc<Mutex<Vec<Handler>>>,
+    /// Whether a handler is set, known without the handlers' lock (held while they run).
+    has_handlers: AtomicBool,
     messages: Mutex<Receiver<Publish>>,
     host: String,
     port: u16,
@@ -166,16 +149,69 @@ impl Shared {
         // without the lock); carry on with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// After every call into the driver, by whichever thread made it: write what it has to
+    /// send and act on its outcomes.
+    fn settle(&self, st: &mut State) {
+        write_out(st);
+        while let Some(outcome) = st.driver.poll() {
+            match outcome {
+                Outcome::Answer(w, answer) => {
+                    let _ = w.try_send(answer);
+                }
+                Outcome::Connected { .. } => {
+                    if let Some(tx) = st.connect_waiter.take() {
+                        let _ = tx.try_send(Ok(()));
+                    }
+                }
+                Outcome::Refused(code) => {
+                    if let Some(tx) = st.connect_waiter.take() {
+                        let _ = tx.try_send(Err(Error::Refused(code)));
+                    }
+                }
+                Outcome::Message(p) => {
+                    if let Some(sinks) = &st.sinks {
+                        sinks.deliver(p, self.has_handlers.load(Ordering::Acquire));
+                    }
+                }
+                Outcome::CloseTransport => {
+                    // The last words (a DISCONNECT, say) go out before the socket closes.
+                    write_out(st);
+                    close(st);
+                    st.driver.handle_closed(self.now());
+                }
+                Outcome::Redial => st.redial = true,
+                _ => {}
+            }
+        }
+        if st.driver.is_stopped()
+            && let Some(tx) = st.connect_waiter.take()
+        {
+            let reason = st.driver.last_disconnect().cloned();
+            let _ = tx.try_send(Err(Error::Disconnected(
+                reason.unwrap_or(DisconnectReason::TransportClosed),
+            )));
+        }
+    }
 }
 
-/// Writes everything the state machine has to send.
-fn flush(state: &mut State) {
-    while let Some(bytes) = state.client.poll_transmit(64 * 1024) {
-        if let Some(w) = state.writer.as_mut()
-            && w.write_all(&bytes).is_err()
-        {
-            state.writer = None;
-        }
+/// Writes what the driver has to send. A failed write shuts the socket, and the I/O thread
+/// reports it closed.
+fn write_out(st: &mut State) {
+    let out = st.driver.take_output();
+    if out.is_empty() {
+        return;
+    }
+    match st.writer.as_mut().map(|w| w.write_all(&out)) {
+        Some(Ok(())) => st.driver.wrote(out.len()),
+        _ => close(st),
+    }
+}
+
+/// Shuts the socket both ways, which also ends the I/O thread's read.
+fn close(st: &mut State) {
+    if let Some(w) = st.writer.take() {
+        let _ = w.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -199,32 +235,32 @@ impl SyncClient {
         stream.set_nodelay(true)?;
         let (tx, rx) = sync_channel(options.message_buffer);
         let (dispatch_tx, dispatch_rx) = sync_channel::<Publish>(options.message_buffer);
+        let (connected_tx, connected_rx) = sync_channel(1);
         let handlers: Arc<Mutex<Vec<Handler>>> = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                client: Client::new(options.config.clone(), Instant::ZERO),
+                driver: Driver::new(options.config, Instant::ZERO),
                 writer: Some(stream.try_clone()?),
-                done: BTreeMap::new(),
-                connected: None,
-                disconnected: None,
+                connect_waiter: Some(connected_tx),
+                sinks: Some(Sinks { recv: tx, dispatch: dispatch_tx }),
+                redial: false,
                 stopping: false,
             }),
-            changed: Condvar::new(),
             epoch: StdInstant::now(),
             handlers: Arc::clone(&handlers),
+            has_handlers: AtomicBool::new(false),
             messages: Mutex::new(rx),
-            host: options.host.clone(),
+            host: options.host,
             port: options.port,
             timeout: options.timeout,
         });
         {
             let mut st = shared.lock();
-            let now = shared.now();
-            st.client.connect(now, options.connect)?;
-            flush(&mut st);
+            st.driver.connect(shared.now(), options.connect).map_err(command_error)?;
+            shared.settle(&mut st);
         }
         std::thread::Builder::new().name("ternmq-dispatch".into()).spawn(move || {
-            // Ends when the I/O thread ends and drops its sender.
+            // Ends when the I/O thread ends and drops the sender.
             for p in dispatch_rx {
                 for h in handlers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
                     h(&p);
@@ -232,32 +268,18 @@ impl SyncClient {
             }
         })?;
         let io_shared = Arc::clone(&shared);
-        let sinks = Sinks { recv: tx, dispatch: dispatch_tx };
         let handle = std::thread::Builder::new()
             .name("ternmq-io".into())
-            .spawn(move || io_loop(&io_shared, Some(stream), &sinks))?;
+            .spawn(move || io_loop(&io_shared, Some(stream)))?;
         let client = SyncClient { shared, io: Arc::new(Mutex::new(Some(handle))) };
-        let deadline = StdInstant::now() + options.timeout;
-        let mut st = client.shared.lock();
-        loop {
-            if let Some(result) = st.connected.take() {
-                drop(st);
-                return match result {
-                    Ok(_) => Ok(client),
-                    Err(e) => {
-                        client.stop();
-                        Err(e)
-                    }
-                };
-            }
-            let left = deadline.saturating_duration_since(StdInstant::now());
-            if left.is_zero() {
-                drop(st);
-                client.stop();
-                return Err(Error::Timeout);
-            }
-            st = client.shared.changed.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
+        let result = match connected_rx.recv_timeout(options.timeout) {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout),
+        };
+        if result.is_err() {
+            client.stop();
         }
+        result.map(|()| client)
     }
 
     /// Publishes and waits until it is done: written for QoS 0, PUBACK for QoS 1, PUBCOMP for
@@ -275,43 +297,21 @@ impl SyncClient {
 
     /// [`publish`](Self::publish) with every option: retain, MQTT 5 properties, topic alias.
     pub fn publish_with(&self, publish: Publish) -> Result<ReasonCode, Error> {
-        let id = {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            let id = st.client.publish(now, publish)?;
-            flush(&mut st);
-            id
-        };
-        match id {
-            None => Ok(ReasonCode::Success),
-            Some(id) => Ok(self.wait(id)?.first().copied().unwrap_or(ReasonCode::Success)),
-        }
+        let codes = self.call(|d, now, w| d.publish(now, publish, w))?;
+        Ok(codes.first().copied().unwrap_or(ReasonCode::Success))
     }
 
     /// Subscribes to `filter` and returns the server's answer: the granted QoS, or an error code.
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<ReasonCode, Error> {
         let sub = Subscription::new(TopicFilter::new(filter)?, qos);
-        let id = {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            let id = st.client.subscribe(now, &[sub])?;
-            flush(&mut st);
-            id
-        };
-        Ok(self.wait(id)?.first().copied().unwrap_or(ReasonCode::UnspecifiedError))
+        let codes = self.call(|d, now, w| d.subscribe(now, &[sub], w))?;
+        Ok(codes.first().copied().unwrap_or(ReasonCode::UnspecifiedError))
     }
 
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
     pub fn unsubscribe(&self, filter: &str) -> Result<Vec<ReasonCode>, Error> {
         let f = TopicFilter::new(filter)?;
-        let id = {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            let id = st.client.unsubscribe(now, &[f])?;
-            flush(&mut st);
-            id
-        };
-        self.wait(id)
+        self.call(|d, now, w| d.unsubscribe(now, &[f], w))
     }
 
     /// Calls `handler` for every message, in order, on the dispatcher thread: the handler may
@@ -319,6 +319,7 @@ impl SyncClient {
     /// [`recv_timeout`](Self::recv_timeout).
     pub fn on_message(&self, handler: impl FnMut(&Publish) + Send + 'static) {
         self.shared.handlers.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(handler));
+        self.shared.has_handlers.store(true, Ordering::Release);
     }
 
     /// The next message, waiting up to `timeout`.
@@ -328,23 +329,19 @@ impl SyncClient {
 
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
-        self.shared.lock().client.is_connected()
+        self.shared.lock().driver.is_connected()
     }
 
     /// Replaces the automatic reconnect policy; it applies from the next time the connection is
     /// lost.
     pub fn set_reconnect_options(&self, options: ReconnectOptions) {
-        self.shared.lock().client.set_reconnect_options(options);
+        self.shared.lock().driver.set_reconnect_options(options);
     }
 
     /// Sends DISCONNECT, closes the connection and stops the I/O thread.
     pub fn disconnect(&self) -> Result<(), Error> {
-        {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            st.client.disconnect(now, Disconnect::default());
-            flush(&mut st);
-        }
+        // Already stopped, or the DISCONNECT lost with the connection: stopped all the same.
+        let _ = self.call(|d, now, w| d.disconnect(now, Disconnect::default(), w));
         self.stop();
         Ok(())
     }
@@ -353,34 +350,37 @@ impl SyncClient {
         {
             let mut st = self.shared.lock();
             st.stopping = true;
-            if let Some(w) = st.writer.take() {
-                let _ = w.shutdown(std::net::Shutdown::Both);
-            }
+            st.driver.stop();
+            self.shared.settle(&mut st);
+            close(&mut st);
         }
-        self.shared.changed.notify_all();
         let handle = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
         }
     }
 
-    /// Waits for the answer to the request with packet id `id`.
-    fn wait(&self, id: PacketId) -> Result<Vec<ReasonCode>, Error> {
-        let deadline = StdInstant::now() + self.shared.timeout;
-        let mut st = self.shared.lock();
-        loop {
-            if let Some(result) = st.done.remove(&id.get()) {
-                return result;
+    /// Hands a command and its waiter to the driver, writes what it has to send, and waits for
+    /// the answer.
+    fn call(
+        &self,
+        command: impl FnOnce(&mut Driver<Waiter>, Instant, Waiter) -> Result<(), CommandError>,
+    ) -> Result<Vec<ReasonCode>, Error> {
+        let (tx, rx) = sync_channel(1);
+        {
+            let mut st = self.shared.lock();
+            let now = self.shared.now();
+            command(&mut st.driver, now, tx).map_err(command_error)?;
+            self.shared.settle(&mut st);
+        }
+        match rx.recv_timeout(self.shared.timeout) {
+            Ok(Ok(codes)) => Ok(codes),
+            Ok(Err(reason)) => Err(Error::Disconnected(reason)),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            Err(RecvTimeoutError::Disconnected) => {
+                let reason = self.shared.lock().driver.last_disconnect().cloned();
+                Err(Error::Disconnected(reason.unwrap_or(DisconnectReason::Requested)))
             }
-            if st.stopping {
-                let reason = st.disconnected.clone().unwrap_or(DisconnectReason::Requested);
-                return Err(Error::Disconnected(reason));
-            }
-            let left = deadline.saturating_duration_since(StdInstant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout);
-            }
-            st = self.shared.changed.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 }
@@ -402,113 +402,74 @@ impl Sinks {
     }
 }
 
-/// The I/O thread: read, feed the state machine, run its timers, act on its events.
-fn io_loop(shared: &Shared, mut reader: Option<TcpStream>, sinks: &Sinks) {
-    let mut buf = vec![0u8; 16 * 1024];
+/// The I/O thread: read (no longer than until the core's next deadline), feed the driver, run
+/// its timers, and dial again when it asks.
+fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    // A packet split across reads waits here for its rest.
+    let mut input = BytesMut::new();
     loop {
         let wait = {
             let st = shared.lock();
-            if st.stopping {
-                return;
+            if st.stopping || st.driver.is_stopped() {
+                break;
             }
-            let now = shared.now();
-            match st.client.poll_timeout() {
-                Some(t) => Duration::from_nanos(
-                    u64::try_from(t.saturating_duration_since(now).as_nanos()).unwrap_or(u64::MAX),
-                ),
-                None => Duration::from_millis(100),
-            }
-            .clamp(Duration::from_millis(1), Duration::from_millis(100))
+            let wait = st.driver.timeout_in(shared.now()).unwrap_or(POLL);
+            wait.clamp(Duration::from_millis(1), POLL)
         };
-        let mut input = None;
+        let mut read = 0;
         let mut closed = false;
         match reader.as_mut() {
             Some(r) => {
                 let _ = r.set_read_timeout(Some(wait));
                 match r.read(&mut buf) {
                     Ok(0) => closed = true,
-                    Ok(n) => input = Some(BytesMut::from(&buf[..n])),
+                    Ok(n) => read = n,
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => closed = true,
                 }
             }
             None => std::thread::sleep(wait),
         }
-        let mut delivered = Vec::new();
-        let mut redial = false;
-        {
+        let redial = {
             let mut st = shared.lock();
             if st.stopping {
-                return;
+                break;
             }
             let now = shared.now();
-            if let Some(mut bytes) = input {
-                st.client.handle_bytes(now, &mut bytes);
+            if read > 0 {
+                input.extend_from_slice(&buf[..read]);
+                st.driver.handle_bytes(now, &mut input);
             }
             if closed {
                 reader = None;
-                st.writer = None;
-                st.client.handle_closed(now);
+                close(&mut st);
+                st.driver.handle_closed(now);
             }
-            if st.client.poll_timeout().is_some_and(|t| t <= now) {
-                st.client.handle_timeout(now);
-            }
-            flush(&mut st);
-            while let Some(ev) = st.client.poll_event() {
-                match ev {
-                    Event::Connected { session_present, .. } => {
-                        st.connected = Some(Ok(session_present));
-                    }
-                    Event::ConnectionRefused { reason_code, .. } => {
-                        st.connected = Some(Err(Error::Refused(reason_code)));
-                    }
-                    Event::Message(p) => delivered.push(p),
-                    Event::Published { packet_id, reason_code, .. } => {
-                        st.done.insert(packet_id.get(), Ok(vec![reason_code]));
-                    }
-                    Event::Subscribed { packet_id, reason_codes, restored: false } => {
-                        st.done.insert(packet_id.get(), Ok(reason_codes));
-                    }
-                    Event::Unsubscribed { packet_id, reason_codes } => {
-                        st.done.insert(packet_id.get(), Ok(reason_codes));
-                    }
-                    Event::Disconnected(reason) => st.disconnected = Some(reason),
-                    Event::CloseTransport => {
-                        if let Some(w) = st.writer.take() {
-                            let _ = w.shutdown(std::net::Shutdown::Both);
-                        }
-                        reader = None;
-                        st.client.handle_closed(now);
-                    }
-                    Event::Reconnect => redial = true,
-                    _ => {}
-                }
-            }
-        }
-        shared.changed.notify_all();
+            st.driver.handle_timeout_if_due(now);
+            shared.settle(&mut st);
+            std::mem::take(&mut st.redial)
+        };
         if redial {
             // Dial without the lock: connecting may take a while.
-            let result = TcpStream::connect((shared.host.as_str(), shared.port));
+            let result = TcpStream::connect((shared.host.as_str(), shared.port))
+                .and_then(|s| s.try_clone().map(|w| (s, w)));
             let mut st = shared.lock();
             let now = shared.now();
-            match result.and_then(|s| s.try_clone().map(|w| (s, w))) {
+            match result {
                 Ok((r, w)) => {
                     let _ = r.set_nodelay(true);
                     st.writer = Some(w);
                     reader = Some(r);
-                    if st.client.reconnect(now).is_err() {
-                        st.client.handle_closed(now);
-                    }
-                    flush(&mut st);
+                    input.clear();
+                    st.driver.reconnected(now);
                 }
-                Err(_) => st.client.handle_closed(now),
+                Err(_) => st.driver.dial_failed(now),
             }
-        }
-        if !delivered.is_empty() {
-            let handlers = !shared.handlers.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-            for p in delivered {
-                sinks.deliver(p, handlers);
-            }
+            shared.settle(&mut st);
         }
     }
+    // Ends the dispatcher thread and the recv_timeout queue.
+    shared.lock().sinks = None;
 }

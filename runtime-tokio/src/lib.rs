@@ -21,18 +21,17 @@
 //!
 //! [`Server`] runs the MQTT broker on Tokio; see the [`server`] module.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::client::{Client as Core, ClientConfig, ClientError, DisconnectReason, Event};
-use ternmq_core::codec::{
-    Connect, Disconnect, MqttStr, ProtocolVersion, Publish, QoS, ReasonCode, Subscription,
-};
+use ternmq_core::client::driver::{Answer, CommandError, Driver, Outcome};
+use ternmq_core::client::{ClientError, DisconnectReason};
+use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,41 +44,8 @@ pub mod server;
 pub use server::{AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
+pub use ternmq_core::client::driver::ConnectOptions;
 pub use ternmq_store::{Durability, StoreConfig};
-
-/// Where and how to connect.
-#[derive(Clone, Debug)]
-pub struct ConnectOptions {
-    /// Server host name or address.
-    pub host: String,
-    /// Server port.
-    pub port: u16,
-    /// The CONNECT to send: protocol version, client id, clean start, keep-alive, credentials,
-    /// will, MQTT 5 properties.
-    pub connect: Connect,
-    /// Timers, reconnect policy and queue limits of the client state machine.
-    pub config: ClientConfig,
-    /// How long calls wait for the server's answer.
-    pub timeout: Duration,
-    /// Most messages buffered for [`Client::next_message`]; further ones are dropped with a
-    /// warning rather than grow memory without bound.
-    pub message_buffer: usize,
-}
-
-impl ConnectOptions {
-    /// MQTT 5 to `host:port` with an empty client id (the server assigns one), clean start, and a
-    /// 60 s keep-alive.
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            connect: Connect::new(ProtocolVersion::V5, MqttStr::default()),
-            config: ClientConfig::default(),
-            timeout: Duration::from_secs(30),
-            message_buffer: 10_000,
-        }
-    }
-}
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -130,39 +96,46 @@ impl From<TopicError> for Error {
     }
 }
 
-type Answer = Result<Vec<ReasonCode>, Error>;
+/// A stopped driver refuses commands: the client was disconnected.
+fn command_error(e: CommandError) -> Error {
+    match e {
+        CommandError::Client(e) => Error::Client(e),
+        _ => Error::Disconnected,
+    }
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+type Waiter = oneshot::Sender<Answer>;
 type Handler = Box<dyn FnMut(&Publish) + Send>;
-type AsyncHandler =
-    Arc<dyn Fn(Publish) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type AsyncHandler = Arc<dyn Fn(Publish) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 type Hook = Box<dyn FnMut() + Send>;
 
-/// Everything the handles and the driver share, under one lock.
+/// Everything the handles and the driver task share, under one lock.
 struct State {
-    core: Core,
-    /// Bytes taken from the core, not yet written; `queued` counts every byte ever taken and
-    /// `written` every byte written, so a QoS 0 publish knows when it is on the wire.
-    out: BytesMut,
-    queued: u64,
-    written: u64,
-    /// Answers awaited, by packet identifier.
-    waiters: BTreeMap<u16, oneshot::Sender<Answer>>,
-    /// QoS 0 publishes awaiting their bytes' write, by the offset that must be reached.
-    flushes: Vec<(u64, oneshot::Sender<Answer>)>,
+    /// The core client, its unwritten output and the calls waiting for an answer.
+    driver: Driver<Waiter>,
     connect_waiter: Option<oneshot::Sender<Result<(), Error>>>,
+    callbacks: Callbacks,
+}
+
+/// What the application asked to be called with.
+#[derive(Default)]
+struct Callbacks {
     handlers: Vec<Handler>,
     async_handlers: Vec<AsyncHandler>,
     on_connect: Vec<Hook>,
     on_disconnect: Vec<Hook>,
-    stopped: bool,
 }
 
-impl State {
-    /// Moves what the core has to send into `out`.
-    fn take_output(&mut self) {
-        while let Some(b) = self.core.poll_transmit(usize::MAX) {
-            self.queued += b.len() as u64;
-            self.out.extend_from_slice(&b);
-        }
+impl Callbacks {
+    /// Puts back callbacks taken to run without the lock, before those added meanwhile.
+    fn restore(&mut self, mut taken: Callbacks) {
+        taken.handlers.append(&mut self.handlers);
+        taken.async_handlers.append(&mut self.async_handlers);
+        taken.on_connect.append(&mut self.on_connect);
+        taken.on_disconnect.append(&mut self.on_disconnect);
+        *self = taken;
     }
 }
 
@@ -209,18 +182,9 @@ impl Client {
         let (connected_tx, connected_rx) = oneshot::channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                core: Core::new(options.config, Instant::ZERO),
-                out: BytesMut::new(),
-                queued: 0,
-                written: 0,
-                waiters: BTreeMap::new(),
-                flushes: Vec::new(),
+                driver: Driver::new(options.config, Instant::ZERO),
                 connect_waiter: Some(connected_tx),
-                handlers: Vec::new(),
-                async_handlers: Vec::new(),
-                on_connect: Vec::new(),
-                on_disconnect: Vec::new(),
-                stopped: false,
+                callbacks: Callbacks::default(),
             }),
             wake: Notify::new(),
             epoch: StdInstant::now(),
@@ -232,8 +196,7 @@ impl Client {
         {
             let mut st = shared.lock();
             let now = shared.now();
-            st.core.connect(now, options.connect)?;
-            st.take_output();
+            st.driver.connect(now, options.connect).map_err(command_error)?;
         }
         tokio::spawn(drive(Arc::clone(&shared), stream, tx));
         let client = Client { shared };
@@ -266,25 +229,7 @@ impl Client {
 
     /// [`publish`](Self::publish) with every option: retain, MQTT 5 properties, topic alias.
     pub async fn publish_with(&self, publish: Publish) -> Result<ReasonCode, Error> {
-        let rx = {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            let id = st.core.publish(now, publish)?;
-            st.take_output();
-            let (tx, rx) = oneshot::channel();
-            match id {
-                Some(id) => {
-                    st.waiters.insert(id.get(), tx);
-                }
-                None => {
-                    let target = st.queued;
-                    st.flushes.push((target, tx));
-                }
-            }
-            rx
-        };
-        self.shared.wake.notify_one();
-        let codes = self.answer(rx).await?;
+        let codes = self.call(|d, now, w| d.publish(now, publish, w)).await?;
         Ok(codes.first().copied().unwrap_or(ReasonCode::Success))
     }
 
@@ -297,39 +242,19 @@ impl Client {
 
     /// Subscribes to several filters with their options in one SUBSCRIBE.
     pub async fn subscribe_many(&self, subs: &[Subscription]) -> Result<Vec<ReasonCode>, Error> {
-        let rx = {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            let id = st.core.subscribe(now, subs)?;
-            st.take_output();
-            let (tx, rx) = oneshot::channel();
-            st.waiters.insert(id.get(), tx);
-            rx
-        };
-        self.shared.wake.notify_one();
-        self.answer(rx).await
+        self.call(|d, now, w| d.subscribe(now, subs, w)).await
     }
 
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
     pub async fn unsubscribe(&self, filter: &str) -> Result<Vec<ReasonCode>, Error> {
         let f = TopicFilter::new(filter)?;
-        let rx = {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            let id = st.core.unsubscribe(now, &[f])?;
-            st.take_output();
-            let (tx, rx) = oneshot::channel();
-            st.waiters.insert(id.get(), tx);
-            rx
-        };
-        self.shared.wake.notify_one();
-        self.answer(rx).await
+        self.call(|d, now, w| d.unsubscribe(now, &[f], w)).await
     }
 
     /// Calls `handler` for every message, in order, on the driver task. It must not block; to
     /// publish from a handler use [`on_message_async`](Self::on_message_async).
     pub fn on_message(&self, handler: impl FnMut(&Publish) + Send + 'static) {
-        self.shared.lock().handlers.push(Box::new(handler));
+        self.shared.lock().callbacks.handlers.push(Box::new(handler));
     }
 
     /// Spawns `handler(message)` as a task for every message: it may await, publish, and wait
@@ -339,18 +264,18 @@ impl Client {
         F: Fn(Publish) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.shared.lock().async_handlers.push(Arc::new(move |p| Box::pin(handler(p))));
+        self.shared.lock().callbacks.async_handlers.push(Arc::new(move |p| Box::pin(handler(p))));
     }
 
     /// Calls `hook` after every accepted connection, reconnections included.
     pub fn on_connect(&self, hook: impl FnMut() + Send + 'static) {
-        self.shared.lock().on_connect.push(Box::new(hook));
+        self.shared.lock().callbacks.on_connect.push(Box::new(hook));
     }
 
     /// Calls `hook` whenever the connection is lost; the client reconnects by itself if its
     /// reconnect options say so.
     pub fn on_disconnect(&self, hook: impl FnMut() + Send + 'static) {
-        self.shared.lock().on_disconnect.push(Box::new(hook));
+        self.shared.lock().callbacks.on_disconnect.push(Box::new(hook));
     }
 
     /// The next message, or `None` once the client is stopped.
@@ -360,13 +285,13 @@ impl Client {
 
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
-        self.shared.lock().core.is_connected()
+        self.shared.lock().driver.is_connected()
     }
 
     /// Replaces the automatic reconnect policy (enable, initial and maximum delay, backoff
     /// multiplier, jitter); it applies from the next time the connection is lost.
     pub fn set_reconnect_options(&self, options: ReconnectOptions) {
-        self.shared.lock().core.set_reconnect_options(options);
+        self.shared.lock().driver.set_reconnect_options(options);
     }
 
     /// Sends DISCONNECT, waits until it is written, and stops the client.
@@ -377,99 +302,92 @@ impl Client {
     /// [`disconnect`](Self::disconnect) with a reason code and MQTT 5 properties (for example a
     /// new Session Expiry Interval).
     pub async fn disconnect_with(&self, disconnect: Disconnect) -> Result<(), Error> {
-        let rx = {
-            let mut st = self.shared.lock();
-            let now = self.shared.now();
-            st.core.disconnect(now, disconnect);
-            st.take_output();
-            let (tx, rx) = oneshot::channel();
-            let target = st.queued;
-            st.flushes.push((target, tx));
-            rx
-        };
-        self.shared.wake.notify_one();
-        let result = self.answer(rx).await.map(|_| ());
+        // Already stopped, or the DISCONNECT lost with the connection: stopped all the same.
+        let _ = self.call(|d, now, w| d.disconnect(now, disconnect, w)).await;
         self.stop();
-        result.or(Ok(()))
+        Ok(())
     }
 
     fn stop(&self) {
-        self.shared.lock().stopped = true;
+        self.shared.lock().driver.stop();
         self.shared.wake.notify_one();
     }
 
-    async fn answer(&self, rx: oneshot::Receiver<Answer>) -> Result<Vec<ReasonCode>, Error> {
+    /// Hands a command and its waiter to the driver, wakes the driver task and awaits the
+    /// answer.
+    async fn call(
+        &self,
+        command: impl FnOnce(&mut Driver<Waiter>, Instant, Waiter) -> Result<(), CommandError>,
+    ) -> Result<Vec<ReasonCode>, Error> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.shared.lock();
+            let now = self.shared.now();
+            command(&mut st.driver, now, tx).map_err(command_error)?;
+        }
+        self.shared.wake.notify_one();
         match tokio::time::timeout(self.shared.timeout, rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(Error::Disconnected),
+            Ok(Ok(Ok(codes))) => Ok(codes),
+            Ok(Ok(Err(_))) | Ok(Err(_)) => Err(Error::Disconnected),
             Err(_) => Err(Error::Timeout),
         }
     }
 }
 
+/// The connection's halves; `None` between a lost connection and the next dial.
+type Conn = Option<(OwnedReadHalf, OwnedWriteHalf)>;
+
+/// What the driver task must do after acting on the driver's outcomes.
+#[derive(Default)]
+struct Next {
+    close: bool,
+    redial: bool,
+    stopped: bool,
+}
+
 /// The driver task: the run loop of the core client on one TCP connection at a time.
 async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: mpsc::Sender<Publish>) {
-    let (mut reader, mut writer): (Option<OwnedReadHalf>, Option<OwnedWriteHalf>) = {
-        let (r, w) = stream.into_split();
-        (Some(r), Some(w))
-    };
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut conn: Conn = Some(stream.into_split());
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        // 1. Write what is queued.
-        let (out, target) = {
+        // 1. Write what is queued, then act on what happened.
+        write_out(&shared, &mut conn).await;
+        let next = act(&shared, &messages);
+        if next.close {
+            // The last words (a DISCONNECT, say) go out before the socket closes.
+            write_out(&shared, &mut conn).await;
+            conn = None;
+            shared.lock().driver.handle_closed(shared.now());
+            continue;
+        }
+        if next.stopped {
+            break;
+        }
+        if next.redial {
+            let result = TcpStream::connect((shared.host.as_str(), shared.port)).await;
             let mut st = shared.lock();
-            if st.stopped {
-                break;
-            }
-            st.take_output();
-            (st.out.split().freeze(), st.queued)
-        };
-        let mut timeout = None;
-        if !out.is_empty() {
-            let ok = match writer.as_mut() {
-                Some(w) => w.write_all(&out).await.is_ok(),
-                None => false,
-            };
-            let mut st = shared.lock();
-            st.written = target;
-            if !ok && writer.is_some() {
-                writer = None;
-                reader = None;
-                let now = shared.now();
-                st.core.handle_closed(now);
-            }
-            if !st.flushes.is_empty() {
-                let written = st.written;
-                let (done, pending): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut st.flushes).into_iter().partition(|(t, _)| *t <= written);
-                st.flushes = pending;
-                for (_, tx) in done {
-                    let _ = tx.send(Ok(vec![ReasonCode::Success]));
+            match result {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    conn = Some(s.into_split());
+                    buf.clear();
+                    st.driver.reconnected(shared.now());
                 }
+                Err(_) => st.driver.dial_failed(shared.now()),
             }
-            timeout = Some(st.core.poll_timeout());
+            continue;
         }
         // 2. Wait for input, a command or the core's deadline.
-        let timeout = match timeout {
-            Some(t) => t,
-            None => shared.lock().core.poll_timeout(),
-        };
-        let now = shared.now();
-        let deadline = timeout.map(|t| {
-            tokio::time::Instant::now()
-                + Duration::from_nanos(
-                    u64::try_from(t.saturating_duration_since(now).as_nanos()).unwrap_or(u64::MAX),
-                )
-        });
-        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-        buf.reserve(16 * 1024);
+        let wait = shared.lock().driver.timeout_in(shared.now());
+        let deadline = tokio::time::Instant::now() + wait.unwrap_or(Duration::from_secs(3600));
+        buf.reserve(READ_CHUNK);
         let mut closed = false;
         let mut got_input = false;
         tokio::select! {
             // Without a connection this branch never completes; commands and timers go on.
             r = async {
-                match reader.as_mut() {
-                    Some(r) => r.read_buf(&mut buf).await,
+                match conn.as_mut() {
+                    Some((r, _)) => r.read_buf(&mut buf).await,
                     None => std::future::pending().await,
                 }
             } => {
@@ -479,113 +397,103 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: mpsc::Sender<Pu
                 }
             }
             _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
         }
-        // 3. Feed the core and act on its events.
-        let mut delivered = Vec::new();
-        let mut redial = false;
-        {
-            let mut st = shared.lock();
-            let now = shared.now();
-            if got_input {
-                st.core.handle_bytes(now, &mut buf);
+        // 3. Feed the core.
+        if closed {
+            conn = None;
+        }
+        let mut st = shared.lock();
+        let now = shared.now();
+        if got_input {
+            st.driver.handle_bytes(now, &mut buf);
+        }
+        if closed {
+            st.driver.handle_closed(now);
+        }
+        st.driver.handle_timeout_if_due(now);
+    }
+}
+
+/// Writes what the driver has to send; a failed write ends the connection.
+async fn write_out(shared: &Shared, conn: &mut Conn) {
+    let out = shared.lock().driver.take_output();
+    if out.is_empty() {
+        return;
+    }
+    let ok = match conn.as_mut() {
+        Some((_, w)) => w.write_all(&out).await.is_ok(),
+        None => false,
+    };
+    let mut st = shared.lock();
+    if ok {
+        st.driver.wrote(out.len());
+    } else {
+        *conn = None;
+        st.driver.handle_closed(shared.now());
+    }
+}
+
+/// Carries out the driver's outcomes: answers, the connect waiter, hooks and handlers (these
+/// without the lock), messages.
+fn act(shared: &Shared, messages: &mpsc::Sender<Publish>) -> Next {
+    let mut next = Next::default();
+    let mut delivered = Vec::new();
+    let (mut ups, mut downs) = (0, 0);
+    let mut st = shared.lock();
+    while let Some(outcome) = st.driver.poll() {
+        match outcome {
+            Outcome::Answer(w, answer) => {
+                let _ = w.send(answer);
             }
-            if closed {
-                reader = None;
-                writer = None;
-                st.core.handle_closed(now);
+            Outcome::Connected { .. } => {
+                if let Some(tx) = st.connect_waiter.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                ups += 1;
             }
-            if st.core.poll_timeout().is_some_and(|t| t <= now) {
-                st.core.handle_timeout(now);
-            }
-            st.take_output();
-            while let Some(ev) = st.core.poll_event() {
-                match ev {
-                    Event::Connected { .. } => {
-                        if let Some(tx) = st.connect_waiter.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                        for h in st.on_connect.iter_mut() {
-                            h();
-                        }
-                    }
-                    Event::ConnectionRefused { reason_code, .. } => {
-                        if let Some(tx) = st.connect_waiter.take() {
-                            let _ = tx.send(Err(Error::Refused(reason_code)));
-                        }
-                    }
-                    Event::Message(p) => delivered.push(p),
-                    Event::Published { packet_id, reason_code, .. } => {
-                        if let Some(tx) = st.waiters.remove(&packet_id.get()) {
-                            let _ = tx.send(Ok(vec![reason_code]));
-                        }
-                    }
-                    Event::Subscribed { packet_id, reason_codes, restored: false }
-                    | Event::Unsubscribed { packet_id, reason_codes } => {
-                        if let Some(tx) = st.waiters.remove(&packet_id.get()) {
-                            let _ = tx.send(Ok(reason_codes));
-                        }
-                    }
-                    Event::Disconnected(reason) if reason != DisconnectReason::Requested => {
-                        for h in st.on_disconnect.iter_mut() {
-                            h();
-                        }
-                    }
-                    Event::CloseTransport => {
-                        reader = None;
-                        writer = None;
-                        st.core.handle_closed(now);
-                    }
-                    Event::Reconnect => redial = true,
-                    _ => {}
+            Outcome::Refused(code) => {
+                if let Some(tx) = st.connect_waiter.take() {
+                    let _ = tx.send(Err(Error::Refused(code)));
                 }
             }
-            if !delivered.is_empty() {
-                // Handlers run here, in order, on the driver, without the lock: they must not
-                // block. Handlers added meanwhile are kept.
-                let mut handlers = std::mem::take(&mut st.handlers);
-                let async_handlers = st.async_handlers.clone();
-                drop(st);
-                for p in &delivered {
-                    for h in handlers.iter_mut() {
-                        h(p);
-                    }
-                    for h in &async_handlers {
-                        tokio::spawn(h(p.clone()));
-                    }
-                }
-                let mut st = shared.lock();
-                handlers.append(&mut st.handlers);
-                st.handlers = handlers;
-            }
-        }
-        for p in delivered {
-            if messages.try_send(p).is_err() {
-                log::warn!("message buffer full or closed; a message was dropped");
-            }
-        }
-        if redial {
-            let result = TcpStream::connect((shared.host.as_str(), shared.port)).await;
-            let mut st = shared.lock();
-            let now = shared.now();
-            match result {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    let (r, w) = s.into_split();
-                    reader = Some(r);
-                    writer = Some(w);
-                    buf.clear();
-                    if st.core.reconnect(now).is_err() {
-                        st.core.handle_closed(now);
-                    }
-                }
-                Err(_) => st.core.handle_closed(now),
-            }
+            Outcome::Message(p) => delivered.push(p),
+            Outcome::ConnectionLost(reason) if reason != DisconnectReason::Requested => downs += 1,
+            Outcome::CloseTransport => next.close = true,
+            Outcome::Redial => next.redial = true,
+            _ => {}
         }
     }
-    // Stopped: fail whatever still waits.
-    let mut st = shared.lock();
-    for (_, tx) in std::mem::take(&mut st.waiters) {
+    next.stopped = st.driver.is_stopped();
+    if next.stopped
+        && let Some(tx) = st.connect_waiter.take()
+    {
         let _ = tx.send(Err(Error::Disconnected));
     }
+    if ups + downs == 0 && delivered.is_empty() {
+        return next;
+    }
+    // Hooks and handlers run here, in order, on the driver task, without the lock: they must
+    // not block, and may call the client.
+    let mut cb = std::mem::take(&mut st.callbacks);
+    drop(st);
+    for _ in 0..downs {
+        cb.on_disconnect.iter_mut().for_each(|h| h());
+    }
+    for _ in 0..ups {
+        cb.on_connect.iter_mut().for_each(|h| h());
+    }
+    for p in &delivered {
+        cb.handlers.iter_mut().for_each(|h| h(p));
+        for h in &cb.async_handlers {
+            tokio::spawn(h(p.clone()));
+        }
+    }
+    shared.lock().callbacks.restore(cb);
+    for p in delivered {
+        if messages.try_send(p).is_err() {
+            log::warn!("message buffer full or closed; a message was dropped");
+        }
+    }
+    next
 }

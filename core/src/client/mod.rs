@@ -37,6 +37,7 @@ use crate::time::{Duration, Instant};
 use crate::topic::{TopicFilter, TopicName};
 
 mod config;
+pub mod driver;
 
 use config::Backoff;
 pub use config::{ClientConfig, ReconnectOptions};
@@ -298,6 +299,8 @@ pub struct Client {
     /// The application's subscriptions, restored when a session is lost.
     subscriptions: BTreeMap<TopicFilter, (Subscription, SubscribeProperties)>,
     next_packet_id: u16,
+    /// QoS 0 publishes taken off the queue so far (see [`Client::qos0_sent`]).
+    qos0_sent: u64,
 }
 
 /// What the server's CONNACK allows.
@@ -364,6 +367,7 @@ impl Client {
             requests: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             next_packet_id: 1,
+            qos0_sent: 0,
         }
     }
 
@@ -392,6 +396,16 @@ impl Client {
     /// Publishes waiting to be sent.
     pub fn queued_len(&self) -> usize {
         self.queue.len()
+    }
+
+    /// How many QoS 0 publishes have left the queue since the client was made: their bytes
+    /// are in the output that [`poll_transmit`](Self::poll_transmit) hands out (or, for one
+    /// too large for the server's Maximum Packet Size, dropped). QoS 0 publishes leave in the
+    /// order they were made, so a runtime that counts its own calls knows when the `n`th one
+    /// is on its way: once this reaches `n`. A QoS 1 or 2 publish has its [`Event::Published`]
+    /// instead.
+    pub fn qos0_sent(&self) -> u64 {
+        self.qos0_sent
     }
 
     // ---------------------------------------------------------------- commands
@@ -806,8 +820,11 @@ impl Client {
                 return;
             }
             let Some(publish) = self.queue.pop_front() else { return };
-            if let Some(id) = publish.packet_id {
-                self.queued_ids.remove(&id.get());
+            match publish.packet_id {
+                Some(id) => {
+                    self.queued_ids.remove(&id.get());
+                }
+                None => self.qos0_sent += 1,
             }
             self.queued_bytes = self.queued_bytes.saturating_sub(publish_cost(&publish));
             let sent = self.transmit_publish(now, &publish);

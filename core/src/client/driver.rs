@@ -1,0 +1,570 @@
+//! The bookkeeping every client runtime needs around a [`Client`], written once for all
+//! runtimes.
+//!
+//! A runtime's client is a handle that applications call from many tasks or threads, and one
+//! run loop that owns the transport. [`Driver`] is the state they share: the core client, the
+//! bytes taken from it and not yet written, and the callers waiting for an answer. `W` is the
+//! runtime's way to hand an answer back to a caller (a oneshot sender, a channel sender, a
+//! slot); the driver keeps it and gives it back inside [`Outcome::Answer`] when the answer is
+//! known. Still no I/O and no clock here: the runtime passes `now` in and moves the bytes.
+//!
+//! # Driving it
+//!
+//! 1. [`connect`](Driver::connect) once the transport is up, then write what
+//!    [`take_output`](Driver::take_output) hands out and report it with
+//!    [`wrote`](Driver::wrote).
+//! 2. Feed it: [`handle_bytes`](Driver::handle_bytes) with what was read,
+//!    [`handle_closed`](Driver::handle_closed) when the transport ends (end of stream or an
+//!    error), [`handle_timeout_if_due`](Driver::handle_timeout_if_due) when
+//!    [`poll_timeout`](Driver::poll_timeout) has passed. Commands
+//!    ([`publish`](Driver::publish), [`subscribe`](Driver::subscribe),
+//!    [`unsubscribe`](Driver::unsubscribe), [`disconnect`](Driver::disconnect)) come from any
+//!    caller at any time.
+//! 3. After each of those: write [`take_output`](Driver::take_output), then act on every
+//!    [`Outcome`] from [`poll`](Driver::poll): answer a waiter, report a connection or a
+//!    message, close the transport (after writing what is left), or dial again.
+//! 4. Once [`is_stopped`](Driver::is_stopped), the run loop ends: every waiter has had its
+//!    answer.
+//!
+//! # When a call is done
+//!
+//! A QoS 1 or 2 publish is done when the server acknowledges it (PUBACK, PUBCOMP, or a PUBREC
+//! with an error), a SUBSCRIBE or UNSUBSCRIBE when it answers. A QoS 0 publish and a
+//! DISCONNECT have no answer: they are done once their bytes are written. The driver counts
+//! every byte taken from the core (`queued`) and every byte the runtime reports written
+//! (`written`); such a call waits for `written` to pass the offset its bytes end at. A QoS 0
+//! publish made while offline (or behind a full in-flight window) waits in the core's queue
+//! first, and gets its offset when the core sends it ([`Client::qos0_sent`]).
+//!
+//! Bytes not yet written when the transport ends are lost with it: QoS 0 publishes among them
+//! fail, and so do SUBSCRIBE and UNSUBSCRIBE requests waiting for an answer, which cannot
+//! come on a new connection. QoS 1 and 2 publishes stay: the core sends them again after the
+//! reconnect.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use bytes::{Bytes, BytesMut};
+use core::fmt;
+use core::time::Duration;
+
+use super::{Client, ClientConfig, ClientError, DisconnectReason, Event, ReconnectOptions};
+use crate::codec::{
+    Connect, Disconnect, MqttStr, ProtocolVersion, Publish, ReasonCode, Subscription,
+};
+use crate::time::Instant;
+use crate::topic::TopicFilter;
+
+/// Where and how a runtime's client connects.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Server host name or address.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// The CONNECT to send: protocol version, client id, clean start, keep-alive, credentials,
+    /// will, MQTT 5 properties.
+    pub connect: Connect,
+    /// Timers, reconnect policy and queue limits of the client state machine.
+    pub config: ClientConfig,
+    /// How long calls wait for the server's answer.
+    pub timeout: Duration,
+    /// Most received messages held for the application (`next_message`, `recv_timeout`, and
+    /// separately for handlers that run on a thread of their own); further messages are
+    /// dropped with a warning rather than grow memory without bound.
+    pub message_buffer: usize,
+}
+
+impl ConnectOptions {
+    /// MQTT 5 to `host:port` with an empty client id (the server assigns one), clean start, and
+    /// a 60 s keep-alive.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            connect: Connect::new(ProtocolVersion::V5, MqttStr::default()),
+            config: ClientConfig::default(),
+            timeout: Duration::from_secs(30),
+            message_buffer: 10_000,
+        }
+    }
+}
+
+/// What a finished call gets: the server's reason codes (a QoS 1 or 2 publish: one; SUBSCRIBE:
+/// one per filter; UNSUBSCRIBE: one per filter in MQTT 5, none in 3.1.1; a QoS 0 publish or a
+/// DISCONNECT: Success once written), or why the connection ended before that.
+pub type Answer = Result<Vec<ReasonCode>, DisconnectReason>;
+
+/// Why the driver did not take a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The client state machine refused it.
+    Client(ClientError),
+    /// The driver has stopped (the application disconnected, or the connection ended and no
+    /// reconnect follows); this is why the last connection ended.
+    Stopped(DisconnectReason),
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Client(e) => write!(f, "{e}"),
+            Self::Stopped(r) => write!(f, "the client has stopped: {r:?}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for CommandError {}
+
+impl From<ClientError> for CommandError {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
+}
+
+/// What the runtime must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome<W> {
+    /// A call is done: give `answer` to its waiter.
+    Answer(W, Answer),
+    /// The server accepted the connection (the first one or a reconnection).
+    Connected {
+        /// Whether the server resumed an existing session.
+        session_present: bool,
+    },
+    /// The server refused the connection; a [`CloseTransport`](Self::CloseTransport) follows.
+    Refused(ReasonCode),
+    /// An application message arrived.
+    Message(Publish),
+    /// The connection ended, or is ending: `Requested` when the application disconnected,
+    /// anything else when it was lost.
+    ConnectionLost(DisconnectReason),
+    /// Write what [`Driver::take_output`] still holds (a DISCONNECT, say), close the
+    /// transport, and then call [`Driver::handle_closed`].
+    CloseTransport,
+    /// Open a new transport to the same server, then call [`Driver::reconnected`] (clearing
+    /// any partial input of the old transport), or [`Driver::dial_failed`].
+    Redial,
+}
+
+/// Whether a waiter by packet id waits for a publish or for a SUBSCRIBE/UNSUBSCRIBE answer.
+#[derive(Debug)]
+struct Waiting<W> {
+    waiter: W,
+    request: bool,
+}
+
+/// A core [`Client`] and what its runtime tracks around it. See the [module
+/// documentation](self).
+pub struct Driver<W> {
+    core: Client,
+    /// Bytes taken from the core and not yet handed to the runtime.
+    out: BytesMut,
+    /// Every byte ever taken from the core.
+    queued: u64,
+    /// Every byte ever written, or lost with a transport.
+    written: u64,
+    /// Calls waiting for the server's answer, by packet id.
+    waiters: BTreeMap<u16, Waiting<W>>,
+    /// Calls waiting for `written` to reach an offset; offsets never decrease along the queue.
+    flushes: VecDeque<(u64, W)>,
+    /// QoS 0 publishes still in the core's queue: which QoS 0 publish each one is (1, 2, ...).
+    unsent: VecDeque<(u64, W)>,
+    /// QoS 0 publishes the core took.
+    qos0_made: u64,
+    outcomes: VecDeque<Outcome<W>>,
+    /// `connect` was called.
+    started: bool,
+    /// A transport is open (between `connect`/`reconnected` and `handle_closed`).
+    transport: bool,
+    /// [`Outcome::Redial`] was handed out; `reconnected` or `dial_failed` has not come yet.
+    redialing: bool,
+    /// Why the last connection ended.
+    last_reason: Option<DisconnectReason>,
+    /// Set once stopped: why.
+    stopped: Option<DisconnectReason>,
+}
+
+impl<W> fmt::Debug for Driver<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("core", &self.core)
+            .field("queued", &self.queued)
+            .field("written", &self.written)
+            .field("waiters", &self.waiters.len())
+            .field("flushes", &self.flushes.len())
+            .field("unsent", &self.unsent.len())
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W> Driver<W> {
+    /// A driver around a new core client; nothing is sent before [`connect`](Self::connect).
+    pub fn new(config: ClientConfig, now: Instant) -> Self {
+        Self {
+            core: Client::new(config, now),
+            out: BytesMut::new(),
+            queued: 0,
+            written: 0,
+            waiters: BTreeMap::new(),
+            flushes: VecDeque::new(),
+            unsent: VecDeque::new(),
+            qos0_made: 0,
+            outcomes: VecDeque::new(),
+            started: false,
+            transport: false,
+            redialing: false,
+            last_reason: None,
+            stopped: None,
+        }
+    }
+
+    /// The core client, for its getters.
+    pub fn client(&self) -> &Client {
+        &self.core
+    }
+
+    /// Whether the server accepted the connection and it is still up.
+    pub fn is_connected(&self) -> bool {
+        self.core.is_connected()
+    }
+
+    /// Whether the driver has stopped: every waiter has been answered and nothing more
+    /// happens. The run loop ends.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_some()
+    }
+
+    /// Why the last connection ended, if one did.
+    pub fn last_disconnect(&self) -> Option<&DisconnectReason> {
+        self.last_reason.as_ref()
+    }
+
+    /// Replaces the reconnect policy; it applies from the next time the connection is lost.
+    pub fn set_reconnect_options(&mut self, options: ReconnectOptions) {
+        self.core.set_reconnect_options(options);
+    }
+
+    // ------------------------------------------------------------------ transport
+
+    /// The transport is up: queue CONNECT with `options`.
+    pub fn connect(&mut self, now: Instant, options: Connect) -> Result<(), CommandError> {
+        self.check_running()?;
+        self.core.connect(now, options)?;
+        self.started = true;
+        self.transport = true;
+        self.sync();
+        Ok(())
+    }
+
+    /// After [`Outcome::Redial`]: the new transport is up; CONNECT goes out again. When the
+    /// driver stopped meanwhile, [`Outcome::CloseTransport`] asks for the new transport to be
+    /// closed instead.
+    pub fn reconnected(&mut self, now: Instant) {
+        self.redialing = false;
+        if self.is_stopped() {
+            self.outcomes.push_back(Outcome::CloseTransport);
+            return;
+        }
+        self.transport = true;
+        if self.core.reconnect(now).is_err() {
+            self.transport = false;
+            self.core.handle_closed(now);
+        }
+        self.sync();
+    }
+
+    /// After [`Outcome::Redial`]: no transport could be opened; the core schedules the next
+    /// attempt.
+    pub fn dial_failed(&mut self, now: Instant) {
+        self.redialing = false;
+        if self.is_stopped() {
+            return;
+        }
+        self.core.handle_closed(now);
+        self.sync();
+    }
+
+    /// Bytes read from the transport. Complete packets are taken from `buf`; a partial one
+    /// stays for the next call.
+    pub fn handle_bytes(&mut self, now: Instant, buf: &mut BytesMut) {
+        if self.is_stopped() || !self.transport {
+            buf.clear();
+            return;
+        }
+        self.core.handle_bytes(now, buf);
+        self.sync();
+    }
+
+    /// The transport ended (end of stream, an error reading or writing, or closed after
+    /// [`Outcome::CloseTransport`]). Output not yet written is dropped with it. A second call
+    /// for the same transport does nothing.
+    pub fn handle_closed(&mut self, now: Instant) {
+        if self.is_stopped() || !self.transport {
+            return;
+        }
+        self.transport = false;
+        self.out.clear();
+        self.core.handle_closed(now);
+        self.collect();
+        // What was not written is gone; so are answers to requests sent on this transport.
+        let reason = self.last_reason.clone().unwrap_or(DisconnectReason::TransportClosed);
+        self.written = self.queued;
+        while let Some((_, w)) = self.flushes.pop_front() {
+            self.outcomes.push_back(Outcome::Answer(w, Err(reason.clone())));
+        }
+        let requests: Vec<u16> =
+            self.waiters.iter().filter(|(_, w)| w.request).map(|(id, _)| *id).collect();
+        for id in requests {
+            if let Some(w) = self.waiters.remove(&id) {
+                self.outcomes.push_back(Outcome::Answer(w.waiter, Err(reason.clone())));
+            }
+        }
+        self.sync();
+    }
+
+    /// Runs the core's timers if [`poll_timeout`](Self::poll_timeout) has passed.
+    pub fn handle_timeout_if_due(&mut self, now: Instant) {
+        if self.is_stopped() {
+            return;
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+            self.sync();
+        }
+    }
+
+    /// When [`handle_timeout_if_due`](Self::handle_timeout_if_due) must next be called, if
+    /// ever.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_stopped() { None } else { self.core.poll_timeout() }
+    }
+
+    /// How long from `now` until [`handle_timeout_if_due`](Self::handle_timeout_if_due) is
+    /// due (zero when it is), if ever: what a runtime's timer sleeps.
+    #[must_use]
+    pub fn timeout_in(&self, now: Instant) -> Option<Duration> {
+        self.poll_timeout().map(|t| t.saturating_duration_since(now))
+    }
+
+    /// Everything to write to the transport now, in order (empty when there is nothing).
+    /// Report what was written with [`wrote`](Self::wrote).
+    pub fn take_output(&mut self) -> Bytes {
+        self.pull();
+        self.out.split().freeze()
+    }
+
+    /// `n` bytes of what [`take_output`](Self::take_output) handed out were written: calls
+    /// whose bytes are now all on the wire are done.
+    pub fn wrote(&mut self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.written = self.written.saturating_add(n).min(self.queued);
+        self.complete_flushes();
+    }
+
+    /// The next thing to do.
+    #[must_use]
+    pub fn poll(&mut self) -> Option<Outcome<W>> {
+        self.outcomes.pop_front()
+    }
+
+    /// Stops: every waiting call fails with why the last connection ended (or `Requested`),
+    /// and later commands are refused. The runtime closes its transport and ends its loop.
+    pub fn stop(&mut self) {
+        let reason = self.last_reason.clone().unwrap_or(DisconnectReason::Requested);
+        self.stop_with(reason);
+    }
+
+    fn stop_with(&mut self, reason: DisconnectReason) {
+        if self.is_stopped() {
+            return;
+        }
+        self.stopped = Some(reason.clone());
+        let waiters = core::mem::take(&mut self.waiters).into_values().map(|w| w.waiter);
+        let flushes = core::mem::take(&mut self.flushes).into_iter().map(|(_, w)| w);
+        let unsent = core::mem::take(&mut self.unsent).into_iter().map(|(_, w)| w);
+        let all: Vec<W> = waiters.chain(flushes).chain(unsent).collect();
+        for w in all {
+            self.outcomes.push_back(Outcome::Answer(w, Err(reason.clone())));
+        }
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Publishes; `waiter` gets the answer when the publish is done (see the [module
+    /// documentation](self)).
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        publish: Publish,
+        waiter: W,
+    ) -> Result<(), CommandError> {
+        self.check_running()?;
+        match self.core.publish(now, publish)? {
+            Some(id) => {
+                self.waiters.insert(id.get(), Waiting { waiter, request: false });
+            }
+            None => {
+                self.qos0_made += 1;
+                self.unsent.push_back((self.qos0_made, waiter));
+            }
+        }
+        self.sync();
+        Ok(())
+    }
+
+    /// Subscribes to `subscriptions` in one SUBSCRIBE; `waiter` gets one reason code per
+    /// subscription.
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        subscriptions: &[Subscription],
+        waiter: W,
+    ) -> Result<(), CommandError> {
+        self.check_running()?;
+        let id = self.core.subscribe(now, subscriptions)?;
+        self.waiters.insert(id.get(), Waiting { waiter, request: true });
+        self.sync();
+        Ok(())
+    }
+
+    /// Unsubscribes from `filters` in one UNSUBSCRIBE; `waiter` gets the server's reason codes.
+    pub fn unsubscribe(
+        &mut self,
+        now: Instant,
+        filters: &[TopicFilter],
+        waiter: W,
+    ) -> Result<(), CommandError> {
+        self.check_running()?;
+        let id = self.core.unsubscribe(now, filters)?;
+        self.waiters.insert(id.get(), Waiting { waiter, request: true });
+        self.sync();
+        Ok(())
+    }
+
+    /// Sends DISCONNECT (with `disconnect`'s reason code and properties in MQTT 5);
+    /// [`Outcome::CloseTransport`] follows, and `waiter` is answered once the DISCONNECT is
+    /// written. The driver stops when the transport is closed; calls still waiting then fail.
+    pub fn disconnect(
+        &mut self,
+        now: Instant,
+        disconnect: Disconnect,
+        waiter: W,
+    ) -> Result<(), CommandError> {
+        self.check_running()?;
+        self.core.disconnect(now, disconnect);
+        self.pull();
+        self.flushes.push_back((self.queued, waiter));
+        if self.redialing {
+            // The core has no transport to close; the one being dialled is closed when it
+            // comes (see `reconnected`).
+            self.last_reason = Some(DisconnectReason::Requested);
+            self.complete_flushes();
+            self.stop();
+        }
+        self.sync();
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn check_running(&self) -> Result<(), CommandError> {
+        match &self.stopped {
+            Some(reason) => Err(CommandError::Stopped(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves what the core has to send into `out`, and gives QoS 0 publishes that left the
+    /// core's queue their offset.
+    fn pull(&mut self) {
+        while let Some(b) = self.core.poll_transmit(usize::MAX) {
+            self.queued += u64::try_from(b.len()).unwrap_or(u64::MAX);
+            if self.out.is_empty() {
+                self.out = BytesMut::from(b);
+            } else {
+                self.out.extend_from_slice(&b);
+            }
+        }
+        let sent = self.core.qos0_sent();
+        while self.unsent.front().is_some_and(|(n, _)| *n <= sent) {
+            if let Some((_, w)) = self.unsent.pop_front() {
+                self.flushes.push_back((self.queued, w));
+            }
+        }
+    }
+
+    fn complete_flushes(&mut self) {
+        while self.flushes.front().is_some_and(|(target, _)| *target <= self.written) {
+            if let Some((_, w)) = self.flushes.pop_front() {
+                self.outcomes.push_back(Outcome::Answer(w, Ok(vec![ReasonCode::Success])));
+            }
+        }
+    }
+
+    /// Turns the core's events into outcomes.
+    fn collect(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                Event::Connected { session_present, .. } => {
+                    self.outcomes.push_back(Outcome::Connected { session_present });
+                }
+                Event::ConnectionRefused { reason_code, .. } => {
+                    self.outcomes.push_back(Outcome::Refused(reason_code));
+                }
+                Event::Message(p) => self.outcomes.push_back(Outcome::Message(p)),
+                Event::Published { packet_id, reason_code, .. } => {
+                    self.answer(packet_id.get(), Ok(vec![reason_code]));
+                }
+                Event::Subscribed { packet_id, reason_codes, restored: false }
+                | Event::Unsubscribed { packet_id, reason_codes } => {
+                    self.answer(packet_id.get(), Ok(reason_codes));
+                }
+                Event::Disconnected(reason) => {
+                    self.last_reason = Some(reason.clone());
+                    self.outcomes.push_back(Outcome::ConnectionLost(reason));
+                }
+                Event::CloseTransport => self.outcomes.push_back(Outcome::CloseTransport),
+                Event::Reconnect => {
+                    self.redialing = true;
+                    self.outcomes.push_back(Outcome::Redial);
+                }
+                // The client's own restoring SUBSCRIBEs have no caller; the runtimes do not
+                // offer enhanced authentication.
+                _ => {}
+            }
+        }
+    }
+
+    fn answer(&mut self, id: u16, answer: Answer) {
+        if let Some(w) = self.waiters.remove(&id) {
+            self.outcomes.push_back(Outcome::Answer(w.waiter, answer));
+        }
+    }
+
+    /// After every input: output, finished calls, events, and whether anything can still
+    /// happen.
+    fn sync(&mut self) {
+        self.pull();
+        self.complete_flushes();
+        self.collect();
+        // Nothing left to wait for: no transport, none being dialled, no timer (the core does
+        // not reconnect: the application disconnected, reconnecting is off, or the server's
+        // refusal is final).
+        let idle = self.started
+            && !self.transport
+            && !self.redialing
+            && !self.core.is_connected()
+            && self.core.poll_timeout().is_none();
+        if idle && !self.is_stopped() {
+            let reason = self.last_reason.clone().unwrap_or(DisconnectReason::TransportClosed);
+            self.stop_with(reason);
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! The async MQTT [`Client`] on smol (async-io, async-channel, futures-lite).
+//!
+//! The same shape as the Tokio client, on smol's primitives: a driver task owns the TCP
+//! connection and the core's [`Driver`]; it writes what is queued, then waits for the first of
+//! a read, a wake-up from a command and the core's next deadline, feeds the driver, and acts
+//! on its outcomes. [`Client`] handles are cheap to clone and usable from any task, executor or
+//! thread: each call locks the driver briefly, queues its packet and a waiter (a one-slot
+//! channel), wakes the driver task and awaits the answer.
+//!
+//! # Where tasks run
+//!
+//! The driver task and the tasks of [`Client::on_message_async`] are spawned on smol's global
+//! executor ([`smol::spawn`]), which runs on threads of its own (one unless `SMOL_THREADS` says
+//! otherwise). The application's futures can run anywhere, `smol::block_on` included; nothing
+//! blocks that executor except a synchronous [`Client::on_message`] handler that blocks, which
+//! it must not.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant as StdInstant};
+
+use bytes::{Bytes, BytesMut};
+use smol::channel::{self, Receiver, Sender};
+use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::net::TcpStream;
+use smol::{Timer, future};
+use ternmq_core::client::driver::{Answer, CommandError, ConnectOptions, Driver, Outcome};
+use ternmq_core::client::{ClientError, DisconnectReason, ReconnectOptions};
+use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
+use ternmq_core::time::Instant;
+use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
+
+/// Why a call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The TCP connection could not be made or broke.
+    Io(io::Error),
+    /// The server refused the connection.
+    Refused(ReasonCode),
+    /// The client state machine refused the command.
+    Client(ClientError),
+    /// A topic name or filter is not valid.
+    Topic(TopicError),
+    /// The server did not answer in time.
+    Timeout,
+    /// The client was disconnected before the server answered.
+    Disconnected,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "connection error: {e}"),
+            Self::Refused(c) => write!(f, "connection refused: {c}"),
+            Self::Client(e) => write!(f, "{e}"),
+            Self::Topic(e) => write!(f, "{e}"),
+            Self::Timeout => f.write_str("timed out waiting for the server"),
+            Self::Disconnected => f.write_str("disconnected"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
+}
+impl From<TopicError> for Error {
+    fn from(e: TopicError) -> Self {
+        Self::Topic(e)
+    }
+}
+
+/// A stopped driver refuses commands: the client was disconnected.
+fn command_error(e: CommandError) -> Error {
+    match e {
+        CommandError::Client(e) => Error::Client(e),
+        _ => Error::Disconnected,
+    }
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+type Waiter = Sender<Answer>;
+type Handler = Box<dyn FnMut(&Publish) + Send>;
+type AsyncHandler = Arc<dyn Fn(Publish) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type Hook = Box<dyn FnMut() + Send>;
+
+/// Everything the handles and the driver task share, under one lock.
+struct State {
+    /// The core client, its unwritten output and the calls waiting for an answer.
+    driver: Driver<Waiter>,
+    connect_waiter: Option<Sender<Result<(), Error>>>,
+    callbacks: Callbacks,
+}
+
+/// What the application asked to be called with.
+#[derive(Default)]
+struct Callbacks {
+    handlers: Vec<Handler>,
+    async_handlers: Vec<AsyncHandler>,
+    on_connect: Vec<Hook>,
+    on_disconnect: Vec<Hook>,
+}
+
+impl Callbacks {
+    /// Puts back callbacks taken to run without the lock, before those added meanwhile.
+    fn restore(&mut self, mut taken: Callbacks) {
+        taken.handlers.append(&mut self.handlers);
+        taken.async_handlers.append(&mut self.async_handlers);
+        taken.on_connect.append(&mut self.on_connect);
+        taken.on_disconnect.append(&mut self.on_disconnect);
+        *self = taken;
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Commands wake the driver task through this one-slot channel; a full slot means a
+    /// wake-up is already pending.
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+    epoch: StdInstant,
+    host: String,
+    port: u16,
+    timeout: Duration,
+    messages: Receiver<Publish>,
+}
+
+impl Shared {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Handlers run without the lock, so a poisoned lock still guards a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+}
+
+/// An async MQTT client handle on smol; clone it freely.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("host", &self.shared.host).finish()
+    }
+}
+
+impl Client {
+    /// Connects and waits until the server accepts. The driver task is spawned on smol's
+    /// global executor.
+    pub async fn connect(options: ConnectOptions) -> Result<Client, Error> {
+        let stream = TcpStream::connect((options.host.as_str(), options.port)).await?;
+        stream.set_nodelay(true)?;
+        let (tx, rx) = channel::bounded(options.message_buffer.max(1));
+        let (connected_tx, connected_rx) = channel::bounded(1);
+        let (wake_tx, wake_rx) = channel::bounded(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                driver: Driver::new(options.config, Instant::ZERO),
+                connect_waiter: Some(connected_tx),
+                callbacks: Callbacks::default(),
+            }),
+            wake_tx,
+            wake_rx,
+            epoch: StdInstant::now(),
+            host: options.host,
+            port: options.port,
+            timeout: options.timeout,
+            messages: rx,
+        });
+        {
+            let mut st = shared.lock();
+            let now = shared.now();
+            st.driver.connect(now, options.connect).map_err(command_error)?;
+        }
+        smol::spawn(drive(Arc::clone(&shared), stream, tx)).detach();
+        let client = Client { shared };
+        let answer = within(options.timeout, async { connected_rx.recv().await.ok() }).await;
+        let result = match answer {
+            Some(Some(result)) => result,
+            Some(None) => Err(Error::Disconnected),
+            None => Err(Error::Timeout),
+        };
+        if result.is_err() {
+            client.stop();
+        }
+        result.map(|()| client)
+    }
+
+    /// Publishes and completes when the publish is done: written for QoS 0, PUBACK for QoS 1,
+    /// PUBCOMP for QoS 2. Returns the server's reason code (always Success in 3.1.1).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+    ) -> Result<ReasonCode, Error> {
+        let mut p = Publish::new(TopicName::new(topic)?, payload);
+        p.qos = qos;
+        self.publish_with(p).await
+    }
+
+    /// [`publish`](Self::publish) with every option: retain, MQTT 5 properties, topic alias.
+    pub async fn publish_with(&self, publish: Publish) -> Result<ReasonCode, Error> {
+        let codes = self.call(|d, now, w| d.publish(now, publish, w)).await?;
+        Ok(codes.first().copied().unwrap_or(ReasonCode::Success))
+    }
+
+    /// Subscribes to `filter`; returns the granted QoS or the server's error code.
+    pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<ReasonCode, Error> {
+        let sub = Subscription::new(TopicFilter::new(filter)?, qos);
+        let codes = self.subscribe_many(&[sub]).await?;
+        Ok(codes.first().copied().unwrap_or(ReasonCode::UnspecifiedError))
+    }
+
+    /// Subscribes to several filters with their options in one SUBSCRIBE.
+    pub async fn subscribe_many(&self, subs: &[Subscription]) -> Result<Vec<ReasonCode>, Error> {
+        self.call(|d, now, w| d.subscribe(now, subs, w)).await
+    }
+
+    /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
+    pub async fn unsubscribe(&self, filter: &str) -> Result<Vec<ReasonCode>, Error> {
+        let f = TopicFilter::new(filter)?;
+        self.call(|d, now, w| d.unsubscribe(now, &[f], w)).await
+    }
+
+    /// Calls `handler` for every message, in order, on the driver task. It must not block; to
+    /// publish from a handler use [`on_message_async`](Self::on_message_async).
+    pub fn on_message(&self, handler: impl FnMut(&Publish) + Send + 'static) {
+        self.shared.lock().callbacks.handlers.push(Box::new(handler));
+    }
+
+    /// Spawns `handler(message)` as a task on smol's global executor for every message: it may
+    /// await, publish, and wait for acknowledgements while the driver goes on.
+    pub fn on_message_async<F, Fut>(&self, handler: F)
+    where
+        F: Fn(Publish) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let handler: AsyncHandler = Arc::new(move |p| Box::pin(handler(p)));
+        self.shared.lock().callbacks.async_handlers.push(handler);
+    }
+
+    /// Calls `hook` after every accepted connection, reconnections included.
+    pub fn on_connect(&self, hook: impl FnMut() + Send + 'static) {
+        self.shared.lock().callbacks.on_connect.push(Box::new(hook));
+    }
+
+    /// Calls `hook` whenever the connection is lost; the client reconnects by itself if its
+    /// reconnect options say so.
+    pub fn on_disconnect(&self, hook: impl FnMut() + Send + 'static) {
+        self.shared.lock().callbacks.on_disconnect.push(Box::new(hook));
+    }
+
+    /// The next message, or `None` once the client is stopped.
+    pub async fn next_message(&self) -> Option<Publish> {
+        self.shared.messages.recv().await.ok()
+    }
+
+    /// Whether the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().driver.is_connected()
+    }
+
+    /// Replaces the automatic reconnect policy (enable, initial and maximum delay, backoff
+    /// multiplier, jitter); it applies from the next time the connection is lost.
+    pub fn set_reconnect_options(&self, options: ReconnectOptions) {
+        self.shared.lock().driver.set_reconnect_options(options);
+    }
+
+    /// Sends DISCONNECT, waits until it is written, and stops the client.
+    pub async fn disconnect(&self) -> Result<(), Error> {
+        self.disconnect_with(Disconnect::default()).await
+    }
+
+    /// [`disconnect`](Self::disconnect) with a reason code and MQTT 5 properties (for example a
+    /// new Session Expiry Interval).
+    pub async fn disconnect_with(&self, disconnect: Disconnect) -> Result<(), Error> {
+        // Already stopped, or the DISCONNECT lost with the connection: stopped all the same.
+        let _ = self.call(|d, now, w| d.disconnect(now, disconnect, w)).await;
+        self.stop();
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.shared.lock().driver.stop();
+        self.shared.wake();
+    }
+
+    /// Hands a command and its waiter to the driver, wakes the driver task and awaits the
+    /// answer.
+    async fn call(
+        &self,
+        command: impl FnOnce(&mut Driver<Waiter>, Instant, Waiter) -> Result<(), CommandError>,
+    ) -> Result<Vec<ReasonCode>, Error> {
+        let (tx, rx) = channel::bounded(1);
+        {
+            let mut st = self.shared.lock();
+            let now = self.shared.now();
+            command(&mut st.driver, now, tx).map_err(command_error)?;
+        }
+        self.shared.wake();
+        match within(self.shared.timeout, rx.recv()).await {
+            Some(Ok(Ok(codes))) => Ok(codes),
+            Some(Ok(Err(_)) | Err(_)) => Err(Error::Disconnected),
+            None => Err(Error::Timeout),
+        }
+    }
+}
+
+/// `fut`'s output, or `None` if `timeout` passes first.
+async fn within<T>(timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    future::or(async { Some(fut.await) }, async {
+        Timer::after(timeout).await;
+        None
+    })
+    .await
+}
+
+/// What the driver task must do after acting on the driver's outcomes.
+#[derive(Default)]
+struct Next {
+    close: bool,
+    redial: bool,
+    stopped: bool,
+}
+
+/// What ended the driver task's wait.
+enum Woke {
+    Read(io::Result<usize>),
+    Other,
+}
+
+/// The driver task: the run loop of the core client on one TCP connection at a time.
+async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: Sender<Publish>) {
+    let mut conn = Some(stream);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    // A packet split across reads waits here for its rest.
+    let mut input = BytesMut::new();
+    loop {
+        // 1. Write what is queued, then act on what happened.
+        write_out(&shared, &mut conn).await;
+        let next = act(&shared, &messages);
+        if next.close {
+            // The last words (a DISCONNECT, say) go out before the socket closes.
+            write_out(&shared, &mut conn).await;
+            if let Some(s) = conn.take() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            shared.lock().driver.handle_closed(shared.now());
+            continue;
+        }
+        if next.stopped {
+            break;
+        }
+        if next.redial {
+            let result = TcpStream::connect((shared.host.as_str(), shared.port)).await;
+            let mut st = shared.lock();
+            match result {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    conn = Some(s);
+                    input.clear();
+                    st.driver.reconnected(shared.now());
+                }
+                Err(_) => st.driver.dial_failed(shared.now()),
+            }
+            continue;
+        }
+        // 2. Wait for input, a command or the core's deadline. Input goes first: the other two
+        // only say "look again", and every turn of the loop looks at everything.
+        let wait = shared.lock().driver.timeout_in(shared.now());
+        let read = async {
+            match conn.as_mut() {
+                Some(s) => Woke::Read(s.read(&mut chunk).await),
+                // Without a connection, commands and timers go on.
+                None => future::pending().await,
+            }
+        };
+        let wake = async {
+            let _ = shared.wake_rx.recv().await;
+            Woke::Other
+        };
+        let timer = async {
+            match wait {
+                Some(d) => Timer::after(d).await,
+                None => Timer::never().await,
+            };
+            Woke::Other
+        };
+        let woke = future::or(read, future::or(wake, timer)).await;
+        // 3. Feed the core.
+        let mut st = shared.lock();
+        let now = shared.now();
+        match woke {
+            Woke::Read(Ok(n)) if n > 0 => {
+                input.extend_from_slice(&chunk[..n]);
+                st.driver.handle_bytes(now, &mut input);
+            }
+            Woke::Read(_) => {
+                conn = None;
+                st.driver.handle_closed(now);
+            }
+            Woke::Other => {}
+        }
+        st.driver.handle_timeout_if_due(now);
+    }
+}
+
+/// Writes what the driver has to send; a failed write ends the connection.
+async fn write_out(shared: &Shared, conn: &mut Option<TcpStream>) {
+    let out = shared.lock().driver.take_output();
+    if out.is_empty() {
+        return;
+    }
+    let ok = match conn.as_mut() {
+        Some(s) => s.write_all(&out).await.is_ok(),
+        None => false,
+    };
+    let mut st = shared.lock();
+    if ok {
+        st.driver.wrote(out.len());
+    } else {
+        *conn = None;
+        st.driver.handle_closed(shared.now());
+    }
+}
+
+/// Carries out the driver's outcomes: answers, the connect waiter, hooks and handlers (these
+/// without the lock), messages.
+fn act(shared: &Shared, messages: &Sender<Publish>) -> Next {
+    let mut next = Next::default();
+    let mut delivered = Vec::new();
+    let (mut ups, mut downs) = (0, 0);
+    let mut st = shared.lock();
+    while let Some(outcome) = st.driver.poll() {
+        match outcome {
+            Outcome::Answer(w, answer) => {
+                let _ = w.try_send(answer);
+            }
+            Outcome::Connected { .. } => {
+                if let Some(tx) = st.connect_waiter.take() {
+                    let _ = tx.try_send(Ok(()));
+                }
+                ups += 1;
+            }
+            Outcome::Refused(code) => {
+                if let Some(tx) = st.connect_waiter.take() {
+                    let _ = tx.try_send(Err(Error::Refused(code)));
+                }
+            }
+            Outcome::Message(p) => delivered.push(p),
+            Outcome::ConnectionLost(reason) if reason != DisconnectReason::Requested => downs += 1,
+            Outcome::CloseTransport => next.close = true,
+            Outcome::Redial => next.redial = true,
+            _ => {}
+        }
+    }
+    next.stopped = st.driver.is_stopped();
+    if next.stopped
+        && let Some(tx) = st.connect_waiter.take()
+    {
+        let _ = tx.try_send(Err(Error::Disconnected));
+    }
+    if ups + downs == 0 && delivered.is_empty() {
+        return next;
+    }
+    // Hooks and handlers run here, in order, on the driver task, without the lock: they must
+    // not block, and may call the client.
+    let mut cb = std::mem::take(&mut st.callbacks);
+    drop(st);
+    for _ in 0..downs {
+        cb.on_disconnect.iter_mut().for_each(|h| h());
+    }
+    for _ in 0..ups {
+        cb.on_connect.iter_mut().for_each(|h| h());
+    }
+    for p in &delivered {
+        cb.handlers.iter_mut().for_each(|h| h(p));
+        for h in &cb.async_handlers {
+            smol::spawn(h(p.clone())).detach();
+        }
+    }
+    shared.lock().callbacks.restore(cb);
+    for p in delivered {
+        if messages.try_send(p).is_err() {
+            log::warn!("message buffer full or closed; a message was dropped");
+        }
+    }
+    next
+}

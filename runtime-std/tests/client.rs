@@ -1,0 +1,102 @@
+//! The blocking client against the std broker server, in one process on loopback: input split
+//! across reads, and handlers that wait for their acknowledgements while more messages come.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ternmq_core::codec::{MqttStr, QoS, ReasonCode};
+use ternmq_std::{ConnectOptions, Error, Server, ServerConfig, ShutdownHandle, SyncClient};
+
+/// A std server on its own thread; shut down and joined on drop.
+struct Running(SocketAddr, ShutdownHandle, Option<JoinHandle<()>>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.1.shutdown();
+        if let Some(t) = self.2.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn server() -> Running {
+    let server = Server::bind(ServerConfig::new("127.0.0.1:0".parse().unwrap())).unwrap();
+    let addr = server.local_addrs()[0];
+    let handle = server.shutdown_handle();
+    Running(addr, handle, Some(std::thread::spawn(move || server.run().unwrap())))
+}
+
+fn connect(addr: SocketAddr, id: &str) -> SyncClient {
+    let mut o = ConnectOptions::new("127.0.0.1", addr.port());
+    o.connect.client_id = MqttStr::new(id).unwrap();
+    o.timeout = Duration::from_secs(5);
+    SyncClient::connect(o).unwrap()
+}
+
+#[test]
+fn a_message_larger_than_one_read_arrives_whole() {
+    let s = server();
+    let c = connect(s.0, "big");
+    c.subscribe("big", QoS::AtLeastOnce).unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(c.publish("big", payload.clone(), QoS::AtLeastOnce).unwrap(), ReasonCode::Success);
+    let m = c.recv_timeout(Duration::from_secs(10)).expect("the message");
+    assert_eq!(&m.payload[..], &payload[..]);
+    // And the connection is still in step after it.
+    c.publish("big", "small", QoS::AtLeastOnce).unwrap();
+    let m = c.recv_timeout(Duration::from_secs(10)).expect("the next message");
+    assert_eq!(&m.payload[..], b"small");
+    c.disconnect().unwrap();
+}
+
+#[test]
+fn handlers_waiting_for_acks_do_not_stall_later_messages() {
+    const N: usize = 10;
+    let s = server();
+    let controller = connect(s.0, "controller");
+    controller.subscribe("cmd", QoS::AtLeastOnce).unwrap();
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let (c, a) = (controller.clone(), Arc::clone(&answers));
+    controller.on_message(move |msg| {
+        // Slow enough that the next command arrives, in a read of its own, while this handler
+        // runs: the I/O thread must deliver it and still read this publish's PUBACK.
+        std::thread::sleep(Duration::from_millis(10));
+        a.lock().unwrap().push(c.publish("status", msg.payload.clone(), QoS::AtLeastOnce));
+    });
+    let watcher = connect(s.0, "watcher");
+    watcher.subscribe("status", QoS::AtLeastOnce).unwrap();
+    let device = connect(s.0, "device");
+    for i in 0..N {
+        device.publish("cmd", format!("{i}"), QoS::AtLeastOnce).unwrap();
+    }
+    for i in 0..N {
+        let m = watcher.recv_timeout(Duration::from_secs(5)).expect("a status");
+        assert_eq!(&m.payload[..], format!("{i}").as_bytes());
+    }
+    for _ in 0..100 {
+        if answers.lock().unwrap().len() == N {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answers = answers.lock().unwrap();
+    assert_eq!(answers.len(), N);
+    assert!(answers.iter().all(|r| matches!(r, Ok(ReasonCode::Success))), "{answers:?}");
+}
+
+#[test]
+fn a_stopped_client_refuses_at_once() {
+    let s = server();
+    let c = connect(s.0, "stopped");
+    c.disconnect().unwrap();
+    assert!(!c.is_connected());
+    let started = std::time::Instant::now();
+    let err = c.publish("t", "x", QoS::AtLeastOnce).unwrap_err();
+    assert!(matches!(err, Error::Disconnected(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(c.recv_timeout(Duration::from_millis(10)).is_none());
+}
