@@ -50,6 +50,14 @@ fn run_seeds(
     failures
 }
 
+/// Many seeds of the scenario, each checking end to end what chapter 4 promises under faults:
+/// every matching session gets an owned message, QoS 2 once, acknowledgements and releases in
+/// order, per-publisher order on non-shared subscriptions, and no PUBLISH beyond the
+/// receiver's quota.
+/// 3.1.1: [MQTT-4.3.3-2] [MQTT-4.5.0-1] [MQTT-4.6.0-2] [MQTT-4.6.0-3] [MQTT-4.6.0-4]
+/// [MQTT-4.6.0-6].
+/// 5.0: [MQTT-4.3.3-10] [MQTT-4.5.0-1] [MQTT-4.6.0-2] [MQTT-4.6.0-3] [MQTT-4.6.0-4]
+/// [MQTT-4.6.0-5] [MQTT-4.6.0-6] [MQTT-4.9.0-2].
 #[test]
 fn simulated_seeds_keep_every_promise() {
     let count = env_u64("TERNMQ_SIM_SEEDS", 2_000);

@@ -379,3 +379,29 @@ fn sec_3_3_4_withheld_pubrecs_count_once_against_receive_maximum() {
     h.send(&p, publish("t", b"5", QoS::AtLeastOnce, 5));
     assert!(h.is_closed(&mut p), "the fifth is over it");
 }
+
+/// PUBACKs and PUBRECs go in the order of their PUBLISH packets, even when one waits for the
+/// store [MQTT-4.6.0-2] [MQTT-4.6.0-3]. Found by the simulation's wire monitor: a PUBACK
+/// withheld for the store was overtaken by the PUBACK of a later PUBLISH that logged nothing.
+#[test]
+fn mqtt_4_6_0_2_acks_keep_the_order_of_their_publishes_when_one_waits_for_the_store() {
+    let mut d = Durable::new(Persistence::Durable);
+    let (mut sub, _) = d.h.connect_v5_session("sub", false, 3600);
+    d.h.subscribe(&mut sub, "stored", QoS::AtLeastOnce);
+    d.sync();
+    let mut p = d.h.connect(V5, "pub", true);
+    d.h.send(&p, publish("stored", b"a", QoS::AtLeastOnce, 1));
+    d.h.send(&p, publish("nobody", b"b", QoS::AtLeastOnce, 2));
+    d.h.send(&p, publish("nobody", b"c", QoS::ExactlyOnce, 3));
+    assert!(d.h.recv(&mut p).is_empty(), "the first waits for the store, the rest behind it");
+    d.sync();
+    let ids: Vec<u16> =
+        d.h.recv(&mut p)
+            .iter()
+            .filter_map(|x| match x {
+                Packet::PubAck(a) | Packet::PubRec(a) => Some(a.packet_id.get()),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(ids, [1, 2, 3]);
+}

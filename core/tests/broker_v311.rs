@@ -11,6 +11,7 @@ use ternmq_core::codec::{
     UnsubAck,
 };
 
+/// A protocol violation closes the connection it came on [MQTT-4.8.0-1].
 #[test]
 fn mqtt_3_1_0_2_second_connect_closes() {
     let mut h = Harness::new();

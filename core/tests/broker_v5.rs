@@ -1361,6 +1361,9 @@ mod auth {
         a
     }
 
+    /// The AUTH exchange: the server's challenge carries 0x18 [MQTT-4.12.0-2] and the method of
+    /// the CONNECT, as does the CONNACK [MQTT-4.12.0-5]; a failed re-authentication closes the
+    /// connection [MQTT-4.12.1-2].
     #[test]
     fn enhanced_authentication_and_reauthentication() {
         let mut h = Harness::config(|c| c.authenticator = Some(Arc::new(Challenge)));
@@ -1393,15 +1396,37 @@ mod auth {
         );
         h.send(&p, auth(ReasonCode::ReAuthenticate, b"bad"));
         assert_eq!(reason_of_disconnect(&h.recv(&mut p)), Some(ReasonCode::NotAuthorized));
+        assert!(h.is_closed(&mut p));
     }
 
+    /// A server that rejects the authentication sends CONNACK 0x80 or above and closes
+    /// [MQTT-4.12.0-4] [MQTT-4.13.2-1].
+    #[test]
+    fn mqtt_4_12_0_4_a_failed_authentication_gets_connack_and_close() {
+        let mut h = Harness::config(|c| c.authenticator = Some(Arc::new(Challenge)));
+        let mut p = h.accept(V5);
+        let mut c = connect_packet(V5, "a", true);
+        c.properties.authentication_method = Some(MqttStr::new("CHALLENGE").unwrap());
+        h.send(&p, c);
+        assert!(matches!(h.recv_one(&mut p), Packet::Auth(_)));
+        h.send(&p, auth(ReasonCode::ContinueAuthentication, b"wrong"));
+        match h.recv_one(&mut p) {
+            Packet::ConnAck(a) => assert_eq!(a.reason_code, ReasonCode::NotAuthorized),
+            other => panic!("{other:?}"),
+        }
+        assert!(h.is_closed(&mut p));
+    }
+
+    /// An authentication method the server does not support gets CONNACK 0x8C and a close
+    /// [MQTT-4.12.0-1] [MQTT-4.13.2-1].
     #[test]
     fn unknown_authentication_method_gets_0x8c() {
         let mut h = Harness::config(|c| c.authenticator = Some(Arc::new(Challenge)));
         let mut c = connect_packet(V5, "a", true);
         c.properties.authentication_method = Some(MqttStr::new("OTHER").unwrap());
-        let (_, ack) = h.connect_with(c);
+        let (mut p, ack) = h.connect_with(c);
         assert_eq!(ack.reason_code, ReasonCode::BadAuthenticationMethod);
+        assert!(h.is_closed(&mut p));
     }
 
     struct ReadOnly;

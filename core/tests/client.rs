@@ -250,6 +250,8 @@ fn mqtt_3_2_2_21_server_keep_alive_replaces_the_clients() {
     assert_eq!(h.client.poll_timeout(), Some(t(3)));
 }
 
+/// The client as QoS 1 sender: an unused identifier, QoS 1 and DUP 0, in flight until PUBACK.
+/// 3.1.1: [MQTT-4.3.2-1]. 5.0: [MQTT-4.3.2-1] [MQTT-4.3.2-2] [MQTT-4.3.2-3].
 #[test]
 fn qos1_publish_completes_on_puback() {
     for v in both() {
@@ -270,6 +272,10 @@ fn qos1_publish_completes_on_puback() {
     }
 }
 
+/// The client as QoS 2 sender: PUBLISH with QoS 2 and DUP 0, PUBREL with the identifier on
+/// PUBREC, done on PUBCOMP.
+/// 3.1.1: [MQTT-4.3.3-1]. 5.0: [MQTT-4.3.3-1] [MQTT-4.3.3-2] [MQTT-4.3.3-3] [MQTT-4.3.3-4]
+/// [MQTT-4.3.3-5].
 #[test]
 fn qos2_publish_runs_pubrec_pubrel_pubcomp() {
     for v in both() {
@@ -290,6 +296,8 @@ fn qos2_publish_runs_pubrec_pubrel_pubcomp() {
     }
 }
 
+/// MQTT 5 only: a PUBREC of 0x80 or above ends the exchange, with no PUBREL and no resend
+/// [MQTT-4.4.0-2].
 #[test]
 fn v5_pubrec_with_an_error_ends_the_exchange_without_pubrel() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
@@ -307,6 +315,10 @@ fn v5_pubrec_with_an_error_ends_the_exchange_without_pubrel() {
     ));
 }
 
+/// The client as QoS 2 receiver: PUBREC, PUBREC again without a second delivery until PUBREL,
+/// PUBCOMP, then the identifier is new.
+/// 3.1.1: [MQTT-4.3.3-2] [MQTT-4.5.0-2]. 5.0: [MQTT-4.3.3-8] [MQTT-4.3.3-10] [MQTT-4.3.3-11]
+/// [MQTT-4.3.3-12] [MQTT-4.5.0-2].
 #[test]
 fn incoming_qos2_is_delivered_once_until_pubrel() {
     for v in both() {
@@ -332,6 +344,8 @@ fn incoming_qos2_is_delivered_once_until_pubrel() {
     }
 }
 
+/// 3.1.1 only: the client as QoS 1 receiver acknowledges what it receives [MQTT-4.3.2-2]
+/// [MQTT-4.5.0-2].
 #[test]
 fn incoming_qos1_is_delivered_and_acknowledged() {
     let mut h = Harness::new(ProtocolVersion::V3_1_1, ClientConfig::default());
@@ -344,6 +358,8 @@ fn incoming_qos1_is_delivered_and_acknowledged() {
     assert_eq!(h.events(), vec![Event::Message(p)]);
 }
 
+/// MQTT 5 only: the send quota is the server's Receive Maximum; at zero, further publishes
+/// wait, in order [MQTT-4.9.0-1] [MQTT-4.9.0-2] [MQTT-3.3.4-7].
 #[test]
 fn inflight_window_follows_the_servers_receive_maximum_and_keeps_order() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
@@ -399,6 +415,9 @@ fn offline_queue_is_bounded_and_flushed_on_connect() {
     );
 }
 
+/// On resume the client resends PUBREL and unacknowledged PUBLISH packets in their original
+/// order [MQTT-4.4.0-1] [MQTT-4.6.0-1], and never the PUBLISH of a message it released
+/// (5.0: [MQTT-4.3.3-6]).
 #[test]
 fn mqtt_4_4_0_1_session_resume_resends_publish_with_dup_and_pubrel_in_order() {
     for v in both() {
@@ -852,6 +871,8 @@ fn enhanced_authentication_exchange_before_connack() {
     ));
 }
 
+/// Without an Authentication Method the client sends no AUTH [MQTT-4.12.0-7], and an AUTH
+/// from the server is a protocol error [MQTT-4.12.0-6].
 #[test]
 fn mqtt_4_12_0_6_auth_without_a_method_is_a_protocol_error() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());

@@ -1,7 +1,7 @@
 //! The wire monitor: decodes both directions of one connection, checks every packet against
 //! the limits the receiving side announced, and writes the trace lines.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::codec::{Decoder, Packet, ProtocolVersion, QoS, ReasonCode};
@@ -30,8 +30,32 @@ pub(super) struct Monitor {
     /// QoS 1 and 2 packet identifiers in use, each direction.
     down_inflight: BTreeSet<u16>,
     up_inflight: BTreeSet<u16>,
+    /// QoS 1/2 PUBLISH identifiers not yet answered with PUBACK/PUBREC, in arrival order,
+    /// and PUBRECs not yet answered with PUBREL: each side must answer in order
+    /// ([MQTT-4.6.0-2..4]).
+    up_unanswered: VecDeque<u16>,
+    down_unanswered: VecDeque<u16>,
+    up_recs: VecDeque<u16>,
+    down_recs: VecDeque<u16>,
     /// A direction that failed to decode is not decoded further.
     broken: bool,
+}
+
+/// Removes `id` from `queue`; `Err(first)` if an earlier entry, `first`, is still there.
+fn answer_in_order(queue: &mut VecDeque<u16>, id: u16) -> Result<(), u16> {
+    match queue.iter().position(|&x| x == id) {
+        Some(0) => {
+            queue.pop_front();
+            Ok(())
+        }
+        Some(i) => {
+            let first = queue[0];
+            queue.remove(i);
+            Err(first)
+        }
+        // Not seen on this connection (an answer to a resend after a reconnect).
+        None => Ok(()),
+    }
 }
 
 impl Monitor {
@@ -52,6 +76,10 @@ impl Monitor {
             broker_alias_max: 0,
             down_inflight: BTreeSet::new(),
             up_inflight: BTreeSet::new(),
+            up_unanswered: VecDeque::new(),
+            down_unanswered: VecDeque::new(),
+            up_recs: VecDeque::new(),
+            down_recs: VecDeque::new(),
             broken: false,
         }
     }
@@ -128,6 +156,7 @@ impl Monitor {
                         ));
                     }
                     if let (true, Some(id)) = (p.qos != QoS::AtMostOnce, p.packet_id) {
+                        self.up_unanswered.push_back(id.get());
                         if !self.up_inflight.insert(id.get()) && !p.dup {
                             bad(format!("reused packet id {id} while it was in flight"));
                         }
@@ -142,11 +171,26 @@ impl Monitor {
                         }
                     }
                 }
-                Packet::PubAck(a) | Packet::PubComp(a) => {
+                Packet::PubAck(a) | Packet::PubRec(a) => {
+                    let id = a.packet_id.get();
+                    if let Err(first) = answer_in_order(&mut self.down_unanswered, id) {
+                        bad(format!("answered PUBLISH {id} before PUBLISH {first}"));
+                    }
+                    let done = matches!(packet, Packet::PubAck(_)) || a.reason_code.is_error();
+                    if done {
+                        self.down_inflight.remove(&id);
+                    } else {
+                        self.up_recs.push_back(id);
+                    }
+                }
+                Packet::PubComp(a) => {
                     self.down_inflight.remove(&a.packet_id.get());
                 }
-                Packet::PubRec(a) if a.reason_code.is_error() => {
-                    self.down_inflight.remove(&a.packet_id.get());
+                Packet::PubRel(a) => {
+                    let id = a.packet_id.get();
+                    if let Err(first) = answer_in_order(&mut self.down_recs, id) {
+                        bad(format!("sent PUBREL {id} before PUBREL {first}"));
+                    }
                 }
                 _ => {}
             }
@@ -223,6 +267,7 @@ impl Monitor {
                         ));
                     }
                     if let (true, Some(id)) = (p.qos != QoS::AtMostOnce, p.packet_id) {
+                        self.down_unanswered.push_back(id.get());
                         if !self.down_inflight.insert(id.get()) && !p.dup {
                             bad(format!("reused packet id {id} while in flight"));
                         }
@@ -237,8 +282,26 @@ impl Monitor {
                         }
                     }
                 }
-                Packet::PubAck(a) | Packet::PubComp(a) => {
+                Packet::PubAck(a) | Packet::PubRec(a) => {
+                    let id = a.packet_id.get();
+                    if let Err(first) = answer_in_order(&mut self.up_unanswered, id) {
+                        bad(format!("answered PUBLISH {id} before PUBLISH {first}"));
+                    }
+                    let done = matches!(packet, Packet::PubAck(_)) || a.reason_code.is_error();
+                    if done {
+                        self.up_inflight.remove(&id);
+                    } else {
+                        self.down_recs.push_back(id);
+                    }
+                }
+                Packet::PubComp(a) => {
                     self.up_inflight.remove(&a.packet_id.get());
+                }
+                Packet::PubRel(a) => {
+                    let id = a.packet_id.get();
+                    if let Err(first) = answer_in_order(&mut self.up_recs, id) {
+                        bad(format!("sent PUBREL {id} before PUBREL {first}"));
+                    }
                 }
                 Packet::Disconnect(d)
                     if d.reason_code == ReasonCode::ReceiveMaximumExceeded
@@ -249,9 +312,6 @@ impl Monitor {
                         self.broker_receive_max,
                         self.up_inflight.len()
                     ));
-                }
-                Packet::PubRec(a) if a.reason_code.is_error() => {
-                    self.up_inflight.remove(&a.packet_id.get());
                 }
                 _ => {}
             }

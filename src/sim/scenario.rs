@@ -93,7 +93,8 @@ pub struct Outcome {
     pub seed: u64,
     /// Broken promises, one line each; empty when the run is clean.
     pub violations: Vec<String>,
-    /// The last packets exchanged before the end (or the first violation).
+    /// The last packets exchanged before the first violation seen while running (or before
+    /// the end, for promises checked at the end).
     pub trace: Vec<String>,
     /// Application messages published.
     pub published: u64,
@@ -237,6 +238,8 @@ struct Run {
     expiry_back_at: Option<Instant>,
     wills_seen: BTreeMap<String, u32>,
     violations: Vec<String>,
+    /// The packet trace when the first violation was seen during the run.
+    failure_trace: Option<Vec<String>>,
     published: u64,
     received: u64,
     client_limit: usize,
@@ -371,6 +374,7 @@ impl Run {
             expiry_back_at: None,
             wills_seen: BTreeMap::new(),
             violations: Vec::new(),
+            failure_trace: None,
             published: 0,
             received: 0,
             client_limit: 5_000,
@@ -387,6 +391,7 @@ impl Run {
             self.drain_events();
             self.drain_notes(&mut broker_notes);
             self.check_limits();
+            self.keep_failure_trace();
         }
         // Settle: no faults, no new publishes; clients offline on purpose come back.
         self.world.set_faults(Faults::none());
@@ -397,6 +402,7 @@ impl Run {
             self.drain_events();
             self.drain_notes(&mut broker_notes);
             self.check_limits();
+            self.keep_failure_trace();
         }
         self.check_end(&broker_notes);
         let mut violations = std::mem::take(&mut self.violations);
@@ -404,7 +410,10 @@ impl Run {
         Outcome {
             seed: self.cfg.seed,
             violations,
-            trace: self.world.trace().cloned().collect(),
+            trace: self
+                .failure_trace
+                .take()
+                .unwrap_or_else(|| self.world.trace().cloned().collect()),
             published: self.published,
             received: self.received,
             restarts: self.world.restarts(),
@@ -702,6 +711,15 @@ impl Run {
                     count
                 ));
             }
+        }
+    }
+
+    /// Keeps the trace as it is when the first violation shows up, so that the report shows
+    /// the packets around it rather than those at the end.
+    fn keep_failure_trace(&mut self) {
+        let failed = !self.violations.is_empty() || !self.world.violations().is_empty();
+        if failed && self.failure_trace.is_none() {
+            self.failure_trace = Some(self.world.trace().cloned().collect());
         }
     }
 

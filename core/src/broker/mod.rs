@@ -344,6 +344,10 @@ struct Conn {
     parked: u16,
     /// Subscribers' sessions whose full output paused this connection's input.
     paused: u16,
+    /// PUBACKs and PUBRECs owed, in the order their PUBLISH packets arrived: `None` while one
+    /// is withheld. They go out in that order ([MQTT-4.6.0-2], [MQTT-4.6.0-3]), so an answer
+    /// that is ready waits behind a withheld one.
+    answers: VecDeque<(PacketId, Option<Packet>)>,
 }
 
 impl Conn {
@@ -574,6 +578,7 @@ impl Broker {
             in_ready: false,
             parked: 0,
             paused: 0,
+            answers: VecDeque::new(),
             authz: Vec::new(),
         };
         let index = match self.free_slots.pop() {
@@ -1938,8 +1943,26 @@ impl Broker {
             let resent = s.incoming_qos2.contains(&id.get());
             if resent {
                 // A resent PUBLISH of a message already received: acknowledge, do not deliver
-                // again ([MQTT-4.3.3-?], method A of section 4.3.3).
-                return self.send(index, &Packet::PubRec(PubAck::new(id)));
+                // again (method A of section 4.3.3). In durable mode not before the store has
+                // what the first copy logged.
+                let wait = self.durable() && self.persist_seq > self.persisted;
+                let seq = if wait { self.persist_seq } else { 0 };
+                let conn = self.conn_id(index);
+                let ack = ParkedAck {
+                    conn,
+                    id,
+                    qos: QoS::ExactlyOnce,
+                    since: now,
+                    seq,
+                    code: ReasonCode::Success,
+                };
+                if seq > 0 {
+                    self.withhold_answer(index, id);
+                    self.awaiting_store.push_back(ack);
+                } else {
+                    self.answer(conn, id, Packet::PubRec(PubAck::new(id)));
+                }
+                return;
             }
             // A 3.1.1 client is told no Receive Maximum, so it cannot break one: its unreleased
             // QoS 2 identifiers are bounded by the 65,535 packet identifiers alone.
@@ -1993,15 +2016,18 @@ impl Broker {
                 } else {
                     Packet::PubAck(PubAck::new(id))
                 };
-                self.send(index, &packet);
+                let conn = self.conn_id(index);
+                self.answer(conn, id, packet);
             }
             (QoS::AtLeastOnce, Some(id)) => {
                 let ack = PubAck { packet_id: id, reason_code: code, ..PubAck::new(id) };
-                self.send(index, &Packet::PubAck(ack));
+                let conn = self.conn_id(index);
+                self.answer(conn, id, Packet::PubAck(ack));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 let ack = PubAck { packet_id: id, reason_code: code, ..PubAck::new(id) };
-                self.send(index, &Packet::PubRec(ack));
+                let conn = self.conn_id(index);
+                self.answer(conn, id, Packet::PubRec(ack));
             }
             _ if code == ReasonCode::PayloadFormatInvalid => {
                 self.violation(now, index, code);
@@ -2045,6 +2071,9 @@ impl Broker {
         {
             c.parked += 1;
         }
+        if congested.is_some() || seq > 0 {
+            self.withhold_answer(index, id);
+        }
         if let Some(target) = congested {
             // Withheld until `target`'s queue has room (`max_ack_delay`).
             if let Some(s) = self.session_mut(target) {
@@ -2059,10 +2088,40 @@ impl Broker {
             return;
         }
         let ack = PubAck { packet_id: id, reason_code: code, properties: AckProperties::default() };
-        if qos == QoS::ExactlyOnce {
-            self.send(index, &Packet::PubRec(ack));
+        let packet =
+            if qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
+        let conn = self.conn_id(index);
+        self.answer(conn, id, packet);
+    }
+
+    /// Holds a place for the PUBACK/PUBREC of `id` in the connection's answer order.
+    fn withhold_answer(&mut self, index: u32, id: PacketId) {
+        if let Some(c) = self.slot_conn(index) {
+            c.answers.push_back((id, None));
+        }
+    }
+
+    /// Sends the PUBACK/PUBREC of `id` on `conn` once those owed before it are sent: fills its
+    /// withheld place if it has one, and sends whatever is ready at the front.
+    pub(crate) fn answer(&mut self, conn: ConnId, id: PacketId, packet: Packet) {
+        let Some(c) = self.conn_mut(conn) else {
+            return;
+        };
+        if let Some(slot) = c.answers.iter_mut().find(|(i, p)| *i == id && p.is_none()) {
+            slot.1 = Some(packet);
+        } else if c.answers.is_empty() {
+            return self.send(conn.index, &packet);
         } else {
-            self.send(index, &Packet::PubAck(ack));
+            c.answers.push_back((id, Some(packet)));
+        }
+        let mut ready = Vec::new();
+        while c.answers.front().is_some_and(|(_, p)| p.is_some()) {
+            if let Some((_, Some(p))) = c.answers.pop_front() {
+                ready.push(p);
+            }
+        }
+        for p in ready {
+            self.send(conn.index, &p);
         }
     }
 
@@ -2549,10 +2608,14 @@ impl Broker {
         self.send_after(index, Packet::PubRel(PubAck::new(id)), rel_after);
     }
 
-    /// Sends `packet` once the store has log position `seq` (at once if it has).
+    /// Sends `packet` once the store has log position `seq` (at once if it has), and after
+    /// the replies this connection already has waiting, so that PUBRELs keep the order of
+    /// their PUBRECs ([MQTT-4.6.0-4]).
     fn send_after(&mut self, index: u32, packet: Packet, seq: u64) {
+        let conn = self.conn_id(index);
+        let behind = self.awaiting_reply.iter().filter(|r| r.1 == conn).map(|r| r.0).max();
+        let seq = seq.max(behind.unwrap_or(0));
         if seq > self.persisted {
-            let conn = self.conn_id(index);
             self.awaiting_reply.push_back((seq, conn, packet));
         } else {
             self.send(index, &packet);

@@ -668,7 +668,7 @@ impl Broker {
         let ack = PubAck { reason_code: p.code, ..PubAck::new(p.id) };
         let packet =
             if p.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
-        self.send(p.conn.index, &packet);
+        self.answer(p.conn, p.id, packet);
     }
 }
 
