@@ -345,3 +345,33 @@ fn connecting_to_a_closed_port_is_an_io_error() {
     let err = smol::block_on(Client::connect(options(addr, ProtocolVersion::V5, "x"))).unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err}");
 }
+
+#[test]
+fn dropping_every_handle_closes_the_connection_and_the_will_goes_out() {
+    let s = server();
+    future::block_on(async {
+        let watcher =
+            Client::connect(options(s.addr, ProtocolVersion::V5, "drop-watch")).await.unwrap();
+        watcher.subscribe("drop/will", QoS::AtLeastOnce).await.unwrap();
+        let mut o = options(s.addr, ProtocolVersion::V5, "dropped");
+        o.connect.will = Some(Will {
+            topic: TopicName::new("drop/will").unwrap(),
+            payload: "gone".into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: WillProperties::default(),
+        });
+        let client = Client::connect(o).await.unwrap();
+        let clone = client.clone();
+        drop(client);
+        assert!(clone.is_connected(), "a clone still holds it");
+        drop(clone);
+        let will = future::or(async { watcher.next_message().await }, async {
+            smol::Timer::after(Duration::from_secs(10)).await;
+            None
+        })
+        .await
+        .expect("the will, once the last handle is gone");
+        assert_eq!(&will.payload[..], b"gone");
+    });
+}

@@ -219,7 +219,40 @@ fn close(st: &mut State) {
 #[derive(Clone)]
 pub struct SyncClient {
     shared: Arc<Shared>,
-    io: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Shared by the clones only: when the last clone is dropped the client stops.
+    owner: Arc<Owner>,
+}
+
+/// The I/O thread, stopped (the connection closed without DISCONNECT, so a will is published)
+/// when the application has dropped every handle. A handler that keeps a clone of its own
+/// client keeps it alive.
+struct Owner {
+    shared: Arc<Shared>,
+    io: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Owner {
+    fn stop(&self) {
+        {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            st.driver.stop();
+            self.shared.settle(&mut st);
+            close(&mut st);
+        }
+        let handle = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl fmt::Debug for SyncClient {
@@ -271,7 +304,8 @@ impl SyncClient {
         let handle = std::thread::Builder::new()
             .name("ternmq-io".into())
             .spawn(move || io_loop(&io_shared, Some(stream)))?;
-        let client = SyncClient { shared, io: Arc::new(Mutex::new(Some(handle))) };
+        let owner = Arc::new(Owner { shared: Arc::clone(&shared), io: Mutex::new(Some(handle)) });
+        let client = SyncClient { shared, owner };
         let result = match connected_rx.recv_timeout(options.timeout) {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout),
@@ -347,17 +381,7 @@ impl SyncClient {
     }
 
     fn stop(&self) {
-        {
-            let mut st = self.shared.lock();
-            st.stopping = true;
-            st.driver.stop();
-            self.shared.settle(&mut st);
-            close(&mut st);
-        }
-        let handle = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        self.owner.stop();
     }
 
     /// Hands a command and its waiter to the driver, writes what it has to send, and waits for

@@ -100,3 +100,28 @@ fn a_stopped_client_refuses_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(c.recv_timeout(Duration::from_millis(10)).is_none());
 }
+
+#[test]
+fn dropping_every_handle_closes_the_connection_and_the_will_goes_out() {
+    use ternmq_core::codec::{Will, WillProperties};
+    use ternmq_core::topic::TopicName;
+    let s = server();
+    let watcher = connect(s.0, "drop-watch");
+    watcher.subscribe("drop/will", QoS::AtLeastOnce).unwrap();
+    let mut o = ConnectOptions::new("127.0.0.1", s.0.port());
+    o.connect.client_id = MqttStr::new("dropped").unwrap();
+    o.connect.will = Some(Will {
+        topic: TopicName::new("drop/will").unwrap(),
+        payload: "gone".into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    });
+    let client = SyncClient::connect(o).unwrap();
+    let clone = client.clone();
+    drop(client);
+    assert!(clone.is_connected(), "a clone still holds it");
+    drop(clone);
+    let will = watcher.recv_timeout(Duration::from_secs(10)).expect("the will");
+    assert_eq!(&will.payload[..], b"gone");
+}

@@ -164,6 +164,20 @@ impl Shared {
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    /// Shared by the clones only: when the last clone is dropped the driver stops.
+    _owner: Arc<Owner>,
+}
+
+/// Stops the driver (closing the connection without DISCONNECT, so a will is published) once
+/// the application has dropped every handle. A handler that keeps a clone of its own client
+/// keeps it alive.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.lock().driver.stop();
+        self.0.wake.notify_one();
+    }
 }
 
 impl fmt::Debug for Client {
@@ -199,7 +213,8 @@ impl Client {
             st.driver.connect(now, options.connect).map_err(command_error)?;
         }
         tokio::spawn(drive(Arc::clone(&shared), stream, tx));
-        let client = Client { shared };
+        let owner = Arc::new(Owner(Arc::clone(&shared)));
+        let client = Client { shared, _owner: owner };
         match tokio::time::timeout(options.timeout, connected_rx).await {
             Ok(Ok(Ok(()))) => Ok(client),
             Ok(Ok(Err(e))) => {

@@ -270,3 +270,30 @@ async fn ipv4_and_ipv6_listeners_side_by_side() {
     assert_eq!(&m.payload[..], b"from v4", "one broker behind both listeners");
     stop.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_client_handle_closes_the_connection_and_the_will_goes_out() {
+    use ternmq_core::codec::{Will, WillProperties};
+    use ternmq_core::topic::TopicName;
+    let (addr, _shutdown) = start(loopback()).await;
+    let watcher = Client::connect(options(addr, "drop-watch")).await.unwrap();
+    watcher.subscribe("drop/will", QoS::AtLeastOnce).await.unwrap();
+    let mut o = options(addr, "dropped");
+    o.connect.will = Some(Will {
+        topic: TopicName::new("drop/will").unwrap(),
+        payload: "gone".into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    });
+    let client = Client::connect(o).await.unwrap();
+    let clone = client.clone();
+    drop(client);
+    assert!(clone.is_connected(), "a clone still holds it");
+    drop(clone);
+    let will = tokio::time::timeout(Duration::from_secs(10), watcher.next_message())
+        .await
+        .expect("the will, once the last handle is gone")
+        .unwrap();
+    assert_eq!(&will.payload[..], b"gone");
+}
