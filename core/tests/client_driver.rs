@@ -572,3 +572,50 @@ fn connect_options_default_to_mqtt5_with_an_assigned_id() {
     assert_eq!(o.connect.keep_alive, 60);
     assert_eq!(o.timeout, Duration::from_secs(30));
 }
+
+/// Answers "nonce" with "signed"; gives up on anything else.
+struct Signer;
+
+impl ternmq_core::client::driver::AuthHandler for Signer {
+    fn challenge(&self, method: &str, data: Option<&[u8]>) -> Option<Bytes> {
+        (method == "SIGN" && data == Some(b"nonce")).then(|| Bytes::from_static(b"signed"))
+    }
+}
+
+fn auth(code: ReasonCode, data: &'static [u8]) -> Packet {
+    let mut a = ternmq_core::codec::Auth { reason_code: code, properties: Default::default() };
+    a.properties.authentication_method = Some(MqttStr::from_static("SIGN"));
+    a.properties.authentication_data = Some(Bytes::from_static(data));
+    Packet::Auth(a)
+}
+
+/// MQTT 5 enhanced authentication: the handler answers the server's challenge with AUTH 0x18
+/// [MQTT-4.12.0-3], and a challenge it cannot answer ends the attempt at once.
+#[test]
+fn the_auth_handler_answers_challenges_and_gives_up_on_the_rest() {
+    let mut h = Harness::new(V5, ClientConfig::default());
+    h.d.set_auth_handler(Some(std::sync::Arc::new(Signer)));
+    let mut opts = h.options();
+    opts.properties.authentication_method = Some(MqttStr::from_static("SIGN"));
+    h.d.connect(h.now, opts.clone()).unwrap();
+    let _ = h.sent();
+    h.feed(auth(ReasonCode::ContinueAuthentication, b"nonce"));
+    let answer = h.sent();
+    let [Packet::Auth(a)] = &answer[..] else { panic!("{answer:?}") };
+    assert_eq!(a.reason_code, ReasonCode::ContinueAuthentication);
+    assert_eq!(a.properties.authentication_data.as_deref(), Some(&b"signed"[..]));
+    let mut ack = ConnAck::default();
+    ack.properties.authentication_method = Some(MqttStr::from_static("SIGN"));
+    h.feed(Packet::ConnAck(ack));
+    assert_eq!(h.outcomes(), [Outcome::Connected { session_present: false }]);
+
+    // A challenge the handler cannot answer: DISCONNECT, and no waiting for a timeout.
+    let mut h = Harness::new(V5, ClientConfig::default());
+    h.d.set_auth_handler(Some(std::sync::Arc::new(Signer)));
+    h.d.connect(h.now, opts).unwrap();
+    let _ = h.sent();
+    h.feed(auth(ReasonCode::ContinueAuthentication, b"riddle"));
+    let sent = h.sent();
+    assert!(matches!(sent[..], [Packet::Disconnect(_)]), "{sent:?}");
+    assert!(h.outcomes().contains(&Outcome::CloseTransport));
+}

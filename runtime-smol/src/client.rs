@@ -188,9 +188,11 @@ impl Client {
         let (tx, rx) = channel::bounded(options.message_buffer.max(1));
         let (connected_tx, connected_rx) = channel::bounded(1);
         let (wake_tx, wake_rx) = channel::bounded(1);
+        let mut driver = Driver::new(options.config, Instant::ZERO);
+        driver.set_auth_handler(options.auth.clone());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                driver: Driver::new(options.config, Instant::ZERO),
+                driver,
                 connect_waiter: Some(connected_tx),
                 callbacks: Callbacks::default(),
             }),
@@ -301,6 +303,18 @@ impl Client {
     /// multiplier, jitter); it applies from the next time the connection is lost.
     pub fn set_reconnect_options(&self, options: ReconnectOptions) {
         self.shared.lock().driver.set_reconnect_options(options);
+    }
+
+    /// MQTT 5: starts re-authenticating the live connection with `data`; the
+    /// [`AuthHandler`](ConnectOptions::auth) answers the server's challenges.
+    pub fn reauthenticate(&self, data: Option<Bytes>) -> Result<(), Error> {
+        {
+            let mut st = self.shared.lock();
+            let now = self.shared.now();
+            st.driver.reauthenticate(now, data).map_err(command_error)?;
+        }
+        self.shared.wake();
+        Ok(())
     }
 
     /// Sends DISCONNECT, waits until it is written, and stops the client.

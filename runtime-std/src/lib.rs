@@ -44,7 +44,7 @@ pub mod server;
 pub use server::{BlockingAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
-pub use ternmq_core::client::driver::ConnectOptions;
+pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
 
 /// Why a call failed.
@@ -270,9 +270,11 @@ impl SyncClient {
         let (dispatch_tx, dispatch_rx) = sync_channel::<Publish>(options.message_buffer);
         let (connected_tx, connected_rx) = sync_channel(1);
         let handlers: Arc<Mutex<Vec<Handler>>> = Arc::new(Mutex::new(Vec::new()));
+        let mut driver = Driver::new(options.config, Instant::ZERO);
+        driver.set_auth_handler(options.auth.clone());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                driver: Driver::new(options.config, Instant::ZERO),
+                driver,
                 writer: Some(stream.try_clone()?),
                 connect_waiter: Some(connected_tx),
                 sinks: Some(Sinks { recv: tx, dispatch: dispatch_tx }),
@@ -370,6 +372,16 @@ impl SyncClient {
     /// lost.
     pub fn set_reconnect_options(&self, options: ReconnectOptions) {
         self.shared.lock().driver.set_reconnect_options(options);
+    }
+
+    /// MQTT 5: starts re-authenticating the live connection with `data`; the
+    /// [`AuthHandler`](ConnectOptions::auth) answers the server's challenges.
+    pub fn reauthenticate(&self, data: Option<Bytes>) -> Result<(), Error> {
+        let mut st = self.shared.lock();
+        let now = self.shared.now();
+        st.driver.reauthenticate(now, data).map_err(command_error)?;
+        self.shared.settle(&mut st);
+        Ok(())
     }
 
     /// Sends DISCONNECT, closes the connection and stops the I/O thread.

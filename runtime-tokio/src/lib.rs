@@ -44,7 +44,7 @@ pub mod server;
 pub use server::{AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
-pub use ternmq_core::client::driver::ConnectOptions;
+pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
 
 /// Why a call failed.
@@ -194,9 +194,11 @@ impl Client {
         stream.set_nodelay(true)?;
         let (tx, rx) = mpsc::channel(options.message_buffer.max(1));
         let (connected_tx, connected_rx) = oneshot::channel();
+        let mut driver = Driver::new(options.config, Instant::ZERO);
+        driver.set_auth_handler(options.auth.clone());
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                driver: Driver::new(options.config, Instant::ZERO),
+                driver,
                 connect_waiter: Some(connected_tx),
                 callbacks: Callbacks::default(),
             }),
@@ -307,6 +309,18 @@ impl Client {
     /// multiplier, jitter); it applies from the next time the connection is lost.
     pub fn set_reconnect_options(&self, options: ReconnectOptions) {
         self.shared.lock().driver.set_reconnect_options(options);
+    }
+
+    /// MQTT 5: starts re-authenticating the live connection with `data`; the
+    /// [`AuthHandler`](ConnectOptions::auth) answers the server's challenges.
+    pub fn reauthenticate(&self, data: Option<Bytes>) -> Result<(), Error> {
+        {
+            let mut st = self.shared.lock();
+            let now = self.shared.now();
+            st.driver.reauthenticate(now, data).map_err(command_error)?;
+        }
+        self.shared.wake.notify_one();
+        Ok(())
     }
 
     /// Sends DISCONNECT, waits until it is written, and stops the client.

@@ -297,3 +297,57 @@ async fn dropping_every_client_handle_closes_the_connection_and_the_will_goes_ou
         .unwrap();
     assert_eq!(&will.payload[..], b"gone");
 }
+
+/// Challenges "SIGN" clients with a nonce and accepts the signed answer, on connect and on
+/// re-authentication.
+struct Challenger;
+
+impl Authenticator for Challenger {
+    fn supports_method(&self, method: &str) -> bool {
+        method == "SIGN"
+    }
+    fn authenticate(&self, r: &AuthRequest) -> AuthDecision {
+        use ternmq_core::broker::AuthStage;
+        match (r.stage, r.data.as_deref()) {
+            (AuthStage::Connect | AuthStage::Reauthenticate, _) => {
+                AuthDecision::Continue(Some(bytes::Bytes::from_static(b"nonce")))
+            }
+            (AuthStage::Continue, Some(b"signed")) => AuthDecision::Allow,
+            _ => AuthDecision::Deny(ReasonCode::NotAuthorized),
+        }
+    }
+}
+
+/// Signs the nonce.
+struct Signer;
+
+impl ternmq_tokio::AuthHandler for Signer {
+    fn challenge(&self, _method: &str, data: Option<&[u8]>) -> Option<bytes::Bytes> {
+        (data == Some(b"nonce")).then(|| bytes::Bytes::from_static(b"signed"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_authentication_through_the_clients_auth_handler() {
+    let mut config = loopback();
+    config.broker.authenticator = Some(Arc::new(Challenger));
+    let (addr, stop) = start(config).await;
+    let mut o = options(addr, "signer");
+    o.connect.properties.authentication_method = Some(MqttStr::new("SIGN").unwrap());
+    o.auth = Some(Arc::new(Signer));
+    let client = Client::connect(o).await.unwrap();
+    client.reauthenticate(None).unwrap();
+    let code = client.publish("x", "y", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(code, ReasonCode::NoMatchingSubscribers);
+    assert!(client.is_connected(), "re-authenticated, still connected");
+    // Without a handler nothing can answer the challenge: refused at once, not timed out.
+    let mut o = options(addr, "mute");
+    o.connect.properties.authentication_method = Some(MqttStr::new("SIGN").unwrap());
+    o.timeout = Duration::from_secs(20);
+    match Client::connect(o).await {
+        Err(Error::Timeout) => panic!("waited for the timeout instead of giving up"),
+        Err(_) => {}
+        Ok(_) => panic!("connected without answering the challenge"),
+    }
+    stop.shutdown();
+}

@@ -43,6 +43,7 @@
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
@@ -56,8 +57,18 @@ use crate::codec::{
 use crate::time::Instant;
 use crate::topic::TopicFilter;
 
+/// MQTT 5 enhanced authentication, the client's side: answers the server's challenges in the
+/// AUTH exchange that the Authentication Method of the CONNECT (or a re-authentication)
+/// started (section 4.12).
+pub trait AuthHandler: Send + Sync {
+    /// The server sent AUTH, Continue authentication, for `method` with `data`. Returns the
+    /// data of the answer (sent as AUTH, Continue authentication), or `None` to give up: the
+    /// client then disconnects and does not reconnect.
+    fn challenge(&self, method: &str, data: Option<&[u8]>) -> Option<Bytes>;
+}
+
 /// Where and how a runtime's client connects.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// Server host name or address.
     pub host: String,
@@ -74,6 +85,23 @@ pub struct ConnectOptions {
     /// separately for handlers that run on a thread of their own); further messages are
     /// dropped with a warning rather than grow memory without bound.
     pub message_buffer: usize,
+    /// Answers the server's AUTH challenges when `connect` has an Authentication Method
+    /// (MQTT 5 enhanced authentication).
+    pub auth: Option<Arc<dyn AuthHandler>>,
+}
+
+impl fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("connect", &self.connect)
+            .field("config", &self.config)
+            .field("timeout", &self.timeout)
+            .field("message_buffer", &self.message_buffer)
+            .field("auth", &self.auth.is_some())
+            .finish()
+    }
 }
 
 impl ConnectOptions {
@@ -87,6 +115,7 @@ impl ConnectOptions {
             config: ClientConfig::default(),
             timeout: Duration::from_secs(30),
             message_buffer: 10_000,
+            auth: None,
         }
     }
 }
@@ -187,6 +216,8 @@ pub struct Driver<W> {
     last_reason: Option<DisconnectReason>,
     /// Set once stopped: why.
     stopped: Option<DisconnectReason>,
+    /// Answers the server's AUTH challenges.
+    auth: Option<Arc<dyn AuthHandler>>,
 }
 
 impl<W> fmt::Debug for Driver<W> {
@@ -221,7 +252,27 @@ impl<W> Driver<W> {
             redialing: false,
             last_reason: None,
             stopped: None,
+            auth: None,
         }
+    }
+
+    /// Sets what answers the server's AUTH challenges (MQTT 5 enhanced authentication).
+    /// Without one, a challenge ends the connection: nothing could answer it.
+    pub fn set_auth_handler(&mut self, handler: Option<Arc<dyn AuthHandler>>) {
+        self.auth = handler;
+    }
+
+    /// Starts a re-authentication of the live MQTT 5 connection with `data`; the handler
+    /// answers the server's challenges, and the server's final AUTH (or DISCONNECT) ends it.
+    pub fn reauthenticate(
+        &mut self,
+        now: Instant,
+        data: Option<Bytes>,
+    ) -> Result<(), CommandError> {
+        self.check_running()?;
+        self.core.reauthenticate(now, data)?;
+        self.sync(now);
+        Ok(())
     }
 
     /// The core client, for its getters.
@@ -258,7 +309,7 @@ impl<W> Driver<W> {
         self.core.connect(now, options)?;
         self.started = true;
         self.transport = true;
-        self.sync();
+        self.sync(now);
         Ok(())
     }
 
@@ -276,7 +327,7 @@ impl<W> Driver<W> {
             self.transport = false;
             self.core.handle_closed(now);
         }
-        self.sync();
+        self.sync(now);
     }
 
     /// After [`Outcome::Redial`]: no transport could be opened; the core schedules the next
@@ -287,7 +338,7 @@ impl<W> Driver<W> {
             return;
         }
         self.core.handle_closed(now);
-        self.sync();
+        self.sync(now);
     }
 
     /// Bytes read from the transport. Complete packets are taken from `buf`; a partial one
@@ -298,7 +349,7 @@ impl<W> Driver<W> {
             return;
         }
         self.core.handle_bytes(now, buf);
-        self.sync();
+        self.sync(now);
     }
 
     /// The transport ended (end of stream, an error reading or writing, or closed after
@@ -311,7 +362,8 @@ impl<W> Driver<W> {
         self.transport = false;
         self.out.clear();
         self.core.handle_closed(now);
-        self.collect();
+        // No AUTH can be answered without a transport.
+        let _ = self.collect(now);
         // What was not written is gone; so are answers to requests sent on this transport.
         let reason = self.last_reason.clone().unwrap_or(DisconnectReason::TransportClosed);
         self.written = self.queued;
@@ -325,7 +377,7 @@ impl<W> Driver<W> {
                 self.outcomes.push_back(Outcome::Answer(w.waiter, Err(reason.clone())));
             }
         }
-        self.sync();
+        self.sync(now);
     }
 
     /// Runs the core's timers if [`poll_timeout`](Self::poll_timeout) has passed.
@@ -335,7 +387,7 @@ impl<W> Driver<W> {
         }
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
-            self.sync();
+            self.sync(now);
         }
     }
 
@@ -415,7 +467,7 @@ impl<W> Driver<W> {
                 self.unsent.push_back((self.qos0_made, waiter));
             }
         }
-        self.sync();
+        self.sync(now);
         Ok(())
     }
 
@@ -430,7 +482,7 @@ impl<W> Driver<W> {
         self.check_running()?;
         let id = self.core.subscribe(now, subscriptions)?;
         self.waiters.insert(id.get(), Waiting { waiter, request: true });
-        self.sync();
+        self.sync(now);
         Ok(())
     }
 
@@ -444,7 +496,7 @@ impl<W> Driver<W> {
         self.check_running()?;
         let id = self.core.unsubscribe(now, filters)?;
         self.waiters.insert(id.get(), Waiting { waiter, request: true });
-        self.sync();
+        self.sync(now);
         Ok(())
     }
 
@@ -468,7 +520,7 @@ impl<W> Driver<W> {
             self.complete_flushes();
             self.stop();
         }
-        self.sync();
+        self.sync(now);
         Ok(())
     }
 
@@ -508,8 +560,10 @@ impl<W> Driver<W> {
         }
     }
 
-    /// Turns the core's events into outcomes.
-    fn collect(&mut self) {
+    /// Turns the core's events into outcomes; true if it gave the core a command (an AUTH
+    /// answer) whose output must be pulled.
+    fn collect(&mut self, now: Instant) -> bool {
+        let mut commanded = false;
         while let Some(event) = self.core.poll_event() {
             match event {
                 Event::Connected { session_present, .. } => {
@@ -535,11 +589,32 @@ impl<W> Driver<W> {
                     self.redialing = true;
                     self.outcomes.push_back(Outcome::Redial);
                 }
-                // The client's own restoring SUBSCRIBEs have no caller; the runtimes do not
-                // offer enhanced authentication.
+                Event::Auth { reason_code: ReasonCode::ContinueAuthentication, properties } => {
+                    let method =
+                        properties.authentication_method.as_ref().map_or("", |m| m.as_str());
+                    let data = properties.authentication_data.as_deref();
+                    let answer = self.auth.as_ref().and_then(|h| h.challenge(method, data));
+                    match answer {
+                        Some(data) => {
+                            if self.core.authenticate(now, Some(data)).is_err() {
+                                self.core
+                                    .disconnect(now, Disconnect::new(ReasonCode::UnspecifiedError));
+                            }
+                        }
+                        // Nothing can answer: give up rather than wait for the CONNACK timeout.
+                        None => {
+                            self.core
+                                .disconnect(now, Disconnect::new(ReasonCode::UnspecifiedError));
+                        }
+                    }
+                    commanded = true;
+                }
+                // The client's own restoring SUBSCRIBEs have no caller; a re-authentication's
+                // final AUTH (Success) needs no answer.
                 _ => {}
             }
         }
+        commanded
     }
 
     fn answer(&mut self, id: u16, answer: Answer) {
@@ -550,10 +625,15 @@ impl<W> Driver<W> {
 
     /// After every input: output, finished calls, events, and whether anything can still
     /// happen.
-    fn sync(&mut self) {
-        self.pull();
-        self.complete_flushes();
-        self.collect();
+    fn sync(&mut self, now: Instant) {
+        loop {
+            self.pull();
+            self.complete_flushes();
+            // Answering an AUTH challenge gives the core more to send.
+            if !self.collect(now) {
+                break;
+            }
+        }
         // Nothing left to wait for: no transport, none being dialled, no timer (the core does
         // not reconnect: the application disconnected, reconnecting is off, or the server's
         // refusal is final).
