@@ -24,7 +24,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
 use smol::channel::{self, Receiver, Sender};
-use smol::io::{AsyncReadExt, AsyncWriteExt};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::net::TcpStream;
 use smol::{Timer, future};
 use ternmq_core::client::driver::{Answer, CommandError, ConnectOptions, Driver, Outcome};
@@ -32,6 +32,32 @@ use ternmq_core::client::{ClientError, DisconnectReason, ReconnectOptions};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
+
+/// A byte stream the client runs MQTT over: TCP by default, or TLS or a WebSocket over it,
+/// supplied by a [`Dialer`]. Protocol code never sees which.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
+/// What a [`Dialer`] returns: a connected transport, or why it could not connect.
+pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<Box<dyn Transport>>> + Send>>;
+
+/// Opens a transport to the server, for the first connection and for every reconnection:
+/// the seam where TLS or WebSocket transports plug in ([`Client::connect_via`]).
+pub type Dialer = Arc<dyn Fn() -> DialFuture + Send + Sync>;
+
+/// The default [`Dialer`]: TCP to `host:port`, with Nagle's algorithm off.
+pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
+    let host: Arc<str> = host.into().into();
+    Arc::new(move || {
+        let host = Arc::clone(&host);
+        Box::pin(async move {
+            let stream = TcpStream::connect((&*host, port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn Transport>)
+        })
+    })
+}
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -133,7 +159,8 @@ struct Shared {
     wake_rx: Receiver<()>,
     epoch: StdInstant,
     host: String,
-    port: u16,
+    /// Opens each connection.
+    dial: Dialer,
     timeout: Duration,
     messages: Receiver<Publish>,
 }
@@ -183,8 +210,15 @@ impl Client {
     /// Connects and waits until the server accepts. The driver task is spawned on smol's
     /// global executor.
     pub async fn connect(options: ConnectOptions) -> Result<Client, Error> {
-        let stream = TcpStream::connect((options.host.as_str(), options.port)).await?;
-        stream.set_nodelay(true)?;
+        let dial = tcp_dialer(options.host.clone(), options.port);
+        Self::connect_via(options, dial).await
+    }
+
+    /// [`connect`](Self::connect) over the transports `dial` opens (TLS, WebSocket, or any
+    /// byte stream), for the first connection and every reconnection; `options.host` and
+    /// `options.port` only name the server in logs.
+    pub async fn connect_via(options: ConnectOptions, dial: Dialer) -> Result<Client, Error> {
+        let stream = dial().await?;
         let (tx, rx) = channel::bounded(options.message_buffer.max(1));
         let (connected_tx, connected_rx) = channel::bounded(1);
         let (wake_tx, wake_rx) = channel::bounded(1);
@@ -200,7 +234,7 @@ impl Client {
             wake_rx,
             epoch: StdInstant::now(),
             host: options.host,
-            port: options.port,
+            dial,
             timeout: options.timeout,
             messages: rx,
         });
@@ -381,7 +415,7 @@ enum Woke {
 }
 
 /// The driver task: the run loop of the core client on one TCP connection at a time.
-async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: Sender<Publish>) {
+async fn drive(shared: Arc<Shared>, stream: Box<dyn Transport>, messages: Sender<Publish>) {
     let mut conn = Some(stream);
     let mut chunk = vec![0u8; READ_CHUNK];
     // A packet split across reads waits here for its rest.
@@ -393,8 +427,8 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: Sender<Publish>
         if next.close {
             // The last words (a DISCONNECT, say) go out before the socket closes.
             write_out(&shared, &mut conn).await;
-            if let Some(s) = conn.take() {
-                let _ = s.shutdown(std::net::Shutdown::Both);
+            if let Some(mut s) = conn.take() {
+                let _ = s.close().await;
             }
             shared.lock().driver.handle_closed(shared.now());
             continue;
@@ -403,11 +437,10 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: Sender<Publish>
             break;
         }
         if next.redial {
-            let result = TcpStream::connect((shared.host.as_str(), shared.port)).await;
+            let result = (shared.dial)().await;
             let mut st = shared.lock();
             match result {
                 Ok(s) => {
-                    let _ = s.set_nodelay(true);
                     conn = Some(s);
                     input.clear();
                     st.driver.reconnected(shared.now());
@@ -457,7 +490,7 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: Sender<Publish>
 }
 
 /// Writes what the driver has to send; a failed write ends the connection.
-async fn write_out(shared: &Shared, conn: &mut Option<TcpStream>) {
+async fn write_out(shared: &Shared, conn: &mut Option<Box<dyn Transport>>) {
     let out = shared.lock().driver.take_output();
     if out.is_empty() {
         return;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
-use smol::future;
+use smol::{Timer, future};
 use ternmq_core::codec::{
     MqttStr, ProtocolVersion, QoS, ReasonCode, Subscription, Will, WillProperties,
 };
@@ -373,5 +373,37 @@ fn dropping_every_handle_closes_the_connection_and_the_will_goes_out() {
         .await
         .expect("the will, once the last handle is gone");
         assert_eq!(&will.payload[..], b"gone");
+    });
+}
+
+#[test]
+fn a_custom_dialer_carries_the_connection_and_every_reconnection() {
+    let s = server();
+    let addr = s.addr;
+    let dials = Arc::new(AtomicUsize::new(0));
+    let dialer: ternmq_smol::Dialer = {
+        let dials = Arc::clone(&dials);
+        Arc::new(move || {
+            dials.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                let stream = smol::net::TcpStream::connect(addr).await?;
+                Ok(Box::new(stream) as Box<dyn ternmq_smol::Transport>)
+            })
+        })
+    };
+    future::block_on(async {
+        let mut o = options(addr, ProtocolVersion::V5, "dialed");
+        o.config.reconnect.initial_delay = ternmq_core::time::Duration::from_millis(50);
+        let client = Client::connect_via(o, dialer).await.unwrap();
+        client.publish("x", "y", QoS::AtLeastOnce).await.unwrap();
+        // A takeover disconnects it; it dials again through the dialer.
+        let thief = Client::connect(options(addr, ProtocolVersion::V5, "dialed")).await.unwrap();
+        thief.disconnect().await.unwrap();
+        let deadline = StdInstant::now() + Duration::from_secs(10);
+        while !(dials.load(Ordering::SeqCst) >= 2 && client.is_connected()) {
+            assert!(StdInstant::now() < deadline, "no reconnection through the dialer");
+            Timer::after(Duration::from_millis(20)).await;
+        }
+        client.publish("x", "z", QoS::AtLeastOnce).await.unwrap();
     });
 }

@@ -34,9 +34,8 @@ use ternmq_core::client::{ClientError, DisconnectReason};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub mod server;
@@ -46,6 +45,32 @@ pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
+
+/// A byte stream the client runs MQTT over: TCP by default, or TLS or a WebSocket over it,
+/// supplied by a [`Dialer`]. Protocol code never sees which.
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
+/// What a [`Dialer`] returns: a connected transport, or why it could not connect.
+pub type DialFuture = Pin<Box<dyn Future<Output = io::Result<Box<dyn Transport>>> + Send>>;
+
+/// Opens a transport to the server, for the first connection and for every reconnection:
+/// the seam where TLS or WebSocket transports plug in ([`Client::connect_via`]).
+pub type Dialer = Arc<dyn Fn() -> DialFuture + Send + Sync>;
+
+/// The default [`Dialer`]: TCP to `host:port`, with Nagle's algorithm off.
+pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
+    let host: Arc<str> = host.into().into();
+    Arc::new(move || {
+        let host = Arc::clone(&host);
+        Box::pin(async move {
+            let stream = TcpStream::connect((&*host, port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn Transport>)
+        })
+    })
+}
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -144,7 +169,8 @@ struct Shared {
     wake: Notify,
     epoch: StdInstant,
     host: String,
-    port: u16,
+    /// Opens each connection.
+    dial: Dialer,
     timeout: Duration,
     messages: tokio::sync::Mutex<mpsc::Receiver<Publish>>,
 }
@@ -187,11 +213,18 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects and waits until the server accepts. The driver task is spawned on the current
-    /// Tokio runtime.
+    /// Connects over TCP and waits until the server accepts. The driver task is spawned on
+    /// the current Tokio runtime.
     pub async fn connect(options: ConnectOptions) -> Result<Client, Error> {
-        let stream = TcpStream::connect((options.host.as_str(), options.port)).await?;
-        stream.set_nodelay(true)?;
+        let dial = tcp_dialer(options.host.clone(), options.port);
+        Self::connect_via(options, dial).await
+    }
+
+    /// [`connect`](Self::connect) over the transports `dial` opens (TLS, WebSocket, or any
+    /// byte stream), for the first connection and every reconnection; `options.host` and
+    /// `options.port` only name the server in logs.
+    pub async fn connect_via(options: ConnectOptions, dial: Dialer) -> Result<Client, Error> {
+        let stream = dial().await?;
         let (tx, rx) = mpsc::channel(options.message_buffer.max(1));
         let (connected_tx, connected_rx) = oneshot::channel();
         let mut driver = Driver::new(options.config, Instant::ZERO);
@@ -205,7 +238,7 @@ impl Client {
             wake: Notify::new(),
             epoch: StdInstant::now(),
             host: options.host,
-            port: options.port,
+            dial,
             timeout: options.timeout,
             messages: tokio::sync::Mutex::new(rx),
         });
@@ -364,7 +397,7 @@ impl Client {
 }
 
 /// The connection's halves; `None` between a lost connection and the next dial.
-type Conn = Option<(OwnedReadHalf, OwnedWriteHalf)>;
+type Conn = Option<(ReadHalf<Box<dyn Transport>>, WriteHalf<Box<dyn Transport>>)>;
 
 /// What the driver task must do after acting on the driver's outcomes.
 #[derive(Default)]
@@ -374,9 +407,9 @@ struct Next {
     stopped: bool,
 }
 
-/// The driver task: the run loop of the core client on one TCP connection at a time.
-async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: mpsc::Sender<Publish>) {
-    let mut conn: Conn = Some(stream.into_split());
+/// The driver task: the run loop of the core client on one connection at a time.
+async fn drive(shared: Arc<Shared>, stream: Box<dyn Transport>, messages: mpsc::Sender<Publish>) {
+    let mut conn: Conn = Some(tokio::io::split(stream));
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         // 1. Write what is queued, then act on what happened.
@@ -393,12 +426,11 @@ async fn drive(shared: Arc<Shared>, stream: TcpStream, messages: mpsc::Sender<Pu
             break;
         }
         if next.redial {
-            let result = TcpStream::connect((shared.host.as_str(), shared.port)).await;
+            let result = (shared.dial)().await;
             let mut st = shared.lock();
             match result {
                 Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    conn = Some(s.into_split());
+                    conn = Some(tokio::io::split(s));
                     buf.clear();
                     st.driver.reconnected(shared.now());
                 }

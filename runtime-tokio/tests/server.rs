@@ -351,3 +351,90 @@ async fn enhanced_authentication_through_the_clients_auth_handler() {
     }
     stop.shutdown();
 }
+
+/// A transport of the test's own: TCP underneath, counting the bytes that pass through it.
+struct Counting {
+    inner: tokio::net::TcpStream,
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_dialer_carries_the_connection_and_every_reconnection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (addr, stop) = start(loopback()).await;
+    let dials = Arc::new(AtomicUsize::new(0));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let dialer: ternmq_tokio::Dialer = {
+        let (dials, bytes) = (Arc::clone(&dials), Arc::clone(&bytes));
+        Arc::new(move || {
+            dials.fetch_add(1, Ordering::SeqCst);
+            let bytes = Arc::clone(&bytes);
+            Box::pin(async move {
+                let inner = tokio::net::TcpStream::connect(addr).await?;
+                Ok(Box::new(Counting { inner, bytes }) as Box<dyn ternmq_tokio::Transport>)
+            })
+        })
+    };
+    let mut o = options(addr, "dialed");
+    o.config.reconnect.initial_delay = ternmq_core::time::Duration::from_millis(50);
+    let client = Client::connect_via(o, dialer).await.unwrap();
+    assert_eq!(
+        client.publish("x", "y", QoS::AtLeastOnce).await.unwrap(),
+        ReasonCode::NoMatchingSubscribers
+    );
+    assert!(bytes.load(Ordering::SeqCst) > 0, "the bytes went through the custom transport");
+    // Another connection with the same client id takes the session over: the client is
+    // disconnected and dials again through the dialer.
+    let thief = Client::connect(options(addr, "dialed")).await.unwrap();
+    thief.disconnect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(dials.load(Ordering::SeqCst) >= 2 && client.is_connected()) {
+        assert!(tokio::time::Instant::now() < deadline, "no reconnection through the dialer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        client.publish("x", "z", QoS::AtLeastOnce).await.unwrap(),
+        ReasonCode::NoMatchingSubscribers
+    );
+    stop.shutdown();
+}
