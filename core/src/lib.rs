@@ -12,8 +12,13 @@
 //!   [`Encoder`] that knows each packet's exact size before writing it.
 //! - [`topic`]: validated topic names and topic filters, wildcard matching and `$share` parsing.
 //! - [`time`]: the caller-supplied [`time::Instant`] every timer of the core is measured in.
+//! - [`client`]: the client state machine, and [`client::driver`], the bookkeeping every
+//!   client runtime needs around it (answers by packet id, write offsets, outcomes).
+//! - [`broker`]: the broker state machine (sessions, QoS flows, retained messages, wills,
+//!   shared subscriptions, flow control, authentication hooks, the persistence log and
+//!   restore), and [`broker::driver`], the bookkeeping every server runtime needs around it.
 //!
-//! The client and broker state machines follow (see the repository's `ARCHITECTURE.md`).
+//! The repository's `ARCHITECTURE.md` describes how they fit together.
 //!
 //! # Decoding a stream
 //!
