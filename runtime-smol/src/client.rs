@@ -27,11 +27,11 @@ use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::net::TcpStream;
 use smol::{Timer, future};
-use ternmq_core::client::driver::{Answer, CommandError, ConnectOptions, Driver, Outcome};
-use ternmq_core::client::{ClientError, DisconnectReason, ReconnectOptions};
+use ternmq_core::client::driver::{Answer, CommandError, ConnectOptions, Driver, Error, Outcome};
+use ternmq_core::client::{DisconnectReason, ReconnectOptions};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
-use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
+use ternmq_core::topic::{TopicFilter, TopicName};
 
 /// A byte stream the client runs MQTT over: TCP by default, or TLS or a WebSocket over it,
 /// supplied by a [`Dialer`]. Protocol code never sees which.
@@ -57,63 +57,6 @@ pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
             Ok(Box::new(stream) as Box<dyn Transport>)
         })
     })
-}
-
-/// Why a call failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Error {
-    /// The TCP connection could not be made or broke.
-    Io(io::Error),
-    /// The server refused the connection.
-    Refused(ReasonCode),
-    /// The client state machine refused the command.
-    Client(ClientError),
-    /// A topic name or filter is not valid.
-    Topic(TopicError),
-    /// The server did not answer in time.
-    Timeout,
-    /// The client was disconnected before the server answered.
-    Disconnected,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "connection error: {e}"),
-            Self::Refused(c) => write!(f, "connection refused: {c}"),
-            Self::Client(e) => write!(f, "{e}"),
-            Self::Topic(e) => write!(f, "{e}"),
-            Self::Timeout => f.write_str("timed out waiting for the server"),
-            Self::Disconnected => f.write_str("disconnected"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-impl From<ClientError> for Error {
-    fn from(e: ClientError) -> Self {
-        Self::Client(e)
-    }
-}
-impl From<TopicError> for Error {
-    fn from(e: TopicError) -> Self {
-        Self::Topic(e)
-    }
-}
-
-/// A stopped driver refuses commands: the client was disconnected.
-fn command_error(e: CommandError) -> Error {
-    match e {
-        CommandError::Client(e) => Error::Client(e),
-        _ => Error::Disconnected,
-    }
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -241,7 +184,7 @@ impl Client {
         {
             let mut st = shared.lock();
             let now = shared.now();
-            st.driver.connect(now, options.connect).map_err(command_error)?;
+            st.driver.connect(now, options.connect).map_err(Error::from)?;
         }
         smol::spawn(drive(Arc::clone(&shared), stream, tx)).detach();
         let owner = Arc::new(Owner(Arc::clone(&shared)));
@@ -249,7 +192,7 @@ impl Client {
         let answer = within(options.timeout, async { connected_rx.recv().await.ok() }).await;
         let result = match answer {
             Some(Some(result)) => result,
-            Some(None) => Err(Error::Disconnected),
+            Some(None) => Err(Error::Disconnected(DisconnectReason::TransportClosed)),
             None => Err(Error::Timeout),
         };
         if result.is_err() {
@@ -345,7 +288,7 @@ impl Client {
         {
             let mut st = self.shared.lock();
             let now = self.shared.now();
-            st.driver.reauthenticate(now, data).map_err(command_error)?;
+            st.driver.reauthenticate(now, data).map_err(Error::from)?;
         }
         self.shared.wake();
         Ok(())
@@ -380,12 +323,13 @@ impl Client {
         {
             let mut st = self.shared.lock();
             let now = self.shared.now();
-            command(&mut st.driver, now, tx).map_err(command_error)?;
+            command(&mut st.driver, now, tx).map_err(Error::from)?;
         }
         self.shared.wake();
         match within(self.shared.timeout, rx.recv()).await {
             Some(Ok(Ok(codes))) => Ok(codes),
-            Some(Ok(Err(_)) | Err(_)) => Err(Error::Disconnected),
+            Some(Ok(Err(reason))) => Err(Error::Disconnected(reason)),
+            Some(Err(_)) => Err(Error::Disconnected(DisconnectReason::TransportClosed)),
             None => Err(Error::Timeout),
         }
     }
@@ -542,7 +486,10 @@ fn act(shared: &Shared, messages: &Sender<Publish>) -> Next {
     if next.stopped
         && let Some(tx) = st.connect_waiter.take()
     {
-        let _ = tx.try_send(Err(Error::Disconnected));
+        let reason = st.driver.last_disconnect().cloned();
+        let _ = tx.try_send(Err(Error::Disconnected(
+            reason.unwrap_or(DisconnectReason::TransportClosed),
+        )));
     }
     if ups + downs == 0 && delivered.is_empty() {
         return next;

@@ -40,9 +40,10 @@
 pub mod client;
 pub mod server;
 
-pub use client::{Client, DialFuture, Dialer, Error, Transport, tcp_dialer};
+pub use client::{Client, DialFuture, Dialer, Transport, tcp_dialer};
 pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::ConnectOptions;
+pub use ternmq_core::client::driver::Error;
 pub use ternmq_store::{Durability, StoreConfig};

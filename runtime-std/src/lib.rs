@@ -24,7 +24,7 @@
 //! [`Server`] runs the MQTT broker on std threads; see the [`server`] module.
 
 use std::fmt;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -33,77 +33,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
+use ternmq_core::client::DisconnectReason;
 use ternmq_core::client::driver::{Answer, CommandError, Driver, Outcome};
-use ternmq_core::client::{ClientError, DisconnectReason};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
-use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
+use ternmq_core::topic::{TopicFilter, TopicName};
 
 pub mod server;
 
 pub use server::{BlockingAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
-pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions};
+pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
 pub use ternmq_store::{Durability, StoreConfig};
-
-/// Why a call failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Error {
-    /// The TCP connection could not be made or broke.
-    Io(io::Error),
-    /// The server refused the connection.
-    Refused(ReasonCode),
-    /// The client state machine refused the command.
-    Client(ClientError),
-    /// A topic name or filter is not valid.
-    Topic(TopicError),
-    /// The server did not answer in time.
-    Timeout,
-    /// The connection ended before the server answered.
-    Disconnected(DisconnectReason),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "connection error: {e}"),
-            Self::Refused(c) => write!(f, "connection refused: {c}"),
-            Self::Client(e) => write!(f, "{e}"),
-            Self::Topic(e) => write!(f, "{e}"),
-            Self::Timeout => f.write_str("timed out waiting for the server"),
-            Self::Disconnected(r) => write!(f, "disconnected: {r:?}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-impl From<ClientError> for Error {
-    fn from(e: ClientError) -> Self {
-        Self::Client(e)
-    }
-}
-impl From<TopicError> for Error {
-    fn from(e: TopicError) -> Self {
-        Self::Topic(e)
-    }
-}
-
-/// A stopped driver refuses commands with why the last connection ended.
-fn command_error(e: CommandError) -> Error {
-    match e {
-        CommandError::Client(e) => Error::Client(e),
-        CommandError::Stopped(reason) => Error::Disconnected(reason),
-        _ => Error::Disconnected(DisconnectReason::Requested),
-    }
-}
 
 const READ_CHUNK: usize = 16 * 1024;
 /// The longest the I/O thread blocks in a read before it looks at the clock and state again.
@@ -291,7 +233,7 @@ impl SyncClient {
         });
         {
             let mut st = shared.lock();
-            st.driver.connect(shared.now(), options.connect).map_err(command_error)?;
+            st.driver.connect(shared.now(), options.connect).map_err(Error::from)?;
             shared.settle(&mut st);
         }
         std::thread::Builder::new().name("ternmq-dispatch".into()).spawn(move || {
@@ -379,7 +321,7 @@ impl SyncClient {
     pub fn reauthenticate(&self, data: Option<Bytes>) -> Result<(), Error> {
         let mut st = self.shared.lock();
         let now = self.shared.now();
-        st.driver.reauthenticate(now, data).map_err(command_error)?;
+        st.driver.reauthenticate(now, data).map_err(Error::from)?;
         self.shared.settle(&mut st);
         Ok(())
     }
@@ -406,7 +348,7 @@ impl SyncClient {
         {
             let mut st = self.shared.lock();
             let now = self.shared.now();
-            command(&mut st.driver, now, tx).map_err(command_error)?;
+            command(&mut st.driver, now, tx).map_err(Error::from)?;
             self.shared.settle(&mut st);
         }
         match rx.recv_timeout(self.shared.timeout) {

@@ -94,10 +94,12 @@ fn a_stopped_client_refuses_at_once() {
     let c = connect(s.0, "stopped");
     c.disconnect().unwrap();
     assert!(!c.is_connected());
-    let started = std::time::Instant::now();
+    // Refused by the stopped client, with why it stopped (a timeout would say Timeout).
     let err = c.publish("t", "x", QoS::AtLeastOnce).unwrap_err();
-    assert!(matches!(err, Error::Disconnected(_)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        matches!(err, Error::Disconnected(ternmq_core::client::DisconnectReason::Requested)),
+        "{err}"
+    );
     assert!(c.recv_timeout(Duration::from_millis(10)).is_none());
 }
 

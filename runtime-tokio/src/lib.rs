@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
+use ternmq_core::client::DisconnectReason;
 use ternmq_core::client::driver::{Answer, CommandError, Driver, Outcome};
-use ternmq_core::client::{ClientError, DisconnectReason};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
-use ternmq_core::topic::{TopicError, TopicFilter, TopicName};
+use ternmq_core::topic::{TopicFilter, TopicName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -43,7 +43,7 @@ pub mod server;
 pub use server::{AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
-pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions};
+pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
 pub use ternmq_store::{Durability, StoreConfig};
 
 /// A byte stream the client runs MQTT over: TCP by default, or TLS or a WebSocket over it,
@@ -70,63 +70,6 @@ pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
             Ok(Box::new(stream) as Box<dyn Transport>)
         })
     })
-}
-
-/// Why a call failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Error {
-    /// The TCP connection could not be made or broke.
-    Io(io::Error),
-    /// The server refused the connection.
-    Refused(ReasonCode),
-    /// The client state machine refused the command.
-    Client(ClientError),
-    /// A topic name or filter is not valid.
-    Topic(TopicError),
-    /// The server did not answer in time.
-    Timeout,
-    /// The client was disconnected before the server answered.
-    Disconnected,
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "connection error: {e}"),
-            Self::Refused(c) => write!(f, "connection refused: {c}"),
-            Self::Client(e) => write!(f, "{e}"),
-            Self::Topic(e) => write!(f, "{e}"),
-            Self::Timeout => f.write_str("timed out waiting for the server"),
-            Self::Disconnected => f.write_str("disconnected"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<io::Error> for Error {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-impl From<ClientError> for Error {
-    fn from(e: ClientError) -> Self {
-        Self::Client(e)
-    }
-}
-impl From<TopicError> for Error {
-    fn from(e: TopicError) -> Self {
-        Self::Topic(e)
-    }
-}
-
-/// A stopped driver refuses commands: the client was disconnected.
-fn command_error(e: CommandError) -> Error {
-    match e {
-        CommandError::Client(e) => Error::Client(e),
-        _ => Error::Disconnected,
-    }
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -245,7 +188,7 @@ impl Client {
         {
             let mut st = shared.lock();
             let now = shared.now();
-            st.driver.connect(now, options.connect).map_err(command_error)?;
+            st.driver.connect(now, options.connect).map_err(Error::from)?;
         }
         tokio::spawn(drive(Arc::clone(&shared), stream, tx));
         let owner = Arc::new(Owner(Arc::clone(&shared)));
@@ -256,7 +199,7 @@ impl Client {
                 client.stop();
                 Err(e)
             }
-            Ok(Err(_)) => Err(Error::Disconnected),
+            Ok(Err(_)) => Err(Error::Disconnected(DisconnectReason::TransportClosed)),
             Err(_) => {
                 client.stop();
                 Err(Error::Timeout)
@@ -350,7 +293,7 @@ impl Client {
         {
             let mut st = self.shared.lock();
             let now = self.shared.now();
-            st.driver.reauthenticate(now, data).map_err(command_error)?;
+            st.driver.reauthenticate(now, data).map_err(Error::from)?;
         }
         self.shared.wake.notify_one();
         Ok(())
@@ -385,12 +328,13 @@ impl Client {
         {
             let mut st = self.shared.lock();
             let now = self.shared.now();
-            command(&mut st.driver, now, tx).map_err(command_error)?;
+            command(&mut st.driver, now, tx).map_err(Error::from)?;
         }
         self.shared.wake.notify_one();
         match tokio::time::timeout(self.shared.timeout, rx).await {
             Ok(Ok(Ok(codes))) => Ok(codes),
-            Ok(Ok(Err(_))) | Ok(Err(_)) => Err(Error::Disconnected),
+            Ok(Ok(Err(reason))) => Err(Error::Disconnected(reason)),
+            Ok(Err(_)) => Err(Error::Disconnected(DisconnectReason::TransportClosed)),
             Err(_) => Err(Error::Timeout),
         }
     }
@@ -529,7 +473,9 @@ fn act(shared: &Shared, messages: &mpsc::Sender<Publish>) -> Next {
     if next.stopped
         && let Some(tx) = st.connect_waiter.take()
     {
-        let _ = tx.send(Err(Error::Disconnected));
+        let reason = st.driver.last_disconnect().cloned();
+        let _ =
+            tx.send(Err(Error::Disconnected(reason.unwrap_or(DisconnectReason::TransportClosed))));
     }
     if ups + downs == 0 && delivered.is_empty() {
         return next;

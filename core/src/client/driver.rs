@@ -154,6 +154,75 @@ impl From<ClientError> for CommandError {
     }
 }
 
+/// Why a runtime client's call failed: the error type the Tokio, smol and blocking clients
+/// share (with the core's `std` feature).
+#[cfg(feature = "std")]
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The connection could not be made or broke.
+    Io(std::io::Error),
+    /// The server refused the connection.
+    Refused(ReasonCode),
+    /// The client state machine refused the command.
+    Client(ClientError),
+    /// A topic name or filter is not valid.
+    Topic(crate::topic::TopicError),
+    /// The server did not answer in time.
+    Timeout,
+    /// The connection ended before the server answered, or the client has stopped: why.
+    Disconnected(DisconnectReason),
+}
+
+#[cfg(feature = "std")]
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "connection error: {e}"),
+            Self::Refused(c) => write!(f, "connection refused: {c}"),
+            Self::Client(e) => write!(f, "{e}"),
+            Self::Topic(e) => write!(f, "{e}"),
+            Self::Timeout => f.write_str("timed out waiting for the server"),
+            Self::Disconnected(r) => write!(f, "disconnected: {r:?}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+#[cfg(feature = "std")]
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<crate::topic::TopicError> for Error {
+    fn from(e: crate::topic::TopicError) -> Self {
+        Self::Topic(e)
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<CommandError> for Error {
+    /// A stopped driver refuses commands with why the last connection ended.
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Client(e) => Self::Client(e),
+            CommandError::Stopped(reason) => Self::Disconnected(reason),
+        }
+    }
+}
+
 /// What the runtime must do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
