@@ -216,8 +216,10 @@ fn refused_connection_reports_the_reason_and_does_not_retry_bad_credentials() {
     }
 }
 
+/// With a non-zero Keep Alive, an idle client sends PINGREQ in time, and closes when no PINGRESP
+/// comes. 3.1.1: [MQTT-3.1.2-23]. 5.0: [MQTT-3.1.2-20].
 #[test]
-fn mqtt_3_1_2_23_keep_alive_sends_pingreq_only_when_idle() {
+fn keep_alive_sends_pingreq_only_when_idle() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
     h.connect(t(0), accepted());
     let _ = h.events();
@@ -241,13 +243,36 @@ fn mqtt_3_1_2_23_keep_alive_sends_pingreq_only_when_idle() {
     );
 }
 
+/// MQTT 5 only: the Server Keep Alive from CONNACK replaces the Keep Alive the client sent,
+/// shorter, longer or 0 [MQTT-3.2.2-21] [MQTT-3.1.2-21].
 #[test]
 fn mqtt_3_2_2_21_server_keep_alive_replaces_the_clients() {
+    // The client asked for 10 s; the server says 3.
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
     let mut ack = accepted();
     ack.properties.server_keep_alive = Some(3);
     h.connect(t(0), ack);
     assert_eq!(h.client.poll_timeout(), Some(t(3)));
+    h.client.handle_timeout(t(3));
+    assert_eq!(h.sent(), vec![Packet::PingReq]);
+    // The server says 60: no PINGREQ at the client's own 10 s.
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    let mut ack = accepted();
+    ack.properties.server_keep_alive = Some(60);
+    h.connect(t(0), ack);
+    h.client.handle_timeout(t(10));
+    assert!(h.sent().is_empty());
+    assert_eq!(h.client.poll_timeout(), Some(t(60)));
+    h.client.handle_timeout(t(60));
+    assert_eq!(h.sent(), vec![Packet::PingReq]);
+    // The server says 0: keep-alive is off, no PINGREQ ever.
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    let mut ack = accepted();
+    ack.properties.server_keep_alive = Some(0);
+    h.connect(t(0), ack);
+    assert_eq!(h.client.poll_timeout(), None);
+    h.client.handle_timeout(t(100));
+    assert!(h.sent().is_empty());
 }
 
 /// The client as QoS 1 sender: an unused identifier, QoS 1 and DUP 0, in flight until PUBACK.
@@ -416,8 +441,9 @@ fn offline_queue_is_bounded_and_flushed_on_connect() {
 }
 
 /// On resume the client resends PUBREL and unacknowledged PUBLISH packets in their original
-/// order [MQTT-4.4.0-1] [MQTT-4.6.0-1], and never the PUBLISH of a message it released
-/// (5.0: [MQTT-4.3.3-6]).
+/// order, with DUP set and their packet identifiers, and never the PUBLISH of a message it
+/// released. 3.1.1: [MQTT-4.4.0-1] [MQTT-4.6.0-1] [MQTT-3.3.1-1].
+/// 5.0: [MQTT-4.4.0-1] [MQTT-4.6.0-1] [MQTT-3.3.1-1] [MQTT-4.3.3-6].
 #[test]
 fn mqtt_4_4_0_1_session_resume_resends_publish_with_dup_and_pubrel_in_order() {
     for v in both() {
@@ -504,6 +530,7 @@ fn without_session_present_subscriptions_are_restored_and_publishes_resent_as_ne
     assert_eq!((p.packet_id, p.dup), (Some(id), false));
 }
 
+/// MQTT 5 only: a client that asked for a new session and is told one is present closes.
 #[test]
 fn mqtt_3_2_2_4_session_present_after_clean_start_is_a_protocol_error() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
@@ -718,6 +745,7 @@ fn packet_ids_are_never_reused_while_in_flight() {
     assert_eq!(h.client.inflight_len(), 300);
 }
 
+/// 3.1.1 only: an empty client id needs Clean Session.
 #[test]
 fn mqtt_3_1_3_7_empty_client_id_in_v311_needs_clean_session() {
     let mut h = Harness::new(ProtocolVersion::V3_1_1, ClientConfig::default());
@@ -871,8 +899,8 @@ fn enhanced_authentication_exchange_before_connack() {
     ));
 }
 
-/// Without an Authentication Method the client sends no AUTH [MQTT-4.12.0-7], and an AUTH
-/// from the server is a protocol error [MQTT-4.12.0-6].
+/// MQTT 5 only: without an Authentication Method the client sends no AUTH [MQTT-4.12.0-7], and
+/// an AUTH from the server is a protocol error [MQTT-4.12.0-6].
 #[test]
 fn mqtt_4_12_0_6_auth_without_a_method_is_a_protocol_error() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
@@ -883,6 +911,7 @@ fn mqtt_4_12_0_6_auth_without_a_method_is_a_protocol_error() {
     assert_eq!(h.sent(), vec![Packet::Disconnect(Disconnect::new(ReasonCode::ProtocolError))]);
 }
 
+/// MQTT 5 only: an AUTH with another method than the client's is a protocol error.
 #[test]
 fn mqtt_4_12_0_5_auth_with_another_method_is_a_protocol_error() {
     let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
@@ -954,4 +983,388 @@ fn packet_ids_of_queued_publishes_are_never_handed_out_again() {
     );
     // QoS 0 needs no id and still queues.
     assert_eq!(h.client.publish(t(0), publish("a", QoS::AtMostOnce, "x")), Ok(None));
+}
+
+// ---------------------------------------------------------------- packet identifiers
+
+/// Each new SUBSCRIBE, UNSUBSCRIBE and QoS 1 or 2 PUBLISH gets an identifier no other exchange
+/// holds; an identifier is free again once its acknowledgement is processed, and one still in
+/// flight is skipped when the counter wraps. 3.1.1: [MQTT-2.3.1-2] [MQTT-2.3.1-3].
+/// 5.0: [MQTT-2.2.1-3].
+#[test]
+fn packet_ids_are_unused_and_free_again_after_their_acknowledgement() {
+    for v in both() {
+        let mut h = Harness::new(v, ClientConfig::default());
+        h.connect(t(0), accepted());
+        let _ = h.events();
+        // Four kinds of exchange in flight at once: four different identifiers.
+        let held = h.client.publish(t(1), publish("a", QoS::AtLeastOnce, "held")).unwrap().unwrap();
+        let q2 = h.client.publish(t(1), publish("a", QoS::ExactlyOnce, "x")).unwrap().unwrap();
+        let f = TopicFilter::new("f").unwrap();
+        let sub =
+            h.client.subscribe(t(1), &[Subscription::new(f.clone(), QoS::AtMostOnce)]).unwrap();
+        let unsub = h.client.unsubscribe(t(1), std::slice::from_ref(&f)).unwrap();
+        let ids = std::collections::BTreeSet::from([held, q2, sub, unsub]);
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        let _ = h.sent();
+        // Complete every exchange but the first, each with its own acknowledgement.
+        h.feed(t(2), Packet::PubRec(PubAck::new(q2)));
+        h.feed(t(2), Packet::PubComp(PubAck::new(q2)));
+        let suback = SubAck {
+            packet_id: sub,
+            reason_codes: vec![ReasonCode::GrantedQoS1],
+            properties: AckProperties::default(),
+        };
+        h.feed(t(2), Packet::SubAck(suback));
+        let codes = if v.is_v5() { vec![ReasonCode::Success] } else { vec![] };
+        let unsuback = UnsubAck {
+            packet_id: unsub,
+            reason_codes: codes,
+            properties: AckProperties::default(),
+        };
+        h.feed(t(2), Packet::UnsubAck(unsuback));
+        let _ = h.sent();
+        // Run the counter all the way round, each publish acknowledged at once: every id but
+        // the held one comes back into use.
+        let mut last = unsub;
+        loop {
+            let id = h.client.publish(t(3), publish("a", QoS::AtLeastOnce, "y")).unwrap().unwrap();
+            assert_ne!(id, held, "id {held} handed out while still in flight");
+            let wrapped = id <= last;
+            last = id;
+            let mut ack = BytesMut::new();
+            Packet::PubAck(PubAck::new(id)).encode(v, &mut ack).unwrap();
+            h.client.handle_bytes(t(3), &mut ack);
+            if wrapped {
+                // Past 65535 the first free id is the lowest one not held.
+                let lowest_free = (1..=u16::MAX).map(pid).find(|i| *i != held).unwrap();
+                assert_eq!(id, lowest_free);
+                break;
+            }
+        }
+        assert_eq!(h.client.inflight_len(), 1);
+        let _ = h.sent();
+        // A re-send keeps its identifier.
+        h.client.handle_closed(t(4));
+        let mut opts = h.options();
+        opts.clean_start = false;
+        let resumed = ConnAck { session_present: true, ..ConnAck::default() };
+        let _ = h.events();
+        let sent = h.connect_with(t(5), opts, resumed);
+        assert!(
+            matches!(&sent[..], [Packet::Publish(p)] if p.packet_id == Some(held) && p.dup),
+            "{sent:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// Session state outlives the connection and the application's DISCONNECT: a client that
+/// connects again under the same client id with Clean Start 0 and gets Session Present 1 goes on
+/// where it stopped, resending its unacknowledged PUBLISH and still holding the identifier of a
+/// QoS 2 message it received and that was not released. 3.1.1: [MQTT-3.1.2-4] [MQTT-3.1.3-2].
+/// 5.0: [MQTT-3.1.2-23] [MQTT-3.1.3-2].
+#[test]
+fn session_state_outlives_the_connection_under_the_same_client_id() {
+    for v in both() {
+        let mut h = Harness::new(v, ClientConfig::default());
+        let mut opts = h.options();
+        opts.clean_start = false;
+        if v.is_v5() {
+            opts.properties.session_expiry_interval = Some(300);
+        }
+        h.connect_with(t(0), opts.clone(), accepted());
+        let out = h.client.publish(t(1), publish("a", QoS::AtLeastOnce, "out")).unwrap().unwrap();
+        let mut incoming = publish("b", QoS::ExactlyOnce, "in");
+        incoming.packet_id = Some(pid(5));
+        h.feed(t(1), Packet::Publish(incoming.clone()));
+        let _ = h.sent();
+        let _ = h.events();
+        h.client.disconnect(t(2), Disconnect::default());
+        let _ = h.sent();
+        h.client.handle_closed(t(2));
+        assert_eq!(h.client.inflight_len(), 1, "the session is kept after DISCONNECT");
+        // A new connection: the CONNECT names the same session.
+        h.client.connect(t(3), opts.clone()).unwrap();
+        let sent = h.sent();
+        let [Packet::Connect(c)] = &sent[..] else { panic!("{sent:?}") };
+        assert_eq!((c.client_id.as_str(), c.clean_start), ("c1", false));
+        let resumed = ConnAck { session_present: true, ..ConnAck::default() };
+        h.feed(t(3), Packet::ConnAck(resumed));
+        let sent = h.sent();
+        assert!(
+            matches!(&sent[..], [Packet::Publish(p)] if p.packet_id == Some(out) && p.dup),
+            "{sent:?}"
+        );
+        // The server sends the unreleased QoS 2 message again: a duplicate, not delivered.
+        incoming.dup = true;
+        h.feed(t(4), Packet::Publish(incoming));
+        assert_eq!(h.sent(), vec![Packet::PubRec(PubAck::new(pid(5)))]);
+        assert!(!h.events().iter().any(|e| matches!(e, Event::Message(_))));
+    }
+}
+
+/// Builds session state on a first connection (a QoS 2 message received and not released, a
+/// QoS 2 message sent and at PUBREL, a QoS 1 message unacknowledged), loses the transport, and
+/// connects again with `clean_start` to a server that has no session. Returns what the client
+/// sent after CONNACK and the id of the unacknowledged QoS 1 message.
+fn new_session_after_state(v: ProtocolVersion, clean_start: bool) -> (Harness, Vec<Packet>, u16) {
+    let mut h = Harness::new(v, ClientConfig::default());
+    let mut opts = h.options();
+    opts.clean_start = clean_start;
+    h.connect_with(t(0), opts.clone(), accepted());
+    let mut incoming = publish("b", QoS::ExactlyOnce, "first");
+    incoming.packet_id = Some(pid(5));
+    h.feed(t(1), Packet::Publish(incoming));
+    let released = h.client.publish(t(1), publish("a", QoS::ExactlyOnce, "r")).unwrap().unwrap();
+    let unacked = h.client.publish(t(1), publish("a", QoS::AtLeastOnce, "u")).unwrap().unwrap();
+    h.feed(t(1), Packet::PubRec(PubAck::new(released)));
+    let _ = h.sent();
+    let _ = h.events();
+    h.client.handle_closed(t(2));
+    let _ = h.events();
+    let sent = h.connect_with(t(3), opts, accepted());
+    (h, sent, unacked.get())
+}
+
+/// The old session's exchanges are over on the new one: no PUBREL and no DUP re-delivery; the
+/// unacknowledged message is published again as a new one (DUP 0), and a QoS 2 message from
+/// the server under an identifier the old session held is a new message.
+fn assert_old_session_discarded(h: &mut Harness, sent: &[Packet], unacked: u16) {
+    assert!(!sent.iter().any(|p| matches!(p, Packet::PubRel(_))), "{sent:?}");
+    let [Packet::Publish(p)] = sent else { panic!("{sent:?}") };
+    assert!(!p.dup, "a new session has nothing to re-deliver: {p:?}");
+    assert_eq!(p.packet_id.map(PacketId::get), Some(unacked));
+    let mut fresh = publish("b", QoS::ExactlyOnce, "second");
+    fresh.packet_id = Some(pid(5));
+    h.feed(t(4), Packet::Publish(fresh.clone()));
+    assert_eq!(h.sent(), vec![Packet::PubRec(PubAck::new(pid(5)))]);
+    let messages: Vec<Event> =
+        h.events().into_iter().filter(|e| matches!(e, Event::Message(_))).collect();
+    assert_eq!(messages, vec![Event::Message(fresh)]);
+}
+
+/// Clean Start 1 discards the client's session and starts a new one.
+/// 3.1.1: [MQTT-3.1.2-6]. 5.0: [MQTT-3.1.2-4].
+#[test]
+fn clean_start_discards_the_clients_session() {
+    for v in both() {
+        let (mut h, sent, unacked) = new_session_after_state(v, true);
+        assert_old_session_discarded(&mut h, &sent, unacked);
+    }
+}
+
+/// MQTT 5 only: a client with session state that is told Session Present 0 discards that
+/// state [MQTT-3.2.2-5].
+#[test]
+fn mqtt_3_2_2_5_session_present_0_discards_the_clients_state() {
+    let (mut h, sent, unacked) = new_session_after_state(ProtocolVersion::V5, false);
+    assert_old_session_discarded(&mut h, &sent, unacked);
+}
+
+// ---------------------------------------------------------------- receiving
+
+/// The client answers each PUBLISH as its QoS says: nothing for QoS 0, PUBACK for QoS 1,
+/// PUBREC for QoS 2, each with the PUBLISH's identifier.
+#[test]
+fn mqtt_3_3_4_1_the_client_answers_each_publish_by_its_qos() {
+    for v in both() {
+        let mut h = Harness::new(v, ClientConfig::default());
+        h.connect(t(0), accepted());
+        h.feed(t(1), Packet::Publish(publish("a", QoS::AtMostOnce, "0")));
+        assert!(h.sent().is_empty());
+        let mut p1 = publish("a", QoS::AtLeastOnce, "1");
+        p1.packet_id = Some(pid(7));
+        h.feed(t(1), Packet::Publish(p1));
+        assert_eq!(h.sent(), vec![Packet::PubAck(PubAck::new(pid(7)))]);
+        let mut p2 = publish("a", QoS::ExactlyOnce, "2");
+        p2.packet_id = Some(pid(8));
+        h.feed(t(1), Packet::Publish(p2));
+        assert_eq!(h.sent(), vec![Packet::PubRec(PubAck::new(pid(8)))]);
+        let delivered = h.events().iter().filter(|e| matches!(e, Event::Message(_))).count();
+        assert_eq!(delivered, 3);
+    }
+}
+
+/// MQTT 5 only: the server may use every Topic Alias from 1 to the Topic Alias Maximum the
+/// client sent, to bind a topic and then in place of it [MQTT-3.3.2-10].
+#[test]
+fn mqtt_3_3_2_10_every_alias_up_to_the_clients_maximum_is_accepted() {
+    const MAX: u16 = 10;
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    let mut opts = h.options();
+    opts.properties.topic_alias_maximum = Some(MAX);
+    h.connect_with(t(0), opts, accepted());
+    let _ = h.events();
+    for alias in 1..=MAX {
+        let mut p = publish(&format!("t/{alias}"), QoS::AtMostOnce, "bind");
+        p.properties.topic_alias = NonZeroU16::new(alias);
+        h.feed(t(1), Packet::Publish(p));
+    }
+    for alias in (1..=MAX).rev() {
+        // PUBLISH QoS 0, empty topic, Topic Alias `alias`, payload "u".
+        let [hi, lo] = alias.to_be_bytes();
+        h.feed_raw(t(2), &[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, hi, lo, b'u']);
+    }
+    assert!(h.sent().is_empty(), "no DISCONNECT");
+    assert!(h.client.is_connected());
+    let topics: Vec<String> = h
+        .events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Message(p) => p.topic.as_str().to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let bound = (1..=MAX).map(|a| format!("t/{a}"));
+    let used = (1..=MAX).rev().map(|a| format!("t/{a}"));
+    assert_eq!(topics, bound.chain(used).collect::<Vec<_>>());
+}
+
+// ---------------------------------------------------------------- the server's limits
+
+/// Connects a v5 client whose CONNACK carries `limits`, after `queued` were published offline;
+/// returns the harness and what went out after the CONNACK.
+fn connect_after_queueing(
+    limits: ConnAckProperties,
+    queued: Vec<Publish>,
+) -> (Harness, Vec<Packet>) {
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    for p in queued {
+        h.client.publish(t(0), p).unwrap();
+    }
+    let sent = h.connect(t(1), ConnAck { properties: limits, ..ConnAck::default() });
+    (h, sent)
+}
+
+/// MQTT 5 only: no Topic Alias above the server's Topic Alias Maximum goes out: one given while
+/// connected is refused, one queued before the CONNACK goes without its alias, and the maximum
+/// itself is used [MQTT-3.2.2-17].
+#[test]
+fn mqtt_3_2_2_17_no_topic_alias_above_the_servers_maximum() {
+    let limits = ConnAckProperties { topic_alias_maximum: Some(2), ..ConnAckProperties::default() };
+    let aliased = |alias: u16, payload| {
+        let mut p = publish("long/topic", QoS::AtMostOnce, payload);
+        p.properties.topic_alias = NonZeroU16::new(alias);
+        p
+    };
+    let (mut h, sent) = connect_after_queueing(limits, vec![aliased(3, "q3"), aliased(2, "q2")]);
+    let wire: Vec<(&str, Option<u16>)> = sent
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => (p.topic.as_str(), p.properties.topic_alias.map(NonZeroU16::get)),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(wire, vec![("long/topic", None), ("long/topic", Some(2))]);
+    assert_eq!(h.client.publish(t(2), aliased(3, "x")), Err(ClientError::TopicAliasInvalid(3)));
+    assert!(h.sent().is_empty());
+}
+
+/// MQTT 5 only: when the server's Topic Alias Maximum is absent or 0 the client sends no Topic
+/// Alias at all [MQTT-3.2.2-18].
+#[test]
+fn mqtt_3_2_2_18_no_topic_alias_when_the_server_allows_none() {
+    for max in [None, Some(0)] {
+        let limits = ConnAckProperties { topic_alias_maximum: max, ..ConnAckProperties::default() };
+        let mut queued = publish("long/topic", QoS::AtLeastOnce, "q");
+        queued.properties.topic_alias = NonZeroU16::new(1);
+        let (mut h, sent) = connect_after_queueing(limits, vec![queued.clone()]);
+        let [Packet::Publish(p)] = &sent[..] else { panic!("{sent:?}") };
+        assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("long/topic", None));
+        assert_eq!(h.client.publish(t(2), queued), Err(ClientError::TopicAliasInvalid(1)));
+        assert!(h.sent().is_empty());
+        // Nor with automatic aliases.
+        let config = ClientConfig { auto_topic_alias: true, ..ClientConfig::default() };
+        let mut h = Harness::new(ProtocolVersion::V5, config);
+        let limits = ConnAckProperties { topic_alias_maximum: max, ..ConnAckProperties::default() };
+        h.connect(t(0), ConnAck { properties: limits, ..ConnAck::default() });
+        for _ in 0..2 {
+            h.client.publish(t(1), publish("long/topic", QoS::AtMostOnce, "x")).unwrap();
+        }
+        let sent = h.sent();
+        assert_eq!(sent.len(), 2);
+        assert!(
+            sent.iter()
+                .all(|p| matches!(p, Packet::Publish(p) if p.properties.topic_alias.is_none())),
+            "{sent:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- flow control and AUTH
+
+/// MQTT 5 only: with the send quota used up, only PUBLISH waits; SUBSCRIBE, UNSUBSCRIBE, the
+/// answers to the server's publishes, PINGREQ and DISCONNECT go out at once [MQTT-3.3.4-8].
+#[test]
+fn mqtt_3_3_4_8_a_spent_quota_holds_back_only_publish() {
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    let mut ack = accepted();
+    ack.properties.receive_maximum = NonZeroU16::new(1);
+    h.connect(t(0), ack);
+    h.client.publish(t(1), publish("a", QoS::AtLeastOnce, "in flight")).unwrap();
+    assert_eq!(h.sent().len(), 1);
+    h.client.publish(t(1), publish("a", QoS::AtLeastOnce, "waits")).unwrap();
+    assert!(h.sent().is_empty(), "the quota is spent");
+    let f = TopicFilter::new("f").unwrap();
+    h.client.subscribe(t(2), &[Subscription::new(f.clone(), QoS::AtLeastOnce)]).unwrap();
+    assert!(matches!(&h.sent()[..], [Packet::Subscribe(_)]));
+    h.client.unsubscribe(t(2), &[f]).unwrap();
+    assert!(matches!(&h.sent()[..], [Packet::Unsubscribe(_)]));
+    let mut q1 = publish("b", QoS::AtLeastOnce, "1");
+    q1.packet_id = Some(pid(40));
+    h.feed(t(2), Packet::Publish(q1));
+    assert_eq!(h.sent(), vec![Packet::PubAck(PubAck::new(pid(40)))]);
+    let mut q2 = publish("b", QoS::ExactlyOnce, "2");
+    q2.packet_id = Some(pid(41));
+    h.feed(t(2), Packet::Publish(q2));
+    assert_eq!(h.sent(), vec![Packet::PubRec(PubAck::new(pid(41)))]);
+    h.feed(t(2), Packet::PubRel(PubAck::new(pid(41))));
+    assert_eq!(h.sent(), vec![Packet::PubComp(PubAck::new(pid(41)))]);
+    h.client.handle_timeout(t(12));
+    assert_eq!(h.sent(), vec![Packet::PingReq]);
+    assert_eq!(h.client.queued_len(), 1, "the second PUBLISH still waits");
+    h.client.disconnect(t(13), Disconnect::default());
+    assert_eq!(h.sent(), vec![Packet::Disconnect(Disconnect::default())]);
+}
+
+/// MQTT 5 only: a client that set an Authentication Method sends nothing but AUTH (or
+/// DISCONNECT) until the CONNACK: publishes wait, subscriptions are refused, and no PINGREQ
+/// goes out [MQTT-3.1.2-30].
+#[test]
+fn mqtt_3_1_2_30_only_auth_or_disconnect_before_connack() {
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    let mut opts = h.options();
+    opts.properties.authentication_method = Some(MqttStr::from_static("SCRAM-SHA-1"));
+    h.client.connect(t(0), opts.clone()).unwrap();
+    assert!(matches!(&h.sent()[..], [Packet::Connect(_)]));
+    h.client.publish(t(1), publish("a", QoS::AtMostOnce, "0")).unwrap();
+    h.client.publish(t(1), publish("a", QoS::AtLeastOnce, "1")).unwrap();
+    let f = TopicFilter::new("f").unwrap();
+    assert_eq!(
+        h.client.subscribe(t(1), &[Subscription::new(f.clone(), QoS::AtMostOnce)]),
+        Err(ClientError::NotConnected)
+    );
+    assert_eq!(h.client.unsubscribe(t(1), &[f]), Err(ClientError::NotConnected));
+    assert_eq!(h.client.reauthenticate(t(1), None), Err(ClientError::NotConnected));
+    // Past the Keep Alive: still no PINGREQ.
+    h.client.handle_timeout(t(11));
+    assert!(h.sent().is_empty());
+    h.feed(t(12), auth(ReasonCode::ContinueAuthentication, "SCRAM-SHA-1", b"challenge"));
+    h.client.authenticate(t(12), Some(Bytes::from_static(b"response"))).unwrap();
+    assert_eq!(
+        h.sent(),
+        vec![auth(ReasonCode::ContinueAuthentication, "SCRAM-SHA-1", b"response")]
+    );
+    // The CONNACK lets the waiting publishes out.
+    h.feed(t(13), Packet::ConnAck(accepted()));
+    assert_eq!(h.sent().len(), 2);
+    // DISCONNECT is allowed before the CONNACK too.
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    h.client.connect(t(0), opts).unwrap();
+    let _ = h.sent();
+    h.client.publish(t(1), publish("a", QoS::AtMostOnce, "0")).unwrap();
+    h.client.disconnect(t(1), Disconnect::default());
+    assert_eq!(h.sent(), vec![Packet::Disconnect(Disconnect::default())]);
 }
