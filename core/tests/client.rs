@@ -1238,6 +1238,98 @@ fn connect_after_queueing(
     (h, sent)
 }
 
+fn published_codes(events: Vec<Event>) -> Vec<ReasonCode> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Published { reason_code, .. } => Some(reason_code),
+            _ => None,
+        })
+        .collect()
+}
+
+/// MQTT 5 only: no PUBLISH above the server's Maximum QoS goes out, neither one made while
+/// connected (refused at once) nor one queued before the CONNACK said so, nor one in flight on
+/// a resumed session (reported as QoS not supported, never sent) [MQTT-3.2.2-11].
+#[test]
+fn mqtt_3_2_2_11_no_publish_above_the_servers_maximum_qos() {
+    for max in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let limits = ConnAckProperties { maximum_qos: Some(max), ..ConnAckProperties::default() };
+        let queued = vec![
+            publish("a", QoS::ExactlyOnce, "2"),
+            publish("a", QoS::AtLeastOnce, "1"),
+            publish("a", QoS::AtMostOnce, "0"),
+        ];
+        let (mut h, sent) = connect_after_queueing(limits, queued);
+        let qos: Vec<QoS> = sent
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.qos,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(qos.iter().all(|q| *q <= max), "{max:?}: {sent:?}");
+        let expected_sent = if max == QoS::AtMostOnce { 1 } else { 2 };
+        assert_eq!(qos.len(), expected_sent, "{sent:?}");
+        let refused = published_codes(h.events());
+        assert_eq!(refused.len(), 3 - expected_sent, "{refused:?}");
+        assert!(refused.iter().all(|c| *c == ReasonCode::QoSNotSupported), "{refused:?}");
+        assert_eq!(
+            h.client.publish(t(2), publish("a", QoS::ExactlyOnce, "x")),
+            Err(ClientError::QoSNotSupported(max))
+        );
+        assert!(h.sent().is_empty());
+    }
+    // A resumed session whose server now allows less: the QoS 2 message in flight is not sent
+    // again.
+    let mut h = Harness::new(ProtocolVersion::V5, ClientConfig::default());
+    let mut opts = h.options();
+    opts.clean_start = false;
+    h.connect_with(t(0), opts.clone(), accepted());
+    let id = h.client.publish(t(1), publish("a", QoS::ExactlyOnce, "2")).unwrap().unwrap();
+    let _ = h.sent();
+    h.client.handle_closed(t(2));
+    let _ = h.events();
+    let mut resumed = ConnAck { session_present: true, ..ConnAck::default() };
+    resumed.properties.maximum_qos = Some(QoS::AtLeastOnce);
+    assert!(h.connect_with(t(3), opts, resumed).is_empty());
+    let done: Vec<(PacketId, ReasonCode)> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Published { packet_id, reason_code, .. } => Some((packet_id, reason_code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![(id, ReasonCode::QoSNotSupported)]);
+    assert_eq!(h.client.inflight_len(), 0);
+}
+
+/// MQTT 5 only: with Retain Available 0 no PUBLISH goes out with RETAIN set, neither one made
+/// while connected (refused at once) nor one queued before the CONNACK said so (reported as
+/// Retain not supported, or for QoS 0 dropped, never sent) [MQTT-3.2.2-14].
+#[test]
+fn mqtt_3_2_2_14_no_retain_when_the_server_has_no_retain() {
+    let limits =
+        ConnAckProperties { retain_available: Some(false), ..ConnAckProperties::default() };
+    let retained = |qos, payload| Publish { retain: true, ..publish("a", qos, payload) };
+    let queued = vec![
+        retained(QoS::AtLeastOnce, "r1"),
+        retained(QoS::AtMostOnce, "r0"),
+        publish("a", QoS::AtLeastOnce, "plain"),
+    ];
+    let (mut h, sent) = connect_after_queueing(limits, queued);
+    let [Packet::Publish(p)] = &sent[..] else { panic!("{sent:?}") };
+    assert_eq!((&p.payload[..], p.retain), (&b"plain"[..], false));
+    assert_eq!(published_codes(h.events()), vec![ReasonCode::RetainNotSupported]);
+    assert_eq!(h.client.qos0_sent(), 1, "the QoS 0 one left the queue");
+    assert_eq!(
+        h.client.publish(t(2), retained(QoS::AtMostOnce, "late")),
+        Err(ClientError::RetainNotSupported)
+    );
+    assert!(h.sent().is_empty());
+}
+
 /// MQTT 5 only: no Topic Alias above the server's Topic Alias Maximum goes out: one given while
 /// connected is refused, one queued before the CONNACK goes without its alias, and the maximum
 /// itself is used [MQTT-3.2.2-17].

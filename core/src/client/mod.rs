@@ -400,10 +400,10 @@ impl Client {
 
     /// How many QoS 0 publishes have left the queue since the client was made: their bytes
     /// are in the output that [`poll_transmit`](Self::poll_transmit) hands out (or, for one
-    /// too large for the server's Maximum Packet Size, dropped). QoS 0 publishes leave in the
-    /// order they were made, so a runtime that counts its own calls knows when the `n`th one
-    /// is on its way: once this reaches `n`. A QoS 1 or 2 publish has its [`Event::Published`]
-    /// instead.
+    /// too large for the server's Maximum Packet Size or retained where the server has no
+    /// retain, dropped). QoS 0 publishes leave in the order they were made, so a runtime that
+    /// counts its own calls knows when the `n`th one is on its way: once this reaches `n`. A
+    /// QoS 1 or 2 publish has its [`Event::Published`] instead.
     pub fn qos0_sent(&self) -> u64 {
         self.qos0_sent
     }
@@ -827,7 +827,10 @@ impl Client {
                 None => self.qos0_sent += 1,
             }
             self.queued_bytes = self.queued_bytes.saturating_sub(publish_cost(&publish));
-            let sent = self.transmit_publish(now, &publish);
+            let sent = match self.refused_by_server(&publish) {
+                Some(code) => Err(code),
+                None => self.transmit_publish(now, &publish).map_err(|e| encode_failure_code(&e)),
+            };
             match (publish.packet_id, sent) {
                 (Some(id), Ok(())) => {
                     let seq = self.next_seq;
@@ -835,16 +838,29 @@ impl Client {
                     self.inflight_order.insert(seq, id.get());
                     self.inflight.insert(id.get(), (seq, Outgoing::Publish(Box::new(publish))));
                 }
-                (Some(id), Err(e)) => {
+                (Some(id), Err(reason_code)) => {
                     // Too large for this server, for example: report it rather than retry.
                     self.events.push_back(Event::Published {
                         packet_id: id,
-                        reason_code: encode_failure_code(&e),
+                        reason_code,
                         properties: AckProperties::default(),
                     });
                 }
                 (None, _) => {}
             }
+        }
+    }
+
+    /// Why this connection's CONNACK forbids sending `publish`, if it does: a publish made
+    /// before the server's limits were known may exceed its Maximum QoS ([MQTT-3.2.2-11]) or
+    /// ask for RETAIN where it has none ([MQTT-3.2.2-14]). Such a publish is never sent.
+    fn refused_by_server(&self, publish: &Publish) -> Option<ReasonCode> {
+        if publish.qos > self.server.maximum_qos {
+            Some(ReasonCode::QoSNotSupported)
+        } else if publish.retain && !self.server.retain_available {
+            Some(ReasonCode::RetainNotSupported)
+        } else {
+            None
         }
     }
 
@@ -1017,6 +1033,10 @@ impl Client {
             let Some((_, state)) = self.inflight.get(&id) else { continue };
             let result = match state {
                 Outgoing::Publish(p) => {
+                    if let Some(code) = self.refused_by_server(p) {
+                        self.complete(id, code, AckProperties::default());
+                        continue;
+                    }
                     let mut p = p.clone();
                     p.dup = true;
                     self.transmit_publish(now, &p)
