@@ -8,8 +8,9 @@
 //! - **subscribers**, most with persistent sessions, on wildcard filters of random QoS;
 //! - a **shared group** of two members on `$share/g/sim/+/q1`;
 //! - a **will client** that crashes, disconnects normally, or disconnects asking for its will,
-//!   each connection under a new client id `w-{n}` with will payload `w-{n}`, and a persistent
-//!   **watcher** of `will/#`;
+//!   each time under a new client id `w-{n}` with will payload `w-{n}`; in MQTT 5 with a Will
+//!   Delay Interval and a Session Expiry Interval (0, 2 s, 4 s), sometimes coming back under
+//!   the same id before or after the delay; and a persistent **watcher** of `will/#`;
 //! - an **expiry client** (MQTT 5, Session Expiry Interval 3 s) that goes away for random
 //!   times and comes back without clean start.
 //!
@@ -29,7 +30,9 @@
 //! 5. **Retained:** the retained message of each topic is the last one acknowledged, or one
 //!    sent after it.
 //! 6. **Wills:** a connection that ended with a normal DISCONNECT never has its will published;
-//!    one that ended any other way has it published (unless the broker restarted meanwhile).
+//!    one that ended any other way has it published once the will delay (or the shorter
+//!    session) is over, unless a connection with the same client id came back first (unless
+//!    the broker restarted meanwhile).
 //! 7. **Session expiry:** a session comes back after a gap shorter than its expiry, and not
 //!    after a longer one.
 //! 8. **Liveness and limits:** after settling every client is connected and has nothing in
@@ -231,6 +234,11 @@ struct Run {
     will: ClientNo,
     will_n: u32,
     will_v5: bool,
+    /// MQTT 5: the will client's Will Delay Interval and Session Expiry Interval, seconds.
+    will_delay: u32,
+    will_expiry: u32,
+    /// The will client comes back under the same client id, without clean start.
+    will_same_id: bool,
     /// The will client is offline on purpose until then.
     will_back_at: Option<Instant>,
     watcher: usize,
@@ -349,7 +357,9 @@ impl Run {
         let watcher = add_sub(&mut world, &mut wl, "watch".to_owned(), f, true);
 
         let will_v5 = wl.chance(0.5);
-        let will_conn = will_connect(0, will_v5);
+        let will_delay = if will_v5 { *wl.pick(&[0, 2]).unwrap_or(&0) } else { 0 };
+        let will_expiry = if will_v5 { *wl.pick(&[0, 4]).unwrap_or(&0) } else { 0 };
+        let will_conn = will_connect(0, will_v5, will_delay, will_expiry, true);
         let mut will_cfg = client_config(&mut wl);
         will_cfg.reconnect.enable = false;
         let will = world.add_client(will_cfg, will_conn);
@@ -368,6 +378,9 @@ impl Run {
             will,
             will_n: 0,
             will_v5,
+            will_delay,
+            will_expiry,
+            will_same_id: false,
             will_back_at: None,
             watcher,
             expiry,
@@ -499,8 +512,16 @@ impl Run {
             return;
         }
         if self.wl.chance(0.02) {
-            // Crash: no DISCONNECT; the will is due.
-            self.restart_will();
+            if self.will_delay > 0 && self.will_expiry > 0 && self.wl.chance(0.5) {
+                // Crash, and come back under the same id, before or after the will delay.
+                self.world.reset_connection(self.will);
+                self.will_same_id = true;
+                let gap = self.wl.duration(Duration::from_millis(100), Duration::from_secs(4));
+                self.will_back_at = Some(now + gap);
+            } else {
+                // Crash: no DISCONNECT; the will is due.
+                self.restart_will();
+            }
         } else if self.wl.chance(0.02) {
             let mut d = Disconnect::default();
             if self.will_v5 && self.wl.chance(0.3) {
@@ -513,10 +534,13 @@ impl Run {
     }
 
     fn restart_will(&mut self) {
-        self.will_n += 1;
+        let same = std::mem::take(&mut self.will_same_id);
+        if !same {
+            self.will_n += 1;
+        }
         let mut cfg = client_config(&mut self.wl);
         cfg.reconnect.enable = false;
-        let c = will_connect(self.will_n, self.will_v5);
+        let c = will_connect(self.will_n, self.will_v5, self.will_delay, self.will_expiry, !same);
         self.world.restart_client(self.will, cfg, c);
     }
 
@@ -907,55 +931,103 @@ impl Run {
         }
     }
 
+    /// Wills [MQTT-3.1.2-8] [MQTT-3.1.2-10], with Will Delay Interval and takeover (5.0:
+    /// [MQTT-3.1.3-9]): a connection that ends without a normal DISCONNECT has its will
+    /// published once the delay (or the session, if shorter) is over, unless a connection with
+    /// the same client id is there by then; a normal DISCONNECT discards it.
     fn check_wills(&mut self, notes: &[(Instant, BrokerNote)]) {
+        use ternmq_core::broker::Event as B;
+        let margin = Duration::from_millis(100);
+        let window = if !self.will_v5 || self.will_expiry == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(u64::from(self.will_delay.min(self.will_expiry)))
+        };
         let restarts: Vec<Instant> = notes
             .iter()
             .filter(|(_, n)| matches!(n, BrokerNote::Restarted))
             .map(|(t, _)| *t)
             .collect();
-        let mut connected_at: BTreeMap<String, Instant> = BTreeMap::new();
-        let mut ended: BTreeMap<String, CloseReason> = BTreeMap::new();
+        // Per client id: when it connected, and each end with the connections left live.
+        #[derive(Default)]
+        struct Timeline {
+            connects: Vec<Instant>,
+            ends: Vec<(Instant, CloseReason, u32)>,
+            live: u32,
+        }
+        let mut lines: BTreeMap<String, Timeline> = BTreeMap::new();
         for (t, n) in notes {
             match n {
-                BrokerNote::Event(ternmq_core::broker::Event::Connected { client_id, .. })
+                BrokerNote::Restarted => lines.values_mut().for_each(|l| l.live = 0),
+                BrokerNote::Event(B::Connected { client_id, .. })
                     if client_id.as_str().starts_with("w-") =>
                 {
-                    connected_at.insert(client_id.as_str().to_owned(), *t);
+                    let l = lines.entry(client_id.as_str().to_owned()).or_default();
+                    l.connects.push(*t);
+                    l.live += 1;
                 }
-                BrokerNote::Event(ternmq_core::broker::Event::Disconnected {
-                    client_id,
-                    reason,
-                    ..
-                }) if client_id.as_str().starts_with("w-") => {
-                    ended.insert(client_id.as_str().to_owned(), *reason);
+                BrokerNote::Event(B::Disconnected { client_id, reason, .. })
+                    if client_id.as_str().starts_with("w-") =>
+                {
+                    let l = lines.entry(client_id.as_str().to_owned()).or_default();
+                    l.live = l.live.saturating_sub(1);
+                    let live = l.live;
+                    l.ends.push((*t, *reason, live));
                 }
                 _ => {}
             }
         }
-        let watcher_ok = self.subs[self.watcher].coverage.iter().any(|c| !c.broken);
-        for (id, count) in &self.wills_seen {
-            match ended.get(id) {
-                Some(CloseReason::ClientDisconnect(ReasonCode::Success)) => self.violations.push(
-                    format!("the will of {id} was published ({count}x) after a normal DISCONNECT"),
-                ),
-                Some(_) => {}
-                None => self
-                    .violations
-                    .push(format!("the will of {id} was published but its connection never ended")),
+        let watcher = &self.subs[self.watcher];
+        for (id, l) in &lines {
+            let Some(&first) = l.connects.first() else { continue };
+            let watched = watcher.coverage.iter().any(|c| !c.broken && c.since < first);
+            let received = self.wills_seen.get(id).copied().unwrap_or(0);
+            let (mut due, mut not_due, mut unsure) = (0, 0, false);
+            for &(t, reason, live) in &l.ends {
+                if restarts.iter().any(|&r| r >= t && r <= t + window + margin) {
+                    unsure = true;
+                    continue;
+                }
+                if matches!(reason, CloseReason::ClientDisconnect(ReasonCode::Success)) {
+                    not_due += 1;
+                    continue;
+                }
+                if window.is_zero() {
+                    due += 1;
+                    continue;
+                }
+                let back = l.connects.iter().find(|&&c| c > t).copied();
+                match back {
+                    _ if live > 0 => not_due += 1,
+                    Some(c) if c + margin < t + window => not_due += 1,
+                    Some(c) if c <= t + window + margin => unsure = true,
+                    _ => due += 1,
+                }
             }
-        }
-        for (id, reason) in &ended {
-            if matches!(reason, CloseReason::ClientDisconnect(ReasonCode::Success)) {
+            if unsure {
                 continue;
             }
-            let Some(&at) = connected_at.get(id) else { continue };
-            let restarted = restarts.iter().any(|&r| r >= at);
-            let watched =
-                self.subs[self.watcher].coverage.iter().any(|c| !c.broken && c.since < at);
-            if !restarted && watched && watcher_ok && !self.wills_seen.contains_key(id) {
+            if due > 0 && received == 0 && watched {
                 self.violations.push(format!(
-                    "the will of {id} was never published; its connection ended: {reason:?}"
+                    "the will of {id} was never published; its connections ended {:?}",
+                    l.ends
                 ));
+            }
+            // A restart while a connection was up ends it with no event; the restored session
+            // may then publish the will (a crash counts as an abnormal end).
+            let after_restart = restarts.iter().any(|&r| r >= first);
+            if due == 0 && received > 0 && !after_restart {
+                if not_due > 0 {
+                    self.violations.push(format!(
+                        "the will of {id} was published ({received}x) though each end of its \
+                         connections discarded or deferred it: {:?}",
+                        l.ends
+                    ));
+                } else {
+                    self.violations.push(format!(
+                        "the will of {id} was published but its connection never ended"
+                    ));
+                }
             }
         }
     }
@@ -1018,18 +1090,24 @@ impl Run {
 
 const EXPIRY_SECS: u32 = 3;
 
-fn will_connect(n: u32, v5: bool) -> Connect {
+fn will_connect(n: u32, v5: bool, delay: u32, expiry: u32, clean: bool) -> Connect {
     let protocol = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
     let id = format!("w-{n}");
     let mut c = Connect::new(protocol, MqttStr::new(&id).unwrap_or_default());
     c.keep_alive = 3;
-    c.will = Some(Will {
+    c.clean_start = clean;
+    let mut will = Will {
         topic: TopicName::from_static("will/w"),
         payload: Bytes::from(id),
         qos: QoS::AtLeastOnce,
         retain: false,
         properties: Default::default(),
-    });
+    };
+    if v5 {
+        will.properties.will_delay_interval = (delay > 0).then_some(delay);
+        c.properties.session_expiry_interval = (expiry > 0).then_some(expiry);
+    }
+    c.will = Some(will);
     c
 }
 
