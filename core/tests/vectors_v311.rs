@@ -1593,3 +1593,357 @@ fn mqtt_4_7_3_1_empty_topic_name_is_not_encoded() {
     assert_eq!(Packet::Publish(p).encode(V311, &mut buf), Err(EncodeError::NotInVersion(V311)));
     assert!(buf.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fields the flags announce, and the UTF-8 fields (sections 2.3.1, 3.1.2, 3.1.3, 3.3.2, 3.8.3,
+// 3.10.3)
+// ---------------------------------------------------------------------------------------------
+
+#[rustfmt::skip]
+const PUBLISH_QOS0_PAYLOAD_LIKE_AN_ID: &[u8] = &[
+    0x30,                         // fixed header: PUBLISH, QoS 0
+    0x06,                         // remaining length 6
+    0x00, 0x01, b't',             // topic name "t"
+    0x00, 0x07, b'x',             // payload 00 07 'x': at QoS 0 no packet identifier follows the
+                                  //   topic (§3.3.2.2), so these bytes are payload
+];
+
+/// [MQTT-2.3.1-5]: a QoS 0 PUBLISH has no packet identifier: the bytes after the topic are the
+/// payload, and the encoder refuses to write an identifier at QoS 0.
+#[test]
+fn mqtt_2_3_1_5_qos0_publish_has_no_packet_identifier() {
+    assert_vector(
+        PUBLISH_QOS0_PAYLOAD_LIKE_AN_ID,
+        Packet::Publish(Publish::new(topic("t"), &[0x00, 0x07, b'x'][..])),
+    );
+    let with_id = Publish { packet_id: Some(pid(7)), ..Publish::new(topic("t"), &b"x"[..]) };
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        Packet::Publish(with_id).encode(V311, &mut buf),
+        Err(EncodeError::UnexpectedPacketId)
+    );
+    assert!(buf.is_empty());
+}
+
+#[rustfmt::skip]
+const CONNECT_WILL_QOS1_RETAIN: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x15,                         // remaining length 21
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0x2E,                         // connect flags: will retain (0x20), will QoS 1 (0x08), will flag
+                                  //   (0x04), clean session (0x02)
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'w',             // will topic "w" (§3.1.3.2)
+    0x00, 0x02, b'h', b'i',       // will message "hi" (§3.1.3.3)
+];
+
+#[rustfmt::skip]
+const CONNECT_WILL_FIELDS_MISSING: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x0E,                         // remaining length 14
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0x06,                         // connect flags: will flag (0x04), clean session
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"; no will topic, no will message
+];
+
+#[rustfmt::skip]
+const CONNECT_WILL_MESSAGE_MISSING: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x11,                         // remaining length 17
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0x06,                         // connect flags: will flag, clean session
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'w',             // will topic "w"; the will message is missing
+];
+
+/// [MQTT-3.1.2-9]: with the will flag set, the will topic and will message follow the client
+/// identifier, and the will QoS and will retain bits give the will's QoS and retain; without
+/// either field the CONNECT is malformed.
+#[test]
+fn mqtt_3_1_2_9_will_flag_means_will_topic_and_message_are_present() {
+    assert_connect_vector(
+        CONNECT_WILL_QOS1_RETAIN,
+        Connect {
+            will: Some(Will {
+                topic: topic("w"),
+                payload: Bytes::from_static(b"hi"),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                properties: WillProperties::default(),
+            }),
+            ..Connect::new(V311, s("ab"))
+        },
+    );
+    for v in [CONNECT_WILL_FIELDS_MISSING, CONNECT_WILL_MESSAGE_MISSING] {
+        assert_connect_refused(v, ErrorKind::Truncated, ReasonCode::MalformedPacket, None);
+    }
+}
+
+#[rustfmt::skip]
+const CONNECT_USER_NAME_WITHOUT_FLAG: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x11,                         // remaining length 17
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0x02,                         // connect flags: clean session; user name flag 0
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'u',             // a user name the flags do not announce
+];
+
+/// [MQTT-3.1.2-18]: with the user name flag 0 there is no user name in the payload; a string
+/// where one would be is not read as one but refused as left-over bytes.
+#[test]
+fn mqtt_3_1_2_18_user_name_flag_0_means_no_user_name() {
+    assert_connect_refused(
+        CONNECT_USER_NAME_WITHOUT_FLAG,
+        ErrorKind::TrailingBytes,
+        ReasonCode::MalformedPacket,
+        None,
+    );
+    let mut buf = BytesMut::new();
+    Packet::from(Connect::new(V311, s("ab"))).encode(V311, &mut buf).unwrap();
+    assert_eq!(buf[9] & 0x80, 0, "user name flag of a CONNECT without a user name");
+    assert_eq!(&buf[12..], b"\x00\x02ab", "the payload ends after the client identifier");
+}
+
+#[rustfmt::skip]
+const CONNECT_PASSWORD_WITHOUT_FLAG: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x14,                         // remaining length 20
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0x82,                         // connect flags: user name (0x80), clean session; password 0
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'u',             // user name "u"
+    0x00, 0x01, b'p',             // a password the flags do not announce
+];
+
+/// [MQTT-3.1.2-20]: with the password flag 0 there is no password in the payload.
+#[test]
+fn mqtt_3_1_2_20_password_flag_0_means_no_password() {
+    assert_connect_refused(
+        CONNECT_PASSWORD_WITHOUT_FLAG,
+        ErrorKind::TrailingBytes,
+        ReasonCode::MalformedPacket,
+        None,
+    );
+}
+
+#[rustfmt::skip]
+const CONNECT_PASSWORD_MISSING: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x11,                         // remaining length 17
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0xC2,                         // connect flags: user name (0x80), password (0x40), clean session
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'u',             // user name "u"; the password is missing
+];
+
+#[rustfmt::skip]
+const CONNECT_EMPTY_PASSWORD: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x13,                         // remaining length 19
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0xC2,                         // connect flags: user name, password, clean session
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'u',             // user name "u"
+    0x00, 0x00,                   // password: present, zero bytes long (§3.1.3.5)
+];
+
+/// [MQTT-3.1.2-21]: with the password flag 1 a password follows the user name, even an empty
+/// one; without it the CONNECT is malformed.
+#[test]
+fn mqtt_3_1_2_21_password_flag_1_means_a_password() {
+    assert_connect_refused(
+        CONNECT_PASSWORD_MISSING,
+        ErrorKind::Truncated,
+        ReasonCode::MalformedPacket,
+        None,
+    );
+    assert_connect_vector(
+        CONNECT_EMPTY_PASSWORD,
+        Connect {
+            username: Some(s("u")),
+            password: Some(Bytes::new()),
+            ..Connect::new(V311, s("ab"))
+        },
+    );
+}
+
+#[rustfmt::skip]
+const CONNECT_WILL_TOPIC_INVALID_UTF8: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x14,                         // remaining length 20
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0x06,                         // connect flags: will flag, clean session
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x02, 0xC3, 0x28,       // will topic: C3 starts a two-byte sequence, 28 cannot go on it
+    0x00, 0x00,                   // will message, empty
+];
+
+/// [MQTT-3.1.3-10]: the will topic is a UTF-8 encoded string; ill-formed UTF-8 there is
+/// malformed.
+#[test]
+fn mqtt_3_1_3_10_will_topic_must_be_utf8() {
+    assert_connect_refused(
+        CONNECT_WILL_TOPIC_INVALID_UTF8,
+        ErrorKind::InvalidString(StrError::InvalidUtf8),
+        ReasonCode::MalformedPacket,
+        None,
+    );
+}
+
+#[rustfmt::skip]
+const CONNECT_USER_NAME_SURROGATE: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x13,                         // remaining length 19
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x04,                         // protocol level 4
+    0x82,                         // connect flags: user name, clean session
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x03, 0xED, 0xA0, 0x80, // user name: U+D800 (a surrogate) encoded as if a character
+];
+
+/// [MQTT-3.1.3-11]: the user name is a UTF-8 encoded string; ill-formed UTF-8 there is
+/// malformed.
+#[test]
+fn mqtt_3_1_3_11_user_name_must_be_utf8() {
+    assert_connect_refused(
+        CONNECT_USER_NAME_SURROGATE,
+        ErrorKind::InvalidString(StrError::InvalidUtf8),
+        ReasonCode::MalformedPacket,
+        None,
+    );
+}
+
+#[rustfmt::skip]
+const PUBLISH_NO_TOPIC: &[u8] = &[
+    0x30,                         // fixed header: PUBLISH, QoS 0
+    0x00,                         // remaining length 0: no topic name at all
+];
+
+#[rustfmt::skip]
+const PUBLISH_TOPIC_OVERLONG_UTF8: &[u8] = &[
+    0x30,                         // fixed header: PUBLISH, QoS 0
+    0x05,                         // remaining length 5
+    0x00, 0x02, 0xC0, 0xAF,       // topic name: '/' in an over-long two-byte form, not UTF-8
+    b'x',                         // payload "x"
+];
+
+#[rustfmt::skip]
+const PUBLISH_QOS1_TOPIC_FIRST: &[u8] = &[
+    0x32,                         // fixed header: PUBLISH, QoS 1
+    0x07,                         // remaining length 7
+    0x00, 0x03, b'a', b'/', b'b', // topic name "a/b": the first field of the variable header
+    0x00, 0x2A,                   // packet identifier 42, after the topic name
+];
+
+/// [MQTT-3.3.2-1]: the topic name is the first field of the PUBLISH variable header, it must be
+/// there, and it is a UTF-8 encoded string.
+#[test]
+fn mqtt_3_3_2_1_topic_name_is_present_first_and_utf8() {
+    assert_vector(
+        PUBLISH_QOS1_TOPIC_FIRST,
+        Packet::Publish(Publish {
+            qos: QoS::AtLeastOnce,
+            packet_id: Some(pid(42)),
+            ..Publish::new(topic("a/b"), Bytes::new())
+        }),
+    );
+    assert_refused(PUBLISH_NO_TOPIC, ErrorKind::Truncated, ReasonCode::MalformedPacket);
+    assert_refused(
+        PUBLISH_TOPIC_OVERLONG_UTF8,
+        ErrorKind::InvalidString(StrError::InvalidUtf8),
+        ReasonCode::MalformedPacket,
+    );
+}
+
+#[rustfmt::skip]
+const SUBSCRIBE_MULTIBYTE_FILTER: &[u8] = &[
+    0x82,                         // fixed header: SUBSCRIBE
+    0x09,                         // remaining length 9
+    0x00, 0x01,                   // packet identifier 1
+    0x00, 0x04, 0xC3, 0xA4, b'/', b'#', // topic filter "ä/#": 'ä' is two bytes in UTF-8
+    0x01,                         // requested QoS 1
+];
+
+#[rustfmt::skip]
+const SUBSCRIBE_FILTER_INVALID_UTF8: &[u8] = &[
+    0x82,                         // fixed header: SUBSCRIBE
+    0x07,                         // remaining length 7
+    0x00, 0x01,                   // packet identifier 1
+    0x00, 0x02, 0xC0, 0x80,       // topic filter: U+0000 in an over-long form, not UTF-8
+    0x00,                         // requested QoS 0
+];
+
+/// [MQTT-3.8.3-1]: SUBSCRIBE topic filters are UTF-8 encoded strings: a multi-byte character is
+/// read as one, and ill-formed UTF-8 is malformed.
+#[test]
+fn mqtt_3_8_3_1_subscribe_topic_filters_are_utf8() {
+    assert_vector(
+        SUBSCRIBE_MULTIBYTE_FILTER,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            subscriptions: vec![Subscription::new(filter("ä/#"), QoS::AtLeastOnce)],
+            properties: SubscribeProperties::default(),
+        }),
+    );
+    assert_refused(
+        SUBSCRIBE_FILTER_INVALID_UTF8,
+        ErrorKind::InvalidString(StrError::InvalidUtf8),
+        ReasonCode::MalformedPacket,
+    );
+}
+
+#[rustfmt::skip]
+const UNSUBSCRIBE_THREE_FILTERS: &[u8] = &[
+    0xA2,                         // fixed header: UNSUBSCRIBE
+    0x0E,                         // remaining length 14
+    0x00, 0x05,                   // packet identifier 5
+    0x00, 0x02, 0xC3, 0xA4,       // topic filter "ä"
+    0x00, 0x01, b'+',             // topic filter "+", right after the first
+    0x00, 0x03, b'a', b'/', b'b', // topic filter "a/b", right after the second
+];
+
+#[rustfmt::skip]
+const UNSUBSCRIBE_SECOND_FILTER_INVALID_UTF8: &[u8] = &[
+    0xA2,                         // fixed header: UNSUBSCRIBE
+    0x08,                         // remaining length 8
+    0x00, 0x05,                   // packet identifier 5
+    0x00, 0x01, b'a',             // topic filter "a"
+    0x00, 0x01, 0xFF,             // topic filter: 0xFF, which is never valid in UTF-8
+];
+
+/// [MQTT-3.10.3-1]: UNSUBSCRIBE topic filters are UTF-8 encoded strings packed one after the
+/// other: each is read in turn, and an ill-formed one anywhere is malformed.
+#[test]
+fn mqtt_3_10_3_1_unsubscribe_filters_are_packed_utf8_strings() {
+    assert_vector(
+        UNSUBSCRIBE_THREE_FILTERS,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(5),
+            filters: vec![filter("ä"), filter("+"), filter("a/b")],
+            properties: UnsubscribeProperties::default(),
+        }),
+    );
+    assert_refused(
+        UNSUBSCRIBE_SECOND_FILTER_INVALID_UTF8,
+        ErrorKind::InvalidString(StrError::InvalidUtf8),
+        ReasonCode::MalformedPacket,
+    );
+}
