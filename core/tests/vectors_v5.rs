@@ -2943,3 +2943,296 @@ fn sec_3_3_2_3_4_topic_alias_twice_is_a_protocol_error() {
         ReasonCode::ProtocolError,
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// CONNECT: the protocol version, and the payload fields the flags announce (sections 3.1.2,
+// 3.1.3, 3.1.4)
+// ---------------------------------------------------------------------------------------------
+
+#[rustfmt::skip]
+const CONNECT_VERSION_6: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x0F,                         // remaining length 15
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x06,                         // protocol version 6: not one this server speaks (§3.1.2.2)
+    0x02,                         // connect flags: clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+];
+
+#[rustfmt::skip]
+const CONNECT_MQTT_NAME_VERSION_3: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x0E,                         // remaining length 14
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x03,                         // protocol version 3: MQTT 3.1 named itself "MQIsdp"
+    0x02,                         // connect flags: clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+];
+
+/// [MQTT-3.1.2-2]: a protocol version the server refuses is answered with Unsupported Protocol
+/// Version (0x84) before the connection is closed. The decoder learns no version from it, and
+/// offers the 3.1.1 return code 0x01 for a CONNACK the client can read whatever it speaks.
+#[test]
+fn mqtt_3_1_2_2_unsupported_protocol_version_is_answered_with_0x84() {
+    for (vector, level) in [(CONNECT_VERSION_6, 6), (CONNECT_MQTT_NAME_VERSION_3, 3)] {
+        let mut d = server();
+        let e = decode_error(&mut d, vector);
+        assert_eq!(e.kind(), &ErrorKind::UnsupportedProtocolLevel(level));
+        assert_eq!(e.reason_code(), ReasonCode::UnsupportedProtocolVersion);
+        assert_eq!(ReasonCode::UnsupportedProtocolVersion as u8, 0x84);
+        assert_eq!(e.packet_type(), Some(PacketType::Connect));
+        assert_eq!(e.connect_return_code(), Some(ConnectReturnCode::UnacceptableProtocolVersion));
+        assert_eq!(d.version(), None);
+    }
+}
+
+#[rustfmt::skip]
+const CONNECT_WILL_QOS1: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x17,                         // remaining length 23
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x0E,                         // connect flags: will QoS 1 (0x08), will flag (0x04), clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00,                         // will property length 0 (§3.1.3.2)
+    0x00, 0x01, b'w',             // will topic "w" (§3.1.3.3)
+    0x00, 0x02, b'h', b'i',       // will payload "hi" (§3.1.3.4)
+];
+
+#[rustfmt::skip]
+const CONNECT_WILL_PROPERTIES_MISSING: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x0F,                         // remaining length 15
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x06,                         // connect flags: will flag, clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"; no will fields at all
+];
+
+#[rustfmt::skip]
+const CONNECT_WILL_TOPIC_MISSING: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x10,                         // remaining length 16
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x06,                         // connect flags: will flag, clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00,                         // will property length 0; no will topic, no will payload
+];
+
+#[rustfmt::skip]
+const CONNECT_WILL_PAYLOAD_MISSING: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x13,                         // remaining length 19
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x06,                         // connect flags: will flag, clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00,                         // will property length 0
+    0x00, 0x01, b'w',             // will topic "w"; no will payload
+];
+
+/// [MQTT-3.1.2-9]: with the will flag set, the Will Properties, Will Topic and Will Payload
+/// follow the client identifier; a CONNECT missing any of them is malformed.
+#[test]
+fn mqtt_3_1_2_9_will_flag_means_will_properties_topic_and_payload() {
+    assert_connect_vector(
+        CONNECT_WILL_QOS1,
+        Connect {
+            will: Some(Will {
+                topic: topic("w"),
+                payload: Bytes::from_static(b"hi"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: WillProperties::default(),
+            }),
+            ..Connect::new(V5, s("ab"))
+        },
+    );
+    for v in
+        [CONNECT_WILL_PROPERTIES_MISSING, CONNECT_WILL_TOPIC_MISSING, CONNECT_WILL_PAYLOAD_MISSING]
+    {
+        assert_connect_refused(v, ErrorKind::Truncated, ReasonCode::MalformedPacket);
+    }
+}
+
+#[rustfmt::skip]
+const CONNECT_USER_NAME_WITHOUT_FLAG: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x12,                         // remaining length 18
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x02,                         // connect flags: clean start; user name flag 0
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'u',             // a user name the flags do not announce
+];
+
+/// [MQTT-3.1.2-16]: with the user name flag 0 there is no user name in the payload; a string
+/// where one would be is refused as left-over bytes, and the encoder writes neither flag nor
+/// field.
+#[test]
+fn mqtt_3_1_2_16_user_name_flag_0_means_no_user_name() {
+    assert_connect_refused(
+        CONNECT_USER_NAME_WITHOUT_FLAG,
+        ErrorKind::TrailingBytes,
+        ReasonCode::MalformedPacket,
+    );
+    let mut buf = BytesMut::new();
+    Packet::from(Connect::new(V5, s("ab"))).encode(V5, &mut buf).unwrap();
+    assert_eq!(buf[9] & 0x80, 0, "user name flag of a CONNECT without a user name");
+    assert_eq!(&buf[13..], b"\x00\x02ab", "the payload ends after the client identifier");
+}
+
+#[rustfmt::skip]
+const CONNECT_USER_NAME_MISSING: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x0F,                         // remaining length 15
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x82,                         // connect flags: user name (0x80), clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"; the user name is missing
+];
+
+#[rustfmt::skip]
+const CONNECT_USER_NAME: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x12,                         // remaining length 18
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x82,                         // connect flags: user name, clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00, 0x01, b'u',             // user name "u" (§3.1.3.5)
+];
+
+/// [MQTT-3.1.2-17]: with the user name flag 1 a user name follows; without it the CONNECT is
+/// malformed.
+#[test]
+fn mqtt_3_1_2_17_user_name_flag_1_means_a_user_name() {
+    assert_connect_vector(
+        CONNECT_USER_NAME,
+        Connect { username: Some(s("u")), ..Connect::new(V5, s("ab")) },
+    );
+    assert_connect_refused(
+        CONNECT_USER_NAME_MISSING,
+        ErrorKind::Truncated,
+        ReasonCode::MalformedPacket,
+    );
+}
+
+#[rustfmt::skip]
+const CONNECT_NO_PAYLOAD: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x0B,                         // remaining length 11
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x02,                         // connect flags: clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0; no payload, so no client identifier
+];
+
+#[rustfmt::skip]
+const CONNECT_EMPTY_CLIENT_ID_AND_USER_NAME: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x10,                         // remaining length 16
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x82,                         // connect flags: user name, clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x00,                   // client identifier: present, zero bytes long (§3.1.3.1)
+    0x00, 0x01, b'u',             // user name "u", after it
+];
+
+/// [MQTT-3.1.3-3]: the client identifier is always present, as the first field of the payload,
+/// even when it is empty; a CONNECT without it is malformed.
+#[test]
+fn mqtt_3_1_3_3_client_id_is_present_and_first() {
+    assert_connect_refused(CONNECT_NO_PAYLOAD, ErrorKind::Truncated, ReasonCode::MalformedPacket);
+    assert_connect_vector(
+        CONNECT_EMPTY_CLIENT_ID_AND_USER_NAME,
+        Connect { username: Some(s("u")), ..Connect::new(V5, MqttStr::default()) },
+    );
+}
+
+#[rustfmt::skip]
+const CONNECT_WILL_USER_PROPERTIES: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x2A,                         // remaining length 42
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x06,                         // connect flags: will flag, clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x15,                         // will property length 21
+    0x26, 0x00, 0x01, b'b', 0x00, 0x01, b'1', // User Property ("b", "1") (§3.1.3.2.8)
+    0x26, 0x00, 0x01, b'a', 0x00, 0x01, b'2', // User Property ("a", "2"): not in key order
+    0x26, 0x00, 0x01, b'b', 0x00, 0x01, b'3', // User Property ("b", "3"): a key again
+    0x00, 0x01, b'w',             // will topic "w"
+    0x00, 0x00,                   // will payload, empty
+];
+
+/// [MQTT-3.1.3-10]: Will User Properties keep their order, repeated keys included, from the
+/// CONNECT to the will the server publishes; the codec reads and writes them in wire order.
+#[test]
+fn mqtt_3_1_3_10_will_user_properties_keep_their_order() {
+    assert_connect_vector(
+        CONNECT_WILL_USER_PROPERTIES,
+        Connect {
+            will: Some(Will {
+                topic: topic("w"),
+                payload: Bytes::new(),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: WillProperties {
+                    user_properties: vec![user("b", "1"), user("a", "2"), user("b", "3")],
+                    ..WillProperties::default()
+                },
+            }),
+            ..Connect::new(V5, s("ab"))
+        },
+    );
+}
+
+#[rustfmt::skip]
+const CONNECT_TRAILING_BYTE: &[u8] = &[
+    0x10,                         // fixed header: CONNECT
+    0x10,                         // remaining length 16
+    0x00, 0x04, b'M', b'Q', b'T', b'T', // protocol name "MQTT"
+    0x05,                         // protocol version 5
+    0x02,                         // connect flags: clean start
+    0x00, 0x3C,                   // keep alive 60 s
+    0x00,                         // property length 0
+    0x00, 0x02, b'a', b'b',       // client identifier "ab"
+    0x00,                         // stray byte: no flag announces a field here
+];
+
+/// [MQTT-3.1.4-1]: a CONNECT that does not match the format of section 3.1 is refused; the
+/// error carries the reason code (0x80 or above) of the CONNACK the server may send before
+/// closing.
+#[test]
+fn mqtt_3_1_4_1_connect_not_matching_the_format_is_refused() {
+    assert_connect_refused(
+        CONNECT_TRAILING_BYTE,
+        ErrorKind::TrailingBytes,
+        ReasonCode::MalformedPacket,
+    );
+    assert!(ReasonCode::MalformedPacket as u8 >= 0x80);
+}
