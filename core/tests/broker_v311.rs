@@ -403,6 +403,7 @@ fn mqtt_3_3_5_2_unauthorised_publish_is_acknowledged_and_dropped() {
     assert!(h.recv(&mut s).is_empty());
 }
 
+/// A re-delivery carries DUP 1 and the original packet identifier [MQTT-3.3.1-1].
 #[test]
 fn mqtt_3_3_1_3_resent_after_reconnect_with_dup() {
     let mut h = Harness::new();
@@ -469,4 +470,45 @@ fn a_3_1_1_client_is_not_held_to_a_receive_maximum_it_was_never_told() {
     let recs = out.iter().filter(|x| matches!(x, Packet::PubRec(_))).count();
     assert_eq!(recs, 5, "{out:?}");
     assert!(!h.is_closed(&mut p));
+}
+
+// ---------------------------------------------------------------- closing without a word
+
+/// A CONNECT that no CONNACK return code fits (it is malformed, or not MQTT at all) is
+/// answered by closing the connection, with nothing sent [MQTT-3.2.2-6] [MQTT-3.1.4-1].
+#[test]
+fn mqtt_3_2_2_6_no_fitting_return_code_closes_without_connack() {
+    let vectors: [&[u8]; 3] = [
+        // CONNECT, level 4, reserved connect flag bit 0 set.
+        b"\x10\x0d\x00\x04MQTT\x04\x03\x00\x3c\x00\x01a",
+        // CONNECT with the protocol name "MQTX".
+        b"\x10\x0d\x00\x04MQTX\x04\x02\x00\x3c\x00\x01a",
+        // CONNECT, level 4, a client identifier that runs past the packet.
+        b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x09a",
+    ];
+    for v in vectors {
+        let mut h = Harness::new();
+        let mut p = h.accept(V311);
+        h.send_raw(&p, v);
+        assert!(h.recv(&mut p).is_empty(), "no CONNACK for {v:02x?}");
+        assert!(p.closed, "{v:02x?}");
+    }
+}
+
+/// A packet larger than the broker can buffer is a transient error: the connection it came on
+/// is closed (3.1.1 has no DISCONNECT from the server) and the packet is not processed
+/// [MQTT-4.8.0-2].
+#[test]
+fn mqtt_4_8_0_2_a_packet_the_broker_cannot_buffer_closes_the_connection() {
+    let mut h = Harness::config(|c| c.max_packet_size = 64);
+    let mut s = h.connect(V311, "s", true);
+    h.subscribe(&mut s, "t", QoS::AtMostOnce);
+    let mut p = h.connect(V311, "p", true);
+    h.send(&p, publish("t", b"fits", QoS::AtMostOnce, 0));
+    assert_eq!(h.recv_publishes(&mut s).len(), 1);
+    h.send(&p, publish("t", &[b'x'; 100], QoS::AtLeastOnce, 1));
+    assert!(h.recv(&mut p).is_empty(), "no PUBACK, no DISCONNECT");
+    assert!(p.closed);
+    assert!(h.recv(&mut s).is_empty(), "the packet was not processed");
+    assert!(!h.is_closed(&mut s), "only the connection it came on closes");
 }

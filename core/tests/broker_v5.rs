@@ -319,6 +319,8 @@ fn mqtt_3_2_2_13_will_retain_without_retain_support_is_refused() {
     assert!(h.is_closed(&mut p));
 }
 
+/// A CONNECT that does not match the format is answered with a CONNACK of 0x80 or above and
+/// the connection closed [MQTT-3.1.4-1].
 #[test]
 fn mqtt_3_2_2_7_malformed_connect_gets_connack_and_close() {
     let mut h = Harness::new();
@@ -332,6 +334,8 @@ fn mqtt_3_2_2_7_malformed_connect_gets_connack_and_close() {
     assert!(p.closed);
 }
 
+/// A protocol level the broker does not speak is refused with a CONNACK in the 3.1.1 form,
+/// which any client can read, and the connection is closed [MQTT-3.1.2-2].
 #[test]
 fn unsupported_protocol_level_gets_a_3_1_1_connack_0x01() {
     let mut h = Harness::new();
@@ -1075,6 +1079,20 @@ fn mqtt_3_1_2_8_will_published_on_abnormal_close() {
     assert_eq!(got[0].properties.user_properties[0].0.as_str(), "why");
     // [MQTT-3.1.2-14]
     assert!(!got[0].retain);
+}
+
+#[test]
+fn mqtt_3_1_3_10_will_user_properties_keep_their_order() {
+    let mut h = Harness::new();
+    let mut watcher = will_watcher(&mut h);
+    let mut c = will_connect("ordered", None, 0);
+    let order = vec![up("z", "1"), up("a", "2"), up("z", "3"), up("m", "4")];
+    c.will.as_mut().unwrap().properties.user_properties = order.clone();
+    let (p, _) = h.connect_with(c);
+    h.drop_peer(&p);
+    let got = h.recv_publishes(&mut watcher);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].properties.user_properties, order);
 }
 
 #[test]
