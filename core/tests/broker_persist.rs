@@ -9,7 +9,7 @@ use broker_harness::*;
 use ternmq_core::broker::persist::{PersistOp, Persistence, Replay};
 use ternmq_core::broker::{Broker, BrokerConfig};
 use ternmq_core::codec::{Packet, PubAck, QoS, ReasonCode};
-use ternmq_core::time::Instant;
+use ternmq_core::time::{Duration, Instant};
 
 fn config(mode: Persistence) -> BrokerConfig {
     let mut c = BrokerConfig::default();
@@ -30,8 +30,9 @@ impl Durable {
         Durable { h: Harness::with(config(mode)), store: Replay::new(), mode, ops: Vec::new() }
     }
 
+    /// The store's wall clock: the harness clock in milliseconds.
     fn wall(&self) -> u64 {
-        self.h.now.as_nanos() / 1_000_000_000
+        self.h.now.as_nanos() / 1_000_000
     }
 
     /// Moves the log into the store (and, in durable mode, confirms it).
@@ -52,9 +53,9 @@ impl Durable {
     /// The process dies (nothing more reaches the store) and restarts `down` seconds later
     /// from what the store holds. Connections are gone; the clock is a new one.
     fn crash_and_restart(&mut self, down: u64) {
-        let wall = self.wall() + down;
+        let wall = self.wall() + down * 1000;
         let snapshot = self.store.snapshot(wall);
-        let now = Instant::from_secs(wall);
+        let now = Instant::from_millis(wall);
         let broker = Broker::restore(config(self.mode), snapshot, now).unwrap();
         self.h = Harness { broker, now, events: Vec::new() };
     }
@@ -180,11 +181,11 @@ fn a_session_that_expired_while_the_broker_was_down_is_gone() {
     d.sync();
     let mut later = d.store.clone();
     // 59 s later it is still there, 61 s later it is not.
-    let snapshot = later.snapshot(d.wall() + 59);
+    let snapshot = later.snapshot(d.wall() + 59_000);
     assert_eq!(snapshot.sessions.len(), 1);
     assert!(snapshot.sessions[0].expires_in.is_some_and(|e| e.as_secs() == 1));
     later = d.store.clone();
-    assert!(later.snapshot(d.wall() + 61).sessions.is_empty());
+    assert!(later.snapshot(d.wall() + 61_000).sessions.is_empty());
     d.crash_and_restart(61);
     let (_, ack) = d.h.connect_v5_session("sub", false, 60);
     assert!(!ack.session_present);
@@ -404,4 +405,29 @@ fn mqtt_4_6_0_2_acks_keep_the_order_of_their_publishes_when_one_waits_for_the_st
             })
             .collect();
     assert_eq!(ids, [1, 2, 3]);
+}
+
+/// A restart does not extend a message's expiry: the store keeps the time an operation was
+/// logged to the millisecond ([MQTT-3.3.2-5]). Found by the simulation's wire monitor, when
+/// the store stamped whole seconds (and the time of its commit).
+#[test]
+fn mqtt_3_3_2_5_a_restart_does_not_extend_message_expiry() {
+    let mut d = Durable::new(Persistence::Durable);
+    let (mut sub, _) = d.h.connect_v5_session("sub", false, 3600);
+    d.h.subscribe(&mut sub, "t", QoS::AtLeastOnce);
+    d.h.drop_peer(&sub);
+    d.sync();
+    d.h.advance(Duration::from_millis(100));
+    let p = d.h.connect(V5, "pub", true);
+    let mut m = publish("t", b"short", QoS::AtLeastOnce, 1);
+    m.properties.message_expiry_interval = Some(1);
+    d.h.send(&p, m);
+    d.sync();
+    // 0.9 s after it arrived the broker restarts at once; 0.5 s later the message is 1.4 s old.
+    d.h.advance(Duration::from_millis(800));
+    d.crash_and_restart(0);
+    d.h.advance(Duration::from_millis(500));
+    let (mut sub, ack) = d.h.connect_v5_session("sub", false, 3600);
+    assert!(ack.session_present);
+    assert!(d.h.recv_publishes(&mut sub).is_empty(), "expired: not delivered");
 }

@@ -65,7 +65,7 @@ use ternmq_core::client::{Client, ClientConfig, Event as ClientEvent};
 use ternmq_core::codec::Connect;
 use ternmq_core::time::{Duration, Instant};
 
-use monitor::Monitor;
+use monitor::{Expiries, Monitor};
 
 /// A small, fast, seedable generator (SplitMix64): all of a simulation's randomness.
 #[derive(Clone, Debug)]
@@ -247,12 +247,16 @@ struct Node {
     name: String,
 }
 
+/// What the broker logged after one input.
+type Batch = Vec<(PersistSeq, PersistOp)>;
+
 /// The operations the store has been given and not yet committed: one batch per input the
 /// broker handled, each committed whole (one transaction), in order.
 #[derive(Default)]
 struct Store {
     committed: Replay,
-    pending: VecDeque<(Instant, Vec<(PersistSeq, PersistOp)>)>,
+    /// Commit time, the wall clock when the broker logged the batch, the batch.
+    pending: VecDeque<(Instant, u64, Batch)>,
     last_commit: Instant,
 }
 
@@ -272,6 +276,7 @@ pub struct World {
     trace: VecDeque<String>,
     trace_limit: usize,
     violations: Vec<String>,
+    expiries: Expiries,
     restarts: u32,
 }
 
@@ -301,6 +306,7 @@ impl World {
             trace: VecDeque::new(),
             trace_limit: TRACE_LINES,
             violations: Vec::new(),
+            expiries: Expiries::default(),
             restarts: 0,
         })
     }
@@ -420,9 +426,9 @@ impl World {
         if self.faults.lose_uncommitted {
             self.store.pending.clear();
         } else {
-            while let Some((_, batch)) = self.store.pending.pop_front() {
+            while let Some((_, logged, batch)) = self.store.pending.pop_front() {
                 for (_, op) in batch {
-                    self.store.committed.apply(op, self.wall());
+                    self.store.committed.apply(op, logged);
                 }
             }
         }
@@ -484,8 +490,9 @@ impl World {
         self.now = self.now.max(until);
     }
 
+    /// The store's wall clock, in milliseconds.
     fn wall(&self) -> u64 {
-        WALL_BASE + self.now.as_nanos() / 1_000_000_000
+        WALL_BASE * 1000 + self.now.as_nanos() / 1_000_000
     }
 
     /// The earliest time anything is due.
@@ -515,9 +522,10 @@ impl World {
         // The store commits.
         let mut last = None;
         while self.store.pending.front().is_some_and(|p| p.0 <= now) {
-            if let Some((_, batch)) = self.store.pending.pop_front() {
+            if let Some((_, logged, batch)) = self.store.pending.pop_front() {
+                // Stamped with when the broker logged it, as the store's writer does.
                 for (seq, op) in batch {
-                    self.store.committed.apply(op, self.wall());
+                    self.store.committed.apply(op, logged);
                     last = Some(seq);
                 }
             }
@@ -559,7 +567,13 @@ impl World {
             };
             match chunk {
                 Some(bytes) => {
-                    for line in link.monitor.client_sent(&bytes, now, l, &mut self.violations) {
+                    for line in link.monitor.client_sent(
+                        &bytes,
+                        now,
+                        l,
+                        &mut self.expiries,
+                        &mut self.violations,
+                    ) {
                         push_trace(&mut self.trace, self.trace_limit, line);
                     }
                     link.broker_buf.extend_from_slice(&bytes);
@@ -736,7 +750,13 @@ impl World {
                     busy = true;
                     let Some(&l) = self.by_conn.get(&conn) else { continue };
                     if let Some(link) = self.links.get_mut(&l) {
-                        for line in link.monitor.broker_sent(&bytes, now, l, &mut self.violations) {
+                        for line in link.monitor.broker_sent(
+                            &bytes,
+                            now,
+                            l,
+                            &self.expiries,
+                            &mut self.violations,
+                        ) {
                             push_trace(&mut self.trace, self.trace_limit, line);
                         }
                     }
@@ -793,7 +813,8 @@ impl World {
             let latency = self.rng.duration(Duration::ZERO, self.faults.max_store_latency);
             let at = (now + latency).max(self.store.last_commit);
             self.store.last_commit = at;
-            self.store.pending.push_back((at, batch));
+            let logged = self.wall();
+            self.store.pending.push_back((at, logged, batch));
         }
     }
 

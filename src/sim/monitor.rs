@@ -1,7 +1,7 @@
 //! The wire monitor: decodes both directions of one connection, checks every packet against
 //! the limits the receiving side announced, and writes the trace lines.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::codec::{Decoder, Packet, ProtocolVersion, QoS, ReasonCode};
@@ -39,6 +39,49 @@ pub(super) struct Monitor {
     down_recs: VecDeque<u16>,
     /// A direction that failed to decode is not decoded further.
     broken: bool,
+}
+
+/// Messages with a Message Expiry Interval the broker received, by payload: when it last
+/// received one, and the interval. Shared by every connection's monitor.
+#[derive(Debug, Default)]
+pub(super) struct Expiries(BTreeMap<Bytes, (Instant, u32)>);
+
+impl Expiries {
+    fn received(&mut self, p: &ternmq_core::codec::Publish, now: Instant) {
+        if let Some(e) = p.properties.message_expiry_interval {
+            self.0.insert(p.payload.clone(), (now, e));
+        }
+    }
+
+    /// A PUBLISH the broker starts delivering: not after its message expired
+    /// [MQTT-3.3.2-5], and with the interval less the time it waited [MQTT-3.3.2-6].
+    fn check_sent(
+        &self,
+        p: &ternmq_core::codec::Publish,
+        now: Instant,
+        v5: bool,
+    ) -> Option<String> {
+        let &(at, interval) = self.0.get(&p.payload)?;
+        if p.dup {
+            return None; // delivery started before: it goes on ([MQTT-4.3.3-7])
+        }
+        let waited = now.saturating_duration_since(at);
+        if waited.as_secs_f64() >= f64::from(interval) {
+            return Some(format!(
+                "started delivering a message {} ms after it was received; it expired after {interval} s",
+                waited.as_millis()
+            ));
+        }
+        let left = interval - u32::try_from(waited.as_secs()).unwrap_or(u32::MAX).min(interval);
+        match p.properties.message_expiry_interval {
+            _ if !v5 => None,
+            Some(e) if e <= left => None,
+            other => Some(format!(
+                "forwarded Message Expiry Interval {other:?} after {} ms; at most {left} s were left",
+                waited.as_millis()
+            )),
+        }
+    }
 }
 
 /// Removes `id` from `queue`; `Err(first)` if an earlier entry, `first`, is still there.
@@ -90,6 +133,7 @@ impl Monitor {
         bytes: &Bytes,
         now: Instant,
         link: usize,
+        expiries: &mut Expiries,
         violations: &mut Vec<String>,
     ) -> Vec<String> {
         let mut lines = Vec::new();
@@ -147,6 +191,7 @@ impl Monitor {
                     self.down = Some(d);
                 }
                 Packet::Publish(p) => {
+                    expiries.received(p, now);
                     if let Some(alias) = p.properties.topic_alias
                         && alias.get() > self.broker_alias_max
                     {
@@ -204,6 +249,7 @@ impl Monitor {
         bytes: &Bytes,
         now: Instant,
         link: usize,
+        expiries: &Expiries,
         violations: &mut Vec<String>,
     ) -> Vec<String> {
         let mut lines = Vec::new();
@@ -258,6 +304,9 @@ impl Monitor {
                     self.broker_alias_max = p.topic_alias_maximum.unwrap_or(0);
                 }
                 Packet::Publish(p) => {
+                    if let Some(problem) = expiries.check_sent(p, now, self.v5) {
+                        bad(problem);
+                    }
                     if let Some(alias) = p.properties.topic_alias
                         && alias.get() > self.client_alias_max
                     {

@@ -156,6 +156,9 @@ struct Sent {
 
 struct Publisher {
     no: ClientNo,
+    v5: bool,
+    /// Messages with a one-second Message Expiry Interval published (MQTT 5 only).
+    expiring: u64,
     sent: BTreeMap<u8, Vec<Sent>>,
     retained: Vec<Sent>,
     /// In-flight packet ids: what they carry.
@@ -306,6 +309,8 @@ impl Run {
             let no = world.add_client(client_config(&mut wl), c);
             pubs.push(Publisher {
                 no,
+                v5,
+                expiring: 0,
                 sent: BTreeMap::new(),
                 retained: Vec::new(),
                 pending: BTreeMap::new(),
@@ -453,6 +458,10 @@ impl Run {
             if self.wl.chance(0.03) {
                 self.publish(p, 1, true);
             }
+            if self.pubs[p].v5 && self.wl.chance(0.05) {
+                let retain = self.wl.chance(0.2);
+                self.publish_expiring(p, retain);
+            }
         }
         self.will_client();
         self.expiry_client();
@@ -496,6 +505,24 @@ impl Run {
                 // Offline with a full queue: a refused publish is not a sent one.
                 let _ = e;
             }
+        }
+    }
+
+    /// A QoS 1 message that expires one second after the broker has it, on `sim/p{i}/x`
+    /// (retained: `sim/p{i}/rx`); the wire monitor checks that it is not delivered later and
+    /// that its forwarded interval counts down.
+    fn publish_expiring(&mut self, p: usize, retain: bool) {
+        let seq = self.pubs[p].expiring;
+        let topic = if retain { format!("{PREFIX}/p{p}/rx") } else { format!("{PREFIX}/p{p}/x") };
+        let Ok(name) = TopicName::new(&topic) else { return };
+        let mut msg = Publish::new(name, Bytes::from(format!("p{p}:x:{seq}")));
+        msg.qos = QoS::AtLeastOnce;
+        msg.retain = retain;
+        msg.properties.message_expiry_interval = Some(1);
+        let no = self.pubs[p].no;
+        if self.world.command(no, |c, now| c.publish(now, msg)).is_ok() {
+            self.pubs[p].expiring += 1;
+            self.published += 1;
         }
     }
 
@@ -701,7 +728,7 @@ impl Run {
             *self.wills_seen.entry(payload).or_default() += 1;
             return;
         }
-        if m.retain || payload.contains(":r:") {
+        if m.retain || payload.contains(":r:") || payload.contains(":x:") {
             // Retained messages are checked at the end, against the model, not as a stream.
             return;
         }

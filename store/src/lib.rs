@@ -10,7 +10,7 @@
 //! subscriptions, deliveries, QoS 2 identifiers, retained messages), not the log, so space is
 //! reclaimed as deliveries complete and sessions end. Messages are stored as MQTT 5 PUBLISH
 //! packets, encoded and decoded by the same codec as the wire. Each row carries the wall-clock
-//! second it was written, from which [`Replay`] computes what time is left on restore.
+//! millisecond it was written, from which [`Replay`] computes what time is left on restore.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,8 +36,9 @@ pub use ternmq_core as core;
 
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "ternmq.redb";
-/// The layout version this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The layout version this build reads and writes. Version 2 stamps rows in milliseconds
+/// (version 1: seconds, which let a restart extend an expiry by up to a second).
+pub const FORMAT_VERSION: u64 = 2;
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const SESSIONS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("sessions");
@@ -108,9 +109,11 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Seconds since the Unix epoch, the store's wall clock.
+/// Milliseconds since the Unix epoch, the store's wall clock.
 pub fn wall_clock() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The durable store. See the [crate documentation](crate).
@@ -192,7 +195,7 @@ impl Store {
         StoreError { path: self.path.clone(), message: e.to_string() }
     }
 
-    /// Applies `ops`, in order, in one transaction, stamped with wall-clock second `wall`;
+    /// Applies `ops`, in order, in one transaction, stamped with wall-clock millisecond `wall`;
     /// `fsync` forces it to disk before returning.
     pub fn apply(&self, ops: &[PersistOp], wall: u64, fsync: bool) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
@@ -218,7 +221,7 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// The state to restart from at wall-clock second `now`.
+    /// The state to restart from at wall-clock millisecond `now`.
     pub fn load(&self, now: u64) -> Result<Snapshot, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let mut replay = Replay::new();
@@ -518,7 +521,8 @@ fn qos(b: u8) -> Option<QoS> {
     [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().find(|q| *q as u8 == b)
 }
 
-/// A message as an MQTT 5 PUBLISH packet (expiry as Message Expiry Interval, in seconds).
+/// A message as an MQTT 5 PUBLISH packet (expiry as Message Expiry Interval, in whole
+/// seconds, rounded down: a restored message may expire early, never late).
 fn encode_message(m: &StoredMessage, out: &mut Vec<u8>) {
     let mut p = Publish::new(m.topic.clone(), m.payload.clone());
     p.qos = m.qos;
@@ -615,7 +619,8 @@ pub type Batch = Vec<(PersistSeq, PersistOp)>;
 /// into the next commit together (group commit), so throughput grows with load.
 #[derive(Debug)]
 pub struct Writer {
-    tx: Option<mpsc::Sender<Batch>>,
+    /// Each batch with the wall clock when it was queued.
+    tx: Option<mpsc::Sender<(u64, Batch)>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -629,15 +634,21 @@ impl Writer {
         stored: impl Fn(PersistSeq) + Send + 'static,
         failed: impl FnOnce(StoreError) + Send + 'static,
     ) -> std::io::Result<Writer> {
-        let (tx, rx) = mpsc::channel::<Batch>();
+        let (tx, rx) = mpsc::channel::<(u64, Batch)>();
         let thread = std::thread::Builder::new().name("ternmq-store".into()).spawn(move || {
             let mut last_sync = std::time::Instant::now();
             let mut ops = Vec::new();
             while let Ok(first) = rx.recv() {
                 ops.clear();
                 let mut last = None;
-                for batch in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                // Durations in operations count from when the broker logged them: stamp the
+                // commit with the earliest queueing time in it, so that a restart never
+                // extends an expiry by the time a batch waited (it may shorten it by that).
+                let mut wall = u64::MAX;
+                for (queued, batch) in
+                    std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
                 {
+                    wall = wall.min(queued);
                     for (seq, op) in batch {
                         last = Some(seq);
                         ops.push(op);
@@ -651,7 +662,7 @@ impl Writer {
                 if fsync {
                     last_sync = std::time::Instant::now();
                 }
-                if let Err(e) = store.apply(&ops, wall_clock(), fsync) {
+                if let Err(e) = store.apply(&ops, wall, fsync) {
                     failed(e);
                     return;
                 }
@@ -665,10 +676,11 @@ impl Writer {
         Ok(Writer { tx: Some(tx), thread: Some(thread) })
     }
 
-    /// Queues a batch.
+    /// Queues a batch, stamped with the wall clock now: call it as soon as the broker has
+    /// drained the operations.
     pub fn send(&self, batch: Batch) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(batch);
+            let _ = tx.send((wall_clock(), batch));
         }
     }
 

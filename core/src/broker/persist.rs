@@ -281,7 +281,8 @@ impl Replay {
         Self::default()
     }
 
-    /// Applies `op`, logged at wall-clock second `at`.
+    /// Applies `op`, logged at wall-clock millisecond `at` (milliseconds since an epoch the
+    /// store chooses, the Unix epoch for `ternmq-store`).
     pub fn apply(&mut self, op: PersistOp, at: u64) {
         self.last = self.last.max(at);
         match op {
@@ -374,7 +375,7 @@ impl Replay {
         self.sessions.get_mut(client_id)?.deliveries.get_mut(&key)
     }
 
-    /// Records that the store was still writing at wall-clock second `at` (a session connected
+    /// Records that the store was still writing at wall-clock millisecond `at` (a session connected
     /// when the broker stopped counts as disconnected from the latest such time).
     pub fn note_time(&mut self, at: u64) {
         self.last = self.last.max(at);
@@ -390,17 +391,20 @@ impl Replay {
         self.sessions.values().map(|s| s.deliveries.len()).sum()
     }
 
-    /// The state to restart from at wall-clock second `now`: expired sessions and messages are
-    /// left out; wills whose delay ran out while the broker was down are due at once.
+    /// The state to restart from at wall-clock millisecond `now`: expired sessions and
+    /// messages are left out; wills whose delay ran out while the broker was down are due at
+    /// once. Milliseconds, so that a restart extends no expiry by a rounding.
     pub fn snapshot(&self, now: u64) -> Snapshot {
-        let left = |from: u64, secs: u64| -> Option<Duration> {
-            let end = from.saturating_add(secs);
-            (end > now).then(|| Duration::from_secs(end - now))
+        let left = |from: u64, span: Duration| -> Option<Duration> {
+            let span = u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
+            let end = from.saturating_add(span);
+            (end > now).then(|| Duration::from_millis(end - now))
         };
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
         let message = |m: &Stamped<StoredMessage>| -> Option<StoredMessage> {
             let mut msg = m.value.clone();
             if let Some(e) = msg.expires_in {
-                msg.expires_in = Some(left(m.at, e.as_secs())?);
+                msg.expires_in = Some(left(m.at, e)?);
             }
             Some(msg)
         };
@@ -411,7 +415,7 @@ impl Replay {
             let expires_in = if s.expiry == u32::MAX {
                 None
             } else {
-                match left(offline_since, u64::from(s.expiry)) {
+                match left(offline_since, secs(s.expiry)) {
                     Some(d) => Some(d),
                     None => continue, // expired while the broker was down
                 }
@@ -446,7 +450,7 @@ impl Replay {
             }
             let will = s.will.as_ref().and_then(|(m, delay)| {
                 let msg = message(m)?;
-                let due = left(offline_since, u64::from(*delay)).unwrap_or(Duration::ZERO);
+                let due = left(offline_since, secs(*delay)).unwrap_or(Duration::ZERO);
                 Some((msg, due))
             });
             snapshot.sessions.push(SnapshotSession {

@@ -9,7 +9,7 @@ usage: ternmq store check|repair|reset [--data-dir DIR] [--yes]
 
   check    open the store, read everything in it, and print what it holds
   repair   check the file's integrity and let redb repair what it can
-  reset    move the store aside (to ternmq.redb.bak-SECONDS) so that the broker starts empty;
+  reset    move the store aside (to ternmq.redb.bak-MILLISECONDS) so that the broker starts empty;
            needs --yes. Nothing is deleted.
 
   --data-dir DIR   the broker's data directory (default ./mqtt_data)";
