@@ -319,8 +319,8 @@ fn mqtt_4_9_0_2_a_spent_quota_stops_publishes_but_not_other_answers() {
 }
 
 /// A session lasts at least as long as its connection and keeps its state while the
-/// connection is open, even with a Session Expiry Interval of 0 [MQTT-4.1.0-1]; 3.1.1 also
-/// [MQTT-4.1.0-2].
+/// connection is open, even with a Session Expiry Interval of 0.
+/// 3.1.1: [MQTT-4.1.0-1] [MQTT-4.1.0-2]. 5.0: [MQTT-4.1.0-1].
 #[test]
 fn mqtt_4_1_0_1_session_state_lasts_as_long_as_the_connection() {
     for v in both() {

@@ -191,6 +191,7 @@ fn a_session_that_expired_while_the_broker_was_down_is_gone() {
     assert!(!ack.session_present);
 }
 
+/// MQTT 5 only: message expiry counts the downtime [MQTT-3.3.2-5].
 #[test]
 fn mqtt_3_3_2_5_message_expiry_counts_the_time_the_broker_was_down() {
     let mut d = Durable::new(Persistence::Log);
@@ -407,7 +408,7 @@ fn mqtt_4_6_0_2_acks_keep_the_order_of_their_publishes_when_one_waits_for_the_st
     assert_eq!(ids, [1, 2, 3]);
 }
 
-/// A restart does not extend a message's expiry: the store keeps the time an operation was
+/// MQTT 5 only: a restart does not extend a message's expiry: the store keeps the time an operation was
 /// logged to the millisecond ([MQTT-3.3.2-5]). Found by the simulation's wire monitor, when
 /// the store stamped whole seconds (and the time of its commit).
 #[test]

@@ -589,7 +589,7 @@ fn auth(code: ReasonCode, data: &'static [u8]) -> Packet {
     Packet::Auth(a)
 }
 
-/// MQTT 5 enhanced authentication: the handler answers the server's challenge with AUTH 0x18
+/// MQTT 5 only: enhanced authentication: the handler answers the server's challenge with AUTH 0x18
 /// [MQTT-4.12.0-3], and a challenge it cannot answer ends the attempt at once.
 #[test]
 fn the_auth_handler_answers_challenges_and_gives_up_on_the_rest() {

@@ -195,12 +195,14 @@ mod tests {
     use super::*;
     use alloc::vec;
 
+    /// 5.0: [MQTT-1.5.4-1]. 3.1.1: [MQTT-1.5.3-1].
     #[test]
     fn mqtt_1_5_4_1_ill_formed_utf8_is_rejected() {
         assert_eq!(MqttStr::from_bytes(Bytes::from_static(b"\xff")), Err(StrError::InvalidUtf8));
         assert_eq!(MqttStr::from_bytes(Bytes::from_static(b"a\xc3")), Err(StrError::InvalidUtf8));
     }
 
+    /// 5.0: [MQTT-1.5.4-1]. 3.1.1: [MQTT-1.5.3-1].
     #[test]
     fn mqtt_1_5_4_1_encoded_surrogates_are_rejected() {
         // U+D800 encoded as if it were a scalar value.
@@ -208,11 +210,13 @@ mod tests {
         assert_eq!(MqttStr::from_bytes(s), Err(StrError::InvalidUtf8));
     }
 
+    /// 5.0: [MQTT-1.5.4-2]. 3.1.1: [MQTT-1.5.3-2].
     #[test]
     fn mqtt_1_5_4_2_null_character_is_rejected() {
         assert_eq!(MqttStr::new("a\0b"), Err(StrError::NullCharacter));
     }
 
+    /// 5.0: [MQTT-1.5.4-3]. 3.1.1: [MQTT-1.5.3-3].
     #[test]
     fn mqtt_1_5_4_3_bom_is_kept_not_stripped() {
         let s = MqttStr::new("\u{feff}x").unwrap();

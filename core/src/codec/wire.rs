@@ -268,6 +268,7 @@ mod tests {
         assert_eq!(*err.kind(), ErrorKind::VarintTooLong);
     }
 
+    /// 5.0 only: 3.1.1 does not number this rule [MQTT-1.5.5-1].
     #[test]
     fn mqtt_1_5_5_1_varint_must_use_the_fewest_bytes() {
         for bytes in [&[0x80, 0x00][..], &[0xff, 0x80, 0x00], &[0x80, 0x80, 0x80, 0x00]] {
