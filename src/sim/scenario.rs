@@ -3,7 +3,8 @@
 //! From one seed, [`run`] builds a broker and these clients, each MQTT 5 or 3.1.1 at random:
 //!
 //! - **publishers** with persistent sessions, sending numbered messages at QoS 0, 1 and 2 (one
-//!   topic per QoS level, `sim/p{i}/q{qos}`) and retained messages (`sim/p{i}/r`), some with
+//!   topic per QoS level, `sim/p{i}/q{qos}`), retained messages (`sim/p{i}/r`) and, in MQTT 5,
+//!   messages that expire after a second (`sim/p{i}/x`, retained `sim/p{i}/rx`), some with
 //!   automatic topic aliases;
 //! - **subscribers**, most with persistent sessions, on wildcard filters of random QoS;
 //! - a **shared group** of two members on `$share/g/sim/+/q1`;
@@ -35,7 +36,9 @@
 //!    the broker restarted meanwhile).
 //! 7. **Session expiry:** a session comes back after a gap shorter than its expiry, and not
 //!    after a longer one.
-//! 8. **Liveness and limits:** after settling every client is connected and has nothing in
+//! 8. **Message expiry:** no message is first sent after it expired, and the interval it
+//!    carries counts down (the [`World`]'s wire monitor).
+//! 9. **Liveness and limits:** after settling every client is connected and has nothing in
 //!    flight; client queues and the broker's queues stay within their limits; no packet breaks
 //!    the receiver's announced limits (the [`World`]'s wire monitor); nothing panics.
 
