@@ -301,6 +301,9 @@ struct PendingConnect {
 
 const NO_SESSION: u32 = u32::MAX;
 
+/// Output a connection's tail buffer collects before it joins the output queue.
+const TAIL_CHUNK: usize = 32 * 1024;
+
 /// Payloads up to this size are copied next to their header instead of being queued as a
 /// separate buffer: below it, one write of one buffer is cheaper than a reference count.
 const COPY_PAYLOAD_BELOW: usize = 256;
@@ -370,6 +373,17 @@ impl Conn {
                 Some(self.last_recv + self.keep_alive)
             }
             _ => None,
+        }
+    }
+
+    /// Moves a tail that reached [`TAIL_CHUNK`] to the output queue, and starts a new one: output
+    /// goes out in buffers of moderate size, which the allocator reuses, rather than in one
+    /// ever larger buffer, reallocated (copied) as it grows and fresh from the OS each time.
+    fn seal_full_tail(&mut self) {
+        if self.tail.len() >= TAIL_CHUNK {
+            let head = core::mem::take(&mut self.tail).freeze();
+            self.out_bytes += head.len();
+            self.out.push_back(head);
         }
     }
 
@@ -890,6 +904,7 @@ impl Broker {
         // A control packet is small, or trimmed to fit by the encoder; one that still cannot be
         // encoded is not sent (the encoder never writes half a packet).
         let _ = c.encoder.encode(packet, &mut c.tail);
+        c.seal_full_tail();
         self.mark_ready(index);
     }
 
@@ -2182,9 +2197,11 @@ impl Broker {
         let mut groups = core::mem::take(&mut self.scratch_groups);
         entries.clear();
         groups.clear();
-        self.tree.matches(msg.topic.as_str(), &mut entries, &mut groups);
+        let sources = self.tree.matches(msg.topic.as_str(), &mut entries, &mut groups);
         let any = !entries.is_empty() || !groups.is_empty();
-        if entries.len() > 1 {
+        // A session subscribed through several matching filters gets one copy: bring its
+        // entries together. Entries of one filter are one per session already.
+        if sources > 1 && entries.len() > 1 {
             entries.sort_unstable_by_key(|e| e.session);
         }
         let mut i = 0;
@@ -2526,6 +2543,7 @@ impl Broker {
         match c.encoder.encode_publish(&publish, &mut c.tail) {
             Ok(payload) => {
                 c.push_payload(payload);
+                c.seal_full_tail();
                 if let (Some((a, topic)), Some(aliases)) = (alias, c.out_aliases.as_mut()) {
                     aliases.commit(&topic, a);
                 }

@@ -220,22 +220,25 @@ impl SubTree {
 
     /// Collects the subscriptions matching `topic` into `out` and the shared groups into
     /// `groups`. `$` topics are not matched by a wildcard in the first level ([MQTT-4.7.2-1]).
+    /// Returns how many filters contributed subscriptions.
     pub(crate) fn matches(
         &mut self,
         topic: &str,
         out: &mut Vec<Entry>,
         groups: &mut Vec<GroupRef>,
-    ) {
+    ) -> usize {
         let dollar = topic.starts_with('$');
+        // How many nodes added subscriptions: from one node, each session appears once.
+        let mut sources = 0;
         let mut stack = core::mem::take(&mut self.stack);
         stack.clear();
         stack.push((ROOT, 0, false));
         while let Some((n, pos, done)) = stack.pop() {
             let node = self.node(n);
             if done {
-                collect(n, node, out, groups);
+                sources += usize::from(collect(n, node, out, groups));
                 if node.hash != 0 {
-                    collect(node.hash, self.node(node.hash), out, groups);
+                    sources += usize::from(collect(node.hash, self.node(node.hash), out, groups));
                 }
                 continue;
             }
@@ -246,7 +249,7 @@ impl SubTree {
             };
             if !(dollar && n == ROOT) {
                 if node.hash != 0 {
-                    collect(node.hash, self.node(node.hash), out, groups);
+                    sources += usize::from(collect(node.hash, self.node(node.hash), out, groups));
                 }
                 if node.plus != 0 {
                     stack.push((node.plus, next, last));
@@ -257,6 +260,7 @@ impl SubTree {
             }
         }
         self.stack = stack;
+        sources
     }
 
     /// The shared group of `filter` (a `$share/{name}/...` filter), if it has members.
@@ -273,11 +277,13 @@ impl SubTree {
     }
 }
 
-fn collect(n: u32, node: &Node, out: &mut Vec<Entry>, groups: &mut Vec<GroupRef>) {
+/// Adds `node`'s subscriptions and groups; returns whether it had subscriptions.
+fn collect(n: u32, node: &Node, out: &mut Vec<Entry>, groups: &mut Vec<GroupRef>) -> bool {
     out.extend_from_slice(&node.subs);
     for g in 0..node.groups.len() {
         groups.push(GroupRef { node: n, group: g as u32 });
     }
+    !node.subs.is_empty()
 }
 
 fn remove_session(list: &mut Vec<Entry>, session: u32) -> bool {
