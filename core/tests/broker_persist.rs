@@ -432,3 +432,36 @@ fn mqtt_3_3_2_5_a_restart_does_not_extend_message_expiry() {
     assert!(ack.session_present);
     assert!(d.h.recv_publishes(&mut sub).is_empty(), "expired: not delivered");
 }
+
+/// A QoS 2 PUBLISH resent while its first PUBREC still waits for the store gets no PUBREC of
+/// its own (the first answers both), and a later message that reuses the identifier waits
+/// for the store too: each withheld answer fills its own place. Found in review: answers were
+/// matched by packet identifier, so the resend's immediate PUBREC could take the first copy's
+/// place, and the first copy's release then answer the next message before it was stored.
+#[test]
+fn a_resent_qos2_publish_does_not_answer_for_the_first_copy() {
+    let mut d = Durable::new(Persistence::Durable);
+    let (mut sub, _) = d.h.connect_v5_session("sub", false, 3600);
+    d.h.subscribe(&mut sub, "t", QoS::AtLeastOnce);
+    d.sync();
+    let mut p = d.h.connect(V311, "pub", false);
+    d.sync();
+    let first = publish("t", b"one", QoS::ExactlyOnce, 7);
+    d.h.send(&p, first.clone());
+    let mut again = first;
+    again.dup = true;
+    d.h.send(&p, again);
+    assert!(d.h.recv(&mut p).is_empty(), "nothing before the store has the message");
+    d.sync();
+    let recs: Vec<_> =
+        d.h.recv(&mut p).into_iter().filter(|x| matches!(x, Packet::PubRec(_))).collect();
+    assert_eq!(recs.len(), 1, "one PUBREC for the message and its resend");
+    d.h.send(&p, Packet::PubRel(PubAck::new(pid(7))));
+    d.sync();
+    assert!(matches!(d.h.recv_one(&mut p), Packet::PubComp(_)));
+    // Identifier 7 again, for a new message: its PUBREC waits for the store.
+    d.h.send(&p, publish("t", b"two", QoS::ExactlyOnce, 7));
+    assert!(d.h.recv(&mut p).is_empty(), "the new message's PUBREC waits for the store");
+    d.sync();
+    assert!(matches!(d.h.recv_one(&mut p), Packet::PubRec(r) if r.packet_id == pid(7)));
+}

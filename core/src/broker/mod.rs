@@ -301,6 +301,42 @@ struct PendingConnect {
 
 const NO_SESSION: u32 = u32::MAX;
 
+/// What a connection owes its client and must send in order.
+#[derive(Debug, Default)]
+struct Owing {
+    /// PUBACKs and PUBRECs owed, in the order their PUBLISH packets arrived. They go out in
+    /// that order ([MQTT-4.6.0-2], [MQTT-4.6.0-3]), so an answer that is ready waits behind a
+    /// withheld one.
+    answers: VecDeque<Owed>,
+    /// Names the next answer in `answers`.
+    next_answer: u64,
+    /// QoS 1 PUBACKs in `answers`: with the session's unreleased QoS 2 identifiers, what the
+    /// client counts against the broker's Receive Maximum.
+    qos1: u32,
+    /// PUBRELs and PUBCOMPs waiting for the store, and the log position the last waits for.
+    replies_waiting: u32,
+    reply_after: u64,
+}
+
+impl Conn {
+    fn owing(&mut self) -> &mut Owing {
+        self.owing.get_or_insert_with(Box::default)
+    }
+}
+
+/// A PUBACK or PUBREC a connection owes: `packet` is `None` while it is withheld.
+#[derive(Debug)]
+struct Owed {
+    token: u64,
+    id: PacketId,
+    qos1: bool,
+    packet: Option<Packet>,
+}
+
+/// Most answers (or PUBRELs and PUBCOMPs waiting for the store) one connection may be owed: a
+/// client with more in flight than there are packet identifiers is closed.
+const MAX_OWED: usize = u16::MAX as usize;
+
 /// Output a connection's tail buffer collects before it joins the output queue.
 const TAIL_CHUNK: usize = 32 * 1024;
 
@@ -341,16 +377,11 @@ struct Conn {
     out_bytes: usize,
     tail: BytesMut,
     in_ready: bool,
-    /// This connection's QoS 1 PUBACKs withheld (by subscribers' full queues or the store).
-    /// Withheld QoS 2 PUBRECs are not counted here: their identifiers are already among the
-    /// session's unreleased ones.
-    parked: u16,
     /// Subscribers' sessions whose full output paused this connection's input.
     paused: u16,
-    /// PUBACKs and PUBRECs owed, in the order their PUBLISH packets arrived: `None` while one
-    /// is withheld. They go out in that order ([MQTT-4.6.0-2], [MQTT-4.6.0-3]), so an answer
-    /// that is ready waits behind a withheld one.
-    answers: VecDeque<(PacketId, Option<Packet>)>,
+    /// Answers owed to this client: allocated the first time one has to wait, so that an
+    /// idle connection pays one pointer for it.
+    owing: Option<Box<Owing>>,
 }
 
 impl Conn {
@@ -590,9 +621,8 @@ impl Broker {
             out_bytes: 0,
             tail: BytesMut::new(),
             in_ready: false,
-            parked: 0,
+            owing: None,
             paused: 0,
-            answers: VecDeque::new(),
             authz: Vec::new(),
         };
         let index = match self.free_slots.pop() {
@@ -1939,13 +1969,21 @@ impl Broker {
             return;
         };
         let serial = s.serial;
-        let parked = self.slot_conn(index).map_or(0, |c| usize::from(c.parked));
+        let (owed_qos1, owed) = self
+            .slot_conn(index)
+            .and_then(|c| c.owing.as_ref())
+            .map_or((0, 0), |o| (o.qos1 as usize, o.answers.len()));
         let Some(s) = self.session(si) else {
             return;
         };
         // What the client counts against the broker's Receive Maximum: QoS 1 messages not yet
         // acknowledged and QoS 2 messages not yet released.
-        let unacked = parked + s.incoming_qos2.len();
+        let unacked = owed_qos1 + s.incoming_qos2.len();
+        if owed >= MAX_OWED {
+            // More unanswered than there are packet identifiers (a 3.1.1 client, told no limit,
+            // while the store or a subscriber holds the answers back).
+            return self.violation(now, index, ReasonCode::ReceiveMaximumExceeded);
+        }
         if v5 && p.qos == QoS::AtLeastOnce && unacked >= receive_maximum {
             // Withheld PUBACKs count against the broker's Receive Maximum (section 3.3.4).
             return self.violation(now, index, ReasonCode::ReceiveMaximumExceeded);
@@ -1958,24 +1996,27 @@ impl Broker {
             let resent = s.incoming_qos2.contains(&id.get());
             if resent {
                 // A resent PUBLISH of a message already received: acknowledge, do not deliver
-                // again (method A of section 4.3.3). In durable mode not before the store has
-                // what the first copy logged.
+                // again (method A of section 4.3.3). If the first copy's PUBREC is still owed,
+                // that one answers both; in durable mode not before the store has what the
+                // first copy logged.
+                let pending = self
+                    .slot_conn(index)
+                    .and_then(|c| c.owing.as_ref())
+                    .is_some_and(|o| o.answers.iter().any(|a| a.id == id && a.packet.is_none()));
+                if pending {
+                    return;
+                }
                 let wait = self.durable() && self.persist_seq > self.persisted;
                 let seq = if wait { self.persist_seq } else { 0 };
                 let conn = self.conn_id(index);
-                let ack = ParkedAck {
-                    conn,
-                    id,
-                    qos: QoS::ExactlyOnce,
-                    since: now,
-                    seq,
-                    code: ReasonCode::Success,
-                };
                 if seq > 0 {
-                    self.withhold_answer(index, id);
+                    let token = self.withhold_answer(index, id, QoS::ExactlyOnce);
+                    let code = ReasonCode::Success;
+                    let qos = QoS::ExactlyOnce;
+                    let ack = ParkedAck { conn, id, qos, since: now, seq, code, token };
                     self.awaiting_store.push_back(ack);
                 } else {
-                    self.answer(conn, id, Packet::PubRec(PubAck::new(id)));
+                    self.answer(conn, None, id, QoS::ExactlyOnce, Packet::PubRec(PubAck::new(id)));
                 }
                 return;
             }
@@ -2032,17 +2073,17 @@ impl Broker {
                     Packet::PubAck(PubAck::new(id))
                 };
                 let conn = self.conn_id(index);
-                self.answer(conn, id, packet);
+                self.answer(conn, None, id, p.qos, packet);
             }
             (QoS::AtLeastOnce, Some(id)) => {
                 let ack = PubAck { packet_id: id, reason_code: code, ..PubAck::new(id) };
                 let conn = self.conn_id(index);
-                self.answer(conn, id, Packet::PubAck(ack));
+                self.answer(conn, None, id, QoS::AtLeastOnce, Packet::PubAck(ack));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 let ack = PubAck { packet_id: id, reason_code: code, ..PubAck::new(id) };
                 let conn = self.conn_id(index);
-                self.answer(conn, id, Packet::PubRec(ack));
+                self.answer(conn, None, id, QoS::ExactlyOnce, Packet::PubRec(ack));
             }
             _ if code == ReasonCode::PayloadFormatInvalid => {
                 self.violation(now, index, code);
@@ -2079,16 +2120,10 @@ impl Broker {
         let behind = self.persist_seq - self.persisted > persist::MAX_UNSTORED;
         let wait = self.durable() || (self.logging() && behind);
         let seq = if wait && self.persist_seq > logged_before { self.persist_seq } else { 0 };
-        let ack = ParkedAck { conn: self.conn_id(index), id, qos, since: now, seq, code };
-        if (congested.is_some() || seq > 0)
-            && qos == QoS::AtLeastOnce
-            && let Some(c) = self.slot_conn(index)
-        {
-            c.parked += 1;
-        }
-        if congested.is_some() || seq > 0 {
-            self.withhold_answer(index, id);
-        }
+        let conn = self.conn_id(index);
+        let token =
+            if congested.is_some() || seq > 0 { self.withhold_answer(index, id, qos) } else { 0 };
+        let ack = ParkedAck { conn, id, qos, since: now, seq, code, token };
         if let Some(target) = congested {
             // Withheld until `target`'s queue has room (`max_ack_delay`).
             if let Some(s) = self.session_mut(target) {
@@ -2105,34 +2140,64 @@ impl Broker {
         let ack = PubAck { packet_id: id, reason_code: code, properties: AckProperties::default() };
         let packet =
             if qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
-        let conn = self.conn_id(index);
-        self.answer(conn, id, packet);
+        self.answer(conn, None, id, qos, packet);
     }
 
-    /// Holds a place for the PUBACK/PUBREC of `id` in the connection's answer order.
-    fn withhold_answer(&mut self, index: u32, id: PacketId) {
-        if let Some(c) = self.slot_conn(index) {
-            c.answers.push_back((id, None));
-        }
+    /// Holds a place for the PUBACK/PUBREC of `id` in the connection's answer order; returns
+    /// the token that fills it ([`answer`](Self::answer)).
+    fn withhold_answer(&mut self, index: u32, id: PacketId, qos: QoS) -> u64 {
+        let Some(c) = self.slot_conn(index) else {
+            return 0;
+        };
+        let o = c.owing();
+        let token = o.next_answer;
+        o.next_answer += 1;
+        let qos1 = qos == QoS::AtLeastOnce;
+        o.qos1 += u32::from(qos1);
+        o.answers.push_back(Owed { token, id, qos1, packet: None });
+        token
     }
 
-    /// Sends the PUBACK/PUBREC of `id` on `conn` once those owed before it are sent: fills its
-    /// withheld place if it has one, and sends whatever is ready at the front.
-    pub(crate) fn answer(&mut self, conn: ConnId, id: PacketId, packet: Packet) {
+    /// Sends a PUBACK/PUBREC on `conn` once those owed before it are sent: fills the place
+    /// `token` holds (from [`withhold_answer`](Self::withhold_answer)), or, without one, goes
+    /// to the back of the line (at once if nothing is owed); then sends whatever is ready at
+    /// the front.
+    pub(crate) fn answer(
+        &mut self,
+        conn: ConnId,
+        token: Option<u64>,
+        id: PacketId,
+        qos: QoS,
+        packet: Packet,
+    ) {
         let Some(c) = self.conn_mut(conn) else {
             return;
         };
-        if let Some(slot) = c.answers.iter_mut().find(|(i, p)| *i == id && p.is_none()) {
-            slot.1 = Some(packet);
-        } else if c.answers.is_empty() {
-            return self.send(conn.index, &packet);
-        } else {
-            c.answers.push_back((id, Some(packet)));
+        let Some(o) = c.owing.as_deref_mut().filter(|o| !o.answers.is_empty()) else {
+            // Nothing owed before it (and no place held: a token means one is).
+            if token.is_none() {
+                self.send(conn.index, &packet);
+            }
+            return;
+        };
+        match token {
+            Some(t) => match o.answers.iter_mut().find(|a| a.token == t) {
+                Some(slot) => slot.packet = Some(packet),
+                None => return,
+            },
+            None => {
+                let token = o.next_answer;
+                o.next_answer += 1;
+                let qos1 = qos == QoS::AtLeastOnce;
+                o.qos1 += u32::from(qos1);
+                o.answers.push_back(Owed { token, id, qos1, packet: Some(packet) });
+            }
         }
         let mut ready = Vec::new();
-        while c.answers.front().is_some_and(|(_, p)| p.is_some()) {
-            if let Some((_, Some(p))) = c.answers.pop_front() {
-                ready.push(p);
+        while o.answers.front().is_some_and(|a| a.packet.is_some()) {
+            if let Some(a) = o.answers.pop_front() {
+                o.qos1 -= u32::from(a.qos1);
+                ready.extend(a.packet);
             }
         }
         for p in ready {
@@ -2631,13 +2696,24 @@ impl Broker {
     /// their PUBRECs ([MQTT-4.6.0-4]).
     fn send_after(&mut self, index: u32, packet: Packet, seq: u64) {
         let conn = self.conn_id(index);
-        let behind = self.awaiting_reply.iter().filter(|r| r.1 == conn).map(|r| r.0).max();
-        let seq = seq.max(behind.unwrap_or(0));
-        if seq > self.persisted {
-            self.awaiting_reply.push_back((seq, conn, packet));
-        } else {
-            self.send(index, &packet);
+        let persisted = self.persisted;
+        let Some(c) = self.slot_conn(index) else {
+            return;
+        };
+        let seq = match c.owing.as_deref() {
+            Some(o) if o.replies_waiting > 0 => seq.max(o.reply_after),
+            _ => seq,
+        };
+        if seq <= persisted {
+            return self.send(index, &packet);
         }
+        let o = c.owing();
+        if o.replies_waiting as usize >= MAX_OWED {
+            return self.violation(self.last_now(index), index, ReasonCode::ReceiveMaximumExceeded);
+        }
+        o.replies_waiting += 1;
+        o.reply_after = seq;
+        self.awaiting_reply.push_back((seq, conn, packet));
     }
 
     fn on_pubrel(&mut self, index: u32, ack: PubAck) {

@@ -517,10 +517,13 @@ impl Broker {
             };
             // A connection that ended meanwhile gets its PUBREL when the session resumes, and
             // its PUBCOMP when the client sends PUBREL again.
-            if let Some(c) = self.conn_mut(conn)
-                && c.phase == super::Phase::Connected
-            {
-                self.send(conn.index, &packet);
+            if let Some(c) = self.conn_mut(conn) {
+                if let Some(o) = c.owing.as_deref_mut() {
+                    o.replies_waiting = o.replies_waiting.saturating_sub(1);
+                }
+                if c.phase == super::Phase::Connected {
+                    self.send(conn.index, &packet);
+                }
             }
         }
     }
@@ -663,16 +666,13 @@ impl Broker {
         let Some(c) = self.conn_mut(p.conn) else {
             return;
         };
-        if p.qos == QoS::AtLeastOnce {
-            c.parked = c.parked.saturating_sub(1);
-        }
         if c.phase != super::Phase::Connected {
             return;
         }
         let ack = PubAck { reason_code: p.code, ..PubAck::new(p.id) };
         let packet =
             if p.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
-        self.answer(p.conn, p.id, packet);
+        self.answer(p.conn, Some(p.token), p.id, p.qos, packet);
     }
 }
 

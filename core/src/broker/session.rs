@@ -127,6 +127,8 @@ pub(crate) struct ParkedAck {
     /// In durable mode: the persistence log position it must also wait for.
     pub(crate) seq: u64,
     pub(crate) code: crate::codec::ReasonCode,
+    /// Its place in the connection's answer order.
+    pub(crate) token: u64,
 }
 
 impl Session {
