@@ -8,7 +8,8 @@
 //!
 //! The network keeps each connection a byte stream, as TCP does: bytes of one direction arrive
 //! in order, split and coalesced at arbitrary points, while different connections are delayed
-//! independently of each other. [`Faults`] adds resets, half-open connections (only keep-alive
+//! independently of each other; what the broker sends waits in its own output once a window of
+//! unread bytes is full, as behind a reader that does not keep up. [`Faults`] adds resets, half-open connections (only keep-alive
 //! finds them), stalled readers and a store that commits late; [`World::restart_broker`]
 //! restarts the broker from what its store had committed, through the same
 //! [`PersistOp`]/[`Broker::restore`] path the durable store uses, losing what was not yet
@@ -227,6 +228,11 @@ struct Link {
     half_open: bool,
     /// The client reads nothing before this.
     stalled_until: Instant,
+    /// Most bytes from the broker in flight to the client (the socket buffers): the broker's
+    /// output backs up behind a reader that stalls or a connection gone half-open.
+    window: usize,
+    /// Bytes from the broker the client has not read yet.
+    down_unread: usize,
     /// Bytes the broker has not consumed yet (kept while its input is paused).
     broker_buf: BytesMut,
     client_buf: BytesMut,
@@ -278,6 +284,8 @@ pub struct World {
     violations: Vec<String>,
     expiries: Expiries,
     restarts: u32,
+    /// Messages earlier incarnations of the broker dropped (full queues, slow consumers).
+    dropped_before: u64,
 }
 
 /// Most lines the packet trace keeps by default.
@@ -307,6 +315,7 @@ impl World {
             trace_limit: TRACE_LINES,
             violations: Vec::new(),
             expiries: Expiries::default(),
+            dropped_before: 0,
             restarts: 0,
         })
     }
@@ -319,6 +328,12 @@ impl World {
     /// The broker, to read its counters and gauges.
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// QoS 1 and 2 messages the broker dropped by its limits (full session queues, slow
+    /// consumers), over every restart.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_before + drops(self.broker.stats())
     }
 
     /// How many times the broker was restarted.
@@ -432,6 +447,7 @@ impl World {
                 }
             }
         }
+        self.dropped_before += drops(self.broker.stats());
         let snapshot = self.store.committed.snapshot(self.wall());
         self.broker = Broker::restore(self.config.clone(), snapshot, self.now)?;
         self.restarts += 1;
@@ -601,10 +617,14 @@ impl World {
                 return;
             }
             let Some((_, chunk)) = link.down.chunks.pop_front() else { return };
+            if let Some(bytes) = &chunk {
+                link.down_unread = link.down_unread.saturating_sub(bytes.len());
+            }
             if !link.client_open {
                 continue;
             }
             let i = link.client;
+            let conn = link.conn;
             match chunk {
                 Some(bytes) => {
                     link.client_buf.extend_from_slice(&bytes);
@@ -621,6 +641,12 @@ impl World {
                 }
             }
             self.pump_client(i);
+            // The window has room again: the broker's output goes on.
+            if let Some(conn) = conn
+                && self.transmit(conn)
+            {
+                self.pump_broker();
+            }
         }
     }
 
@@ -631,6 +657,7 @@ impl World {
         let peer = PeerInfo { addr: None, listener: 0 };
         match self.broker.accept(now, peer) {
             Ok(conn) => {
+                let window = self.rng.range(512, 16 * 1024) as usize;
                 let l = self.next_link;
                 self.next_link += 1;
                 self.links.insert(
@@ -643,6 +670,8 @@ impl World {
                         down: Pipe::default(),
                         half_open: false,
                         stalled_until: Instant::ZERO,
+                        window,
+                        down_unread: 0,
                         broker_buf: BytesMut::new(),
                         client_buf: BytesMut::new(),
                         paused: false,
@@ -739,6 +768,33 @@ impl World {
         pipe.chunks.push_back((at, None));
     }
 
+    /// Hands the broker's output for `conn` to its link, as much as the link's window allows
+    /// (all of it once the link is gone); returns whether there was any.
+    fn transmit(&mut self, conn: ConnId) -> bool {
+        let now = self.now;
+        let mut any = false;
+        loop {
+            let link = self.by_conn.get(&conn).and_then(|l| self.links.get(l));
+            let room = link.map_or(64 * 1024, |link| link.window.saturating_sub(link.down_unread));
+            if room == 0 {
+                break;
+            }
+            let Some(bytes) = self.broker.poll_transmit(conn, room) else { break };
+            any = true;
+            let Some(&l) = self.by_conn.get(&conn) else { continue };
+            if let Some(link) = self.links.get_mut(&l) {
+                link.down_unread += bytes.len();
+                for line in
+                    link.monitor.broker_sent(&bytes, now, l, &self.expiries, &mut self.violations)
+                {
+                    push_trace(&mut self.trace, self.trace_limit, line);
+                }
+            }
+            self.send(l, true, bytes);
+        }
+        any
+    }
+
     /// Takes everything the broker has to say and acts on it.
     fn pump_broker(&mut self) {
         let now = self.now;
@@ -746,22 +802,7 @@ impl World {
         loop {
             let mut busy = false;
             while let Some(conn) = self.broker.poll_writable() {
-                while let Some(bytes) = self.broker.poll_transmit(conn, 64 * 1024) {
-                    busy = true;
-                    let Some(&l) = self.by_conn.get(&conn) else { continue };
-                    if let Some(link) = self.links.get_mut(&l) {
-                        for line in link.monitor.broker_sent(
-                            &bytes,
-                            now,
-                            l,
-                            &self.expiries,
-                            &mut self.violations,
-                        ) {
-                            push_trace(&mut self.trace, self.trace_limit, line);
-                        }
-                    }
-                    self.send(l, true, bytes);
-                }
+                busy |= self.transmit(conn);
             }
             while let Some(entry) = self.broker.poll_persist() {
                 busy = true;
@@ -860,6 +901,11 @@ impl World {
     fn trace_line(&mut self, line: String) {
         push_trace(&mut self.trace, self.trace_limit, line);
     }
+}
+
+/// What a broker's counters say it dropped of QoS 1 and 2 messages by its limits.
+fn drops(stats: &ternmq_core::broker::Stats) -> u64 {
+    stats.dropped_queue_full + stats.slow_consumers
 }
 
 fn push_trace(trace: &mut VecDeque<String>, limit: usize, line: String) {
