@@ -64,6 +64,9 @@ pub trait AuthHandler: Send + Sync {
     /// The server sent AUTH, Continue authentication, for `method` with `data`. Returns the
     /// data of the answer (sent as AUTH, Continue authentication), or `None` to give up: the
     /// client then disconnects and does not reconnect.
+    ///
+    /// It runs on the runtime's driver while it holds the client's state: it must answer
+    /// quickly and must not call the client.
     fn challenge(&self, method: &str, data: Option<&[u8]>) -> Option<Bytes>;
 }
 
