@@ -161,7 +161,10 @@ impl Client {
     /// byte stream), for the first connection and every reconnection; `options.host` and
     /// `options.port` only name the server in logs.
     pub async fn connect_via(options: ConnectOptions, dial: Dialer) -> Result<Client, Error> {
-        let stream = dial().await?;
+        let stream = match within(options.timeout, dial()).await {
+            Some(stream) => stream?,
+            None => return Err(Error::Timeout),
+        };
         let (tx, rx) = channel::bounded(options.message_buffer.max(1));
         let (connected_tx, connected_rx) = channel::bounded(1);
         let (wake_tx, wake_rx) = channel::bounded(1);
@@ -439,8 +442,22 @@ async fn write_out(shared: &Shared, conn: &mut Option<Box<dyn Transport>>) {
     if out.is_empty() {
         return;
     }
+    // A server that stops reading must not hold the driver for ever: the write gives up
+    // after the call timeout (the connection is then lost, and redialled), or at once when the
+    // application stops the client.
     let ok = match conn.as_mut() {
-        Some(s) => s.write_all(&out).await.is_ok(),
+        Some(s) => {
+            future::or(
+                async {
+                    within(shared.timeout, s.write_all(&out)).await.is_some_and(|r| r.is_ok())
+                },
+                async {
+                    stopped(shared).await;
+                    false
+                },
+            )
+            .await
+        }
         None => false,
     };
     let mut st = shared.lock();
@@ -449,6 +466,18 @@ async fn write_out(shared: &Shared, conn: &mut Option<Box<dyn Transport>>) {
     } else {
         *conn = None;
         st.driver.handle_closed(shared.now());
+    }
+}
+
+/// Completes once the client is stopped (woken by the command that stops it).
+async fn stopped(shared: &Shared) {
+    loop {
+        if shared.lock().driver.is_stopped() {
+            return;
+        }
+        if shared.wake_rx.recv().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -167,7 +167,10 @@ impl Client {
     /// byte stream), for the first connection and every reconnection; `options.host` and
     /// `options.port` only name the server in logs.
     pub async fn connect_via(options: ConnectOptions, dial: Dialer) -> Result<Client, Error> {
-        let stream = dial().await?;
+        let stream = match tokio::time::timeout(options.timeout, dial()).await {
+            Ok(stream) => stream?,
+            Err(_) => return Err(Error::Timeout),
+        };
         let (tx, rx) = mpsc::channel(options.message_buffer.max(1));
         let (connected_tx, connected_rx) = oneshot::channel();
         let mut driver = Driver::new(options.config, Instant::ZERO);
@@ -426,8 +429,14 @@ async fn write_out(shared: &Shared, conn: &mut Conn) {
     if out.is_empty() {
         return;
     }
+    // A server that stops reading must not hold the driver for ever: the write gives up
+    // after the call timeout (the connection is then lost, and redialled), or at once when the
+    // application stops the client.
     let ok = match conn.as_mut() {
-        Some((_, w)) => w.write_all(&out).await.is_ok(),
+        Some((_, w)) => tokio::select! {
+            r = tokio::time::timeout(shared.timeout, w.write_all(&out)) => matches!(r, Ok(Ok(()))),
+            () = stopped(shared) => false,
+        },
         None => false,
     };
     let mut st = shared.lock();
@@ -436,6 +445,17 @@ async fn write_out(shared: &Shared, conn: &mut Conn) {
     } else {
         *conn = None;
         st.driver.handle_closed(shared.now());
+    }
+}
+
+/// Completes once the client is stopped (woken by the command that stops it).
+async fn stopped(shared: &Shared) {
+    loop {
+        let notified = shared.wake.notified();
+        if shared.lock().driver.is_stopped() {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -438,3 +438,37 @@ async fn a_custom_dialer_carries_the_connection_and_every_reconnection() {
     );
     stop.shutdown();
 }
+
+/// A client whose server stops reading is blocked in a write; dropping it still ends its
+/// driver task (and with it the connection). Found in review: the write was awaited alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_stops_even_while_a_write_is_blocked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf).await.unwrap();
+        s.write_all(&[0x20, 3, 0, 0, 0]).await.unwrap(); // CONNACK, MQTT 5, no properties
+        s // and never read again
+    });
+    let client = Client::connect(options(addr, "blocked")).await.unwrap();
+    let _socket = server.await.unwrap();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let with_client = metrics.num_alive_tasks();
+    // Fill the socket buffers until a QoS 0 publish no longer completes.
+    let payload = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+    for _ in 0..1000 {
+        let publish = client.publish("t", payload.clone(), QoS::AtMostOnce);
+        if tokio::time::timeout(Duration::from_millis(200), publish).await.is_err() {
+            break;
+        }
+    }
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.num_alive_tasks() >= with_client {
+        assert!(tokio::time::Instant::now() < deadline, "the driver task is still alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
