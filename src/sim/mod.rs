@@ -58,7 +58,7 @@ pub mod scenario;
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::broker::persist::{PersistOp, PersistSeq, Persistence, Replay};
+use ternmq_core::broker::persist::{PersistOp, PersistSeq, Replay};
 use ternmq_core::broker::{
     Broker, BrokerConfig, ConfigError, ConnId, Event as BrokerEvent, PeerInfo,
 };
@@ -294,10 +294,10 @@ const TRACE_LINES: usize = 400;
 const WALL_BASE: u64 = 1_700_000_000;
 
 impl World {
-    /// A world whose choices all come from `seed`. The broker logs its state durably
-    /// ([`Persistence::Durable`]) so that it can be restarted.
-    pub fn new(seed: u64, mut config: BrokerConfig, faults: Faults) -> Result<Self, ConfigError> {
-        config.persistence = Persistence::Durable;
+    /// A world whose choices all come from `seed`. The broker runs with `config.persistence`:
+    /// `Durable` (what a restart keeps is what the store committed), `Log`
+    /// (acknowledgements do not wait for the store), or `Off` (a restart starts empty).
+    pub fn new(seed: u64, config: BrokerConfig, faults: Faults) -> Result<Self, ConfigError> {
         let broker = Broker::new(config.clone(), Instant::ZERO)?;
         Ok(Self {
             now: Instant::ZERO,

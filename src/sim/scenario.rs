@@ -15,8 +15,9 @@
 //! - an **expiry client** (MQTT 5, Session Expiry Interval 3 s) that goes away for random
 //!   times and comes back without clean start.
 //!
-//! The network misbehaves as [`Faults`] say; the broker restarts from its store, losing what it
-//! had not committed; the clock jumps. Then faults stop, everything settles, a fresh client
+//! The network misbehaves as [`Faults`] say; the clock jumps. The broker mostly runs in
+//! `Durable` mode and restarts from its store now and then, losing what it had not committed;
+//! in some runs it runs in `Log` or `Off` mode, without restarts. Then faults stop, everything settles, a fresh client
 //! reads the retained messages, and these promises are checked:
 //!
 //! 1. **QoS 1/2 at least once:** a QoS 1 or 2 message its publisher saw acknowledged reaches
@@ -45,6 +46,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use ternmq_core::broker::persist::Persistence;
 use ternmq_core::broker::{BrokerConfig, CloseReason};
 use ternmq_core::client::{ClientConfig, DisconnectReason, Event, ReconnectOptions};
 use ternmq_core::codec::{
@@ -308,6 +310,14 @@ impl Run {
         broker.max_queued_messages =
             if wl.chance(0.3) { wl.range(10, 50) as usize } else { 10_000 };
         broker.seed = wl.next_u64();
+        // Mostly durable, restarted now and then; sometimes without waiting for the store, or
+        // without a store, and then not restarted (a restart may lose what was acknowledged).
+        let r = wl.range(0, 3);
+        broker.persistence = match r {
+            0 => Persistence::Log,
+            1 => Persistence::Off,
+            _ => Persistence::Durable,
+        };
         let mut world = World::new(cfg.seed, broker, cfg.faults.clone())?;
         world.set_trace_limit(cfg.trace_lines);
 
@@ -450,7 +460,9 @@ impl Run {
     /// One tick of the workload and of the scheduled faults.
     fn act(&mut self, tick: Duration) {
         let secs = tick.as_secs_f64();
-        if self.wl.chance(self.cfg.broker_restart_per_sec * secs)
+        let durable = self.world.broker().config().persistence == Persistence::Durable;
+        if durable
+            && self.wl.chance(self.cfg.broker_restart_per_sec * secs)
             && let Err(e) = self.world.restart_broker()
         {
             self.violations.push(format!("the broker could not restart: {e}"));
