@@ -617,5 +617,11 @@ fn the_auth_handler_answers_challenges_and_gives_up_on_the_rest() {
     h.feed(auth(ReasonCode::ContinueAuthentication, b"riddle"));
     let sent = h.sent();
     assert!(matches!(sent[..], [Packet::Disconnect(_)]), "{sent:?}");
-    assert!(h.outcomes().contains(&Outcome::CloseTransport));
+    let outcomes = h.outcomes();
+    assert!(outcomes.contains(&Outcome::CloseTransport));
+    // Not reported as the application's own disconnect.
+    assert!(
+        outcomes.contains(&Outcome::ConnectionLost(DisconnectReason::AuthenticationAbandoned)),
+        "{outcomes:?}"
+    );
 }

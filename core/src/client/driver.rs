@@ -290,6 +290,8 @@ pub struct Driver<W> {
     stopped: Option<DisconnectReason>,
     /// Answers the server's AUTH challenges.
     auth: Option<Arc<dyn AuthHandler>>,
+    /// A challenge could not be answered: the disconnect that follows is not the application's.
+    auth_abandoned: bool,
 }
 
 impl<W> fmt::Debug for Driver<W> {
@@ -325,6 +327,7 @@ impl<W> Driver<W> {
             last_reason: None,
             stopped: None,
             auth: None,
+            auth_abandoned: false,
         }
     }
 
@@ -653,6 +656,14 @@ impl<W> Driver<W> {
                     self.answer(packet_id.get(), Ok(reason_codes));
                 }
                 Event::Disconnected(reason) => {
+                    // The client disconnected itself because nothing could answer a challenge:
+                    // not what the application asked for.
+                    let reason = match reason {
+                        DisconnectReason::Requested if self.auth_abandoned => {
+                            DisconnectReason::AuthenticationAbandoned
+                        }
+                        other => other,
+                    };
                     self.last_reason = Some(reason.clone());
                     self.outcomes.push_back(Outcome::ConnectionLost(reason));
                 }
@@ -666,18 +677,12 @@ impl<W> Driver<W> {
                         properties.authentication_method.as_ref().map_or("", |m| m.as_str());
                     let data = properties.authentication_data.as_deref();
                     let answer = self.auth.as_ref().and_then(|h| h.challenge(method, data));
-                    match answer {
-                        Some(data) => {
-                            if self.core.authenticate(now, Some(data)).is_err() {
-                                self.core
-                                    .disconnect(now, Disconnect::new(ReasonCode::UnspecifiedError));
-                            }
-                        }
-                        // Nothing can answer: give up rather than wait for the CONNACK timeout.
-                        None => {
-                            self.core
-                                .disconnect(now, Disconnect::new(ReasonCode::UnspecifiedError));
-                        }
+                    // Nothing can answer: give up rather than wait for the CONNACK timeout.
+                    let answered =
+                        answer.is_some_and(|data| self.core.authenticate(now, Some(data)).is_ok());
+                    if !answered {
+                        self.auth_abandoned = true;
+                        self.core.disconnect(now, Disconnect::new(ReasonCode::UnspecifiedError));
                     }
                     commanded = true;
                 }

@@ -130,6 +130,9 @@ pub enum DisconnectReason {
     ProtocolViolation(ReasonCode),
     /// The server sent bytes that do not decode.
     Decode(DecodeError),
+    /// MQTT 5 enhanced authentication: the server sent a challenge nothing could answer (the
+    /// runtime's `AuthHandler` gave up, or there was none), and the client disconnected.
+    AuthenticationAbandoned,
 }
 
 /// A mistake in a command from the application, or a command the server's limits forbid.
