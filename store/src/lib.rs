@@ -37,7 +37,8 @@ pub use ternmq_core as core;
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "ternmq.redb";
 /// The layout version this build reads and writes. Version 2 stamps rows in milliseconds
-/// (version 1: seconds, which let a restart extend an expiry by up to a second).
+/// (version 1: seconds, which let a restart extend an expiry by up to a second); a version 1
+/// file is converted when it is opened.
 pub const FORMAT_VERSION: u64 = 2;
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -154,6 +155,17 @@ impl Store {
                     meta.insert("format", FORMAT_VERSION).map_err(|e| err(e.to_string()))?;
                 }
                 Some(FORMAT_VERSION) => {}
+                Some(1) => {
+                    // Version 1 stamped rows in seconds: convert them, in this transaction.
+                    let last = meta.get("last_write").map_err(|e| err(e.to_string()))?;
+                    if let Some(last) = last.map(|v| v.value()) {
+                        meta.insert("last_write", last.saturating_mul(1000))
+                            .map_err(|e| err(e.to_string()))?;
+                    }
+                    meta.insert("format", FORMAT_VERSION).map_err(|e| err(e.to_string()))?;
+                    upgrade_from_1(&tx)
+                        .map_err(|e| err(format!("cannot convert from version 1: {e}")))?;
+                }
                 Some(v) => {
                     return Err(err(format!(
                         "written in layout version {v}, this build reads version \
@@ -486,6 +498,55 @@ impl Tables<'_> {
 }
 
 /// The value at `k`, copied out (so that the table can be written next).
+/// Rewrites a version 1 store's wall-clock stamps, in seconds, as milliseconds: a session's
+/// disconnection time and its will's, each delivery's and each retained message's.
+fn upgrade_from_1(tx: &redb::WriteTransaction) -> Result<(), String> {
+    let e = |e: redb::Error| e.to_string();
+    let ms = |b: &mut [u8]| {
+        if let Some(stamp) = b.get_mut(..8) {
+            let secs = u64::from_be_bytes(stamp.try_into().unwrap_or([0; 8]));
+            if secs != u64::MAX {
+                stamp.copy_from_slice(&secs.saturating_mul(1000).to_be_bytes());
+            }
+        }
+    };
+    // Sessions: protocol (1), expiry (4), disconnected at (8), will flag (1), then with a will
+    // its time (8).
+    let mut sessions = tx.open_table(SESSIONS).map_err(|x| e(x.into()))?;
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = sessions
+        .iter()
+        .map_err(|x| e(x.into()))?
+        .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(|x| e(x.into()))?;
+    for (k, mut v) in rows {
+        if let Some(at) = v.get_mut(5..13) {
+            ms(at);
+        }
+        if v.get(13) == Some(&1)
+            && let Some(at) = v.get_mut(14..22)
+        {
+            ms(at);
+        }
+        sessions.insert(k.as_slice(), v.as_slice()).map_err(|x| e(x.into()))?;
+    }
+    // Deliveries and retained messages start with their time.
+    for table in [DELIVERIES, RETAINED] {
+        let mut t = tx.open_table(table).map_err(|x| e(x.into()))?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = t
+            .iter()
+            .map_err(|x| e(x.into()))?
+            .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(|x| e(x.into()))?;
+        for (k, mut v) in rows {
+            ms(&mut v);
+            t.insert(k.as_slice(), v.as_slice()).map_err(|x| e(x.into()))?;
+        }
+    }
+    Ok(())
+}
+
 fn owned(t: &Table<'_>, k: &[u8]) -> Result<Option<Vec<u8>>, redb::StorageError> {
     Ok(t.get(k)?.map(|v| v.value().to_vec()))
 }

@@ -234,3 +234,40 @@ fn a_store_of_another_layout_version_is_refused_by_name() {
     assert!(text.contains("layout version 99") && text.contains(FILE_NAME), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A store written by a build of layout version 1 (rows stamped in seconds) is converted on
+/// opening: it restores what the model, stamped in milliseconds, restores.
+#[test]
+fn a_version_1_store_is_converted_to_milliseconds() {
+    let dir = temp_dir("v1");
+    let mut rng = Rng(99);
+    let mut key = 0;
+    let ops: Vec<PersistOp> = (0..300).map(|_| random_op(&mut rng, &mut key)).collect();
+    let mut model = Replay::new();
+    {
+        // Written as version 1 would: stamps in seconds.
+        let store = Store::open(&dir).unwrap();
+        for (i, chunk) in ops.chunks(30).enumerate() {
+            let secs = 1_000 + i as u64;
+            store.apply(chunk, secs, false).unwrap();
+            for op in chunk {
+                model.apply(op.clone(), secs * 1000);
+            }
+        }
+        store.apply(&[], 1_009, true).unwrap();
+        model.note_time(1_009_000);
+    }
+    {
+        let db = redb::Database::create(dir.join(FILE_NAME)).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let meta: redb::TableDefinition<'_, &str, u64> = redb::TableDefinition::new("meta");
+            tx.open_table(meta).unwrap().insert("format", 1).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = Store::open(&dir).unwrap();
+    for now in [1_020_000, 1_070_500, 1_200_000] {
+        assert_eq!(store.load(now).unwrap(), model.snapshot(now), "at {now} ms");
+    }
+}
