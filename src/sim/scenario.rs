@@ -1002,11 +1002,16 @@ impl Run {
             connects: Vec<Instant>,
             ends: Vec<(Instant, CloseReason, u32)>,
             live: u32,
+            /// A broker restart ended one of its connections (with no event).
+            cut: bool,
         }
         let mut lines: BTreeMap<String, Timeline> = BTreeMap::new();
         for (t, n) in notes {
             match n {
-                BrokerNote::Restarted => lines.values_mut().for_each(|l| l.live = 0),
+                BrokerNote::Restarted => lines.values_mut().for_each(|l| {
+                    l.cut |= l.live > 0;
+                    l.live = 0;
+                }),
                 BrokerNote::Event(B::Connected { client_id, .. })
                     if client_id.as_str().starts_with("w-") =>
                 {
@@ -1063,8 +1068,7 @@ impl Run {
             }
             // A restart while a connection was up ends it with no event; the restored session
             // may then publish the will (a crash counts as an abnormal end).
-            let after_restart = restarts.iter().any(|&r| r >= first);
-            if due == 0 && received > 0 && !after_restart {
+            if due == 0 && received > 0 && !l.cut {
                 if not_due > 0 {
                     self.violations.push(format!(
                         "the will of {id} was published ({received}x) though each end of its \
