@@ -14,31 +14,120 @@ use super::ms;
 pub(super) struct Monitor {
     client: usize,
     name: String,
-    up: Decoder,
-    up_buf: BytesMut,
-    down: Option<Decoder>,
-    down_buf: BytesMut,
+    /// Client to broker, and broker to client.
+    up: Flow,
+    down: Flow,
     v5: bool,
-    /// Limits the client announced in CONNECT.
-    client_max_packet: u32,
-    client_receive_max: u16,
-    client_alias_max: u16,
-    /// Limits the broker announced in CONNACK.
-    broker_max_packet: u32,
-    broker_receive_max: u16,
-    broker_alias_max: u16,
-    /// QoS 1 and 2 packet identifiers in use, each direction.
-    down_inflight: BTreeSet<u16>,
-    up_inflight: BTreeSet<u16>,
-    /// QoS 1/2 PUBLISH identifiers not yet answered with PUBACK/PUBREC, in arrival order,
-    /// and PUBRECs not yet answered with PUBREL: each side must answer in order
-    /// ([MQTT-4.6.0-2..4]).
-    up_unanswered: VecDeque<u16>,
-    down_unanswered: VecDeque<u16>,
-    up_recs: VecDeque<u16>,
-    down_recs: VecDeque<u16>,
     /// A direction that failed to decode is not decoded further.
     broken: bool,
+}
+
+/// One direction of a connection, as its sender uses it.
+#[derive(Debug)]
+struct Flow {
+    /// `None` until the protocol version is known (the broker's side, before CONNECT).
+    decoder: Option<Decoder>,
+    buf: BytesMut,
+    /// The limits the receiver announced (CONNECT or CONNACK).
+    max_packet: u32,
+    receive_max: u16,
+    alias_max: u16,
+    /// The sender's QoS 1 and 2 packet identifiers in use.
+    inflight: BTreeSet<u16>,
+    /// The sender's QoS 1/2 PUBLISH packets not yet answered with PUBACK/PUBREC, in order, and
+    /// its PUBRECs not yet answered with PUBREL: each is answered in order ([MQTT-4.6.0-2..4]).
+    unanswered: VecDeque<u16>,
+    recs: VecDeque<u16>,
+}
+
+impl Flow {
+    fn new(decoder: Option<Decoder>) -> Self {
+        Self {
+            decoder,
+            buf: BytesMut::new(),
+            max_packet: u32::MAX,
+            receive_max: u16::MAX,
+            alias_max: 0,
+            inflight: BTreeSet::new(),
+            unanswered: VecDeque::new(),
+            recs: VecDeque::new(),
+        }
+    }
+
+    /// The next whole packet and its size; `Err` when the bytes do not decode.
+    fn next(&mut self) -> Result<Option<(Packet, usize)>, String> {
+        let Some(decoder) = self.decoder.as_mut() else {
+            // Nothing is due before CONNECT; the bytes wait until it is seen.
+            return Ok(None);
+        };
+        let before = self.buf.len();
+        match decoder.decode(&mut self.buf) {
+            Ok(Some(p)) => Ok(Some((p, before - self.buf.len()))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Checks a packet `from` sent against what the receiver announced, and the identifiers and
+/// answers `from` and `to` owe each other; `bad` records a broken rule.
+fn check_flow(
+    from: &mut Flow,
+    to: &mut Flow,
+    v5: bool,
+    packet: &Packet,
+    size: usize,
+    mut bad: impl FnMut(String),
+) {
+    if size > from.max_packet as usize {
+        bad(format!("sent a {size}-byte packet over the Maximum Packet Size {}", from.max_packet));
+    }
+    match packet {
+        Packet::Publish(p) => {
+            if let Some(alias) = p.properties.topic_alias
+                && alias.get() > from.alias_max
+            {
+                bad(format!(
+                    "used topic alias {alias} over the Topic Alias Maximum {}",
+                    from.alias_max
+                ));
+            }
+            if let (true, Some(id)) = (p.qos != QoS::AtMostOnce, p.packet_id) {
+                from.unanswered.push_back(id.get());
+                if !from.inflight.insert(id.get()) && !p.dup {
+                    bad(format!("reused packet id {id} while it was in flight"));
+                }
+                if v5 && from.inflight.len() > usize::from(from.receive_max) {
+                    bad(format!(
+                        "had {} QoS 1/2 publishes in flight, over the Receive Maximum {}",
+                        from.inflight.len(),
+                        from.receive_max
+                    ));
+                }
+            }
+        }
+        Packet::PubAck(a) | Packet::PubRec(a) => {
+            let id = a.packet_id.get();
+            if let Err(first) = answer_in_order(&mut to.unanswered, id) {
+                bad(format!("answered PUBLISH {id} before PUBLISH {first}"));
+            }
+            if matches!(packet, Packet::PubAck(_)) || a.reason_code.is_error() {
+                to.inflight.remove(&id);
+            } else {
+                from.recs.push_back(id);
+            }
+        }
+        Packet::PubComp(a) => {
+            to.inflight.remove(&a.packet_id.get());
+        }
+        Packet::PubRel(a) => {
+            let id = a.packet_id.get();
+            if let Err(first) = answer_in_order(&mut to.recs, id) {
+                bad(format!("sent PUBREL {id} before PUBREL {first}"));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Messages with a Message Expiry Interval the broker received, by payload: when it last
@@ -106,23 +195,9 @@ impl Monitor {
         Self {
             client,
             name: name.to_owned(),
-            up: Decoder::new(None, u32::MAX),
-            up_buf: BytesMut::new(),
-            down: None,
-            down_buf: BytesMut::new(),
+            up: Flow::new(Some(Decoder::new(None, u32::MAX))),
+            down: Flow::new(None),
             v5: false,
-            client_max_packet: u32::MAX,
-            client_receive_max: u16::MAX,
-            client_alias_max: 0,
-            broker_max_packet: u32::MAX,
-            broker_receive_max: u16::MAX,
-            broker_alias_max: 0,
-            down_inflight: BTreeSet::new(),
-            up_inflight: BTreeSet::new(),
-            up_unanswered: VecDeque::new(),
-            down_unanswered: VecDeque::new(),
-            up_recs: VecDeque::new(),
-            down_recs: VecDeque::new(),
             broken: false,
         }
     }
@@ -136,111 +211,22 @@ impl Monitor {
         expiries: &mut Expiries,
         violations: &mut Vec<String>,
     ) -> Vec<String> {
-        let mut lines = Vec::new();
-        if self.broken {
-            return lines;
-        }
-        self.up_buf.extend_from_slice(bytes);
-        loop {
-            let before = self.up_buf.len();
-            let packet = match self.up.decode(&mut self.up_buf) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(e) => {
-                    violations.push(format!(
-                        "{} client {} ({}) sent bytes that do not decode: {e}",
-                        ms(now),
-                        self.client,
-                        self.name
-                    ));
-                    self.broken = true;
-                    break;
-                }
-            };
-            let size = before - self.up_buf.len();
-            lines.push(format!(
-                "{} L{link} c{}({}) -> broker: {}",
-                ms(now),
-                self.client,
-                self.name,
-                summary(&packet)
-            ));
-            let mut bad = |what: String| {
-                violations.push(format!(
-                    "{} client {} ({}) {what}",
-                    ms(now),
-                    self.client,
-                    self.name
-                ))
-            };
-            if size > self.broker_max_packet as usize {
-                bad(format!(
-                    "sent a {size}-byte packet; the broker's Maximum Packet Size is {}",
-                    self.broker_max_packet
-                ));
+        self.observe(true, bytes, now, link, violations, |m, packet| match packet {
+            Packet::Connect(c) => {
+                m.v5 = c.protocol == ProtocolVersion::V5;
+                let p = &c.properties;
+                m.down.max_packet = p.maximum_packet_size.map_or(u32::MAX, |m| m.get());
+                m.down.receive_max = p.receive_maximum.map_or(u16::MAX, |m| m.get());
+                m.down.alias_max = p.topic_alias_maximum.unwrap_or(0);
+                m.down.decoder = Some(Decoder::new(Some(c.protocol), u32::MAX));
+                None
             }
-            match &packet {
-                Packet::Connect(c) => {
-                    self.v5 = c.protocol == ProtocolVersion::V5;
-                    let p = &c.properties;
-                    self.client_max_packet = p.maximum_packet_size.map_or(u32::MAX, |m| m.get());
-                    self.client_receive_max = p.receive_maximum.map_or(u16::MAX, |m| m.get());
-                    self.client_alias_max = p.topic_alias_maximum.unwrap_or(0);
-                    let mut d = Decoder::new(Some(c.protocol), u32::MAX);
-                    d.set_version(c.protocol);
-                    self.down = Some(d);
-                }
-                Packet::Publish(p) => {
-                    expiries.received(p, now);
-                    if let Some(alias) = p.properties.topic_alias
-                        && alias.get() > self.broker_alias_max
-                    {
-                        bad(format!(
-                            "used topic alias {alias}; the broker's Topic Alias Maximum is {}",
-                            self.broker_alias_max
-                        ));
-                    }
-                    if let (true, Some(id)) = (p.qos != QoS::AtMostOnce, p.packet_id) {
-                        self.up_unanswered.push_back(id.get());
-                        if !self.up_inflight.insert(id.get()) && !p.dup {
-                            bad(format!("reused packet id {id} while it was in flight"));
-                        }
-                        if self.v5 && self.up_inflight.len() > usize::from(self.broker_receive_max)
-                        {
-                            bad(format!(
-                                "had {} QoS 1/2 publishes in flight; the broker's Receive \
-                                 Maximum is {}",
-                                self.up_inflight.len(),
-                                self.broker_receive_max
-                            ));
-                        }
-                    }
-                }
-                Packet::PubAck(a) | Packet::PubRec(a) => {
-                    let id = a.packet_id.get();
-                    if let Err(first) = answer_in_order(&mut self.down_unanswered, id) {
-                        bad(format!("answered PUBLISH {id} before PUBLISH {first}"));
-                    }
-                    let done = matches!(packet, Packet::PubAck(_)) || a.reason_code.is_error();
-                    if done {
-                        self.down_inflight.remove(&id);
-                    } else {
-                        self.up_recs.push_back(id);
-                    }
-                }
-                Packet::PubComp(a) => {
-                    self.down_inflight.remove(&a.packet_id.get());
-                }
-                Packet::PubRel(a) => {
-                    let id = a.packet_id.get();
-                    if let Err(first) = answer_in_order(&mut self.down_recs, id) {
-                        bad(format!("sent PUBREL {id} before PUBREL {first}"));
-                    }
-                }
-                _ => {}
+            Packet::Publish(p) => {
+                expiries.received(p, now);
+                None
             }
-        }
-        lines
+            _ => None,
+        })
     }
 
     /// Bytes the broker sent to the client.
@@ -252,117 +238,79 @@ impl Monitor {
         expiries: &Expiries,
         violations: &mut Vec<String>,
     ) -> Vec<String> {
+        self.observe(false, bytes, now, link, violations, |m, packet| match packet {
+            Packet::ConnAck(c) => {
+                let p = &c.properties;
+                m.up.max_packet = p.maximum_packet_size.map_or(u32::MAX, |m| m.get());
+                m.up.receive_max = p.receive_maximum.map_or(u16::MAX, |m| m.get());
+                m.up.alias_max = p.topic_alias_maximum.unwrap_or(0);
+                None
+            }
+            Packet::Publish(p) => expiries.check_sent(p, now, m.v5),
+            Packet::Disconnect(d)
+                if d.reason_code == ReasonCode::ReceiveMaximumExceeded
+                    && m.up.inflight.len() <= usize::from(m.up.receive_max) =>
+            {
+                Some(format!(
+                    "claimed Receive Maximum {} was exceeded with {} in flight",
+                    m.up.receive_max,
+                    m.up.inflight.len()
+                ))
+            }
+            _ => None,
+        })
+    }
+
+    /// Decodes what one side sent, checks each packet (`special` adds what only that side's
+    /// packets carry) and returns the trace lines.
+    fn observe(
+        &mut self,
+        from_client: bool,
+        bytes: &Bytes,
+        now: Instant,
+        link: usize,
+        violations: &mut Vec<String>,
+        mut special: impl FnMut(&mut Self, &Packet) -> Option<String>,
+    ) -> Vec<String> {
         let mut lines = Vec::new();
         if self.broken {
             return lines;
         }
-        self.down_buf.extend_from_slice(bytes);
-        let Some(decoder) = self.down.as_mut() else {
-            // Nothing is due before CONNECT; keep the bytes until it is seen.
-            return lines;
+        let who = if from_client {
+            format!("client {} ({})", self.client, self.name)
+        } else {
+            format!("the broker, to client {} ({}),", self.client, self.name)
         };
+        let arrow = if from_client { "->" } else { "<-" };
+        if from_client { &mut self.up } else { &mut self.down }.buf.extend_from_slice(bytes);
         loop {
-            let before = self.down_buf.len();
-            let packet = match decoder.decode(&mut self.down_buf) {
-                Ok(Some(p)) => p,
+            let flow = if from_client { &mut self.up } else { &mut self.down };
+            let (packet, size) = match flow.next() {
+                Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(e) => {
-                    violations.push(format!(
-                        "{} the broker sent client {} ({}) bytes that do not decode: {e}",
-                        ms(now),
-                        self.client,
-                        self.name
-                    ));
+                    violations
+                        .push(format!("{} {who} sent bytes that do not decode: {e}", ms(now)));
                     self.broken = true;
                     break;
                 }
             };
-            let size = before - self.down_buf.len();
             lines.push(format!(
-                "{} L{link} broker -> c{}({}): {}",
+                "{} L{link} c{}({}) {arrow} broker: {}",
                 ms(now),
                 self.client,
                 self.name,
                 summary(&packet)
             ));
-            let (client, name) = (self.client, self.name.clone());
-            let mut bad = |what: String| {
-                violations
-                    .push(format!("{} the broker {what} to client {client} ({name})", ms(now)))
+            let mut bad = |what: String| violations.push(format!("{} {who} {what}", ms(now)));
+            let (from, to) = if from_client {
+                (&mut self.up, &mut self.down)
+            } else {
+                (&mut self.down, &mut self.up)
             };
-            if size > self.client_max_packet as usize {
-                bad(format!(
-                    "sent a {size}-byte packet over the Maximum Packet Size {}",
-                    self.client_max_packet
-                ));
-            }
-            match &packet {
-                Packet::ConnAck(c) => {
-                    let p = &c.properties;
-                    self.broker_max_packet = p.maximum_packet_size.map_or(u32::MAX, |m| m.get());
-                    self.broker_receive_max = p.receive_maximum.map_or(u16::MAX, |m| m.get());
-                    self.broker_alias_max = p.topic_alias_maximum.unwrap_or(0);
-                }
-                Packet::Publish(p) => {
-                    if let Some(problem) = expiries.check_sent(p, now, self.v5) {
-                        bad(problem);
-                    }
-                    if let Some(alias) = p.properties.topic_alias
-                        && alias.get() > self.client_alias_max
-                    {
-                        bad(format!(
-                            "used topic alias {alias} over the Topic Alias Maximum {}",
-                            self.client_alias_max
-                        ));
-                    }
-                    if let (true, Some(id)) = (p.qos != QoS::AtMostOnce, p.packet_id) {
-                        self.down_unanswered.push_back(id.get());
-                        if !self.down_inflight.insert(id.get()) && !p.dup {
-                            bad(format!("reused packet id {id} while in flight"));
-                        }
-                        if self.v5
-                            && self.down_inflight.len() > usize::from(self.client_receive_max)
-                        {
-                            bad(format!(
-                                "had {} QoS 1/2 publishes in flight, over the Receive Maximum {}",
-                                self.down_inflight.len(),
-                                self.client_receive_max
-                            ));
-                        }
-                    }
-                }
-                Packet::PubAck(a) | Packet::PubRec(a) => {
-                    let id = a.packet_id.get();
-                    if let Err(first) = answer_in_order(&mut self.up_unanswered, id) {
-                        bad(format!("answered PUBLISH {id} before PUBLISH {first}"));
-                    }
-                    let done = matches!(packet, Packet::PubAck(_)) || a.reason_code.is_error();
-                    if done {
-                        self.up_inflight.remove(&id);
-                    } else {
-                        self.down_recs.push_back(id);
-                    }
-                }
-                Packet::PubComp(a) => {
-                    self.up_inflight.remove(&a.packet_id.get());
-                }
-                Packet::PubRel(a) => {
-                    let id = a.packet_id.get();
-                    if let Err(first) = answer_in_order(&mut self.up_recs, id) {
-                        bad(format!("sent PUBREL {id} before PUBREL {first}"));
-                    }
-                }
-                Packet::Disconnect(d)
-                    if d.reason_code == ReasonCode::ReceiveMaximumExceeded
-                        && self.up_inflight.len() <= usize::from(self.broker_receive_max) =>
-                {
-                    bad(format!(
-                        "claimed Receive Maximum {} was exceeded with {} in flight",
-                        self.broker_receive_max,
-                        self.up_inflight.len()
-                    ));
-                }
-                _ => {}
+            check_flow(from, to, self.v5, &packet, size, &mut bad);
+            if let Some(problem) = special(self, &packet) {
+                bad(problem);
             }
         }
         lines
