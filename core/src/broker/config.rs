@@ -255,7 +255,7 @@ pub enum PlantedBug {
     #[default]
     None,
     /// A QoS 2 PUBLISH resent (DUP) before its PUBREL is delivered to subscribers again
-    /// instead of only being acknowledged: breaks exactly-once [MQTT-4.3.3-?].
+    /// instead of only being acknowledged: breaks exactly-once delivery (section 4.3.3).
     RedeliverResentQos2,
 }
 

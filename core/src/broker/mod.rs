@@ -324,6 +324,19 @@ impl Conn {
     }
 }
 
+impl Owing {
+    /// Adds an answer to the back of the line (`None`: a place held for it); returns its
+    /// token.
+    fn push(&mut self, id: PacketId, qos: QoS, packet: Option<Packet>) -> u64 {
+        let token = self.next_answer;
+        self.next_answer += 1;
+        let qos1 = qos == QoS::AtLeastOnce;
+        self.qos1 += u32::from(qos1);
+        self.answers.push_back(Owed { token, id, qos1, packet });
+        token
+    }
+}
+
 /// A PUBACK or PUBREC a connection owes: `packet` is `None` while it is withheld.
 #[derive(Debug)]
 struct Owed {
@@ -2146,16 +2159,7 @@ impl Broker {
     /// Holds a place for the PUBACK/PUBREC of `id` in the connection's answer order; returns
     /// the token that fills it ([`answer`](Self::answer)).
     fn withhold_answer(&mut self, index: u32, id: PacketId, qos: QoS) -> u64 {
-        let Some(c) = self.slot_conn(index) else {
-            return 0;
-        };
-        let o = c.owing();
-        let token = o.next_answer;
-        o.next_answer += 1;
-        let qos1 = qos == QoS::AtLeastOnce;
-        o.qos1 += u32::from(qos1);
-        o.answers.push_back(Owed { token, id, qos1, packet: None });
-        token
+        self.slot_conn(index).map_or(0, |c| c.owing().push(id, qos, None))
     }
 
     /// Sends a PUBACK/PUBREC on `conn` once those owed before it are sent: fills the place
@@ -2186,11 +2190,7 @@ impl Broker {
                 None => return,
             },
             None => {
-                let token = o.next_answer;
-                o.next_answer += 1;
-                let qos1 = qos == QoS::AtLeastOnce;
-                o.qos1 += u32::from(qos1);
-                o.answers.push_back(Owed { token, id, qos1, packet: Some(packet) });
+                o.push(id, qos, Some(packet));
             }
         }
         let mut ready = Vec::new();
