@@ -26,7 +26,7 @@ use crate::codec::ReasonCode;
 use crate::time::Instant;
 
 /// Bytes handed to one connection's writer and not yet reported written, at most.
-pub const WRITE_WINDOW: usize = 256 * 1024;
+pub const WRITE_WINDOW: usize = 64 * 1024;
 
 /// What the runtime must do next.
 #[derive(Debug)]

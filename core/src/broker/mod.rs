@@ -37,7 +37,9 @@
 //!   or `max_queued_bytes` bytes is dropped, whatever its QoS, and counted in
 //!   [`Stats::dropped_queue_full`]. A connection with more than `max_outbound_bytes` unwritten
 //!   loses new QoS 0 messages ([`Stats::dropped_slow_consumer`]); its QoS 1 and 2 messages wait
-//!   in the session queue. Control packets are never dropped.
+//!   in the session queue. Control packets are never dropped. A live subscriber with more than
+//!   64 KiB unwritten pauses the QoS 0 publisher feeding it ([`Event::PauseInput`]) until its
+//!   output is written, so it loses nothing while it keeps reading.
 //! - **QoS 2 inbound** is delivered onward when the PUBLISH arrives; the packet identifier is
 //!   then held until PUBREL so that a resent PUBLISH is not delivered twice.
 //! - **Shared subscriptions** pick a member per [`SharedPolicy`], preferring members that are
@@ -349,6 +351,11 @@ struct Owed {
 /// Most answers (or PUBRELs and PUBCOMPs waiting for the store) one connection may be owed: a
 /// client with more in flight than there are packet identifiers is closed.
 const MAX_OWED: usize = u16::MAX as usize;
+
+/// Unwritten bytes of a live subscriber beyond which the QoS 0 publisher feeding it is paused
+/// (`max_outbound_bytes`, when lower, applies instead). Small, so that a fast publisher's burst
+/// fanned out to many subscribers waits in the publisher's socket, not in the broker's memory.
+const PAUSE_PUBLISHERS_AT: usize = 64 * 1024;
 
 /// Output a connection's tail buffer collects before it joins the output queue.
 const TAIL_CHUNK: usize = 32 * 1024;
@@ -2380,16 +2387,18 @@ impl Broker {
         });
         if let Some((index, unwritten, receive_max)) = conn {
             if d.qos == QoS::AtMostOnce {
-                if unwritten <= max_out {
-                    self.write_publish(now, index, &d, None, false);
-                } else if let Some(publisher) = self.publisher
-                    && !s.slow
-                    && s.conn != Some(publisher)
-                    && !self.config.max_ack_delay.is_zero()
+                let publisher = self.publisher.filter(|&p| {
+                    !s.slow && s.conn != Some(p) && !self.config.max_ack_delay.is_zero()
+                });
+                if let Some(publisher) = publisher
+                    && unwritten > max_out.min(PAUSE_PUBLISHERS_AT)
                 {
-                    // A live subscriber behind: it gets the message and the publisher waits.
+                    // A live subscriber behind: it gets the message and the publisher waits,
+                    // so a burst waits in the publisher's socket rather than in memory here.
                     self.write_publish(now, index, &d, None, false);
                     self.throttle(now, si, publisher);
+                } else if unwritten <= max_out {
+                    self.write_publish(now, index, &d, None, false);
                 } else {
                     self.stats.dropped_slow_consumer += 1;
                 }
