@@ -349,3 +349,60 @@ fn mqtt_4_13_1_1_a_malformed_packet_closes_with_its_reason_code() {
     assert_eq!(reason_of_disconnect(&out), Some(ReasonCode::MalformedPacket), "{out:?}");
     assert!(h.is_closed(&mut p));
 }
+
+/// One message fanned out to subscribers of every form (both versions, each QoS, Retain As
+/// Published on and off, one with a Subscription Identifier) reaches each as if it had been
+/// encoded for it alone: its QoS, RETAIN flag, properties and a Packet Identifier of its own
+/// session. The broker encodes a message once per form and copies it; this checks the copies.
+#[test]
+fn a_message_fanned_out_in_every_form_reaches_each_subscriber_as_its_own() {
+    let mut h = Harness::new();
+    let mut subs = Vec::new();
+    for v in both() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for rap in [false, true] {
+                if v == V311 && rap {
+                    continue;
+                }
+                let mut p = h.connect(v, &format!("s-{v:?}-{qos:?}-{rap}"), true);
+                let opts = SubscriptionOptions {
+                    retain_as_published: rap,
+                    ..SubscriptionOptions::qos(qos)
+                };
+                h.subscribe_opts(&mut p, "t/#", opts);
+                subs.push((p, v, qos, rap));
+            }
+        }
+    }
+    // A session whose earlier delivery used packet identifier 1: the copies must not reuse it.
+    let (mut busy, _, _, _) = subs.remove(1); // MQTT 3.1.1, QoS 1
+    let publisher = h.connect(V5, "pub", true);
+    let mut first = publish("t/a", b"first", QoS::AtLeastOnce, 7);
+    first.properties.user_properties.push(up("k", "v"));
+    h.send(&publisher, first);
+    let earlier = h.recv_publishes(&mut busy);
+    assert_eq!(earlier.len(), 1);
+    let mut msg = publish("t/a", b"payload", QoS::ExactlyOnce, 8);
+    msg.retain = true;
+    msg.properties.user_properties.push(up("k", "v"));
+    h.send(&publisher, msg);
+    let again = h.recv_publishes(&mut busy);
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].packet_id, earlier[0].packet_id, "a packet identifier still in use");
+    for (p, v, qos, rap) in &mut subs {
+        let got = h.recv_publishes(p);
+        assert_eq!(got.len(), 2, "{v:?} {qos:?} rap {rap}");
+        let m = &got[1];
+        assert_eq!(m.topic.as_str(), "t/a");
+        assert_eq!(&m.payload[..], b"payload");
+        assert_eq!(m.qos, *qos);
+        assert!(!m.dup);
+        assert_eq!(m.retain, *rap, "{v:?} {qos:?}: RETAIN is kept only with Retain As Published");
+        assert_eq!(m.packet_id.is_some(), *qos != QoS::AtMostOnce);
+        if *qos != QoS::AtMostOnce {
+            assert_ne!(m.packet_id, got[0].packet_id, "{v:?} {qos:?}: identifiers reused");
+        }
+        let props = if *v == V5 { vec![up("k", "v")] } else { Vec::new() };
+        assert_eq!(m.properties.user_properties, props, "{v:?} {qos:?}");
+    }
+}

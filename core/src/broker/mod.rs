@@ -75,8 +75,8 @@ use tree::{Entry, GroupRef, SubTree};
 use crate::codec::{
     AckProperties, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Decoder,
     Disconnect, Encoder, MAX_PACKET_SIZE, MqttStr, Packet, PacketId, PayloadFormat,
-    ProtocolVersion, PubAck, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    ProtocolVersion, PubAck, Publish, PublishProperties, PublishRef, QoS, ReasonCode, SubAck,
+    Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::time::{Duration, Instant};
 use crate::topic::{TopicFilter, TopicName};
@@ -438,9 +438,9 @@ impl Conn {
         }
     }
 
-    fn push_payload(&mut self, payload: Bytes) {
+    fn push_payload(&mut self, payload: &Bytes) {
         if payload.len() < COPY_PAYLOAD_BELOW {
-            self.tail.extend_from_slice(&payload);
+            self.tail.extend_from_slice(payload);
         } else {
             if !self.tail.is_empty() {
                 let head = self.tail.split().freeze();
@@ -448,7 +448,7 @@ impl Conn {
                 self.out.push_back(head);
             }
             self.out_bytes += payload.len();
-            self.out.push_back(payload);
+            self.out.push_back(payload.clone());
         }
     }
 }
@@ -2584,42 +2584,47 @@ impl Broker {
         let Some(c) = self.slot_conn(index) else {
             return false;
         };
-        let v5 = c.v5();
-        let mut publish = Publish {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic: d.msg.topic.clone(),
-            packet_id: id,
-            properties: PublishProperties::default(),
-            payload: d.msg.payload.clone(),
-        };
+        let msg = &*d.msg;
+        let empty = TopicName::empty();
+        let mut topic = &msg.topic;
+        let mut own = None::<PublishProperties>;
         let mut alias = None;
-        if v5 {
-            publish.properties = d.msg.properties.clone();
-            publish.properties.subscription_identifiers.clone_from(&d.sub_ids);
-            if let Some(at) = d.msg.expires_at {
+        // MQTT 5 properties that differ per subscriber; without them the message's own
+        // properties are written as they are, uncopied.
+        if c.v5() && (!d.sub_ids.is_empty() || msg.expires_at.is_some() || c.out_aliases.is_some())
+        {
+            let props = own.insert(msg.properties.clone());
+            props.subscription_identifiers.clone_from(&d.sub_ids);
+            if let Some(at) = msg.expires_at {
                 // [MQTT-3.3.2-6]: the interval left, rounded up.
                 let left = at.saturating_duration_since(now);
                 let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                publish.properties.message_expiry_interval =
-                    Some(u32::try_from(secs).unwrap_or(u32::MAX));
+                props.message_expiry_interval = Some(u32::try_from(secs).unwrap_or(u32::MAX));
             }
             if let Some(aliases) = &c.out_aliases {
-                let (a, known) = aliases.lookup(&publish.topic, c.alias_max);
-                publish.properties.topic_alias = NonZeroU16::new(a);
+                let (a, known) = aliases.lookup(&msg.topic, c.alias_max);
+                props.topic_alias = NonZeroU16::new(a);
                 if known {
-                    publish.topic = TopicName::empty();
+                    topic = &empty;
                 }
-                alias = Some((a, d.msg.topic.clone()));
+                alias = Some(a);
             }
         }
-        match c.encoder.encode_publish(&publish, &mut c.tail) {
-            Ok(payload) => {
-                c.push_payload(payload);
+        let publish = PublishRef {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id: id,
+            properties: own.as_ref().unwrap_or(&msg.properties),
+            payload: &msg.payload,
+        };
+        match c.encoder.encode_publish(publish, &mut c.tail) {
+            Ok(_) => {
+                c.push_payload(&msg.payload);
                 c.seal_full_tail();
-                if let (Some((a, topic)), Some(aliases)) = (alias, c.out_aliases.as_mut()) {
-                    aliases.commit(&topic, a);
+                if let (Some(a), Some(aliases)) = (alias, c.out_aliases.as_mut()) {
+                    aliases.commit(&msg.topic, a);
                 }
                 self.stats.messages_sent += 1;
                 self.mark_ready(index);

@@ -33,7 +33,7 @@ pub use properties::{
     MAX_SUBSCRIPTION_ID, PayloadFormat, PublishProperties, SubscribeProperties, SubscriptionId,
     UnsubscribeProperties, UserProperty, WillProperties, id as property_id,
 };
-pub use publish::{PubAck, Publish};
+pub use publish::{PubAck, Publish, PublishRef};
 pub use reason::{ConnectReturnCode, ReasonCode};
 pub use string::{MAX_STRING_LEN, MqttStr, StrError};
 pub use subscribe::{
@@ -378,7 +378,7 @@ impl Packet {
         let version = self.effective_version(version);
         self.check(version)?;
         let len = match self {
-            Self::Publish(p) => p.body_len(version),
+            Self::Publish(p) => p.view().body_len(version),
             _ => measure(|c| self.write_body(version, c)),
         };
         u32::try_from(len)
@@ -593,14 +593,15 @@ impl Encoder {
         Err(EncodeError::PacketTooLarge { size, max: self.max_packet_size })
     }
 
-    /// Writes a PUBLISH's fixed header, variable header and properties into `head` and returns
-    /// the payload to be written after them, without copying it: one payload shared by many
-    /// subscribers is only reference-counted. Same limits as [`encode`](Self::encode).
+    /// Writes a PUBLISH's fixed header, variable header and properties into `head`: everything
+    /// but the payload, which the caller writes after them, copied or as a buffer of its own
+    /// that many subscribers share. Returns the whole packet's size. Same limits as
+    /// [`encode`](Self::encode).
     pub fn encode_publish(
         &self,
-        publish: &Publish,
+        publish: PublishRef<'_>,
         head: &mut BytesMut,
-    ) -> Result<Bytes, EncodeError> {
+    ) -> Result<usize, EncodeError> {
         publish.check(self.version)?;
         let rl = publish.body_len(self.version);
         let rl = u32::try_from(rl)
@@ -615,6 +616,6 @@ impl Encoder {
         head.put_u8((3 << 4) | publish.flags());
         head.put_varint(rl);
         publish.write_head(self.version, head);
-        Ok(publish.payload.clone())
+        Ok(total)
     }
 }

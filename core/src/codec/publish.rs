@@ -42,8 +42,17 @@ impl Publish {
         }
     }
 
-    pub(crate) fn flags(&self) -> u8 {
-        (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
+    /// This PUBLISH by reference, for [`Encoder::encode_publish`](super::Encoder::encode_publish).
+    pub fn view(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: &self.properties,
+            payload: &self.payload,
+        }
     }
 
     #[inline]
@@ -81,6 +90,45 @@ impl Publish {
     }
 
     pub(crate) fn check(&self, version: ProtocolVersion) -> Result<(), EncodeError> {
+        self.view().check(version)
+    }
+
+    pub(crate) fn flags(&self) -> u8 {
+        self.view().flags()
+    }
+
+    pub(crate) fn write<S: Sink>(&self, version: ProtocolVersion, s: &mut S) {
+        self.view().write_head(version, s);
+        s.put_bytes(&self.payload);
+    }
+}
+
+/// A PUBLISH whose parts are borrowed: what a broker encodes for each subscriber of a message
+/// without copying or reference-counting the message's topic, properties and payload.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishRef<'a> {
+    /// DUP.
+    pub dup: bool,
+    /// QoS level.
+    pub qos: QoS,
+    /// RETAIN.
+    pub retain: bool,
+    /// Topic Name (empty only with a Topic Alias, MQTT 5).
+    pub topic: &'a TopicName,
+    /// Packet Identifier: present exactly when QoS is 1 or 2.
+    pub packet_id: Option<PacketId>,
+    /// Properties; not written in MQTT 3.1.1.
+    pub properties: &'a PublishProperties,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+impl PublishRef<'_> {
+    pub(crate) fn flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
+    }
+
+    pub(crate) fn check(&self, version: ProtocolVersion) -> Result<(), EncodeError> {
         match (self.qos, self.packet_id) {
             (QoS::AtMostOnce, Some(_)) => return Err(EncodeError::UnexpectedPacketId),
             (QoS::AtLeastOnce | QoS::ExactlyOnce, None) => {
@@ -106,7 +154,7 @@ impl Publish {
             len += 2;
         }
         if version.is_v5() {
-            len += properties::block_len(&self.properties);
+            len += properties::block_len(self.properties);
         }
         len
     }
@@ -118,13 +166,8 @@ impl Publish {
             s.put_u16(id.get());
         }
         if version.is_v5() {
-            properties::put(s, &self.properties);
+            properties::put(s, self.properties);
         }
-    }
-
-    pub(crate) fn write<S: Sink>(&self, version: ProtocolVersion, s: &mut S) {
-        self.write_head(version, s);
-        s.put_bytes(&self.payload);
     }
 }
 

@@ -157,9 +157,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         println!("{USAGE}");
         return Ok(());
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let rt = crate::tokio_runtime()
         .map_err(|e| format!("ternmq bench: cannot start the runtime: {e}"))?;
     rt.block_on(async {
         let mut rows = Vec::new();

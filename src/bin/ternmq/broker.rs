@@ -106,10 +106,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         Runtime::Smol => return serve_smol(settings),
         Runtime::Tokio => {}
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = crate::tokio_runtime().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(serve(settings))
 }
 

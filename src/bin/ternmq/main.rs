@@ -107,6 +107,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The Tokio runtime the broker and the load generator run on: one worker thread per CPU this
+/// process may use, or, on one CPU, everything on the calling thread, since a second thread
+/// there only adds a context switch to every hand-over between the broker core and the
+/// connections.
+fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut builder = if cpus > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build()
+}
+
 fn decode(args: &[String]) -> Result<(), String> {
     let mut version = Some(ProtocolVersion::V5);
     let mut hex = String::new();
