@@ -17,10 +17,13 @@
 //! the core's; this module only moves bytes and time.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
@@ -34,7 +37,7 @@ use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// Bytes one read may bring in.
@@ -234,11 +237,48 @@ async fn accept_loop(listener: TcpListener, index: u16, tx: mpsc::Sender<Input>)
 /// core's state, no buffers.
 #[derive(Debug, Default)]
 struct Shared {
-    out: Mutex<Vec<Bytes>>,
+    state: Mutex<Mail>,
     closing: AtomicBool,
     /// Reading is paused: a subscriber of what this client publishes is behind.
     paused: AtomicBool,
-    wake: Notify,
+}
+
+/// What the core task left for a connection's task, and how to wake it. (A `Notify` would do,
+/// but waiting on one makes every connection's future larger.)
+#[derive(Debug, Default)]
+struct Mail {
+    out: Vec<Bytes>,
+    /// Something changed since the connection's task last looked.
+    news: bool,
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    /// Tells the connection's task to look again, after `f` changed what it should see.
+    fn notify(&self, f: impl FnOnce(&mut Mail)) {
+        let waker = {
+            let mut mail = lock(&self.state);
+            f(&mut mail);
+            mail.news = true;
+            mail.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready once [`notify`](Self::notify) was called since the last time it was.
+    fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut mail = lock(&self.state);
+        if std::mem::take(&mut mail.news) {
+            return Poll::Ready(());
+        }
+        match &mut mail.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
 }
 
 type Handle = Arc<Shared>;
@@ -328,14 +368,11 @@ impl CoreTask {
     fn act(&mut self) {
         while let Some(action) = self.driver.poll_action() {
             match action {
-                Action::Write(h, chunks) => {
-                    lock(&h.out).extend(chunks);
-                    h.wake.notify_one();
-                }
+                Action::Write(h, chunks) => h.notify(|mail| mail.out.extend(chunks)),
                 // The connection's task writes what it holds, then closes.
                 Action::Close(h) => {
                     h.closing.store(true, Ordering::Release);
-                    h.wake.notify_one();
+                    h.notify(|_| {});
                 }
                 Action::PauseRead(h) => {
                     log::trace!("pause read");
@@ -344,7 +381,7 @@ impl CoreTask {
                 Action::ResumeRead(h) => {
                     log::trace!("resume read");
                     h.paused.store(false, Ordering::Release);
-                    h.wake.notify_one();
+                    h.notify(|_| {});
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
@@ -421,24 +458,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One connection: reads and hands the bytes to the core task; writes what the core task
 /// queued; closes when asked, after writing the rest.
+///
+/// An idle connection waits in the `select!` below, and this future's size is what each one
+/// costs: the states of a write or a send that has to wait are boxed, so that only a
+/// connection that is waiting for one holds them.
 async fn conn_loop(
     mut stream: TcpStream,
     id: ConnId,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Input>,
 ) {
-    let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        pending.append(&mut lock(&shared.out));
-        if !pending.is_empty() {
-            let total: usize = pending.iter().map(Bytes::len).sum();
-            let written = tokio::time::timeout(WRITE_TIMEOUT, write_all(&mut stream, &mut pending));
-            if !matches!(written.await, Ok(Ok(()))) {
-                let _ = tx.send(Input::Closed(id)).await;
-                return;
-            }
-            pending = Vec::new();
-            if tx.send(Input::Written(id, total)).await.is_err() {
+        let mut out = std::mem::take(&mut lock(&shared.state).out);
+        if !out.is_empty() {
+            let total: usize = out.iter().map(Bytes::len).sum();
+            let written = match write_now(&stream, &mut out) {
+                Ok(true) => true,
+                Ok(false) => {
+                    let rest =
+                        tokio::time::timeout(WRITE_TIMEOUT, write_all(&mut stream, &mut out));
+                    matches!(Box::pin(rest).await, Ok(Ok(())))
+                }
+                Err(_) => false,
+            };
+            let input = if written { Input::Written(id, total) } else { Input::Closed(id) };
+            let sent = match hand(&tx, input) {
+                Ok(sent) => sent,
+                Err(wait) => wait.await,
+            };
+            if !sent || !written {
                 return;
             }
             continue;
@@ -448,34 +496,74 @@ async fn conn_loop(
             return;
         }
         let paused = shared.paused.load(Ordering::Acquire);
-        tokio::select! {
-            ready = stream.readable(), if !paused => {
-                if ready.is_err() {
-                    let _ = tx.send(Input::Closed(id)).await;
-                    return;
-                }
+        // Both waits by polling, with no futures of their own to keep while idle.
+        let readable = std::future::poll_fn(|cx| {
+            if shared.poll_news(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if paused {
+                return Poll::Pending;
+            }
+            stream.poll_read_ready(cx).map(|ready| Some(ready.is_ok()))
+        })
+        .await;
+        let input = match readable {
+            None => continue,
+            Some(false) => Input::Closed(id),
+            Some(true) => {
                 // A buffer only once there is something to read: an idle connection holds none.
                 let mut buf = BytesMut::with_capacity(READ_CHUNK);
                 match stream.try_read_buf(&mut buf) {
-                    Ok(0) => {
-                        let _ = tx.send(Input::Closed(id)).await;
-                        return;
-                    }
-                    Ok(_) => {
-                        if tx.send(Input::Bytes(id, buf)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        let _ = tx.send(Input::Closed(id)).await;
-                        return;
-                    }
+                    Ok(0) => Input::Closed(id),
+                    Ok(_) => Input::Bytes(id, buf),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => Input::Closed(id),
                 }
             }
-            () = shared.wake.notified() => {}
+        };
+        let closed = matches!(input, Input::Closed(_));
+        let sent = match hand(&tx, input) {
+            Ok(sent) => sent,
+            Err(wait) => wait.await,
+        };
+        if !sent || closed {
+            return;
         }
     }
+}
+
+/// A send to the core task that has to wait for room.
+type Wait<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// Hands `input` to the core task: `Ok(false)` once the core task is gone. Most sends find
+/// room at once; one that has to wait is returned boxed, so that only a connection waiting
+/// for room carries the state of the wait.
+fn hand(tx: &mpsc::Sender<Input>, input: Input) -> Result<bool, Wait<'_>> {
+    match tx.try_send(input) {
+        Ok(()) => Ok(true),
+        Err(mpsc::error::TrySendError::Full(input)) => {
+            Err(Box::pin(async move { tx.send(input).await.is_ok() }))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+    }
+}
+
+/// Writes what the socket takes of `out` now, removing what was written: `Ok(true)` when that
+/// was all of it.
+fn write_now(stream: &TcpStream, out: &mut Vec<Bytes>) -> io::Result<bool> {
+    let mut first = 0;
+    while first < out.len() {
+        let slices: Vec<IoSlice<'_>> =
+            out[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        match stream.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => first = consume(out, first, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    out.drain(..first);
+    Ok(out.is_empty())
 }
 
 /// Writes every buffer in `bufs` with vectored writes, emptying it.
@@ -492,4 +580,25 @@ async fn write_all(write: &mut TcpStream, bufs: &mut Vec<Bytes>) -> io::Result<(
     }
     bufs.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What an idle connection costs this runtime is mostly its task, whose size is the
+    /// connection future's.
+    #[tokio::test]
+    async fn an_idle_connections_future_is_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut broker =
+            ternmq_core::broker::Broker::new(BrokerConfig::default(), Instant::ZERO).unwrap();
+        let id = broker.accept(Instant::ZERO, PeerInfo::default()).unwrap();
+        let fut = conn_loop(stream, id, Arc::default(), tx);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 256, "the connection future takes {size} bytes");
+    }
 }
