@@ -384,15 +384,10 @@ struct Conn {
     alias_max: u16,
     /// MQTT 5 Request Problem Information.
     problem_info: bool,
-    in_aliases: BTreeMap<u16, TopicName>,
     out_aliases: Option<Box<OutAliases>>,
     pending: Option<Box<PendingConnect>>,
-    auth_method: Option<MqttStr>,
-    /// A deferred authentication or authorization: input is held until it is resolved.
-    ticket: Option<u64>,
-    /// Answers to deferred authorizations, for the packet being handled again.
-    authz: Vec<(Action, alloc::string::String, bool)>,
-    held: BytesMut,
+    /// What only some connections use, allocated when one first does.
+    extra: Option<Box<ConnExtra>>,
     out: VecDeque<Bytes>,
     out_bytes: usize,
     tail: BytesMut,
@@ -404,7 +399,39 @@ struct Conn {
     owing: Option<Box<Owing>>,
 }
 
+/// The part of a connection's state that only some connections use: enhanced
+/// authentication, deferred decisions, topic aliases from the client. Boxed, so that an idle
+/// connection pays one pointer for it.
+#[derive(Debug, Default)]
+struct ConnExtra {
+    auth_method: Option<MqttStr>,
+    /// A deferred authentication or authorization: input is held until it is resolved.
+    ticket: Option<u64>,
+    /// Answers to deferred authorizations, for the packet being handled again.
+    authz: Vec<(Action, alloc::string::String, bool)>,
+    /// Input that arrived while a decision was deferred.
+    held: BytesMut,
+    /// Topic aliases the client set.
+    in_aliases: BTreeMap<u16, TopicName>,
+}
+
 impl Conn {
+    fn extra(&mut self) -> &mut ConnExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn ticket(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|x| x.ticket)
+    }
+
+    fn has_held(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| !x.held.is_empty())
+    }
+
+    fn auth_method(&self) -> Option<&MqttStr> {
+        self.extra.as_ref().and_then(|x| x.auth_method.as_ref())
+    }
+
     fn version(&self) -> ProtocolVersion {
         self.encoder.version()
     }
@@ -631,19 +658,15 @@ impl Broker {
             receive_max: u16::MAX,
             alias_max: 0,
             problem_info: true,
-            in_aliases: BTreeMap::new(),
             out_aliases: None,
             pending: None,
-            auth_method: None,
-            ticket: None,
-            held: BytesMut::new(),
+            extra: None,
             out: VecDeque::new(),
             out_bytes: 0,
             tail: BytesMut::new(),
             in_ready: false,
             owing: None,
             paused: 0,
-            authz: Vec::new(),
         };
         let index = match self.free_slots.pop() {
             Some(i) => i,
@@ -681,14 +704,15 @@ impl Broker {
             return;
         }
         c.last_recv = now;
-        if c.ticket.is_some() || !c.held.is_empty() {
-            c.held.extend_from_slice(buf);
+        if c.ticket().is_some() || c.has_held() {
+            let x = c.extra();
+            x.held.extend_from_slice(buf);
             buf.clear();
-            if c.ticket.is_none() {
-                let mut held = core::mem::take(&mut c.held);
+            if x.ticket.is_none() {
+                let mut held = core::mem::take(&mut x.held);
                 self.process(now, conn.index, &mut held);
                 if let Some(c) = self.slot_conn(conn.index) {
-                    c.held = held;
+                    c.extra().held = held;
                 }
             }
             return;
@@ -742,10 +766,10 @@ impl Broker {
         let Some(c) = self.conn_mut(conn) else {
             return;
         };
-        if c.ticket != Some(ticket.0) {
+        if c.ticket() != Some(ticket.0) {
             return;
         }
-        c.ticket = None;
+        c.extra().ticket = None;
         let decision = match decision {
             AuthDecision::Defer => AuthDecision::Deny(ReasonCode::UnspecifiedError),
             d => d,
@@ -763,16 +787,17 @@ impl Broker {
         let Some(c) = self.conn_mut(conn) else {
             return;
         };
-        if c.ticket != Some(ticket.0) {
+        if c.ticket() != Some(ticket.0) {
             return;
         }
-        c.ticket = None;
-        c.authz.push((action, topic, allowed));
+        let x = c.extra();
+        x.ticket = None;
+        x.authz.push((action, topic, allowed));
         self.handle_packet(now, conn.index, packet);
-        if let Some(c) = self.conn_mut(conn)
-            && c.ticket.is_none()
+        if let Some(x) = self.conn_mut(conn).and_then(|c| c.extra.as_mut())
+            && x.ticket.is_none()
         {
-            c.authz.clear();
+            x.authz.clear();
         }
         self.resume_held(now, conn);
     }
@@ -780,13 +805,13 @@ impl Broker {
     /// Handles the input held while a decision was pending, in order.
     fn resume_held(&mut self, now: Instant, conn: ConnId) {
         if let Some(c) = self.conn_mut(conn)
-            && !c.held.is_empty()
-            && c.ticket.is_none()
+            && c.has_held()
+            && c.ticket().is_none()
         {
-            let mut held = core::mem::take(&mut c.held);
+            let mut held = core::mem::take(&mut c.extra().held);
             self.process(now, conn.index, &mut held);
             if let Some(c) = self.slot_conn(conn.index) {
-                c.held = held;
+                c.extra().held = held;
             }
         }
     }
@@ -1064,8 +1089,10 @@ impl Broker {
             return;
         }
         s.timer_at = None;
-        let held_acks = s.parked.front().is_some_and(|p| p.since + delay <= now);
-        let held_publishers = s.throttled_since.is_some_and(|t| t + delay <= now);
+        let flow = s.flow.as_deref();
+        let held_acks = flow.and_then(|f| f.parked.front()).is_some_and(|p| p.since + delay <= now);
+        let held_publishers =
+            flow.and_then(|f| f.throttled_since).is_some_and(|t| t + delay <= now);
         if held_acks || held_publishers {
             // Held publishers back too long: a slow consumer.
             s.slow = true;
@@ -1108,9 +1135,9 @@ impl Broker {
                 buf.clear();
                 return;
             }
-            if c.ticket.is_some() {
+            if c.ticket().is_some() {
                 if !buf.is_empty() {
-                    c.held.extend_from_slice(buf);
+                    c.extra().held.extend_from_slice(buf);
                     buf.clear();
                 }
                 return;
@@ -1197,8 +1224,10 @@ impl Broker {
         };
         c.phase = Phase::Closing;
         c.pending = None;
-        c.held = BytesMut::new();
-        let ticket = c.ticket.take();
+        let ticket = c.extra.as_mut().and_then(|x| {
+            x.held = BytesMut::new();
+            x.ticket.take()
+        });
         let session = core::mem::replace(&mut c.session, NO_SESSION);
         let client_id = c.client_id.clone();
         if let Some(t) = ticket {
@@ -1384,8 +1413,11 @@ impl Broker {
         packet: impl FnOnce() -> Packet,
     ) -> Option<bool> {
         let c = self.slot_conn(index)?;
-        if let Some((_, _, answer)) = c.authz.iter().find(|(a, t, _)| *a == action && t == topic) {
-            return Some(*answer);
+        let answer = c.extra.as_ref().and_then(|x| {
+            x.authz.iter().find(|(a, t, _)| *a == action && t == topic).map(|&(_, _, yes)| yes)
+        });
+        if answer.is_some() {
+            return answer;
         }
         let (client_id, username, peer) =
             (c.client_id.clone().unwrap_or_default(), c.username.clone(), c.peer.clone());
@@ -1397,7 +1429,7 @@ impl Broker {
                 self.next_ticket += 1;
                 let conn = self.conn_id(index);
                 if let Some(c) = self.slot_conn(index) {
-                    c.ticket = Some(ticket);
+                    c.extra().ticket = Some(ticket);
                 }
                 self.pending_authz.insert(ticket, (conn, packet(), action, topic.into()));
                 self.events.push_back(Event::AuthorizeRequired {
@@ -1541,7 +1573,14 @@ impl Broker {
             return;
         };
         let request = AuthRequest { peer: c.peer.clone(), ..request };
-        c.auth_method = method.as_ref().map(MqttStr::detach);
+        match method {
+            Some(m) => c.extra().auth_method = Some(m.detach()),
+            None => {
+                if let Some(x) = c.extra.as_mut() {
+                    x.auth_method = None;
+                }
+            }
+        }
         c.pending = Some(Box::new(PendingConnect { connect, client_id, assigned }));
         c.phase = Phase::Authenticating;
         self.ask_authenticator(now, index, request);
@@ -1557,7 +1596,7 @@ impl Broker {
             self.next_ticket += 1;
             let conn = self.conn_id(index);
             if let Some(c) = self.slot_conn(index) {
-                c.ticket = Some(ticket);
+                c.extra().ticket = Some(ticket);
             }
             self.pending_auth.insert(ticket, conn);
             self.events.push_back(Event::AuthRequired {
@@ -1575,7 +1614,7 @@ impl Broker {
             return;
         };
         let connecting = c.phase == Phase::Authenticating;
-        let method = c.auth_method.clone();
+        let method = c.auth_method().cloned();
         match decision {
             AuthDecision::Allow | AuthDecision::AllowWithData(_) if connecting => {
                 let data = match decision {
@@ -1631,7 +1670,9 @@ impl Broker {
         };
         // The method may not change, and re-authentication needs one from CONNECT
         // ([MQTT-4.12.0-5], [MQTT-4.12.1-1]).
-        if c.auth_method.is_none() || auth.properties.authentication_method != c.auth_method {
+        if c.auth_method().is_none()
+            || auth.properties.authentication_method.as_ref() != c.auth_method()
+        {
             return self.auth_failed(now, index, connecting, ReasonCode::ProtocolError);
         }
         let (client_id, username, password) = match &c.pending {
@@ -1645,7 +1686,7 @@ impl Broker {
             client_id,
             username,
             password,
-            method: c.auth_method.clone(),
+            method: c.auth_method().cloned(),
             data: auth.properties.authentication_data,
             peer: c.peer.clone(),
             protocol: c.version(),
@@ -1847,7 +1888,7 @@ impl Broker {
             return;
         };
         if v5 {
-            props.authentication_method = c.auth_method.clone();
+            props.authentication_method = c.auth_method().cloned();
             props.authentication_data = auth_data;
         }
         c.session = si;
@@ -1965,12 +2006,12 @@ impl Broker {
                 return self.violation(now, index, ReasonCode::TopicAliasInvalid);
             }
             if p.topic.is_empty() {
-                match c.in_aliases.get(&alias.get()) {
+                match c.extra.as_ref().and_then(|x| x.in_aliases.get(&alias.get())) {
                     Some(t) => p.topic = t.clone(),
                     None => return self.violation(now, index, ReasonCode::ProtocolError),
                 }
             } else {
-                c.in_aliases.insert(alias.get(), p.topic.clone());
+                c.extra().in_aliases.insert(alias.get(), p.topic.clone());
             }
         }
         if p.qos > max_qos {
@@ -2147,7 +2188,7 @@ impl Broker {
         if let Some(target) = congested {
             // Withheld until `target`'s queue has room (`max_ack_delay`).
             if let Some(s) = self.session_mut(target) {
-                s.parked.push_back(ack);
+                s.flow().parked.push_back(ack);
             }
             self.stats.acks_delayed += 1;
             self.arm_session_timer(target);
@@ -2441,12 +2482,13 @@ impl Broker {
         let Some(s) = self.session_mut(si) else {
             return;
         };
-        if s.throttling.contains(&publisher) {
+        let flow = s.flow();
+        if flow.throttling.contains(&publisher) {
             return;
         }
-        s.throttling.push(publisher);
-        let first = s.throttled_since.is_none();
-        s.throttled_since.get_or_insert(now);
+        flow.throttling.push(publisher);
+        let first = flow.throttled_since.is_none();
+        flow.throttled_since.get_or_insert(now);
         if let Some(c) = self.conn_mut(publisher) {
             c.paused += 1;
             if c.paused == 1 {
@@ -2461,14 +2503,14 @@ impl Broker {
 
     /// Resumes the publishers session `si` paused.
     fn release_throttle(&mut self, si: u32) {
-        let Some(s) = self.session_mut(si) else {
+        let Some(flow) = self.session_mut(si).and_then(|s| s.flow.as_deref_mut()) else {
             return;
         };
-        s.throttled_since = None;
-        if s.throttling.is_empty() {
+        flow.throttled_since = None;
+        if flow.throttling.is_empty() {
             return;
         }
-        for p in core::mem::take(&mut s.throttling) {
+        for p in core::mem::take(&mut flow.throttling) {
             if let Some(c) = self.conn_mut(p) {
                 c.paused = c.paused.saturating_sub(1);
                 if c.paused == 0 && c.phase != Phase::Closing {
@@ -2480,13 +2522,13 @@ impl Broker {
 
     /// Sends the acknowledgements session `si` withheld.
     fn release_parked(&mut self, si: u32) {
-        let Some(s) = self.session_mut(si) else {
+        let Some(flow) = self.session_mut(si).and_then(|s| s.flow.as_deref_mut()) else {
             return;
         };
-        if s.parked.is_empty() {
+        if flow.parked.is_empty() {
             return;
         }
-        let parked = core::mem::take(&mut s.parked);
+        let parked = core::mem::take(&mut flow.parked);
         for p in parked {
             self.release_ack(p);
         }
@@ -2555,7 +2597,7 @@ impl Broker {
             if s.slow && s.queue.len() <= max_msgs / 2 {
                 s.slow = false;
             }
-            if !s.parked.is_empty() && !s.queue_full(max_msgs, max_bytes, 0) {
+            if s.has_parked() && !s.queue_full(max_msgs, max_bytes, 0) {
                 self.release_parked(si);
             }
             if d.qos == QoS::AtMostOnce {

@@ -1,5 +1,6 @@
 //! Session state: what the broker keeps per client identifier across connections.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -109,17 +110,35 @@ pub(crate) struct Session {
     /// `inflight` with an identifier from [`allocate_id`](Self::allocate_id) (behind `next_id`)
     /// or, on restore, into a new session, whose count starts at zero.
     pub(crate) free_ahead: u16,
-    /// Publishers' acknowledgements withheld until this session's queue has room, oldest
-    /// first (see `BrokerConfig::max_ack_delay`).
-    pub(crate) parked: VecDeque<ParkedAck>,
+    /// Publishers this session holds back, allocated the first time it holds one: an idle
+    /// session pays one pointer for it.
+    pub(crate) flow: Option<Box<HeldBack>>,
     /// Held acknowledgements too long: messages beyond the limits are dropped until the queue
     /// drains to half.
     pub(crate) slow: bool,
+    /// Its state is in the persistence log (it outlives its connection).
+    pub(crate) persistent: bool,
+}
+
+/// How a session holds publishers back (see `BrokerConfig::max_ack_delay`).
+#[derive(Debug, Default)]
+pub(crate) struct HeldBack {
+    /// Publishers' acknowledgements withheld until this session's queue has room, oldest
+    /// first.
+    pub(crate) parked: VecDeque<ParkedAck>,
     /// Publishers whose input is paused because this session's output is full, and since when.
     pub(crate) throttling: Vec<ConnId>,
     pub(crate) throttled_since: Option<Instant>,
-    /// Its state is in the persistence log (it outlives its connection).
-    pub(crate) persistent: bool,
+}
+
+impl Session {
+    pub(crate) fn flow(&mut self) -> &mut HeldBack {
+        self.flow.get_or_insert_with(Box::default)
+    }
+
+    pub(crate) fn has_parked(&self) -> bool {
+        self.flow.as_ref().is_some_and(|f| !f.parked.is_empty())
+    }
 }
 
 /// A PUBACK or PUBREC withheld from a publisher.
@@ -157,18 +176,17 @@ impl Session {
             incoming_qos2: BTreeSet::new(),
             next_id: 1,
             free_ahead: 0,
-            parked: VecDeque::new(),
+            flow: None,
             slow: false,
-            throttling: Vec::new(),
-            throttled_since: None,
             persistent: false,
         }
     }
 
     /// The earliest of the will, expiry and withheld-acknowledgement deadlines.
     pub(crate) fn deadline(&self, max_ack_delay: core::time::Duration) -> Option<Instant> {
-        let parked = self.parked.front().map(|p| p.since + max_ack_delay);
-        let throttled = self.throttled_since.map(|t| t + max_ack_delay);
+        let flow = self.flow.as_deref();
+        let parked = flow.and_then(|f| f.parked.front()).map(|p| p.since + max_ack_delay);
+        let throttled = flow.and_then(|f| f.throttled_since).map(|t| t + max_ack_delay);
         [self.expires_at, self.will_at, parked, throttled].into_iter().flatten().min()
     }
 
