@@ -6,12 +6,16 @@
 //! takes its input in batches. Protocol decisions are the core's.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant as StdInstant};
 
+use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use smol::channel::{self, Receiver, Sender};
 use smol::{Async, Task, Timer, future};
@@ -199,30 +203,29 @@ async fn accept_loop(listener: Async<TcpListener>, index: u16, tx: Sender<Input>
     }
 }
 
-/// What the core task shares with one connection's task.
-#[derive(Debug)]
+/// What the core task shares with one connection's task: output to write, whether to close
+/// once it is written, whether reading is paused, and how to wake the task.
+#[derive(Debug, Default)]
 struct Shared {
     out: Mutex<Vec<Bytes>>,
     closing: AtomicBool,
     paused: AtomicBool,
-    wake_tx: Sender<()>,
-    wake_rx: Receiver<()>,
+    /// Something changed since the connection's task last looked.
+    news: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Shared {
-    fn new() -> Arc<Self> {
-        let (wake_tx, wake_rx) = channel::bounded(1);
-        Arc::new(Shared {
-            out: Mutex::new(Vec::new()),
-            closing: AtomicBool::new(false),
-            paused: AtomicBool::new(false),
-            wake_tx,
-            wake_rx,
-        })
+    /// Tells the connection's task to look again.
+    fn notify(&self) {
+        self.news.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
-    fn wake(&self) {
-        let _ = self.wake_tx.try_send(());
+    /// Ready once [`notify`](Self::notify) was called since the last time it was.
+    fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.news.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
     }
 }
 
@@ -299,7 +302,7 @@ impl Core {
         match input {
             Input::Accepted(stream, addr, listener) => {
                 let _ = stream.get_ref().set_nodelay(true);
-                let shared = Shared::new();
+                let shared = Arc::<Shared>::default();
                 let peer = PeerInfo { addr: Some(addr), listener };
                 match self.driver.accepted(now, peer, shared.clone()) {
                     Ok(id) => {
@@ -330,16 +333,16 @@ impl Core {
             match action {
                 Action::Write(h, chunks) => {
                     lock(&h.out).extend(chunks);
-                    h.wake();
+                    h.notify();
                 }
                 Action::Close(h) => {
                     h.closing.store(true, Ordering::Release);
-                    h.wake();
+                    h.notify();
                 }
                 Action::PauseRead(h) => h.paused.store(true, Ordering::Release),
                 Action::ResumeRead(h) => {
                     h.paused.store(false, Ordering::Release);
-                    h.wake();
+                    h.notify();
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
@@ -402,23 +405,32 @@ impl Core {
 
 /// One connection: reads and hands the bytes to the core task; writes what the core task
 /// queued; closes when asked, after writing the rest.
+///
+/// An idle connection waits in the `poll_fn` below, so its task is about as small as this
+/// future's locals: a write or a send that has to wait is boxed.
 async fn conn_loop(stream: Async<TcpStream>, id: ConnId, shared: Arc<Shared>, tx: Sender<Input>) {
-    let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        pending.append(&mut lock(&shared.out));
-        if !pending.is_empty() {
-            let total: usize = pending.iter().map(Bytes::len).sum();
-            let written =
-                future::or(async { Some(write_all(&stream, &mut pending).await) }, async {
-                    Timer::after(WRITE_TIMEOUT).await;
-                    None
-                });
-            if !matches!(written.await, Some(Ok(()))) {
-                let _ = tx.send(Input::Closed(id)).await;
-                return;
-            }
-            pending = Vec::new();
-            if tx.send(Input::Written(id, total)).await.is_err() {
+        let mut out = std::mem::take(&mut *lock(&shared.out));
+        if !out.is_empty() {
+            let total: usize = out.iter().map(Bytes::len).sum();
+            let written = match write_now(stream.get_ref(), &mut out) {
+                Ok(true) => true,
+                Ok(false) => {
+                    let rest =
+                        future::or(async { Some(write_all(&stream, &mut out).await) }, async {
+                            Timer::after(WRITE_TIMEOUT).await;
+                            None
+                        });
+                    matches!(Box::pin(rest).await, Some(Ok(())))
+                }
+                Err(_) => false,
+            };
+            let input = if written { Input::Written(id, total) } else { Input::Closed(id) };
+            let sent = match hand(&tx, input) {
+                Ok(sent) => sent,
+                Err(wait) => wait.await,
+            };
+            if !sent || !written {
                 return;
             }
             continue;
@@ -428,44 +440,76 @@ async fn conn_loop(stream: Async<TcpStream>, id: ConnId, shared: Arc<Shared>, tx
             return;
         }
         let paused = shared.paused.load(Ordering::Acquire);
-        let readable = async {
+        let readable = std::future::poll_fn(|cx| {
+            if shared.poll_news(cx).is_ready() {
+                return Poll::Ready(None);
+            }
             if paused {
-                future::pending::<()>().await;
+                return Poll::Pending;
             }
-            Some(stream.readable().await)
-        };
-        let woken = async {
-            let _ = shared.wake_rx.recv().await;
-            None
-        };
-        let Some(ready) = future::or(readable, woken).await else {
-            continue;
-        };
-        if ready.is_err() {
-            let _ = tx.send(Input::Closed(id)).await;
-            return;
-        }
-        // A buffer only once there is something to read: an idle connection holds none.
-        let mut buf = BytesMut::zeroed(READ_CHUNK);
-        let mut socket = stream.get_ref();
-        match socket.read(&mut buf) {
-            Ok(0) => {
-                let _ = tx.send(Input::Closed(id)).await;
-                return;
-            }
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.send(Input::Bytes(id, buf)).await.is_err() {
-                    return;
+            stream.poll_readable(cx).map(|ready| Some(ready.is_ok()))
+        })
+        .await;
+        let input = match readable {
+            None => continue,
+            Some(false) => Input::Closed(id),
+            Some(true) => {
+                // A buffer only once there is something to read: an idle connection holds none.
+                let mut buf = BytesMut::zeroed(READ_CHUNK);
+                let mut socket = stream.get_ref();
+                match socket.read(&mut buf) {
+                    Ok(0) => Input::Closed(id),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Input::Bytes(id, buf)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => Input::Closed(id),
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => {
-                let _ = tx.send(Input::Closed(id)).await;
-                return;
-            }
+        };
+        let closed = matches!(input, Input::Closed(_));
+        let sent = match hand(&tx, input) {
+            Ok(sent) => sent,
+            Err(wait) => wait.await,
+        };
+        if !sent || closed {
+            return;
         }
     }
+}
+
+/// A send to the core task that has to wait for room.
+type Wait<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// Hands `input` to the core task: `Ok(false)` once the core task is gone. Most sends find
+/// room at once; one that has to wait is returned boxed.
+fn hand(tx: &Sender<Input>, input: Input) -> Result<bool, Wait<'_>> {
+    match tx.try_send(input) {
+        Ok(()) => Ok(true),
+        Err(channel::TrySendError::Full(input)) => {
+            Err(Box::pin(async move { tx.send(input).await.is_ok() }))
+        }
+        Err(channel::TrySendError::Closed(_)) => Ok(false),
+    }
+}
+
+/// Writes what the socket takes of `out` now, removing what was written: `Ok(true)` when that
+/// was all of it.
+fn write_now(mut stream: &TcpStream, out: &mut Vec<Bytes>) -> io::Result<bool> {
+    let mut first = 0;
+    while first < out.len() {
+        let slices: Vec<IoSlice<'_>> =
+            out[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        match stream.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => first = consume(out, first, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    out.drain(..first);
+    Ok(out.is_empty())
 }
 
 /// Writes every buffer in `bufs` with vectored writes, emptying it.
@@ -486,4 +530,28 @@ async fn write_all(stream: &Async<TcpStream>, bufs: &mut Vec<Bytes>) -> io::Resu
     }
     bufs.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What an idle connection costs this runtime is mostly its task, whose size is the
+    /// connection future's.
+    #[test]
+    fn an_idle_connections_future_is_small() {
+        smol::block_on(async {
+            let listener = Async::<TcpListener>::bind(([127, 0, 0, 1], 0)).unwrap();
+            let addr = listener.get_ref().local_addr().unwrap();
+            let stream = Async::<TcpStream>::connect(addr).await.unwrap();
+            let (tx, _rx) = channel::bounded(1);
+            let mut broker =
+                ternmq_core::broker::Broker::new(BrokerConfig::default(), Instant::ZERO).unwrap();
+            let id = broker.accept(Instant::ZERO, PeerInfo::default()).unwrap();
+            let fut = conn_loop(stream, id, Arc::default(), tx);
+            let size = std::mem::size_of_val(&fut);
+            assert!(size <= 256, "the connection future takes {size} bytes");
+        });
+    }
 }

@@ -23,7 +23,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
@@ -237,47 +239,28 @@ async fn accept_loop(listener: TcpListener, index: u16, tx: mpsc::Sender<Input>)
 /// core's state, no buffers.
 #[derive(Debug, Default)]
 struct Shared {
-    state: Mutex<Mail>,
+    out: Mutex<Vec<Bytes>>,
     closing: AtomicBool,
     /// Reading is paused: a subscriber of what this client publishes is behind.
     paused: AtomicBool,
-}
-
-/// What the core task left for a connection's task, and how to wake it. (A `Notify` would do,
-/// but waiting on one makes every connection's future larger.)
-#[derive(Debug, Default)]
-struct Mail {
-    out: Vec<Bytes>,
     /// Something changed since the connection's task last looked.
-    news: bool,
-    waker: Option<Waker>,
+    news: AtomicBool,
+    /// Wakes the connection's task. (A `Notify` would do, but waiting on one makes every
+    /// connection's future larger.)
+    waker: AtomicWaker,
 }
 
 impl Shared {
-    /// Tells the connection's task to look again, after `f` changed what it should see.
-    fn notify(&self, f: impl FnOnce(&mut Mail)) {
-        let waker = {
-            let mut mail = lock(&self.state);
-            f(&mut mail);
-            mail.news = true;
-            mail.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+    /// Tells the connection's task to look again.
+    fn notify(&self) {
+        self.news.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Ready once [`notify`](Self::notify) was called since the last time it was.
     fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut mail = lock(&self.state);
-        if std::mem::take(&mut mail.news) {
-            return Poll::Ready(());
-        }
-        match &mut mail.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        self.waker.register(cx.waker());
+        if self.news.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
     }
 }
 
@@ -368,11 +351,14 @@ impl CoreTask {
     fn act(&mut self) {
         while let Some(action) = self.driver.poll_action() {
             match action {
-                Action::Write(h, chunks) => h.notify(|mail| mail.out.extend(chunks)),
+                Action::Write(h, chunks) => {
+                    lock(&h.out).extend(chunks);
+                    h.notify();
+                }
                 // The connection's task writes what it holds, then closes.
                 Action::Close(h) => {
                     h.closing.store(true, Ordering::Release);
-                    h.notify(|_| {});
+                    h.notify();
                 }
                 Action::PauseRead(h) => {
                     log::trace!("pause read");
@@ -381,7 +367,7 @@ impl CoreTask {
                 Action::ResumeRead(h) => {
                     log::trace!("resume read");
                     h.paused.store(false, Ordering::Release);
-                    h.notify(|_| {});
+                    h.notify();
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
@@ -469,7 +455,7 @@ async fn conn_loop(
     tx: mpsc::Sender<Input>,
 ) {
     loop {
-        let mut out = std::mem::take(&mut lock(&shared.state).out);
+        let mut out = std::mem::take(&mut *lock(&shared.out));
         if !out.is_empty() {
             let total: usize = out.iter().map(Bytes::len).sum();
             let written = match write_now(&stream, &mut out) {
