@@ -522,6 +522,27 @@ impl Decoder {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
+        if let (Some(_), 2, Some(&[hi, lo])) = (version, remaining, buf.get(1 + len_bytes..total)) {
+            // The short acknowledgements (a packet identifier only, Success in MQTT 5) are
+            // most of what a busy broker reads back: read in place, without a buffer of their
+            // own.
+            let ack = |k: PacketType| -> Result<PubAck, DecodeError> {
+                let id = PacketId::new(u16::from_be_bytes([hi, lo]))
+                    .ok_or_else(|| DecodeError::new(ErrorKind::ZeroPacketId).in_packet(k))?;
+                Ok(PubAck::new(id))
+            };
+            let packet = match kind {
+                PacketType::PubAck => Some(Packet::PubAck(ack(kind)?)),
+                PacketType::PubRec => Some(Packet::PubRec(ack(kind)?)),
+                PacketType::PubRel => Some(Packet::PubRel(ack(kind)?)),
+                PacketType::PubComp => Some(Packet::PubComp(ack(kind)?)),
+                _ => None,
+            };
+            if let Some(packet) = packet {
+                buf.advance(total);
+                return Ok(Some(packet));
+            }
+        }
         let mut body = buf.split_to(total).freeze();
         body.advance(1 + len_bytes);
         let version = match version {
