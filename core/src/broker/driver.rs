@@ -14,7 +14,7 @@
 //! memory in the server.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 use core::future::Future;
@@ -101,10 +101,59 @@ struct Io<H> {
     eof: bool,
 }
 
+/// Each open connection's [`Io`], at its slot index: the broker reuses the slots of closed
+/// connections, so this stays as long as the most connections open at once, and a lookup is
+/// an index.
+struct Conns<H> {
+    slots: Vec<Option<(ConnId, Io<H>)>>,
+    len: usize,
+}
+
+impl<H> Conns<H> {
+    fn insert(&mut self, id: ConnId, io: Io<H>) {
+        let i = id.index();
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            self.len += usize::from(slot.is_none());
+            *slot = Some((id, io));
+        }
+    }
+
+    fn get(&self, id: &ConnId) -> Option<&Io<H>> {
+        match self.slots.get(id.index()) {
+            Some(Some((at, io))) if at == id => Some(io),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, id: &ConnId) -> Option<&mut Io<H>> {
+        match self.slots.get_mut(id.index()) {
+            Some(Some((at, io))) if at == id => Some(io),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: &ConnId) -> Option<Io<H>> {
+        let slot = self.slots.get_mut(id.index())?;
+        if slot.as_ref().is_some_and(|(at, _)| at == id) {
+            self.len -= 1;
+            return slot.take().map(|(_, io)| io);
+        }
+        None
+    }
+
+    /// The open connections, in slot order.
+    fn ids(&self) -> Vec<ConnId> {
+        self.slots.iter().flatten().map(|(id, _)| *id).collect()
+    }
+}
+
 /// A broker and its connections' I/O state. See the [module documentation](self).
 pub struct Driver<H> {
     broker: Broker,
-    conns: BTreeMap<ConnId, Io<H>>,
+    conns: Conns<H>,
     actions: VecDeque<Action<H>>,
     /// The latest `now` given: closes the broker decides happen then.
     now: Instant,
@@ -114,7 +163,7 @@ impl<H: core::fmt::Debug> core::fmt::Debug for Driver<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Driver")
             .field("broker", &self.broker)
-            .field("connections", &self.conns.len())
+            .field("connections", &self.conns.len)
             .finish_non_exhaustive()
     }
 }
@@ -122,7 +171,8 @@ impl<H: core::fmt::Debug> core::fmt::Debug for Driver<H> {
 impl<H: Clone> Driver<H> {
     /// Wraps `broker`.
     pub fn new(broker: Broker) -> Self {
-        Self { broker, conns: BTreeMap::new(), actions: VecDeque::new(), now: Instant::ZERO }
+        let conns = Conns { slots: Vec::new(), len: 0 };
+        Self { broker, conns, actions: VecDeque::new(), now: Instant::ZERO }
     }
 
     /// The broker, for getters such as [`Broker::stats`].
@@ -132,7 +182,7 @@ impl<H: Clone> Driver<H> {
 
     /// Connections open.
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.conns.len
     }
 
     /// A socket was accepted; `handle` reaches its writer. Refused at once (drop the socket)
@@ -233,7 +283,7 @@ impl<H: Clone> Driver<H> {
         self.now = self.now.max(now);
         self.broker.shutdown(now);
         self.collect();
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let ids = self.conns.ids();
         for id in ids {
             self.close(now, id);
         }
