@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use ternmq::auth::{AclFile, PasswordFile};
-use ternmq::broker::BrokerConfig;
+use ternmq::broker::{BrokerConfig, SharedPolicy};
 use ternmq::codec::QoS;
 use ternmq::tokio::{Durability, Server, ServerConfig, StoreConfig};
 
@@ -60,6 +60,9 @@ struct FileConfig {
     queue_qos0_messages: Option<bool>,
     max_outbound_bytes: Option<usize>,
     max_topic_alias: Option<u16>,
+    outgoing_topic_aliases: Option<bool>,
+    shared_subscription_policy: Option<String>,
+    max_ack_delay_ms: Option<u64>,
     max_keepalive: Option<u16>,
     connect_timeout: Option<u64>,
     allow_zero_length_clientid: Option<bool>,
@@ -389,6 +392,25 @@ fn build(
     if let Some(v) = fc.max_topic_alias {
         b.topic_alias_maximum = v;
     }
+    if let Some(v) = fc.outgoing_topic_aliases {
+        b.outgoing_topic_aliases = v;
+    }
+    if let Some(v) = &fc.shared_subscription_policy {
+        b.shared_policy = match v.as_str() {
+            "round_robin" => SharedPolicy::RoundRobin,
+            "random" => SharedPolicy::Random,
+            "sticky" => SharedPolicy::Sticky,
+            other => {
+                return Err(format!(
+                    "{}: unknown policy {other:?}; use round_robin, random or sticky",
+                    at("shared_subscription_policy")
+                ));
+            }
+        };
+    }
+    if let Some(v) = fc.max_ack_delay_ms {
+        b.max_ack_delay = Duration::from_millis(v);
+    }
     if let Some(v) = fc.max_keepalive {
         b.max_keepalive = v;
     }
@@ -576,5 +598,22 @@ mod tests {
         let s = settings(&["-c".into(), path.display().to_string()]).unwrap().unwrap();
         assert_eq!(s.config.broker.max_connections, 10_000);
         assert_eq!(s.config.broker.session_expiry_interval, 3600);
+    }
+
+    #[test]
+    fn outgoing_aliases_shared_policy_and_ack_delay_are_read() {
+        let text = "outgoing_topic_aliases = true\nshared_subscription_policy = \"sticky\"\n\
+                    max_ack_delay_ms = 250\n";
+        let fc = parse_file(Path::new("b.toml"), text).unwrap();
+        let at = |k: &str| locate(Path::new("b.toml"), text, k);
+        let s = build(fc, None, None, None, false, false, None, &at).unwrap();
+        assert!(s.config.broker.outgoing_topic_aliases);
+        assert_eq!(s.config.broker.shared_policy, SharedPolicy::Sticky);
+        assert_eq!(s.config.broker.max_ack_delay, Duration::from_millis(250));
+        let text = "shared_subscription_policy = \"fair\"\n";
+        let fc = parse_file(Path::new("b.toml"), text).unwrap();
+        let at = |k: &str| locate(Path::new("b.toml"), text, k);
+        let e = build(fc, None, None, None, false, false, None, &at).err().unwrap();
+        assert!(e.starts_with("b.toml:1: key `shared_subscription_policy`: unknown"), "{e}");
     }
 }
