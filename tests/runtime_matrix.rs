@@ -195,3 +195,45 @@ fn std_server_shutdown_sends_server_shutting_down_to_v5_clients() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A client still sending when the broker ends its connection for a protocol error reads the
+/// DISCONNECT and its reason, on every server: the broker shuts its side and drains the
+/// client's input until the client closes, instead of closing on unread input, which resets
+/// the connection (the client's next write fails, and the reason can be lost).
+fn a_client_still_sending_reads_the_disconnect(server: &str) {
+    use std::io::{Read, Write};
+    use ternmq::codec::{Connect, Decoder, Encoder, Packet};
+    let (addr, _running) = start(server);
+    let v5 = ProtocolVersion::V5;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut out = bytes::BytesMut::new();
+    let connect = Connect::new(v5, MqttStr::new(&format!("still-sending-{server}")).unwrap());
+    Encoder::new(v5).encode(&connect.into(), &mut out).unwrap();
+    // A PUBLISH whose topic has a wildcard: a protocol error the broker answers with DISCONNECT.
+    out.extend_from_slice(&[0x30, 0x06, 0x00, 0x03, b'a', b'/', b'+', 0x00]);
+    s.write_all(&out).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    for n in 0..50 {
+        s.write_all(&[0xC0, 0x00]).unwrap_or_else(|e| panic!("{server}: PINGREQ {n}: {e}"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap_or_else(|e| panic!("{server}: reading: {e}"));
+    let mut got = bytes::BytesMut::from(&got[..]);
+    let mut dec = Decoder::new(Some(v5), u32::MAX);
+    let mut reason = None;
+    while let Some(p) = dec.decode(&mut got).unwrap() {
+        if let Packet::Disconnect(d) = p {
+            reason = Some(d.reason_code);
+        }
+    }
+    assert_eq!(reason, Some(ReasonCode::TopicNameInvalid), "{server}");
+}
+
+#[test]
+fn a_client_still_sending_reads_the_disconnect_on_every_server() {
+    for server in ["tokio", "std", "smol"] {
+        a_client_still_sending_reads_the_disconnect(server);
+    }
+}

@@ -31,6 +31,8 @@ const BATCH: usize = 256;
 const INPUT_QUEUE: usize = 256;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// How long a closed connection waits for its peer to close too ([`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// What a [`Server`] runs: the broker's configuration and where to listen.
 #[derive(Clone)]
@@ -433,7 +435,8 @@ fn conn_loop(
             let (input, last) = if let Some((total, written)) = written {
                 (if written { Input::Written(id, total) } else { Input::Closed(id) }, !written)
             } else if shared.closing.load(Ordering::Acquire) {
-                let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+                let _ = stream.get_ref().shutdown(std::net::Shutdown::Write);
+                Box::pin(linger(&stream)).await;
                 return;
             } else {
                 let paused = shared.paused.load(Ordering::Acquire);
@@ -493,6 +496,22 @@ fn write_out(stream: &Async<TcpStream>, mut out: Vec<Bytes>) -> Result<bool, Wai
         })),
         Err(_) => Ok(false),
     }
+}
+
+/// After the last packet went out (and our side of the stream is shut): reads and drops what
+/// the peer still sends until it closes too, for at most [`LINGER`]. A socket closed with unread
+/// input is reset, and a reset can destroy the last packets (a refused CONNACK, a DISCONNECT
+/// and its reason) before the peer has read them.
+async fn linger(stream: &Async<TcpStream>) {
+    let drain = async {
+        let mut buf = [0u8; 1024];
+        let mut stream = stream;
+        while matches!(smol::io::AsyncReadExt::read(&mut stream, &mut buf).await, Ok(n) if n > 0) {}
+    };
+    future::or(drain, async {
+        Timer::after(LINGER).await;
+    })
+    .await;
 }
 
 /// A send to the core task, or a write, that has to wait.

@@ -27,6 +27,8 @@ const BATCH: usize = 256;
 const INPUT_QUEUE: usize = 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+/// How long a closed connection waits for its peer to close too (see `write_loop`).
+const LINGER: Duration = Duration::from_secs(2);
 const STACK: usize = 64 * 1024;
 
 /// Authentication that may block (a database lookup, an HTTP call): runs on a thread of its own
@@ -247,9 +249,10 @@ fn accept_loop(
 #[derive(Clone)]
 struct Handle {
     writer: Sender<Vec<Bytes>>,
-    stream: Arc<TcpStream>,
     /// Reading is paused while true (a subscriber of what this client publishes is behind).
     paused: Arc<(Mutex<bool>, Condvar)>,
+    /// The broker closed the connection: the reader drops what still comes.
+    closing: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Handle {
@@ -332,10 +335,10 @@ impl Core {
         let (Ok(read), Ok(write)) = (stream.try_clone(), stream.try_clone()) else {
             return;
         };
-        let stream = Arc::new(stream);
         let (wtx, wrx) = mpsc::channel();
         let paused = Arc::new((Mutex::new(false), Condvar::new()));
-        let handle = Handle { writer: wtx, stream: stream.clone(), paused: paused.clone() };
+        let closing = Arc::new(AtomicBool::new(false));
+        let handle = Handle { writer: wtx, paused: paused.clone(), closing: closing.clone() };
         let id = match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, handle) {
             Ok(id) => id,
             Err(e) => {
@@ -343,10 +346,15 @@ impl Core {
                 return;
             }
         };
+        // Dropped when the reader ends: the writer's signal that the peer has closed.
+        let (read_done, reader_ended) = mpsc::channel::<()>();
         let tx = self.tx.clone();
-        let reader = spawn("ternmq-read", move || read_loop(read, id, &tx, &paused));
+        let reader = spawn("ternmq-read", move || {
+            read_loop(read, id, &tx, &paused, &closing);
+            drop(read_done);
+        });
         let tx = self.tx.clone();
-        let writer = spawn("ternmq-write", move || write_loop(write, id, &wrx, &tx));
+        let writer = spawn("ternmq-write", move || write_loop(write, id, &wrx, &tx, &reader_ended));
         match (reader, writer) {
             (Ok(_), Ok(w)) => self.writers.push(w),
             _ => {
@@ -363,10 +371,10 @@ impl Core {
                 Action::Write(h, chunks) => {
                     let _ = h.writer.send(chunks);
                 }
-                // Stop reading now; the writer closes the socket once it has written what it
-                // holds (the last sender is dropped here).
+                // The reader drops what still comes; the writer closes the socket once it has
+                // written what it holds (the last sender is dropped here) and the peer closed.
                 Action::Close(h) => {
-                    let _ = h.stream.shutdown(Shutdown::Read);
+                    h.closing.store(true, Ordering::Release);
                     set_paused(&h.paused, false);
                 }
                 Action::PauseRead(h) => set_paused(&h.paused, true),
@@ -438,6 +446,7 @@ fn read_loop(
     id: ConnId,
     tx: &SyncSender<Input>,
     paused: &(Mutex<bool>, Condvar),
+    closing: &AtomicBool,
 ) {
     let mut buf = [0u8; READ_CHUNK];
     loop {
@@ -451,6 +460,9 @@ fn read_loop(
                 let _ = tx.send(Input::Closed(id));
                 return;
             }
+            // Closed by the broker: what the peer still sends is read only so that closing the
+            // socket does not reset the connection (see `write_loop`).
+            Ok(_) if closing.load(Ordering::Acquire) => {}
             Ok(n) => {
                 if tx.send(Input::Bytes(id, BytesMut::from(&buf[..n]))).is_err() {
                     return;
@@ -460,7 +472,13 @@ fn read_loop(
     }
 }
 
-fn write_loop(mut write: TcpStream, id: ConnId, rx: &Receiver<Vec<Bytes>>, tx: &SyncSender<Input>) {
+fn write_loop(
+    mut write: TcpStream,
+    id: ConnId,
+    rx: &Receiver<Vec<Bytes>>,
+    tx: &SyncSender<Input>,
+    reader_ended: &Receiver<()>,
+) {
     let mut pending: Vec<Bytes> = Vec::new();
     while let Ok(chunks) = rx.recv() {
         pending.extend(chunks);
@@ -476,7 +494,12 @@ fn write_loop(mut write: TcpStream, id: ConnId, rx: &Receiver<Vec<Bytes>>, tx: &
             break;
         }
     }
-    // Closing both directions also wakes the reader thread.
+    // Our side is done. Wait (at most LINGER) for the peer to close too, the reader dropping
+    // what it still sends: a socket closed with unread input is reset, and a reset can destroy
+    // the last packets (a refused CONNACK, a DISCONNECT and its reason) before the peer reads
+    // them. Closing both directions then also wakes the reader thread.
+    let _ = write.shutdown(Shutdown::Write);
+    let _ = reader_ended.recv_timeout(LINGER);
     let _ = write.shutdown(Shutdown::Both);
 }
 

@@ -37,7 +37,7 @@ use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -51,6 +51,8 @@ const BATCH: usize = 256;
 const INPUT_QUEUE: usize = 256;
 /// How long a writer waits for a peer that does not read before it gives up on it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a closed connection waits for its peer to close too ([`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for the last bytes to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
@@ -473,6 +475,7 @@ fn conn_loop(
                 (if written { Input::Written(id, total) } else { Input::Closed(id) }, !written)
             } else if shared.closing.load(Ordering::Acquire) {
                 let _ = stream.shutdown().await;
+                Box::pin(linger(&mut stream)).await;
                 return;
             } else {
                 let paused = shared.paused.load(Ordering::Acquire);
@@ -512,6 +515,18 @@ fn conn_loop(
             }
         }
     }
+}
+
+/// After the last packet went out (and our side of the stream is shut): reads and drops what
+/// the peer still sends until it closes too, for at most [`LINGER`]. A socket closed with unread
+/// input is reset, and a reset can destroy the last packets (a refused CONNACK, a DISCONNECT
+/// and its reason) before the peer has read them.
+async fn linger(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// A send to the core task, or a write, that has to wait.

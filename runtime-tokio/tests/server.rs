@@ -472,3 +472,50 @@ async fn a_dropped_client_stops_even_while_a_write_is_blocked() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A client still sending when the broker ends its connection (here: it went over the
+/// broker's Receive Maximum with QoS 2, as the Paho interoperability suite does) reads the
+/// DISCONNECT and its reason: the broker shuts its side, then drains the client's input until
+/// the client closes, instead of closing on unread input (which resets the connection, so the
+/// client's next writes fail and the reason can be lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_reads_the_disconnect_and_its_reason() {
+    use ternmq_core::codec::{Connect, Decoder, Encoder, Packet, ProtocolVersion, PubAck, Publish};
+    let mut config = loopback();
+    config.broker.receive_maximum = 2;
+    let (addr, stop) = start(config).await;
+    let v5 = ProtocolVersion::V5;
+    let enc = Encoder::new(v5);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    let connect = Connect::new(v5, MqttStr::new("over-quota").unwrap());
+    enc.encode(&connect.into(), &mut out).unwrap();
+    // Three QoS 2 messages, none released: one more than the broker allows.
+    for id in 1..=3u16 {
+        let mut p = Publish::new(ternmq_core::topic::TopicName::new("t").unwrap(), "x");
+        p.qos = QoS::ExactlyOnce;
+        p.packet_id = std::num::NonZeroU16::new(id);
+        enc.encode(&p.into(), &mut out).unwrap();
+    }
+    s.write_all(&out).await.unwrap();
+    // Like a pipelining client: it goes on answering and sending for a while before it
+    // reads. Every write must go through.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for id in 1..=50u16 {
+        let mut rel = bytes::BytesMut::new();
+        let ack = PubAck::new(std::num::NonZeroU16::new(id).unwrap());
+        enc.encode(&Packet::PubRel(ack), &mut rel).unwrap();
+        s.write_all(&rel).await.unwrap_or_else(|e| panic!("write {id} failed: {e}"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut got = bytes::BytesMut::from(&until_closed(&mut s, Duration::from_secs(10)).await[..]);
+    let mut dec = Decoder::new(Some(v5), u32::MAX);
+    let mut reason = None;
+    while let Some(p) = dec.decode(&mut got).unwrap() {
+        if let Packet::Disconnect(d) = p {
+            reason = Some(d.reason_code);
+        }
+    }
+    assert_eq!(reason, Some(ReasonCode::ReceiveMaximumExceeded));
+    stop.shutdown();
+}
