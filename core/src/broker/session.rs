@@ -292,9 +292,10 @@ mod tests {
         id
     }
 
-    /// [MQTT-2.2.1-4] Identifiers are never reused while in flight: through several wraps of
-    /// the ring, out-of-order acknowledgements, long-held entries and a restored session whose
-    /// identifiers are scattered, `allocate_id` returns what a full scan would.
+    /// Identifiers are never reused while in flight, as 5.0: [MQTT-2.2.1-4] and 3.1.1:
+    /// [MQTT-2.3.1-4] require: through several wraps of the ring, out-of-order acknowledgements,
+    /// long-held entries and a restored session whose identifiers are scattered, `allocate_id`
+    /// returns what a full scan would.
     #[test]
     fn allocated_identifiers_are_the_first_free_ones_around_the_ring() {
         let msg = Arc::new(Message {
