@@ -497,11 +497,9 @@ impl Tables<'_> {
     }
 }
 
-/// The value at `k`, copied out (so that the table can be written next).
 /// Rewrites a version 1 store's wall-clock stamps, in seconds, as milliseconds: a session's
 /// disconnection time and its will's, each delivery's and each retained message's.
 fn upgrade_from_1(tx: &redb::WriteTransaction) -> Result<(), String> {
-    let e = |e: redb::Error| e.to_string();
     let ms = |b: &mut [u8]| {
         if let Some(stamp) = b.get_mut(..8) {
             let secs = u64::from_be_bytes(stamp.try_into().unwrap_or([0; 8]));
@@ -512,14 +510,7 @@ fn upgrade_from_1(tx: &redb::WriteTransaction) -> Result<(), String> {
     };
     // Sessions: protocol (1), expiry (4), disconnected at (8), will flag (1), then with a will
     // its time (8).
-    let mut sessions = tx.open_table(SESSIONS).map_err(|x| e(x.into()))?;
-    let rows: Vec<(Vec<u8>, Vec<u8>)> = sessions
-        .iter()
-        .map_err(|x| e(x.into()))?
-        .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
-        .collect::<Result<_, _>>()
-        .map_err(|x| e(x.into()))?;
-    for (k, mut v) in rows {
+    rewrite_rows(tx, SESSIONS, |v| {
         if let Some(at) = v.get_mut(5..13) {
             ms(at);
         }
@@ -528,25 +519,34 @@ fn upgrade_from_1(tx: &redb::WriteTransaction) -> Result<(), String> {
         {
             ms(at);
         }
-        sessions.insert(k.as_slice(), v.as_slice()).map_err(|x| e(x.into()))?;
-    }
+    })?;
     // Deliveries and retained messages start with their time.
-    for table in [DELIVERIES, RETAINED] {
-        let mut t = tx.open_table(table).map_err(|x| e(x.into()))?;
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = t
-            .iter()
-            .map_err(|x| e(x.into()))?
-            .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
-            .collect::<Result<_, _>>()
-            .map_err(|x| e(x.into()))?;
-        for (k, mut v) in rows {
-            ms(&mut v);
-            t.insert(k.as_slice(), v.as_slice()).map_err(|x| e(x.into()))?;
-        }
+    rewrite_rows(tx, DELIVERIES, |v| ms(v))?;
+    rewrite_rows(tx, RETAINED, |v| ms(v))
+}
+
+/// Applies `f` to the value of every row of `table`.
+fn rewrite_rows(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<'_, &[u8], &[u8]>,
+    f: impl Fn(&mut [u8]),
+) -> Result<(), String> {
+    let e = |e: redb::Error| e.to_string();
+    let mut t = tx.open_table(table).map_err(|x| e(x.into()))?;
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = t
+        .iter()
+        .map_err(|x| e(x.into()))?
+        .map(|r| r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        .collect::<Result<_, _>>()
+        .map_err(|x| e(x.into()))?;
+    for (k, mut v) in rows {
+        f(&mut v);
+        t.insert(k.as_slice(), v.as_slice()).map_err(|x| e(x.into()))?;
     }
     Ok(())
 }
 
+/// The value at `k`, copied out (so that the table can be written next).
 fn owned(t: &Table<'_>, k: &[u8]) -> Result<Option<Vec<u8>>, redb::StorageError> {
     Ok(t.get(k)?.map(|v| v.value().to_vec()))
 }
