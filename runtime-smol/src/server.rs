@@ -19,7 +19,10 @@ use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use smol::channel::{self, Receiver, Sender};
 use smol::{Async, Task, Timer, future};
-use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
+use ternmq_core::broker::driver::{
+    Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
+    log_event,
+};
 pub use ternmq_core::broker::driver::{AsyncAuthenticator, AuthFuture};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
@@ -29,10 +32,6 @@ use ternmq_store::{Store, StoreConfig, Writer};
 const READ_CHUNK: usize = 16 * 1024;
 const BATCH: usize = 256;
 const INPUT_QUEUE: usize = 256;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-/// How long a closed connection waits for its peer to close too ([`linger`]).
-const LINGER: Duration = Duration::from_secs(2);
 
 /// What a [`Server`] runs: the broker's configuration and where to listen.
 #[derive(Clone)]
@@ -499,9 +498,8 @@ fn write_out(stream: &Async<TcpStream>, mut out: Vec<Bytes>) -> Result<bool, Wai
 }
 
 /// After the last packet went out (and our side of the stream is shut): reads and drops what
-/// the peer still sends until it closes too, for at most [`LINGER`]. A socket closed with unread
-/// input is reset, and a reset can destroy the last packets (a refused CONNACK, a DISCONNECT
-/// and its reason) before the peer has read them.
+/// the peer still sends until it closes too, for at most [`LINGER`] (whose documentation says
+/// why).
 async fn linger(stream: &Async<TcpStream>) {
     let drain = async {
         let mut buf = [0u8; 1024];

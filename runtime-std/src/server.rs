@@ -15,7 +15,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
+use ternmq_core::broker::driver::{
+    Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
+    log_event,
+};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
@@ -25,10 +28,6 @@ use ternmq_store::{Store, StoreConfig, Writer};
 const READ_CHUNK: usize = 4 * 1024;
 const BATCH: usize = 256;
 const INPUT_QUEUE: usize = 1024;
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-/// How long a closed connection waits for its peer to close too (see `write_loop`).
-const LINGER: Duration = Duration::from_secs(2);
 const STACK: usize = 64 * 1024;
 
 /// Authentication that may block (a database lookup, an HTTP call): runs on a thread of its own
@@ -494,10 +493,9 @@ fn write_loop(
             break;
         }
     }
-    // Our side is done. Wait (at most LINGER) for the peer to close too, the reader dropping
-    // what it still sends: a socket closed with unread input is reset, and a reset can destroy
-    // the last packets (a refused CONNACK, a DISCONNECT and its reason) before the peer reads
-    // them. Closing both directions then also wakes the reader thread.
+    // Our side is done. Wait (at most LINGER, whose documentation says why) for the peer to
+    // close too, the reader dropping what it still sends. Closing both directions then also
+    // wakes the reader thread.
     let _ = write.shutdown(Shutdown::Write);
     let _ = reader_ended.recv_timeout(LINGER);
     let _ = write.shutdown(Shutdown::Both);

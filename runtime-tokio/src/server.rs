@@ -29,7 +29,10 @@ use atomic_waker::AtomicWaker;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::broker::driver::{Action, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
+use ternmq_core::broker::driver::{
+    Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
+    log_event,
+};
 pub use ternmq_core::broker::driver::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
 };
@@ -49,12 +52,6 @@ const BATCH: usize = 256;
 /// Inputs waiting for the core task, at most: readers wait beyond it. With reads of up to
 /// `READ_CHUNK` bytes this bounds what is read ahead of the core to 4 MiB.
 const INPUT_QUEUE: usize = 256;
-/// How long a writer waits for a peer that does not read before it gives up on it.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a closed connection waits for its peer to close too ([`linger`]).
-const LINGER: Duration = Duration::from_secs(2);
-/// How long shutdown waits for the last bytes to be written.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 /// What a [`Server`] runs: the broker's configuration and where to listen.
 #[derive(Clone)]
@@ -518,9 +515,8 @@ fn conn_loop(
 }
 
 /// After the last packet went out (and our side of the stream is shut): reads and drops what
-/// the peer still sends until it closes too, for at most [`LINGER`]. A socket closed with unread
-/// input is reset, and a reset can destroy the last packets (a refused CONNACK, a DISCONNECT
-/// and its reason) before the peer has read them.
+/// the peer still sends until it closes too, for at most [`LINGER`] (whose documentation says
+/// why).
 async fn linger(stream: &mut TcpStream) {
     let mut buf = [0u8; 1024];
     let _ = tokio::time::timeout(LINGER, async {

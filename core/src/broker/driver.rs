@@ -23,10 +23,23 @@ use core::pin::Pin;
 use super::persist::{PersistOp, PersistSeq};
 use super::{AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, ConnId, Event, PeerInfo};
 use crate::codec::ReasonCode;
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 
 /// Bytes handed to one connection's writer and not yet reported written, at most.
 pub const WRITE_WINDOW: usize = 64 * 1024;
+
+/// How long a writer waits for a peer that does not read before it gives up on it.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection the broker closed stays open for reading after its last packet: the
+/// server shuts its side, then reads and drops what the peer still sends until the peer
+/// closes too, for at most this long. A socket closed with unread input is reset, and a reset
+/// can destroy the last packets (a refused CONNACK, a DISCONNECT and its reason) before the
+/// peer has read them.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// How long a server's shutdown waits for the last bytes to be written.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 /// What the runtime must do next.
 #[derive(Debug)]
