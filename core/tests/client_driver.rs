@@ -625,3 +625,16 @@ fn the_auth_handler_answers_challenges_and_gives_up_on_the_rest() {
         "{outcomes:?}"
     );
 }
+
+/// What the clients' `publish` and `subscribe` report from an answer's codes.
+#[test]
+fn a_publish_without_a_code_succeeded_and_a_subscription_without_one_did_not() {
+    use ternmq_core::client::driver::{publish_reason, subscription_reason};
+    assert_eq!(publish_reason(&[]), ReasonCode::Success);
+    assert_eq!(
+        publish_reason(&[ReasonCode::NoMatchingSubscribers]),
+        ReasonCode::NoMatchingSubscribers
+    );
+    assert_eq!(subscription_reason(&[]), ReasonCode::UnspecifiedError);
+    assert_eq!(subscription_reason(&[ReasonCode::GrantedQoS1]), ReasonCode::GrantedQoS1);
+}

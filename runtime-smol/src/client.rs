@@ -27,7 +27,9 @@ use smol::channel::{self, Receiver, Sender};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::net::TcpStream;
 use smol::{Timer, future};
-use ternmq_core::client::driver::{Answer, CommandError, ConnectOptions, Driver, Error, Outcome};
+use ternmq_core::client::driver::{
+    self, Answer, CommandError, ConnectOptions, Driver, Error, Outcome,
+};
 use ternmq_core::client::{DisconnectReason, ReconnectOptions};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
@@ -220,14 +222,14 @@ impl Client {
     /// [`publish`](Self::publish) with every option: retain, MQTT 5 properties, topic alias.
     pub async fn publish_with(&self, publish: Publish) -> Result<ReasonCode, Error> {
         let codes = self.call(|d, now, w| d.publish(now, publish, w)).await?;
-        Ok(codes.first().copied().unwrap_or(ReasonCode::Success))
+        Ok(driver::publish_reason(&codes))
     }
 
     /// Subscribes to `filter`; returns the granted QoS or the server's error code.
     pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<ReasonCode, Error> {
         let sub = Subscription::new(TopicFilter::new(filter)?, qos);
         let codes = self.subscribe_many(&[sub]).await?;
-        Ok(codes.first().copied().unwrap_or(ReasonCode::UnspecifiedError))
+        Ok(driver::subscription_reason(&codes))
     }
 
     /// Subscribes to several filters with their options in one SUBSCRIBE.

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::client::DisconnectReason;
-use ternmq_core::client::driver::{Answer, CommandError, Driver, Outcome};
+use ternmq_core::client::driver::{self, Answer, CommandError, Driver, Outcome};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
@@ -276,14 +276,14 @@ impl SyncClient {
     /// [`publish`](Self::publish) with every option: retain, MQTT 5 properties, topic alias.
     pub fn publish_with(&self, publish: Publish) -> Result<ReasonCode, Error> {
         let codes = self.call(|d, now, w| d.publish(now, publish, w))?;
-        Ok(codes.first().copied().unwrap_or(ReasonCode::Success))
+        Ok(driver::publish_reason(&codes))
     }
 
     /// Subscribes to `filter` and returns the server's answer: the granted QoS, or an error code.
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<ReasonCode, Error> {
         let sub = Subscription::new(TopicFilter::new(filter)?, qos);
         let codes = self.call(|d, now, w| d.subscribe(now, &[sub], w))?;
-        Ok(codes.first().copied().unwrap_or(ReasonCode::UnspecifiedError))
+        Ok(driver::subscription_reason(&codes))
     }
 
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).

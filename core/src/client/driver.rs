@@ -128,6 +128,18 @@ impl ConnectOptions {
 /// DISCONNECT: Success once written), or why the connection ended before that.
 pub type Answer = Result<Vec<ReasonCode>, DisconnectReason>;
 
+/// What a finished publish reports from its [`Answer`]'s codes: the server's reason code, or
+/// Success when there is none (QoS 0; MQTT 3.1.1, whose acknowledgements carry no code).
+pub fn publish_reason(codes: &[ReasonCode]) -> ReasonCode {
+    codes.first().copied().unwrap_or(ReasonCode::Success)
+}
+
+/// What a one-filter subscribe reports from its [`Answer`]'s codes: the granted QoS or the
+/// server's refusal, or Unspecified error for a SUBACK without a code for it.
+pub fn subscription_reason(codes: &[ReasonCode]) -> ReasonCode {
+    codes.first().copied().unwrap_or(ReasonCode::UnspecifiedError)
+}
+
 /// Why the driver did not take a command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
