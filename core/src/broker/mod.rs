@@ -359,6 +359,8 @@ const PAUSE_PUBLISHERS_AT: usize = 64 * 1024;
 
 /// Output a connection's tail buffer collects before it joins the output queue.
 const TAIL_CHUNK: usize = 32 * 1024;
+/// Spare room below which a drained tail is handed out whole instead of split.
+const TAIL_KEEP: usize = 256;
 
 /// Payloads up to this size are copied next to their header instead of being queued as a
 /// separate buffer: below it, one write of one buffer is cheaper than a reference count.
@@ -366,13 +368,12 @@ const COPY_PAYLOAD_BELOW: usize = 256;
 
 #[derive(Debug)]
 struct Conn {
-    peer: PeerInfo,
+    /// Where the client connects from, until CONNECT completes; then its session's.
+    peer: Option<Box<PeerInfo>>,
     phase: Phase,
     decoder: Decoder,
     encoder: Encoder,
     session: u32,
-    client_id: Option<MqttStr>,
-    username: Option<MqttStr>,
     accepted_at: Instant,
     /// 1.5 times the keep-alive, zero for none.
     keep_alive: Duration,
@@ -627,7 +628,11 @@ impl Broker {
 
     /// The client identifier of a connected connection.
     pub fn client_id(&self, conn: ConnId) -> Option<&MqttStr> {
-        self.conn(conn)?.client_id.as_ref()
+        let c = self.conn(conn)?;
+        match c.phase {
+            Phase::Connected => self.session(c.session).map(|s| &s.client_id),
+            _ => None,
+        }
     }
 
     /// Whether a session exists for `client_id`.
@@ -644,13 +649,11 @@ impl Broker {
             return Err(AcceptError::TooManyConnections);
         }
         let conn = Conn {
-            peer,
+            peer: Some(Box::new(peer)),
             phase: Phase::AwaitConnect,
             decoder: Decoder::new(None, self.config.max_packet_size),
             encoder: Encoder::new(ProtocolVersion::V3_1_1),
             session: NO_SESSION,
-            client_id: None,
-            username: None,
             accepted_at: now,
             keep_alive: Duration::ZERO,
             last_recv: now,
@@ -858,7 +861,13 @@ impl Broker {
             if c.tail.is_empty() {
                 return None;
             }
-            let head = c.tail.split().freeze();
+            // A tail with little room left goes out whole: keeping it would keep its buffer
+            // alive (an idle connection's last answer) for room too small to be worth it.
+            let head = if c.tail.capacity() - c.tail.len() < TAIL_KEEP {
+                core::mem::take(&mut c.tail).freeze()
+            } else {
+                c.tail.split().freeze()
+            };
             c.out_bytes += head.len();
             c.out.push_back(head);
         }
@@ -938,6 +947,16 @@ impl Broker {
             .get(index as usize)
             .and_then(|s| s.conn.as_ref())
             .map_or(Instant::ZERO, |c| c.last_recv)
+    }
+
+    /// The client identifier, user name and address of the client connected at `index`, from
+    /// its session (empty before CONNECT completes).
+    fn identity(&self, index: u32) -> (MqttStr, Option<MqttStr>, PeerInfo) {
+        let si = self.slots.get(index as usize).and_then(|s| s.conn.as_ref()).map(|c| c.session);
+        match si.and_then(|si| self.session(si)) {
+            Some(s) => (s.client_id.clone(), s.username.clone(), s.peer.clone()),
+            None => (MqttStr::default(), None, PeerInfo::default()),
+        }
     }
 
     fn session(&self, index: u32) -> Option<&Session> {
@@ -1229,7 +1248,7 @@ impl Broker {
             x.ticket.take()
         });
         let session = core::mem::replace(&mut c.session, NO_SESSION);
-        let client_id = c.client_id.clone();
+        let client_id = self.session(session).map(|s| s.client_id.clone());
         if let Some(t) = ticket {
             self.pending_auth.remove(&t);
             self.pending_authz.remove(&t);
@@ -1419,8 +1438,7 @@ impl Broker {
         if answer.is_some() {
             return answer;
         }
-        let (client_id, username, peer) =
-            (c.client_id.clone().unwrap_or_default(), c.username.clone(), c.peer.clone());
+        let (client_id, username, peer) = self.identity(index);
         match self.authorize(&client_id, username.as_ref(), &peer, action, topic) {
             AuthzDecision::Allow => Some(true),
             AuthzDecision::Deny => Some(false),
@@ -1517,7 +1535,6 @@ impl Broker {
         let version = connect.protocol;
         let v5 = version.is_v5();
         c.encoder = Encoder::new(version);
-        c.username = connect.username.clone();
         if v5 {
             let p = &connect.properties;
             if let Some(max) = p.maximum_packet_size {
@@ -1572,7 +1589,8 @@ impl Broker {
         let Some(c) = self.slot_conn(index) else {
             return;
         };
-        let request = AuthRequest { peer: c.peer.clone(), ..request };
+        let request =
+            AuthRequest { peer: c.peer.as_deref().cloned().unwrap_or_default(), ..request };
         match method {
             Some(m) => c.extra().auth_method = Some(m.detach()),
             None => {
@@ -1675,22 +1693,22 @@ impl Broker {
         {
             return self.auth_failed(now, index, connecting, ReasonCode::ProtocolError);
         }
-        let (client_id, username, password) = match &c.pending {
-            Some(p) => {
-                (p.client_id.clone(), p.connect.username.clone(), p.connect.password.clone())
+        let (method, data, protocol) =
+            (c.auth_method().cloned(), auth.properties.authentication_data, c.version());
+        let (client_id, username, password, peer) = match &c.pending {
+            Some(p) => (
+                p.client_id.clone(),
+                p.connect.username.clone(),
+                p.connect.password.clone(),
+                c.peer.as_deref().cloned().unwrap_or_default(),
+            ),
+            None => {
+                let (client_id, username, peer) = self.identity(index);
+                (client_id, username, None, peer)
             }
-            None => (c.client_id.clone().unwrap_or_default(), c.username.clone(), None),
         };
-        let request = AuthRequest {
-            stage,
-            client_id,
-            username,
-            password,
-            method: c.auth_method().cloned(),
-            data: auth.properties.authentication_data,
-            peer: c.peer.clone(),
-            protocol: c.version(),
-        };
+        let request =
+            AuthRequest { stage, client_id, username, password, method, data, peer, protocol };
         self.ask_authenticator(now, index, request);
     }
 
@@ -1721,7 +1739,7 @@ impl Broker {
         let username = connect.username.as_ref().map(MqttStr::detach);
         let version = connect.protocol;
         let v5 = version.is_v5();
-        let peer = c.peer.clone();
+        let peer = c.peer.take().map(|p| *p).unwrap_or_default();
 
         // A session deadline that passed before this CONNECT was handled (a late
         // `handle_timeout`, a clock that jumped) has passed: its will goes out and an expired
@@ -1892,8 +1910,6 @@ impl Broker {
             props.authentication_data = auth_data;
         }
         c.session = si;
-        c.client_id = Some(client_id.clone());
-        c.username = username;
         c.keep_alive = Duration::from_millis(u64::from(keep_alive) * 1500);
         c.phase = Phase::Connected;
         if v5 && outgoing_aliases && c.alias_max > 0 {
@@ -1934,7 +1950,7 @@ impl Broker {
         };
         c.phase = Phase::Closing;
         c.session = NO_SESSION;
-        let client_id = c.client_id.clone();
+        let client_id = self.session(si).map(|s| s.client_id.clone());
         self.clients_connected -= 1;
         self.detach(now, si, true, true);
         if let Some(client_id) = client_id {
@@ -2023,9 +2039,7 @@ impl Broker {
             return self.violation(now, index, ReasonCode::RetainNotSupported);
         }
         let si = c.session;
-        let client_id = c.client_id.clone().unwrap_or_default();
-        let username = c.username.clone();
-        let peer = c.peer.clone();
+        let (client_id, username, peer) = self.identity(index);
         let Some(s) = self.session(si) else {
             return;
         };
@@ -2821,9 +2835,7 @@ impl Broker {
         };
         let v5 = c.v5();
         let si = c.session;
-        let client_id = c.client_id.clone().unwrap_or_default();
-        let username = c.username.clone();
-        let peer = c.peer.clone();
+        let (client_id, username, peer) = self.identity(index);
         let sub_id = sub.properties.subscription_identifier;
         if sub_id.is_some() && !self.config.subscription_identifiers_available {
             return self.violation(now, index, ReasonCode::SubscriptionIdentifiersNotSupported);
