@@ -109,3 +109,24 @@ fn a_publisher_that_leaves_while_paused_loses_nothing() {
     assert_eq!(d.broker().stats().dropped_slow_consumer, 0);
     assert!(delivered > 20_000 * 64);
 }
+
+#[test]
+fn a_paused_publisher_is_resumed_by_the_subscriber_s_writes_alone() {
+    // A server that acts only on what happens (no timer is due while a publisher is paused and
+    // the subscriber sends nothing) must learn from `written` that it may read again.
+    let mut config = BrokerConfig::default();
+    config.max_packet_size = 1024;
+    let (mut d, sub, publisher) = setup(config);
+    let mut seen = Seen::default();
+    d.input(NOW, publisher, burst(5_000));
+    drain(&mut d, &mut seen);
+    assert!(seen.paused, "the burst did not pause the publisher");
+    while seen.paused {
+        assert!(!seen.writes.is_empty(), "paused with nothing left to write");
+        let (h, n) = seen.writes.remove(0);
+        assert_eq!(h, 0);
+        d.written(sub, n);
+        drain(&mut d, &mut seen);
+    }
+    assert_eq!(d.broker().stats().dropped_slow_consumer, 0);
+}

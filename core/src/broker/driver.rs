@@ -238,6 +238,9 @@ impl<H: Clone> Driver<H> {
         };
         io.in_writer = io.in_writer.saturating_sub(n);
         self.transmit(id, false);
+        // Draining a subscriber's output can resume the publishers it paused: those events
+        // must not wait for the next input, which a paused publisher will not send.
+        self.collect();
     }
 
     /// `id`'s socket closed (end of stream or an error, reading or writing). Input that waits
