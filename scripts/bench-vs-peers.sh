@@ -8,6 +8,8 @@
 # then ternmq's ratios to each peer. Everything listens on 127.0.0.1 only.
 #
 # Usage: scripts/bench-vs-peers.sh [quick]   (quick: fewer messages and connections)
+# TERNMQ_RUNTIMES="tokio std smol" measures ternmq on each of those servers (default: tokio); each
+# after the first is reported as ternmq-<runtime>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,8 +53,11 @@ hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 start_broker() { # name port -> sets PID
     local name=$1 port=$2
     case $name in
-    ternmq)
-        $PIN_BROKER "$TERNMQ" broker -p "$port" --no-persistence --log-level error \
+    ternmq*)
+        local runtime=${name#ternmq}
+        runtime=${runtime#-}
+        $PIN_BROKER "$TERNMQ" broker -p "$port" --runtime "${runtime:-tokio}" --no-persistence \
+            --log-level error \
             >"$WORK/$name.log" 2>&1 &
         ;;
     mosquitto)
@@ -94,7 +99,13 @@ bench() { # port args...
         awk '/^(fan-in|fan-out|pairs|latency|idle) / {print}' || true
 }
 
-BROKERS="ternmq mosquitto"
+BROKERS=""
+first=1
+for rt in ${TERNMQ_RUNTIMES:-tokio}; do
+    if [ $first = 1 ] && [ "$rt" = tokio ]; then BROKERS="ternmq"; else BROKERS="$BROKERS ternmq-$rt"; fi
+    first=0
+done
+BROKERS="$BROKERS mosquitto"
 if [ -n "$RUMQTTD" ]; then BROKERS="$BROKERS rumqttd"; else echo "note: rumqttd not found; skipping it"; fi
 
 RESULTS="$WORK/results"
@@ -152,11 +163,13 @@ for line in open(sys.argv[1]):
     broker, qos, scen = f[0], f[1], f[2]
     rows[(broker, qos, scen)] = dict(rate=float(f[7]), p50=float(f[8]), p99=float(f[9]),
                                      lost=int(f[11]), dup=int(f[12]))
-peers = sorted({b for b, _, _ in rows} - {"ternmq"})
-print(f"{'shape':<16}" + "".join(f"{'vs ' + p:>22}" for p in peers))
-for (b, q, s), r in sorted(rows.items()):
-    if b != "ternmq":
+ours = sorted({b for b, _, _ in rows if b.startswith("ternmq")}, key=len)
+peers = sorted({b for b, _, _ in rows} - set(ours))
+print(f"{'shape':<24}" + "".join(f"{'vs ' + p:>22}" for p in peers))
+for (b, q, s), r in sorted(rows.items(), key=lambda kv: (len(kv[0][0]), kv[0])):
+    if b not in ours:
         continue
+    name = f"{b} {s} {q}" if len(ours) > 1 else f"{s} {q}"
     cells = []
     for p in peers:
         o = rows.get((p, q, s))
@@ -166,12 +179,14 @@ for (b, q, s), r in sorted(rows.items()):
             cells.append(f"p99 {r['p99'] / max(o['p99'], 1e-9):.2f}x")
         else:
             cells.append(f"{r['rate'] / o['rate']:.2f}x ({o['lost']} lost)")
-    print(f"{s + ' ' + q:<16}" + "".join(f"{c:>22}" for c in cells) + f"   ternmq lost {r['lost']}")
-for key in ("peak_rss_kb", "idle_bytes_per_connection"):
-    t = mem.get(("ternmq", key))
-    cells = []
-    for p in peers:
-        o = mem.get((p, key))
-        cells.append(f"{t / o:.2f}x" if t is not None and o else "-")
-    print(f"{key:<16}" + "".join(f"{c:>22}" for c in cells) + f"   ternmq {t:.0f}")
+    print(f"{name:<24}" + "".join(f"{c:>22}" for c in cells) + f"   {b} lost {r['lost']}")
+for b in ours:
+    for key in ("peak_rss_kb", "idle_bytes_per_connection"):
+        t = mem.get((b, key))
+        cells = []
+        for p in peers:
+            o = mem.get((p, key))
+            cells.append(f"{t / o:.2f}x" if t is not None and o else "-")
+        name = f"{b} {key}" if len(ours) > 1 else key
+        print(f"{name:<24}" + "".join(f"{c:>22}" for c in cells) + f"   {b} {t:.0f}")
 EOF

@@ -21,7 +21,8 @@
 //! # Ok::<(), ternmq_std::Error>(())
 //! ```
 //!
-//! [`Server`] runs the MQTT broker on std threads; see the [`server`] module.
+//! [`Server`] runs the MQTT broker without an async runtime: one thread and a readiness loop
+//! over every socket; see the [`server`] module.
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};

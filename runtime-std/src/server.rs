@@ -1,20 +1,27 @@
 //! The MQTT broker server on plain std threads, for programs without an async runtime.
 //!
-//! One thread owns the broker (through [`Driver`]) and takes input from a bounded channel, in
-//! batches; each listener has an accept thread; each connection has a reader thread and a writer
-//! thread (small stacks), so a slow socket never blocks the others. Protocol decisions are the
-//! core's: this module moves bytes and time.
+//! One thread serves every connection: a readiness loop (epoll, kqueue or IOCP, through `mio`)
+//! over the listeners and the sockets. It reads what is ready, a bounded amount per connection
+//! and turn so that one busy client cannot starve the others, feeds it to the broker (through
+//! [`Driver`]), and writes what the broker hands out with one vectored write per connection and
+//! turn. A connection costs a slot in a table and its socket, not a thread. The store's writer
+//! and a [`BlockingAuthenticator`]'s calls run on threads of their own and report back through a
+//! channel that wakes the loop. Protocol decisions are the core's: this module moves bytes and
+//! time.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
 use ternmq_core::broker::driver::{
     Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
     log_event,
@@ -24,11 +31,26 @@ use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, C
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
-/// Bytes one read may bring in: on the reader thread's stack, held while it waits.
-const READ_CHUNK: usize = 4 * 1024;
-const BATCH: usize = 256;
-const INPUT_QUEUE: usize = 1024;
-const STACK: usize = 64 * 1024;
+/// The loop's read buffer: one read brings in at most this much.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection per turn before the others get theirs.
+const READ_BUDGET: usize = 64 * 1024;
+/// Connections accepted from one listener per turn.
+const ACCEPT_BUDGET: usize = 256;
+/// Readiness events taken per turn.
+const EVENTS: usize = 1024;
+/// Buffers one vectored write takes (the common `IOV_MAX` is 1024).
+const IOVECS: usize = 64;
+/// How long accepting pauses after an error such as too many open files.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+const STACK: usize = 256 * 1024;
+
+const WAKER: Token = Token(usize::MAX);
+
+/// The token of listener `i`: counted down from below the waker's, far from connection slots.
+fn listener_token(i: usize) -> Token {
+    Token(usize::MAX - 1 - i)
+}
 
 /// Authentication that may block (a database lookup, an HTTP call): runs on a thread of its own
 /// when the core's authenticator answers [`AuthDecision::Defer`].
@@ -73,28 +95,40 @@ impl ServerConfig {
     }
 }
 
+/// What other threads tell the loop.
 enum Input {
-    Accepted(TcpStream, SocketAddr, u16),
-    Bytes(ConnId, BytesMut),
-    Closed(ConnId),
-    Written(ConnId, usize),
     Auth(AuthTicket, AuthDecision),
     Persisted(PersistSeq),
     StoreFailed(String),
-    Shutdown,
+}
+
+/// Sends to the loop and wakes it.
+#[derive(Clone)]
+struct Mailbox {
+    tx: Sender<Input>,
+    waker: Arc<Waker>,
+}
+
+impl Mailbox {
+    fn send(&self, input: Input) {
+        if self.tx.send(input).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 /// Stops a running [`Server`] gracefully; cheap to clone.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    tx: SyncSender<Input>,
     stopping: Arc<AtomicBool>,
-    addrs: Vec<SocketAddr>,
+    waker: Arc<Waker>,
 }
 
 impl fmt::Debug for ShutdownHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShutdownHandle").field("addrs", &self.addrs).finish()
+        f.debug_struct("ShutdownHandle")
+            .field("stopping", &self.stopping.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -102,28 +136,18 @@ impl ShutdownHandle {
     /// Asks the server to stop: it stops accepting, sends DISCONNECT 0x8B (Server shutting down)
     /// to MQTT 5 clients, flushes and closes every connection, and then `run` returns.
     pub fn shutdown(&self) {
-        if self.stopping.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let _ = self.tx.send(Input::Shutdown);
-        // Wake the accept threads, blocked in accept(), so that they see the flag.
-        for addr in &self.addrs {
-            let ip = match addr.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ip => ip,
-            };
-            let _ = TcpStream::connect_timeout(&SocketAddr::new(ip, addr.port()), WRITE_TIMEOUT);
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            let _ = self.waker.wake();
         }
     }
 }
 
 /// A bound MQTT broker server on std threads.
 pub struct Server {
+    poll: Poll,
+    waker: Arc<Waker>,
     listeners: Vec<TcpListener>,
     config: ServerConfig,
-    tx: SyncSender<Input>,
-    rx: Receiver<Input>,
     stopping: Arc<AtomicBool>,
     store: Option<Store>,
 }
@@ -144,16 +168,18 @@ impl Server {
         if config.listeners.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener configured"));
         }
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for addr in &config.listeners {
-            let l = TcpListener::bind(addr)
+        for (i, addr) in config.listeners.iter().enumerate() {
+            let mut l = TcpListener::bind(*addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            poll.registry().register(&mut l, listener_token(i), Interest::READABLE)?;
             listeners.push(l);
         }
         let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
-        let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
         let stopping = Arc::new(AtomicBool::new(false));
-        Ok(Server { listeners, config, tx, rx, stopping, store })
+        Ok(Server { poll, waker, listeners, config, stopping, store })
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -163,222 +189,378 @@ impl Server {
 
     /// A handle that stops the server.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
-            tx: self.tx.clone(),
-            stopping: self.stopping.clone(),
-            addrs: self.local_addrs(),
-        }
+        ShutdownHandle { stopping: self.stopping.clone(), waker: self.waker.clone() }
     }
 
     /// Serves until [`ShutdownHandle::shutdown`] is called; blocks the calling thread.
     pub fn run(self) -> io::Result<()> {
-        let (done, fail) = (self.tx.clone(), self.tx.clone());
+        let (tx, rx) = mpsc::channel();
+        let mailbox = Mailbox { tx, waker: self.waker };
+        let (done, fail) = (mailbox.clone(), mailbox.clone());
         let (broker, writer) = ternmq_store::start_broker(
             self.config.broker.clone(),
             self.store.zip(self.config.store.as_ref()),
-            move |seq| {
-                let _ = done.send(Input::Persisted(seq));
-            },
-            move |e| {
-                let _ = fail.send(Input::StoreFailed(e.to_string()));
-            },
+            move |seq| done.send(Input::Persisted(seq)),
+            move |e| fail.send(Input::StoreFailed(e.to_string())),
         )?;
-        let mut acceptors = Vec::new();
-        for (index, listener) in self.listeners.into_iter().enumerate() {
-            let tx = self.tx.clone();
-            let stopping = self.stopping.clone();
-            let index = u16::try_from(index).unwrap_or(u16::MAX);
-            acceptors
-                .push(spawn("ternmq-accept", move || accept_loop(listener, index, tx, stopping))?);
-        }
-        let mut core = Core {
+        let mut server = Loop {
+            poll: self.poll,
+            listeners: self.listeners.into_iter().map(Some).collect(),
+            accept_at: None,
+            conns: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
             driver: Driver::new(broker),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            lingering: VecDeque::new(),
+            stalls: VecDeque::new(),
+            scratch: vec![0; READ_CHUNK],
             epoch: StdInstant::now(),
-            tx: self.tx,
+            rx,
+            mailbox,
             auth: self.config.blocking_authenticator.clone(),
-            writers: Vec::new(),
             writer,
             store_failed: None,
         };
-        core.run(&self.rx);
-        let failed = core.store_failed.take();
-        core.shutdown();
-        for a in acceptors {
-            let _ = a.join();
-        }
-        match failed {
+        server.run(&self.stopping)?;
+        match server.store_failed.take() {
             Some(e) => Err(io::Error::other(e)),
             None => Ok(()),
         }
     }
 }
 
-fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> io::Result<JoinHandle<()>> {
-    thread::Builder::new().name(name.into()).stack_size(STACK).spawn(f)
+/// How the driver names a connection to the loop: its slot, and the generation that tells a
+/// slot's later occupants apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    index: u32,
+    generation: u32,
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    index: u16,
-    tx: SyncSender<Input>,
-    stopping: Arc<AtomicBool>,
-) {
-    loop {
-        match listener.accept() {
-            Ok((stream, addr)) => {
-                if stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                if tx.send(Input::Accepted(stream, addr, index)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                if stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                log::warn!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+/// One socket and what the loop knows of it.
+struct Conn {
+    stream: TcpStream,
+    generation: u32,
+    /// The broker's id; `None` once the broker closed the connection (it lingers).
+    id: Option<ConnId>,
+    /// Buffers handed out by the broker, written from `first` on.
+    out: Vec<Bytes>,
+    first: usize,
+    /// Since when a write has been waiting for the peer to read.
+    blocked_since: Option<Instant>,
+    /// The socket reported readable and has not been read until it would block.
+    readable: bool,
+    /// In [`Loop::ready`].
+    queued: bool,
+    /// In [`Loop::dirty`].
+    dirty: bool,
+    /// The broker paused reading (a subscriber of what this client publishes is behind).
+    paused: bool,
+    /// The peer closed, or the socket failed: nothing more will be read.
+    peer_done: bool,
+    /// The socket failed: nothing more will be written either.
+    broken: bool,
+    /// Our side was shut after the last byte; the connection lingers until the peer closes.
+    shut: bool,
 }
 
-/// How the core thread reaches one connection's threads.
-#[derive(Clone)]
-struct Handle {
-    writer: Sender<Vec<Bytes>>,
-    /// Reading is paused while true (a subscriber of what this client publishes is behind).
-    paused: Arc<(Mutex<bool>, Condvar)>,
-    /// The broker closed the connection: the reader drops what still comes.
-    closing: Arc<AtomicBool>,
-}
-
-impl fmt::Debug for Handle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle").finish_non_exhaustive()
-    }
-}
-
-struct Core {
-    driver: Driver<Handle>,
+struct Loop {
+    poll: Poll,
+    /// `None` once the server stops accepting.
+    listeners: Vec<Option<TcpListener>>,
+    /// When to try accepting again after an error or a full budget.
+    accept_at: Option<Instant>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    generation: u32,
+    driver: Driver<Slot>,
+    /// Connections to read from this turn.
+    ready: VecDeque<u32>,
+    /// Connections with something to write this turn.
+    dirty: Vec<u32>,
+    /// When each connection whose side is shut stops waiting for its peer, in order.
+    lingering: VecDeque<(Instant, Slot)>,
+    /// When each blocked writer is next looked at, in order.
+    stalls: VecDeque<(Instant, Slot)>,
+    scratch: Vec<u8>,
     epoch: StdInstant,
-    tx: SyncSender<Input>,
+    rx: Receiver<Input>,
+    mailbox: Mailbox,
     auth: Option<Arc<dyn BlockingAuthenticator>>,
-    /// Writer threads, reaped as they finish.
-    writers: Vec<JoinHandle<()>>,
     /// The store's writer thread.
     writer: Option<Writer>,
     /// The store could not be written: the server stops.
     store_failed: Option<String>,
 }
 
-impl Core {
+impl Loop {
     fn now(&self) -> Instant {
         Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn run(&mut self, rx: &Receiver<Input>) {
+    fn run(&mut self, stopping: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS);
+        let mut stop_by: Option<Instant> = None;
         loop {
-            let wait = match self.driver.poll_timeout() {
-                Some(at) => {
-                    Duration::from_nanos(at.as_nanos().saturating_sub(self.now().as_nanos()))
-                }
-                None => Duration::from_secs(3600),
+            let now = self.now();
+            if let Some(by) = stop_by
+                && (self.conns.iter().all(Option::is_none) || now >= by)
+            {
+                return Ok(());
+            }
+            let timeout = if self.ready.is_empty() {
+                self.next_deadline(stop_by)
+                    .map(|at| Duration::from_nanos(at.as_nanos().saturating_sub(now.as_nanos())))
+            } else {
+                Some(Duration::ZERO)
             };
-            match rx.recv_timeout(wait) {
-                Ok(Input::Shutdown) => return,
-                Ok(input) => {
-                    self.input(input);
-                    if self.store_failed.is_some() {
-                        return;
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
+            }
+            let now = self.now();
+            for event in &events {
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t >= usize::MAX - self.listeners.len() => {
+                        self.accept(usize::MAX - 1 - t, now);
                     }
-                    for _ in 1..BATCH {
-                        match rx.try_recv() {
-                            Ok(Input::Shutdown) => return,
-                            Ok(input) => self.input(input),
-                            Err(_) => break,
+                    Token(t) => {
+                        let Some(Some(c)) = self.conns.get_mut(t) else {
+                            continue;
+                        };
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            c.readable = true;
+                            if !c.queued {
+                                c.queued = true;
+                                self.ready.push_back(t as u32);
+                            }
+                        }
+                        if event.is_writable() || event.is_write_closed() {
+                            mark_dirty(c, &mut self.dirty, t as u32);
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
             }
-            let now = self.now();
-            self.driver.timeout(now);
-            self.act();
-            self.writers.retain(|w| !w.is_finished());
+            while let Ok(input) = self.rx.try_recv() {
+                self.input(now, input);
+            }
+            if self.store_failed.is_some() {
+                stopping.store(true, Ordering::SeqCst);
+            }
+            self.read_ready(now);
+            if self.driver.poll_timeout().is_some_and(|at| at <= now) {
+                self.driver.timeout(now);
+            }
+            self.expire(now);
+            self.settle(now);
+            if stop_by.is_none() && stopping.load(Ordering::SeqCst) {
+                stop_by = Some(now + SHUTDOWN_FLUSH);
+                self.shutdown(now);
+            }
         }
     }
 
-    fn input(&mut self, input: Input) {
-        let now = self.now();
+    /// The earliest moment something is due.
+    fn next_deadline(&self, stop_by: Option<Instant>) -> Option<Instant> {
+        [
+            self.driver.poll_timeout(),
+            self.lingering.front().map(|(at, _)| *at),
+            self.stalls.front().map(|(at, _)| *at),
+            self.accept_at,
+            stop_by,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn input(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Accepted(stream, addr, listener) => self.accepted(now, stream, addr, listener),
-            Input::Bytes(id, chunk) => self.driver.input(now, id, chunk),
-            Input::Closed(id) => self.driver.closed(now, id),
-            Input::Written(id, n) => self.driver.written(id, n),
             Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
             Input::Persisted(seq) => self.driver.persisted(now, seq),
             Input::StoreFailed(e) => {
                 log::error!("{e}; stopping");
                 self.store_failed = Some(e);
             }
-            Input::Shutdown => {}
         }
     }
 
-    fn accepted(&mut self, now: Instant, stream: TcpStream, addr: SocketAddr, listener: u16) {
+    fn accept(&mut self, listener: usize, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(Some(l)) = self.listeners.get(listener) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, addr)) => self.admit(stream, addr, listener, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    self.accept_at = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+        // More may be waiting; the readiness event will not come again for them.
+        self.accept_at = Some(now);
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, listener: usize, now: Instant) {
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let (Ok(read), Ok(write)) = (stream.try_clone(), stream.try_clone()) else {
-            return;
+        let index = match self.free.last() {
+            Some(i) => *i,
+            None => u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
         };
-        let (wtx, wrx) = mpsc::channel();
-        let paused = Arc::new((Mutex::new(false), Condvar::new()));
-        let closing = Arc::new(AtomicBool::new(false));
-        let handle = Handle { writer: wtx, paused: paused.clone(), closing: closing.clone() };
-        let id = match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, handle) {
+        self.generation = self.generation.wrapping_add(1);
+        let slot = Slot { index, generation: self.generation };
+        let listener = u16::try_from(listener).unwrap_or(u16::MAX);
+        let id = match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, slot) {
             Ok(id) => id,
             Err(e) => {
                 log::warn!("refused connection from {addr}: {e}");
                 return;
             }
         };
-        // Dropped when the reader ends: the writer's signal that the peer has closed.
-        let (read_done, reader_ended) = mpsc::channel::<()>();
-        let tx = self.tx.clone();
-        let reader = spawn("ternmq-read", move || {
-            read_loop(read, id, &tx, &paused, &closing);
-            drop(read_done);
-        });
-        let tx = self.tx.clone();
-        let writer = spawn("ternmq-write", move || write_loop(write, id, &wrx, &tx, &reader_ended));
-        match (reader, writer) {
-            (Ok(_), Ok(w)) => self.writers.push(w),
-            _ => {
-                log::warn!("cannot start threads for {addr}: closing it");
-                let _ = stream.shutdown(Shutdown::Both);
-                self.driver.closed(now, id);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(index as usize), interest)
+        {
+            log::warn!("cannot watch the connection from {addr}: {e}; closing it");
+            self.driver.closed(now, id);
+            return;
+        }
+        let conn = Conn {
+            stream,
+            generation: slot.generation,
+            id: Some(id),
+            out: Vec::new(),
+            first: 0,
+            blocked_since: None,
+            readable: false,
+            queued: false,
+            dirty: false,
+            paused: false,
+            peer_done: false,
+            broken: false,
+            shut: false,
+        };
+        if self.free.pop().is_none() {
+            self.conns.push(Some(conn));
+        } else if let Some(s) = self.conns.get_mut(index as usize) {
+            *s = Some(conn);
+        }
+    }
+
+    /// Reads from each ready connection up to its budget; one that has more goes again next
+    /// turn.
+    fn read_ready(&mut self, now: Instant) {
+        for _ in 0..self.ready.len() {
+            let Some(index) = self.ready.pop_front() else {
+                break;
+            };
+            let mut budget = READ_BUDGET;
+            if let Some(Some(c)) = self.conns.get_mut(index as usize) {
+                c.queued = false;
+            }
+            while let Some(Some(c)) = self.conns.get_mut(index as usize) {
+                if !c.readable || c.paused || c.peer_done {
+                    break;
+                }
+                if budget == 0 {
+                    c.queued = true;
+                    self.ready.push_back(index);
+                    break;
+                }
+                match c.stream.read(&mut self.scratch) {
+                    Ok(0) => {
+                        c.peer_done = true;
+                        self.peer_gone(now, index);
+                        break;
+                    }
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        // Once the broker closed it, what the peer still sends is dropped.
+                        if let Some(id) = c.id {
+                            let chunk = BytesMut::from(self.scratch.get(..n).unwrap_or_default());
+                            self.driver.input(now, id, chunk);
+                            self.act(now);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.peer_done = true;
+                        c.broken = true;
+                        self.peer_gone(now, index);
+                        break;
+                    }
+                }
             }
         }
     }
 
-    fn act(&mut self) {
+    /// The peer closed or the socket failed.
+    fn peer_gone(&mut self, now: Instant, index: u32) {
+        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        match c.id {
+            // The broker decides; its Close comes now or once paused input is handled.
+            Some(id) => {
+                self.driver.closed(now, id);
+                self.act(now);
+            }
+            // Already closed by the broker: nothing waits for the peer any more.
+            None => {
+                mark_dirty(c, &mut self.dirty, index);
+            }
+        }
+    }
+
+    /// Carries out the driver's actions until it has none.
+    fn act(&mut self, now: Instant) {
         while let Some(action) = self.driver.poll_action() {
             match action {
-                Action::Write(h, chunks) => {
-                    let _ = h.writer.send(chunks);
+                Action::Write(slot, chunks) => {
+                    if let Some(c) = conn_at(&mut self.conns, slot) {
+                        if c.out.is_empty() {
+                            c.out = chunks;
+                        } else {
+                            c.out.extend(chunks);
+                        }
+                        mark_dirty(c, &mut self.dirty, slot.index);
+                    }
                 }
-                // The reader drops what still comes; the writer closes the socket once it has
-                // written what it holds (the last sender is dropped here) and the peer closed.
-                Action::Close(h) => {
-                    h.closing.store(true, Ordering::Release);
-                    set_paused(&h.paused, false);
+                // Written out, then shut and lingered over (or dropped) by `flush`.
+                Action::Close(slot) => {
+                    if let Some(c) = conn_at(&mut self.conns, slot) {
+                        c.id = None;
+                        c.paused = false;
+                        mark_dirty(c, &mut self.dirty, slot.index);
+                        if c.readable && !c.queued {
+                            c.queued = true;
+                            self.ready.push_back(slot.index);
+                        }
+                    }
                 }
-                Action::PauseRead(h) => set_paused(&h.paused, true),
-                Action::ResumeRead(h) => set_paused(&h.paused, false),
-                Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
+                Action::PauseRead(slot) => {
+                    if let Some(c) = conn_at(&mut self.conns, slot) {
+                        c.paused = true;
+                    }
+                }
+                Action::ResumeRead(slot) => {
+                    if let Some(c) = conn_at(&mut self.conns, slot) {
+                        c.paused = false;
+                        if c.readable && !c.queued {
+                            c.queued = true;
+                            self.ready.push_back(slot.index);
+                        }
+                    }
+                }
+                Action::Authenticate(ticket, request) => self.authenticate(now, ticket, request),
                 Action::Log(event) => log_event(&event),
                 Action::Persist(batch) => {
                     if let Some(w) = &self.writer {
@@ -389,7 +571,6 @@ impl Core {
                     // Deferred authorization is answered by the Tokio server's AsyncAuthorizer;
                     // here it is refused, as an authorizer that cannot decide must be.
                     log::warn!("an authorizer deferred, which this server cannot wait for");
-                    let now = self.now();
                     self.driver.resolve_authorization(now, ticket, false);
                 }
                 _ => {}
@@ -397,121 +578,187 @@ impl Core {
         }
     }
 
-    fn authenticate(&mut self, ticket: AuthTicket, request: AuthRequest) {
+    fn authenticate(&mut self, now: Instant, ticket: AuthTicket, request: AuthRequest) {
         let Some(auth) = self.auth.clone() else {
             log::warn!("an authenticator deferred but no blocking authenticator is configured");
-            let now = self.now();
             self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
             return;
         };
-        let tx = self.tx.clone();
-        let spawned = spawn("ternmq-auth", move || {
-            let decision = auth.authenticate(request);
-            let _ = tx.send(Input::Auth(ticket, decision));
-        });
+        let mailbox = self.mailbox.clone();
+        let spawned =
+            thread::Builder::new().name("ternmq-auth".into()).stack_size(STACK).spawn(move || {
+                let decision = auth.authenticate(request);
+                mailbox.send(Input::Auth(ticket, decision));
+            });
         if spawned.is_err() {
-            let now = self.now();
             self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
         }
     }
 
-    fn shutdown(mut self) {
-        let now = self.now();
+    /// Acts and writes until nothing is left that can be written now.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            self.act(now);
+            if self.dirty.is_empty() {
+                return;
+            }
+            for index in std::mem::take(&mut self.dirty) {
+                self.flush(now, index);
+            }
+        }
+    }
+
+    /// Writes what `index` holds until done or the socket would block; then, once a closed
+    /// connection has written everything, shuts it or drops it.
+    fn flush(&mut self, now: Instant, index: u32) {
+        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        c.dirty = false;
+        let mut written = 0;
+        let mut blocked = false;
+        while !c.broken && c.first < c.out.len() {
+            let mut slices = [IoSlice::new(&[]); IOVECS];
+            let mut k = 0;
+            for (s, b) in slices.iter_mut().zip(c.out.iter().skip(c.first)) {
+                *s = IoSlice::new(b);
+                k += 1;
+            }
+            match c.stream.write_vectored(slices.get(..k).unwrap_or_default()) {
+                Ok(0) => c.broken = true,
+                Ok(n) => {
+                    c.first = consume(&mut c.out, c.first, n);
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => c.broken = true,
+            }
+        }
+        if c.first == c.out.len() {
+            // An idle connection keeps no buffer list.
+            c.first = 0;
+            c.out = Vec::new();
+        }
+        let slot = Slot { index, generation: c.generation };
+        if blocked {
+            if c.blocked_since.is_none() {
+                self.stalls.push_back((now + WRITE_TIMEOUT, slot));
+            }
+            if c.blocked_since.is_none() || written > 0 {
+                c.blocked_since = Some(now);
+            }
+        } else {
+            c.blocked_since = None;
+        }
+        if c.broken {
+            c.peer_done = true;
+            match c.id {
+                Some(id) => {
+                    self.driver.closed(now, id);
+                    // Its Close (now, or once paused input is handled) drops it.
+                }
+                None => self.drop_conn(index),
+            }
+            return;
+        }
+        match c.id {
+            Some(id) if written > 0 => self.driver.written(id, written),
+            Some(_) => {}
+            None if c.first < c.out.len() => {}
+            // Everything written; the peer is gone too: done.
+            None if c.peer_done => self.drop_conn(index),
+            // Shut our side, then read and drop until the peer closes (see LINGER).
+            None if !c.shut => {
+                c.shut = true;
+                let _ = c.stream.shutdown(Shutdown::Write);
+                self.lingering.push_back((now + LINGER, slot));
+            }
+            None => {}
+        }
+    }
+
+    /// Closes lingering connections whose time is up and writers stuck on a peer that does not
+    /// read; accepts again after a pause.
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, slot)) = self.lingering.front().copied() {
+            if at > now {
+                break;
+            }
+            self.lingering.pop_front();
+            if conn_at(&mut self.conns, slot).is_some_and(|c| c.shut) {
+                self.drop_conn(slot.index);
+            }
+        }
+        while let Some((at, slot)) = self.stalls.front().copied() {
+            if at > now {
+                break;
+            }
+            self.stalls.pop_front();
+            let Some(c) = conn_at(&mut self.conns, slot) else {
+                continue;
+            };
+            match c.blocked_since {
+                Some(since) if since + WRITE_TIMEOUT <= now => {
+                    log::debug!("a peer read nothing for {WRITE_TIMEOUT:?}: closing it");
+                    c.broken = true;
+                    c.dirty = true;
+                    self.flush(now, slot.index);
+                }
+                Some(since) => self.stalls.push_back((since + WRITE_TIMEOUT, slot)),
+                None => {}
+            }
+        }
+        if self.accept_at.is_some_and(|at| at <= now) {
+            self.accept_at = None;
+            for i in 0..self.listeners.len() {
+                self.accept(i, now);
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, index: u32) {
+        let Some(slot) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        if let Some(mut c) = slot.take() {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.free.push(index);
+        }
+    }
+
+    /// Stops accepting and has the broker disconnect everyone; the loop then writes out what
+    /// is left and waits for the connections to close, for at most [`SHUTDOWN_FLUSH`].
+    fn shutdown(&mut self, now: Instant) {
+        for l in &mut self.listeners {
+            if let Some(mut l) = l.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+        self.accept_at = None;
         self.driver.shutdown(now);
-        self.act();
+        self.settle(now);
         // Everything logged so far is committed before the server returns.
         if let Some(w) = self.writer.take() {
             w.close();
         }
-        let deadline = StdInstant::now() + SHUTDOWN_FLUSH;
-        for w in std::mem::take(&mut self.writers) {
-            while !w.is_finished() && StdInstant::now() < deadline {
-                thread::sleep(Duration::from_millis(5));
-            }
-            if w.is_finished() {
-                let _ = w.join();
-            }
-        }
     }
 }
 
-fn set_paused(flag: &(Mutex<bool>, Condvar), paused: bool) {
-    *flag.0.lock().unwrap_or_else(PoisonError::into_inner) = paused;
-    flag.1.notify_all();
-}
-
-fn read_loop(
-    mut read: TcpStream,
-    id: ConnId,
-    tx: &SyncSender<Input>,
-    paused: &(Mutex<bool>, Condvar),
-    closing: &AtomicBool,
-) {
-    let mut buf = [0u8; READ_CHUNK];
-    loop {
-        let mut p = paused.0.lock().unwrap_or_else(PoisonError::into_inner);
-        while *p {
-            p = paused.1.wait(p).unwrap_or_else(PoisonError::into_inner);
-        }
-        drop(p);
-        match read.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Input::Closed(id));
-                return;
-            }
-            // Closed by the broker: what the peer still sends is read only so that closing the
-            // socket does not reset the connection (see `write_loop`).
-            Ok(_) if closing.load(Ordering::Acquire) => {}
-            Ok(n) => {
-                if tx.send(Input::Bytes(id, BytesMut::from(&buf[..n]))).is_err() {
-                    return;
-                }
-            }
-        }
+/// The connection at `slot`, unless the slot has a later occupant.
+fn conn_at(conns: &mut [Option<Conn>], slot: Slot) -> Option<&mut Conn> {
+    match conns.get_mut(slot.index as usize) {
+        Some(Some(c)) if c.generation == slot.generation => Some(c),
+        _ => None,
     }
 }
 
-fn write_loop(
-    mut write: TcpStream,
-    id: ConnId,
-    rx: &Receiver<Vec<Bytes>>,
-    tx: &SyncSender<Input>,
-    reader_ended: &Receiver<()>,
-) {
-    let mut pending: Vec<Bytes> = Vec::new();
-    while let Ok(chunks) = rx.recv() {
-        pending.extend(chunks);
-        while let Ok(more) = rx.try_recv() {
-            pending.extend(more);
-        }
-        let total: usize = pending.iter().map(Bytes::len).sum();
-        if write_all(&mut write, &mut pending).is_err() {
-            let _ = tx.send(Input::Closed(id));
-            break;
-        }
-        if tx.send(Input::Written(id, total)).is_err() {
-            break;
-        }
+fn mark_dirty(c: &mut Conn, dirty: &mut Vec<u32>, index: u32) {
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push(index);
     }
-    // Our side is done. Wait (at most LINGER, whose documentation says why) for the peer to
-    // close too, the reader dropping what it still sends. Closing both directions then also
-    // wakes the reader thread.
-    let _ = write.shutdown(Shutdown::Write);
-    let _ = reader_ended.recv_timeout(LINGER);
-    let _ = write.shutdown(Shutdown::Both);
-}
-
-fn write_all(write: &mut TcpStream, bufs: &mut Vec<Bytes>) -> io::Result<()> {
-    let mut first = 0;
-    while first < bufs.len() {
-        let slices: Vec<IoSlice<'_>> =
-            bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
-        let n = write.write_vectored(&slices)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        first = consume(bufs, first, n);
-    }
-    bufs.clear();
-    Ok(())
 }
