@@ -1,7 +1,8 @@
 //! The full runtime matrix: each runtime's client (Tokio, smol, std) against each runtime's
 //! broker server (Tokio, std, smol), nine pairs, each doing a QoS 2 round trip (subscribe,
-//! publish, receive exactly once) on loopback in both protocol versions; and a graceful
-//! shutdown that tells MQTT 5 clients why.
+//! publish, receive exactly once) on loopback in both protocol versions; a graceful shutdown
+//! that tells MQTT 5 clients why; and, on every server, a subscriber that never reads without
+//! holding up the others.
 
 #![allow(clippy::unwrap_used)]
 
@@ -44,6 +45,10 @@ fn loopback() -> SocketAddr {
 }
 
 fn start(runtime: &str) -> (SocketAddr, Running) {
+    start_with(runtime, ternmq::broker::BrokerConfig::default())
+}
+
+fn start_with(runtime: &str, broker: ternmq::broker::BrokerConfig) -> (SocketAddr, Running) {
     match runtime {
         "tokio" => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -51,27 +56,27 @@ fn start(runtime: &str) -> (SocketAddr, Running) {
                 .enable_all()
                 .build()
                 .unwrap();
-            let server = rt
-                .block_on(ternmq::tokio::Server::bind(ternmq::tokio::ServerConfig::new(loopback())))
-                .unwrap();
+            let mut config = ternmq::tokio::ServerConfig::new(loopback());
+            config.broker = broker;
+            let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
             let addr = server.local_addrs()[0];
             let handle = server.shutdown_handle();
             rt.spawn(server.run());
             (addr, Running::Tokio(rt, handle))
         }
         "std" => {
-            let server =
-                ternmq::blocking::Server::bind(ternmq::blocking::ServerConfig::new(loopback()))
-                    .unwrap();
+            let mut config = ternmq::blocking::ServerConfig::new(loopback());
+            config.broker = broker;
+            let server = ternmq::blocking::Server::bind(config).unwrap();
             let addr = server.local_addrs()[0];
             let handle = server.shutdown_handle();
             let t = std::thread::spawn(move || server.run().unwrap());
             (addr, Running::Std(handle, Some(t)))
         }
         "smol" => {
-            let server =
-                ternmq::smol::Server::bind_blocking(ternmq::smol::ServerConfig::new(loopback()))
-                    .unwrap();
+            let mut config = ternmq::smol::ServerConfig::new(loopback());
+            config.broker = broker;
+            let server = ternmq::smol::Server::bind_blocking(config).unwrap();
             let addr = server.local_addrs()[0];
             let handle = server.shutdown_handle();
             let t = std::thread::spawn(move || server.run_blocking().unwrap());
@@ -235,5 +240,51 @@ fn a_client_still_sending_reads_the_disconnect(server: &str) {
 fn a_client_still_sending_reads_the_disconnect_on_every_server() {
     for server in ["tokio", "std", "smol"] {
         a_client_still_sending_reads_the_disconnect(server);
+    }
+}
+
+fn sync_client(addr: SocketAddr, id: &str) -> SyncClient {
+    let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
+    o.connect.client_id = MqttStr::new(id).unwrap();
+    SyncClient::connect(o).unwrap()
+}
+
+/// A subscriber that never reads gets no say in how fast the others are served: its socket
+/// fills, its output stays within the broker's limits, and a healthy subscriber of the same
+/// messages gets every one of them, in order.
+fn a_stalled_reader_does_not_hold_up_others(server: &str) {
+    use std::io::Write;
+    let mut config = ternmq::broker::BrokerConfig::default();
+    config.max_outbound_bytes = 256 * 1024;
+    let (addr, _running) = start_with(server, config);
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    let mut connect = vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b's'];
+    connect.extend_from_slice(&[0x82, 8, 0, 1, 0, 3, b'b', b'/', b'#', 0]);
+    stalled.write_all(&connect).unwrap();
+
+    let healthy = sync_client(addr, &format!("healthy-{server}"));
+    healthy.subscribe("b/#", QoS::AtLeastOnce).unwrap();
+    let publisher = sync_client(addr, &format!("pub-{server}"));
+    const N: usize = 600; // about 10 MB, far beyond what the stalled socket absorbs
+    let send = std::thread::spawn(move || {
+        let payload = vec![7u8; 16 * 1024];
+        for i in 0..N {
+            publisher.publish(&format!("b/{i}"), payload.clone(), QoS::AtLeastOnce).unwrap();
+        }
+    });
+    for i in 0..N {
+        let m = healthy
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{server}: the healthy subscriber was held up at {i}"));
+        assert_eq!(m.topic.as_str(), format!("b/{i}"), "{server}");
+    }
+    send.join().unwrap();
+    drop(stalled);
+}
+
+#[test]
+fn a_stalled_reader_does_not_hold_up_others_on_every_server() {
+    for server in ["tokio", "std", "smol"] {
+        a_stalled_reader_does_not_hold_up_others(server);
     }
 }
