@@ -360,7 +360,7 @@ const PAUSE_PUBLISHERS_AT: usize = 64 * 1024;
 /// Output a connection's tail buffer collects before it joins the output queue.
 const TAIL_CHUNK: usize = 32 * 1024;
 /// Spare room below which a drained tail is handed out whole instead of split.
-const TAIL_KEEP: usize = 256;
+const TAIL_KEEP: usize = 16;
 
 /// Payloads up to this size are copied next to their header instead of being queued as a
 /// separate buffer: below it, one write of one buffer is cheaper than a reference count.
