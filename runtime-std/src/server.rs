@@ -1,4 +1,4 @@
-//! The MQTT broker server on plain std threads, for programs without an async runtime.
+//! The MQTT broker server without an async runtime: one std thread and a readiness loop.
 //!
 //! One thread serves every connection: a readiness loop (epoll, kqueue or IOCP, through `mio`)
 //! over the listeners and the sockets. It reads what is ready, a bounded amount per connection
@@ -142,7 +142,7 @@ impl ShutdownHandle {
     }
 }
 
-/// A bound MQTT broker server on std threads.
+/// A bound MQTT broker server: one std thread serving every socket.
 pub struct Server {
     poll: Poll,
     waker: Arc<Waker>,

@@ -23,7 +23,7 @@ options:
   -p, --port N           port to listen on (default 1883)
       --data-dir DIR     where persistent state is kept (default ./mqtt_data)
       --no-persistence   keep everything in memory
-      --runtime NAME     tokio (default), smol, or std (plain threads)
+      --runtime NAME     tokio (default; every core), smol, or std (one thread, least memory)
       --allow-anonymous  accept clients without credentials (on a non-loopback address, or
                          beside a password_file)
   -v, --verbose          log every connection (same as --log-level debug)
@@ -122,7 +122,7 @@ impl Settings {
     /// The startup lines: version, one per listener, and where state is kept.
     fn announce(&self, addrs: &[std::net::SocketAddr]) {
         let runtime = match self.runtime {
-            Runtime::Std => "std threads",
+            Runtime::Std => "std (one thread)",
             Runtime::Smol => "smol",
             Runtime::Tokio => "tokio",
         };
@@ -175,7 +175,7 @@ fn serve_smol(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// The broker on std threads.
+/// The broker on the std server: one thread, a readiness loop.
 fn serve_std(settings: Settings) -> Result<(), String> {
     let mut config = ternmq::blocking::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
