@@ -9,7 +9,7 @@
 //! channel that wakes the loop. Protocol decisions are the core's: this module moves bytes and
 //! time.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -214,7 +214,7 @@ impl Server {
             ready: VecDeque::new(),
             dirty: Vec::new(),
             lingering: VecDeque::new(),
-            stalls: VecDeque::new(),
+            stalls: BTreeSet::new(),
             scratch: vec![0; READ_CHUNK],
             epoch: StdInstant::now(),
             rx,
@@ -223,7 +223,13 @@ impl Server {
             writer,
             store_failed: None,
         };
-        server.run(&self.stopping)?;
+        let served = server.run(&self.stopping);
+        // Everything logged, up to the last connection's close, is committed before the server
+        // returns, however the loop ended.
+        if let Some(w) = server.writer.take() {
+            w.close();
+        }
+        served?;
         match server.store_failed.take() {
             Some(e) => Err(io::Error::other(e)),
             None => Ok(()),
@@ -256,6 +262,8 @@ struct Conn {
     queued: bool,
     /// In [`Loop::dirty`].
     dirty: bool,
+    /// In [`Loop::stalls`].
+    stall_queued: bool,
     /// The broker paused reading (a subscriber of what this client publishes is behind).
     paused: bool,
     /// The peer closed, or the socket failed: nothing more will be read.
@@ -282,8 +290,9 @@ struct Loop {
     dirty: Vec<u32>,
     /// When each connection whose side is shut stops waiting for its peer, in order.
     lingering: VecDeque<(Instant, Slot)>,
-    /// When each blocked writer is next looked at, in order.
-    stalls: VecDeque<(Instant, Slot)>,
+    /// When each blocked writer is next looked at, with its slot's index and generation; at
+    /// most one entry per connection.
+    stalls: BTreeSet<(Instant, u32, u32)>,
     scratch: Vec<u8>,
     epoch: StdInstant,
     rx: Receiver<Input>,
@@ -369,7 +378,7 @@ impl Loop {
         [
             self.driver.poll_timeout(),
             self.lingering.front().map(|(at, _)| *at),
-            self.stalls.front().map(|(at, _)| *at),
+            self.stalls.first().map(|(at, _, _)| *at),
             self.accept_at,
             stop_by,
         ]
@@ -442,6 +451,7 @@ impl Loop {
             readable: false,
             queued: false,
             dirty: false,
+            stall_queued: false,
             paused: false,
             peer_done: false,
             broken: false,
@@ -642,11 +652,16 @@ impl Loop {
             // An idle connection keeps no buffer list.
             c.first = 0;
             c.out = Vec::new();
+        } else if c.first > 0 {
+            // Written buffers go now: behind a slow reader the list is never empty for long.
+            c.out.drain(..c.first);
+            c.first = 0;
         }
         let slot = Slot { index, generation: c.generation };
         if blocked {
-            if c.blocked_since.is_none() {
-                self.stalls.push_back((now + WRITE_TIMEOUT, slot));
+            if !c.stall_queued {
+                c.stall_queued = true;
+                self.stalls.insert((now + WRITE_TIMEOUT, index, c.generation));
             }
             if c.blocked_since.is_none() || written > 0 {
                 c.blocked_since = Some(now);
@@ -693,14 +708,16 @@ impl Loop {
                 self.drop_conn(slot.index);
             }
         }
-        while let Some((at, slot)) = self.stalls.front().copied() {
+        while let Some((at, index, generation)) = self.stalls.first().copied() {
             if at > now {
                 break;
             }
-            self.stalls.pop_front();
+            self.stalls.pop_first();
+            let slot = Slot { index, generation };
             let Some(c) = conn_at(&mut self.conns, slot) else {
                 continue;
             };
+            c.stall_queued = false;
             match c.blocked_since {
                 Some(since) if since + WRITE_TIMEOUT <= now => {
                     log::debug!("a peer read nothing for {WRITE_TIMEOUT:?}: closing it");
@@ -708,7 +725,10 @@ impl Loop {
                     c.dirty = true;
                     self.flush(now, slot.index);
                 }
-                Some(since) => self.stalls.push_back((since + WRITE_TIMEOUT, slot)),
+                Some(since) => {
+                    c.stall_queued = true;
+                    self.stalls.insert((since + WRITE_TIMEOUT, index, generation));
+                }
                 None => {}
             }
         }
@@ -741,10 +761,6 @@ impl Loop {
         self.accept_at = None;
         self.driver.shutdown(now);
         self.settle(now);
-        // Everything logged so far is committed before the server returns.
-        if let Some(w) = self.writer.take() {
-            w.close();
-        }
     }
 }
 
