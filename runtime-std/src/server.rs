@@ -251,9 +251,8 @@ struct Conn {
     generation: u32,
     /// The broker's id; `None` once the broker closed the connection (it lingers).
     id: Option<ConnId>,
-    /// Buffers handed out by the broker, written from `first` on.
+    /// Buffers handed out by the broker and not yet written.
     out: Vec<Bytes>,
-    first: usize,
     /// Since when a write has been waiting for the peer to read.
     blocked_since: Option<Instant>,
     /// The socket reported readable and has not been read until it would block.
@@ -343,10 +342,7 @@ impl Loop {
                         };
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             c.readable = true;
-                            if !c.queued {
-                                c.queued = true;
-                                self.ready.push_back(t as u32);
-                            }
+                            mark_ready(c, &mut self.ready, t as u32);
                         }
                         if event.is_writable() || event.is_write_closed() {
                             mark_dirty(c, &mut self.dirty, t as u32);
@@ -446,7 +442,6 @@ impl Loop {
             generation: slot.generation,
             id: Some(id),
             out: Vec::new(),
-            first: 0,
             blocked_since: None,
             readable: false,
             queued: false,
@@ -480,8 +475,7 @@ impl Loop {
                     break;
                 }
                 if budget == 0 {
-                    c.queued = true;
-                    self.ready.push_back(index);
+                    mark_ready(c, &mut self.ready, index);
                     break;
                 }
                 match c.stream.read(&mut self.scratch) {
@@ -550,9 +544,8 @@ impl Loop {
                         c.id = None;
                         c.paused = false;
                         mark_dirty(c, &mut self.dirty, slot.index);
-                        if c.readable && !c.queued {
-                            c.queued = true;
-                            self.ready.push_back(slot.index);
+                        if c.readable {
+                            mark_ready(c, &mut self.ready, slot.index);
                         }
                     }
                 }
@@ -564,9 +557,8 @@ impl Loop {
                 Action::ResumeRead(slot) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
                         c.paused = false;
-                        if c.readable && !c.queued {
-                            c.queued = true;
-                            self.ready.push_back(slot.index);
+                        if c.readable {
+                            mark_ready(c, &mut self.ready, slot.index);
                         }
                     }
                 }
@@ -627,17 +619,18 @@ impl Loop {
         c.dirty = false;
         let mut written = 0;
         let mut blocked = false;
-        while !c.broken && c.first < c.out.len() {
+        let mut first = 0;
+        while !c.broken && first < c.out.len() {
             let mut slices = [IoSlice::new(&[]); IOVECS];
             let mut k = 0;
-            for (s, b) in slices.iter_mut().zip(c.out.iter().skip(c.first)) {
+            for (s, b) in slices.iter_mut().zip(c.out.iter().skip(first)) {
                 *s = IoSlice::new(b);
                 k += 1;
             }
             match c.stream.write_vectored(slices.get(..k).unwrap_or_default()) {
                 Ok(0) => c.broken = true,
                 Ok(n) => {
-                    c.first = consume(&mut c.out, c.first, n);
+                    first = consume(&mut c.out, first, n);
                     written += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -648,14 +641,12 @@ impl Loop {
                 Err(_) => c.broken = true,
             }
         }
-        if c.first == c.out.len() {
+        if first == c.out.len() {
             // An idle connection keeps no buffer list.
-            c.first = 0;
             c.out = Vec::new();
-        } else if c.first > 0 {
+        } else {
             // Written buffers go now: behind a slow reader the list is never empty for long.
-            c.out.drain(..c.first);
-            c.first = 0;
+            c.out.drain(..first);
         }
         let slot = Slot { index, generation: c.generation };
         if blocked {
@@ -683,7 +674,7 @@ impl Loop {
         match c.id {
             Some(id) if written > 0 => self.driver.written(id, written),
             Some(_) => {}
-            None if c.first < c.out.len() => {}
+            None if !c.out.is_empty() => {}
             // Everything written; the peer is gone too: done.
             None if c.peer_done => self.drop_conn(index),
             // Shut our side, then read and drop until the peer closes (see LINGER).
@@ -722,7 +713,6 @@ impl Loop {
                 Some(since) if since + WRITE_TIMEOUT <= now => {
                     log::debug!("a peer read nothing for {WRITE_TIMEOUT:?}: closing it");
                     c.broken = true;
-                    c.dirty = true;
                     self.flush(now, slot.index);
                 }
                 Some(since) => {
@@ -769,6 +759,13 @@ fn conn_at(conns: &mut [Option<Conn>], slot: Slot) -> Option<&mut Conn> {
     match conns.get_mut(slot.index as usize) {
         Some(Some(c)) if c.generation == slot.generation => Some(c),
         _ => None,
+    }
+}
+
+fn mark_ready(c: &mut Conn, ready: &mut VecDeque<u32>, index: u32) {
+    if !c.queued {
+        c.queued = true;
+        ready.push_back(index);
     }
 }
 
