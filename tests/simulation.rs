@@ -128,6 +128,33 @@ fn a_planted_bug_is_found() {
     println!("found in seed {}:\n{}", f.seed, f.report());
 }
 
+/// The session invariant must be able to fail: with a bug planted in the broker (a takeover
+/// keeps a session with expiry 0 for the new connection, [MQTT-3.1.2-6], 5.0 section
+/// 3.1.2.11.2), some seed within a bounded number sees a subscription outlive its session.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn a_planted_takeover_bug_is_found() {
+    use ternmq::broker::PlantedBug;
+    let mut found = None;
+    for chunk in 0..10u64 {
+        let failures = run_seeds(chunk * 50, 50, |seed| {
+            let mut c = ScenarioConfig::new(seed);
+            c.broker.planted_bug = PlantedBug::TakeoverRevivesSession;
+            c
+        });
+        if let Some(f) = failures.into_iter().find(|f| {
+            f.violations.iter().any(|v| {
+                v.contains("outlived its session") || v.contains("its previous session had expiry 0")
+            })
+        }) {
+            found = Some(f);
+            break;
+        }
+    }
+    let f = found.expect("the planted takeover bug went unnoticed in 500 seeds");
+    println!("found in seed {}:\n{}", f.seed, f.report());
+}
+
 /// Seeds that found bugs while the harness was built; each broke a promise before its fix:
 /// 18 (a 3.1.1 publisher disconnected for a Receive Maximum it was never told), 4641 and 7870
 /// (duplicate QoS 2 deliveries after a broker restart: PUBREL sent before the store had the

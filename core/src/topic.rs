@@ -23,6 +23,8 @@ use core::cmp::Ordering;
 use core::fmt;
 use core::hash::{Hash, Hasher};
 
+use alloc::vec::Vec;
+
 use crate::codec::{MqttStr, StrError};
 
 /// Why a string is not a valid topic name or topic filter.
@@ -498,6 +500,116 @@ fn match_bytes(mut f: &[u8], mut t: &[u8]) -> bool {
     }
 }
 
+/// Whether some topic name is matched by both filters `a` and `b` and by none of `excluded`
+/// (all valid filters, none a `$share/` one): whether a subscription `a` can receive anything
+/// that a grant `b` allows and no `excluded` filter takes away.
+///
+/// With no exclusions this says whether the two filters overlap at all: `sport/+` and
+/// `+/tennis` do (`sport/tennis`), `sport/#` and `news/#` do not, and neither do `#` and
+/// `$SYS/uptime`, since a filter starting with a wildcard matches no name starting with `$`.
+/// With exclusions: `#` still reaches `open/x` past an excluded `secret/#`, `secret/+` does
+/// not, and `a/#` does not reach past `a` and `a/+/#` together, which between them match every
+/// name it does.
+///
+/// Exact for any number of exclusions: the filters' overlap is itself a filter, and a name in
+/// it escapes every exclusion exactly when one built from levels no exclusion names does, at
+/// a depth no deeper than the longest exclusion plus one.
+pub fn intersects_except(a: &str, b: &str, excluded: &[&str]) -> bool {
+    let Some((levels, hash)) = overlap(a, b) else {
+        return false;
+    };
+    let mut name: Vec<Level<'_>> =
+        levels.iter().map(|l| if *l == "+" { Level::Fresh } else { Level::Text(l) }).collect();
+    let escapes = |name: &[Level<'_>]| !excluded.iter().any(|x| matches_levels(x, name));
+    if !hash {
+        return escapes(&name);
+    }
+    let deepest = excluded.iter().map(|x| x.split('/').count()).max().unwrap_or(0);
+    for extra in 0..=deepest + 1 {
+        // A name has at least one level: `#` alone matches from one level on.
+        if !name.is_empty() && escapes(&name) {
+            return true;
+        }
+        if extra <= deepest {
+            name.push(Level::Fresh);
+        }
+    }
+    false
+}
+
+/// One level of a name built to test filters against: given text, or text that no filter
+/// names (and that does not start with `$`).
+#[derive(Clone, Copy)]
+enum Level<'a> {
+    Text(&'a str),
+    Fresh,
+}
+
+/// The names both filters match, as a filter: its levels (each a text or `+`) and whether any
+/// number of levels, none included, may follow (a trailing `#`); `None` when there are none.
+fn overlap<'a>(a: &'a str, b: &'a str) -> Option<(Vec<&'a str>, bool)> {
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    let mut levels = Vec::new();
+    loop {
+        let first = levels.is_empty();
+        let (p, q) = (x.next(), y.next());
+        // A `#` against levels of the other filter: the rest of the other filter, whose first
+        // level here may not be a `$` one if the `#` is the whole filter.
+        let rest = match (p, q) {
+            (Some("#"), Some("#")) => return Some((levels, true)),
+            (Some("#"), Some(l)) => Some((l, &mut y)),
+            (Some(l), Some("#")) => Some((l, &mut x)),
+            _ => None,
+        };
+        if let Some((l, rest)) = rest {
+            if first && l.starts_with('$') {
+                return None;
+            }
+            levels.push(l);
+            let mut hash = false;
+            for l in rest {
+                if l == "#" {
+                    hash = true;
+                } else {
+                    levels.push(l);
+                }
+            }
+            return Some((levels, hash));
+        }
+        match (p, q) {
+            // One filter ends where the other has its last `#`, which matches the parent level.
+            (None, None) | (None, Some("#")) | (Some("#"), None) => return Some((levels, false)),
+            (Some(p), Some(q)) => levels.push(match (p, q) {
+                ("+", "+") => "+",
+                ("+", l) | (l, "+") if first && l.starts_with('$') => return None,
+                ("+", l) | (l, "+") => l,
+                (p, q) if p == q => p,
+                _ => return None,
+            }),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether `filter` matches the name `levels` (see [`Level`]).
+fn matches_levels(filter: &str, levels: &[Level<'_>]) -> bool {
+    let system = |l: Option<&Level<'_>>| matches!(l, Some(Level::Text(t)) if t.starts_with('$'));
+    let mut f = filter.split('/');
+    let mut i = 0;
+    loop {
+        match (f.next(), levels.get(i)) {
+            (Some("#"), l) => return !(i == 0 && system(l)),
+            (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some("+"), l) if i == 0 && system(l) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(p), Some(Level::Text(t))) if p == *t => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+}
+
 /// The length of the longest common prefix of `a` and `b`.
 fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
@@ -516,7 +628,6 @@ mod tests {
     use super::*;
     use alloc::format;
     use alloc::string::{String, ToString};
-    use alloc::vec::Vec;
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -535,6 +646,81 @@ mod tests {
     fn invalid_filter(f: &str, e: TopicError) {
         assert_eq!(TopicFilter::new(f), Err(e), "{f:?}");
         assert_eq!(TopicFilter::try_from(f), Err(e), "{f:?}");
+    }
+
+    /// Every valid filter (or, with `filters` false, topic name) of up to `max` levels drawn
+    /// from `levels`.
+    fn build(levels: &[&str], max: usize, filters: bool) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut frontier = alloc::vec![String::new()];
+        for depth in 1..=max {
+            let mut next = Vec::new();
+            for prefix in &frontier {
+                for l in levels {
+                    let s = if depth == 1 { (*l).to_string() } else { format!("{prefix}/{l}") };
+                    all.push(s.clone());
+                    if !(filters && *l == "#") {
+                        next.push(s);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        all
+    }
+
+    /// `intersects_except` against its definition: every filter of up to three levels against
+    /// every name of up to four (which, by its argument, is deep enough), with no exclusion, one,
+    /// and two.
+    #[test]
+    fn intersects_except_agrees_with_matching_every_name() {
+        let filters = build(&["a", "$s", "+", "#"], 3, true);
+        let names = build(&["a", "$s", "z", ""], 4, false);
+        let matched: Vec<Vec<bool>> =
+            filters.iter().map(|f| names.iter().map(|t| matches(f, t)).collect()).collect();
+        let expect = |a: usize, b: usize, ex: &[usize]| {
+            (0..names.len())
+                .any(|t| matched[a][t] && matched[b][t] && ex.iter().all(|&x| !matched[x][t]))
+        };
+        let n = filters.len();
+        for a in 0..n {
+            for b in 0..n {
+                let (fa, fb) = (filters[a].as_str(), filters[b].as_str());
+                assert_eq!(intersects_except(fa, fb, &[]), expect(a, b, &[]), "{fa} {fb}");
+                for x in 0..n {
+                    let fx = filters[x].as_str();
+                    let got = intersects_except(fa, fb, &[fx]);
+                    assert_eq!(got, expect(a, b, &[x]), "{fa} {fb} except {fx}");
+                }
+            }
+        }
+        // Two exclusions together, for the filters that may only be covered by a pair.
+        let some: Vec<usize> = (0..n).step_by(3).collect();
+        for &a in &some {
+            for &x in &some {
+                for y in 0..n {
+                    let ex = [filters[x].as_str(), filters[y].as_str()];
+                    let got = intersects_except(&filters[a], "#", &ex);
+                    let hash = filters.iter().position(|f| f == "#").unwrap();
+                    assert_eq!(got, expect(a, hash, &[x, y]), "{} except {ex:?}", filters[a]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn intersects_except_examples() {
+        assert!(intersects_except("sport/+", "+/tennis", &[]));
+        assert!(!intersects_except("sport/#", "news/#", &[]));
+        assert!(!intersects_except("#", "$SYS/uptime", &[]));
+        assert!(intersects_except("$SYS/#", "$SYS/uptime", &[]));
+        assert!(intersects_except("#", "#", &["secret/#"]), "open/x");
+        assert!(!intersects_except("secret/+", "#", &["secret/#"]));
+        assert!(!intersects_except("secret", "#", &["secret/#"]), "`#` matches the parent");
+        assert!(!intersects_except("a/#", "#", &["a", "a/+/#"]));
+        assert!(intersects_except("a/#", "#", &["a", "a/+"]), "a/x/y");
+        assert!(intersects_except("+/+", "#", &["a/b", "+/c"]));
+        assert!(!intersects_except("a/b", "a/+", &["+/b"]));
     }
 
     /// The wildcard characters are not allowed in a topic name.

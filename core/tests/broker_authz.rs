@@ -119,3 +119,124 @@ fn a_will_cannot_wait_so_defer_refuses_it() {
     assert!(pending(&mut h).is_empty());
     assert_eq!(h.broker.stats().publish_denied, 1);
 }
+
+// ---------------------------------------------------------------- read access on delivery
+
+/// Grants every subscription and publish; client `reader` may not receive `secret/...`.
+struct NoSecretsForReader;
+
+impl Authorizer for NoSecretsForReader {
+    fn authorize(&self, _: &ClientInfo<'_>, _: Action, _: &str) -> bool {
+        true
+    }
+    fn may_receive(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
+        !(client.client_id.starts_with("reader") && topic.starts_with("secret/"))
+    }
+}
+
+fn reading_harness() -> Harness {
+    Harness::config(|c| c.authorizer = Some(Arc::new(NoSecretsForReader)))
+}
+
+fn topics(got: &[ternmq_core::codec::Publish]) -> Vec<&str> {
+    got.iter().map(|p| p.topic.as_str()).collect()
+}
+
+/// Live publishes, at every QoS and in both versions: a wide subscription delivers only what
+/// its client may receive; others still get everything.
+#[test]
+fn a_wide_subscription_delivers_only_what_the_client_may_receive() {
+    for version in [V311, V5] {
+        let mut h = reading_harness();
+        let mut reader = h.connect(version, "reader", true);
+        let mut other = h.connect(version, "other", true);
+        assert_eq!(h.subscribe(&mut reader, "#", QoS::ExactlyOnce), [ReasonCode::GrantedQoS2]);
+        h.subscribe(&mut other, "#", QoS::ExactlyOnce);
+        let p = h.connect(version, "p", true);
+        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate()
+        {
+            h.send(&p, publish("secret/x", b"s", qos, 2 * i as u16 + 1));
+            h.send(&p, publish("open/x", b"o", qos, 2 * i as u16 + 2));
+        }
+        let got = h.recv_publishes(&mut reader);
+        assert_eq!(topics(&got), ["open/x"; 3], "{version:?}");
+        assert_eq!(h.recv_publishes(&mut other).len(), 6, "{version:?}");
+        assert_eq!(h.broker.stats().dropped_not_authorized, 3);
+    }
+}
+
+/// Retained messages sent on subscribe, and messages queued for an offline session, are
+/// checked too.
+#[test]
+fn retained_and_queued_messages_are_checked_on_delivery() {
+    for version in [V311, V5] {
+        let mut h = reading_harness();
+        let p = h.connect(version, "p", true);
+        let mut r = publish("secret/r", b"s", QoS::AtLeastOnce, 1);
+        r.retain = true;
+        h.send(&p, r);
+        let mut r = publish("open/r", b"o", QoS::AtLeastOnce, 2);
+        r.retain = true;
+        h.send(&p, r);
+        let persistent = || {
+            let mut c = connect_packet(version, "reader", false);
+            if version == V5 {
+                c.properties.session_expiry_interval = Some(60);
+            }
+            c
+        };
+        let (mut reader, _) = h.connect_with(persistent());
+        h.subscribe(&mut reader, "+/+", QoS::AtLeastOnce);
+        let got = h.recv_publishes(&mut reader);
+        assert_eq!(topics(&got), ["open/r"], "{version:?}");
+        h.puback(&reader, got[0].packet_id.unwrap());
+        h.drop_peer(&reader);
+        h.send(&p, publish("secret/q", b"s", QoS::AtLeastOnce, 3));
+        h.send(&p, publish("open/q", b"o", QoS::AtLeastOnce, 4));
+        let (mut reader, ack) = h.connect_with(persistent());
+        assert!(ack.session_present, "{version:?}");
+        assert_eq!(topics(&h.recv_publishes(&mut reader)), ["open/q"], "{version:?}");
+    }
+}
+
+/// A will is delivered like any message: not to a subscriber that may not receive its topic.
+#[test]
+fn a_will_is_checked_for_each_subscriber() {
+    for version in [V311, V5] {
+        let mut h = reading_harness();
+        let mut reader = h.connect(version, "reader", true);
+        let mut other = h.connect(version, "other", true);
+        h.subscribe(&mut reader, "secret/#", QoS::AtLeastOnce);
+        h.subscribe(&mut other, "secret/#", QoS::AtLeastOnce);
+        let mut c = connect_packet(version, "dying", true);
+        c.will = Some(will("secret/will", "bye", QoS::AtLeastOnce, false));
+        let (dying, _) = h.connect_with(c);
+        h.drop_peer(&dying);
+        assert!(h.recv_publishes(&mut reader).is_empty(), "{version:?}");
+        assert_eq!(topics(&h.recv_publishes(&mut other)), ["secret/will"], "{version:?}");
+    }
+}
+
+/// A shared subscription's message goes to a member that may receive it.
+#[test]
+fn a_shared_group_passes_over_a_member_that_may_not_receive() {
+    for version in [V311, V5] {
+        let mut h = reading_harness();
+        let mut reader = h.connect(version, "reader", true);
+        let mut other = h.connect(version, "other", true);
+        h.subscribe(&mut reader, "$share/g/+/x", QoS::AtLeastOnce);
+        h.subscribe(&mut other, "$share/g/+/x", QoS::AtLeastOnce);
+        let p = h.connect(version, "p", true);
+        for i in 1..=4 {
+            h.send(&p, publish("secret/x", b"s", QoS::AtLeastOnce, i));
+        }
+        h.send(&p, publish("open/x", b"o", QoS::AtLeastOnce, 5));
+        h.send(&p, publish("open/x", b"o", QoS::AtLeastOnce, 6));
+        let to_reader = h.recv_publishes(&mut reader);
+        let to_other = h.recv_publishes(&mut other);
+        assert!(topics(&to_reader).iter().all(|t| *t == "open/x"), "{version:?}");
+        let secrets = topics(&to_other).iter().filter(|t| **t == "secret/x").count();
+        assert_eq!(secrets, 4, "{version:?}: every secret went to the member that may read it");
+        assert_eq!(to_reader.len() + to_other.len(), 6, "{version:?}: none lost");
+    }
+}

@@ -406,3 +406,55 @@ fn a_message_fanned_out_in_every_form_reaches_each_subscriber_as_its_own() {
         assert_eq!(m.properties.user_properties, props, "{v:?} {qos:?}");
     }
 }
+
+/// An acknowledgement of the wrong kind for an identifier in flight is a protocol error,
+/// whichever kind it is: PUBREC or PUBCOMP for a QoS 1 message, PUBACK for a QoS 2 message,
+/// PUBCOMP before PUBREC, PUBACK after PUBREC. MQTT 5 says so with DISCONNECT 0x82
+/// ([MQTT-4.13.1-1]); 3.1.1 closes the connection ([MQTT-4.8.0-1]).
+#[test]
+fn the_wrong_acknowledgement_for_an_identifier_in_flight_closes_the_connection() {
+    type Ack = fn(PubAck) -> Packet;
+    let cases: [(QoS, bool, Ack, &str); 5] = [
+        (QoS::AtLeastOnce, false, Packet::PubRec, "PUBREC for QoS 1"),
+        (QoS::AtLeastOnce, false, Packet::PubComp, "PUBCOMP for QoS 1"),
+        (QoS::ExactlyOnce, false, Packet::PubAck, "PUBACK for QoS 2"),
+        (QoS::ExactlyOnce, false, Packet::PubComp, "PUBCOMP before PUBREC"),
+        (QoS::ExactlyOnce, true, Packet::PubAck, "PUBACK after PUBREC"),
+    ];
+    for v in both() {
+        for (qos, received, wrong, what) in cases {
+            let mut h = Harness::new();
+            let mut sub = subscriber(&mut h, v, "s", "t", qos);
+            let p = h.connect(v, "p", true);
+            h.send(&p, publish("t", b"x", qos, 1));
+            let id = h.recv_publishes(&mut sub)[0].packet_id.unwrap();
+            if received {
+                h.send(&sub, Packet::PubRec(PubAck::new(id)));
+                assert_eq!(h.recv_one(&mut sub), Packet::PubRel(PubAck::new(id)));
+            }
+            h.send(&sub, wrong(PubAck::new(id)));
+            let out = h.recv(&mut sub);
+            assert!(sub.closed, "{v:?} {what}: the connection is closed");
+            let expected = (v == V5).then_some(ReasonCode::ProtocolError);
+            assert_eq!(reason_of_disconnect(&out), expected, "{v:?} {what}: {out:?}");
+        }
+    }
+}
+
+/// An acknowledgement for an identifier that is not in flight is not an error: PUBACK and
+/// PUBCOMP are ignored, a PUBREC gets a PUBREL (MQTT 5: 0x92 Packet Identifier not found).
+#[test]
+fn acknowledgements_for_identifiers_not_in_flight_are_not_errors() {
+    for v in both() {
+        let mut h = Harness::new();
+        let mut sub = subscriber(&mut h, v, "s", "t", QoS::AtLeastOnce);
+        h.send(&sub, Packet::PubAck(PubAck::new(pid(7))));
+        h.send(&sub, Packet::PubComp(PubAck::new(pid(8))));
+        assert!(h.recv(&mut sub).is_empty(), "{v:?}");
+        h.send(&sub, Packet::PubRec(PubAck::new(pid(9))));
+        let Packet::PubRel(rel) = h.recv_one(&mut sub) else { panic!("{v:?}: PUBREL") };
+        let code = if v == V5 { ReasonCode::PacketIdentifierNotFound } else { ReasonCode::Success };
+        assert_eq!((rel.packet_id, rel.reason_code), (pid(9), code));
+        assert!(!sub.closed, "{v:?}");
+    }
+}

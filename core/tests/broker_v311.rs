@@ -121,6 +121,55 @@ fn mqtt_3_1_4_2_existing_client_is_disconnected() {
     assert!(old.closed);
 }
 
+/// [MQTT-3.1.2-6]: a CleanSession=1 session lasts as long as its network connection, so a
+/// CleanSession=0 connection that takes its client id over starts a new session, with
+/// Session Present 0 and none of the old subscriptions.
+#[test]
+fn mqtt_3_1_2_6_takeover_does_not_revive_a_clean_session() {
+    let mut h = Harness::new();
+    let mut old = h.connect(V311, "dup", true);
+    h.subscribe(&mut old, "t", QoS::AtLeastOnce);
+    let (mut new, ack) = h.connect_with(connect_packet(V311, "dup", false));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(!ack.session_present, "the old session ended with its connection");
+    assert!(h.recv(&mut old).is_empty(), "3.1.1 has no DISCONNECT from the server");
+    assert!(old.closed);
+    h.drop_peer(&old);
+    assert_eq!(h.broker.gauges().subscriptions, 0);
+    let p = h.connect(V311, "p", true);
+    h.send(&p, publish("t", b"x", QoS::AtLeastOnce, 1));
+    assert!(h.recv_publishes(&mut new).is_empty(), "no subscription was inherited");
+}
+
+/// The same with a will on the old connection: the will goes out (its session ends), and the
+/// new connection is still told Session Present 0.
+#[test]
+fn mqtt_3_1_2_6_takeover_of_a_clean_session_with_a_will() {
+    let mut h = Harness::new();
+    let mut watcher = h.connect(V311, "watcher", true);
+    h.subscribe(&mut watcher, "will/#", QoS::AtLeastOnce);
+    let (mut old, _) = h.connect_with(with_will("dup", false));
+    h.subscribe(&mut old, "t", QoS::AtLeastOnce);
+    let (_new, ack) = h.connect_with(connect_packet(V311, "dup", false));
+    assert!(!ack.session_present);
+    assert_eq!(h.recv_publishes(&mut watcher).len(), 1, "the will of the ended session");
+    assert_eq!(h.broker.gauges().subscriptions, 1, "only the watcher's");
+}
+
+/// A CleanSession=0 session is still taken over whole: Session Present 1, its subscriptions.
+#[test]
+fn mqtt_3_1_4_2_takeover_resumes_a_persistent_session() {
+    let mut h = Harness::new();
+    let mut old = h.connect(V311, "dup", false);
+    h.subscribe(&mut old, "t", QoS::AtLeastOnce);
+    let (mut new, ack) = h.connect_with(connect_packet(V311, "dup", false));
+    assert!(ack.session_present);
+    h.drop_peer(&old);
+    let p = h.connect(V311, "p", true);
+    h.send(&p, publish("t", b"x", QoS::AtLeastOnce, 1));
+    assert_eq!(h.recv_publishes(&mut new).len(), 1);
+}
+
 /// [MQTT-3.1.4-5]
 #[test]
 fn mqtt_3_1_4_5_nothing_processed_after_refusal() {

@@ -142,6 +142,61 @@ fn mqtt_3_1_4_3_takeover_sends_0x8e_to_the_old_connection() {
     assert_eq!(h.broker.gauges().clients_connected, 1);
 }
 
+/// 5.0 section 3.1.2.11.2: a session with Session Expiry 0 ends when its connection closes,
+/// a takeover included; a Clean Start 0 connection that takes the client id over starts a new
+/// session (section 3.1.4: Session Present 0, no subscriptions). The common form: a client
+/// reconnecting with Clean Start 0 and no Session Expiry while its old connection is half-open.
+#[test]
+fn sec_3_1_2_11_2_takeover_does_not_revive_a_session_with_expiry_0() {
+    for new_expiry in [None, Some(0), Some(300)] {
+        let mut h = Harness::new();
+        let mut old = h.connect(V5, "dup", true);
+        h.subscribe(&mut old, "t", QoS::AtLeastOnce);
+        let mut c = connect_packet(V5, "dup", false);
+        c.properties.session_expiry_interval = new_expiry;
+        let (mut new, ack) = h.connect_with(c);
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        assert!(!ack.session_present, "expiry {new_expiry:?}: the old session ended");
+        assert_eq!(reason_of_disconnect(&h.recv(&mut old)), Some(ReasonCode::SessionTakenOver));
+        h.drop_peer(&old);
+        assert_eq!(h.broker.gauges().subscriptions, 0);
+        let p = h.connect(V5, "p", true);
+        h.send(&p, publish("t", b"x", QoS::AtLeastOnce, 1));
+        assert!(h.recv_publishes(&mut new).is_empty(), "expiry {new_expiry:?}: inherited");
+    }
+}
+
+/// The same with a will: it is published (the session ended), and Session Present stays 0.
+#[test]
+fn sec_3_1_2_11_2_takeover_of_a_session_with_expiry_0_and_a_will() {
+    let mut h = Harness::new();
+    let mut watcher = will_watcher(&mut h);
+    let (mut old, _) = h.connect_with(will_connect("dup", None, 0));
+    h.subscribe(&mut old, "t", QoS::AtLeastOnce);
+    let (_new, ack) = h.connect_v5_session("dup", false, 300);
+    assert!(!ack.session_present);
+    assert_eq!(h.recv_publishes(&mut watcher).len(), 1);
+    assert_eq!(h.broker.gauges().subscriptions, 1, "only the watcher's");
+}
+
+/// A session with an expiry is taken over whole, and a will with a delay is not published:
+/// the session lives on in the new connection ([MQTT-3.1.3-9]).
+#[test]
+fn mqtt_3_1_4_3_takeover_resumes_a_session_that_outlives_its_connection() {
+    let mut h = Harness::new();
+    let mut watcher = will_watcher(&mut h);
+    let (mut old, _) = h.connect_with(will_connect("dup", Some(30), 300));
+    h.subscribe(&mut old, "t", QoS::AtLeastOnce);
+    let (mut new, ack) = h.connect_v5_session("dup", false, 300);
+    assert!(ack.session_present);
+    h.drop_peer(&old);
+    h.secs(60);
+    assert!(h.recv_publishes(&mut watcher).is_empty(), "the delayed will is cancelled");
+    let p = h.connect(V5, "p", true);
+    h.send(&p, publish("t", b"x", QoS::AtLeastOnce, 1));
+    assert_eq!(h.recv_publishes(&mut new).len(), 1);
+}
+
 #[test]
 fn mqtt_3_2_2_2_clean_start_means_no_session_present() {
     let mut h = Harness::new();

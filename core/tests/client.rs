@@ -1460,3 +1460,60 @@ fn mqtt_3_1_2_30_only_auth_or_disconnect_before_connack() {
     h.client.disconnect(t(1), Disconnect::default());
     assert_eq!(h.sent(), vec![Packet::Disconnect(Disconnect::default())]);
 }
+
+/// An acknowledgement of the wrong kind for an identifier in flight is a protocol error,
+/// whichever kind it is (MQTT 5: DISCONNECT 0x82; 3.1.1: the connection is closed); one for an
+/// identifier not in flight is not.
+#[test]
+fn the_wrong_acknowledgement_for_an_identifier_in_flight_is_a_protocol_error() {
+    type Ack = fn(PubAck) -> Packet;
+    let cases: [(QoS, bool, Ack, &str); 5] = [
+        (QoS::AtLeastOnce, false, Packet::PubRec, "PUBREC for QoS 1"),
+        (QoS::AtLeastOnce, false, Packet::PubComp, "PUBCOMP for QoS 1"),
+        (QoS::ExactlyOnce, false, Packet::PubAck, "PUBACK for QoS 2"),
+        (QoS::ExactlyOnce, false, Packet::PubComp, "PUBCOMP before PUBREC"),
+        (QoS::ExactlyOnce, true, Packet::PubAck, "PUBACK after PUBREC"),
+    ];
+    for v in both() {
+        for (qos, received, wrong, what) in cases {
+            let mut h = Harness::new(v, ClientConfig::default());
+            h.connect(t(0), accepted());
+            let _ = h.events();
+            let id = h.client.publish(t(1), publish("a", qos, "x")).unwrap().unwrap();
+            let _ = h.sent();
+            if received {
+                h.feed(t(1), Packet::PubRec(PubAck::new(id)));
+                let _ = h.sent();
+            }
+            h.feed(t(2), wrong(PubAck::new(id)));
+            let sent = h.sent();
+            let ev = h.events();
+            assert!(
+                matches!(
+                    &ev[..],
+                    [
+                        Event::Disconnected(DisconnectReason::ProtocolViolation(
+                            ReasonCode::ProtocolError
+                        )),
+                        Event::CloseTransport
+                    ]
+                ),
+                "{v:?} {what}: {ev:?}"
+            );
+            let disconnect = sent.iter().find_map(|p| match p {
+                Packet::Disconnect(d) => Some(d.reason_code),
+                _ => None,
+            });
+            let expected = (v == ProtocolVersion::V5).then_some(ReasonCode::ProtocolError);
+            assert_eq!(disconnect, expected, "{v:?} {what}: {sent:?}");
+        }
+        // Not in flight: ignored.
+        let mut h = Harness::new(v, ClientConfig::default());
+        h.connect(t(0), accepted());
+        let _ = h.events();
+        h.feed(t(1), Packet::PubAck(PubAck::new(pid(7))));
+        h.feed(t(1), Packet::PubComp(PubAck::new(pid(8))));
+        assert!(h.events().is_empty(), "{v:?}");
+        assert!(h.sent().is_empty(), "{v:?}");
+    }
+}

@@ -188,6 +188,10 @@ struct Subscriber {
     /// SUBSCRIBE packet id -> index of its first filter.
     asked: BTreeMap<u16, usize>,
     ever: Vec<TopicFilter>,
+    /// The filters its current session holds: granted since the session began, cleared when
+    /// the session must have ended (a CONNACK without Session Present, or a connection whose
+    /// session had expiry 0).
+    held: Vec<TopicFilter>,
     /// First copies in arrival order, per stream.
     order: BTreeMap<Stream, Vec<u64>>,
     /// Copies received per (stream, seq, delivered QoS).
@@ -344,7 +348,13 @@ impl Run {
                            filters: Vec<(TopicFilter, QoS)>,
                            persistent: bool| {
             let v5 = wl.chance(0.5);
-            let c = connect(&id, v5, !persistent, 5, wl);
+            let mut c = connect(&id, v5, !persistent, 5, wl);
+            // The common MQTT 5 form of a session that ends with its connection: Clean Start
+            // 0 and no Session Expiry Interval. Its reconnection after a half-open connection
+            // takes the old one over, and must not find the old session.
+            if v5 && !persistent && wl.chance(0.5) {
+                c.clean_start = false;
+            }
             let no = world.add_client(client_config(wl), c);
             subs.push(Subscriber {
                 no,
@@ -353,6 +363,7 @@ impl Run {
                 coverage: Vec::new(),
                 asked: BTreeMap::new(),
                 ever: Vec::new(),
+                held: Vec::new(),
                 order: BTreeMap::new(),
                 counts: BTreeMap::new(),
                 connected_once: false,
@@ -680,6 +691,19 @@ impl Run {
                                 c.broken = true;
                             }
                         }
+                        if !sub.persistent && session_present {
+                            // Every connection of this client asks for Session Expiry 0 (or
+                            // CleanSession 1): its session ends with each connection.
+                            self.violations.push(format!(
+                                "{} client {:?} was told Session Present 1, but its previous \
+                                 session had expiry 0 and ended with its connection",
+                                super::ms(now),
+                                sub.no
+                            ));
+                        }
+                        if !session_present || !sub.persistent {
+                            sub.held.clear();
+                        }
                         if !sub.connected_once {
                             sub.connected_once = true;
                             let subs: Vec<Subscription> = sub
@@ -705,6 +729,7 @@ impl Run {
                             if code.is_error() {
                                 continue;
                             }
+                            sub.held.push(f.clone());
                             sub.coverage.push(Coverage {
                                 filter: f.clone(),
                                 granted: code as u8,
@@ -740,6 +765,13 @@ impl Run {
         if !sub.ever.iter().any(|f| f.matches(&m.topic)) {
             self.violations.push(format!(
                 "{} client {:?} got a message on {topic}, which none of its filters match",
+                super::ms(now),
+                sub.no
+            ));
+        } else if !sub.held.iter().any(|f| f.matches(&m.topic)) {
+            self.violations.push(format!(
+                "{} client {:?} got a message on {topic}, which no subscription of its current \
+                 session matches (a subscription outlived its session)",
                 super::ms(now),
                 sub.no
             ));

@@ -99,6 +99,10 @@ pub enum Action {
     Publish,
     /// Subscribe to a topic filter (the whole filter, `$share/{group}/` included).
     Subscribe,
+    /// Receive a message published on a topic name. The broker asks it through
+    /// [`Authorizer::may_receive`], never [`Authorizer::authorize`]; it is here so that an
+    /// authorizer can answer all three questions with one rule table.
+    Receive,
 }
 
 /// Who is asking, for an [`Authorizer`].
@@ -131,6 +135,19 @@ pub trait Authorizer: Send + Sync {
         } else {
             AuthzDecision::Deny
         }
+    }
+
+    /// Whether `client` may receive a message published on the topic name `topic`, through a
+    /// subscription it was granted. Asked for every message on delivery: live publishes,
+    /// retained messages sent on subscribe, wills, and messages for shared subscriptions (a
+    /// group's member that may not receive it is passed over). A message queued for an
+    /// offline session was checked when it was queued. It cannot wait for I/O.
+    ///
+    /// So a wide subscription can be granted and deliver only what the client may read. By
+    /// default `true`: the decision on the subscription is the only one.
+    fn may_receive(&self, client: &ClientInfo<'_>, topic: &str) -> bool {
+        let _ = (client, topic);
+        true
     }
 }
 
@@ -257,6 +274,9 @@ pub enum PlantedBug {
     /// A QoS 2 PUBLISH resent (DUP) before its PUBREL is delivered to subscribers again
     /// instead of only being acknowledged: breaks exactly-once delivery (section 4.3.3).
     RedeliverResentQos2,
+    /// A session with expiry 0 whose connection is taken over survives for the new connection
+    /// instead of ending with the old one (5.0 section 3.1.2.11.2, [MQTT-3.1.2-6]).
+    TakeoverRevivesSession,
 }
 
 impl Default for BrokerConfig {

@@ -260,6 +260,9 @@ pub struct Stats {
     pub shared_redelivered: u64,
     /// Shared-subscription messages lost because their session ended and no member was left.
     pub dropped_no_member: u64,
+    /// Messages not delivered to a subscriber because it may not receive their topic
+    /// ([`Authorizer::may_receive`]).
+    pub dropped_not_authorized: u64,
 }
 
 /// A point-in-time view of the broker's size, for `$SYS` and metrics.
@@ -1274,8 +1277,10 @@ impl Broker {
         self.mark_ready(index);
     }
 
-    /// The session's connection is gone. `takeover` keeps even a session with expiry 0: a new
-    /// connection is about to take it.
+    /// The session's connection is gone. A session with expiry 0 ends with it, even on a
+    /// takeover ([MQTT-3.1.2-6]; 5.0 section 3.1.2.11.2): the new connection then starts a new
+    /// session. On a `takeover` a session that outlives its connection is not logged as
+    /// disconnected and gets no expiry timer, since the new connection resumes it at once.
     fn detach(&mut self, now: Instant, index: u32, publish_will: bool, takeover: bool) {
         // An offline session's queue drops at its limit: nobody waits for it.
         self.release_parked(index);
@@ -1308,11 +1313,16 @@ impl Broker {
         let Some(s) = self.session_mut(index) else {
             return;
         };
-        if takeover {
+        #[cfg(feature = "planted-bugs")]
+        let ends = s.expiry == 0
+            && !(takeover && self.config.planted_bug == PlantedBug::TakeoverRevivesSession);
+        #[cfg(not(feature = "planted-bugs"))]
+        let ends = s.expiry == 0;
+        if ends {
+            self.end_session(now, index);
             return;
         }
-        if s.expiry == 0 {
-            self.end_session(now, index);
+        if takeover {
             return;
         }
         self.log_session(index, |client_id| PersistOp::Disconnected { client_id });
@@ -2370,7 +2380,7 @@ impl Broker {
 
     /// Delivers `msg` to one member of shared group `g`.
     fn deliver_shared(&mut self, now: Instant, g: GroupRef, msg: &Arc<Message>) -> bool {
-        let Some(e) = self.pick_member(g) else {
+        let Some(e) = self.pick_member(g, &msg.topic) else {
             return false;
         };
         let shared = self.tree.group_mut(g).map(|g| g.filter.clone());
@@ -2386,13 +2396,14 @@ impl Broker {
         true
     }
 
-    fn pick_member(&mut self, g: GroupRef) -> Option<Entry> {
+    fn pick_member(&mut self, g: GroupRef, topic: &TopicName) -> Option<Entry> {
         let policy = self.config.shared_policy;
         let random = match policy {
             SharedPolicy::Random => self.next_random(),
             _ => 0,
         };
         let max_inflight = usize::from(self.config.max_inflight_messages);
+        let authorizer = self.config.authorizer.as_deref();
         let sessions = &self.sessions;
         let slots = &self.slots;
         let group = self.tree.group_mut(g)?;
@@ -2400,8 +2411,12 @@ impl Broker {
         if n == 0 {
             return None;
         }
+        let session = |e: &Entry| sessions.get(e.session as usize).and_then(Option::as_deref);
+        // Members that may not receive the topic are passed over.
+        let readable =
+            |e: &Entry| session(e).is_some_and(|s| may_receive(authorizer, s, topic));
         let available = |e: &Entry| {
-            let Some(s) = sessions.get(e.session as usize).and_then(Option::as_ref) else {
+            let Some(s) = session(e) else {
                 return false;
             };
             let Some(id) = s.conn else {
@@ -2417,16 +2432,22 @@ impl Broker {
             SharedPolicy::Random => (random % n as u64) as usize,
             _ => group.next % n,
         };
-        if policy == SharedPolicy::Sticky && available(&group.members[start]) {
-            return Some(group.members[start]);
+        let members = &group.members;
+        let ready = |i: usize| available(&members[i]) && readable(&members[i]);
+        if policy == SharedPolicy::Sticky && ready(start) {
+            return Some(members[start]);
         }
-        let pick = (0..n).map(|k| (start + k) % n).find(|&i| available(&group.members[i]));
-        let pick = pick.unwrap_or(start);
+        let mut order = (0..n).map(|k| (start + k) % n);
+        let pick = match order.clone().find(|&i| ready(i)) {
+            Some(i) => i,
+            None => order.find(|&i| readable(&members[i]))?,
+        };
         group.next = if policy == SharedPolicy::Sticky { pick } else { pick + 1 };
         Some(group.members[pick])
     }
 
-    /// Sends `d` now if the session's connection and window allow, else queues it.
+    /// Sends `d` now if the session's connection and window allow, else queues it; drops it if
+    /// the session may not receive its topic.
     fn deliver(&mut self, now: Instant, si: u32, d: Delivery) {
         let max_out = self.config.max_outbound_bytes;
         let max_inflight = usize::from(self.config.max_inflight_messages);
@@ -2436,6 +2457,10 @@ impl Broker {
         let Some(s) = self.sessions.get(si as usize).and_then(Option::as_ref) else {
             return;
         };
+        if !may_receive(self.config.authorizer.as_deref(), s, &d.msg.topic) {
+            self.stats.dropped_not_authorized += 1;
+            return;
+        }
         let conn = s.conn.and_then(|id| {
             let c = self.conn(id)?;
             (c.phase == Phase::Connected).then_some((id.index, c.unwritten(), c.receive_max))
@@ -2700,12 +2725,18 @@ impl Broker {
         let Some(s) = self.session_mut(si) else {
             return;
         };
-        if let Some(i) = s.inflight_index(ack.packet_id)
-            && s.inflight[i].state == OutState::Ack
-            && let Some(done) = s.inflight.remove(i)
-        {
-            self.log_released(si, done.delivery.key);
-            self.pump(now, si);
+        match s.inflight_index(ack.packet_id) {
+            Some(i) if s.inflight[i].state == OutState::Ack => {
+                if let Some(done) = s.inflight.remove(i) {
+                    self.log_released(si, done.delivery.key);
+                }
+                self.pump(now, si);
+            }
+            // A PUBACK for a QoS 2 message: the wrong acknowledgement for an identifier in
+            // flight is a protocol error, as a PUBREC for a QoS 1 message is.
+            Some(_) => self.violation(now, index, ReasonCode::ProtocolError),
+            // Not in flight (answered already, or never sent): nothing to do.
+            None => {}
         }
     }
 
@@ -2818,12 +2849,17 @@ impl Broker {
         let Some(s) = self.session_mut(si) else {
             return;
         };
-        if let Some(i) = s.inflight_index(ack.packet_id)
-            && s.inflight[i].state == OutState::Comp
-            && let Some(done) = s.inflight.remove(i)
-        {
-            self.log_released(si, done.delivery.key);
-            self.pump(now, si);
+        match s.inflight_index(ack.packet_id) {
+            Some(i) if s.inflight[i].state == OutState::Comp => {
+                if let Some(done) = s.inflight.remove(i) {
+                    self.log_released(si, done.delivery.key);
+                }
+                self.pump(now, si);
+            }
+            // A PUBCOMP for a QoS 1 message, or for a QoS 2 message before its PUBREC: a
+            // protocol error.
+            Some(_) => self.violation(now, index, ReasonCode::ProtocolError),
+            None => {}
         }
     }
 
@@ -3068,6 +3104,19 @@ impl Broker {
             self.route(now, &msg);
         }
     }
+}
+
+/// Whether session `s` may receive a message on `topic` ([`Authorizer::may_receive`]).
+fn may_receive(authorizer: Option<&dyn Authorizer>, s: &Session, topic: &TopicName) -> bool {
+    let Some(a) = authorizer else {
+        return true;
+    };
+    let info = ClientInfo {
+        client_id: s.client_id.as_str(),
+        username: s.username.as_ref().map(MqttStr::as_str),
+        peer: &s.peer,
+    };
+    a.may_receive(&info, topic.as_str())
 }
 
 fn auth_packet(code: ReasonCode, method: Option<MqttStr>, data: Option<Bytes>) -> Auth {

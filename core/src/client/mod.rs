@@ -1146,13 +1146,17 @@ impl Client {
 
     fn handle_puback(&mut self, now: Instant, ack: PubAck) {
         let id = ack.packet_id.get();
-        if let Some((_, Outgoing::Publish(p))) = self.inflight.get(&id)
-            && p.qos == QoS::AtLeastOnce
-        {
-            self.complete(id, ack.reason_code, ack.properties);
-            self.pump(now);
+        match self.inflight.get(&id) {
+            Some((_, Outgoing::Publish(p))) if p.qos == QoS::AtLeastOnce => {
+                self.complete(id, ack.reason_code, ack.properties);
+                self.pump(now);
+            }
+            // A PUBACK for a QoS 2 message in flight: the wrong acknowledgement for an
+            // identifier in flight is a protocol error, whichever kind it is.
+            Some(_) => self.violation(now, ReasonCode::ProtocolError, protocol_error()),
+            // A PUBACK for nothing we sent: nothing to do ([MQTT-4.3.2]: ids are ours to track).
+            None => {}
         }
-        // A PUBACK for nothing we sent: nothing to do ([MQTT-4.3.2]: ids are ours to track).
     }
 
     fn handle_pubrec(&mut self, now: Instant, ack: PubAck) {
@@ -1162,7 +1166,8 @@ impl Client {
                 if let Outgoing::Publish(p) = state
                     && p.qos != QoS::ExactlyOnce
                 {
-                    return;
+                    // A PUBREC for a QoS 1 message.
+                    return self.violation(now, ReasonCode::ProtocolError, protocol_error());
                 }
                 if ack.reason_code.is_error() {
                     // [MQTT-4.3.3-?]: a PUBREC with an error ends the exchange.
@@ -1199,9 +1204,14 @@ impl Client {
 
     fn handle_pubcomp(&mut self, now: Instant, ack: PubAck) {
         let id = ack.packet_id.get();
-        if let Some((_, Outgoing::Released)) = self.inflight.get(&id) {
-            self.complete(id, ack.reason_code, ack.properties);
-            self.pump(now);
+        match self.inflight.get(&id) {
+            Some((_, Outgoing::Released)) => {
+                self.complete(id, ack.reason_code, ack.properties);
+                self.pump(now);
+            }
+            // A PUBCOMP for a QoS 1 message, or for a QoS 2 message before its PUBREC.
+            Some(_) => self.violation(now, ReasonCode::ProtocolError, protocol_error()),
+            None => {}
         }
     }
 
