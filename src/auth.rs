@@ -1711,9 +1711,9 @@ pattern deny clients/%c/status/locked
         send(&mut broker, &publisher, publish("open/x", 1));
         send(&mut broker, &publisher, publish("secret/x", 2));
         let acks = recv(&mut broker, &mut publisher);
-        let denied = acks.iter().any(|p| {
-            matches!(p, Packet::PubAck(a) if a.reason_code == ReasonCode::NotAuthorized)
-        });
+        let denied = acks
+            .iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if a.reason_code == ReasonCode::NotAuthorized));
         assert!(denied, "publishing to secret/x is denied too: {acks:?}");
         let topics: Vec<String> = recv(&mut broker, &mut sub)
             .into_iter()

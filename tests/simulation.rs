@@ -144,7 +144,8 @@ fn a_planted_takeover_bug_is_found() {
         });
         if let Some(f) = failures.into_iter().find(|f| {
             f.violations.iter().any(|v| {
-                v.contains("outlived its session") || v.contains("its previous session had expiry 0")
+                v.contains("outlived its session")
+                    || v.contains("its previous session had expiry 0")
             })
         }) {
             found = Some(f);

@@ -153,7 +153,8 @@ fn a_wide_subscription_delivers_only_what_the_client_may_receive() {
         assert_eq!(h.subscribe(&mut reader, "#", QoS::ExactlyOnce), [ReasonCode::GrantedQoS2]);
         h.subscribe(&mut other, "#", QoS::ExactlyOnce);
         let p = h.connect(version, "p", true);
-        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate()
+        for (i, qos) in
+            [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate()
         {
             h.send(&p, publish("secret/x", b"s", qos, 2 * i as u16 + 1));
             h.send(&p, publish("open/x", b"o", qos, 2 * i as u16 + 2));

@@ -347,6 +347,55 @@ fn durable_pubrel_waits_until_the_store_has_the_pubrec() {
     assert!(matches!(&rel[..], [Packet::PubRel(r)] if r.packet_id == id), "{rel:?}");
 }
 
+// Found by the deterministic simulation (`tests/simulation.rs`): a QoS 2 message written to a
+// subscriber before the store had it was, after a crash, received again from its publisher as
+// a new message (its PUBREC had been withheld) and delivered a second time. The PUBLISH now
+// waits for the store, and so does what the connection sends after it.
+#[test]
+fn durable_qos2_publish_reaches_the_subscriber_only_once_the_store_has_it() {
+    let mut d = Durable::new(Persistence::Durable);
+    let (mut sub, _) = d.h.connect_v5_session("sub", false, 3600);
+    d.h.subscribe(&mut sub, "t", QoS::ExactlyOnce);
+    d.sync();
+    let publisher = d.h.connect(V5, "pub", true);
+    d.h.send(&publisher, publish("t", b"once", QoS::ExactlyOnce, 1));
+    d.h.send(&publisher, publish("t", b"after", QoS::AtMostOnce, 0));
+    assert!(d.h.recv(&mut sub).is_empty(), "nothing before the store has the QoS 2 message");
+    // A crash now loses the message everywhere: the publisher, never answered, sends it again.
+    d.crash_and_restart(1);
+    let (mut sub, ack) = d.h.connect_v5_session("sub", false, 3600);
+    assert!(ack.session_present);
+    let mut publisher = d.h.connect(V5, "pub", true);
+    let mut again = publish("t", b"once", QoS::ExactlyOnce, 1);
+    again.dup = true;
+    d.h.send(&publisher, again);
+    assert!(d.h.recv(&mut sub).is_empty());
+    d.sync();
+    assert!(matches!(d.h.recv_one(&mut publisher), Packet::PubRec(_)));
+    let got = d.h.recv_publishes(&mut sub);
+    assert_eq!(got.len(), 1, "delivered once: {got:?}");
+    assert_eq!(&got[0].payload[..], b"once");
+}
+
+/// What the connection sends after a gated QoS 2 PUBLISH keeps its place behind it; what it
+/// sent before goes out at once.
+#[test]
+fn durable_output_after_a_gated_qos2_publish_keeps_its_order() {
+    let mut d = Durable::new(Persistence::Durable);
+    let (mut sub, _) = d.h.connect_v5_session("sub", false, 3600);
+    d.h.subscribe(&mut sub, "t", QoS::ExactlyOnce);
+    d.sync();
+    let publisher = d.h.connect(V5, "pub", true);
+    d.h.send(&publisher, publish("t", b"0", QoS::AtMostOnce, 0));
+    d.h.send(&publisher, publish("t", b"2", QoS::ExactlyOnce, 1));
+    d.h.send(&publisher, publish("t", b"0'", QoS::AtMostOnce, 0));
+    let early: Vec<_> = d.h.recv_publishes(&mut sub).into_iter().map(|p| p.payload).collect();
+    assert_eq!(early, [&b"0"[..]]);
+    d.sync();
+    let rest: Vec<_> = d.h.recv_publishes(&mut sub).into_iter().map(|p| p.payload).collect();
+    assert_eq!(rest, [&b"2"[..], &b"0'"[..]]);
+}
+
 #[test]
 fn durable_pubcomp_waits_until_the_store_has_forgotten_the_identifier() {
     let mut d = Durable::new(Persistence::Durable);

@@ -427,6 +427,23 @@ impl World {
         }
     }
 
+    /// The client's end of its connection breaks and the broker is not told: the client sees
+    /// it closed at once and reconnects as it would, while the broker's end stays open and
+    /// receives nothing (half-open) until keep-alive finds out or the client's next connection
+    /// takes its client id over.
+    pub fn abandon_connection(&mut self, client: ClientNo) {
+        let Some(l) = self.clients[client.0].link.take() else { return };
+        self.trace_line(format!("{} L{l} abandoned by the client", ms(self.now)));
+        if let Some(link) = self.links.get_mut(&l) {
+            link.half_open = true;
+            link.client_open = false;
+            link.up.chunks.clear();
+            link.down.chunks.clear();
+        }
+        self.clients[client.0].core.handle_closed(self.now);
+        self.pump_client(client.0);
+    }
+
     /// The broker process restarts from what its store committed; every connection breaks.
     pub fn restart_broker(&mut self) -> Result<(), ConfigError> {
         let ids: Vec<usize> = self.links.keys().copied().collect();

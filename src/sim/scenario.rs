@@ -43,7 +43,7 @@
 //!    flight; client queues and the broker's queues stay within their limits; no packet breaks
 //!    the receiver's announced limits (the [`World`]'s wire monitor); nothing panics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use ternmq_core::broker::persist::Persistence;
@@ -188,10 +188,13 @@ struct Subscriber {
     /// SUBSCRIBE packet id -> index of its first filter.
     asked: BTreeMap<u16, usize>,
     ever: Vec<TopicFilter>,
-    /// The filters its current session holds: granted since the session began, cleared when
-    /// the session must have ended (a CONNACK without Session Present, or a connection whose
-    /// session had expiry 0).
+    /// For a subscriber whose session ends with each connection: the filters granted on the
+    /// current connection, cleared at each CONNACK. (A persistent session may hold a filter
+    /// whose SUBACK was lost with its connection, so for it the model cannot say.)
     held: Vec<TopicFilter>,
+    /// The filters the client restores after a CONNACK without Session Present, in the order
+    /// it sends them (its own order, one SUBSCRIBE each), not yet acknowledged.
+    restoring: VecDeque<(TopicFilter, QoS)>,
     /// First copies in arrival order, per stream.
     order: BTreeMap<Stream, Vec<u64>>,
     /// Copies received per (stream, seq, delivered QoS).
@@ -364,6 +367,7 @@ impl Run {
                 asked: BTreeMap::new(),
                 ever: Vec::new(),
                 held: Vec::new(),
+                restoring: VecDeque::new(),
                 order: BTreeMap::new(),
                 counts: BTreeMap::new(),
                 connected_once: false,
@@ -497,6 +501,16 @@ impl Run {
         }
         self.will_client();
         self.expiry_client();
+        // Now and then a subscriber loses its connection without the broker noticing, and its
+        // reconnection takes the half-open one over.
+        for s in 0..self.subs.len() {
+            let no = self.subs[s].no;
+            // Drawn whether or not it applies, so that timing does not shift later draws.
+            let abandon = self.wl.chance(0.003);
+            if abandon && self.world.client(no).is_connected() {
+                self.world.abandon_connection(no);
+            }
+        }
     }
 
     fn publish(&mut self, p: usize, qos: u8, retain: bool) {
@@ -701,8 +715,11 @@ impl Run {
                                 sub.no
                             ));
                         }
-                        if !session_present || !sub.persistent {
-                            sub.held.clear();
+                        sub.held.clear();
+                        if !session_present && sub.connected_once {
+                            let mut all = sub.filters.clone();
+                            all.sort();
+                            sub.restoring = all.into();
                         }
                         if !sub.connected_once {
                             sub.connected_once = true;
@@ -724,8 +741,15 @@ impl Run {
                         if !restored && sub.asked.remove(&packet_id.get()).is_none() {
                             continue;
                         }
-                        // Restored subscriptions are the application's filters, in order.
-                        for ((f, _), code) in sub.filters.iter().zip(reason_codes) {
+                        // A request's codes follow its filters; restored subscriptions come
+                        // one a SUBSCRIBE, in the client's order.
+                        let filters: Vec<(TopicFilter, QoS)> = if restored {
+                            let n = reason_codes.len().min(sub.restoring.len());
+                            sub.restoring.drain(..n).collect()
+                        } else {
+                            sub.filters.clone()
+                        };
+                        for ((f, _), code) in filters.iter().zip(reason_codes) {
                             if code.is_error() {
                                 continue;
                             }
@@ -768,7 +792,7 @@ impl Run {
                 super::ms(now),
                 sub.no
             ));
-        } else if !sub.held.iter().any(|f| f.matches(&m.topic)) {
+        } else if !sub.persistent && !sub.held.iter().any(|f| f.matches(&m.topic)) {
             self.violations.push(format!(
                 "{} client {:?} got a message on {topic}, which no subscription of its current \
                  session matches (a subscription outlived its session)",

@@ -321,6 +321,10 @@ struct Owing {
     /// PUBRELs and PUBCOMPs waiting for the store, and the log position the last waits for.
     replies_waiting: u32,
     reply_after: u64,
+    /// Durable mode, while non-zero: output past the first `gate_bytes` bytes waits until the
+    /// store has log position `gate_seq` (see `Broker::gate_output`).
+    gate_seq: u64,
+    gate_bytes: usize,
 }
 
 impl Conn {
@@ -448,6 +452,12 @@ impl Conn {
         self.out_bytes + self.tail.len()
     }
 
+    /// Whether output waits at a gate for the store (`Broker::gate_output`): queued messages
+    /// then stay queued, to be checked for expiry when they can actually go.
+    fn is_gated(&self) -> bool {
+        self.owing.as_ref().is_some_and(|o| o.gate_seq > 0)
+    }
+
     fn deadline(&self, connect_timeout: Duration) -> Option<Instant> {
         match self.phase {
             Phase::AwaitConnect | Phase::Authenticating => Some(self.accepted_at + connect_timeout),
@@ -544,6 +554,9 @@ pub struct Broker {
     /// PUBCOMP sent earlier could make it take a reused packet identifier for a resend and
     /// drop a new message.
     awaiting_reply: VecDeque<(u64, ConnId, Packet)>,
+    /// Durable mode: connections whose output waits at a gate for the store (see
+    /// `gate_output`).
+    gated: Vec<ConnId>,
 }
 
 impl fmt::Debug for Broker {
@@ -592,6 +605,7 @@ impl Broker {
             next_key: 1,
             awaiting_store: VecDeque::new(),
             awaiting_reply: VecDeque::new(),
+            gated: Vec::new(),
         };
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.insert((now + interval, Timer::Sys));
@@ -857,6 +871,10 @@ impl Broker {
     #[must_use]
     pub fn poll_transmit(&mut self, conn: ConnId, limit: usize) -> Option<Bytes> {
         let c = self.conn_mut(conn)?;
+        let limit = match c.owing.as_deref() {
+            Some(o) if o.gate_seq > 0 => limit.min(o.gate_bytes),
+            _ => limit,
+        };
         if limit == 0 {
             return None;
         }
@@ -877,6 +895,11 @@ impl Broker {
         let front = c.out.front_mut()?;
         let chunk = if front.len() > limit { front.split_to(limit) } else { c.out.pop_front()? };
         c.out_bytes -= chunk.len();
+        if let Some(o) = c.owing.as_deref_mut()
+            && o.gate_seq > 0
+        {
+            o.gate_bytes -= chunk.len();
+        }
         let session = c.session;
         let drained = c.unwritten() == 0;
         if drained {
@@ -2003,6 +2026,10 @@ impl Broker {
             match state {
                 OutState::Comp => self.send_pubrel(index, id, rel_after),
                 _ => {
+                    if state == OutState::Rec {
+                        let before = self.slot_conn(index).map_or(0, |c| c.unwritten());
+                        self.gate_output(index, before);
+                    }
                     if !self.write_publish(now, index, &d, Some(id), true) {
                         dropped.push(id);
                         self.log_released(si, d.key);
@@ -2413,8 +2440,7 @@ impl Broker {
         }
         let session = |e: &Entry| sessions.get(e.session as usize).and_then(Option::as_deref);
         // Members that may not receive the topic are passed over.
-        let readable =
-            |e: &Entry| session(e).is_some_and(|s| may_receive(authorizer, s, topic));
+        let readable = |e: &Entry| session(e).is_some_and(|s| may_receive(authorizer, s, topic));
         let available = |e: &Entry| {
             let Some(s) = session(e) else {
                 return false;
@@ -2463,9 +2489,14 @@ impl Broker {
         }
         let conn = s.conn.and_then(|id| {
             let c = self.conn(id)?;
-            (c.phase == Phase::Connected).then_some((id.index, c.unwritten(), c.receive_max))
+            (c.phase == Phase::Connected).then_some((
+                id.index,
+                c.unwritten(),
+                c.receive_max,
+                c.is_gated(),
+            ))
         });
-        if let Some((index, unwritten, receive_max)) = conn {
+        if let Some((index, unwritten, receive_max, gated)) = conn {
             if d.qos == QoS::AtMostOnce {
                 let publisher = self.publisher.filter(|&p| {
                     !s.slow && s.conn != Some(p) && !self.config.max_ack_delay.is_zero()
@@ -2485,7 +2516,7 @@ impl Broker {
                 return;
             }
             let window = usize::from(receive_max).min(max_inflight);
-            if s.queue.is_empty() && s.inflight.len() < window && unwritten <= max_out {
+            if s.queue.is_empty() && s.inflight.len() < window && unwritten <= max_out && !gated {
                 self.send_inflight(now, index, si, d);
                 return;
             }
@@ -2590,16 +2621,48 @@ impl Broker {
             self.log_queued(now, si, &mut d);
         }
         let key = d.key;
+        let qos2 = d.qos == QoS::ExactlyOnce;
+        let before = self.slot_conn(index).map_or(0, |c| c.unwritten());
         if self.write_publish(now, index, &d, Some(id), false) {
-            let state = if d.qos == QoS::ExactlyOnce { OutState::Rec } else { OutState::Ack };
+            let state = if qos2 { OutState::Rec } else { OutState::Ack };
             if let Some(s) = self.session_mut(si) {
                 s.inflight.push_back(Inflight { id, state, delivery: d, rel_after: 0 });
             }
             if key != 0 {
                 self.log_session(si, |client_id| PersistOp::Sent { client_id, key, packet_id: id });
             }
+            if qos2 {
+                self.gate_output(index, before);
+            }
         } else {
             self.log_released(si, key);
+        }
+    }
+
+    /// Durable mode: holds connection `index`'s output past its first `before` bytes until the
+    /// store has everything logged so far. Called as a QoS 2 PUBLISH is written: the client
+    /// must not have it before the store knows it was sent, with which packet identifier, and
+    /// that its publisher's copy was received. Otherwise a crash in between makes the restarted
+    /// broker take the publisher's resend as a new message, or send its stored copy under a
+    /// new identifier, and the client receives it twice ([MQTT-4.3.3-10], exactly once).
+    /// Everything after it waits too, so the connection's order is kept.
+    fn gate_output(&mut self, index: u32, before: usize) {
+        if !self.durable() || self.persist_seq <= self.persisted {
+            return;
+        }
+        let seq = self.persist_seq;
+        let id = self.conn_id(index);
+        let Some(c) = self.slot_conn(index) else {
+            return;
+        };
+        let o = c.owing();
+        let new = o.gate_seq == 0;
+        if new {
+            o.gate_bytes = before;
+        }
+        o.gate_seq = o.gate_seq.max(seq);
+        if new {
+            self.gated.push(id);
         }
     }
 
@@ -2617,7 +2680,11 @@ impl Broker {
             let Some(c) = self.conn(id) else {
                 return;
             };
-            if c.phase != Phase::Connected || c.unwritten() > max_out || s.queue.is_empty() {
+            if c.phase != Phase::Connected
+                || c.unwritten() > max_out
+                || s.queue.is_empty()
+                || c.is_gated()
+            {
                 return;
             }
             let window = usize::from(c.receive_max).min(max_inflight);

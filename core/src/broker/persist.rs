@@ -499,7 +499,6 @@ impl Broker {
     /// The store has every operation up to and including `seq` on disk. In durable mode this
     /// sends the acknowledgements that waited for them.
     pub fn handle_persisted(&mut self, now: Instant, seq: PersistSeq) {
-        let _ = now;
         self.persisted = self.persisted.max(seq.0);
         let persisted = self.persisted;
         let mut waiting = core::mem::take(&mut self.awaiting_store);
@@ -511,6 +510,32 @@ impl Broker {
             false
         });
         self.awaiting_store = waiting;
+        // Output held for the store goes; the sessions behind it take up their queues again.
+        let mut gated = core::mem::take(&mut self.gated);
+        let mut opened = Vec::new();
+        gated.retain(|&id| {
+            let Some(c) = self.conn_mut(id) else {
+                return false;
+            };
+            let session = c.session;
+            let Some(o) = c.owing.as_deref_mut() else {
+                return false;
+            };
+            if o.gate_seq > persisted {
+                return true;
+            }
+            o.gate_seq = 0;
+            o.gate_bytes = 0;
+            opened.push((id, session));
+            false
+        });
+        self.gated = gated;
+        for (id, session) in opened {
+            self.mark_ready(id.index);
+            if session != super::NO_SESSION {
+                self.pump(now, session);
+            }
+        }
         while self.awaiting_reply.front().is_some_and(|r| r.0 <= persisted) {
             let Some((_, conn, packet)) = self.awaiting_reply.pop_front() else {
                 break;
