@@ -498,3 +498,63 @@ print("ok")
     // core/tests/broker_v5.rs: paho refuses to send one.)
     assert_eq!(paho(broker.port, &script).trim(), "ok");
 }
+
+/// An ACL file as a Mosquitto user writes it: a deny line takes topics away from a wide
+/// subscription on delivery, and a subscription that can only match denied topics is refused
+/// (MQTT 5 0x87, 3.1.1 0x80), as `mosquitto_sub` reports, in both protocol versions.
+#[test]
+fn acl_deny_lines_withhold_messages_from_wide_subscriptions_for_mosquitto_sub() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ternmq-acl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwd = dir.join("passwd");
+    for (i, user) in ["reader", "writer"].into_iter().enumerate() {
+        let create = if i == 0 { "-c" } else { "-b" };
+        let mut args = vec!["passwd", create];
+        if i == 0 {
+            args.push("-b");
+        }
+        args.extend([passwd.to_str().unwrap(), user, "pw"]);
+        let out = Command::new(env!("CARGO_BIN_EXE_ternmq")).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let acl = dir.join("acl");
+    std::fs::write(
+        &acl,
+        "user reader\ntopic readwrite #\ntopic deny secret/#\n\nuser writer\ntopic write #\n",
+    )
+    .unwrap();
+    let conf = dir.join("broker.toml");
+    std::fs::write(
+        &conf,
+        format!("password_file = {:?}\nacl_file = {:?}\n", passwd.display(), acl.display()),
+    )
+    .unwrap();
+    let broker = Ternmq::start(&["-c", conf.to_str().unwrap()]);
+    let port = broker.port;
+    for version in ["311", "5"] {
+        // Granted: `#` and `+/+` can match allowed topics.
+        let sub = spawn_sub(
+            port,
+            &["-V", version, "-u", "reader", "-P", "pw", "-t", "#", "-t", "+/+", "-v", "-C", "2"],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        for (topic, body) in [("secret/x", "hidden"), ("open/x", "one"), ("open/y", "two")] {
+            pub_cmd(port, &["-V", version, "-u", "writer", "-P", "pw", "-t", topic, "-m", body]);
+        }
+        let out = wait_output(sub);
+        assert_eq!(out, "open/x one\nopen/y two\n", "-V {version}: secret/x withheld");
+        // Refused: `secret/#` can only match denied topics.
+        let out = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+            .args(["-u", "reader", "-P", "pw", "-t", "secret/#", "-W", "3"])
+            .output()
+            .unwrap();
+        // mosquitto_sub says so and exits (with status 0 in some versions).
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("All subscription requests were denied"), "-V {version}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

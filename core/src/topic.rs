@@ -687,8 +687,7 @@ mod tests {
             for b in 0..n {
                 let (fa, fb) = (filters[a].as_str(), filters[b].as_str());
                 assert_eq!(intersects_except(fa, fb, &[]), expect(a, b, &[]), "{fa} {fb}");
-                for x in 0..n {
-                    let fx = filters[x].as_str();
+                for (x, fx) in filters.iter().enumerate() {
                     let got = intersects_except(fa, fb, &[fx]);
                     assert_eq!(got, expect(a, b, &[x]), "{fa} {fb} except {fx}");
                 }
