@@ -1,0 +1,257 @@
+//! The broker's side of persistence: logging state changes, waiting for the store in durable
+//! mode, and starting again from a snapshot.
+
+use alloc::sync::Arc;
+
+use super::session::{Delivery, Inflight, Message, OutState, ParkedAck, PendingWill};
+use super::tree::Entry;
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use super::persist::*;
+use super::{Broker, BrokerConfig, ConfigError};
+use crate::codec::{MqttStr, QoS};
+use crate::codec::{Packet, PubAck};
+use crate::time::Instant;
+
+impl Broker {
+    /// The next operation of the persistence log, in order; call after every input, with the
+    /// other `poll_*`. Always `None` with [`Persistence::Off`].
+    ///
+    /// The operations drained after one input belong together (a QoS 2 publish records its
+    /// packet identifier and queues its deliveries): the store must commit them in one
+    /// transaction, all or none. A crash between them could otherwise deliver a resent
+    /// message twice, or acknowledge it without delivering it.
+    #[must_use]
+    pub fn poll_persist(&mut self) -> Option<(PersistSeq, PersistOp)> {
+        self.persist_log.pop_front()
+    }
+
+    /// The store has every operation up to and including `seq` on disk. In durable mode this
+    /// sends the acknowledgements that waited for them.
+    pub fn handle_persisted(&mut self, now: Instant, seq: PersistSeq) {
+        self.persisted = self.persisted.max(seq.0);
+        let persisted = self.persisted;
+        let mut waiting = core::mem::take(&mut self.awaiting_store);
+        waiting.retain(|p| {
+            if p.seq > persisted {
+                return true;
+            }
+            self.send_ack(p);
+            false
+        });
+        self.awaiting_store = waiting;
+        // Output held for the store goes; the sessions behind it take up their queues again.
+        let mut gated = core::mem::take(&mut self.gated);
+        let mut opened = Vec::new();
+        gated.retain(|&id| {
+            let Some(c) = self.conn_mut(id) else {
+                return false;
+            };
+            let session = c.session;
+            let Some(o) = c.owing.as_deref_mut() else {
+                return false;
+            };
+            if o.gate_seq > persisted {
+                return true;
+            }
+            o.gate_seq = 0;
+            o.gate_bytes = 0;
+            opened.push((id, session));
+            false
+        });
+        self.gated = gated;
+        for (id, session) in opened {
+            self.mark_ready(id.index);
+            if session != super::NO_SESSION {
+                self.pump(now, session);
+            }
+        }
+        while self.awaiting_reply.front().is_some_and(|r| r.0 <= persisted) {
+            let Some((_, conn, packet)) = self.awaiting_reply.pop_front() else {
+                break;
+            };
+            // A connection that ended meanwhile gets its PUBREL when the session resumes, and
+            // its PUBCOMP when the client sends PUBREL again.
+            if let Some(c) = self.conn_mut(conn) {
+                if let Some(o) = c.owing.as_deref_mut() {
+                    o.replies_waiting = o.replies_waiting.saturating_sub(1);
+                }
+                if c.phase == super::Phase::Connected {
+                    self.send(conn.index, &packet);
+                }
+            }
+        }
+    }
+
+    /// A broker that starts from `snapshot` (what a store kept, see [`Replay::snapshot`]): its
+    /// sessions offline, their subscriptions, queued and in-flight messages (resent with DUP on
+    /// resume), QoS 2 identifiers awaiting PUBREL, pending wills, and retained messages.
+    pub fn restore(
+        config: BrokerConfig,
+        snapshot: Snapshot,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let mut b = Broker::new(config, now)?;
+        let max_qos = b.config.max_qos;
+        for s in snapshot.sessions {
+            let si = b.new_session(s.client_id.detach(), s.protocol);
+            for (filter, options, sub_id) in &s.subscriptions {
+                let entry = Entry {
+                    session: si,
+                    qos: options.qos.min(max_qos),
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    sub_id: *sub_id,
+                };
+                b.tree.insert(filter, entry);
+            }
+            let mut max_key = 0;
+            let Some(sess) = b.session_mut(si) else {
+                continue;
+            };
+            sess.persistent = true;
+            sess.expiry = s.expiry;
+            sess.expires_at = s.expires_in.map(|d| now + d);
+            sess.subscriptions = s.subscriptions.into_iter().map(|(f, _, _)| f.detach()).collect();
+            for id in s.incoming_qos2 {
+                sess.incoming_qos2.insert(id.get());
+            }
+            for d in s.deliveries {
+                max_key = max_key.max(d.key);
+                let delivery = Delivery {
+                    msg: Arc::new(message(d.delivery.message, now)),
+                    qos: d.delivery.qos,
+                    retain: d.delivery.retain,
+                    sub_ids: d.delivery.subscription_ids,
+                    key: d.key,
+                    shared: None,
+                };
+                match d.packet_id {
+                    Some(id) => {
+                        let state = if d.received {
+                            OutState::Comp
+                        } else if delivery.qos == QoS::ExactlyOnce {
+                            OutState::Rec
+                        } else {
+                            OutState::Ack
+                        };
+                        sess.inflight.push_back(Inflight { id, state, delivery, rel_after: 0 });
+                    }
+                    None => {
+                        sess.queued_bytes += delivery.msg.cost();
+                        sess.queue.push_back(delivery);
+                    }
+                }
+            }
+            if let Some((will, due)) = s.will {
+                let delay = u32::try_from(due.as_secs()).unwrap_or(u32::MAX);
+                sess.will = Some(PendingWill { msg: Arc::new(message(will, now)), delay });
+                sess.will_at = Some(now + due);
+            }
+            b.next_key = b.next_key.max(max_key + 1);
+            b.arm_session_timer(si);
+        }
+        for m in snapshot.retained {
+            let msg = Arc::new(message(m, now));
+            b.retained.insert(msg.topic.clone(), msg);
+        }
+        Ok(b)
+    }
+
+    pub(super) fn logging(&self) -> bool {
+        self.config.persistence != Persistence::Off
+    }
+
+    pub(super) fn durable(&self) -> bool {
+        self.config.persistence == Persistence::Durable
+    }
+
+    pub(super) fn log(&mut self, op: PersistOp) {
+        if self.logging() {
+            self.persist_seq += 1;
+            self.persist_log.push_back((PersistSeq(self.persist_seq), op));
+        }
+    }
+
+    /// Logs `op(client_id)` if session `si` is logged.
+    pub(super) fn log_session(&mut self, si: u32, op: impl FnOnce(MqttStr) -> PersistOp) {
+        if let Some(s) = self.session(si)
+            && s.persistent
+            && self.logging()
+        {
+            let id = s.client_id.clone();
+            self.log(op(id));
+        }
+    }
+
+    /// Logs a delivery queued for `si`, giving it a key.
+    pub(super) fn log_queued(&mut self, now: Instant, si: u32, d: &mut Delivery) {
+        if !self.logging() || !self.session(si).is_some_and(|s| s.persistent) {
+            return;
+        }
+        d.key = self.next_key;
+        self.next_key += 1;
+        let delivery = StoredDelivery {
+            message: stored(&d.msg, now),
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.sub_ids.clone(),
+        };
+        let key = d.key;
+        self.log_session(si, |client_id| PersistOp::Queued { client_id, key, delivery });
+    }
+
+    /// Logs that a delivery of `si` is done.
+    pub(super) fn log_released(&mut self, si: u32, key: u64) {
+        if key != 0 {
+            self.log_session(si, |client_id| PersistOp::Released { client_id, key });
+        }
+    }
+
+    /// Sends a withheld PUBACK/PUBREC now, or, in durable mode, once its operations are stored.
+    pub(super) fn release_ack(&mut self, p: ParkedAck) {
+        if p.seq > self.persisted {
+            self.awaiting_store.push_back(p);
+        } else {
+            self.send_ack(&p);
+        }
+    }
+
+    fn send_ack(&mut self, p: &ParkedAck) {
+        let Some(c) = self.conn_mut(p.conn) else {
+            return;
+        };
+        if c.phase != super::Phase::Connected {
+            return;
+        }
+        let ack = PubAck { reason_code: p.code, ..PubAck::new(p.id) };
+        let packet =
+            if p.qos == QoS::ExactlyOnce { Packet::PubRec(ack) } else { Packet::PubAck(ack) };
+        self.answer(p.conn, Some(p.token), p.id, p.qos, packet);
+    }
+}
+
+/// `msg` as stored at `now`.
+pub(super) fn stored(msg: &Message, now: Instant) -> StoredMessage {
+    StoredMessage {
+        topic: msg.topic.clone(),
+        payload: msg.payload.clone(),
+        qos: msg.qos,
+        retain: msg.retain,
+        properties: msg.properties.clone(),
+        expires_in: msg.expires_at.map(|at| at.saturating_duration_since(now)),
+    }
+}
+
+fn message(m: StoredMessage, now: Instant) -> Message {
+    Message {
+        topic: m.topic.detach(),
+        payload: Bytes::copy_from_slice(&m.payload),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties,
+        expires_at: m.expires_in.map(|d| now + d),
+        origin: 0,
+    }
+}

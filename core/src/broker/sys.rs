@@ -1,0 +1,48 @@
+//! The `$SYS` statistics topics.
+
+use super::*;
+
+impl Broker {
+    pub(super) fn publish_sys(&mut self, now: Instant) {
+        let g = self.gauges();
+        let uptime = now.saturating_duration_since(self.started).as_secs();
+        let st = self.stats.clone();
+        let entries = [
+            ("$SYS/broker/version", self.config.version.clone()),
+            ("$SYS/broker/uptime", format!("{uptime} seconds")),
+            ("$SYS/broker/clients/connected", g.clients_connected.to_string()),
+            ("$SYS/broker/clients/total", g.sessions.to_string()),
+            (
+                "$SYS/broker/clients/disconnected",
+                (g.sessions - g.clients_connected.min(g.sessions)).to_string(),
+            ),
+            ("$SYS/broker/messages/received", st.messages_received.to_string()),
+            ("$SYS/broker/messages/sent", st.messages_sent.to_string()),
+            ("$SYS/broker/messages/stored", g.queued.to_string()),
+            ("$SYS/broker/subscriptions/count", g.subscriptions.to_string()),
+            ("$SYS/broker/retained messages/count", g.retained.to_string()),
+            ("$SYS/broker/bytes/received", st.bytes_received.to_string()),
+            ("$SYS/broker/bytes/sent", st.bytes_sent.to_string()),
+            (
+                "$SYS/broker/messages/dropped",
+                (st.dropped_queue_full + st.dropped_slow_consumer).to_string(),
+            ),
+        ];
+        for (topic, value) in entries {
+            let Ok(topic) = TopicName::new(topic) else {
+                continue;
+            };
+            let msg = Arc::new(Message {
+                topic,
+                payload: Bytes::from(value.into_bytes()),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                origin: 0,
+            });
+            self.store_retained(now, &msg);
+            self.route(now, &msg);
+        }
+    }
+}
