@@ -40,7 +40,7 @@
 pub mod client;
 pub mod server;
 
-pub use client::{Client, DialFuture, Dialer, Transport, tcp_dialer};
+pub use client::{Client, DialFuture, Dialer, Smol, Transport, tcp_dialer};
 pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;

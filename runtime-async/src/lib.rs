@@ -1,0 +1,73 @@
+//! ternmq's async client, written once for every async runtime.
+//!
+//! The protocol lives in [`ternmq_core`]; what an async adapter adds around the core's
+//! [`client::driver`](ternmq_core::client::driver) is the same on every runtime: a driver task
+//! that writes, waits for the first of a read, a command and the core's deadline, feeds the
+//! driver and acts on its outcomes; handles that queue commands and await their answers. This
+//! crate holds that once, generic over a [`Runtime`]: the few things that do differ (spawning
+//! a task, sleeping, reading and writing the runtime's byte streams, dialling TCP). The
+//! runtime crates (`ternmq-tokio`, `ternmq-smol`) implement [`Runtime`] and re-export
+//! [`Client`] under their own names; applications use those.
+//!
+//! Channels and wake-ups use `async-channel`, which works on any executor.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+pub mod client;
+
+pub use client::Client;
+
+/// What a [`Dialer`] returns: a connected transport, or why it could not connect.
+pub type DialFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
+
+/// Opens a transport to the server, for the first connection and for every reconnection:
+/// the seam where TLS or WebSocket transports plug in ([`Client::connect_via`]).
+pub type Dialer<T> = Arc<dyn Fn() -> DialFuture<T> + Send + Sync>;
+
+/// The runtime seam: what the async client needs from an executor and its I/O. Each method is
+/// a thin call into the runtime; none holds protocol logic.
+pub trait Runtime: Send + Sync + 'static {
+    /// A connected byte stream (TCP, or TLS or a WebSocket over it), as the runtime's crate
+    /// names it.
+    type Transport: Send + 'static;
+
+    /// Spawns `task` to run on its own.
+    fn spawn(task: impl Future<Output = ()> + Send + 'static);
+
+    /// Completes after `duration`.
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
+
+    /// Reads what is available into `buf`'s spare room (reserving some first); `Ok(0)` at the
+    /// end of the stream. Dropping the future before it completes loses no data.
+    fn read<'a>(
+        transport: &'a mut Self::Transport,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Writes all of `data`.
+    fn write_all<'a>(
+        transport: &'a mut Self::Transport,
+        data: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+
+    /// Closes the stream, sending what is buffered (errors are of no interest any more).
+    fn close(transport: &mut Self::Transport) -> impl Future<Output = ()> + Send + '_;
+
+    /// The default dialer: TCP to `host:port`, with Nagle's algorithm off.
+    fn tcp_dialer(host: String, port: u16) -> Dialer<Self::Transport>;
+}
+
+/// `fut`'s output, or `None` if `timeout` passes first.
+pub async fn within<R: Runtime, T>(timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        R::sleep(timeout).await;
+        None
+    })
+    .await
+}
