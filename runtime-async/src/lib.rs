@@ -1,13 +1,15 @@
-//! ternmq's async client, written once for every async runtime.
+//! ternmq's async client and server, written once for every async runtime.
 //!
 //! The protocol lives in [`ternmq_core`]; what an async adapter adds around the core's
 //! [`client::driver`](ternmq_core::client::driver) is the same on every runtime: a driver task
 //! that writes, waits for the first of a read, a command and the core's deadline, feeds the
 //! driver and acts on its outcomes; handles that queue commands and await their answers. This
 //! crate holds that once, generic over a [`Runtime`]: the few things that do differ (spawning
-//! a task, sleeping, reading and writing the runtime's byte streams, dialling TCP). The
-//! runtime crates (`ternmq-tokio`, `ternmq-smol`) implement [`Runtime`] and re-export
-//! [`Client`] under their own names; applications use those.
+//! a task, sleeping, reading and writing the runtime's byte streams, dialling TCP). The server
+//! (feature `server`) is written the same way over [`ServerRuntime`](server::ServerRuntime),
+//! which adds listeners and sockets that can be waited on. The runtime crates (`ternmq-tokio`,
+//! `ternmq-smol`) implement the seam and re-export [`Client`] and the server under their own
+//! names; applications use those.
 //!
 //! Channels and wake-ups use `async-channel`, which works on any executor.
 
@@ -20,8 +22,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 pub mod client;
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use client::Client;
+#[cfg(feature = "server")]
+pub use server::{BlockOn, Server, ServerConfig, ServerRuntime, ShutdownHandle};
 
 /// What a [`Dialer`] returns: a connected transport, or why it could not connect.
 pub type DialFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;

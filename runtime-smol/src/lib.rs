@@ -38,12 +38,15 @@
 //! ```
 
 pub mod client;
+#[cfg(feature = "server")]
 pub mod server;
 
 pub use client::{Client, DialFuture, Dialer, Smol, Transport, tcp_dialer};
-pub use server::{AsyncAuthenticator, Server, ServerConfig, ShutdownHandle};
+#[cfg(feature = "server")]
+pub use server::{AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::ConnectOptions;
 pub use ternmq_core::client::driver::Error;
+#[cfg(feature = "server")]
 pub use ternmq_store::{Durability, StoreConfig};

@@ -1,0 +1,728 @@
+//! The MQTT broker server, written once for every async runtime: TCP listeners around one
+//! sans-IO [`Broker`](ternmq_core::broker::Broker).
+//!
+//! Tasks and their jobs:
+//! - one accept task per listener hands new sockets to the core task;
+//! - one task per connection reads (taking a buffer only once the socket is readable, so an idle
+//!   connection holds none), hands the bytes to the core task, and writes what the core task
+//!   queued for it with vectored writes, reporting how much it wrote;
+//! - the core task owns the broker through a [`Driver`]. It takes its input in batches
+//!   (everything waiting, up to a bound), then carries out the driver's actions and sleeps
+//!   until the next deadline.
+//!
+//! Flow control: each connection has a window of bytes handed to it but not yet written
+//! ([`WRITE_WINDOW`](ternmq_core::broker::driver::WRITE_WINDOW)). When the window is full the
+//! rest stays in the core, whose limits for slow consumers then apply (QoS 0 dropped, QoS 1 and
+//! 2 queued in the session), so a stalled reader grows no memory here. Protocol decisions are
+//! the core's; this module only moves bytes and time, through a [`ServerRuntime`].
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant as StdInstant};
+
+use async_channel::{self as channel, Receiver, Sender, TrySendError};
+use atomic_waker::AtomicWaker;
+use bytes::{Bytes, BytesMut};
+use futures_lite::future;
+use ternmq_core::broker::driver::{
+    Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
+    log_event,
+};
+pub use ternmq_core::broker::driver::{
+    AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
+};
+use ternmq_core::broker::persist::PersistSeq;
+use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
+use ternmq_core::time::Instant;
+use ternmq_store::{Store, StoreConfig, Writer};
+
+use crate::{Runtime, within};
+
+/// Bytes one read may bring in.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Inputs the core task takes before it drains output again.
+const BATCH: usize = 256;
+/// Inputs waiting for the core task, at most: readers wait beyond it. With reads of up to
+/// `READ_CHUNK` bytes this bounds what is read ahead of the core to 4 MiB.
+const INPUT_QUEUE: usize = 256;
+/// How long an accept loop waits after a failed accept (out of file descriptors and the like)
+/// rather than spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the server needs from a runtime beyond what the client does: listeners, and sockets
+/// it can wait on for readability and then read or write without waiting. Each method is a
+/// thin call into the runtime.
+pub trait ServerRuntime: Runtime {
+    /// A bound TCP listener.
+    type Listener: Send + Sync + 'static;
+    /// An accepted TCP connection.
+    type Stream: Send + Sync + 'static;
+
+    /// Binds a listener on `addr`.
+    fn bind(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
+
+    /// The address `listener` is bound to.
+    fn local_addr(listener: &Self::Listener) -> io::Result<SocketAddr>;
+
+    /// The next connection and its peer's address.
+    fn accept(
+        listener: &Self::Listener,
+    ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send + '_;
+
+    /// Turns Nagle's algorithm off.
+    fn set_nodelay(stream: &Self::Stream) -> io::Result<()>;
+
+    /// Ready once `stream` may be read without waiting (or has failed).
+    fn poll_read_ready(stream: &Self::Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Reads what is there now into `buf`'s spare room, without waiting (`WouldBlock` when
+    /// nothing is).
+    fn try_read_buf(stream: &Self::Stream, buf: &mut BytesMut) -> io::Result<usize>;
+
+    /// Writes what the socket takes now of `bufs`, without waiting.
+    fn try_write_vectored(stream: &Self::Stream, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Writes some of `bufs`, waiting until the socket takes something.
+    fn write_vectored<'a>(
+        stream: &'a mut Self::Stream,
+        bufs: &'a [IoSlice<'a>],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Reads into `buf`, waiting for something to read; `Ok(0)` at the end of the stream.
+    fn read_into<'a>(
+        stream: &'a mut Self::Stream,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Shuts the writing side down (sends FIN).
+    fn shutdown(stream: &mut Self::Stream) -> impl Future<Output = ()> + Send + '_;
+
+    /// Runs `job` where it may block, and completes when it has.
+    fn spawn_blocking(job: impl FnOnce() + Send + 'static) -> impl Future<Output = ()> + Send;
+}
+
+/// A runtime that can run a future to completion on the calling thread: its [`Server`] then
+/// also has [`bind_blocking`](Server::bind_blocking) and [`run_blocking`](Server::run_blocking),
+/// for programs with no executor of their own.
+pub trait BlockOn: ServerRuntime {
+    /// Runs `fut` on the calling thread until it completes.
+    fn block_on<F: Future>(fut: F) -> F::Output;
+}
+
+/// What a [`Server`] runs: the broker's configuration and where to listen.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The broker core's options and limits.
+    pub broker: BrokerConfig,
+    /// Addresses to listen on (IPv4 or IPv6); port 0 picks a free port.
+    pub listeners: Vec<SocketAddr>,
+    /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
+    pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
+    /// Answers the authorizer's `Defer`s; without it a deferred request is refused.
+    pub async_authorizer: Option<Arc<dyn AsyncAuthorizer>>,
+    /// Where durable state is kept, and how; `None` keeps everything in memory.
+    pub store: Option<StoreConfig>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("broker", &self.broker)
+            .field("listeners", &self.listeners)
+            .field("async_authenticator", &self.async_authenticator.is_some())
+            .field("async_authorizer", &self.async_authorizer.is_some())
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    /// The broker's defaults, listening on `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            broker: BrokerConfig::default(),
+            listeners: vec![addr],
+            async_authenticator: None,
+            async_authorizer: None,
+            store: None,
+        }
+    }
+
+    /// Checks the broker's options and that there is a listener, with an error that names
+    /// what is wrong. Every server calls it before binding.
+    pub fn validate(&self) -> io::Result<()> {
+        self.broker
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if self.listeners.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener configured"));
+        }
+        Ok(())
+    }
+}
+
+/// The error for a listener that could not be bound, naming its address.
+pub fn bind_error(addr: &SocketAddr, e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+}
+
+/// Stops a running [`Server`] gracefully; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Sender<()>);
+
+impl ShutdownHandle {
+    /// Asks the server to stop: it stops accepting, sends DISCONNECT 0x8B (Server shutting down)
+    /// to MQTT 5 clients, flushes and closes every connection, and then `run` returns.
+    pub fn shutdown(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// A bound MQTT broker server. See the [module documentation](self).
+pub struct Server<R: ServerRuntime> {
+    listeners: Vec<R::Listener>,
+    config: ServerConfig,
+    stop: (Sender<()>, Receiver<()>),
+    store: Option<Store>,
+}
+
+impl<R: ServerRuntime> fmt::Debug for Server<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").field("local_addrs", &self.local_addrs()).finish()
+    }
+}
+
+impl<R: ServerRuntime> Server<R> {
+    /// Checks the configuration and binds every listener.
+    pub async fn bind(config: ServerConfig) -> io::Result<Self> {
+        config.validate()?;
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for addr in &config.listeners {
+            listeners.push(R::bind(*addr).await.map_err(|e| bind_error(addr, &e))?);
+        }
+        let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
+        Ok(Server { listeners, config, stop: channel::bounded(1), store })
+    }
+
+    /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| R::local_addr(l).ok()).collect()
+    }
+
+    /// A handle that stops the server.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.stop.0.clone())
+    }
+
+    /// Serves until [`ShutdownHandle::shutdown`] is called. Spawns its tasks with
+    /// [`Runtime::spawn`].
+    pub async fn run(self) -> io::Result<()> {
+        let epoch = StdInstant::now();
+        let (tx, rx) = channel::bounded(INPUT_QUEUE);
+        let (done, fail) = (tx.clone(), tx.clone());
+        let (broker, writer) = ternmq_store::start_broker(
+            self.config.broker.clone(),
+            self.store.zip(self.config.store.as_ref()),
+            move |seq| {
+                let _ = done.send_blocking(Input::Persisted(seq));
+            },
+            move |e| {
+                let _ = fail.send_blocking(Input::StoreFailed(e.to_string()));
+            },
+        )?;
+        if let Some(sc) = &self.config.store {
+            let g = broker.gauges();
+            log::info!(
+                "restored {} sessions and {} retained messages from {}",
+                g.sessions,
+                g.retained,
+                sc.dir.join(ternmq_store::FILE_NAME).display()
+            );
+        }
+        // The accept loops end when this is dropped, when the core task stops.
+        let (halt, halted) = channel::bounded::<()>(1);
+        for (index, listener) in self.listeners.into_iter().enumerate() {
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            R::spawn(accept_loop::<R>(listener, index, tx.clone(), halted.clone()));
+        }
+        let (alive, tasks) = channel::bounded(1);
+        let mut core = Core::<R> {
+            driver: Driver::new(broker),
+            epoch,
+            tx,
+            auth: self.config.async_authenticator.clone(),
+            authz: self.config.async_authorizer.clone(),
+            writer,
+            store_failed: None,
+            alive: Some(alive),
+            tasks,
+            runtime: PhantomData,
+        };
+        core.run(rx, &self.stop.1).await;
+        drop(halt);
+        let failed = core.store_failed.take();
+        core.shutdown().await;
+        match failed {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<R: BlockOn> Server<R> {
+    /// [`bind`](Self::bind) on the calling thread, for programs with no executor of their own.
+    pub fn bind_blocking(config: ServerConfig) -> io::Result<Self> {
+        R::block_on(Self::bind(config))
+    }
+
+    /// [`run`](Self::run) on the calling thread, for programs with no executor of their own.
+    pub fn run_blocking(self) -> io::Result<()> {
+        R::block_on(self.run())
+    }
+}
+
+enum Input<R: ServerRuntime> {
+    Accepted(R::Stream, SocketAddr, u16),
+    Bytes(ConnId, BytesMut),
+    Closed(ConnId),
+    Written(ConnId, usize),
+    Auth(AuthTicket, AuthDecision),
+    Persisted(PersistSeq),
+    Authorized(AuthTicket, bool),
+    StoreFailed(String),
+}
+
+async fn accept_loop<R: ServerRuntime>(
+    listener: R::Listener,
+    index: u16,
+    tx: Sender<Input<R>>,
+    halted: Receiver<()>,
+) {
+    let accepting = async {
+        loop {
+            match R::accept(&listener).await {
+                Ok((stream, addr)) => {
+                    if tx.send(Input::Accepted(stream, addr, index)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    R::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    };
+    // Closed (every sender dropped) once the core task stops: the listener closes with us.
+    future::or(accepting, async {
+        let _ = halted.recv().await;
+    })
+    .await;
+}
+
+/// What the core task shares with one connection's task: output to write, and whether to
+/// close once it is written. Small on purpose: an idle connection costs this, its task and the
+/// core's state, no buffers.
+#[derive(Debug, Default)]
+struct Shared {
+    out: Mutex<Vec<Bytes>>,
+    closing: AtomicBool,
+    /// Reading is paused: a subscriber of what this client publishes is behind.
+    paused: AtomicBool,
+    /// Something changed since the connection's task last looked.
+    news: AtomicBool,
+    /// Wakes the connection's task. (A notification future would do, but waiting on one makes
+    /// every connection's future larger.)
+    waker: AtomicWaker,
+}
+
+impl Shared {
+    /// Tells the connection's task to look again.
+    fn notify(&self) {
+        self.news.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once [`notify`](Self::notify) was called since the last time it was.
+    fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.news.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+type Handle = Arc<Shared>;
+
+struct Core<R: ServerRuntime> {
+    driver: Driver<Handle>,
+    epoch: StdInstant,
+    tx: Sender<Input<R>>,
+    auth: Option<Arc<dyn AsyncAuthenticator>>,
+    authz: Option<Arc<dyn AsyncAuthorizer>>,
+    writer: Option<Writer>,
+    /// The store could not be written: the server stops.
+    store_failed: Option<String>,
+    /// Each connection's task holds a clone; `tasks` reports when the last is gone.
+    alive: Option<Sender<()>>,
+    tasks: Receiver<()>,
+    runtime: PhantomData<R>,
+}
+
+/// What ended the core task's wait.
+enum Woke<R: ServerRuntime> {
+    Stop,
+    Input(Input<R>),
+    Timer,
+}
+
+impl<R: ServerRuntime> Core<R> {
+    fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// How long until the driver's next deadline.
+    fn deadline_in(&self) -> Option<Duration> {
+        let at = self.driver.poll_timeout()?;
+        let at = self.epoch + Duration::from_nanos(at.as_nanos());
+        Some(at.saturating_duration_since(StdInstant::now()))
+    }
+
+    async fn run(&mut self, rx: Receiver<Input<R>>, stop: &Receiver<()>) {
+        loop {
+            let wait = self.deadline_in();
+            // A stop request first, then input, then the timer.
+            let stopped = async {
+                let _ = stop.recv().await;
+                Woke::Stop
+            };
+            let input = async {
+                match rx.recv().await {
+                    Ok(input) => Woke::Input(input),
+                    Err(_) => Woke::Stop,
+                }
+            };
+            let timer = async {
+                match wait {
+                    Some(d) => R::sleep(d).await,
+                    None => future::pending().await,
+                }
+                Woke::Timer
+            };
+            match future::or(stopped, future::or(input, timer)).await {
+                Woke::Stop => return,
+                Woke::Input(input) => {
+                    self.input(input);
+                    if self.store_failed.is_some() {
+                        return;
+                    }
+                    for _ in 1..BATCH {
+                        match rx.try_recv() {
+                            Ok(input) => self.input(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Woke::Timer => {}
+            }
+            let now = self.now();
+            self.driver.timeout(now);
+            self.act();
+        }
+    }
+
+    fn input(&mut self, input: Input<R>) {
+        let now = self.now();
+        match input {
+            Input::Accepted(stream, addr, listener) => {
+                let _ = R::set_nodelay(&stream);
+                let shared = Handle::default();
+                let peer = PeerInfo { addr: Some(addr), listener };
+                match self.driver.accepted(now, peer, shared.clone()) {
+                    Ok(id) => {
+                        if let Some(alive) = &self.alive {
+                            let tx = self.tx.clone();
+                            R::spawn(conn_loop::<R>(stream, id, shared, tx, alive.clone()));
+                        }
+                    }
+                    Err(e) => log::warn!("refused connection from {addr}: {e}"),
+                }
+            }
+            Input::Bytes(id, chunk) => self.driver.input(now, id, chunk),
+            Input::Closed(id) => self.driver.closed(now, id),
+            Input::Written(id, n) => self.driver.written(id, n),
+            Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
+            Input::Persisted(seq) => self.driver.persisted(now, seq),
+            Input::Authorized(ticket, allowed) => {
+                self.driver.resolve_authorization(now, ticket, allowed);
+            }
+            Input::StoreFailed(e) => {
+                log::error!("{e}; stopping");
+                self.store_failed = Some(e);
+            }
+        }
+    }
+
+    /// Carries out what the driver asks.
+    fn act(&mut self) {
+        while let Some(action) = self.driver.poll_action() {
+            match action {
+                Action::Write(h, chunks) => {
+                    lock(&h.out).extend(chunks);
+                    h.notify();
+                }
+                // The connection's task writes what it holds, then closes.
+                Action::Close(h) => {
+                    h.closing.store(true, Ordering::Release);
+                    h.notify();
+                }
+                Action::PauseRead(h) => {
+                    log::trace!("pause read");
+                    h.paused.store(true, Ordering::Release);
+                }
+                Action::ResumeRead(h) => {
+                    log::trace!("resume read");
+                    h.paused.store(false, Ordering::Release);
+                    h.notify();
+                }
+                Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
+                Action::Log(event) => log_event(&event),
+                Action::Authorize(ticket, request) => match &self.authz {
+                    Some(a) => {
+                        let fut = a.authorize(request);
+                        let tx = self.tx.clone();
+                        R::spawn(async move {
+                            let allowed = fut.await;
+                            let _ = tx.send(Input::Authorized(ticket, allowed)).await;
+                        });
+                    }
+                    None => {
+                        log::warn!("an authorizer deferred but no async authorizer is configured");
+                        let now = self.now();
+                        self.driver.resolve_authorization(now, ticket, false);
+                    }
+                },
+                Action::Persist(batch) => {
+                    if let Some(w) = &self.writer {
+                        w.send(batch);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn authenticate(&mut self, ticket: AuthTicket, request: AuthRequest) {
+        match &self.auth {
+            Some(auth) => {
+                let fut = auth.authenticate(request);
+                let tx = self.tx.clone();
+                R::spawn(async move {
+                    let decision = fut.await;
+                    let _ = tx.send(Input::Auth(ticket, decision)).await;
+                });
+            }
+            None => {
+                log::warn!("an authenticator deferred but no async authenticator is configured");
+                let now = self.now();
+                self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
+            }
+        }
+    }
+
+    async fn shutdown(mut self) {
+        log::info!("{:?}", self.driver.broker().stats());
+        let now = self.now();
+        self.driver.shutdown(now);
+        self.act();
+        // Every connection's task writes what it holds and closes: wait for the last (the
+        // channel closes when every clone of `alive` is gone), at most SHUTDOWN_FLUSH.
+        drop(self.alive.take());
+        let tasks = self.tasks.clone();
+        let _ = within::<R, _>(SHUTDOWN_FLUSH, async move { tasks.recv().await }).await;
+        // Everything logged so far is committed before the server returns.
+        if let Some(w) = self.writer.take() {
+            R::spawn_blocking(move || w.close()).await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One connection: reads and hands the bytes to the core task; writes what the core task
+/// queued; closes when asked, after writing the rest.
+///
+/// An idle connection waits in the `poll_fn` below, and this future's size is most of what
+/// each one costs: the states of a write or a send that has to wait are boxed, so that only a
+/// connection that is waiting for one holds them.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+fn conn_loop<R: ServerRuntime>(
+    mut stream: R::Stream,
+    id: ConnId,
+    shared: Arc<Shared>,
+    tx: Sender<Input<R>>,
+    alive: Sender<()>,
+) -> impl Future<Output = ()> + Send {
+    // An `async move` block rather than an `async fn`: the latter keeps a second copy of its
+    // arguments in the future.
+    async move {
+        // Held until the task ends: the server's shutdown waits for every connection's.
+        let _alive = alive;
+        loop {
+            // What to tell the core task, and whether that is the last word.
+            let written = {
+                let out = std::mem::take(&mut *lock(&shared.out));
+                let total: usize = out.iter().map(Bytes::len).sum();
+                match (!out.is_empty()).then(|| write_out::<R>(&mut stream, out)) {
+                    Some(Ok(written)) => Some((total, written)),
+                    Some(Err(rest)) => Some((total, rest.await)),
+                    None => None,
+                }
+            };
+            let (input, last) = if let Some((total, written)) = written {
+                (if written { Input::Written(id, total) } else { Input::Closed(id) }, !written)
+            } else if shared.closing.load(Ordering::Acquire) {
+                R::shutdown(&mut stream).await;
+                Box::pin(linger::<R>(&mut stream)).await;
+                return;
+            } else {
+                let paused = shared.paused.load(Ordering::Acquire);
+                // Both waits by polling, with no futures of their own to keep while idle.
+                let readable = std::future::poll_fn(|cx| {
+                    if shared.poll_news(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if paused {
+                        return Poll::Pending;
+                    }
+                    R::poll_read_ready(&stream, cx).map(|ready| Some(ready.is_ok()))
+                })
+                .await;
+                match readable {
+                    None => continue,
+                    Some(false) => (Input::Closed(id), true),
+                    Some(true) => {
+                        // A buffer only once there is something to read: an idle connection
+                        // holds none.
+                        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                        match R::try_read_buf(&stream, &mut buf) {
+                            Ok(0) => (Input::Closed(id), true),
+                            Ok(_) => (Input::Bytes(id, buf), false),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(_) => (Input::Closed(id), true),
+                        }
+                    }
+                }
+            };
+            let sent = match hand(&tx, input) {
+                Ok(sent) => sent,
+                Err(wait) => wait.await,
+            };
+            if !sent || last {
+                return;
+            }
+        }
+    }
+}
+
+/// After the last packet went out (and our side of the stream is shut): reads and drops what
+/// the peer still sends until it closes too, for at most [`LINGER`] (whose documentation says
+/// why).
+async fn linger<R: ServerRuntime>(stream: &mut R::Stream) {
+    let mut buf = [0u8; 1024];
+    let _ = within::<R, _>(LINGER, async {
+        while matches!(R::read_into(stream, &mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// A send to the core task, or a write, that has to wait.
+type Wait<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// Hands `input` to the core task: `Ok(false)` once the core task is gone. Most sends find
+/// room at once; one that has to wait is returned boxed, so that only a connection waiting
+/// for room carries the state of the wait.
+fn hand<R: ServerRuntime>(tx: &Sender<Input<R>>, input: Input<R>) -> Result<bool, Wait<'_>> {
+    match tx.try_send(input) {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Full(input)) => {
+            Err(Box::pin(async move { tx.send(input).await.is_ok() }))
+        }
+        Err(TrySendError::Closed(_)) => Ok(false),
+    }
+}
+
+/// Writes `out`: `Ok(false)` if the connection failed. What the socket does not take at once
+/// is returned as a boxed wait for it to take the rest (at most [`WRITE_TIMEOUT`]).
+fn write_out<R: ServerRuntime>(
+    stream: &mut R::Stream,
+    mut out: Vec<Bytes>,
+) -> Result<bool, Wait<'_>> {
+    match write_now::<R>(stream, &mut out) {
+        Ok(true) => Ok(true),
+        Ok(false) => Err(Box::pin(async move {
+            let rest = within::<R, _>(WRITE_TIMEOUT, write_all::<R>(stream, &mut out));
+            matches!(rest.await, Some(Ok(())))
+        })),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Writes what the socket takes of `out` now, removing what was written: `Ok(true)` when that
+/// was all of it.
+fn write_now<R: ServerRuntime>(stream: &R::Stream, out: &mut Vec<Bytes>) -> io::Result<bool> {
+    let mut first = 0;
+    while first < out.len() {
+        let slices: Vec<IoSlice<'_>> =
+            out[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        match R::try_write_vectored(stream, &slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => first = consume(out, first, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    out.drain(..first);
+    Ok(out.is_empty())
+}
+
+/// Writes every buffer in `bufs` with vectored writes, emptying it.
+async fn write_all<R: ServerRuntime>(
+    stream: &mut R::Stream,
+    bufs: &mut Vec<Bytes>,
+) -> io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        let slices: Vec<IoSlice<'_>> =
+            bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        let n = R::write_vectored(stream, &slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        first = consume(bufs, first, n);
+    }
+    bufs.clear();
+    Ok(())
+}
+
+/// The size of an idle connection's future on runtime `R`, with `stream` (a test's socket):
+/// what each connection costs besides the core's state. For the runtimes' tests.
+#[doc(hidden)]
+pub fn idle_connection_future_size<R: ServerRuntime>(stream: R::Stream) -> usize {
+    let (tx, _rx) = channel::bounded(1);
+    let (alive, _tasks) = channel::bounded(1);
+    let mut broker = ternmq_core::broker::Broker::new(BrokerConfig::default(), Instant::ZERO)
+        .unwrap_or_else(|e| unreachable!("the default configuration is valid: {e}"));
+    let id = broker
+        .accept(Instant::ZERO, PeerInfo::default())
+        .unwrap_or_else(|e| unreachable!("a new broker accepts a connection: {e}"));
+    let fut = conn_loop::<R>(stream, id, Arc::default(), tx, alive);
+    std::mem::size_of_val(&fut)
+}
