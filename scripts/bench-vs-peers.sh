@@ -9,7 +9,9 @@
 #
 # Usage: scripts/bench-vs-peers.sh [quick]   (quick: fewer messages and connections)
 # TERNMQ_RUNTIMES="tokio std smol" measures ternmq on each of those servers (default: tokio); each
-# after the first is reported as ternmq-<runtime>.
+# after the first is reported as ternmq-<runtime>. TERNMQ_BEFORE=/path/to/an/older/ternmq adds
+# that build's default server as ternmq-before, so that a change is measured before and after in
+# one run (the load generator is this build's for every broker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +55,10 @@ hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 start_broker() { # name port -> sets PID
     local name=$1 port=$2
     case $name in
+    ternmq-before)
+        $PIN_BROKER "$TERNMQ_BEFORE" broker -p "$port" --no-persistence --log-level error \
+            >"$WORK/$name.log" 2>&1 &
+        ;;
     ternmq*)
         local runtime=${name#ternmq}
         runtime=${runtime#-}
@@ -105,6 +111,7 @@ for rt in ${TERNMQ_RUNTIMES:-tokio}; do
     if [ $first = 1 ] && [ "$rt" = tokio ]; then BROKERS="ternmq"; else BROKERS="$BROKERS ternmq-$rt"; fi
     first=0
 done
+if [ -n "${TERNMQ_BEFORE:-}" ]; then BROKERS="$BROKERS ternmq-before"; fi
 BROKERS="$BROKERS mosquitto"
 if [ -n "$RUMQTTD" ]; then BROKERS="$BROKERS rumqttd"; else echo "note: rumqttd not found; skipping it"; fi
 
