@@ -151,3 +151,44 @@ fn sync_client_example_runs_against_mosquitto() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("topic data"), "{stdout}");
 }
+
+/// The calls the async clients have: several filters in one SUBSCRIBE, hooks on connection
+/// and loss (run in order on the dispatcher thread), and DISCONNECT with a reason code.
+#[test]
+fn subscribe_many_hooks_and_disconnect_with() {
+    use ternmq::codec::{Disconnect, Subscription};
+    use ternmq::topic::TopicFilter;
+    let Some(mut broker) = support::Broker::start() else { return };
+    let v = ProtocolVersion::V5;
+    let mut opts = options(broker.port, v, "hooks");
+    opts.config.reconnect.initial_delay = ternmq::core::time::Duration::from_millis(100);
+    opts.config.reconnect.max_delay = ternmq::core::time::Duration::from_millis(400);
+    opts.config.reconnect.jitter = false;
+    let client = SyncClient::connect(opts).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (up, down) = (Arc::clone(&events), Arc::clone(&events));
+    client.on_connect(move || up.lock().unwrap().push("up"));
+    client.on_disconnect(move || down.lock().unwrap().push("down"));
+    let subs = [
+        Subscription::new(TopicFilter::new("a/#").unwrap(), QoS::AtLeastOnce),
+        Subscription::new(TopicFilter::new("b").unwrap(), QoS::ExactlyOnce),
+    ];
+    assert_eq!(
+        client.subscribe_many(&subs).unwrap(),
+        [ReasonCode::GrantedQoS1, ReasonCode::GrantedQoS2]
+    );
+    broker.restart();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = events.lock().unwrap().clone();
+        if seen == ["down", "up"] {
+            break;
+        }
+    }
+    assert_eq!(seen, ["down", "up"], "the loss, then the reconnection");
+    client.disconnect_with(Disconnect::new(ReasonCode::DisconnectWithWillMessage)).unwrap();
+    assert!(!client.is_connected());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(*events.lock().unwrap(), ["down", "up"], "a requested disconnect is no loss");
+}

@@ -288,3 +288,116 @@ fn a_stalled_reader_does_not_hold_up_others_on_every_server() {
         a_stalled_reader_does_not_hold_up_others(server);
     }
 }
+
+/// Defers every decision on `slow/...` and allows the rest.
+struct Deferring;
+
+impl ternmq::broker::Authorizer for Deferring {
+    fn authorize(
+        &self,
+        _: &ternmq::broker::ClientInfo<'_>,
+        _: ternmq::broker::Action,
+        _: &str,
+    ) -> bool {
+        true
+    }
+    fn decide(
+        &self,
+        _: &ternmq::broker::ClientInfo<'_>,
+        _: ternmq::broker::Action,
+        topic: &str,
+    ) -> ternmq::broker::AuthzDecision {
+        if topic.starts_with("slow/") {
+            ternmq::broker::AuthzDecision::Defer
+        } else {
+            ternmq::broker::AuthzDecision::Allow
+        }
+    }
+}
+
+/// Answers a deferred decision later: `slow/ok` is allowed, the rest refused.
+fn answer(topic: &str) -> bool {
+    std::thread::sleep(Duration::from_millis(20));
+    topic == "slow/ok"
+}
+
+struct AsyncAnswer;
+
+impl ternmq::tokio::AsyncAuthorizer for AsyncAnswer {
+    fn authorize(
+        &self,
+        request: ternmq::tokio::server::AuthorizeRequest,
+    ) -> ternmq::tokio::server::AuthzFuture {
+        Box::pin(async move { answer(&request.topic) })
+    }
+}
+
+struct BlockingAnswer;
+
+impl ternmq::blocking::BlockingAuthorizer for BlockingAnswer {
+    fn authorize(&self, request: ternmq::blocking::server::AuthorizeRequest) -> bool {
+        answer(&request.topic)
+    }
+}
+
+/// Every server waits for a deferred authorization (an async authorizer on Tokio and smol, a
+/// blocking one on std) and carries on with its answer.
+#[test]
+fn every_server_waits_for_a_deferred_authorization() {
+    for runtime in ["tokio", "std", "smol"] {
+        let mut broker = ternmq::broker::BrokerConfig::default();
+        broker.authorizer = Some(std::sync::Arc::new(Deferring));
+        let (addr, _running) = match runtime {
+            "tokio" | "smol" => {
+                let mut config = ternmq::tokio::ServerConfig::new(loopback());
+                config.broker = broker;
+                config.async_authorizer = Some(std::sync::Arc::new(AsyncAnswer));
+                if runtime == "tokio" {
+                    let rt = tokio::runtime::Runtime::new().unwrap();
+                    let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
+                    let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
+                    rt.spawn(server.run());
+                    (addr, Running::Tokio(rt, handle))
+                } else {
+                    let server = ternmq::smol::Server::bind_blocking(config).unwrap();
+                    let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
+                    let t = std::thread::spawn(move || server.run_blocking().unwrap());
+                    (addr, Running::Smol(handle, Some(t)))
+                }
+            }
+            _ => {
+                let mut config = ternmq::blocking::ServerConfig::new(loopback());
+                config.broker = broker;
+                config.blocking_authorizer = Some(std::sync::Arc::new(BlockingAnswer));
+                let server = ternmq::blocking::Server::bind(config).unwrap();
+                let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
+                let t = std::thread::spawn(move || server.run().unwrap());
+                (addr, Running::Std(handle, Some(t)))
+            }
+        };
+        let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
+        o.connect.client_id = MqttStr::new(&format!("deferred-{runtime}")).unwrap();
+        let c = SyncClient::connect(o).unwrap();
+        assert_eq!(
+            c.publish("slow/ok", "x", QoS::AtLeastOnce).unwrap(),
+            ReasonCode::NoMatchingSubscribers,
+            "{runtime}"
+        );
+        assert_eq!(
+            c.publish("slow/no", "x", QoS::AtLeastOnce).unwrap(),
+            ReasonCode::NotAuthorized,
+            "{runtime}"
+        );
+        assert_eq!(
+            c.subscribe("slow/no", QoS::AtLeastOnce).unwrap(),
+            ReasonCode::NotAuthorized,
+            "{runtime}"
+        );
+        assert_eq!(
+            c.subscribe("fast/x", QoS::AtLeastOnce).unwrap(),
+            ReasonCode::GrantedQoS1,
+            "{runtime}"
+        );
+        c.disconnect().unwrap();
+    }
+}

@@ -42,7 +42,7 @@ use ternmq_core::topic::{TopicFilter, TopicName};
 
 pub mod server;
 
-pub use server::{BlockingAuthenticator, Server, ServerConfig, ShutdownHandle};
+pub use server::{BlockingAuthenticator, BlockingAuthorizer, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
@@ -54,6 +54,26 @@ const POLL: Duration = Duration::from_millis(100);
 
 type Waiter = SyncSender<Answer>;
 type Handler = Box<dyn FnMut(&Publish) + Send>;
+type Hook = Box<dyn FnMut() + Send>;
+
+/// What the application asked to be called with, on the dispatcher thread.
+#[derive(Default)]
+struct Callbacks {
+    handlers: Vec<Handler>,
+    on_connect: Vec<Hook>,
+    on_disconnect: Vec<Hook>,
+}
+
+/// What the dispatcher thread calls the callbacks for, in the order it happened.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is a message: boxing it would cost an allocation each"
+)]
+enum Dispatch {
+    Message(Publish),
+    Connected,
+    Lost,
+}
 
 /// What the I/O thread and the callers share, under one lock.
 struct State {
@@ -73,8 +93,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     epoch: StdInstant,
-    handlers: Arc<Mutex<Vec<Handler>>>,
-    /// Whether a handler is set, known without the handlers' lock (held while they run).
+    callbacks: Arc<Mutex<Callbacks>>,
+    /// Whether a callback is set, known without the callbacks' lock (held while they run).
     has_handlers: AtomicBool,
     messages: Mutex<Receiver<Publish>>,
     host: String,
@@ -105,6 +125,17 @@ impl Shared {
                 Outcome::Connected { .. } => {
                     if let Some(tx) = st.connect_waiter.take() {
                         let _ = tx.try_send(Ok(()));
+                    }
+                    if let Some(sinks) = &st.sinks {
+                        sinks.dispatch(
+                            Dispatch::Connected,
+                            self.has_handlers.load(Ordering::Acquire),
+                        );
+                    }
+                }
+                Outcome::ConnectionLost(reason) if reason != DisconnectReason::Requested => {
+                    if let Some(sinks) = &st.sinks {
+                        sinks.dispatch(Dispatch::Lost, self.has_handlers.load(Ordering::Acquire));
                     }
                 }
                 Outcome::Refused(code) => {
@@ -210,9 +241,9 @@ impl SyncClient {
         let stream = TcpStream::connect((options.host.as_str(), options.port))?;
         stream.set_nodelay(true)?;
         let (tx, rx) = sync_channel(options.message_buffer);
-        let (dispatch_tx, dispatch_rx) = sync_channel::<Publish>(options.message_buffer);
+        let (dispatch_tx, dispatch_rx) = sync_channel::<Dispatch>(options.message_buffer);
         let (connected_tx, connected_rx) = sync_channel(1);
-        let handlers: Arc<Mutex<Vec<Handler>>> = Arc::new(Mutex::new(Vec::new()));
+        let callbacks: Arc<Mutex<Callbacks>> = Arc::default();
         let mut driver = Driver::new(options.config, Instant::ZERO);
         driver.set_auth_handler(options.auth.clone());
         let shared = Arc::new(Shared {
@@ -225,7 +256,7 @@ impl SyncClient {
                 stopping: false,
             }),
             epoch: StdInstant::now(),
-            handlers: Arc::clone(&handlers),
+            callbacks: Arc::clone(&callbacks),
             has_handlers: AtomicBool::new(false),
             messages: Mutex::new(rx),
             host: options.host,
@@ -239,9 +270,12 @@ impl SyncClient {
         }
         std::thread::Builder::new().name("ternmq-dispatch".into()).spawn(move || {
             // Ends when the I/O thread ends and drops the sender.
-            for p in dispatch_rx {
-                for h in handlers.lock().unwrap_or_else(|e| e.into_inner()).iter_mut() {
-                    h(&p);
+            for d in dispatch_rx {
+                let mut cb = callbacks.lock().unwrap_or_else(|e| e.into_inner());
+                match d {
+                    Dispatch::Message(p) => cb.handlers.iter_mut().for_each(|h| h(&p)),
+                    Dispatch::Connected => cb.on_connect.iter_mut().for_each(|h| h()),
+                    Dispatch::Lost => cb.on_disconnect.iter_mut().for_each(|h| h()),
                 }
             }
         })?;
@@ -283,8 +317,14 @@ impl SyncClient {
     /// Subscribes to `filter` and returns the server's answer: the granted QoS, or an error code.
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<ReasonCode, Error> {
         let sub = Subscription::new(TopicFilter::new(filter)?, qos);
-        let codes = self.call(|d, now, w| d.subscribe(now, &[sub], w))?;
+        let codes = self.subscribe_many(&[sub])?;
         Ok(driver::subscription_reason(&codes))
+    }
+
+    /// Subscribes to several filters with their options in one SUBSCRIBE; returns the server's
+    /// answer for each.
+    pub fn subscribe_many(&self, subs: &[Subscription]) -> Result<Vec<ReasonCode>, Error> {
+        self.call(|d, now, w| d.subscribe(now, subs, w))
     }
 
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
@@ -297,8 +337,26 @@ impl SyncClient {
     /// publish (and wait for the acknowledgement). Messages are also available from
     /// [`recv_timeout`](Self::recv_timeout).
     pub fn on_message(&self, handler: impl FnMut(&Publish) + Send + 'static) {
-        self.shared.handlers.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(handler));
+        self.callbacks().handlers.push(Box::new(handler));
         self.shared.has_handlers.store(true, Ordering::Release);
+    }
+
+    /// Calls `hook` after every accepted connection, reconnections included, on the dispatcher
+    /// thread, in order with the messages.
+    pub fn on_connect(&self, hook: impl FnMut() + Send + 'static) {
+        self.callbacks().on_connect.push(Box::new(hook));
+        self.shared.has_handlers.store(true, Ordering::Release);
+    }
+
+    /// Calls `hook` whenever the connection is lost (not after [`disconnect`](Self::disconnect)),
+    /// on the dispatcher thread; the client reconnects by itself if its reconnect options say so.
+    pub fn on_disconnect(&self, hook: impl FnMut() + Send + 'static) {
+        self.callbacks().on_disconnect.push(Box::new(hook));
+        self.shared.has_handlers.store(true, Ordering::Release);
+    }
+
+    fn callbacks(&self) -> MutexGuard<'_, Callbacks> {
+        self.shared.callbacks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The next message, waiting up to `timeout`.
@@ -329,8 +387,14 @@ impl SyncClient {
 
     /// Sends DISCONNECT, closes the connection and stops the I/O thread.
     pub fn disconnect(&self) -> Result<(), Error> {
+        self.disconnect_with(Disconnect::default())
+    }
+
+    /// [`disconnect`](Self::disconnect) with a reason code and MQTT 5 properties (for example a
+    /// new Session Expiry Interval).
+    pub fn disconnect_with(&self, disconnect: Disconnect) -> Result<(), Error> {
         // Already stopped, or the DISCONNECT lost with the connection: stopped all the same.
-        let _ = self.call(|d, now, w| d.disconnect(now, Disconnect::default(), w));
+        let _ = self.call(|d, now, w| d.disconnect(now, disconnect, w));
         self.stop();
         Ok(())
     }
@@ -364,16 +428,27 @@ impl SyncClient {
     }
 }
 
-/// Where received messages go: the `recv_timeout` queue and the handlers' dispatcher.
+/// Where received messages go: the `recv_timeout` queue and the callbacks' dispatcher.
 struct Sinks {
     recv: SyncSender<Publish>,
-    dispatch: SyncSender<Publish>,
+    dispatch: SyncSender<Dispatch>,
 }
 
 impl Sinks {
+    fn dispatch(&self, d: Dispatch, callbacks: bool) {
+        if callbacks && let Err(TrySendError::Full(d)) = self.dispatch.try_send(d) {
+            match d {
+                Dispatch::Message(p) => {
+                    log::warn!("message handlers are behind; dropped a message on {}", p.topic);
+                }
+                _ => log::warn!("message handlers are behind; dropped a connection hook"),
+            }
+        }
+    }
+
     fn deliver(&self, p: Publish, handlers: bool) {
-        if handlers && let Err(TrySendError::Full(p)) = self.dispatch.try_send(p.clone()) {
-            log::warn!("message handlers are behind; dropped a message on {}", p.topic);
+        if handlers {
+            self.dispatch(Dispatch::Message(p.clone()), true);
         }
         if let Err(TrySendError::Full(p)) = self.recv.try_send(p) {
             log::warn!("recv_timeout queue is full; dropped a message on {}", p.topic);

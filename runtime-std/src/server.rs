@@ -22,6 +22,7 @@ use std::time::{Duration, Instant as StdInstant};
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+pub use ternmq_core::broker::driver::AuthorizeRequest;
 use ternmq_core::broker::driver::{
     Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
     log_event,
@@ -59,6 +60,14 @@ pub trait BlockingAuthenticator: Send + Sync {
     fn authenticate(&self, request: AuthRequest) -> AuthDecision;
 }
 
+/// Authorization that may block: runs on a thread of its own when the core's authorizer
+/// answers [`AuthzDecision::Defer`](ternmq_core::broker::AuthzDecision::Defer). The
+/// connection's input waits, in order, for the answer.
+pub trait BlockingAuthorizer: Send + Sync {
+    /// Whether the request is allowed.
+    fn authorize(&self, request: AuthorizeRequest) -> bool;
+}
+
 /// What a [`Server`] runs: the broker's configuration and where to listen.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -68,6 +77,8 @@ pub struct ServerConfig {
     pub listeners: Vec<SocketAddr>,
     /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
     pub blocking_authenticator: Option<Arc<dyn BlockingAuthenticator>>,
+    /// Answers the authorizer's `Defer`s; without it a deferred request is refused.
+    pub blocking_authorizer: Option<Arc<dyn BlockingAuthorizer>>,
     /// Where durable state is kept, and how; `None` keeps everything in memory.
     pub store: Option<StoreConfig>,
 }
@@ -78,6 +89,7 @@ impl fmt::Debug for ServerConfig {
             .field("broker", &self.broker)
             .field("listeners", &self.listeners)
             .field("blocking_authenticator", &self.blocking_authenticator.is_some())
+            .field("blocking_authorizer", &self.blocking_authorizer.is_some())
             .field("store", &self.store)
             .finish()
     }
@@ -90,6 +102,7 @@ impl ServerConfig {
             broker: BrokerConfig::default(),
             listeners: vec![addr],
             blocking_authenticator: None,
+            blocking_authorizer: None,
             store: None,
         }
     }
@@ -98,6 +111,7 @@ impl ServerConfig {
 /// What other threads tell the loop.
 enum Input {
     Auth(AuthTicket, AuthDecision),
+    Authorized(AuthTicket, bool),
     Persisted(PersistSeq),
     StoreFailed(String),
 }
@@ -220,6 +234,7 @@ impl Server {
             rx,
             mailbox,
             auth: self.config.blocking_authenticator.clone(),
+            authz: self.config.blocking_authorizer.clone(),
             writer,
             store_failed: None,
         };
@@ -297,6 +312,7 @@ struct Loop {
     rx: Receiver<Input>,
     mailbox: Mailbox,
     auth: Option<Arc<dyn BlockingAuthenticator>>,
+    authz: Option<Arc<dyn BlockingAuthorizer>>,
     /// The store's writer thread.
     writer: Option<Writer>,
     /// The store could not be written: the server stops.
@@ -386,6 +402,9 @@ impl Loop {
     fn input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
+            Input::Authorized(ticket, allowed) => {
+                self.driver.resolve_authorization(now, ticket, allowed);
+            }
             Input::Persisted(seq) => self.driver.persisted(now, seq),
             Input::StoreFailed(e) => {
                 log::error!("{e}; stopping");
@@ -569,12 +588,7 @@ impl Loop {
                         w.send(batch);
                     }
                 }
-                Action::Authorize(ticket, _) => {
-                    // Deferred authorization is answered by the Tokio server's AsyncAuthorizer;
-                    // here it is refused, as an authorizer that cannot decide must be.
-                    log::warn!("an authorizer deferred, which this server cannot wait for");
-                    self.driver.resolve_authorization(now, ticket, false);
-                }
+                Action::Authorize(ticket, request) => self.authorize(now, ticket, request),
                 _ => {}
             }
         }
@@ -594,6 +608,23 @@ impl Loop {
             });
         if spawned.is_err() {
             self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
+        }
+    }
+
+    fn authorize(&mut self, now: Instant, ticket: AuthTicket, request: AuthorizeRequest) {
+        let Some(authz) = self.authz.clone() else {
+            log::warn!("an authorizer deferred but no blocking authorizer is configured");
+            self.driver.resolve_authorization(now, ticket, false);
+            return;
+        };
+        let mailbox = self.mailbox.clone();
+        let spawned =
+            thread::Builder::new().name("ternmq-authz".into()).stack_size(STACK).spawn(move || {
+                let allowed = authz.authorize(request);
+                mailbox.send(Input::Authorized(ticket, allowed));
+            });
+        if spawned.is_err() {
+            self.driver.resolve_authorization(now, ticket, false);
         }
     }
 
