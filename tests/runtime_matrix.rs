@@ -340,64 +340,53 @@ impl ternmq::blocking::BlockingAuthorizer for BlockingAnswer {
     }
 }
 
-/// Every server waits for a deferred authorization (an async authorizer on Tokio and smol, a
-/// blocking one on std) and carries on with its answer.
+/// Every server waits for a deferred authorization and carries on with its answer, whichever
+/// kind of hook gives it: an async one or a blocking one (all servers share one configuration).
 #[test]
 fn every_server_waits_for_a_deferred_authorization() {
     for runtime in ["tokio", "std", "smol"] {
-        let mut broker = ternmq::broker::BrokerConfig::default();
-        broker.authorizer = Some(std::sync::Arc::new(Deferring));
-        let (addr, _running) = match runtime {
-            "tokio" | "smol" => {
-                let mut config = ternmq::tokio::ServerConfig::new(loopback());
-                config.broker = broker;
+        for blocking in [false, true] {
+            let mut config = ternmq::tokio::ServerConfig::new(loopback());
+            config.broker.authorizer = Some(std::sync::Arc::new(Deferring));
+            if blocking {
+                config.blocking_authorizer = Some(std::sync::Arc::new(BlockingAnswer));
+            } else {
                 config.async_authorizer = Some(std::sync::Arc::new(AsyncAnswer));
-                if runtime == "tokio" {
+            }
+            let (addr, _running) = match runtime {
+                "tokio" => {
                     let rt = tokio::runtime::Runtime::new().unwrap();
                     let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
                     let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
                     rt.spawn(server.run());
                     (addr, Running::Tokio(rt, handle))
-                } else {
+                }
+                "smol" => {
                     let server = ternmq::smol::Server::bind_blocking(config).unwrap();
                     let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
                     let t = std::thread::spawn(move || server.run_blocking().unwrap());
                     (addr, Running::Smol(handle, Some(t)))
                 }
-            }
-            _ => {
-                let mut config = ternmq::blocking::ServerConfig::new(loopback());
-                config.broker = broker;
-                config.blocking_authorizer = Some(std::sync::Arc::new(BlockingAnswer));
-                let server = ternmq::blocking::Server::bind(config).unwrap();
-                let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
-                let t = std::thread::spawn(move || server.run().unwrap());
-                (addr, Running::Std(handle, Some(t)))
-            }
-        };
-        let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
-        o.connect.client_id = MqttStr::new(&format!("deferred-{runtime}")).unwrap();
-        let c = SyncClient::connect(o).unwrap();
-        assert_eq!(
-            c.publish("slow/ok", "x", QoS::AtLeastOnce).unwrap(),
-            ReasonCode::NoMatchingSubscribers,
-            "{runtime}"
-        );
-        assert_eq!(
-            c.publish("slow/no", "x", QoS::AtLeastOnce).unwrap(),
-            ReasonCode::NotAuthorized,
-            "{runtime}"
-        );
-        assert_eq!(
-            c.subscribe("slow/no", QoS::AtLeastOnce).unwrap(),
-            ReasonCode::NotAuthorized,
-            "{runtime}"
-        );
-        assert_eq!(
-            c.subscribe("fast/x", QoS::AtLeastOnce).unwrap(),
-            ReasonCode::GrantedQoS1,
-            "{runtime}"
-        );
-        c.disconnect().unwrap();
+                _ => {
+                    let server = ternmq::blocking::Server::bind(config).unwrap();
+                    let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
+                    let t = std::thread::spawn(move || server.run().unwrap());
+                    (addr, Running::Std(handle, Some(t)))
+                }
+            };
+            let what = format!("{runtime}, blocking hook: {blocking}");
+            let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
+            o.connect.client_id = MqttStr::new(&format!("deferred-{runtime}")).unwrap();
+            let c = SyncClient::connect(o).unwrap();
+            let ok = c.publish("slow/ok", "x", QoS::AtLeastOnce).unwrap();
+            assert_eq!(ok, ReasonCode::NoMatchingSubscribers, "{what}");
+            let no = c.publish("slow/no", "x", QoS::AtLeastOnce).unwrap();
+            assert_eq!(no, ReasonCode::NotAuthorized, "{what}");
+            let no = c.subscribe("slow/no", QoS::AtLeastOnce).unwrap();
+            assert_eq!(no, ReasonCode::NotAuthorized, "{what}");
+            let fast = c.subscribe("fast/x", QoS::AtLeastOnce).unwrap();
+            assert_eq!(fast, ReasonCode::GrantedQoS1, "{what}");
+            c.disconnect().unwrap();
+        }
     }
 }

@@ -37,6 +37,7 @@ use ternmq_core::broker::driver::{
 };
 pub use ternmq_core::broker::driver::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
+    BlockingAuthenticator, BlockingAuthorizer,
 };
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
@@ -104,8 +105,10 @@ pub trait ServerRuntime: Runtime {
     /// Shuts the writing side down (sends FIN).
     fn shutdown(stream: &mut Self::Stream) -> impl Future<Output = ()> + Send + '_;
 
-    /// Runs `job` where it may block, and completes when it has.
-    fn spawn_blocking(job: impl FnOnce() + Send + 'static) -> impl Future<Output = ()> + Send;
+    /// Runs `job` where it may block, and completes with its result (`None` if it panicked).
+    fn spawn_blocking<T: Send + 'static>(
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> impl Future<Output = Option<T>> + Send;
 }
 
 /// A runtime that can run a future to completion on the calling thread: its [`Server`] then
@@ -116,17 +119,27 @@ pub trait BlockOn: ServerRuntime {
     fn block_on<F: Future>(fut: F) -> F::Output;
 }
 
-/// What a [`Server`] runs: the broker's configuration and where to listen.
+/// What a server runs: the broker's configuration and where to listen. The same for every
+/// server, async or not.
+///
+/// A deferred decision (the core's authenticator or authorizer answered `Defer`) goes to the
+/// async hook if there is one, else to the blocking one, on any server: an async server runs a
+/// blocking hook on its runtime's blocking pool, the std server runs either kind on a thread
+/// of its own. Without either, a deferred request is refused.
 #[derive(Clone)]
 pub struct ServerConfig {
     /// The broker core's options and limits.
     pub broker: BrokerConfig,
     /// Addresses to listen on (IPv4 or IPv6); port 0 picks a free port.
     pub listeners: Vec<SocketAddr>,
-    /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
+    /// Answers the authenticator's `Defer`s.
     pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
-    /// Answers the authorizer's `Defer`s; without it a deferred request is refused.
+    /// Answers the authorizer's `Defer`s.
     pub async_authorizer: Option<Arc<dyn AsyncAuthorizer>>,
+    /// Answers the authenticator's `Defer`s, blocking (when there is no async one).
+    pub blocking_authenticator: Option<Arc<dyn BlockingAuthenticator>>,
+    /// Answers the authorizer's `Defer`s, blocking (when there is no async one).
+    pub blocking_authorizer: Option<Arc<dyn BlockingAuthorizer>>,
     /// Where durable state is kept, and how; `None` keeps everything in memory.
     pub store: Option<StoreConfig>,
 }
@@ -138,6 +151,8 @@ impl fmt::Debug for ServerConfig {
             .field("listeners", &self.listeners)
             .field("async_authenticator", &self.async_authenticator.is_some())
             .field("async_authorizer", &self.async_authorizer.is_some())
+            .field("blocking_authenticator", &self.blocking_authenticator.is_some())
+            .field("blocking_authorizer", &self.blocking_authorizer.is_some())
             .field("store", &self.store)
             .finish()
     }
@@ -151,8 +166,38 @@ impl ServerConfig {
             listeners: vec![addr],
             async_authenticator: None,
             async_authorizer: None,
+            blocking_authenticator: None,
+            blocking_authorizer: None,
             store: None,
         }
+    }
+
+    /// The hook that answers a deferred authentication: the async one, or the blocking one
+    /// made a future by `run_blocking`; `None` without either.
+    pub fn deferred_authentication(
+        &self,
+        request: AuthRequest,
+        run_blocking: impl FnOnce(Box<dyn FnOnce() -> AuthDecision + Send>) -> AuthFuture,
+    ) -> Option<AuthFuture> {
+        if let Some(a) = &self.async_authenticator {
+            return Some(a.authenticate(request));
+        }
+        let b = Arc::clone(self.blocking_authenticator.as_ref()?);
+        Some(run_blocking(Box::new(move || b.authenticate(request))))
+    }
+
+    /// The hook that answers a deferred authorization, as
+    /// [`deferred_authentication`](Self::deferred_authentication) does.
+    pub fn deferred_authorization(
+        &self,
+        request: AuthorizeRequest,
+        run_blocking: impl FnOnce(Box<dyn FnOnce() -> bool + Send>) -> AuthzFuture,
+    ) -> Option<AuthzFuture> {
+        if let Some(a) = &self.async_authorizer {
+            return Some(a.authorize(request));
+        }
+        let b = Arc::clone(self.blocking_authorizer.as_ref()?);
+        Some(run_blocking(Box::new(move || b.authorize(request))))
     }
 
     /// Checks the broker's options and that there is a listener, with an error that names
@@ -257,8 +302,7 @@ impl<R: ServerRuntime> Server<R> {
             driver: Driver::new(broker),
             epoch,
             tx,
-            auth: self.config.async_authenticator.clone(),
-            authz: self.config.async_authorizer.clone(),
+            hooks: self.config.clone(),
             writer,
             store_failed: None,
             alive: Some(alive),
@@ -363,8 +407,8 @@ struct Core<R: ServerRuntime> {
     driver: Driver<Handle>,
     epoch: StdInstant,
     tx: Sender<Input<R>>,
-    auth: Option<Arc<dyn AsyncAuthenticator>>,
-    authz: Option<Arc<dyn AsyncAuthorizer>>,
+    /// The server's configuration, for its hooks that answer deferred decisions.
+    hooks: ServerConfig,
     writer: Option<Writer>,
     /// The store could not be written: the server stops.
     store_failed: Option<String>,
@@ -395,26 +439,17 @@ impl<R: ServerRuntime> Core<R> {
 
     async fn run(&mut self, rx: Receiver<Input<R>>, stop: &Receiver<()>) {
         loop {
-            let wait = self.deadline_in();
-            // A stop request first, then input, then the timer.
-            let stopped = async {
-                let _ = stop.recv().await;
-                Woke::Stop
+            // Under load there is input waiting: take it without registering to be woken, and
+            // look for a stop request the same way. Only an idle core task waits.
+            if stop.try_recv().is_ok() {
+                return;
+            }
+            let woke = match rx.try_recv() {
+                Ok(input) => Woke::Input(input),
+                Err(channel::TryRecvError::Closed) => return,
+                Err(channel::TryRecvError::Empty) => self.wait(&rx, stop).await,
             };
-            let input = async {
-                match rx.recv().await {
-                    Ok(input) => Woke::Input(input),
-                    Err(_) => Woke::Stop,
-                }
-            };
-            let timer = async {
-                match wait {
-                    Some(d) => R::sleep(d).await,
-                    None => future::pending().await,
-                }
-                Woke::Timer
-            };
-            match future::or(stopped, future::or(input, timer)).await {
+            match woke {
                 Woke::Stop => return,
                 Woke::Input(input) => {
                     self.input(input);
@@ -434,6 +469,29 @@ impl<R: ServerRuntime> Core<R> {
             self.driver.timeout(now);
             self.act();
         }
+    }
+
+    /// Waits for a stop request, input or the driver's deadline, in that order of preference.
+    async fn wait(&self, rx: &Receiver<Input<R>>, stop: &Receiver<()>) -> Woke<R> {
+        let wait = self.deadline_in();
+        let stopped = async {
+            let _ = stop.recv().await;
+            Woke::Stop
+        };
+        let input = async {
+            match rx.recv().await {
+                Ok(input) => Woke::Input(input),
+                Err(_) => Woke::Stop,
+            }
+        };
+        let timer = async {
+            match wait {
+                Some(d) => R::sleep(d).await,
+                None => future::pending().await,
+            }
+            Woke::Timer
+        };
+        future::or(stopped, future::or(input, timer)).await
     }
 
     fn input(&mut self, input: Input<R>) {
@@ -492,21 +550,27 @@ impl<R: ServerRuntime> Core<R> {
                 }
                 Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
                 Action::Log(event) => log_event(&event),
-                Action::Authorize(ticket, request) => match &self.authz {
-                    Some(a) => {
-                        let fut = a.authorize(request);
-                        let tx = self.tx.clone();
-                        R::spawn(async move {
-                            let allowed = fut.await;
-                            let _ = tx.send(Input::Authorized(ticket, allowed)).await;
-                        });
+                Action::Authorize(ticket, request) => {
+                    let blocking = |job: Box<dyn FnOnce() -> bool + Send>| -> AuthzFuture {
+                        Box::pin(async move { R::spawn_blocking(job).await.unwrap_or(false) })
+                    };
+                    match self.hooks.deferred_authorization(request, blocking) {
+                        Some(fut) => {
+                            let tx = self.tx.clone();
+                            R::spawn(async move {
+                                let allowed = fut.await;
+                                let _ = tx.send(Input::Authorized(ticket, allowed)).await;
+                            });
+                        }
+                        None => {
+                            log::warn!(
+                                "an authorizer deferred but no authorizer hook is configured"
+                            );
+                            let now = self.now();
+                            self.driver.resolve_authorization(now, ticket, false);
+                        }
                     }
-                    None => {
-                        log::warn!("an authorizer deferred but no async authorizer is configured");
-                        let now = self.now();
-                        self.driver.resolve_authorization(now, ticket, false);
-                    }
-                },
+                }
                 Action::Persist(batch) => {
                     if let Some(w) = &self.writer {
                         w.send(batch);
@@ -518,9 +582,11 @@ impl<R: ServerRuntime> Core<R> {
     }
 
     fn authenticate(&mut self, ticket: AuthTicket, request: AuthRequest) {
-        match &self.auth {
-            Some(auth) => {
-                let fut = auth.authenticate(request);
+        let blocking = |job: Box<dyn FnOnce() -> AuthDecision + Send>| -> AuthFuture {
+            Box::pin(async move { R::spawn_blocking(job).await.unwrap_or(NO_ASYNC_AUTHENTICATOR) })
+        };
+        match self.hooks.deferred_authentication(request, blocking) {
+            Some(fut) => {
                 let tx = self.tx.clone();
                 R::spawn(async move {
                     let decision = fut.await;
@@ -528,7 +594,7 @@ impl<R: ServerRuntime> Core<R> {
                 });
             }
             None => {
-                log::warn!("an authenticator deferred but no async authenticator is configured");
+                log::warn!("an authenticator deferred but no authenticator hook is configured");
                 let now = self.now();
                 self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
             }

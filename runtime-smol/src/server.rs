@@ -16,8 +16,8 @@ use smol::Async;
 use smol::io::AsyncReadExt;
 use ternmq_async::ServerRuntime;
 pub use ternmq_async::server::{
-    AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture, ServerConfig,
-    ShutdownHandle,
+    AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
+    BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
 };
 use ternmq_async::server::{BlockOn, READ_CHUNK};
 
@@ -85,8 +85,13 @@ impl ServerRuntime for Smol {
         let _ = stream.get_ref().shutdown(Shutdown::Write);
     }
 
-    async fn spawn_blocking(job: impl FnOnce() + Send + 'static) {
-        smol::unblock(job).await;
+    async fn spawn_blocking<T: Send + 'static>(
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        // A panicking job panics the blocking thread's task, which unblock propagates; catch
+        // it there so that the server carries on.
+        let job = std::panic::AssertUnwindSafe(job);
+        smol::unblock(move || std::panic::catch_unwind(job).ok()).await
     }
 }
 

@@ -42,7 +42,10 @@ use ternmq_core::topic::{TopicFilter, TopicName};
 
 pub mod server;
 
-pub use server::{BlockingAuthenticator, BlockingAuthorizer, Server, ServerConfig, ShutdownHandle};
+pub use server::{
+    AsyncAuthenticator, AsyncAuthorizer, BlockingAuthenticator, BlockingAuthorizer, Server,
+    ServerConfig, ShutdownHandle,
+};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};

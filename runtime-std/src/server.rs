@@ -5,8 +5,8 @@
 //! and turn so that one busy client cannot starve the others, feeds it to the broker (through
 //! [`Driver`]), and writes what the broker hands out with one vectored write per connection and
 //! turn. A connection costs a slot in a table and its socket, not a thread. The store's writer
-//! and a [`BlockingAuthenticator`]'s calls run on threads of their own and report back through a
-//! channel that wakes the loop. Protocol decisions are the core's: this module moves bytes and
+//! and the hooks that answer deferred decisions (blocking or async, see [`ServerConfig`]) run
+//! on threads of their own and report back through a channel that wakes the loop. Protocol decisions are the core's: this module moves bytes and
 //! time.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -22,13 +22,17 @@ use std::time::{Duration, Instant as StdInstant};
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-pub use ternmq_core::broker::driver::AuthorizeRequest;
+use ternmq_async::server::bind_error;
+pub use ternmq_async::server::{
+    AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
+    BlockingAuthenticator, BlockingAuthorizer, ServerConfig,
+};
 use ternmq_core::broker::driver::{
     Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
     log_event,
 };
 use ternmq_core::broker::persist::PersistSeq;
-use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
+use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
@@ -51,61 +55,6 @@ const WAKER: Token = Token(usize::MAX);
 /// The token of listener `i`: counted down from below the waker's, far from connection slots.
 fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
-}
-
-/// Authentication that may block (a database lookup, an HTTP call): runs on a thread of its own
-/// when the core's authenticator answers [`AuthDecision::Defer`].
-pub trait BlockingAuthenticator: Send + Sync {
-    /// Decides on `request`.
-    fn authenticate(&self, request: AuthRequest) -> AuthDecision;
-}
-
-/// Authorization that may block: runs on a thread of its own when the core's authorizer
-/// answers [`AuthzDecision::Defer`](ternmq_core::broker::AuthzDecision::Defer). The
-/// connection's input waits, in order, for the answer.
-pub trait BlockingAuthorizer: Send + Sync {
-    /// Whether the request is allowed.
-    fn authorize(&self, request: AuthorizeRequest) -> bool;
-}
-
-/// What a [`Server`] runs: the broker's configuration and where to listen.
-#[derive(Clone)]
-pub struct ServerConfig {
-    /// The broker core's options and limits.
-    pub broker: BrokerConfig,
-    /// Addresses to listen on (IPv4 or IPv6); port 0 picks a free port.
-    pub listeners: Vec<SocketAddr>,
-    /// Answers the authenticator's `Defer`s; without it a deferred request is refused.
-    pub blocking_authenticator: Option<Arc<dyn BlockingAuthenticator>>,
-    /// Answers the authorizer's `Defer`s; without it a deferred request is refused.
-    pub blocking_authorizer: Option<Arc<dyn BlockingAuthorizer>>,
-    /// Where durable state is kept, and how; `None` keeps everything in memory.
-    pub store: Option<StoreConfig>,
-}
-
-impl fmt::Debug for ServerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerConfig")
-            .field("broker", &self.broker)
-            .field("listeners", &self.listeners)
-            .field("blocking_authenticator", &self.blocking_authenticator.is_some())
-            .field("blocking_authorizer", &self.blocking_authorizer.is_some())
-            .field("store", &self.store)
-            .finish()
-    }
-}
-
-impl ServerConfig {
-    /// The broker's defaults, listening on `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            broker: BrokerConfig::default(),
-            listeners: vec![addr],
-            blocking_authenticator: None,
-            blocking_authorizer: None,
-            store: None,
-        }
-    }
 }
 
 /// What other threads tell the loop.
@@ -175,19 +124,12 @@ impl fmt::Debug for Server {
 impl Server {
     /// Checks the configuration and binds every listener.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
-        config
-            .broker
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        if config.listeners.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener configured"));
-        }
+        config.validate()?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (i, addr) in config.listeners.iter().enumerate() {
-            let mut l = TcpListener::bind(*addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let mut l = TcpListener::bind(*addr).map_err(|e| bind_error(addr, &e))?;
             poll.registry().register(&mut l, listener_token(i), Interest::READABLE)?;
             listeners.push(l);
         }
@@ -233,8 +175,7 @@ impl Server {
             epoch: StdInstant::now(),
             rx,
             mailbox,
-            auth: self.config.blocking_authenticator.clone(),
-            authz: self.config.blocking_authorizer.clone(),
+            hooks: self.config.clone(),
             writer,
             store_failed: None,
         };
@@ -311,8 +252,8 @@ struct Loop {
     epoch: StdInstant,
     rx: Receiver<Input>,
     mailbox: Mailbox,
-    auth: Option<Arc<dyn BlockingAuthenticator>>,
-    authz: Option<Arc<dyn BlockingAuthorizer>>,
+    /// The server's configuration, for its hooks that answer deferred decisions.
+    hooks: ServerConfig,
     /// The store's writer thread.
     writer: Option<Writer>,
     /// The store could not be written: the server stops.
@@ -594,16 +535,21 @@ impl Loop {
         }
     }
 
+    /// A deferred authentication goes to the configured hook on a thread of its own: a
+    /// blocking hook runs there, an async one is driven there to completion.
     fn authenticate(&mut self, now: Instant, ticket: AuthTicket, request: AuthRequest) {
-        let Some(auth) = self.auth.clone() else {
-            log::warn!("an authenticator deferred but no blocking authenticator is configured");
+        let inline = |job: Box<dyn FnOnce() -> AuthDecision + Send>| -> AuthFuture {
+            Box::pin(async move { job() })
+        };
+        let Some(fut) = self.hooks.deferred_authentication(request, inline) else {
+            log::warn!("an authenticator deferred but no authenticator hook is configured");
             self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
             return;
         };
         let mailbox = self.mailbox.clone();
         let spawned =
             thread::Builder::new().name("ternmq-auth".into()).stack_size(STACK).spawn(move || {
-                let decision = auth.authenticate(request);
+                let decision = futures_lite::future::block_on(fut);
                 mailbox.send(Input::Auth(ticket, decision));
             });
         if spawned.is_err() {
@@ -611,16 +557,20 @@ impl Loop {
         }
     }
 
+    /// A deferred authorization, as [`authenticate`](Self::authenticate).
     fn authorize(&mut self, now: Instant, ticket: AuthTicket, request: AuthorizeRequest) {
-        let Some(authz) = self.authz.clone() else {
-            log::warn!("an authorizer deferred but no blocking authorizer is configured");
+        let inline = |job: Box<dyn FnOnce() -> bool + Send>| -> AuthzFuture {
+            Box::pin(async move { job() })
+        };
+        let Some(fut) = self.hooks.deferred_authorization(request, inline) else {
+            log::warn!("an authorizer deferred but no authorizer hook is configured");
             self.driver.resolve_authorization(now, ticket, false);
             return;
         };
         let mailbox = self.mailbox.clone();
         let spawned =
             thread::Builder::new().name("ternmq-authz".into()).stack_size(STACK).spawn(move || {
-                let allowed = authz.authorize(request);
+                let allowed = futures_lite::future::block_on(fut);
                 mailbox.send(Input::Authorized(ticket, allowed));
             });
         if spawned.is_err() {

@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use ternmq_async::ServerRuntime;
 pub use ternmq_async::server::{
-    AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture, ServerConfig,
-    ShutdownHandle,
+    AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
+    BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -76,8 +76,10 @@ impl ServerRuntime for Tokio {
         let _ = AsyncWriteExt::shutdown(stream).await;
     }
 
-    async fn spawn_blocking(job: impl FnOnce() + Send + 'static) {
-        let _ = tokio::task::spawn_blocking(job).await;
+    async fn spawn_blocking<T: Send + 'static>(
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        tokio::task::spawn_blocking(job).await.ok()
     }
 }
 

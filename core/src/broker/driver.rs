@@ -92,6 +92,21 @@ pub trait AsyncAuthorizer: Send + Sync {
     fn authorize(&self, request: AuthorizeRequest) -> AuthzFuture;
 }
 
+/// Authentication that may block (a lookup through a blocking database driver): the same job as
+/// an [`AsyncAuthenticator`], for code that is not async. A server runs it where blocking is
+/// allowed (a thread of its own, or the async runtime's blocking pool).
+pub trait BlockingAuthenticator: Send + Sync {
+    /// Decides on `request`.
+    fn authenticate(&self, request: AuthRequest) -> AuthDecision;
+}
+
+/// Authorization that may block: the same job as an [`AsyncAuthorizer`], for code that is not
+/// async.
+pub trait BlockingAuthorizer: Send + Sync {
+    /// Whether the client may do what `request` says.
+    fn authorize(&self, request: AuthorizeRequest) -> bool;
+}
+
 /// What a deferred authorization is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
