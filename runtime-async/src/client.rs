@@ -127,7 +127,7 @@ impl<R: Runtime> Client<R> {
     /// Connects and waits until the server accepts. The driver task is spawned on smol's
     /// global executor.
     pub async fn connect(options: ConnectOptions) -> Result<Self, Error> {
-        let dial = R::tcp_dialer(options.host.clone(), options.port);
+        let dial = crate::tcp_dialer::<R>(options.host.clone(), options.port);
         Self::connect_via(options, dial).await
     }
 

@@ -65,8 +65,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Closes the stream, sending what is buffered (errors are of no interest any more).
     fn close(transport: &mut Self::Transport) -> impl Future<Output = ()> + Send + '_;
 
-    /// The default dialer: TCP to `host:port`, with Nagle's algorithm off.
-    fn tcp_dialer(host: String, port: u16) -> Dialer<Self::Transport>;
+    /// A TCP connection to `host:port`, with Nagle's algorithm off, as a transport.
+    fn tcp_connect(
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Self::Transport>> + Send;
+}
+
+/// The default [`Dialer`] on runtime `R`: TCP to `host:port`, with Nagle's algorithm off.
+pub fn tcp_dialer<R: Runtime>(host: impl Into<String>, port: u16) -> Dialer<R::Transport> {
+    let host: Arc<str> = host.into().into();
+    Arc::new(move || {
+        let host = Arc::clone(&host);
+        Box::pin(async move { R::tcp_connect(&host, port).await })
+    })
 }
 
 /// `fut`'s output, or `None` if `timeout` passes first.

@@ -16,7 +16,6 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -43,15 +42,7 @@ pub type Client = ternmq_async::Client<Smol>;
 
 /// The default [`Dialer`]: TCP to `host:port`, with Nagle's algorithm off.
 pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
-    let host: Arc<str> = host.into().into();
-    Arc::new(move || {
-        let host = Arc::clone(&host);
-        Box::pin(async move {
-            let stream = TcpStream::connect((&*host, port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as Box<dyn Transport>)
-        })
-    })
+    ternmq_async::tcp_dialer::<Smol>(host, port)
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -94,8 +85,10 @@ impl ternmq_async::Runtime for Smol {
         let _ = transport.close().await;
     }
 
-    fn tcp_dialer(host: String, port: u16) -> Dialer {
-        tcp_dialer(host, port)
+    async fn tcp_connect(host: &str, port: u16) -> io::Result<Self::Transport> {
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(stream))
     }
 }
 

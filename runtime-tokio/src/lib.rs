@@ -23,7 +23,6 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -61,15 +60,7 @@ pub type Client = ternmq_async::Client<Tokio>;
 
 /// The default [`Dialer`]: TCP to `host:port`, with Nagle's algorithm off.
 pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
-    let host: Arc<str> = host.into().into();
-    Arc::new(move || {
-        let host = Arc::clone(&host);
-        Box::pin(async move {
-            let stream = TcpStream::connect((&*host, port)).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream) as Box<dyn Transport>)
-        })
-    })
+    ternmq_async::tcp_dialer::<Tokio>(host, port)
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -109,7 +100,9 @@ impl ternmq_async::Runtime for Tokio {
         let _ = transport.shutdown().await;
     }
 
-    fn tcp_dialer(host: String, port: u16) -> Dialer {
-        tcp_dialer(host, port)
+    async fn tcp_connect(host: &str, port: u16) -> io::Result<Self::Transport> {
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(stream))
     }
 }
