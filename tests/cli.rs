@@ -196,3 +196,23 @@ fn a_damaged_store_stops_the_broker_with_the_file_and_the_way_out() {
     assert!(out.contains("readable"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sub_c_keeps_its_session_in_mqtt_5_like_mosquitto_sub() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    for v in ["5", "311"] {
+        let id = format!("keeper{v}");
+        let topic = format!("keep/{v}");
+        let sub = ["sub", "-p", &port, "-V", v, "-c", "-i", &id, "-t", &topic, "-q", "1"];
+        // Subscribe, then leave (after -W 1: status 27).
+        let (code, _, err) = ternmq(&[&sub[..], &["-W", "1"]].concat());
+        assert_eq!(code, 27, "{err}");
+        let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", &topic, "-m", "kept", "-q", "1"]);
+        assert_eq!(code, 0, "{err}");
+        // The same subscriber again: the session kept the message.
+        let (code, out, err) = ternmq(&[&sub[..], &["-C", "1", "-W", "10"]].concat());
+        assert_eq!(code, 0, "-V {v}: {err}");
+        assert_eq!(out.trim(), "kept", "-V {v}");
+    }
+}

@@ -149,7 +149,13 @@ impl Common {
         };
         c.password = self.password.clone().map(Bytes::from);
         if self.version.is_v5() {
-            c.properties.session_expiry_interval = self.session_expiry;
+            // As mosquitto_pub/_sub: `-c` alone asks for a session that never expires (in MQTT
+            // 5 a session without Session Expiry ends with the connection), `-x` sets it.
+            c.properties.session_expiry_interval = match (self.session_expiry, self.persistent) {
+                (Some(s), _) => Some(s),
+                (None, true) => Some(u32::MAX),
+                (None, false) => None,
+            };
         }
         if let Some(t) = &self.will_topic {
             c.will = Some(Will {
