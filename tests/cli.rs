@@ -4,8 +4,9 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn ternmq(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ternmq")).args(args).output().unwrap();
@@ -214,5 +215,59 @@ fn sub_c_keeps_its_session_in_mqtt_5_like_mosquitto_sub() {
         let (code, out, err) = ternmq(&[&sub[..], &["-C", "1", "-W", "10"]].concat());
         assert_eq!(code, 0, "-V {v}: {err}");
         assert_eq!(out.trim(), "kept", "-V {v}");
+    }
+}
+
+/// A client of the test's own that watches `filter` (subscribed when this returns).
+fn watcher(port: u16, filter: &str) -> ternmq::blocking::SyncClient {
+    let client = ternmq::blocking::SyncClient::connect(ternmq::blocking::ConnectOptions::new(
+        "127.0.0.1",
+        port,
+    ))
+    .unwrap();
+    client.subscribe(filter, ternmq::codec::QoS::AtLeastOnce).unwrap();
+    client
+}
+
+#[test]
+fn sigint_and_sigterm_stop_sub_and_pub_with_disconnect_so_no_will_fires() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let wills = watcher(broker.port, "wills/#");
+    let seen = watcher(broker.port, "sig/#");
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "sig/ready", "-m", "ready", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    let _ = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    for sig in ["INT", "TERM"] {
+        // `sub`: the retained marker says it is subscribed.
+        let will = format!("wills/sub{sig}");
+        let mut sub = start_sub(broker.port, &["-t", "sig/ready", "--will-topic", &will]);
+        let mut line = String::new();
+        BufReader::new(sub.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        support::signal(&sub, sig);
+        let status = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub stops");
+        assert_eq!(status.code(), Some(0), "sub after SIG{sig}: {status}");
+
+        // `pub -l` waiting for its next line: its first line says it is connected.
+        let will = format!("wills/pub{sig}");
+        let mut publ = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(["pub", "-p", &port, "-t", "sig/lines", "-l", "--will-topic", &will])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = publ.stdin.take().unwrap();
+        stdin.write_all(b"first\n").unwrap();
+        let m = seen.recv_timeout(Duration::from_secs(10)).expect("the first line");
+        assert_eq!(&m.payload[..], b"first");
+        support::signal(&publ, sig);
+        let status = support::wait_exit(&mut publ, Duration::from_secs(10)).expect("pub stops");
+        assert_eq!(status.code(), Some(0), "pub -l after SIG{sig}: {status}");
+        drop(stdin);
+    }
+    if let Some(m) = wills.recv_timeout(Duration::from_secs(2)) {
+        panic!("a will was published on {}", m.topic);
     }
 }

@@ -16,6 +16,7 @@ mod bench;
 mod broker;
 mod passwd;
 mod pubsub;
+mod signals;
 mod store;
 
 use bytes::BytesMut;

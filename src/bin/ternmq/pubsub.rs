@@ -1,6 +1,8 @@
 //! `ternmq pub` and `ternmq sub`, typed the way mosquitto_pub and mosquitto_sub users type.
 
 use std::io::{BufRead, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -241,6 +243,13 @@ pub(crate) fn publish(args: &[String]) -> Result<(), String> {
         return Err("--repeat-delay: must be between 0 and 86400 seconds".into());
     }
     let client = connect(common.options("pub")?)?;
+    // Ctrl-C or SIGTERM (say while `-l` waits for input): leave with DISCONNECT, so that the
+    // broker drops the will, and exit 0.
+    let on_signal = client.clone();
+    crate::signals::watch(false, move |_| {
+        let _ = on_signal.disconnect();
+        std::process::exit(0);
+    })?;
     let send = |payload: Bytes| -> Result<(), String> {
         let mut p = ternmq::codec::Publish::new(
             TopicName::new(&topic).map_err(|e| e.to_string())?,
@@ -299,6 +308,14 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
     for f in &filters {
         ternmq::topic::TopicFilter::new(f).map_err(|e| format!("-t {f:?}: {e}"))?;
     }
+    // Ctrl-C or SIGTERM: stop at the next turn of the loop below and leave with DISCONNECT,
+    // so that the broker drops the will; the status is 0.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = Arc::clone(&stop);
+    crate::signals::watch(false, move |_| {
+        stopping.store(true, Ordering::Release);
+        false
+    })?;
     let client = connect(common.options("sub")?)?;
     for f in &filters {
         match client.subscribe(f, common.qos) {
@@ -313,7 +330,7 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
     let deadline = wait.map(|s| Instant::now() + Duration::from_secs(s));
     let mut received = 0u64;
     let status = loop {
-        if count.is_some_and(|c| received >= c) {
+        if count.is_some_and(|c| received >= c) || stop.load(Ordering::Acquire) {
             break 0;
         }
         let slice = match deadline {
