@@ -271,3 +271,29 @@ fn sigint_and_sigterm_stop_sub_and_pub_with_disconnect_so_no_will_fires() {
         panic!("a will was published on {}", m.topic);
     }
 }
+
+#[test]
+fn broker_stops_on_sigterm_when_its_stdout_is_a_closed_pipe() {
+    // `ternmq broker | head -1`: the reader goes away after the first line.
+    for runtime in ["tokio", "std", "smol"] {
+        let port = support::free_port();
+        let mut broker = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(["broker", "-p", &port.to_string(), "--no-persistence", "--runtime", runtime])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(broker.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(first.starts_with("ternmq"), "{first}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{runtime}: the broker did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        support::signal(&broker, "TERM");
+        let status = support::wait_exit(&mut broker, Duration::from_secs(15));
+        let status = status.unwrap_or_else(|| panic!("{runtime}: SIGTERM did not stop the broker"));
+        assert!(status.success(), "{runtime}: {status}");
+    }
+}

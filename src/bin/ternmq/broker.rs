@@ -4,13 +4,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use serde::Deserialize;
 use ternmq::auth::{AclFile, PasswordFile};
 use ternmq::broker::{BrokerConfig, SharedPolicy};
 use ternmq::codec::QoS;
 use ternmq::tokio::{Durability, Server, ServerConfig, StoreConfig};
+
+use crate::signals::Signal;
 
 const USAGE: &str = "\
 usage: ternmq broker [options]
@@ -100,17 +102,18 @@ enum Runtime {
 /// Runs the broker until Ctrl-C or SIGTERM. Errors are messages for the user.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let Some(settings) = settings(args)? else {
-        println!("{USAGE}");
+        say!("{USAGE}");
         return Ok(());
     };
     Logger::install(settings.log_level);
+    let signals = stop_signals()?;
     match settings.runtime {
-        Runtime::Std => return serve_std(settings),
-        Runtime::Smol => return serve_smol(settings),
+        Runtime::Std => return serve_std(settings, signals),
+        Runtime::Smol => return serve_smol(settings, signals),
         Runtime::Tokio => {}
     }
     let runtime = crate::tokio_runtime().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, signals))
 }
 
 impl Settings {
@@ -126,15 +129,12 @@ impl Settings {
             Runtime::Smol => "smol",
             Runtime::Tokio => "tokio",
         };
-        println!(
-            "ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)",
-            env!("CARGO_PKG_VERSION")
-        );
+        say!("ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)", env!("CARGO_PKG_VERSION"));
         for addr in addrs {
-            println!("listening on {addr} (mqtt over tcp)");
+            say!("listening on {addr} (mqtt over tcp)");
         }
         let Some(dir) = &self.persistence else {
-            println!("running in memory (persistence off)");
+            say!("running in memory (persistence off)");
             return;
         };
         let durability = match self.durability {
@@ -145,23 +145,37 @@ impl Settings {
             ),
             _ => "none: the operating system decides when data reaches the disk".to_string(),
         };
-        println!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display());
+        say!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display());
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM on a thread of its own (a small Tokio runtime), then calls `stop`.
-fn on_signal(stop: impl FnOnce() + Send + 'static) {
+/// Installs the handlers for Ctrl-C and SIGTERM, before the broker binds (so that no signal
+/// finds the default action, which ends the process without its shutdown), and returns a
+/// receiver that is told when to stop.
+fn stop_signals() -> Result<mpsc::Receiver<()>, String> {
+    let (tx, rx) = mpsc::channel();
+    crate::signals::watch(false, move |signal| {
+        if let Signal::Stop(name) = signal {
+            log::info!("{name}: shutting down");
+            say!("shutting down");
+            let _ = tx.send(());
+        }
+        true
+    })?;
+    Ok(rx)
+}
+
+/// Calls `stop` when `signals` says, from a thread of its own.
+fn stop_on(signals: mpsc::Receiver<()>, stop: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            rt.block_on(wait_for_signal());
-            println!("shutting down");
+        if signals.recv().is_ok() {
             stop();
         }
     });
 }
 
 /// The broker on smol, on this thread.
-fn serve_smol(settings: Settings) -> Result<(), String> {
+fn serve_smol(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
     let mut config = ternmq::smol::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
@@ -169,14 +183,14 @@ fn serve_smol(settings: Settings) -> Result<(), String> {
     let server = ternmq::smol::Server::bind_blocking(config).map_err(|e| e.to_string())?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
-    on_signal(move || handle.shutdown());
+    stop_on(signals, move || handle.shutdown());
     server.run_blocking().map_err(|e| e.to_string())?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }
 
 /// The broker on the std server: one thread, a readiness loop.
-fn serve_std(settings: Settings) -> Result<(), String> {
+fn serve_std(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
     let mut config = ternmq::blocking::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
@@ -184,46 +198,21 @@ fn serve_std(settings: Settings) -> Result<(), String> {
     let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
-    on_signal(move || handle.shutdown());
+    stop_on(signals, move || handle.shutdown());
     server.run().map_err(|e| e.to_string())?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }
 
-async fn serve(mut settings: Settings) -> Result<(), String> {
+async fn serve(mut settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
     settings.config.store = settings.store();
     let server = Server::bind(settings.config.clone()).await.map_err(|e| e.to_string())?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        println!("shutting down");
-        handle.shutdown();
-    });
+    stop_on(signals, move || handle.shutdown());
     server.run().await.map_err(|e| e.to_string())?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The settings from `args`, or `None` for `--help`.
@@ -536,7 +525,7 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!("{:<5} {}", record.level(), record.args());
+            complain!("{:<5} {}", record.level(), record.args());
         }
     }
 

@@ -12,6 +12,24 @@
 
 use std::process::ExitCode;
 
+/// `println!` that cannot panic: when standard output is a closed pipe (`ternmq broker | head
+/// -1`) or a full disk, the line is lost and the program carries on; the broker's shutdown must
+/// never depend on its output.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that cannot panic, as [`say!`] for standard error.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod broker;
 mod passwd;
@@ -45,64 +63,64 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             ExitCode::SUCCESS
         }
         Some("--version") => {
-            println!("ternmq {}", env!("CARGO_PKG_VERSION"));
+            say!("ternmq {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Some("decode") => match decode(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("ternmq decode: {e}");
+                complain!("ternmq decode: {e}");
                 ExitCode::FAILURE
             }
         },
         Some("pub") => match pubsub::publish(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("sub") => match pubsub::subscribe(&args[1..]) {
             Ok(status) => ExitCode::from(status),
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("broker") => match broker::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("store") => match store::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("bench") => match bench::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("passwd") => match passwd::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some(other) => {
-            eprintln!("ternmq: unknown command {other:?}\n\n{USAGE}");
+            complain!("ternmq: unknown command {other:?}\n\n{USAGE}");
             ExitCode::from(2)
         }
     }
@@ -153,7 +171,7 @@ fn decode(args: &[String]) -> Result<(), String> {
         let before = buf.len();
         match decoder.decode(&mut buf) {
             Ok(Some(packet)) => {
-                println!("@{offset}: {packet:#?}");
+                say!("@{offset}: {packet:#?}");
                 offset += before - buf.len();
             }
             Ok(None) if buf.is_empty() => return Ok(()),
