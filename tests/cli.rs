@@ -297,3 +297,94 @@ fn broker_stops_on_sigterm_when_its_stdout_is_a_closed_pipe() {
         assert!(status.success(), "{runtime}: {status}");
     }
 }
+
+/// The lines `reader` yields, on a channel (so that a test can wait for one with a time limit).
+fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The first line from `rx` within 20 s that contains `needle` (the lines before it are
+/// dropped); panics with `what` if none comes.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => eprintln!("(skipped: {line})"),
+            Err(e) => panic!("no line with {needle:?}: {what} ({e})"),
+        }
+    }
+}
+
+/// The client id in a broker log line `... client ID connected ...`.
+fn connected_id(line: &str) -> String {
+    let after = line.split("client ").nth(1).unwrap();
+    after.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn sub_says_when_the_connection_is_lost_and_keeps_its_client_id_across_reconnects() {
+    let port = support::free_port();
+    let args = ["--no-persistence"];
+    let broker = support::Ternmq::start_on(port, &args, Stdio::piped());
+    let mut broker = broker;
+    let log = lines(broker.child.stderr.take().unwrap());
+    let (code, _, e) = ternmq(&["pub", "-p", &port.to_string(), "-t", "back/r", "-m", "r", "-r"]);
+    assert_eq!(code, 0, "{e}");
+    wait_line(&log, " connected (", "the publisher connects");
+    // MQTT 3.1.1 has no DISCONNECT from the broker: a broker that stops is a lost connection.
+    let mut sub = start_sub(port, &["-V", "311", "-t", "back/#", "-q", "1"]);
+    let out = lines(sub.stdout.take().unwrap());
+    let err = lines(sub.stderr.take().unwrap());
+    let first = connected_id(&wait_line(&log, " connected (", "the subscriber connects"));
+    wait_line(&out, "r", "the subscriber gets the retained message, so it is subscribed");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+    wait_line(&err, "lost", "sub says that the connection was lost");
+    let mut broker = support::Ternmq::start_on(port, &args, Stdio::piped());
+    let log = lines(broker.child.stderr.take().unwrap());
+    let again = connected_id(&wait_line(&log, " connected (", "the subscriber reconnects"));
+    assert_eq!(again, first, "the client id is kept");
+    wait_line(&err, "Reconnected", "sub says that it is connected again");
+    // Subscribed again: a message gets through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _, e) = ternmq(&["pub", "-p", &port.to_string(), "-t", "back/x", "-m", "hi"]);
+        assert_eq!(code, 0, "{e}");
+        if let Ok(line) = out.recv_timeout(Duration::from_millis(300)) {
+            assert_eq!(line, "hi");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no message after the reconnection");
+    }
+    support::signal(&sub, "TERM");
+    assert!(support::wait_exit(&mut sub, Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn sub_exits_like_mosquitto_sub_when_the_broker_says_it_is_shutting_down() {
+    let broker = support::Ternmq::start(&[]);
+    let (code, _, err) =
+        ternmq(&["pub", "-p", &broker.port.to_string(), "-t", "bye", "-m", "r", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    let mut sub = start_sub(broker.port, &["-V", "5", "-t", "bye"]);
+    let out = lines(sub.stdout.take().unwrap());
+    wait_line(&out, "r", "sub is subscribed");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+    // mosquitto_sub -V 5 ends with status 0 on a DISCONNECT from the broker; it does not retry.
+    let status = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub exits");
+    let (_, _, err) = finish(sub);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("server shutting down"), "{err}");
+}

@@ -24,6 +24,7 @@
 //! [`Server`] runs the MQTT broker without an async runtime: one thread and a readiness loop
 //! over every socket; see the [`server`] module.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -34,7 +35,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::client::DisconnectReason;
 use ternmq_core::client::driver::{self, Answer, CommandError, Driver, Outcome};
 use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
 use ternmq_core::time::Instant;
@@ -44,8 +44,8 @@ pub mod server;
 
 pub use server::{BlockingAuthenticator, Server, ServerConfig, ShutdownHandle};
 pub use ternmq_core as core;
-pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
+pub use ternmq_core::client::{DisconnectReason, ReconnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -68,6 +68,25 @@ struct State {
     redial: bool,
     /// The application stopped the client.
     stopping: bool,
+    /// Connection changes not yet taken by [`SyncClient::connection_event`] (the latest
+    /// [`MAX_CONNECTION_EVENTS`]).
+    events: VecDeque<ConnectionEvent>,
+}
+
+/// How many connection changes a client keeps for [`SyncClient::connection_event`].
+const MAX_CONNECTION_EVENTS: usize = 64;
+
+/// A change of a [`SyncClient`]'s connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The server accepted the connection: the first one, or a reconnection.
+    Connected {
+        /// Whether the server resumed the session.
+        session_present: bool,
+    },
+    /// The connection ended. The client dials again unless it was stopped (or refused).
+    Lost(DisconnectReason),
 }
 
 struct Shared {
@@ -102,7 +121,8 @@ impl Shared {
                 Outcome::Answer(w, answer) => {
                     let _ = w.try_send(answer);
                 }
-                Outcome::Connected { .. } => {
+                Outcome::Connected { session_present } => {
+                    push_event(st, ConnectionEvent::Connected { session_present });
                     if let Some(tx) = st.connect_waiter.take() {
                         let _ = tx.try_send(Ok(()));
                     }
@@ -124,6 +144,7 @@ impl Shared {
                     st.driver.handle_closed(self.now());
                 }
                 Outcome::Redial => st.redial = true,
+                Outcome::ConnectionLost(reason) => push_event(st, ConnectionEvent::Lost(reason)),
                 _ => {}
             }
         }
@@ -136,6 +157,15 @@ impl Shared {
             )));
         }
     }
+}
+
+/// Keeps a connection change for [`SyncClient::connection_event`], forgetting the oldest beyond
+/// the limit.
+fn push_event(st: &mut State, event: ConnectionEvent) {
+    if st.events.len() == MAX_CONNECTION_EVENTS {
+        st.events.pop_front();
+    }
+    st.events.push_back(event);
 }
 
 /// Writes what the driver has to send. A failed write shuts the socket, and the I/O thread
@@ -223,6 +253,7 @@ impl SyncClient {
                 sinks: Some(Sinks { recv: tx, dispatch: dispatch_tx }),
                 redial: false,
                 stopping: false,
+                events: VecDeque::new(),
             }),
             epoch: StdInstant::now(),
             handlers: Arc::clone(&handlers),
@@ -309,6 +340,13 @@ impl SyncClient {
     /// Whether the connection is up.
     pub fn is_connected(&self) -> bool {
         self.shared.lock().driver.is_connected()
+    }
+
+    /// The oldest connection change not taken yet: connected (after a reconnection too), or
+    /// lost and why. The client reconnects by itself; this says when, for a program that
+    /// reports it.
+    pub fn connection_event(&self) -> Option<ConnectionEvent> {
+        self.shared.lock().events.pop_front()
     }
 
     /// Replaces the automatic reconnect policy; it applies from the next time the connection is

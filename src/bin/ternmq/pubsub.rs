@@ -1,12 +1,12 @@
 //! `ternmq pub` and `ternmq sub`, typed the way mosquitto_pub and mosquitto_sub users type.
 
-use std::io::{BufRead, Read};
+use std::io::{BufRead, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ternmq::blocking::{ConnectOptions, Error, SyncClient};
+use ternmq::blocking::{ConnectOptions, ConnectionEvent, DisconnectReason, Error, SyncClient};
 use ternmq::codec::{MqttStr, ProtocolVersion, QoS, ReasonCode, Will, WillProperties};
 use ternmq::topic::TopicName;
 
@@ -185,6 +185,21 @@ fn words(code: ReasonCode) -> String {
     out
 }
 
+/// Why a connection was lost, in words.
+fn lost_words(reason: &DisconnectReason) -> String {
+    match reason {
+        DisconnectReason::TransportClosed => "the connection closed".into(),
+        DisconnectReason::KeepAliveTimeout => "no answer within the keep-alive".into(),
+        DisconnectReason::ConnAckTimeout => "no CONNACK in time".into(),
+        DisconnectReason::ProtocolViolation(code) => {
+            format!("the broker broke the protocol: {}", words(*code))
+        }
+        DisconnectReason::Decode(e) => format!("undecodable bytes from the broker: {e}"),
+        DisconnectReason::Server { reason_code, .. } => words(*reason_code),
+        other => format!("{other:?}"),
+    }
+}
+
 fn connect(o: ConnectOptions) -> Result<SyncClient, String> {
     let target = format!("{}:{}", o.host, o.port);
     SyncClient::connect(o).map_err(|e| match e {
@@ -229,7 +244,7 @@ pub(crate) fn publish(args: &[String]) -> Result<(), String> {
             "--repeat" => repeat = parse_num(&a, &value(&a)?)?,
             "--repeat-delay" => delay = parse_num(&a, &value(&a)?)?,
             "--help" => {
-                println!("{PUB_USAGE}");
+                say!("{PUB_USAGE}");
                 return Ok(());
             }
             other => return Err(format!("unknown option {other:?}\n\n{PUB_USAGE}")),
@@ -296,7 +311,7 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
             "-C" => count = Some(parse_num(&a, &value(&a)?)?),
             "-W" => wait = Some(parse_num(&a, &value(&a)?)?),
             "--help" => {
-                println!("{SUB_USAGE}");
+                say!("{SUB_USAGE}");
                 return Ok(0);
             }
             other => return Err(format!("unknown option {other:?}\n\n{SUB_USAGE}")),
@@ -328,16 +343,43 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
         }
     }
     let deadline = wait.map(|s| Instant::now() + Duration::from_secs(s));
+    let target = format!("{}:{}", common.host, common.port);
     let mut received = 0u64;
-    let status = loop {
+    let mut lost = false;
+    let mut out = std::io::stdout().lock();
+    let status = 'run: loop {
         if count.is_some_and(|c| received >= c) || stop.load(Ordering::Acquire) {
             break 0;
+        }
+        while let Some(event) = client.connection_event() {
+            match event {
+                ConnectionEvent::Connected { .. } if lost => {
+                    lost = false;
+                    complain!("Reconnected to {target}");
+                }
+                ConnectionEvent::Lost(DisconnectReason::Server { reason_code, .. }) => {
+                    // As mosquitto_sub: a DISCONNECT from the broker (MQTT 5; 0x8B when it
+                    // shuts down) ends the program with status 0, where a lost connection is
+                    // retried.
+                    complain!("Disconnected by the broker at {target}: {}", words(reason_code));
+                    break 'run 0;
+                }
+                ConnectionEvent::Lost(DisconnectReason::Requested) => {}
+                ConnectionEvent::Lost(reason) if !lost => {
+                    lost = true;
+                    complain!(
+                        "Connection to {target} lost ({}); reconnecting",
+                        lost_words(&reason)
+                    );
+                }
+                _ => {}
+            }
         }
         let slice = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    eprintln!("Timed out");
+                    complain!("Timed out");
                     break 27;
                 }
                 left.min(Duration::from_millis(200))
@@ -346,10 +388,14 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
         };
         if let Some(m) = client.recv_timeout(slice) {
             let payload = String::from_utf8_lossy(&m.payload);
-            if verbose {
-                println!("{} {payload}", m.topic);
+            let written = if verbose {
+                writeln!(out, "{} {payload}", m.topic)
             } else {
-                println!("{payload}");
+                writeln!(out, "{payload}")
+            };
+            // Standard output closed (`ternmq sub ... | head -1`): leave cleanly.
+            if written.and_then(|()| out.flush()).is_err() {
+                break 0;
             }
             received += 1;
         }

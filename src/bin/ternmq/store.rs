@@ -23,7 +23,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--help" | "-h" => {
-                println!("{USAGE}");
+                say!("{USAGE}");
                 return Ok(());
             }
             "--data-dir" => {
@@ -43,8 +43,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             let snapshot = store.load(wall_clock()).map_err(|e| e.to_string())?;
             let [sessions, subs, deliveries, qos2, retained] =
                 store.counts().map_err(|e| e.to_string())?;
-            println!("{}: readable", file.display());
-            println!(
+            say!("{}: readable", file.display());
+            say!(
                 "  {sessions} sessions ({} not expired), {subs} subscriptions, {deliveries} \
                  queued or in-flight messages, {qos2} QoS 2 ids awaiting PUBREL, {retained} \
                  retained messages",
@@ -56,7 +56,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             let mut store = Store::open(&dir).map_err(|e| e.to_string())?;
             let clean = store.check_integrity().map_err(|e| e.to_string())?;
             store.load(wall_clock()).map_err(|e| e.to_string())?;
-            println!(
+            say!(
                 "{}: {}",
                 file.display(),
                 if clean { "intact" } else { "repaired; run `ternmq store check` to see it" }
@@ -72,17 +72,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 ));
             }
             if !file.exists() {
-                println!("{}: no store here; nothing to do", file.display());
+                say!("{}: no store here; nothing to do", file.display());
                 return Ok(());
             }
             let aside = dir.join(format!("{FILE_NAME}.bak-{}", wall_clock()));
             std::fs::rename(&file, &aside)
                 .map_err(|e| format!("ternmq store reset: cannot move {}: {e}", file.display()))?;
-            println!(
-                "moved {} to {}; the broker will start empty",
-                file.display(),
-                aside.display()
-            );
+            say!("moved {} to {}; the broker will start empty", file.display(), aside.display());
             Ok(())
         }
         _ => Err(format!("ternmq store: say what to do\n\n{USAGE}")),
