@@ -192,9 +192,51 @@ fn a_damaged_store_stops_the_broker_with_the_file_and_the_way_out() {
     assert!(out.contains("ternmq.redb.bak-"), "{out}");
     let kept = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(kept, 1, "the damaged file is kept aside");
-    let (code, out, _) = ternmq(&["store", "check", "--data-dir", d]);
-    assert_eq!(code, 0, "a fresh store is created and readable");
+    // With the store set aside there is none to check, and check creates none.
+    let (code, _, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no store at") && err.contains("ternmq.redb"), "{err}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "check creates nothing");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn store_check_reads_only_and_says_when_there_is_no_store_or_a_broker_holds_it() {
+    let dir = std::env::temp_dir().join(format!("ternmq-cli-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    // A mistyped --data-dir: said so, and nothing created.
+    let (code, out, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("no store at") && err.contains(d), "{err}");
+    assert!(!dir.exists(), "check created {d}");
+    // A broker holds the store: said so, with what to do.
+    let port = support::free_port();
+    let broker = support::Ternmq::start_on(port, &["--data-dir", d], Stdio::null());
+    let (code, _, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a running broker holds the store") && err.contains("stop"), "{err}");
+    assert!(!err.contains("run `ternmq store check`"), "{err}");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+    // Stopped: the check reads it and leaves the file as it was.
+    let file = dir.join("ternmq.redb");
+    let before = std::fs::read(&file).unwrap();
+    let (code, out, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_eq!(code, 0, "{err}");
     assert!(out.contains("readable"), "{out}");
+    assert!(std::fs::read(&file).unwrap() == before, "check changed the file");
+    // Killed (not closed cleanly): redb's repair on opening happens in memory only.
+    let broker = support::Ternmq::start_on(port, &["--data-dir", d], Stdio::null());
+    let (code, _, err) =
+        ternmq(&["pub", "-p", &port.to_string(), "-t", "kept", "-m", "x", "-q", "1", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    drop(broker); // SIGKILL
+    let before = std::fs::read(&file).unwrap();
+    let (code, out, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 retained"), "{out}");
+    assert!(std::fs::read(&file).unwrap() == before, "check changed the file");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -7,7 +7,7 @@ use ternmq::store::{FILE_NAME, Store, wall_clock};
 const USAGE: &str = "\
 usage: ternmq store check|repair|reset [--data-dir DIR] [--yes]
 
-  check    open the store, read everything in it, and print what it holds
+  check    open the store read-only, read everything in it, and print what it holds
   repair   check the file's integrity and let redb repair what it can
   reset    move the store aside (to ternmq.redb.bak-MILLISECONDS) so that the broker starts empty;
            needs --yes. Nothing is deleted.
@@ -39,7 +39,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let file = dir.join(FILE_NAME);
     match command.as_deref() {
         Some("check") => {
-            let store = Store::open(&dir).map_err(|e| e.to_string())?;
+            // Read-only: a mistyped --data-dir must not create an empty store and call it
+            // readable, and a running broker's store is not touched.
+            let store =
+                Store::open_read_only(&dir).map_err(|e| format!("ternmq store check: {e}"))?;
             let snapshot = store.load(wall_clock()).map_err(|e| e.to_string())?;
             let [sessions, subs, deliveries, qos2, retained] =
                 store.counts().map_err(|e| e.to_string())?;
@@ -53,6 +56,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         Some("repair") => {
+            if !file.exists() {
+                return Err(format!("ternmq store repair: no store at {}", file.display()));
+            }
             let mut store = Store::open(&dir).map_err(|e| e.to_string())?;
             let clean = store.check_integrity().map_err(|e| e.to_string())?;
             store.load(wall_clock()).map_err(|e| e.to_string())?;
