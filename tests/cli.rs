@@ -430,3 +430,12 @@ fn sub_exits_like_mosquitto_sub_when_the_broker_says_it_is_shutting_down() {
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("server shutting down"), "{err}");
 }
+
+#[test]
+fn broker_publishes_sys_statistics_by_default_like_mosquitto() {
+    let broker = support::Ternmq::start(&[]);
+    let sub = start_sub(broker.port, &["-t", "$SYS/broker/version", "-C", "1", "-W", "15"]);
+    let (code, out, err) = finish(sub);
+    assert_eq!(code, 0, "no $SYS/broker/version within 15 s: {err}");
+    assert!(out.starts_with("ternmq"), "{out}");
+}

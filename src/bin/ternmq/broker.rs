@@ -34,6 +34,10 @@ options:
 
 Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully.";
 
+/// Seconds between `$SYS` updates when the configuration file does not say (Mosquitto's
+/// default too).
+const DEFAULT_SYS_INTERVAL: u64 = 10;
+
 /// The options of a broker configuration file. Names follow the seed's broker options where it
 /// names one, and Mosquitto's otherwise.
 #[derive(Debug, Default, Deserialize)]
@@ -412,9 +416,11 @@ fn build(
     if let Some(v) = fc.max_client_id_len {
         b.max_client_id_len = v;
     }
-    if let Some(v) = fc.sys_interval {
-        b.sys_interval = (v > 0).then(|| Duration::from_secs(v));
-    }
+    // As Mosquitto: `$SYS` statistics every 10 s unless the file says otherwise (0 = off).
+    b.sys_interval = match fc.sys_interval.unwrap_or(DEFAULT_SYS_INTERVAL) {
+        0 => None,
+        v => Some(Duration::from_secs(v)),
+    };
     b.version = format!("ternmq {}", env!("CARGO_PKG_VERSION"));
     b.validate().map_err(|e| format!("{}: {}", at(config_key(e.field)), e.message))?;
 
@@ -548,6 +554,16 @@ mod tests {
         assert_eq!(s.config.broker.max_connections, 10_000);
         assert_eq!(s.config.broker.max_packet_size, 256 * 1024);
         assert_eq!(s.persistence, Some(PathBuf::from("./mqtt_data")));
+        assert_eq!(s.config.broker.sys_interval, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn sys_interval_zero_turns_sys_off() {
+        let text = "sys_interval = 0\n";
+        let fc = parse_file(Path::new("b.toml"), text).unwrap();
+        let at = |k: &str| locate(Path::new("b.toml"), text, k);
+        let s = build(fc, None, None, None, false, false, None, &at).unwrap();
+        assert_eq!(s.config.broker.sys_interval, None);
     }
 
     #[test]
