@@ -439,3 +439,18 @@ fn broker_publishes_sys_statistics_by_default_like_mosquitto() {
     assert_eq!(code, 0, "no $SYS/broker/version within 15 s: {err}");
     assert!(out.starts_with("ternmq"), "{out}");
 }
+
+#[test]
+fn sighup_is_logged_and_the_broker_keeps_running() {
+    let port = support::free_port();
+    let mut broker = support::Ternmq::start_on(port, &["--no-persistence"], Stdio::piped());
+    let log = lines(broker.child.stderr.take().unwrap());
+    support::signal(&broker.child, "HUP");
+    let line = wait_line(&log, "SIGHUP", "the broker logs the signal");
+    assert!(line.contains("not supported"), "{line}");
+    assert!(broker.child.try_wait().unwrap().is_none(), "SIGHUP stopped the broker");
+    let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "hup", "-m", "x"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+}

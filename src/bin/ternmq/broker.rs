@@ -32,7 +32,8 @@ options:
       --log-level LEVEL  error, warn, info (default), debug or trace
       --help             print this help
 
-Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully.";
+Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully; SIGHUP is logged
+and ignored (reloading the configuration is not supported yet).";
 
 /// Seconds between `$SYS` updates when the configuration file does not say (Mosquitto's
 /// default too).
@@ -153,16 +154,24 @@ impl Settings {
     }
 }
 
-/// Installs the handlers for Ctrl-C and SIGTERM, before the broker binds (so that no signal
+/// Installs the handlers for Ctrl-C, SIGTERM and SIGHUP, before the broker binds (so that no signal
 /// finds the default action, which ends the process without its shutdown), and returns a
 /// receiver that is told when to stop.
 fn stop_signals() -> Result<mpsc::Receiver<()>, String> {
     let (tx, rx) = mpsc::channel();
-    crate::signals::watch(false, move |signal| {
-        if let Signal::Stop(name) = signal {
-            log::info!("{name}: shutting down");
-            say!("shutting down");
-            let _ = tx.send(());
+    crate::signals::watch(true, move |signal| {
+        match signal {
+            Signal::Stop(name) => {
+                log::info!("{name}: shutting down");
+                say!("shutting down");
+                let _ = tx.send(());
+            }
+            // Mosquitto reloads its configuration on SIGHUP; until ternmq can, the signal must
+            // not kill the broker (its default action).
+            Signal::Hangup => log::warn!(
+                "SIGHUP: reloading the configuration is not supported yet; still running with \
+                 the configuration read at start (restart the broker to apply changes)"
+            ),
         }
         true
     })?;
