@@ -454,3 +454,47 @@ fn sighup_is_logged_and_the_broker_keeps_running() {
     let (_, status) = broker.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// Whether `line` starts with an RFC 3339 UTC timestamp (`2026-01-02T03:04:05.678Z `).
+fn rfc3339_stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    b.len() > 25
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && digits(20..23)
+        && &line[23..25] == "Z "
+}
+
+#[test]
+fn every_broker_log_line_has_a_timestamp() {
+    for (flag, check) in [
+        ("rfc3339", rfc3339_stamped as fn(&str) -> bool),
+        ("epoch", |l: &str| {
+            l.split_once(": ")
+                .is_some_and(|(s, _)| s.len() >= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+        }),
+    ] {
+        let port = support::free_port();
+        let args = ["--no-persistence", "--log-timestamp", flag];
+        let mut broker = support::Ternmq::start_on(port, &args, Stdio::piped());
+        let log = lines(broker.child.stderr.take().unwrap());
+        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+        assert_eq!(code, 0, "{err}");
+        let (_, status) = broker.terminate();
+        assert!(status.success(), "{status}");
+        let all: Vec<String> = log.iter().collect();
+        assert!(all.iter().any(|l| l.contains(" connected (")), "{all:?}");
+        for line in &all {
+            assert!(check(line), "--log-timestamp {flag}: {line:?}");
+        }
+    }
+}

@@ -30,6 +30,7 @@ options:
                          beside a password_file)
   -v, --verbose          log every connection (same as --log-level debug)
       --log-level LEVEL  error, warn, info (default), debug or trace
+      --log-timestamp F  rfc3339 (default, UTC), epoch (seconds, as Mosquitto) or none
       --help             print this help
 
 Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully; SIGHUP is logged
@@ -79,6 +80,7 @@ struct FileConfig {
     password_file: Option<PathBuf>,
     acl_file: Option<PathBuf>,
     log_level: Option<String>,
+    log_timestamp: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +95,7 @@ struct Settings {
     config: ServerConfig,
     persistence: Option<PathBuf>,
     log_level: log::LevelFilter,
+    log_timestamp: Timestamp,
     runtime: Runtime,
     durability: Durability,
 }
@@ -110,7 +113,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         say!("{USAGE}");
         return Ok(());
     };
-    Logger::install(settings.log_level);
+    Logger::install(settings.log_level, settings.log_timestamp);
     let signals = stop_signals()?;
     match settings.runtime {
         Runtime::Std => return serve_std(settings, signals),
@@ -237,6 +240,7 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut no_persistence = false;
     let mut allow_anonymous = false;
     let mut log_level: Option<String> = None;
+    let mut log_timestamp: Option<String> = None;
     let mut runtime = Runtime::Tokio;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -270,6 +274,7 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
             }
             "-v" | "--verbose" => log_level = Some("debug".into()),
             "--log-level" => log_level = Some(value(flag)?),
+            "--log-timestamp" => log_timestamp = Some(value(flag)?),
             other => return Err(format!("ternmq broker: unknown option {other:?}\n\n{USAGE}")),
         }
     }
@@ -285,8 +290,18 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
         Some((path, text)) => locate(path, text, key),
         None => format!("ternmq broker: {key}"),
     };
+    let timestamp = match (&log_timestamp, &fc.log_timestamp) {
+        (Some(v), _) => {
+            Timestamp::parse(v).map_err(|e| format!("ternmq broker: --log-timestamp: {e}"))?
+        }
+        (None, Some(v)) => {
+            Timestamp::parse(v).map_err(|e| format!("{}: {e}", at("log_timestamp")))?
+        }
+        (None, None) => Timestamp::Rfc3339,
+    };
     let mut s = build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at)?;
     s.runtime = runtime;
+    s.log_timestamp = timestamp;
     Ok(Some(s))
 }
 
@@ -499,7 +514,14 @@ fn build(
             ));
         }
     };
-    Ok(Settings { config, persistence, log_level, runtime: Runtime::Tokio, durability })
+    Ok(Settings {
+        config,
+        persistence,
+        log_level,
+        log_timestamp: Timestamp::Rfc3339,
+        runtime: Runtime::Tokio,
+        durability,
+    })
 }
 
 /// The file key for a field of `BrokerConfig`.
@@ -521,12 +543,79 @@ fn parse_ip(host: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("{host:?} is not an IP address (e.g. 127.0.0.1, ::1 or 0.0.0.0)"))
 }
 
-/// Log lines to standard error: `level target: message`.
+/// How log lines are stamped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timestamp {
+    /// `2026-01-02T03:04:05.678Z` (UTC).
+    Rfc3339,
+    /// Seconds since the Unix epoch, as Mosquitto writes them (`1767323045: ...`).
+    Epoch,
+    /// None (for a journal that stamps lines itself).
+    Off,
+}
+
+impl Timestamp {
+    fn parse(v: &str) -> Result<Timestamp, String> {
+        match v {
+            "rfc3339" => Ok(Timestamp::Rfc3339),
+            "epoch" => Ok(Timestamp::Epoch),
+            "none" => Ok(Timestamp::Off),
+            other => {
+                Err(format!("{other:?} is not a timestamp format; use rfc3339, epoch or none"))
+            }
+        }
+    }
+
+    /// The stamp for `now` (time since the Unix epoch), with its separator.
+    fn stamp(self, now: Duration) -> String {
+        let secs = now.as_secs();
+        match self {
+            Timestamp::Rfc3339 => {
+                let (y, m, d) = civil_from_days(secs / 86_400);
+                let t = secs % 86_400;
+                format!(
+                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z ",
+                    t / 3600,
+                    t / 60 % 60,
+                    t % 60,
+                    now.subsec_millis()
+                )
+            }
+            Timestamp::Epoch => format!("{secs}: "),
+            Timestamp::Off => String::new(),
+        }
+    }
+}
+
+/// The proleptic Gregorian date of day `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Log lines to standard error: `timestamp LEVEL message`.
 struct Logger;
 
+/// The [`Timestamp`] of the installed logger (an index: 0 RFC 3339, 1 epoch, 2 none).
+static TIMESTAMP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 impl Logger {
-    fn install(level: log::LevelFilter) {
+    fn install(level: log::LevelFilter, timestamp: Timestamp) {
         static LOGGER: Logger = Logger;
+        let index = match timestamp {
+            Timestamp::Rfc3339 => 0,
+            Timestamp::Epoch => 1,
+            Timestamp::Off => 2,
+        };
+        TIMESTAMP.store(index, std::sync::atomic::Ordering::Relaxed);
         if log::set_logger(&LOGGER).is_ok() {
             log::set_max_level(level);
         }
@@ -540,7 +629,15 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            complain!("{:<5} {}", record.level(), record.args());
+            let timestamp = match TIMESTAMP.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => Timestamp::Rfc3339,
+                1 => Timestamp::Epoch,
+                _ => Timestamp::Off,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            complain!("{}{:<5} {}", timestamp.stamp(now), record.level(), record.args());
         }
     }
 
@@ -564,6 +661,20 @@ mod tests {
         assert_eq!(s.config.broker.max_packet_size, 256 * 1024);
         assert_eq!(s.persistence, Some(PathBuf::from("./mqtt_data")));
         assert_eq!(s.config.broker.sys_interval, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_or_mosquittos_epoch_seconds() {
+        let t = Duration::from_millis(1_767_323_045_678); // 2026-01-02T03:04:05.678Z
+        assert_eq!(Timestamp::Rfc3339.stamp(t), "2026-01-02T03:04:05.678Z ");
+        assert_eq!(Timestamp::Epoch.stamp(t), "1767323045: ");
+        assert_eq!(Timestamp::Rfc3339.stamp(Duration::ZERO), "1970-01-01T00:00:00.000Z ");
+        // A leap day.
+        assert_eq!(
+            Timestamp::Rfc3339.stamp(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z "
+        );
+        assert!(Timestamp::parse("iso").unwrap_err().contains("rfc3339, epoch or none"));
     }
 
     #[test]
