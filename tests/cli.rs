@@ -498,3 +498,18 @@ fn every_broker_log_line_has_a_timestamp() {
         }
     }
 }
+
+#[test]
+fn the_final_statistics_are_a_readable_summary() {
+    let port = support::free_port();
+    let mut broker = support::Ternmq::start_on(port, &["--no-persistence"], Stdio::piped());
+    let log = lines(broker.child.stderr.take().unwrap());
+    let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+    let all: Vec<String> = log.iter().collect();
+    let line = all.iter().find(|l| l.contains("statistics")).expect("a statistics line");
+    assert!(line.contains("clients connected 1") && line.contains("messages 1 received"), "{line}");
+    assert!(!all.iter().any(|l| l.contains("Stats {")), "{all:?}");
+}

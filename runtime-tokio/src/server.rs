@@ -414,7 +414,7 @@ impl CoreTask {
     }
 
     async fn shutdown(mut self) {
-        log::info!("{:?}", self.driver.broker().stats());
+        log::info!("{}", stats_summary(self.driver.broker().stats()));
         let now = self.now();
         self.driver.shutdown(now);
         self.act();
@@ -586,6 +586,39 @@ async fn write_all(write: &mut TcpStream, bufs: &mut Vec<Bytes>) -> io::Result<(
     }
     bufs.clear();
     Ok(())
+}
+
+/// The broker's counters as a sentence for the log at shutdown; the counters of rare events
+/// (drops, flow control) only when they are not zero.
+fn stats_summary(s: &ternmq_core::broker::Stats) -> String {
+    let mut out = format!(
+        "statistics since start: connections {} accepted, {} refused; clients connected {}; \
+         messages {} received, {} sent; bytes {} received, {} sent",
+        s.connections_accepted,
+        s.connections_refused,
+        s.clients_connected_total,
+        s.messages_received,
+        s.messages_sent,
+        s.bytes_received,
+        s.bytes_sent
+    );
+    let rare = [
+        (s.dropped_queue_full, "dropped (queue full)"),
+        (s.dropped_slow_consumer, "dropped (slow consumer)"),
+        (s.dropped_expired, "dropped (expired)"),
+        (s.dropped_too_large, "dropped (too large for the receiver)"),
+        (s.dropped_no_member, "dropped (no shared-subscription member left)"),
+        (s.publish_denied, "publishes denied"),
+        (s.sessions_expired, "sessions expired"),
+        (s.acks_delayed, "acknowledgements withheld"),
+        (s.slow_consumers, "slow consumers"),
+        (s.inputs_paused, "publishers paused"),
+        (s.shared_redelivered, "shared-subscription messages redelivered"),
+    ];
+    for (n, what) in rare.into_iter().filter(|(n, _)| *n > 0) {
+        out.push_str(&format!("; {what} {n}"));
+    }
+    out
 }
 
 #[cfg(test)]
