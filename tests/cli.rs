@@ -513,3 +513,21 @@ fn the_final_statistics_are_a_readable_summary() {
     assert!(line.contains("clients connected 1") && line.contains("messages 1 received"), "{line}");
     assert!(!all.iter().any(|l| l.contains("Stats {")), "{all:?}");
 }
+
+#[test]
+fn broker_v_logs_more_than_the_default() {
+    for (flags, verbose) in
+        [(&["--no-persistence"][..], false), (&["--no-persistence", "-v"][..], true)]
+    {
+        let port = support::free_port();
+        let mut broker = support::Ternmq::start_on(port, flags, Stdio::piped());
+        let log = lines(broker.child.stderr.take().unwrap());
+        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+        assert_eq!(code, 0, "{err}");
+        let (_, status) = broker.terminate();
+        assert!(status.success(), "{status}");
+        let all: Vec<String> = log.iter().collect();
+        let peer = all.iter().any(|l| l.contains("new connection from 127.0.0.1:"));
+        assert_eq!(peer, verbose, "{flags:?}: {all:?}");
+    }
+}

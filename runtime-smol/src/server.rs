@@ -307,6 +307,7 @@ impl Core {
                 let peer = PeerInfo { addr: Some(addr), listener };
                 match self.driver.accepted(now, peer, shared.clone()) {
                     Ok(id) => {
+                        log::debug!("new connection from {addr} as {id:?}");
                         self.tasks.push(smol::spawn(conn_loop(
                             stream,
                             id,

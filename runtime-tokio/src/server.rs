@@ -326,6 +326,7 @@ impl CoreTask {
                 let peer = PeerInfo { addr: Some(addr), listener };
                 match self.driver.accepted(now, peer, shared.clone()) {
                     Ok(id) => {
+                        log::debug!("new connection from {addr} as {id:?}");
                         self.tasks.spawn(conn_loop(stream, id, shared, self.tx.clone()));
                     }
                     Err(e) => log::warn!("refused connection from {addr}: {e}"),

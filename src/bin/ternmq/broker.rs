@@ -28,7 +28,8 @@ options:
       --runtime NAME     tokio (default; every core), smol, or std (one thread, least memory)
       --allow-anonymous  accept clients without credentials (on a non-loopback address, or
                          beside a password_file)
-  -v, --verbose          log every connection (same as --log-level debug)
+  -v, --verbose          also log each TCP connection with the peer's address, and the
+                         broker's other events (same as --log-level debug)
       --log-level LEVEL  error, warn, info (default), debug or trace
       --log-timestamp F  rfc3339 (default, UTC), epoch (seconds, as Mosquitto) or none
       --help             print this help
