@@ -18,8 +18,30 @@ use ternmq::codec::{MqttStr, Publish, QoS};
 use ternmq::tokio::{Client, ConnectOptions};
 use ternmq::topic::TopicName;
 
+const USAGE: &str = "\
+usage: command_control [--role controller|device] [--host HOST] [--port PORT]
+                       [--action ACTION]
+
+controller (default): answers commands on devices/+/command and MQTT 5 requests.
+device: sends one command (--action, default turn_on) as a request and prints the answer.";
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In words (`connection refused by ...`), not the error's Debug form.
+            eprintln!("command_control: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let (mut host, mut port, mut role, mut action) =
         ("127.0.0.1".to_string(), 1883u16, "controller".to_string(), "turn_on".to_string());
     let mut it = std::env::args().skip(1);

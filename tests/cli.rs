@@ -531,3 +531,14 @@ fn broker_v_logs_more_than_the_default() {
         assert_eq!(peer, verbose, "{flags:?}: {all:?}");
     }
 }
+
+#[test]
+fn pub_and_sub_say_in_words_that_no_broker_answers() {
+    let port = support::free_port(); // nothing listens there
+    for cmd in [&["pub", "-t", "t", "-m", "x"][..], &["sub", "-t", "t"][..]] {
+        let (code, _, err) = ternmq(&[cmd, &["-p", &port.to_string()]].concat());
+        assert_eq!(code, 1, "{err}");
+        let expected = format!("connection refused by 127.0.0.1:{port} (is a broker running?)");
+        assert!(err.contains(&expected), "{cmd:?}: {err}");
+    }
+}

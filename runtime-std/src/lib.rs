@@ -237,7 +237,8 @@ impl fmt::Debug for SyncClient {
 impl SyncClient {
     /// Connects and waits for the server to accept.
     pub fn connect(options: ConnectOptions) -> Result<SyncClient, Error> {
-        let stream = TcpStream::connect((options.host.as_str(), options.port))?;
+        let stream = TcpStream::connect((options.host.as_str(), options.port))
+            .map_err(|e| driver::dial_error(e, &options.host, options.port))?;
         stream.set_nodelay(true)?;
         let (tx, rx) = sync_channel(options.message_buffer);
         let (dispatch_tx, dispatch_rx) = sync_channel::<Publish>(options.message_buffer);

@@ -65,7 +65,9 @@ pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
     Arc::new(move || {
         let host = Arc::clone(&host);
         Box::pin(async move {
-            let stream = TcpStream::connect((&*host, port)).await?;
+            let stream = TcpStream::connect((&*host, port))
+                .await
+                .map_err(|e| ternmq_core::client::driver::dial_error(e, &host, port))?;
             stream.set_nodelay(true)?;
             Ok(Box::new(stream) as Box<dyn Transport>)
         })

@@ -206,6 +206,24 @@ impl fmt::Display for Error {
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
 
+/// A failed dial to `host:port`, said so that the user can act on it: which address refused,
+/// and the likely reason (`connection refused by 127.0.0.1:1883 (is a broker running?)`), in
+/// place of the bare `Connection refused (os error 111)`. The error kind is kept.
+#[cfg(feature = "std")]
+pub fn dial_error(e: std::io::Error, host: &str, port: u16) -> std::io::Error {
+    use std::io::ErrorKind;
+    let what = match e.kind() {
+        ErrorKind::ConnectionRefused => {
+            alloc::format!("connection refused by {host}:{port} (is a broker running?)")
+        }
+        ErrorKind::TimedOut => {
+            alloc::format!("no answer from {host}:{port} (is the host reachable, the port open?)")
+        }
+        _ => alloc::format!("cannot connect to {host}:{port}: {e}"),
+    };
+    std::io::Error::new(e.kind(), what)
+}
+
 #[cfg(feature = "std")]
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {

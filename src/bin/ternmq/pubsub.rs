@@ -201,10 +201,10 @@ fn lost_words(reason: &DisconnectReason) -> String {
 }
 
 fn connect(o: ConnectOptions) -> Result<SyncClient, String> {
-    let target = format!("{}:{}", o.host, o.port);
     SyncClient::connect(o).map_err(|e| match e {
         Error::Refused(code) => format!("Connection refused: {}", words(code)),
-        Error::Io(e) => format!("Unable to connect to {target}: {e}"),
+        // The client says which address refused and why that may be.
+        Error::Io(e) => format!("Error: {e}"),
         other => format!("Connection error: {other}"),
     })
 }
