@@ -542,3 +542,27 @@ fn pub_and_sub_say_in_words_that_no_broker_answers() {
         assert!(err.contains(&expected), "{cmd:?}: {err}");
     }
 }
+
+#[test]
+fn broker_errors_say_what_to_do() {
+    // The port is taken.
+    let broker = support::Ternmq::start(&[]);
+    let (code, _, err) = ternmq(&["broker", "-p", &broker.port.to_string(), "--no-persistence"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use") && err.contains("--port"), "{err}");
+    // A Mosquitto configuration line in the TOML file.
+    let file = std::env::temp_dir().join(format!("ternmq-cli-mosq-{}.toml", std::process::id()));
+    std::fs::write(&file, "listener 1883\n").unwrap();
+    let (code, _, err) = ternmq(&["broker", "-c", file.to_str().unwrap(), "--no-persistence"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Mosquitto") && err.contains("TOML") && err.contains("port = 1883"),
+        "{err}"
+    );
+    // A misspelt key.
+    std::fs::write(&file, "max_conections = 5\n").unwrap();
+    let (code, _, err) = ternmq(&["broker", "-c", file.to_str().unwrap(), "--no-persistence"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("did you mean `max_connections`?"), "{err}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -197,7 +197,9 @@ fn serve_smol(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), Str
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
     config.store = settings.store();
-    let server = ternmq::smol::Server::bind_blocking(config).map_err(|e| e.to_string())?;
+    let listeners = config.listeners.clone();
+    let server =
+        ternmq::smol::Server::bind_blocking(config).map_err(|e| bind_error(&e, &listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
@@ -212,7 +214,8 @@ fn serve_std(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), Stri
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
     config.store = settings.store();
-    let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
+    let listeners = config.listeners.clone();
+    let server = ternmq::blocking::Server::bind(config).map_err(|e| bind_error(&e, &listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
@@ -223,7 +226,9 @@ fn serve_std(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), Stri
 
 async fn serve(mut settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
     settings.config.store = settings.store();
-    let server = Server::bind(settings.config.clone()).await.map_err(|e| e.to_string())?;
+    let server = Server::bind(settings.config.clone())
+        .await
+        .map_err(|e| bind_error(&e, &settings.config.listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
@@ -306,7 +311,40 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     Ok(Some(s))
 }
 
+/// A failed bind, with what to do about it.
+fn bind_error(e: &std::io::Error, listeners: &[SocketAddr]) -> String {
+    let addrs: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+    let addrs = addrs.join(", ");
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "ternmq broker: cannot listen on {addrs}: the address is in use (is another broker \
+             running? choose another port with --port N)"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "ternmq broker: cannot listen on {addrs}: permission denied (ports below 1024 need \
+             privileges; choose another port with --port N)"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "ternmq broker: cannot listen on {addrs}: no such address on this machine (check \
+             --bind)"
+        ),
+        _ => format!("ternmq broker: cannot listen on {addrs}: {e}"),
+    }
+}
+
+/// Mosquitto's names for options that ternmq calls differently.
+const MOSQUITTO_NAMES: [(&str, &str); 5] = [
+    ("persistence", "enable_persistence"),
+    ("persistence_location", "persistence_path"),
+    ("message_size_limit", "max_packet_size"),
+    ("log_type", "log_level"),
+    ("bind_address", "bind"),
+];
+
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, String> {
+    if let Some(e) = mosquitto_syntax(path, text) {
+        return Err(e);
+    }
     toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
         let key = text
@@ -316,8 +354,89 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig, String> {
             .map(|k| k.trim().trim_matches(['[', ']']))
             .filter(|k| !k.is_empty())
             .unwrap_or("?");
-        format!("{}:{line}: key `{key}`: {}", path.display(), e.message())
+        let message = e.message();
+        if message.starts_with("unknown field") {
+            let valid = expected_fields(message);
+            let hint = MOSQUITTO_NAMES
+                .iter()
+                .find(|(m, _)| *m == key)
+                .map(|(_, ours)| (*ours).to_string())
+                .filter(|ours| valid.iter().any(|v| v == ours))
+                .or_else(|| nearest(key, &valid))
+                .map_or_else(
+                    || format!(" (valid keys: {}; see examples/broker.toml)", valid.join(", ")),
+                    |k| format!("; did you mean `{k}`?"),
+                );
+            return format!("{}:{line}: key `{key}`: unknown{hint}", path.display());
+        }
+        format!("{}:{line}: key `{key}`: {message}", path.display())
     })
+}
+
+/// The field names serde lists in "unknown field `x`, expected one of `a`, `b`".
+fn expected_fields(message: &str) -> Vec<String> {
+    let Some((_, list)) = message.split_once("expected") else { return Vec::new() };
+    list.split('`').skip(1).step_by(2).map(String::from).collect()
+}
+
+/// The key of `valid` nearest to `key`, if near enough to be a typo.
+fn nearest(key: &str, valid: &[String]) -> Option<String> {
+    valid
+        .iter()
+        .map(|v| (edit_distance(key, v), v))
+        .filter(|(d, v)| *d <= 3.max(v.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v.clone())
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A line in Mosquitto's `key value` syntax (`listener 1883`), which is not TOML: says so and
+/// shows the TOML form.
+fn mosquitto_syntax(path: &Path, text: &str) -> Option<String> {
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with('[') || l.contains('=') {
+            continue;
+        }
+        let mut words = l.split_whitespace();
+        let (Some(key), Some(value)) = (words.next(), words.next()) else { continue };
+        if !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            continue;
+        }
+        let toml = match (key, words.next()) {
+            ("listener", Some(addr)) => {
+                format!("[[listener]]\n    port = {value}\n    bind = \"{addr}\"")
+            }
+            ("listener", None) => format!("port = {value}"),
+            _ => {
+                let key = MOSQUITTO_NAMES.iter().find(|(m, _)| *m == key).map_or(key, |(_, o)| o);
+                let plain = value.parse::<f64>().is_ok() || value == "true" || value == "false";
+                if plain { format!("{key} = {value}") } else { format!("{key} = \"{value}\"") }
+            }
+        };
+        return Some(format!(
+            "{}:{}: `{l}` is Mosquitto's configuration syntax, but this file is TOML; write:\n\n    \
+             {toml}\n\n(examples/broker.toml lists every option)",
+            path.display(),
+            i + 1
+        ));
+    }
+    None
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -676,6 +795,37 @@ mod tests {
             "2000-02-29T00:00:00.000Z "
         );
         assert!(Timestamp::parse("iso").unwrap_err().contains("rfc3339, epoch or none"));
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_nearest_valid_one() {
+        let e = parse_file(Path::new("b.toml"), "port = 1883\nmax_conections = 5\n").unwrap_err();
+        assert!(e.contains("did you mean `max_connections`?"), "{e}");
+        let e = parse_file(Path::new("b.toml"), "persistence_location = \"/x\"\n").unwrap_err();
+        assert!(e.contains("did you mean `persistence_path`?"), "{e}");
+        let e = parse_file(Path::new("b.toml"), "zzzzzzzzzzzz = 1\n").unwrap_err();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn mosquitto_syntax_is_named_with_the_toml_form() {
+        let text = "# converted\nlistener 1883\nallow_anonymous true\n";
+        let e = parse_file(Path::new("b.toml"), text).unwrap_err();
+        assert!(e.starts_with("b.toml:2: `listener 1883` is Mosquitto's"), "{e}");
+        assert!(e.contains("TOML") && e.contains("port = 1883"), "{e}");
+        let e = parse_file(Path::new("b.toml"), "listener 1884 0.0.0.0\n").unwrap_err();
+        assert!(e.contains("[[listener]]") && e.contains("bind = \"0.0.0.0\""), "{e}");
+        let e = parse_file(Path::new("b.toml"), "persistence_location /var/lib\n").unwrap_err();
+        assert!(e.contains("persistence_path = \"/var/lib\""), "{e}");
+    }
+
+    #[test]
+    fn address_in_use_suggests_another_port() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let e = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let m = bind_error(&e, &[addr]);
+        assert!(m.contains(&addr.to_string()) && m.contains("--port"), "{m}");
     }
 
     #[test]
