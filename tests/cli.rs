@@ -566,3 +566,180 @@ fn broker_errors_say_what_to_do() {
     assert!(err.contains("did you mean `max_connections`?"), "{err}");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn pub_and_sub_help_list_every_flag_they_take() {
+    let common = [
+        "-h, --host",
+        "-p, --port",
+        "-L, --url",
+        "-V, --protocol-version",
+        "-i, --id",
+        "-I, --id-prefix",
+        "-u, --username",
+        "-P, --pw",
+        "-k, --keepalive",
+        "-c, --disable-clean-session",
+        "-x, --session-expiry-interval",
+        "-D, --property",
+        "--will-topic",
+        "--will-payload",
+        "--will-qos",
+        "--will-retain",
+        "--nodelay",
+        "-d, --debug",
+        "--quiet",
+        "--help",
+        "-q, --qos",
+        "-t, --topic",
+    ];
+    let (code, out, _) = ternmq(&["pub", "--help"]);
+    assert_eq!(code, 0);
+    for flag in common.iter().chain(&[
+        "-m, --message",
+        "-f, --file",
+        "-l, --stdin-line",
+        "-n, --null-message",
+        "-s, --stdin-file",
+        "-r, --retain",
+        "--repeat N",
+        "--repeat-delay",
+    ]) {
+        assert!(out.contains(flag), "pub --help lacks {flag}:\n{out}");
+    }
+    let (code, out, _) = ternmq(&["sub", "--help"]);
+    assert_eq!(code, 0);
+    for flag in common.iter().chain(&[
+        "-U, --unsubscribe",
+        "-T, --filter-out",
+        "-R ",
+        "--retained-only",
+        "--remove-retained",
+        "--retain-as-published",
+        "-C COUNT",
+        "-W SECONDS",
+        "-E ",
+        "-v, --verbose",
+        "-F FORMAT",
+        "-N ",
+        "--pretty",
+        "--random-filter",
+    ]) {
+        assert!(out.contains(flag), "sub --help lacks {flag}:\n{out}");
+    }
+    // Every program prints its usage for --help, decode too.
+    let (code, out, err) = ternmq(&["decode", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("usage"), "{out}");
+}
+
+#[test]
+fn contradictory_flags_are_refused_naming_both() {
+    for (args, both) in [
+        (&["pub", "-t", "a", "-m", "y", "-s"][..], ["-m", "-s"]),
+        (&["pub", "-t", "a", "-f", "x", "-l"][..], ["-f", "-l"]),
+        (&["sub", "-t", "a", "-V", "311", "-x", "60"][..], ["-x", "-V 311"]),
+        (
+            &["pub", "-t", "a", "-m", "y", "-V", "mqttv311", "-D", "publish", "content-type", "x"]
+                [..],
+            ["-D", "-V mqttv311"],
+        ),
+        (&["sub", "-t", "a", "-i", "x", "-I", "y"][..], ["-i", "-I"]),
+        (&["sub", "-t", "a", "-R", "--retained-only"][..], ["-R", "--retained-only"]),
+        (&["sub", "-t", "a", "-F", "%t", "-v"][..], ["-F", "-v"]),
+        (&["pub", "-t", "a", "-L", "mqtt://h/b", "-m", "x"][..], ["-t", "-L"]),
+        (&["pub", "-t", "a", "-m", "x", "--will-qos", "1"][..], ["--will-qos", "--will-topic"]),
+    ] {
+        let (code, _, err) = ternmq(args);
+        assert_eq!(code, 1, "{args:?} was accepted");
+        for flag in both {
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+        assert!(!err.contains("usage"), "{args:?}: the error is lost in the usage: {err}");
+    }
+    // What ternmq does not have is named, not called unknown.
+    let (code, _, err) = ternmq(&["sub", "-t", "a", "--cafile", "ca.pem"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--cafile") && err.contains("TLS"), "{err}");
+    let (code, _, err) = ternmq(&["pub", "-t", "a", "-m", "x", "-D", "publish", "colour", "red"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-D publish colour") && err.contains("content-type"), "{err}");
+    let (code, _, err) = ternmq(&["sub", "-t", "a", "-F", "%k"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-F") && err.contains("%k"), "{err}");
+}
+
+#[test]
+fn mosquitto_sub_output_flags_format_filter_and_retained() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let p = |args: &[&str]| {
+        let (code, _, err) = ternmq(&[&["pub", "-p", &port][..], args].concat());
+        assert_eq!(code, 0, "{args:?}: {err}");
+    };
+    p(&["-t", "f/old", "-m", "kept", "-r", "-q", "1"]);
+    p(&["-t", "f/skip", "-m", "skipped", "-r", "-q", "1"]);
+    // -F with -N, -T: the retained messages, one filtered out.
+    let sub = start_sub(
+        broker.port,
+        &["-t", "f/#", "-T", "f/skip", "-F", "%t|%p|%q|%r|%l;", "-N", "-C", "1", "-W", "10"],
+    );
+    let (code, out, err) = finish(sub);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "f/old|kept|0|1|4;");
+    // --retained-only prints the retained message and stops at the first live one.
+    let (code, out, err) =
+        ternmq(&["sub", "-p", &port, "-t", "f/old", "--retained-only", "-W", "10", "-E"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "-E exits once subscribed");
+    // -R: the retained messages are not sent; a live one is.
+    let mut sub = start_sub(broker.port, &["-t", "f/#", "-R", "-C", "1", "-W", "10", "-v", "-d"]);
+    let out = lines(sub.stdout.take().unwrap());
+    wait_line(&out, "received SUBACK", "-d shows the SUBACK");
+    p(&["-t", "f/live", "-m", "now"]);
+    let line = wait_line(&out, "f/live now", "the live message");
+    assert_eq!(line, "f/live now");
+    assert!(out.try_iter().all(|l| !l.contains("f/old")), "-R: a retained message was printed");
+    let _ = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub exits after -C 1");
+}
+
+#[test]
+fn mosquitto_flags_d_l_i_prefix_and_properties_reach_the_broker() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let url = format!("mqtt://127.0.0.1:{port}/props/t");
+    // -L for both; -D publish user-property read back with -F %P; -I shown by -d.
+    let mut sub = start_sub(
+        broker.port,
+        &["-L", &url, "-F", "%P %C", "-C", "1", "-W", "10", "-d", "-I", "watch-"],
+    );
+    let out = lines(sub.stdout.take().unwrap());
+    let connect = wait_line(&out, "sending CONNECT", "-d shows CONNECT");
+    assert!(connect.starts_with("Client watch-"), "{connect}");
+    wait_line(&out, "received SUBACK", "subscribed");
+    let (code, _, err) = ternmq(&[
+        "pub",
+        "-L",
+        &url,
+        "-m",
+        "x",
+        "-D",
+        "publish",
+        "user-property",
+        "k",
+        "v",
+        "-D",
+        "publish",
+        "content-type",
+        "text/plain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let line = wait_line(&out, "k:v", "the user property and content type");
+    assert_eq!(line, "k:v text/plain");
+    let _ = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub exits after -C 1");
+    // --quiet: a failure says nothing, the status tells.
+    let free = support::free_port().to_string();
+    let (code, _, err) = ternmq(&["pub", "-p", &free, "-t", "t", "-m", "x", "--quiet"]);
+    assert_eq!(code, 1);
+    assert_eq!(err, "");
+}

@@ -36,7 +36,10 @@ use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::client::driver::{self, Answer, CommandError, Driver, Outcome};
-use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
+use ternmq_core::codec::{
+    Decoder, Disconnect, MAX_PACKET_SIZE, Packet, ProtocolVersion, Publish, QoS, ReasonCode,
+    Subscription,
+};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
 
@@ -71,6 +74,65 @@ struct State {
     /// Connection changes not yet taken by [`SyncClient::connection_event`] (the latest
     /// [`MAX_CONNECTION_EVENTS`]).
     events: VecDeque<ConnectionEvent>,
+    /// The packet tracer of [`SyncClient::connect_traced`].
+    trace: Option<Trace>,
+}
+
+/// Which way a traced packet went, for [`SyncClient::connect_traced`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client to the server.
+    Sent,
+    /// From the server to the client.
+    Received,
+}
+
+type Tracer = Box<dyn FnMut(Direction, &Packet) + Send>;
+
+/// Decodes both directions of the connection again, for a tracer.
+struct Trace {
+    handler: Tracer,
+    version: ProtocolVersion,
+    sent: (Decoder, BytesMut),
+    received: (Decoder, BytesMut),
+}
+
+impl Trace {
+    fn new(handler: Tracer, version: ProtocolVersion) -> Trace {
+        Trace {
+            handler,
+            version,
+            // What the client sends starts with CONNECT, which fixes the version.
+            sent: (Decoder::new(None, MAX_PACKET_SIZE), BytesMut::new()),
+            received: (Decoder::new(Some(version), MAX_PACKET_SIZE), BytesMut::new()),
+        }
+    }
+
+    /// A new connection: a new stream each way.
+    fn reset(&mut self) {
+        let handler = std::mem::replace(&mut self.handler, Box::new(|_, _| {}));
+        *self = Trace::new(handler, self.version);
+    }
+
+    fn feed(&mut self, direction: Direction, bytes: &[u8]) {
+        let Trace { handler, sent, received, .. } = self;
+        let (decoder, buf) = match direction {
+            Direction::Sent => sent,
+            Direction::Received => received,
+        };
+        buf.extend_from_slice(bytes);
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(packet)) => handler(direction, &packet),
+                Ok(None) => break,
+                // The client reports what it cannot decode itself; the trace just stops.
+                Err(_) => {
+                    buf.clear();
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// How many connection changes a client keeps for [`SyncClient::connection_event`].
@@ -175,6 +237,9 @@ fn write_out(st: &mut State) {
     if out.is_empty() {
         return;
     }
+    if let Some(trace) = st.trace.as_mut() {
+        trace.feed(Direction::Sent, &out);
+    }
     match st.writer.as_mut().map(|w| w.write_all(&out)) {
         Some(Ok(())) => st.driver.wrote(out.len()),
         _ => close(st),
@@ -237,6 +302,22 @@ impl fmt::Debug for SyncClient {
 impl SyncClient {
     /// Connects and waits for the server to accept.
     pub fn connect(options: ConnectOptions) -> Result<SyncClient, Error> {
+        Self::connect_inner(options, None)
+    }
+
+    /// [`connect`](Self::connect), and calls `trace` with every packet sent and received, from
+    /// the CONNECT on and on every reconnection (as `mosquitto_sub -d` prints them). `trace`
+    /// runs on the thread that moves the bytes, while the client is locked: it must not call
+    /// the client.
+    pub fn connect_traced(
+        options: ConnectOptions,
+        trace: impl FnMut(Direction, &Packet) + Send + 'static,
+    ) -> Result<SyncClient, Error> {
+        Self::connect_inner(options, Some(Box::new(trace)))
+    }
+
+    fn connect_inner(options: ConnectOptions, trace: Option<Tracer>) -> Result<SyncClient, Error> {
+        let version = options.connect.protocol;
         let stream = TcpStream::connect((options.host.as_str(), options.port))
             .map_err(|e| driver::dial_error(e, &options.host, options.port))?;
         stream.set_nodelay(true)?;
@@ -255,6 +336,7 @@ impl SyncClient {
                 redial: false,
                 stopping: false,
                 events: VecDeque::new(),
+                trace: trace.map(|t| Trace::new(t, version)),
             }),
             epoch: StdInstant::now(),
             handlers: Arc::clone(&handlers),
@@ -319,6 +401,13 @@ impl SyncClient {
         Ok(driver::subscription_reason(&codes))
     }
 
+    /// [`subscribe`](Self::subscribe) with every option (No Local, Retain As Published,
+    /// Retain Handling).
+    pub fn subscribe_with(&self, subscription: Subscription) -> Result<ReasonCode, Error> {
+        let codes = self.call(|d, now, w| d.subscribe(now, &[subscription], w))?;
+        Ok(driver::subscription_reason(&codes))
+    }
+
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
     pub fn unsubscribe(&self, filter: &str) -> Result<Vec<ReasonCode>, Error> {
         let f = TopicFilter::new(filter)?;
@@ -368,8 +457,14 @@ impl SyncClient {
 
     /// Sends DISCONNECT, closes the connection and stops the I/O thread.
     pub fn disconnect(&self) -> Result<(), Error> {
+        self.disconnect_with(Disconnect::default())
+    }
+
+    /// [`disconnect`](Self::disconnect) with a reason code and MQTT 5 properties (Session
+    /// Expiry Interval, Reason String, User Properties).
+    pub fn disconnect_with(&self, disconnect: Disconnect) -> Result<(), Error> {
         // Already stopped, or the DISCONNECT lost with the connection: stopped all the same.
-        let _ = self.call(|d, now, w| d.disconnect(now, Disconnect::default(), w));
+        let _ = self.call(|d, now, w| d.disconnect(now, disconnect, w));
         self.stop();
         Ok(())
     }
@@ -457,6 +552,9 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
             }
             let now = shared.now();
             if read > 0 {
+                if let Some(trace) = st.trace.as_mut() {
+                    trace.feed(Direction::Received, &buf[..read]);
+                }
                 input.extend_from_slice(&buf[..read]);
                 st.driver.handle_bytes(now, &mut input);
             }
@@ -481,6 +579,9 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
                     st.writer = Some(w);
                     reader = Some(r);
                     input.clear();
+                    if let Some(trace) = st.trace.as_mut() {
+                        trace.reset();
+                    }
                     st.driver.reconnected(now);
                 }
                 Err(_) => st.driver.dial_failed(now),

@@ -32,7 +32,9 @@ macro_rules! complain {
 
 mod bench;
 mod broker;
+mod format;
 mod passwd;
+mod props;
 mod pubsub;
 mod signals;
 mod store;
@@ -80,14 +82,19 @@ fn main() -> ExitCode {
         Some("pub") => match pubsub::publish(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                complain!("{e}");
+                // Empty with --quiet.
+                if !e.is_empty() {
+                    complain!("{e}");
+                }
                 ExitCode::FAILURE
             }
         },
         Some("sub") => match pubsub::subscribe(&args[1..]) {
             Ok(status) => ExitCode::from(status),
             Err(e) => {
-                complain!("{e}");
+                if !e.is_empty() {
+                    complain!("{e}");
+                }
                 ExitCode::FAILURE
             }
         },
@@ -126,6 +133,16 @@ fn main() -> ExitCode {
     }
 }
 
+const DECODE_USAGE: &str = "\
+usage: ternmq decode [-V 311|5] [--server] HEX...
+
+Decodes MQTT packets written in hex (spaces and colons ignored) with the decoder the broker and
+clients use, and prints each packet with its offset.
+
+  -V 311|5    the protocol version of the stream (default 5)
+  --server    decode as a server: the stream starts with CONNECT, which fixes the version
+  --help      print this help";
+
 /// The Tokio runtime the broker and the load generator run on: one worker thread per CPU this
 /// process may use, or, on one CPU, everything on the calling thread, since a second thread
 /// there only adds a context switch to every hand-over between the broker core and the
@@ -141,6 +158,10 @@ fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn decode(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        say!("{DECODE_USAGE}");
+        return Ok(());
+    }
     let mut version = Some(ProtocolVersion::V5);
     let mut hex = String::new();
     let mut it = args.iter();
