@@ -1,4 +1,4 @@
-//! The seed's command & control example, in two roles.
+//! Command and control over MQTT, in two roles.
 //!
 //! - `--role controller`: subscribes to `devices/+/command`, acts on each command, publishes the
 //!   device status from inside its async message handler, and answers MQTT 5 requests on their
@@ -99,7 +99,7 @@ async fn controller(host: String, port: u16) -> Result<(), Box<dyn std::error::E
         }
     });
     println!("controller ready");
-    // Keep running (the seed waits 24 hours).
+    // Keep running for a day.
     tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The seed's "Basic Broker": an MQTT broker started from code with the seed's options, until
-//! Ctrl-C.
+//! A broker embedded in a program: an MQTT broker started from code with `ternmq broker`'s
+//! default options (persistence on), until Ctrl-C.
 //!
 //! ```sh
 //! cargo run --example embedded_broker -- [--port 1883] [--data-dir ./mqtt_data] [--seconds N]

@@ -1,4 +1,4 @@
-//! The seed's IoT sensor: publishes `{"temp":..}` readings at QoS 1 with a persistent session,
+//! An IoT sensor: publishes `{"temp":..}` readings at QoS 1 with a persistent session,
 //! keeps a retained online status, and leaves a will that marks it offline if it vanishes. It
 //! survives broker restarts through the client's automatic reconnect.
 //!

@@ -1,4 +1,4 @@
-//! The blocking client, as in the seed's "Synchronous Client" example.
+//! The blocking client: connect, subscribe, publish, receive, disconnect.
 //!
 //! ```sh
 //! cargo run --example sync_client -- --host 127.0.0.1 --port 1883

@@ -743,3 +743,34 @@ fn mosquitto_flags_d_l_i_prefix_and_properties_reach_the_broker() {
     assert_eq!(code, 1);
     assert_eq!(err, "");
 }
+
+#[test]
+fn the_docs_speak_in_ternmqs_terms_and_say_what_is_missing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut docs = vec![("README.md".to_string(), readme.clone())];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        docs.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+    }
+    for (name, text) in &docs {
+        assert!(!text.contains("the seed"), "{name} speaks of \"the seed\"");
+    }
+    let missing = readme.split("## Not there yet").nth(1).expect("a \"Not there yet\" section");
+    for what in ["TLS", "WebSocket", "HTTP API", "bridge", "cluster"] {
+        assert!(missing[..600.min(missing.len())].contains(what), "Not there yet: {what}");
+    }
+    // Every mosquitto option sub refuses is in the README's table.
+    for flag in ["--cafile", "-A", "-S", "--proxy", "-o", "-M", "--unix"] {
+        let (code, _, err) = ternmq(&["sub", "-t", "a", flag, "x"]);
+        assert_eq!(code, 1, "{flag}");
+        assert!(!err.contains("unknown option"), "{flag}: {err}");
+        assert!(readme.contains(&format!("`{flag}")), "the README's table lacks {flag}");
+    }
+    // receive_maximum is described the same way in the README and the example config.
+    let toml = std::fs::read_to_string(root.join("examples/broker.toml")).unwrap();
+    for text in [&readme, &toml] {
+        let line = text.lines().find(|l| l.contains("receive_maximum")).unwrap();
+        assert!(line.contains("in flight") && line.contains("QoS 1"), "{line}");
+    }
+}

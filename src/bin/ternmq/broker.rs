@@ -41,8 +41,7 @@ and ignored (reloading the configuration is not supported yet).";
 /// default too).
 const DEFAULT_SYS_INTERVAL: u64 = 10;
 
-/// The options of a broker configuration file. Names follow the seed's broker options where it
-/// names one, and Mosquitto's otherwise.
+/// The options of a broker configuration file. Names follow Mosquitto's where it has the option.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
