@@ -774,3 +774,25 @@ fn the_docs_speak_in_ternmqs_terms_and_say_what_is_missing() {
         assert!(line.contains("in flight") && line.contains("QoS 1"), "{line}");
     }
 }
+
+#[test]
+fn a_signal_while_the_broker_does_not_answer_ends_sub_and_pub_at_once() {
+    // Accepts connections (in the kernel's backlog) and never answers CONNECT.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    for args in [&["sub", "-p", &port, "-t", "t"][..], &["pub", "-p", &port, "-t", "t", "-m", "x"]]
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        support::signal(&child, "INT");
+        let status = support::wait_exit(&mut child, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{args:?}: Ctrl-C did not stop it while connecting"));
+        assert_eq!(status.code(), Some(1), "{args:?}: {status}");
+    }
+    drop(silent);
+}

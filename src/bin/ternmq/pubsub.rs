@@ -606,15 +606,23 @@ pub(crate) fn publish(args: &[String]) -> Result<(), String> {
         }
         other => other,
     };
-    let client = common.connect("pub").map_err(|e| fail(&common, e))?;
     // Ctrl-C or SIGTERM (say while `-l` waits for input): leave with DISCONNECT, so that the
-    // broker drops the will, and exit 0.
-    let on_signal = client.clone();
+    // broker drops the will, and exit 0; before the connection is up, exit 1 at once.
+    let connected: Arc<Mutex<Option<SyncClient>>> = Arc::default();
+    let on_signal = Arc::clone(&connected);
     let goodbye = common.disconnect();
     crate::signals::watch(false, move |_| {
-        let _ = on_signal.disconnect_with(goodbye.clone());
-        std::process::exit(0);
+        let client = on_signal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match client {
+            Some(client) => {
+                let _ = client.disconnect_with(goodbye.clone());
+                std::process::exit(0);
+            }
+            None => std::process::exit(1),
+        }
     })?;
+    let client = common.connect("pub").map_err(|e| fail(&common, e))?;
+    *connected.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
     let properties =
         if common.version.is_v5() { common.properties.publish.clone() } else { Default::default() };
     let send = |payload: Bytes| -> Result<(), String> {
@@ -789,14 +797,20 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
         ));
     }
     // Ctrl-C or SIGTERM: stop at the next turn of the loop below and leave with DISCONNECT,
-    // so that the broker drops the will; the status is 0.
+    // so that the broker drops the will; the status is 0. Before the connection is up (a
+    // broker that does not answer), exit 1 at once.
     let stop = Arc::new(AtomicBool::new(false));
-    let stopping = Arc::clone(&stop);
+    let connected = Arc::new(AtomicBool::new(false));
+    let (stopping, up) = (Arc::clone(&stop), Arc::clone(&connected));
     crate::signals::watch(false, move |_| {
+        if !up.load(Ordering::Acquire) {
+            std::process::exit(1);
+        }
         stopping.store(true, Ordering::Release);
         false
     })?;
     let client = common.connect("sub").map_err(|e| fail(&common, e))?;
+    connected.store(true, Ordering::Release);
     let leave = |client: &SyncClient| {
         let _ = client.disconnect_with(common.disconnect());
     };
