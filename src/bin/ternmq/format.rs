@@ -32,14 +32,23 @@ pub(crate) fn check(format: &str) -> Result<(), String> {
                 if b.get(i) == Some(&b'0') {
                     i += 1;
                 }
-                while b.get(i).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                }
+                let digits = |i: &mut usize| -> Result<(), String> {
+                    let start = *i;
+                    while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                        *i += 1;
+                    }
+                    if *i - start > 4 {
+                        return Err(format!(
+                            "-F: field width or precision {:?} is too large (at most 9999)",
+                            &format[start..*i]
+                        ));
+                    }
+                    Ok(())
+                };
+                digits(&mut i)?;
                 if b.get(i) == Some(&b'.') {
                     i += 1;
-                    while b.get(i).is_some_and(u8::is_ascii_digit) {
-                        i += 1;
-                    }
+                    digits(&mut i)?;
                 }
                 match b.get(i) {
                     None => return Err("-F: incomplete format specifier at the end".into()),
@@ -386,5 +395,8 @@ mod tests {
         assert!(check("abc%").unwrap_err().contains("incomplete"));
         assert!(check("@Q").unwrap_err().contains("'@Q'"));
         assert!(check("\\q").unwrap_err().contains("'\\q'"));
+        assert!(check("%99999p").unwrap_err().contains("too large"));
+        assert!(check("%.99999p").unwrap_err().contains("too large"));
+        check("%9999.9999p").unwrap();
     }
 }

@@ -297,18 +297,21 @@ impl Common {
             }
             None => authority,
         };
-        match host_port.rsplit_once(':') {
-            Some((host, port)) if !host.contains(']') || host.ends_with(']') => {
+        // `host`, `host:port`, `[v6]` or `[v6]:port`.
+        let port = match host_port.rsplit_once(':') {
+            Some((host, port))
+                if !host_port.ends_with(']') && (!host.contains(':') || host.ends_with(']')) =>
+            {
                 self.host = host.trim_matches(['[', ']']).to_string();
-                self.port = port
-                    .parse()
-                    .map_err(|_| format!("-L {url:?}: {port:?} is not a port number"))?;
+                port
             }
             _ => {
                 self.host = host_port.trim_matches(['[', ']']).to_string();
-                self.port = 1883;
+                "1883"
             }
-        }
+        };
+        self.port =
+            port.parse().map_err(|_| format!("-L {url:?}: {port:?} is not a port number"))?;
         if self.host.is_empty() {
             return Err(format!("-L {url:?}: the host is missing"));
         }
@@ -439,8 +442,8 @@ impl Common {
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 /// A packet as mosquitto_pub/_sub -d print it.
@@ -928,4 +931,34 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
     };
     leave(&client);
     Ok(status)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn url(u: &str) -> Result<Common, String> {
+        let mut c = Common::default();
+        c.url(u)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn l_urls_as_mosquitto_reads_them() {
+        let c = url("mqtt://alice:pw@example.org:1884/a/b").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("example.org", 1884));
+        assert_eq!((c.username.as_deref(), c.password.as_deref()), (Some("alice"), Some("pw")));
+        assert_eq!(c.url_topic.as_deref(), Some("a/b"));
+        let c = url("MQTT://h/t").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("h", 1883));
+        let c = url("mqtt://[::1]:1885/t").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 1885));
+        let c = url("mqtt://[::1]/t").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 1883));
+        assert!(url("mqtts://h/t").err().unwrap().contains("TLS"));
+        assert!(url("mqtt://h").err().unwrap().contains("topic is missing"));
+        assert!(url("mqtt://h:x/t").err().unwrap().contains("not a port"));
+        assert!(url("é").err().unwrap().contains("mqtt://"));
+    }
 }
