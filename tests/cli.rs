@@ -796,3 +796,28 @@ fn a_signal_while_the_broker_does_not_answer_ends_sub_and_pub_at_once() {
     }
     drop(silent);
 }
+
+#[test]
+fn sub_remove_retained_and_unsubscribe_work_as_in_mosquitto_sub() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "rr/a", "-m", "old", "-r", "-q", "1"]);
+    assert_eq!(code, 0, "{err}");
+    // --remove-retained prints the retained message and clears it.
+    let (code, out, err) =
+        ternmq(&["sub", "-p", &port, "-t", "rr/#", "--remove-retained", "-C", "1", "-W", "10"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "old");
+    let (code, out, _) = ternmq(&["sub", "-p", &port, "-t", "rr/#", "-W", "1"]);
+    assert_eq!(code, 27, "the retained message is gone: {out}");
+    // -U: subscribed to rr/# and then unsubscribed, so nothing arrives; -x -1 is accepted.
+    let mut sub =
+        start_sub(broker.port, &["-t", "rr/#", "-U", "rr/#", "-W", "3", "-d", "-x", "-1"]);
+    let out = lines(sub.stdout.take().unwrap());
+    wait_line(&out, "received UNSUBACK", "-U unsubscribes");
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "rr/b", "-m", "late"]);
+    assert_eq!(code, 0, "{err}");
+    let status = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("-W 3 ends it");
+    assert_eq!(status.code(), Some(27));
+    assert!(out.try_iter().all(|l| !l.contains("late")), "a message arrived after -U");
+}
