@@ -821,3 +821,19 @@ fn sub_remove_retained_and_unsubscribe_work_as_in_mosquitto_sub() {
     assert_eq!(status.code(), Some(27));
     assert!(out.try_iter().all(|l| !l.contains("late")), "a message arrived after -U");
 }
+
+#[test]
+fn default_client_ids_are_not_the_process_id_alone() {
+    // Process ids repeat across machines and containers (often 1): a default id made of the
+    // pid alone would make two subscribers take over each other's session.
+    let broker = support::Ternmq::start(&[]);
+    let (code, out, err) = ternmq(&["sub", "-p", &broker.port.to_string(), "-t", "x", "-E", "-d"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.contains("sending CONNECT")).unwrap();
+    let id = line.split_whitespace().nth(1).unwrap();
+    let parts: Vec<&str> = id.split('-').collect();
+    assert_eq!(parts.len(), 4, "{id}");
+    assert_eq!(&parts[..2], ["ternmq", "sub"], "{id}");
+    assert!(parts[2].bytes().all(|b| b.is_ascii_digit()), "{id}");
+    assert!(parts[3].len() == 8 && parts[3].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+}

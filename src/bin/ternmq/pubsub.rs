@@ -28,7 +28,7 @@ connection:
   -L, --url URL            mqtt://[USER[:PASS]@]HOST[:PORT]/TOPIC: host, port, credentials and
                            topic at once
   -V, --protocol-version V 5 or mqttv5 (default), 311 or mqttv311, 31 or mqttv31
-  -i, --id ID              client id (default: ternmq-pub-PID / ternmq-sub-PID)
+  -i, --id ID              client id (default: ternmq-pub-PID-RANDOM, ternmq-sub-PID-RANDOM)
   -I, --id-prefix PREFIX   client id PREFIX followed by the process id
   -u, --username USER      user name
   -P, --pw PASS            password
@@ -362,8 +362,9 @@ impl Common {
         match (&self.client_id, &self.id_prefix) {
             (Some(id), _) => id.clone(),
             (None, Some(prefix)) => format!("{prefix}{pid}"),
-            // Chosen here, not by the broker, so that it stays the same across reconnections.
-            (None, None) => format!("ternmq-{role}-{pid}"),
+            // Chosen here, not by the broker, so that it stays the same across reconnections;
+            // random beyond the process id, which repeats across machines and containers.
+            (None, None) => format!("ternmq-{role}-{pid}-{}", id_suffix()),
         }
     }
 
@@ -439,6 +440,19 @@ impl Common {
             other => format!("Connection error: {other}"),
         })
     }
+}
+
+/// Eight random hex digits, the same for the whole process.
+fn id_suffix() -> &'static str {
+    static SUFFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SUFFIX.get_or_init(|| {
+        let mut bytes = [0u8; 4];
+        if getrandom::fill(&mut bytes).is_err() {
+            // No OS generator: the clock's nanoseconds are random enough for an id.
+            bytes = format::now().subsec_nanos().to_le_bytes();
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
