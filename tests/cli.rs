@@ -837,3 +837,21 @@ fn default_client_ids_are_not_the_process_id_alone() {
     assert!(parts[2].bytes().all(|b| b.is_ascii_digit()), "{id}");
     assert!(parts[3].len() == 8 && parts[3].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
 }
+
+#[test]
+fn a_store_held_by_a_running_broker_says_so_to_a_second_broker_and_to_repair() {
+    let dir = std::env::temp_dir().join(format!("ternmq-cli-held-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let broker = support::Ternmq::start_on(support::free_port(), &["--data-dir", d], Stdio::null());
+    for args in
+        [&["broker", "-p", "0", "--data-dir", d][..], &["store", "repair", "--data-dir", d][..]]
+    {
+        let (code, _, err) = ternmq(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains("holds the store") && err.contains("stop it"), "{args:?}: {err}");
+        assert!(!err.contains("ternmq store check"), "{args:?}: {err}");
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -97,8 +97,16 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// The message of a [`StoreError`] for a store another process holds open (a running broker):
+/// the advice is to stop it, not to check or repair a store that is fine.
+const HELD: &str = "another process holds the store open (a running broker?); stop it first, \
+                    or give this one another --data-dir";
+
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message == HELD {
+            return write!(f, "persistent store {}: {HELD}", self.path.display());
+        }
         write!(
             f,
             "persistent store {}: {} (run `ternmq store check` or `ternmq store repair` on it, \
@@ -173,6 +181,7 @@ impl Store {
         let opened = std::panic::catch_unwind(|| Database::create(&path));
         let db = match opened {
             Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(err(HELD.into())),
             Ok(Err(e)) => return Err(err(format!("cannot open: {e}"))),
             Err(_) => return Err(err("damaged: the file is not a complete redb database".into())),
         };
