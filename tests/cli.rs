@@ -855,3 +855,16 @@ fn a_store_held_by_a_running_broker_says_so_to_a_second_broker_and_to_repair() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sub_d_subscribe_sends_a_subscription_identifier() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "sid/a", "-m", "x", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    let args =
+        ["sub", "-p", &port, "-t", "sid/#", "-D", "subscribe", "subscription-identifier", "7"];
+    let (code, out, err) = ternmq(&[&args[..], &["-F", "%S %t", "-C", "1", "-W", "10"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "7 sid/a");
+}

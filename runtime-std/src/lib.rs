@@ -38,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 use ternmq_core::client::driver::{self, Answer, CommandError, Driver, Outcome};
 use ternmq_core::codec::{
     Decoder, Disconnect, MAX_PACKET_SIZE, Packet, ProtocolVersion, Publish, QoS, ReasonCode,
-    Subscription,
+    SubscribeProperties, Subscription,
 };
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
@@ -402,9 +402,14 @@ impl SyncClient {
     }
 
     /// [`subscribe`](Self::subscribe) with every option (No Local, Retain As Published,
-    /// Retain Handling).
-    pub fn subscribe_with(&self, subscription: Subscription) -> Result<ReasonCode, Error> {
-        let codes = self.call(|d, now, w| d.subscribe(now, &[subscription], w))?;
+    /// Retain Handling) and MQTT 5 SUBSCRIBE properties (Subscription Identifier, User
+    /// Properties).
+    pub fn subscribe_with(
+        &self,
+        subscription: Subscription,
+        properties: SubscribeProperties,
+    ) -> Result<ReasonCode, Error> {
+        let codes = self.call(|d, now, w| d.subscribe_with(now, &[subscription], properties, w))?;
         Ok(driver::subscription_reason(&codes))
     }
 

@@ -584,8 +584,25 @@ impl<W> Driver<W> {
         subscriptions: &[Subscription],
         waiter: W,
     ) -> Result<(), CommandError> {
+        self.subscribe_with(
+            now,
+            subscriptions,
+            crate::codec::SubscribeProperties::default(),
+            waiter,
+        )
+    }
+
+    /// [`subscribe`](Self::subscribe) with SUBSCRIBE properties (MQTT 5: a Subscription
+    /// Identifier, User Properties).
+    pub fn subscribe_with(
+        &mut self,
+        now: Instant,
+        subscriptions: &[Subscription],
+        properties: crate::codec::SubscribeProperties,
+        waiter: W,
+    ) -> Result<(), CommandError> {
         self.check_running()?;
-        let id = self.core.subscribe(now, subscriptions)?;
+        let id = self.core.subscribe_with(now, subscriptions, properties)?;
         self.waiters.insert(id.get(), Waiting { waiter, request: true });
         self.sync(now);
         Ok(())

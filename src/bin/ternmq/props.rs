@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use ternmq::codec::{
     ConnectProperties, DisconnectProperties, MqttStr, PayloadFormat, PublishProperties,
-    WillProperties,
+    SubscribeProperties, WillProperties,
 };
 use ternmq::topic::TopicName;
 
@@ -15,6 +15,7 @@ pub(crate) struct Properties {
     pub(crate) publish: PublishProperties,
     pub(crate) will: WillProperties,
     pub(crate) disconnect: DisconnectProperties,
+    pub(crate) subscribe: SubscribeProperties,
     /// Whether any `-D` was given (they need MQTT 5).
     pub(crate) any: bool,
 }
@@ -28,6 +29,7 @@ const PUBLISH: &str = "payload-format-indicator, message-expiry-interval, topic-
 const WILL: &str = "will-delay-interval, payload-format-indicator, message-expiry-interval, \
                     response-topic, correlation-data, content-type, user-property";
 const DISCONNECT: &str = "session-expiry-interval, reason-string, user-property";
+const SUBSCRIBE: &str = "subscription-identifier, user-property";
 
 impl Properties {
     /// Takes one `-D` from `it` (the three or four words after it).
@@ -39,10 +41,10 @@ impl Properties {
         let name = next("the property is missing")?;
         let value = next("the value is missing")?;
         self.any = true;
-        if matches!(command.as_str(), "subscribe" | "unsubscribe" | "auth") {
+        if matches!(command.as_str(), "unsubscribe" | "auth") {
             return Err(format!(
                 "-D {command}: {} properties are not supported yet (the client does not send \
-                 them); connect, publish, will and disconnect are",
+                 them); connect, publish, will, subscribe and disconnect are",
                 command.to_uppercase()
             ));
         }
@@ -76,6 +78,7 @@ impl Properties {
                 "publish" => self.publish.user_properties.push(pair),
                 "will" => self.will.user_properties.push(pair),
                 "disconnect" => self.disconnect.user_properties.push(pair),
+                "subscribe" => self.subscribe.user_properties.push(pair),
                 _ => return Err(unknown_command(&command)),
             }
             return Ok(());
@@ -135,6 +138,16 @@ impl Properties {
                     _ => return Err(unknown(WILL)),
                 }
             }
+            "subscribe" => match name.as_str() {
+                "subscription-identifier" => {
+                    let id = nonzero(&value)?;
+                    if id > 268_435_455 {
+                        return Err(format!("{at}: at most 268435455"));
+                    }
+                    self.subscribe.subscription_identifier = std::num::NonZeroU32::new(id);
+                }
+                _ => return Err(unknown(SUBSCRIBE)),
+            },
             "disconnect" => {
                 let d = &mut self.disconnect;
                 match name.as_str() {
@@ -150,7 +163,7 @@ impl Properties {
 }
 
 fn unknown_command(command: &str) -> String {
-    format!("-D: unknown command {command:?}; use connect, publish, will or disconnect")
+    format!("-D: unknown command {command:?}; use connect, publish, will, subscribe or disconnect")
 }
 
 #[cfg(test)]
@@ -186,8 +199,10 @@ mod tests {
         assert!(e.contains("has no property \"colour\""), "{e}");
         let e = take("connect user-property k").err().unwrap();
         assert!(e.contains("a name and a value"), "{e}");
-        let e = take("subscribe user-property k v").err().unwrap();
+        let e = take("unsubscribe user-property k v").err().unwrap();
         assert!(e.contains("not supported yet"), "{e}");
+        let p = take("subscribe subscription-identifier 5").unwrap();
+        assert_eq!(p.subscribe.subscription_identifier.map(|i| i.get()), Some(5));
         let e = take("publish").err().unwrap();
         assert!(e.contains("-D needs"), "{e}");
     }

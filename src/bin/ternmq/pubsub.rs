@@ -39,7 +39,8 @@ connection:
   -x, --session-expiry-interval SECONDS
                            MQTT 5 session expiry; -1 or \u{221e} for never
   -D, --property COMMAND NAME VALUE
-                           an MQTT 5 property: COMMAND is connect, publish, will or disconnect;
+                           an MQTT 5 property: COMMAND is connect, publish, will, subscribe
+                           or disconnect;
                            e.g. -D publish user-property k v, -D connect session-expiry-interval 60
       --will-topic TOPIC   the will: published by the broker if the connection is lost
       --will-payload MSG, --will-qos QOS, --will-retain
@@ -839,7 +840,12 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
         }
         // Validated above.
         let Ok(filter) = TopicFilter::new(f) else { continue };
-        match client.subscribe_with(Subscription { filter, options }) {
+        let properties = if common.version.is_v5() {
+            common.properties.subscribe.clone()
+        } else {
+            Default::default()
+        };
+        match client.subscribe_with(Subscription { filter, options }, properties) {
             Ok(code) if code.is_error() => {
                 leave(&client);
                 return Err(fail(
