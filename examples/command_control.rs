@@ -1,4 +1,4 @@
-//! The seed's command & control example, in two roles.
+//! Command and control over MQTT, in two roles.
 //!
 //! - `--role controller`: subscribes to `devices/+/command`, acts on each command, publishes the
 //!   device status from inside its async message handler, and answers MQTT 5 requests on their
@@ -18,8 +18,30 @@ use ternmq::codec::{MqttStr, Publish, QoS};
 use ternmq::tokio::{Client, ConnectOptions};
 use ternmq::topic::TopicName;
 
+const USAGE: &str = "\
+usage: command_control [--role controller|device] [--host HOST] [--port PORT]
+                       [--action ACTION]
+
+controller (default): answers commands on devices/+/command and MQTT 5 requests.
+device: sends one command (--action, default turn_on) as a request and prints the answer.";
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In words (`connection refused by ...`), not the error's Debug form.
+            eprintln!("command_control: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let (mut host, mut port, mut role, mut action) =
         ("127.0.0.1".to_string(), 1883u16, "controller".to_string(), "turn_on".to_string());
     let mut it = std::env::args().skip(1);
@@ -77,7 +99,7 @@ async fn controller(host: String, port: u16) -> Result<(), Box<dyn std::error::E
         }
     });
     println!("controller ready");
-    // Keep running (the seed waits 24 hours).
+    // Keep running for a day.
     tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
     Ok(())
 }

@@ -49,8 +49,29 @@ impl AsyncAuthenticator for Database {
     }
 }
 
+const USAGE: &str = "\
+usage: custom_auth [--port PORT] [--seconds N]
+
+An MQTT broker on 127.0.0.1 (default port 1883) whose users (alice/wonderland,
+bob/builder) are checked by an asynchronous authenticator, until Ctrl-C or for N seconds.";
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In words (`connection refused by ...`), not the error's Debug form.
+            eprintln!("custom_auth: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let mut port = 1883u16;
     let mut seconds = None;
     let mut args = std::env::args().skip(1);

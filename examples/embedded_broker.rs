@@ -1,5 +1,5 @@
-//! The seed's "Basic Broker": an MQTT broker started from code with the seed's options, until
-//! Ctrl-C.
+//! A broker embedded in a program: an MQTT broker started from code with `ternmq broker`'s
+//! default options (persistence on), until Ctrl-C.
 //!
 //! ```sh
 //! cargo run --example embedded_broker -- [--port 1883] [--data-dir ./mqtt_data] [--seconds N]
@@ -11,8 +11,29 @@ use std::time::Duration;
 use ternmq::codec::QoS;
 use ternmq::tokio::{Durability, Server, ServerConfig, StoreConfig};
 
+const USAGE: &str = "\
+usage: embedded_broker [--port PORT] [--data-dir DIR] [--seconds N]
+
+An MQTT broker started from code on 127.0.0.1 (default port 1883), with persistence in DIR
+(default ./mqtt_data), until Ctrl-C or for N seconds.";
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In words (`connection refused by ...`), not the error's Debug form.
+            eprintln!("embedded_broker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let mut port = 1883u16;
     let mut data_dir = PathBuf::from("./mqtt_data");
     let mut seconds = None;

@@ -1,4 +1,4 @@
-//! The seed's IoT sensor: publishes `{"temp":..}` readings at QoS 1 with a persistent session,
+//! An IoT sensor: publishes `{"temp":..}` readings at QoS 1 with a persistent session,
 //! keeps a retained online status, and leaves a will that marks it offline if it vanishes. It
 //! survives broker restarts through the client's automatic reconnect.
 //!
@@ -14,8 +14,29 @@ use ternmq::topic::TopicName;
 
 const STATUS: &str = "sensors/temp/001/status";
 
+const USAGE: &str = "\
+usage: iot_sensor [--host HOST] [--port PORT] [--count N] [--interval-ms MS]
+
+A temperature sensor: publishes {\"temp\":..} readings to sensors/temp/001 at QoS 1 (every
+10 s by default), keeps a retained online status and leaves a will that marks it offline.";
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In words (`connection refused by ...`), not the error's Debug form.
+            eprintln!("iot_sensor: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let args = Args::parse()?;
     let mut options = ConnectOptions::new(args.host, args.port);
     options.connect.client_id = MqttStr::from_static("temp_sensor_001");

@@ -13,7 +13,28 @@ use std::time::Duration;
 use ternmq::codec::QoS;
 use ternmq::smol::{Client, ConnectOptions};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+const USAGE: &str = "\
+usage: smol_client [--host HOST] [--port PORT]
+
+The smol client: connects to an MQTT broker (default 127.0.0.1:1883), subscribes to
+sensor/#, publishes 22.5 to sensor/temp at QoS 2, prints what comes back, and disconnects.";
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In words (`connection refused by ...`), not the error's Debug form.
+            eprintln!("smol_client: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let (host, port) = host_and_port()?;
     smol::block_on(async {
         let client = Client::connect(ConnectOptions::new(host, port)).await?;

@@ -1,4 +1,4 @@
-//! The blocking client, as in the seed's "Synchronous Client" example.
+//! The blocking client: connect, subscribe, publish, receive, disconnect.
 //!
 //! ```sh
 //! cargo run --example sync_client -- --host 127.0.0.1 --port 1883
@@ -12,7 +12,28 @@ use std::time::Duration;
 use ternmq::blocking::{ConnectOptions, SyncClient};
 use ternmq::codec::QoS;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+const USAGE: &str = "\
+usage: sync_client [--host HOST] [--port PORT]
+
+Connects to an MQTT broker (default 127.0.0.1:1883), subscribes to topic/#, publishes
+`data` to `topic` at QoS 1, prints what comes back, and disconnects.";
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In words (`connection refused by ...`), not the error's Debug form.
+            eprintln!("sync_client: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let (host, port) = host_and_port()?;
 
     // Blocking connect.

@@ -49,4 +49,7 @@ if ! python3 -c "import paho.mqtt.client" >/dev/null 2>&1; then
 fi
 
 export TERNMQ_REQUIRE_INTEROP=1
+# The simulation test runs 2,000 seeds (about two minutes in a debug build on two cores); it
+# prints "simulation: N of 2000 seeds done" every 10 s on standard error, uncaptured.
+echo "scripts/test.sh: running every test; the simulation reports its progress every 10 s" >&2
 exec cargo test --workspace --all-features "$@"

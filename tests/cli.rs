@@ -4,8 +4,9 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn ternmq(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ternmq")).args(args).output().unwrap();
@@ -191,8 +192,703 @@ fn a_damaged_store_stops_the_broker_with_the_file_and_the_way_out() {
     assert!(out.contains("ternmq.redb.bak-"), "{out}");
     let kept = std::fs::read_dir(&dir).unwrap().count();
     assert_eq!(kept, 1, "the damaged file is kept aside");
-    let (code, out, _) = ternmq(&["store", "check", "--data-dir", d]);
-    assert_eq!(code, 0, "a fresh store is created and readable");
-    assert!(out.contains("readable"), "{out}");
+    // With the store set aside there is none to check, and check creates none.
+    let (code, _, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no store at") && err.contains("ternmq.redb"), "{err}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "check creates nothing");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn store_check_reads_only_and_says_when_there_is_no_store_or_a_broker_holds_it() {
+    let dir = std::env::temp_dir().join(format!("ternmq-cli-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    // A mistyped --data-dir: said so, and nothing created.
+    let (code, out, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("no store at") && err.contains(d), "{err}");
+    assert!(!dir.exists(), "check created {d}");
+    // A broker holds the store: said so, with what to do.
+    let port = support::free_port();
+    let broker = support::Ternmq::start_on(port, &["--data-dir", d], Stdio::null());
+    let (code, _, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_ne!(code, 0);
+    assert!(err.contains("a running broker holds the store") && err.contains("stop"), "{err}");
+    assert!(!err.contains("run `ternmq store check`"), "{err}");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+    // Stopped: the check reads it and leaves the file as it was.
+    let file = dir.join("ternmq.redb");
+    let before = std::fs::read(&file).unwrap();
+    let (code, out, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("readable"), "{out}");
+    assert!(std::fs::read(&file).unwrap() == before, "check changed the file");
+    // Killed (not closed cleanly): redb's repair on opening happens in memory only.
+    let broker = support::Ternmq::start_on(port, &["--data-dir", d], Stdio::null());
+    let (code, _, err) =
+        ternmq(&["pub", "-p", &port.to_string(), "-t", "kept", "-m", "x", "-q", "1", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    drop(broker); // SIGKILL
+    let before = std::fs::read(&file).unwrap();
+    let (code, out, err) = ternmq(&["store", "check", "--data-dir", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 retained"), "{out}");
+    assert!(std::fs::read(&file).unwrap() == before, "check changed the file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sub_c_keeps_its_session_in_mqtt_5_like_mosquitto_sub() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    for v in ["5", "311"] {
+        let id = format!("keeper{v}");
+        let topic = format!("keep/{v}");
+        let sub = ["sub", "-p", &port, "-V", v, "-c", "-i", &id, "-t", &topic, "-q", "1"];
+        // Subscribe, then leave (after -W 1: status 27).
+        let (code, _, err) = ternmq(&[&sub[..], &["-W", "1"]].concat());
+        assert_eq!(code, 27, "{err}");
+        let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", &topic, "-m", "kept", "-q", "1"]);
+        assert_eq!(code, 0, "{err}");
+        // The same subscriber again: the session kept the message.
+        let (code, out, err) = ternmq(&[&sub[..], &["-C", "1", "-W", "10"]].concat());
+        assert_eq!(code, 0, "-V {v}: {err}");
+        assert_eq!(out.trim(), "kept", "-V {v}");
+    }
+}
+
+/// A client of the test's own that watches `filter` (subscribed when this returns).
+fn watcher(port: u16, filter: &str) -> ternmq::blocking::SyncClient {
+    let client = ternmq::blocking::SyncClient::connect(ternmq::blocking::ConnectOptions::new(
+        "127.0.0.1",
+        port,
+    ))
+    .unwrap();
+    client.subscribe(filter, ternmq::codec::QoS::AtLeastOnce).unwrap();
+    client
+}
+
+#[test]
+fn sigint_and_sigterm_stop_sub_and_pub_with_disconnect_so_no_will_fires() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let wills = watcher(broker.port, "wills/#");
+    let seen = watcher(broker.port, "sig/#");
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "sig/ready", "-m", "ready", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    let _ = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    for sig in ["INT", "TERM"] {
+        // `sub`: the retained marker says it is subscribed.
+        let will = format!("wills/sub{sig}");
+        let mut sub = start_sub(broker.port, &["-t", "sig/ready", "--will-topic", &will]);
+        let mut line = String::new();
+        BufReader::new(sub.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        support::signal(&sub, sig);
+        let status = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub stops");
+        assert_eq!(status.code(), Some(0), "sub after SIG{sig}: {status}");
+
+        // `pub -l` waiting for its next line: its first line says it is connected.
+        let will = format!("wills/pub{sig}");
+        let mut publ = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(["pub", "-p", &port, "-t", "sig/lines", "-l", "--will-topic", &will])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = publ.stdin.take().unwrap();
+        stdin.write_all(b"first\n").unwrap();
+        let m = seen.recv_timeout(Duration::from_secs(10)).expect("the first line");
+        assert_eq!(&m.payload[..], b"first");
+        support::signal(&publ, sig);
+        let status = support::wait_exit(&mut publ, Duration::from_secs(10)).expect("pub stops");
+        assert_eq!(status.code(), Some(0), "pub -l after SIG{sig}: {status}");
+        drop(stdin);
+    }
+    if let Some(m) = wills.recv_timeout(Duration::from_secs(2)) {
+        panic!("a will was published on {}", m.topic);
+    }
+}
+
+#[test]
+fn broker_stops_on_sigterm_when_its_stdout_is_a_closed_pipe() {
+    // `ternmq broker | head -1`: the reader goes away after the first line.
+    for runtime in ["tokio", "std", "smol"] {
+        let port = support::free_port();
+        let mut broker = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(["broker", "-p", &port.to_string(), "--no-persistence", "--runtime", runtime])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(broker.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(first.starts_with("ternmq"), "{first}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{runtime}: the broker did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        support::signal(&broker, "TERM");
+        let status = support::wait_exit(&mut broker, Duration::from_secs(15));
+        let status = status.unwrap_or_else(|| panic!("{runtime}: SIGTERM did not stop the broker"));
+        assert!(status.success(), "{runtime}: {status}");
+    }
+}
+
+/// The lines `reader` yields, on a channel (so that a test can wait for one with a time limit).
+fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The first line from `rx` within 20 s that contains `needle` (the lines before it are
+/// dropped); panics with `what` if none comes.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => eprintln!("(skipped: {line})"),
+            Err(e) => panic!("no line with {needle:?}: {what} ({e})"),
+        }
+    }
+}
+
+/// The client id in a broker log line `... client ID connected ...`.
+fn connected_id(line: &str) -> String {
+    let after = line.split("client ").nth(1).unwrap();
+    after.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn sub_says_when_the_connection_is_lost_and_keeps_its_client_id_across_reconnects() {
+    let port = support::free_port();
+    let args = ["--no-persistence"];
+    let broker = support::Ternmq::start_on(port, &args, Stdio::piped());
+    let mut broker = broker;
+    let log = lines(broker.child.stderr.take().unwrap());
+    let (code, _, e) = ternmq(&["pub", "-p", &port.to_string(), "-t", "back/r", "-m", "r", "-r"]);
+    assert_eq!(code, 0, "{e}");
+    wait_line(&log, " connected (", "the publisher connects");
+    // MQTT 3.1.1 has no DISCONNECT from the broker: a broker that stops is a lost connection.
+    let mut sub = start_sub(port, &["-V", "311", "-t", "back/#", "-q", "1"]);
+    let out = lines(sub.stdout.take().unwrap());
+    let err = lines(sub.stderr.take().unwrap());
+    let first = connected_id(&wait_line(&log, " connected (", "the subscriber connects"));
+    wait_line(&out, "r", "the subscriber gets the retained message, so it is subscribed");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+    wait_line(&err, "lost", "sub says that the connection was lost");
+    let mut broker = support::Ternmq::start_on(port, &args, Stdio::piped());
+    let log = lines(broker.child.stderr.take().unwrap());
+    let again = connected_id(&wait_line(&log, " connected (", "the subscriber reconnects"));
+    assert_eq!(again, first, "the client id is kept");
+    wait_line(&err, "Reconnected", "sub says that it is connected again");
+    // Subscribed again: a message gets through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _, e) = ternmq(&["pub", "-p", &port.to_string(), "-t", "back/x", "-m", "hi"]);
+        assert_eq!(code, 0, "{e}");
+        if let Ok(line) = out.recv_timeout(Duration::from_millis(300)) {
+            assert_eq!(line, "hi");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no message after the reconnection");
+    }
+    support::signal(&sub, "TERM");
+    assert!(support::wait_exit(&mut sub, Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn sub_exits_like_mosquitto_sub_when_the_broker_says_it_is_shutting_down() {
+    let broker = support::Ternmq::start(&[]);
+    let (code, _, err) =
+        ternmq(&["pub", "-p", &broker.port.to_string(), "-t", "bye", "-m", "r", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    let mut sub = start_sub(broker.port, &["-V", "5", "-t", "bye"]);
+    let out = lines(sub.stdout.take().unwrap());
+    wait_line(&out, "r", "sub is subscribed");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+    // mosquitto_sub -V 5 ends with status 0 on a DISCONNECT from the broker; it does not retry.
+    let status = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub exits");
+    let (_, _, err) = finish(sub);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("server shutting down"), "{err}");
+}
+
+#[test]
+fn broker_publishes_sys_statistics_by_default_like_mosquitto() {
+    let broker = support::Ternmq::start(&[]);
+    let sub = start_sub(broker.port, &["-t", "$SYS/broker/version", "-C", "1", "-W", "15"]);
+    let (code, out, err) = finish(sub);
+    assert_eq!(code, 0, "no $SYS/broker/version within 15 s: {err}");
+    assert!(out.starts_with("ternmq"), "{out}");
+}
+
+#[test]
+fn sighup_is_logged_and_the_broker_keeps_running() {
+    let port = support::free_port();
+    let mut broker = support::Ternmq::start_on(port, &["--no-persistence"], Stdio::piped());
+    let log = lines(broker.child.stderr.take().unwrap());
+    support::signal(&broker.child, "HUP");
+    let line = wait_line(&log, "SIGHUP", "the broker logs the signal");
+    assert!(line.contains("not supported"), "{line}");
+    assert!(broker.child.try_wait().unwrap().is_none(), "SIGHUP stopped the broker");
+    let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "hup", "-m", "x"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
+}
+
+/// Whether `line` starts with an RFC 3339 UTC timestamp (`2026-01-02T03:04:05.678Z `).
+fn rfc3339_stamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    b.len() > 25
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && digits(20..23)
+        && &line[23..25] == "Z "
+}
+
+#[test]
+fn every_broker_log_line_has_a_timestamp() {
+    for (flag, check) in [
+        ("rfc3339", rfc3339_stamped as fn(&str) -> bool),
+        ("epoch", |l: &str| {
+            l.split_once(": ")
+                .is_some_and(|(s, _)| s.len() >= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+        }),
+    ] {
+        let port = support::free_port();
+        let args = ["--no-persistence", "--log-timestamp", flag];
+        let mut broker = support::Ternmq::start_on(port, &args, Stdio::piped());
+        let log = lines(broker.child.stderr.take().unwrap());
+        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+        assert_eq!(code, 0, "{err}");
+        let (_, status) = broker.terminate();
+        assert!(status.success(), "{status}");
+        let all: Vec<String> = log.iter().collect();
+        assert!(all.iter().any(|l| l.contains(" connected (")), "{all:?}");
+        for line in &all {
+            assert!(check(line), "--log-timestamp {flag}: {line:?}");
+        }
+    }
+}
+
+#[test]
+fn the_final_statistics_are_a_readable_summary() {
+    for runtime in ["tokio", "std", "smol"] {
+        let port = support::free_port();
+        let flags = ["--no-persistence", "--runtime", runtime];
+        let mut broker = support::Ternmq::start_on(port, &flags, Stdio::piped());
+        let log = lines(broker.child.stderr.take().unwrap());
+        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+        assert_eq!(code, 0, "{err}");
+        let (_, status) = broker.terminate();
+        assert!(status.success(), "{runtime}: {status}");
+        let all: Vec<String> = log.iter().collect();
+        let line = all.iter().find(|l| l.contains("statistics")).expect("a statistics line");
+        let counted = line.contains("clients connected 1") && line.contains("messages 1 received");
+        assert!(counted, "{runtime}: {line}");
+        assert!(!all.iter().any(|l| l.contains("Stats {")), "{runtime}: {all:?}");
+    }
+}
+
+#[test]
+fn broker_v_logs_more_than_the_default() {
+    for (flags, verbose) in
+        [(&["--no-persistence"][..], false), (&["--no-persistence", "-v"][..], true)]
+    {
+        let port = support::free_port();
+        let mut broker = support::Ternmq::start_on(port, flags, Stdio::piped());
+        let log = lines(broker.child.stderr.take().unwrap());
+        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+        assert_eq!(code, 0, "{err}");
+        let (_, status) = broker.terminate();
+        assert!(status.success(), "{status}");
+        let all: Vec<String> = log.iter().collect();
+        let peer = all.iter().any(|l| l.contains("new connection from 127.0.0.1:"));
+        assert_eq!(peer, verbose, "{flags:?}: {all:?}");
+    }
+}
+
+#[test]
+fn pub_and_sub_say_in_words_that_no_broker_answers() {
+    let port = support::free_port(); // nothing listens there
+    for cmd in [&["pub", "-t", "t", "-m", "x"][..], &["sub", "-t", "t"][..]] {
+        let (code, _, err) = ternmq(&[cmd, &["-p", &port.to_string()]].concat());
+        assert_eq!(code, 1, "{err}");
+        let expected = format!("connection refused by 127.0.0.1:{port} (is a broker running?)");
+        assert!(err.contains(&expected), "{cmd:?}: {err}");
+    }
+}
+
+#[test]
+fn broker_errors_say_what_to_do() {
+    // The port is taken.
+    let broker = support::Ternmq::start(&[]);
+    let (code, _, err) = ternmq(&["broker", "-p", &broker.port.to_string(), "--no-persistence"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use") && err.contains("--port"), "{err}");
+    // A Mosquitto configuration line in the TOML file.
+    let file = std::env::temp_dir().join(format!("ternmq-cli-mosq-{}.toml", std::process::id()));
+    std::fs::write(&file, "listener 1883\n").unwrap();
+    let (code, _, err) = ternmq(&["broker", "-c", file.to_str().unwrap(), "--no-persistence"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Mosquitto") && err.contains("TOML") && err.contains("port = 1883"),
+        "{err}"
+    );
+    // A misspelt key.
+    std::fs::write(&file, "max_conections = 5\n").unwrap();
+    let (code, _, err) = ternmq(&["broker", "-c", file.to_str().unwrap(), "--no-persistence"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("did you mean `max_connections`?"), "{err}");
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn pub_and_sub_help_list_every_flag_they_take() {
+    let common = [
+        "-h, --host",
+        "-p, --port",
+        "-L, --url",
+        "-V, --protocol-version",
+        "-i, --id",
+        "-I, --id-prefix",
+        "-u, --username",
+        "-P, --pw",
+        "-k, --keepalive",
+        "-c, --disable-clean-session",
+        "-x, --session-expiry-interval",
+        "-D, --property",
+        "--will-topic",
+        "--will-payload",
+        "--will-qos",
+        "--will-retain",
+        "--nodelay",
+        "-d, --debug",
+        "--quiet",
+        "--help",
+        "-q, --qos",
+        "-t, --topic",
+    ];
+    let (code, out, _) = ternmq(&["pub", "--help"]);
+    assert_eq!(code, 0);
+    for flag in common.iter().chain(&[
+        "-m, --message",
+        "-f, --file",
+        "-l, --stdin-line",
+        "-n, --null-message",
+        "-s, --stdin-file",
+        "-r, --retain",
+        "--repeat N",
+        "--repeat-delay",
+    ]) {
+        assert!(out.contains(flag), "pub --help lacks {flag}:\n{out}");
+    }
+    let (code, out, _) = ternmq(&["sub", "--help"]);
+    assert_eq!(code, 0);
+    for flag in common.iter().chain(&[
+        "-U, --unsubscribe",
+        "-T, --filter-out",
+        "-R ",
+        "--retained-only",
+        "--remove-retained",
+        "--retain-as-published",
+        "-C COUNT",
+        "-W SECONDS",
+        "-E ",
+        "-v, --verbose",
+        "-F FORMAT",
+        "-N ",
+        "--pretty",
+        "--random-filter",
+    ]) {
+        assert!(out.contains(flag), "sub --help lacks {flag}:\n{out}");
+    }
+    // Every program prints its usage for --help, decode too.
+    let (code, out, err) = ternmq(&["decode", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("usage"), "{out}");
+}
+
+#[test]
+fn contradictory_flags_are_refused_naming_both() {
+    for (args, both) in [
+        (&["pub", "-t", "a", "-m", "y", "-s"][..], ["-m", "-s"]),
+        (&["pub", "-t", "a", "-f", "x", "-l"][..], ["-f", "-l"]),
+        (&["sub", "-t", "a", "-V", "311", "-x", "60"][..], ["-x", "-V 311"]),
+        (
+            &["pub", "-t", "a", "-m", "y", "-V", "mqttv311", "-D", "publish", "content-type", "x"]
+                [..],
+            ["-D", "-V mqttv311"],
+        ),
+        (&["sub", "-t", "a", "-i", "x", "-I", "y"][..], ["-i", "-I"]),
+        (&["sub", "-t", "a", "-R", "--retained-only"][..], ["-R", "--retained-only"]),
+        (&["sub", "-t", "a", "-F", "%t", "-v"][..], ["-F", "-v"]),
+        (&["pub", "-t", "a", "-L", "mqtt://h/b", "-m", "x"][..], ["-t", "-L"]),
+        (&["pub", "-t", "a", "-m", "x", "--will-qos", "1"][..], ["--will-qos", "--will-topic"]),
+    ] {
+        let (code, _, err) = ternmq(args);
+        assert_eq!(code, 1, "{args:?} was accepted");
+        for flag in both {
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+        assert!(!err.contains("usage"), "{args:?}: the error is lost in the usage: {err}");
+    }
+    // What ternmq does not have is named, not called unknown.
+    let (code, _, err) = ternmq(&["sub", "-t", "a", "--cafile", "ca.pem"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--cafile") && err.contains("TLS"), "{err}");
+    let (code, _, err) = ternmq(&["pub", "-t", "a", "-m", "x", "-D", "publish", "colour", "red"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-D publish colour") && err.contains("content-type"), "{err}");
+    let (code, _, err) = ternmq(&["sub", "-t", "a", "-F", "%k"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-F") && err.contains("%k"), "{err}");
+}
+
+#[test]
+fn mosquitto_sub_output_flags_format_filter_and_retained() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let p = |args: &[&str]| {
+        let (code, _, err) = ternmq(&[&["pub", "-p", &port][..], args].concat());
+        assert_eq!(code, 0, "{args:?}: {err}");
+    };
+    p(&["-t", "f/old", "-m", "kept", "-r", "-q", "1"]);
+    p(&["-t", "f/skip", "-m", "skipped", "-r", "-q", "1"]);
+    // -F with -N, -T: the retained messages, one filtered out.
+    let sub = start_sub(
+        broker.port,
+        &["-t", "f/#", "-T", "f/skip", "-F", "%t|%p|%q|%r|%l;", "-N", "-C", "1", "-W", "10"],
+    );
+    let (code, out, err) = finish(sub);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "f/old|kept|0|1|4;");
+    // --retained-only prints the retained message and stops at the first live one.
+    let (code, out, err) =
+        ternmq(&["sub", "-p", &port, "-t", "f/old", "--retained-only", "-W", "10", "-E"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "", "-E exits once subscribed");
+    // -R: the retained messages are not sent; a live one is.
+    let mut sub = start_sub(broker.port, &["-t", "f/#", "-R", "-C", "1", "-W", "10", "-v", "-d"]);
+    let out = lines(sub.stdout.take().unwrap());
+    wait_line(&out, "received SUBACK", "-d shows the SUBACK");
+    p(&["-t", "f/live", "-m", "now"]);
+    let line = wait_line(&out, "f/live now", "the live message");
+    assert_eq!(line, "f/live now");
+    assert!(out.try_iter().all(|l| !l.contains("f/old")), "-R: a retained message was printed");
+    let _ = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub exits after -C 1");
+}
+
+#[test]
+fn mosquitto_flags_d_l_i_prefix_and_properties_reach_the_broker() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let url = format!("mqtt://127.0.0.1:{port}/props/t");
+    // -L for both; -D publish user-property read back with -F %P; -I shown by -d.
+    let mut sub = start_sub(
+        broker.port,
+        &["-L", &url, "-F", "%P %C", "-C", "1", "-W", "10", "-d", "-I", "watch-"],
+    );
+    let out = lines(sub.stdout.take().unwrap());
+    let connect = wait_line(&out, "sending CONNECT", "-d shows CONNECT");
+    assert!(connect.starts_with("Client watch-"), "{connect}");
+    wait_line(&out, "received SUBACK", "subscribed");
+    let (code, _, err) = ternmq(&[
+        "pub",
+        "-L",
+        &url,
+        "-m",
+        "x",
+        "-D",
+        "publish",
+        "user-property",
+        "k",
+        "v",
+        "-D",
+        "publish",
+        "content-type",
+        "text/plain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let line = wait_line(&out, "k:v", "the user property and content type");
+    assert_eq!(line, "k:v text/plain");
+    let _ = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("sub exits after -C 1");
+    // --quiet: a failure says nothing, the status tells.
+    let free = support::free_port().to_string();
+    let (code, _, err) = ternmq(&["pub", "-p", &free, "-t", "t", "-m", "x", "--quiet"]);
+    assert_eq!(code, 1);
+    assert_eq!(err, "");
+}
+
+#[test]
+fn the_docs_speak_in_ternmqs_terms_and_say_what_is_missing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut docs = vec![("README.md".to_string(), readme.clone())];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        docs.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+    }
+    for (name, text) in &docs {
+        assert!(!text.contains("the seed"), "{name} speaks of \"the seed\"");
+    }
+    let missing = readme.split("## Not there yet").nth(1).expect("a \"Not there yet\" section");
+    for what in ["TLS", "WebSocket", "HTTP API", "bridge", "cluster"] {
+        assert!(missing[..600.min(missing.len())].contains(what), "Not there yet: {what}");
+    }
+    // Every mosquitto option sub refuses is in the README's table.
+    for flag in ["--cafile", "-A", "-S", "--proxy", "-o", "-M", "--unix"] {
+        let (code, _, err) = ternmq(&["sub", "-t", "a", flag, "x"]);
+        assert_eq!(code, 1, "{flag}");
+        assert!(!err.contains("unknown option"), "{flag}: {err}");
+        assert!(readme.contains(&format!("`{flag}")), "the README's table lacks {flag}");
+    }
+    // receive_maximum is described the same way in the README and the example config.
+    let toml = std::fs::read_to_string(root.join("examples/broker.toml")).unwrap();
+    for text in [&readme, &toml] {
+        let line = text.lines().find(|l| l.contains("receive_maximum")).unwrap();
+        assert!(line.contains("in flight") && line.contains("QoS 1"), "{line}");
+    }
+}
+
+#[test]
+fn a_signal_while_the_broker_does_not_answer_ends_sub_and_pub_at_once() {
+    // Accepts connections (in the kernel's backlog) and never answers CONNECT.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    for args in [&["sub", "-p", &port, "-t", "t"][..], &["pub", "-p", &port, "-t", "t", "-m", "x"]]
+    {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        support::signal(&child, "INT");
+        let status = support::wait_exit(&mut child, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{args:?}: Ctrl-C did not stop it while connecting"));
+        assert_eq!(status.code(), Some(1), "{args:?}: {status}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn sub_remove_retained_and_unsubscribe_work_as_in_mosquitto_sub() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "rr/a", "-m", "old", "-r", "-q", "1"]);
+    assert_eq!(code, 0, "{err}");
+    // --remove-retained prints the retained message and clears it.
+    let (code, out, err) =
+        ternmq(&["sub", "-p", &port, "-t", "rr/#", "--remove-retained", "-C", "1", "-W", "10"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "old");
+    let (code, out, _) = ternmq(&["sub", "-p", &port, "-t", "rr/#", "-W", "1"]);
+    assert_eq!(code, 27, "the retained message is gone: {out}");
+    // -U: subscribed to rr/# and then unsubscribed, so nothing arrives; -x -1 is accepted.
+    let mut sub =
+        start_sub(broker.port, &["-t", "rr/#", "-U", "rr/#", "-W", "3", "-d", "-x", "-1"]);
+    let out = lines(sub.stdout.take().unwrap());
+    wait_line(&out, "received UNSUBACK", "-U unsubscribes");
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "rr/b", "-m", "late"]);
+    assert_eq!(code, 0, "{err}");
+    let status = support::wait_exit(&mut sub, Duration::from_secs(10)).expect("-W 3 ends it");
+    assert_eq!(status.code(), Some(27));
+    assert!(out.try_iter().all(|l| !l.contains("late")), "a message arrived after -U");
+}
+
+#[test]
+fn default_client_ids_are_not_the_process_id_alone() {
+    // Process ids repeat across machines and containers (often 1): a default id made of the
+    // pid alone would make two subscribers take over each other's session.
+    let broker = support::Ternmq::start(&[]);
+    let (code, out, err) = ternmq(&["sub", "-p", &broker.port.to_string(), "-t", "x", "-E", "-d"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.contains("sending CONNECT")).unwrap();
+    let id = line.split_whitespace().nth(1).unwrap();
+    let parts: Vec<&str> = id.split('-').collect();
+    assert_eq!(parts.len(), 4, "{id}");
+    assert_eq!(&parts[..2], ["ternmq", "sub"], "{id}");
+    assert!(parts[2].bytes().all(|b| b.is_ascii_digit()), "{id}");
+    assert!(parts[3].len() == 8 && parts[3].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+}
+
+#[test]
+fn a_store_held_by_a_running_broker_says_so_to_a_second_broker_and_to_repair() {
+    let dir = std::env::temp_dir().join(format!("ternmq-cli-held-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let broker = support::Ternmq::start_on(support::free_port(), &["--data-dir", d], Stdio::null());
+    for args in
+        [&["broker", "-p", "0", "--data-dir", d][..], &["store", "repair", "--data-dir", d][..]]
+    {
+        let (code, _, err) = ternmq(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains("holds the store") && err.contains("stop it"), "{args:?}: {err}");
+        assert!(!err.contains("ternmq store check"), "{args:?}: {err}");
+    }
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sub_d_subscribe_sends_a_subscription_identifier() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let (code, _, err) = ternmq(&["pub", "-p", &port, "-t", "sid/a", "-m", "x", "-r"]);
+    assert_eq!(code, 0, "{err}");
+    let args =
+        ["sub", "-p", &port, "-t", "sid/#", "-D", "subscribe", "subscription-identifier", "7"];
+    let (code, out, err) = ternmq(&[&args[..], &["-F", "%S %t", "-C", "1", "-W", "10"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "7 sid/a");
+}
+
+/// The broker's log gives the reasons a connection ended in words: `disconnected: the client
+/// disconnected`, `disconnected: topic name invalid (0x90)`, never a Rust value.
+#[test]
+fn the_broker_log_gives_disconnect_reasons_in_words() {
+    let port = support::free_port();
+    let mut broker = support::Ternmq::start_on(port, &["--no-persistence"], Stdio::piped());
+    let log = lines(broker.child.stderr.take().unwrap());
+    let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+    assert_eq!(code, 0, "{err}");
+    wait_line(&log, "disconnected: the client disconnected", "a normal disconnect in words");
+    // MQTT 5 CONNECT (client id "w"), then a PUBLISH to the topic name "+", which is invalid.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x00\x00\x00\x01w").unwrap();
+    s.write_all(b"\x30\x05\x00\x01+\x00x").unwrap();
+    let line = wait_line(&log, "client w on", "the violation in words");
+    assert!(line.contains("disconnected: topic name invalid (0x90)"), "{line}");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{status}");
 }

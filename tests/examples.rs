@@ -158,3 +158,38 @@ fn custom_auth_lets_known_users_in_and_refuses_the_rest() {
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+const EXAMPLES: [&str; 6] = [
+    "sync_client",
+    "smol_client",
+    "iot_sensor",
+    "command_control",
+    "embedded_broker",
+    "custom_auth",
+];
+
+#[test]
+fn every_example_prints_its_usage_on_help() {
+    for name in EXAMPLES {
+        let out = Command::new(support::example_bin(name)).arg("--help").output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name} --help: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.starts_with(&format!("usage: {name}")), "{name}: {stdout}");
+    }
+}
+
+#[test]
+fn client_examples_say_in_words_that_no_broker_answers() {
+    let port = support::free_port(); // nothing listens there
+    for name in ["sync_client", "smol_client", "iot_sensor", "command_control"] {
+        let out = Command::new(support::example_bin(name))
+            .args(["--port", &port.to_string()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}");
+        let expected = format!("connection refused by 127.0.0.1:{port} (is a broker running?)");
+        assert!(err.contains(&expected), "{name}: {err}");
+        assert!(!err.contains("Os {"), "{name}: {err}");
+    }
+}

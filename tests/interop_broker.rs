@@ -6,64 +6,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
+use support::Ternmq;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-/// A `ternmq broker` process, killed on drop.
-struct Ternmq {
-    child: Child,
-    port: u16,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Ternmq {
-    fn start(extra: &[&str]) -> Ternmq {
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ternmq"))
-            .args(["broker", "-p", &port.to_string(), "--no-persistence"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        // The listener line is printed once the port is bound.
-        loop {
-            line.clear();
-            assert!(stdout.read_line(&mut line).unwrap() > 0, "broker exited before listening");
-            if line.starts_with("listening on") {
-                assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
-                break;
-            }
-        }
-        Ternmq { child, port, stdout }
-    }
-
-    /// Sends SIGTERM and returns the rest of standard output and the exit status.
-    fn terminate(mut self) -> (String, std::process::ExitStatus) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let mut rest = String::new();
-        self.stdout.read_to_string(&mut rest).unwrap();
-        let status = self.child.wait().unwrap();
-        (rest, status)
-    }
-}
-
-impl Drop for Ternmq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn required() -> bool {
     std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_some()

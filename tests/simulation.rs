@@ -13,8 +13,12 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ternmq::sim::scenario::{Outcome, ScenarioConfig, run};
+
+/// How often a run of many seeds reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -27,8 +31,11 @@ fn run_seeds(
     config: impl Fn(u64) -> ScenarioConfig + Sync,
 ) -> Vec<Outcome> {
     let next = AtomicU64::new(first);
+    let done = AtomicU64::new(0);
     let failures = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let start = Instant::now();
+    let last_report = Mutex::new(start);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -40,6 +47,19 @@ fn run_seeds(
                     let outcome = run(&config(seed));
                     if !outcome.is_clean() {
                         failures.lock().unwrap().push(outcome);
+                    }
+                    let done = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Progress every 10 s, so that a long run does not look hung; written to the
+                    // stream itself so that the test harness does not capture it.
+                    let mut last = last_report.lock().unwrap();
+                    if last.elapsed() >= PROGRESS_EVERY && done < count {
+                        *last = Instant::now();
+                        let failing = failures.lock().unwrap().len();
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "simulation: {done} of {count} seeds done, {failing} failing, {} s",
+                            start.elapsed().as_secs()
+                        );
                     }
                 }
             });

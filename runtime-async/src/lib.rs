@@ -77,7 +77,11 @@ pub fn tcp_dialer<R: Runtime>(host: impl Into<String>, port: u16) -> Dialer<R::T
     let host: Arc<str> = host.into().into();
     Arc::new(move || {
         let host = Arc::clone(&host);
-        Box::pin(async move { R::tcp_connect(&host, port).await })
+        Box::pin(async move {
+            R::tcp_connect(&host, port)
+                .await
+                .map_err(|e| ternmq_core::client::driver::dial_error(e, &host, port))
+        })
     })
 }
 

@@ -503,6 +503,7 @@ impl<R: ServerRuntime> Core<R> {
                 let peer = PeerInfo { addr: Some(addr), listener };
                 match self.driver.accepted(now, peer, shared.clone()) {
                     Ok(id) => {
+                        log::debug!("new connection from {addr} as {id:?}");
                         if let Some(alive) = &self.alive {
                             let tx = self.tx.clone();
                             R::spawn(conn_loop::<R>(stream, id, shared, tx, alive.clone()));
@@ -602,7 +603,7 @@ impl<R: ServerRuntime> Core<R> {
     }
 
     async fn shutdown(mut self) {
-        log::info!("{:?}", self.driver.broker().stats());
+        log::info!("{}", self.driver.broker().stats());
         let now = self.now();
         self.driver.shutdown(now);
         self.act();

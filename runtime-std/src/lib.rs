@@ -24,6 +24,7 @@
 //! [`Server`] runs the MQTT broker without an async runtime: one thread and a readiness loop
 //! over every socket; see the [`server`] module.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -34,9 +35,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::client::DisconnectReason;
 use ternmq_core::client::driver::{self, Answer, CommandError, Driver, Outcome};
-use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
+use ternmq_core::codec::{
+    Decoder, Disconnect, MAX_PACKET_SIZE, Packet, ProtocolVersion, Publish, QoS, ReasonCode,
+    SubscribeProperties, Subscription,
+};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
 
@@ -47,8 +50,8 @@ pub use server::{
     ServerConfig, ShutdownHandle,
 };
 pub use ternmq_core as core;
-pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
+pub use ternmq_core::client::{DisconnectReason, ReconnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -91,6 +94,84 @@ struct State {
     redial: bool,
     /// The application stopped the client.
     stopping: bool,
+    /// Connection changes not yet taken by [`SyncClient::connection_event`] (the latest
+    /// [`MAX_CONNECTION_EVENTS`]).
+    events: VecDeque<ConnectionEvent>,
+    /// The packet tracer of [`SyncClient::connect_traced`].
+    trace: Option<Trace>,
+}
+
+/// Which way a traced packet went, for [`SyncClient::connect_traced`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client to the server.
+    Sent,
+    /// From the server to the client.
+    Received,
+}
+
+type Tracer = Box<dyn FnMut(Direction, &Packet) + Send>;
+
+/// Decodes both directions of the connection again, for a tracer.
+struct Trace {
+    handler: Tracer,
+    version: ProtocolVersion,
+    sent: (Decoder, BytesMut),
+    received: (Decoder, BytesMut),
+}
+
+impl Trace {
+    fn new(handler: Tracer, version: ProtocolVersion) -> Trace {
+        Trace {
+            handler,
+            version,
+            // What the client sends starts with CONNECT, which fixes the version.
+            sent: (Decoder::new(None, MAX_PACKET_SIZE), BytesMut::new()),
+            received: (Decoder::new(Some(version), MAX_PACKET_SIZE), BytesMut::new()),
+        }
+    }
+
+    /// A new connection: a new stream each way.
+    fn reset(&mut self) {
+        let handler = std::mem::replace(&mut self.handler, Box::new(|_, _| {}));
+        *self = Trace::new(handler, self.version);
+    }
+
+    fn feed(&mut self, direction: Direction, bytes: &[u8]) {
+        let Trace { handler, sent, received, .. } = self;
+        let (decoder, buf) = match direction {
+            Direction::Sent => sent,
+            Direction::Received => received,
+        };
+        buf.extend_from_slice(bytes);
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(packet)) => handler(direction, &packet),
+                Ok(None) => break,
+                // The client reports what it cannot decode itself; the trace just stops.
+                Err(_) => {
+                    buf.clear();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How many connection changes a client keeps for [`SyncClient::connection_event`].
+const MAX_CONNECTION_EVENTS: usize = 64;
+
+/// A change of a [`SyncClient`]'s connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The server accepted the connection: the first one, or a reconnection.
+    Connected {
+        /// Whether the server resumed the session.
+        session_present: bool,
+    },
+    /// The connection ended. The client dials again unless it was stopped (or refused).
+    Lost(DisconnectReason),
 }
 
 struct Shared {
@@ -125,7 +206,8 @@ impl Shared {
                 Outcome::Answer(w, answer) => {
                     let _ = w.try_send(answer);
                 }
-                Outcome::Connected { .. } => {
+                Outcome::Connected { session_present } => {
+                    push_event(st, ConnectionEvent::Connected { session_present });
                     if let Some(tx) = st.connect_waiter.take() {
                         let _ = tx.try_send(Ok(()));
                     }
@@ -158,6 +240,7 @@ impl Shared {
                     st.driver.handle_closed(self.now());
                 }
                 Outcome::Redial => st.redial = true,
+                Outcome::ConnectionLost(reason) => push_event(st, ConnectionEvent::Lost(reason)),
                 _ => {}
             }
         }
@@ -172,12 +255,24 @@ impl Shared {
     }
 }
 
+/// Keeps a connection change for [`SyncClient::connection_event`], forgetting the oldest beyond
+/// the limit.
+fn push_event(st: &mut State, event: ConnectionEvent) {
+    if st.events.len() == MAX_CONNECTION_EVENTS {
+        st.events.pop_front();
+    }
+    st.events.push_back(event);
+}
+
 /// Writes what the driver has to send. A failed write shuts the socket, and the I/O thread
 /// reports it closed.
 fn write_out(st: &mut State) {
     let out = st.driver.take_output();
     if out.is_empty() {
         return;
+    }
+    if let Some(trace) = st.trace.as_mut() {
+        trace.feed(Direction::Sent, &out);
     }
     match st.writer.as_mut().map(|w| w.write_all(&out)) {
         Some(Ok(())) => st.driver.wrote(out.len()),
@@ -241,7 +336,24 @@ impl fmt::Debug for SyncClient {
 impl SyncClient {
     /// Connects and waits for the server to accept.
     pub fn connect(options: ConnectOptions) -> Result<SyncClient, Error> {
-        let stream = TcpStream::connect((options.host.as_str(), options.port))?;
+        Self::connect_inner(options, None)
+    }
+
+    /// [`connect`](Self::connect), and calls `trace` with every packet sent and received, from
+    /// the CONNECT on and on every reconnection (as `mosquitto_sub -d` prints them). `trace`
+    /// runs on the thread that moves the bytes, while the client is locked: it must not call
+    /// the client.
+    pub fn connect_traced(
+        options: ConnectOptions,
+        trace: impl FnMut(Direction, &Packet) + Send + 'static,
+    ) -> Result<SyncClient, Error> {
+        Self::connect_inner(options, Some(Box::new(trace)))
+    }
+
+    fn connect_inner(options: ConnectOptions, trace: Option<Tracer>) -> Result<SyncClient, Error> {
+        let version = options.connect.protocol;
+        let stream = TcpStream::connect((options.host.as_str(), options.port))
+            .map_err(|e| driver::dial_error(e, &options.host, options.port))?;
         stream.set_nodelay(true)?;
         let (tx, rx) = sync_channel(options.message_buffer);
         let (dispatch_tx, dispatch_rx) = sync_channel::<Dispatch>(options.message_buffer);
@@ -257,6 +369,8 @@ impl SyncClient {
                 sinks: Some(Sinks { recv: tx, dispatch: dispatch_tx }),
                 redial: false,
                 stopping: false,
+                events: VecDeque::new(),
+                trace: trace.map(|t| Trace::new(t, version)),
             }),
             epoch: StdInstant::now(),
             callbacks: Arc::clone(&callbacks),
@@ -330,6 +444,18 @@ impl SyncClient {
         self.call(|d, now, w| d.subscribe(now, subs, w))
     }
 
+    /// [`subscribe`](Self::subscribe) with every option (No Local, Retain As Published,
+    /// Retain Handling) and MQTT 5 SUBSCRIBE properties (Subscription Identifier, User
+    /// Properties).
+    pub fn subscribe_with(
+        &self,
+        subscription: Subscription,
+        properties: SubscribeProperties,
+    ) -> Result<ReasonCode, Error> {
+        let codes = self.call(|d, now, w| d.subscribe_with(now, &[subscription], properties, w))?;
+        Ok(driver::subscription_reason(&codes))
+    }
+
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
     pub fn unsubscribe(&self, filter: &str) -> Result<Vec<ReasonCode>, Error> {
         let f = TopicFilter::new(filter)?;
@@ -372,6 +498,13 @@ impl SyncClient {
         self.shared.lock().driver.is_connected()
     }
 
+    /// The oldest connection change not taken yet: connected (after a reconnection too), or
+    /// lost and why. The client reconnects by itself; this says when, for a program that
+    /// reports it.
+    pub fn connection_event(&self) -> Option<ConnectionEvent> {
+        self.shared.lock().events.pop_front()
+    }
+
     /// Replaces the automatic reconnect policy; it applies from the next time the connection is
     /// lost.
     pub fn set_reconnect_options(&self, options: ReconnectOptions) {
@@ -393,8 +526,8 @@ impl SyncClient {
         self.disconnect_with(Disconnect::default())
     }
 
-    /// [`disconnect`](Self::disconnect) with a reason code and MQTT 5 properties (for example a
-    /// new Session Expiry Interval).
+    /// [`disconnect`](Self::disconnect) with a reason code and MQTT 5 properties (Session
+    /// Expiry Interval, Reason String, User Properties).
     pub fn disconnect_with(&self, disconnect: Disconnect) -> Result<(), Error> {
         // Already stopped, or the DISCONNECT lost with the connection: stopped all the same.
         let _ = self.call(|d, now, w| d.disconnect(now, disconnect, w));
@@ -496,6 +629,9 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
             }
             let now = shared.now();
             if read > 0 {
+                if let Some(trace) = st.trace.as_mut() {
+                    trace.feed(Direction::Received, &buf[..read]);
+                }
                 input.extend_from_slice(&buf[..read]);
                 st.driver.handle_bytes(now, &mut input);
             }
@@ -520,6 +656,9 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
                     st.writer = Some(w);
                     reader = Some(r);
                     input.clear();
+                    if let Some(trace) = st.trace.as_mut() {
+                        trace.reset();
+                    }
                     st.driver.reconnected(now);
                 }
                 Err(_) => st.driver.dial_failed(now),

@@ -384,7 +384,10 @@ impl Loop {
         let slot = Slot { index, generation: self.generation };
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
         let id = match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, slot) {
-            Ok(id) => id,
+            Ok(id) => {
+                log::debug!("new connection from {addr} as {id:?}");
+                id
+            }
             Err(e) => {
                 log::warn!("refused connection from {addr}: {e}");
                 return;
@@ -730,6 +733,7 @@ impl Loop {
             }
         }
         self.accept_at = None;
+        log::info!("{}", self.driver.broker().stats());
         self.driver.shutdown(now);
         self.settle(now);
     }

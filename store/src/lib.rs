@@ -34,6 +34,8 @@ use ternmq_core::topic::{TopicFilter, TopicName};
 
 pub use ternmq_core as core;
 
+mod read_only;
+
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "ternmq.redb";
 /// The layout version this build reads and writes. Version 2 stamps rows in milliseconds
@@ -95,8 +97,16 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// The message of a [`StoreError`] for a store another process holds open (a running broker):
+/// the advice is to stop it, not to check or repair a store that is fine.
+const HELD: &str = "another process holds the store open (a running broker?); stop it first, \
+                    or give this one another --data-dir";
+
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message == HELD {
+            return write!(f, "persistent store {}: {HELD}", self.path.display());
+        }
         write!(
             f,
             "persistent store {}: {} (run `ternmq store check` or `ternmq store repair` on it, \
@@ -109,6 +119,35 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// Why [`Store::open_read_only`] could not open a store.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenReadOnlyError {
+    /// There is no store at this path (no file, or an empty one).
+    Missing(PathBuf),
+    /// Another process holds the store open: a running broker.
+    Held(PathBuf),
+    /// The file is there but cannot be read as a store.
+    Store(StoreError),
+}
+
+impl fmt::Display for OpenReadOnlyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing(path) => write!(f, "no store at {}", path.display()),
+            Self::Held(path) => write!(
+                f,
+                "{}: a running broker holds the store; stop it first (the broker must be the \
+                 only one to open it)",
+                path.display()
+            ),
+            Self::Store(e) => write!(f, "persistent store {}: {}", e.path.display(), e.message),
+        }
+    }
+}
+
+impl std::error::Error for OpenReadOnlyError {}
 
 /// Milliseconds since the Unix epoch, the store's wall clock.
 pub fn wall_clock() -> u64 {
@@ -142,9 +181,50 @@ impl Store {
         let opened = std::panic::catch_unwind(|| Database::create(&path));
         let db = match opened {
             Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(err(HELD.into())),
             Ok(Err(e)) => return Err(err(format!("cannot open: {e}"))),
             Err(_) => return Err(err("damaged: the file is not a complete redb database".into())),
         };
+        Store::prepare(db, path)
+    }
+
+    /// Opens the store in directory `dir` to read it, as `ternmq store check` does, and never
+    /// writes to it or creates anything: what opening it would change (a repair after a crash,
+    /// a layout conversion) is done in memory only.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store, OpenReadOnlyError> {
+        let path = dir.as_ref().join(FILE_NAME);
+        let err =
+            |m: String| OpenReadOnlyError::Store(StoreError { path: path.clone(), message: m });
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenReadOnlyError::Missing(path));
+            }
+            Err(e) => return Err(err(format!("cannot open: {e}"))),
+        };
+        if file.metadata().map_err(|e| err(format!("cannot open: {e}")))?.len() == 0 {
+            return Err(OpenReadOnlyError::Missing(path));
+        }
+        let backend = match read_only::ReadOnlyBackend::new(file) {
+            Ok(b) => b,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(OpenReadOnlyError::Held(path));
+            }
+            Err(e) => return Err(err(format!("cannot open: {e}"))),
+        };
+        let opened = std::panic::catch_unwind(|| Database::builder().create_with_backend(backend));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(err(format!("cannot open: {e}"))),
+            Err(_) => return Err(err("damaged: the file is not a complete redb database".into())),
+        };
+        Store::prepare(db, path.clone()).map_err(OpenReadOnlyError::Store)
+    }
+
+    /// Checks the layout version of an opened database (converting an older one) and makes
+    /// sure every table exists.
+    fn prepare(db: Database, path: PathBuf) -> Result<Store, StoreError> {
+        let err = |m: String| StoreError { path: path.clone(), message: m };
         let store = Store { db, path: path.clone() };
         let tx = store.db.begin_write().map_err(|e| err(e.to_string()))?;
         {

@@ -110,3 +110,89 @@ pub(crate) fn example_bin(name: &str) -> PathBuf {
     }
     bin
 }
+
+/// A free loopback port (free when asked; a test binds it soon after).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `ternmq broker` process (the real program, built with the tests), killed on drop.
+pub(crate) struct Ternmq {
+    pub(crate) child: Child,
+    /// The loopback port it listens on.
+    pub(crate) port: u16,
+    /// Its standard output after the `listening on` line.
+    pub(crate) stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Ternmq {
+    /// Starts `ternmq broker --no-persistence` with `extra` flags on a free port.
+    pub(crate) fn start(extra: &[&str]) -> Ternmq {
+        let mut args = vec!["--no-persistence"];
+        args.extend_from_slice(extra);
+        Self::start_on(free_port(), &args, Stdio::null())
+    }
+
+    /// Starts `ternmq broker -p port` with `args`, its standard error going to `stderr`, and
+    /// waits until it listens.
+    pub(crate) fn start_on(port: u16, args: &[&str], stderr: Stdio) -> Ternmq {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(["broker", "-p", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        // The listener line is printed once the port is bound.
+        loop {
+            line.clear();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "broker exited before listening");
+            if line.starts_with("listening on") {
+                assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
+                break;
+            }
+        }
+        Ternmq { child, port, stdout }
+    }
+
+    /// Sends SIGTERM and returns the rest of standard output and the exit status.
+    pub(crate) fn terminate(mut self) -> (String, std::process::ExitStatus) {
+        use std::io::Read;
+        signal(&self.child, "TERM");
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        let status = self.child.wait().unwrap();
+        (rest, status)
+    }
+}
+
+impl Drop for Ternmq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends signal `name` (`TERM`, `INT`, `HUP`) to `child`.
+pub(crate) fn signal(child: &Child, name: &str) {
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Waits up to `limit` for `child` to exit; kills it and returns `None` if it does not.
+pub(crate) fn wait_exit(child: &mut Child, limit: StdDuration) -> Option<std::process::ExitStatus> {
+    let deadline = StdInstant::now() + limit;
+    while StdInstant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(StdDuration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}

@@ -435,9 +435,11 @@ pub fn log_event(event: &Event) {
             "client {client_id} connected ({protocol:?}, session present: {session_present}) as \
              {conn:?}"
         ),
-        Event::Refused { conn, reason } => log::info!("connection {conn:?} refused: {reason:?}"),
+        Event::Refused { conn, reason } => {
+            log::info!("connection {conn:?} refused: {}", reason.words());
+        }
         Event::Disconnected { conn, client_id, reason } => {
-            log::info!("client {client_id} on {conn:?} disconnected: {reason:?}");
+            log::info!("client {client_id} on {conn:?} disconnected: {reason}");
         }
         other => log::debug!("{other:?}"),
     }

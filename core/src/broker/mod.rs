@@ -147,6 +147,18 @@ pub enum CloseReason {
     Server(ReasonCode),
 }
 
+/// In words, for logs: `the client disconnected`, `packet too large (0x95)`.
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientDisconnect(ReasonCode::Success) => f.write_str("the client disconnected"),
+            Self::ClientDisconnect(code) => write!(f, "the client disconnected: {}", code.words()),
+            Self::TransportClosed => f.write_str("the connection was lost (no DISCONNECT)"),
+            Self::Server(code) => write!(f, "{}", code.words()),
+        }
+    }
+}
+
 /// Something the adapter or the application may want to know.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -272,6 +284,43 @@ pub struct Stats {
     /// Messages not delivered to a subscriber because it may not receive their topic
     /// ([`Authorizer::may_receive`]).
     pub dropped_not_authorized: u64,
+}
+
+/// The counters as a sentence, for a log: the counters of rare events (drops, flow control)
+/// only when they are not zero.
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "statistics since start: connections {} accepted, {} refused; clients connected {}; \
+             messages {} received, {} sent; bytes {} received, {} sent",
+            self.connections_accepted,
+            self.connections_refused,
+            self.clients_connected_total,
+            self.messages_received,
+            self.messages_sent,
+            self.bytes_received,
+            self.bytes_sent
+        )?;
+        let rare = [
+            (self.dropped_queue_full, "dropped (queue full)"),
+            (self.dropped_slow_consumer, "dropped (slow consumer)"),
+            (self.dropped_expired, "dropped (expired)"),
+            (self.dropped_too_large, "dropped (too large for the receiver)"),
+            (self.dropped_no_member, "dropped (no shared-subscription member left)"),
+            (self.dropped_not_authorized, "not delivered (not authorized to receive)"),
+            (self.publish_denied, "publishes denied"),
+            (self.sessions_expired, "sessions expired"),
+            (self.acks_delayed, "acknowledgements withheld"),
+            (self.slow_consumers, "slow consumers"),
+            (self.inputs_paused, "publishers paused"),
+            (self.shared_redelivered, "shared-subscription messages redelivered"),
+        ];
+        for (n, what) in rare.into_iter().filter(|(n, _)| *n > 0) {
+            write!(f, "; {what} {n}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A point-in-time view of the broker's size, for `$SYS` and metrics.

@@ -206,6 +206,24 @@ impl fmt::Display for Error {
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
 
+/// A failed dial to `host:port`, said so that the user can act on it: which address refused,
+/// and the likely reason (`connection refused by 127.0.0.1:1883 (is a broker running?)`), in
+/// place of the bare `Connection refused (os error 111)`. The error kind is kept.
+#[cfg(feature = "std")]
+pub fn dial_error(e: std::io::Error, host: &str, port: u16) -> std::io::Error {
+    use std::io::ErrorKind;
+    let what = match e.kind() {
+        ErrorKind::ConnectionRefused => {
+            alloc::format!("connection refused by {host}:{port} (is a broker running?)")
+        }
+        ErrorKind::TimedOut => {
+            alloc::format!("no answer from {host}:{port} (is the host reachable, the port open?)")
+        }
+        _ => alloc::format!("cannot connect to {host}:{port}: {e}"),
+    };
+    std::io::Error::new(e.kind(), what)
+}
+
 #[cfg(feature = "std")]
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
@@ -566,8 +584,25 @@ impl<W> Driver<W> {
         subscriptions: &[Subscription],
         waiter: W,
     ) -> Result<(), CommandError> {
+        self.subscribe_with(
+            now,
+            subscriptions,
+            crate::codec::SubscribeProperties::default(),
+            waiter,
+        )
+    }
+
+    /// [`subscribe`](Self::subscribe) with SUBSCRIBE properties (MQTT 5: a Subscription
+    /// Identifier, User Properties).
+    pub fn subscribe_with(
+        &mut self,
+        now: Instant,
+        subscriptions: &[Subscription],
+        properties: crate::codec::SubscribeProperties,
+        waiter: W,
+    ) -> Result<(), CommandError> {
         self.check_running()?;
-        let id = self.core.subscribe(now, subscriptions)?;
+        let id = self.core.subscribe_with(now, subscriptions, properties)?;
         self.waiters.insert(id.get(), Waiting { waiter, request: true });
         self.sync(now);
         Ok(())

@@ -34,7 +34,7 @@ pub use properties::{
     UnsubscribeProperties, UserProperty, WillProperties, id as property_id,
 };
 pub use publish::{PubAck, Publish, PublishRef};
-pub use reason::{ConnectReturnCode, ReasonCode};
+pub use reason::{ConnectReturnCode, ReasonCode, Words};
 pub use string::{MAX_STRING_LEN, MqttStr, StrError};
 pub use subscribe::{
     RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,

@@ -277,6 +277,46 @@ impl fmt::Display for ReasonCode {
     }
 }
 
+impl ReasonCode {
+    /// The code's name in lower-case words with its value, for logs and people:
+    /// `packet too large (0x95)`.
+    pub fn words(self) -> Words {
+        Words(self)
+    }
+}
+
+/// A [`ReasonCode`] in words; see [`ReasonCode::words`].
+#[derive(Clone, Copy, Debug)]
+pub struct Words(ReasonCode);
+
+impl fmt::Display for Words {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.0.name();
+        let mut prev_lower = false;
+        let mut chars = name.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            // "QoS" is one word.
+            if name[i..].starts_with("QoS") {
+                if i > 0 {
+                    f.write_str(" ")?;
+                }
+                f.write_str("qos")?;
+                chars.next();
+                chars.next();
+                prev_lower = true;
+                continue;
+            }
+            // A word starts at a capital after a small letter, and a number after a letter.
+            if i > 0 && prev_lower && (c.is_ascii_uppercase() || c.is_ascii_digit()) {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}", c.to_ascii_lowercase())?;
+            prev_lower = c.is_ascii_lowercase();
+        }
+        write!(f, " (0x{:02X})", self.0.value())
+    }
+}
+
 impl TryFrom<u8> for ReasonCode {
     type Error = u8;
     fn try_from(value: u8) -> Result<Self, u8> {
@@ -342,5 +382,19 @@ impl ConnectReturnCode {
             Self::BadUserNameOrPassword => ReasonCode::BadUserNameOrPassword,
             Self::NotAuthorized => ReasonCode::NotAuthorized,
         }
+    }
+}
+
+#[cfg(test)]
+mod words_tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn reason_codes_read_as_words() {
+        assert_eq!(ReasonCode::PacketTooLarge.words().to_string(), "packet too large (0x95)");
+        assert_eq!(ReasonCode::SessionTakenOver.words().to_string(), "session taken over (0x8E)");
+        assert_eq!(ReasonCode::QoSNotSupported.words().to_string(), "qos not supported (0x9B)");
+        assert_eq!(ReasonCode::GrantedQoS1.words().to_string(), "granted qos 1 (0x01)");
     }
 }

@@ -4,13 +4,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use serde::Deserialize;
 use ternmq::auth::{AclFile, PasswordFile};
 use ternmq::broker::{BrokerConfig, SharedPolicy};
 use ternmq::codec::QoS;
 use ternmq::tokio::{Durability, Server, ServerConfig, StoreConfig};
+
+use crate::signals::Signal;
 
 const USAGE: &str = "\
 usage: ternmq broker [options]
@@ -26,14 +28,20 @@ options:
       --runtime NAME     tokio (default; every core), smol, or std (one thread, least memory)
       --allow-anonymous  accept clients without credentials (on a non-loopback address, or
                          beside a password_file)
-  -v, --verbose          log every connection (same as --log-level debug)
+  -v, --verbose          also log each TCP connection with the peer's address, and the
+                         broker's other events (same as --log-level debug)
       --log-level LEVEL  error, warn, info (default), debug or trace
+      --log-timestamp F  rfc3339 (default, UTC), epoch (seconds, as Mosquitto) or none
       --help             print this help
 
-Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully.";
+Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully; SIGHUP is logged
+and ignored (reloading the configuration is not supported yet).";
 
-/// The options of a broker configuration file. Names follow the seed's broker options where it
-/// names one, and Mosquitto's otherwise.
+/// Seconds between `$SYS` updates when the configuration file does not say (Mosquitto's
+/// default too).
+const DEFAULT_SYS_INTERVAL: u64 = 10;
+
+/// The options of a broker configuration file. Names follow Mosquitto's where it has the option.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -72,6 +80,7 @@ struct FileConfig {
     password_file: Option<PathBuf>,
     acl_file: Option<PathBuf>,
     log_level: Option<String>,
+    log_timestamp: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +95,7 @@ struct Settings {
     config: ServerConfig,
     persistence: Option<PathBuf>,
     log_level: log::LevelFilter,
+    log_timestamp: Timestamp,
     runtime: Runtime,
     durability: Durability,
 }
@@ -100,17 +110,18 @@ enum Runtime {
 /// Runs the broker until Ctrl-C or SIGTERM. Errors are messages for the user.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let Some(settings) = settings(args)? else {
-        println!("{USAGE}");
+        say!("{USAGE}");
         return Ok(());
     };
-    Logger::install(settings.log_level);
+    Logger::install(settings.log_level, settings.log_timestamp);
+    let signals = stop_signals()?;
     match settings.runtime {
-        Runtime::Std => return serve_std(settings),
-        Runtime::Smol => return serve_smol(settings),
+        Runtime::Std => return serve_std(settings, signals),
+        Runtime::Smol => return serve_smol(settings, signals),
         Runtime::Tokio => {}
     }
     let runtime = crate::tokio_runtime().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, signals))
 }
 
 impl Settings {
@@ -126,15 +137,12 @@ impl Settings {
             Runtime::Smol => "smol",
             Runtime::Tokio => "tokio",
         };
-        println!(
-            "ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)",
-            env!("CARGO_PKG_VERSION")
-        );
+        say!("ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)", env!("CARGO_PKG_VERSION"));
         for addr in addrs {
-            println!("listening on {addr} (mqtt over tcp)");
+            say!("listening on {addr} (mqtt over tcp)");
         }
         let Some(dir) = &self.persistence else {
-            println!("running in memory (persistence off)");
+            say!("running in memory (persistence off)");
             return;
         };
         let durability = match self.durability {
@@ -145,85 +153,87 @@ impl Settings {
             ),
             _ => "none: the operating system decides when data reaches the disk".to_string(),
         };
-        println!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display());
+        say!("persistence: {} ({durability})", dir.join(ternmq::store::FILE_NAME).display());
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM on a thread of its own (a small Tokio runtime), then calls `stop`.
-fn on_signal(stop: impl FnOnce() + Send + 'static) {
+/// Installs the handlers for Ctrl-C, SIGTERM and SIGHUP, before the broker binds (so that no signal
+/// finds the default action, which ends the process without its shutdown), and returns a
+/// receiver that is told when to stop.
+fn stop_signals() -> Result<mpsc::Receiver<()>, String> {
+    let (tx, rx) = mpsc::channel();
+    crate::signals::watch(true, move |signal| {
+        match signal {
+            Signal::Stop(name) => {
+                log::info!("{name}: shutting down");
+                say!("shutting down");
+                let _ = tx.send(());
+            }
+            // Mosquitto reloads its configuration on SIGHUP; until ternmq can, the signal must
+            // not kill the broker (its default action).
+            Signal::Hangup => log::warn!(
+                "SIGHUP: reloading the configuration is not supported yet; still running with \
+                 the configuration read at start (restart the broker to apply changes)"
+            ),
+        }
+        true
+    })?;
+    Ok(rx)
+}
+
+/// Calls `stop` when `signals` says, from a thread of its own.
+fn stop_on(signals: mpsc::Receiver<()>, stop: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            rt.block_on(wait_for_signal());
-            println!("shutting down");
+        if signals.recv().is_ok() {
             stop();
         }
     });
 }
 
 /// The broker on smol, on this thread.
-fn serve_smol(settings: Settings) -> Result<(), String> {
+fn serve_smol(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
     let mut config = ternmq::smol::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
     config.store = settings.store();
-    let server = ternmq::smol::Server::bind_blocking(config).map_err(|e| e.to_string())?;
+    let listeners = config.listeners.clone();
+    let server =
+        ternmq::smol::Server::bind_blocking(config).map_err(|e| bind_error(&e, &listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
-    on_signal(move || handle.shutdown());
+    stop_on(signals, move || handle.shutdown());
     server.run_blocking().map_err(|e| e.to_string())?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }
 
 /// The broker on the std server: one thread, a readiness loop.
-fn serve_std(settings: Settings) -> Result<(), String> {
+fn serve_std(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
     let mut config = ternmq::blocking::ServerConfig::new(settings.config.listeners[0]);
     config.listeners = settings.config.listeners.clone();
     config.broker = settings.config.broker.clone();
     config.store = settings.store();
-    let server = ternmq::blocking::Server::bind(config).map_err(|e| e.to_string())?;
+    let listeners = config.listeners.clone();
+    let server = ternmq::blocking::Server::bind(config).map_err(|e| bind_error(&e, &listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
-    on_signal(move || handle.shutdown());
+    stop_on(signals, move || handle.shutdown());
     server.run().map_err(|e| e.to_string())?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
 }
 
-async fn serve(mut settings: Settings) -> Result<(), String> {
+async fn serve(mut settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
     settings.config.store = settings.store();
-    let server = Server::bind(settings.config.clone()).await.map_err(|e| e.to_string())?;
+    let server = Server::bind(settings.config.clone())
+        .await
+        .map_err(|e| bind_error(&e, &settings.config.listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        println!("shutting down");
-        handle.shutdown();
-    });
+    stop_on(signals, move || handle.shutdown());
     server.run().await.map_err(|e| e.to_string())?;
-    println!("stopped");
+    say!("stopped");
     Ok(())
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The settings from `args`, or `None` for `--help`.
@@ -235,6 +245,7 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut no_persistence = false;
     let mut allow_anonymous = false;
     let mut log_level: Option<String> = None;
+    let mut log_timestamp: Option<String> = None;
     let mut runtime = Runtime::Tokio;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -268,6 +279,7 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
             }
             "-v" | "--verbose" => log_level = Some("debug".into()),
             "--log-level" => log_level = Some(value(flag)?),
+            "--log-timestamp" => log_timestamp = Some(value(flag)?),
             other => return Err(format!("ternmq broker: unknown option {other:?}\n\n{USAGE}")),
         }
     }
@@ -283,12 +295,55 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
         Some((path, text)) => locate(path, text, key),
         None => format!("ternmq broker: {key}"),
     };
+    let timestamp = match (&log_timestamp, &fc.log_timestamp) {
+        (Some(v), _) => {
+            Timestamp::parse(v).map_err(|e| format!("ternmq broker: --log-timestamp: {e}"))?
+        }
+        (None, Some(v)) => {
+            Timestamp::parse(v).map_err(|e| format!("{}: {e}", at("log_timestamp")))?
+        }
+        (None, None) => Timestamp::Rfc3339,
+    };
     let mut s = build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at)?;
     s.runtime = runtime;
+    s.log_timestamp = timestamp;
     Ok(Some(s))
 }
 
+/// A failed bind, with what to do about it.
+fn bind_error(e: &std::io::Error, listeners: &[SocketAddr]) -> String {
+    let addrs: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+    let addrs = addrs.join(", ");
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "ternmq broker: cannot listen on {addrs}: the address is in use (is another broker \
+             running? choose another port with --port N)"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "ternmq broker: cannot listen on {addrs}: permission denied (ports below 1024 need \
+             privileges; choose another port with --port N)"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "ternmq broker: cannot listen on {addrs}: no such address on this machine (check \
+             --bind)"
+        ),
+        _ => format!("ternmq broker: cannot listen on {addrs}: {e}"),
+    }
+}
+
+/// Mosquitto's names for options that ternmq calls differently.
+const MOSQUITTO_NAMES: [(&str, &str); 5] = [
+    ("persistence", "enable_persistence"),
+    ("persistence_location", "persistence_path"),
+    ("message_size_limit", "max_packet_size"),
+    ("log_type", "log_level"),
+    ("bind_address", "bind"),
+];
+
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, String> {
+    if let Some(e) = mosquitto_syntax(path, text) {
+        return Err(e);
+    }
     toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
         let key = text
@@ -298,8 +353,89 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig, String> {
             .map(|k| k.trim().trim_matches(['[', ']']))
             .filter(|k| !k.is_empty())
             .unwrap_or("?");
-        format!("{}:{line}: key `{key}`: {}", path.display(), e.message())
+        let message = e.message();
+        if message.starts_with("unknown field") {
+            let valid = expected_fields(message);
+            let hint = MOSQUITTO_NAMES
+                .iter()
+                .find(|(m, _)| *m == key)
+                .map(|(_, ours)| (*ours).to_string())
+                .filter(|ours| valid.iter().any(|v| v == ours))
+                .or_else(|| nearest(key, &valid))
+                .map_or_else(
+                    || format!(" (valid keys: {}; see examples/broker.toml)", valid.join(", ")),
+                    |k| format!("; did you mean `{k}`?"),
+                );
+            return format!("{}:{line}: key `{key}`: unknown{hint}", path.display());
+        }
+        format!("{}:{line}: key `{key}`: {message}", path.display())
     })
+}
+
+/// The field names serde lists in "unknown field `x`, expected one of `a`, `b`".
+fn expected_fields(message: &str) -> Vec<String> {
+    let Some((_, list)) = message.split_once("expected") else { return Vec::new() };
+    list.split('`').skip(1).step_by(2).map(String::from).collect()
+}
+
+/// The key of `valid` nearest to `key`, if near enough to be a typo.
+fn nearest(key: &str, valid: &[String]) -> Option<String> {
+    valid
+        .iter()
+        .map(|v| (edit_distance(key, v), v))
+        .filter(|(d, v)| *d <= 3.max(v.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v.clone())
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A line in Mosquitto's `key value` syntax (`listener 1883`), which is not TOML: says so and
+/// shows the TOML form.
+fn mosquitto_syntax(path: &Path, text: &str) -> Option<String> {
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with('[') || l.contains('=') {
+            continue;
+        }
+        let mut words = l.split_whitespace();
+        let (Some(key), Some(value)) = (words.next(), words.next()) else { continue };
+        if !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            continue;
+        }
+        let toml = match (key, words.next()) {
+            ("listener", Some(addr)) => {
+                format!("[[listener]]\n    port = {value}\n    bind = \"{addr}\"")
+            }
+            ("listener", None) => format!("port = {value}"),
+            _ => {
+                let key = MOSQUITTO_NAMES.iter().find(|(m, _)| *m == key).map_or(key, |(_, o)| o);
+                let plain = value.parse::<f64>().is_ok() || value == "true" || value == "false";
+                if plain { format!("{key} = {value}") } else { format!("{key} = \"{value}\"") }
+            }
+        };
+        return Some(format!(
+            "{}:{}: `{l}` is Mosquitto's configuration syntax, but this file is TOML; write:\n\n    \
+             {toml}\n\n(examples/broker.toml lists every option)",
+            path.display(),
+            i + 1
+        ));
+    }
+    None
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -423,9 +559,11 @@ fn build(
     if let Some(v) = fc.max_client_id_len {
         b.max_client_id_len = v;
     }
-    if let Some(v) = fc.sys_interval {
-        b.sys_interval = (v > 0).then(|| Duration::from_secs(v));
-    }
+    // As Mosquitto: `$SYS` statistics every 10 s unless the file says otherwise (0 = off).
+    b.sys_interval = match fc.sys_interval.unwrap_or(DEFAULT_SYS_INTERVAL) {
+        0 => None,
+        v => Some(Duration::from_secs(v)),
+    };
     b.version = format!("ternmq {}", env!("CARGO_PKG_VERSION"));
     b.validate().map_err(|e| format!("{}: {}", at(config_key(e.field)), e.message))?;
 
@@ -495,7 +633,14 @@ fn build(
             ));
         }
     };
-    Ok(Settings { config, persistence, log_level, runtime: Runtime::Tokio, durability })
+    Ok(Settings {
+        config,
+        persistence,
+        log_level,
+        log_timestamp: Timestamp::Rfc3339,
+        runtime: Runtime::Tokio,
+        durability,
+    })
 }
 
 /// The file key for a field of `BrokerConfig`.
@@ -517,12 +662,79 @@ fn parse_ip(host: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("{host:?} is not an IP address (e.g. 127.0.0.1, ::1 or 0.0.0.0)"))
 }
 
-/// Log lines to standard error: `level target: message`.
+/// How log lines are stamped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timestamp {
+    /// `2026-01-02T03:04:05.678Z` (UTC).
+    Rfc3339,
+    /// Seconds since the Unix epoch, as Mosquitto writes them (`1767323045: ...`).
+    Epoch,
+    /// None (for a journal that stamps lines itself).
+    Off,
+}
+
+impl Timestamp {
+    fn parse(v: &str) -> Result<Timestamp, String> {
+        match v {
+            "rfc3339" => Ok(Timestamp::Rfc3339),
+            "epoch" => Ok(Timestamp::Epoch),
+            "none" => Ok(Timestamp::Off),
+            other => {
+                Err(format!("{other:?} is not a timestamp format; use rfc3339, epoch or none"))
+            }
+        }
+    }
+
+    /// The stamp for `now` (time since the Unix epoch), with its separator.
+    fn stamp(self, now: Duration) -> String {
+        let secs = now.as_secs();
+        match self {
+            Timestamp::Rfc3339 => {
+                let (y, m, d) = civil_from_days(secs / 86_400);
+                let t = secs % 86_400;
+                format!(
+                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z ",
+                    t / 3600,
+                    t / 60 % 60,
+                    t % 60,
+                    now.subsec_millis()
+                )
+            }
+            Timestamp::Epoch => format!("{secs}: "),
+            Timestamp::Off => String::new(),
+        }
+    }
+}
+
+/// The proleptic Gregorian date of day `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Log lines to standard error: `timestamp LEVEL message`.
 struct Logger;
 
+/// The [`Timestamp`] of the installed logger (an index: 0 RFC 3339, 1 epoch, 2 none).
+static TIMESTAMP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 impl Logger {
-    fn install(level: log::LevelFilter) {
+    fn install(level: log::LevelFilter, timestamp: Timestamp) {
         static LOGGER: Logger = Logger;
+        let index = match timestamp {
+            Timestamp::Rfc3339 => 0,
+            Timestamp::Epoch => 1,
+            Timestamp::Off => 2,
+        };
+        TIMESTAMP.store(index, std::sync::atomic::Ordering::Relaxed);
         if log::set_logger(&LOGGER).is_ok() {
             log::set_max_level(level);
         }
@@ -536,7 +748,15 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            eprintln!("{:<5} {}", record.level(), record.args());
+            let timestamp = match TIMESTAMP.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => Timestamp::Rfc3339,
+                1 => Timestamp::Epoch,
+                _ => Timestamp::Off,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            complain!("{}{:<5} {}", timestamp.stamp(now), record.level(), record.args());
         }
     }
 
@@ -559,6 +779,61 @@ mod tests {
         assert_eq!(s.config.broker.max_connections, 10_000);
         assert_eq!(s.config.broker.max_packet_size, 256 * 1024);
         assert_eq!(s.persistence, Some(PathBuf::from("./mqtt_data")));
+        assert_eq!(s.config.broker.sys_interval, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_or_mosquittos_epoch_seconds() {
+        let t = Duration::from_millis(1_767_323_045_678); // 2026-01-02T03:04:05.678Z
+        assert_eq!(Timestamp::Rfc3339.stamp(t), "2026-01-02T03:04:05.678Z ");
+        assert_eq!(Timestamp::Epoch.stamp(t), "1767323045: ");
+        assert_eq!(Timestamp::Rfc3339.stamp(Duration::ZERO), "1970-01-01T00:00:00.000Z ");
+        // A leap day.
+        assert_eq!(
+            Timestamp::Rfc3339.stamp(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z "
+        );
+        assert!(Timestamp::parse("iso").unwrap_err().contains("rfc3339, epoch or none"));
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_nearest_valid_one() {
+        let e = parse_file(Path::new("b.toml"), "port = 1883\nmax_conections = 5\n").unwrap_err();
+        assert!(e.contains("did you mean `max_connections`?"), "{e}");
+        let e = parse_file(Path::new("b.toml"), "persistence_location = \"/x\"\n").unwrap_err();
+        assert!(e.contains("did you mean `persistence_path`?"), "{e}");
+        let e = parse_file(Path::new("b.toml"), "zzzzzzzzzzzz = 1\n").unwrap_err();
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn mosquitto_syntax_is_named_with_the_toml_form() {
+        let text = "# converted\nlistener 1883\nallow_anonymous true\n";
+        let e = parse_file(Path::new("b.toml"), text).unwrap_err();
+        assert!(e.starts_with("b.toml:2: `listener 1883` is Mosquitto's"), "{e}");
+        assert!(e.contains("TOML") && e.contains("port = 1883"), "{e}");
+        let e = parse_file(Path::new("b.toml"), "listener 1884 0.0.0.0\n").unwrap_err();
+        assert!(e.contains("[[listener]]") && e.contains("bind = \"0.0.0.0\""), "{e}");
+        let e = parse_file(Path::new("b.toml"), "persistence_location /var/lib\n").unwrap_err();
+        assert!(e.contains("persistence_path = \"/var/lib\""), "{e}");
+    }
+
+    #[test]
+    fn address_in_use_suggests_another_port() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let e = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let m = bind_error(&e, &[addr]);
+        assert!(m.contains(&addr.to_string()) && m.contains("--port"), "{m}");
+    }
+
+    #[test]
+    fn sys_interval_zero_turns_sys_off() {
+        let text = "sys_interval = 0\n";
+        let fc = parse_file(Path::new("b.toml"), text).unwrap();
+        let at = |k: &str| locate(Path::new("b.toml"), text, k);
+        let s = build(fc, None, None, None, false, false, None, &at).unwrap();
+        assert_eq!(s.config.broker.sys_interval, None);
     }
 
     #[test]

@@ -12,10 +12,31 @@
 
 use std::process::ExitCode;
 
+/// `println!` that cannot panic: when standard output is a closed pipe (`ternmq broker | head
+/// -1`) or a full disk, the line is lost and the program carries on; the broker's shutdown must
+/// never depend on its output.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that cannot panic, as [`say!`] for standard error.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod broker;
+mod format;
 mod passwd;
+mod props;
 mod pubsub;
+mod signals;
 mod store;
 
 use bytes::BytesMut;
@@ -44,68 +65,83 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None | Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             ExitCode::SUCCESS
         }
         Some("--version") => {
-            println!("ternmq {}", env!("CARGO_PKG_VERSION"));
+            say!("ternmq {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Some("decode") => match decode(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("ternmq decode: {e}");
+                complain!("ternmq decode: {e}");
                 ExitCode::FAILURE
             }
         },
         Some("pub") => match pubsub::publish(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                // Empty with --quiet.
+                if !e.is_empty() {
+                    complain!("{e}");
+                }
                 ExitCode::FAILURE
             }
         },
         Some("sub") => match pubsub::subscribe(&args[1..]) {
             Ok(status) => ExitCode::from(status),
             Err(e) => {
-                eprintln!("{e}");
+                if !e.is_empty() {
+                    complain!("{e}");
+                }
                 ExitCode::FAILURE
             }
         },
         Some("broker") => match broker::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("store") => match store::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("bench") => match bench::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some("passwd") => match passwd::run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("{e}");
+                complain!("{e}");
                 ExitCode::FAILURE
             }
         },
         Some(other) => {
-            eprintln!("ternmq: unknown command {other:?}\n\n{USAGE}");
+            complain!("ternmq: unknown command {other:?}\n\n{USAGE}");
             ExitCode::from(2)
         }
     }
 }
+
+const DECODE_USAGE: &str = "\
+usage: ternmq decode [-V 311|5] [--server] HEX...
+
+Decodes MQTT packets written in hex (spaces and colons ignored) with the decoder the broker and
+clients use, and prints each packet with its offset.
+
+  -V 311|5    the protocol version of the stream (default 5)
+  --server    decode as a server: the stream starts with CONNECT, which fixes the version
+  --help      print this help";
 
 /// The Tokio runtime the broker and the load generator run on: one worker thread per CPU this
 /// process may use, or, on one CPU, everything on the calling thread, since a second thread
@@ -122,6 +158,10 @@ fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn decode(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        say!("{DECODE_USAGE}");
+        return Ok(());
+    }
     let mut version = Some(ProtocolVersion::V5);
     let mut hex = String::new();
     let mut it = args.iter();
@@ -152,7 +192,7 @@ fn decode(args: &[String]) -> Result<(), String> {
         let before = buf.len();
         match decoder.decode(&mut buf) {
             Ok(Some(packet)) => {
-                println!("@{offset}: {packet:#?}");
+                say!("@{offset}: {packet:#?}");
                 offset += before - buf.len();
             }
             Ok(None) if buf.is_empty() => return Ok(()),

@@ -112,7 +112,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     };
     match parse(args)? {
         Command::Help => {
-            println!("{USAGE}");
+            say!("{USAGE}");
             Ok(())
         }
         Command::Delete { file, user } => auth::delete_user(&file, &user).map_err(describe),
