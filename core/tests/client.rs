@@ -1517,3 +1517,21 @@ fn the_wrong_acknowledgement_for_an_identifier_in_flight_is_a_protocol_error() {
         assert!(h.sent().is_empty(), "{v:?}");
     }
 }
+
+/// MQTT 5: UNSUBSCRIBE carries the application's User Properties; 3.1.1 has no properties, so
+/// the same call sends none.
+#[test]
+fn unsubscribe_with_sends_its_user_properties_in_v5_only() {
+    for v in both() {
+        let mut h = Harness::new(v, ClientConfig::default());
+        h.connect(t(0), accepted());
+        let _ = h.events();
+        let mut props = UnsubscribeProperties::default();
+        props.user_properties.push((MqttStr::new("k").unwrap(), MqttStr::new("v").unwrap()));
+        let f = TopicFilter::new("a/#").unwrap();
+        h.client.unsubscribe_with(t(1), &[f], props).unwrap();
+        let sent = h.sent();
+        let Packet::Unsubscribe(u) = &sent[0] else { panic!("{sent:?}") };
+        assert_eq!(u.properties.user_properties.len(), usize::from(v == ProtocolVersion::V5));
+    }
+}

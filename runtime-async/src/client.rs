@@ -24,7 +24,9 @@ use ternmq_core::client::driver::{
     self, Answer, CommandError, ConnectOptions, Driver, Error, Outcome,
 };
 use ternmq_core::client::{DisconnectReason, ReconnectOptions};
-use ternmq_core::codec::{Disconnect, Publish, QoS, ReasonCode, Subscription};
+use ternmq_core::codec::{
+    Disconnect, Publish, QoS, ReasonCode, Subscription, UnsubscribeProperties,
+};
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
 
@@ -215,8 +217,18 @@ impl<R: Runtime> Client<R> {
 
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
     pub async fn unsubscribe(&self, filter: &str) -> Result<Vec<ReasonCode>, Error> {
+        self.unsubscribe_with(filter, UnsubscribeProperties::default()).await
+    }
+
+    /// [`unsubscribe`](Self::unsubscribe) with MQTT 5 UNSUBSCRIBE properties (User
+    /// Properties).
+    pub async fn unsubscribe_with(
+        &self,
+        filter: &str,
+        properties: UnsubscribeProperties,
+    ) -> Result<Vec<ReasonCode>, Error> {
         let f = TopicFilter::new(filter)?;
-        self.call(|d, now, w| d.unsubscribe(now, &[f], w)).await
+        self.call(|d, now, w| d.unsubscribe_with(now, &[f], properties, w)).await
     }
 
     /// Calls `handler` for every message, in order, on the driver task. It must not block; to

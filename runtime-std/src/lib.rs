@@ -38,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 use ternmq_core::client::driver::{self, Answer, CommandError, Driver, Outcome};
 use ternmq_core::codec::{
     Decoder, Disconnect, MAX_PACKET_SIZE, Packet, ProtocolVersion, Publish, QoS, ReasonCode,
-    SubscribeProperties, Subscription,
+    SubscribeProperties, Subscription, UnsubscribeProperties,
 };
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
@@ -458,8 +458,18 @@ impl SyncClient {
 
     /// Unsubscribes from `filter`; returns the server's reason codes (empty in 3.1.1).
     pub fn unsubscribe(&self, filter: &str) -> Result<Vec<ReasonCode>, Error> {
+        self.unsubscribe_with(filter, UnsubscribeProperties::default())
+    }
+
+    /// [`unsubscribe`](Self::unsubscribe) with MQTT 5 UNSUBSCRIBE properties (User
+    /// Properties).
+    pub fn unsubscribe_with(
+        &self,
+        filter: &str,
+        properties: UnsubscribeProperties,
+    ) -> Result<Vec<ReasonCode>, Error> {
         let f = TopicFilter::new(filter)?;
-        self.call(|d, now, w| d.unsubscribe(now, &[f], w))
+        self.call(|d, now, w| d.unsubscribe_with(now, &[f], properties, w))
     }
 
     /// Calls `handler` for every message, in order, on the dispatcher thread: the handler may

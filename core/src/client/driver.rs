@@ -615,8 +615,19 @@ impl<W> Driver<W> {
         filters: &[TopicFilter],
         waiter: W,
     ) -> Result<(), CommandError> {
+        self.unsubscribe_with(now, filters, crate::codec::UnsubscribeProperties::default(), waiter)
+    }
+
+    /// [`unsubscribe`](Self::unsubscribe) with UNSUBSCRIBE properties (MQTT 5).
+    pub fn unsubscribe_with(
+        &mut self,
+        now: Instant,
+        filters: &[TopicFilter],
+        properties: crate::codec::UnsubscribeProperties,
+        waiter: W,
+    ) -> Result<(), CommandError> {
         self.check_running()?;
-        let id = self.core.unsubscribe(now, filters)?;
+        let id = self.core.unsubscribe_with(now, filters, properties)?;
         self.waiters.insert(id.get(), Waiting { waiter, request: true });
         self.sync(now);
         Ok(())

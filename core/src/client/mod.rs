@@ -595,6 +595,17 @@ impl Client {
         now: Instant,
         filters: &[TopicFilter],
     ) -> Result<PacketId, ClientError> {
+        self.unsubscribe_with(now, filters, UnsubscribeProperties::default())
+    }
+
+    /// [`unsubscribe`](Self::unsubscribe) with UNSUBSCRIBE properties (MQTT 5: User
+    /// Properties; not sent in 3.1.1).
+    pub fn unsubscribe_with(
+        &mut self,
+        now: Instant,
+        filters: &[TopicFilter],
+        properties: UnsubscribeProperties,
+    ) -> Result<PacketId, ClientError> {
         if !self.is_connected() {
             return Err(ClientError::NotConnected);
         }
@@ -602,11 +613,8 @@ impl Client {
             return Err(ClientError::Empty);
         }
         let packet_id = self.allocate_id()?;
-        let packet = Packet::Unsubscribe(Unsubscribe {
-            packet_id,
-            filters: filters.to_vec(),
-            properties: UnsubscribeProperties::default(),
-        });
+        let packet =
+            Packet::Unsubscribe(Unsubscribe { packet_id, filters: filters.to_vec(), properties });
         self.send(now, &packet)?;
         for f in filters {
             self.subscriptions.remove(f);

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use ternmq::codec::{
     ConnectProperties, DisconnectProperties, MqttStr, PayloadFormat, PublishProperties,
-    SubscribeProperties, WillProperties,
+    SubscribeProperties, UnsubscribeProperties, WillProperties,
 };
 use ternmq::topic::TopicName;
 
@@ -16,6 +16,7 @@ pub(crate) struct Properties {
     pub(crate) will: WillProperties,
     pub(crate) disconnect: DisconnectProperties,
     pub(crate) subscribe: SubscribeProperties,
+    pub(crate) unsubscribe: UnsubscribeProperties,
     /// Whether any `-D` was given (they need MQTT 5).
     pub(crate) any: bool,
 }
@@ -30,6 +31,7 @@ const WILL: &str = "will-delay-interval, payload-format-indicator, message-expir
                     response-topic, correlation-data, content-type, user-property";
 const DISCONNECT: &str = "session-expiry-interval, reason-string, user-property";
 const SUBSCRIBE: &str = "subscription-identifier, user-property";
+const UNSUBSCRIBE: &str = "user-property";
 
 impl Properties {
     /// Takes one `-D` from `it` (the three or four words after it).
@@ -41,11 +43,11 @@ impl Properties {
         let name = next("the property is missing")?;
         let value = next("the value is missing")?;
         self.any = true;
-        if matches!(command.as_str(), "unsubscribe" | "auth") {
+        if command == "auth" {
             return Err(format!(
-                "-D {command}: {} properties are not supported yet (the client does not send \
-                 them); connect, publish, will, subscribe and disconnect are",
-                command.to_uppercase()
+                "-D {command}: AUTH properties are not supported yet (enhanced authentication \
+                 is the client library's); connect, publish, will, subscribe, unsubscribe and \
+                 disconnect are"
             ));
         }
         let at = format!("-D {command} {name}");
@@ -79,6 +81,7 @@ impl Properties {
                 "will" => self.will.user_properties.push(pair),
                 "disconnect" => self.disconnect.user_properties.push(pair),
                 "subscribe" => self.subscribe.user_properties.push(pair),
+                "unsubscribe" => self.unsubscribe.user_properties.push(pair),
                 _ => return Err(unknown_command(&command)),
             }
             return Ok(());
@@ -148,6 +151,7 @@ impl Properties {
                 }
                 _ => return Err(unknown(SUBSCRIBE)),
             },
+            "unsubscribe" => return Err(unknown(UNSUBSCRIBE)),
             "disconnect" => {
                 let d = &mut self.disconnect;
                 match name.as_str() {
@@ -163,7 +167,10 @@ impl Properties {
 }
 
 fn unknown_command(command: &str) -> String {
-    format!("-D: unknown command {command:?}; use connect, publish, will, subscribe or disconnect")
+    format!(
+        "-D: unknown command {command:?}; use connect, publish, will, subscribe, unsubscribe or \
+         disconnect"
+    )
 }
 
 #[cfg(test)]
@@ -199,7 +206,11 @@ mod tests {
         assert!(e.contains("has no property \"colour\""), "{e}");
         let e = take("connect user-property k").err().unwrap();
         assert!(e.contains("a name and a value"), "{e}");
-        let e = take("unsubscribe user-property k v").err().unwrap();
+        let p = take("unsubscribe user-property k v").unwrap();
+        assert_eq!(p.unsubscribe.user_properties.len(), 1);
+        let e = take("unsubscribe reason-string x").err().unwrap();
+        assert!(e.contains("has no property"), "{e}");
+        let e = take("auth authentication-method x").err().unwrap();
         assert!(e.contains("not supported yet"), "{e}");
         let p = take("subscribe subscription-identifier 5").unwrap();
         assert_eq!(p.subscribe.subscription_identifier.map(|i| i.get()), Some(5));

@@ -858,7 +858,7 @@ pub(crate) fn subscribe(args: &[String]) -> Result<u8, String> {
         }
     }
     for f in &unsubscribe {
-        if let Err(e) = client.unsubscribe(f) {
+        if let Err(e) = client.unsubscribe_with(f, common.properties.unsubscribe.clone()) {
             return Err(fail(&common, format!("Unsubscribe from {f:?} failed: {e}")));
         }
     }
