@@ -208,20 +208,25 @@ impl Shared {
                 }
                 Outcome::Connected { session_present } => {
                     push_event(st, ConnectionEvent::Connected { session_present });
-                    if let Some(tx) = st.connect_waiter.take() {
-                        let _ = tx.try_send(Ok(()));
-                    }
+                    // Hooks first: the caller of `connect`, once woken, may add hooks, and they
+                    // are for the connections after it.
                     if let Some(sinks) = &st.sinks {
                         sinks.dispatch(
                             Dispatch::Connected,
                             self.has_handlers.load(Ordering::Acquire),
                         );
                     }
+                    if let Some(tx) = st.connect_waiter.take() {
+                        let _ = tx.try_send(Ok(()));
+                    }
                 }
-                Outcome::ConnectionLost(reason) if reason != DisconnectReason::Requested => {
-                    if let Some(sinks) = &st.sinks {
+                Outcome::ConnectionLost(reason) => {
+                    if reason != DisconnectReason::Requested
+                        && let Some(sinks) = &st.sinks
+                    {
                         sinks.dispatch(Dispatch::Lost, self.has_handlers.load(Ordering::Acquire));
                     }
+                    push_event(st, ConnectionEvent::Lost(reason));
                 }
                 Outcome::Refused(code) => {
                     if let Some(tx) = st.connect_waiter.take() {
@@ -240,7 +245,6 @@ impl Shared {
                     st.driver.handle_closed(self.now());
                 }
                 Outcome::Redial => st.redial = true,
-                Outcome::ConnectionLost(reason) => push_event(st, ConnectionEvent::Lost(reason)),
                 _ => {}
             }
         }
