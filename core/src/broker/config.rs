@@ -203,7 +203,8 @@ pub struct BrokerConfig {
     pub subscription_identifiers_available: bool,
     /// How a shared subscription group chooses a member.
     pub shared_policy: SharedPolicy,
-    /// The broker's Receive Maximum: QoS 2 messages a client may have unreleased at once.
+    /// The broker's Receive Maximum: QoS 1 and 2 messages an MQTT 5 client may have in flight
+    /// towards the broker (QoS 1 not yet acknowledged, QoS 2 not yet released).
     pub receive_maximum: u16,
     /// Most QoS 1 and 2 messages in flight to one client (further capped by the client's
     /// Receive Maximum).
