@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant as StdInstant};
 
-use async_channel::{self as channel, Receiver, Sender, TrySendError};
+use async_channel::{self as channel, Receiver, Sender};
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
@@ -105,10 +105,50 @@ pub trait ServerRuntime: Runtime {
     /// Shuts the writing side down (sends FIN).
     fn shutdown(stream: &mut Self::Stream) -> impl Future<Output = ()> + Send + '_;
 
+    /// The sending side of the core task's input queue: a bounded queue with many senders
+    /// and one receiver, the runtime's own (its busiest path: every read and every write
+    /// report goes through it).
+    type Sender<T: Send + 'static>: Clone + Send + Sync + 'static;
+    /// The receiving side of the input queue.
+    type Receiver<T: Send + 'static>: Send + 'static;
+
+    /// A bounded input queue.
+    fn channel<T: Send + 'static>(capacity: usize) -> (Self::Sender<T>, Self::Receiver<T>);
+
+    /// Queues `value` if there is room now.
+    fn try_send<T: Send + 'static>(tx: &Self::Sender<T>, value: T) -> Result<(), TrySend<T>>;
+
+    /// Queues `value`, waiting for room; `false` once the receiver is gone.
+    fn send<T: Send + 'static>(
+        tx: &Self::Sender<T>,
+        value: T,
+    ) -> impl Future<Output = bool> + Send + '_;
+
+    /// Queues `value` from a thread that may block (the store's writer); `false` once the
+    /// receiver is gone.
+    fn send_blocking<T: Send + 'static>(tx: &Self::Sender<T>, value: T) -> bool;
+
+    /// The next value if one is waiting; `Err(true)` once every sender is gone.
+    fn try_recv<T: Send + 'static>(rx: &mut Self::Receiver<T>) -> Result<T, bool>;
+
+    /// The next value, waiting for one; `None` once every sender is gone.
+    fn recv<T: Send + 'static>(
+        rx: &mut Self::Receiver<T>,
+    ) -> impl Future<Output = Option<T>> + Send + '_;
+
     /// Runs `job` where it may block, and completes with its result (`None` if it panicked).
     fn spawn_blocking<T: Send + 'static>(
         job: impl FnOnce() -> T + Send + 'static,
     ) -> impl Future<Output = Option<T>> + Send;
+}
+
+/// Why [`ServerRuntime::try_send`] did not queue a value.
+#[derive(Debug)]
+pub enum TrySend<T> {
+    /// The queue is full: the value is given back.
+    Full(T),
+    /// The receiver is gone.
+    Closed,
 }
 
 /// A runtime that can run a future to completion on the calling thread: its [`Server`] then
@@ -219,14 +259,27 @@ pub fn bind_error(addr: &SocketAddr, e: &io::Error) -> io::Error {
 }
 
 /// Stops a running [`Server`] gracefully; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct ShutdownHandle(Sender<()>);
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    stopping: Arc<AtomicBool>,
+    /// Wakes an idle core task (a busy one sees `stopping` on its next turn).
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl fmt::Debug for ShutdownHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShutdownHandle")
+            .field("stopping", &self.stopping.load(Ordering::Relaxed))
+            .finish()
+    }
+}
 
 impl ShutdownHandle {
     /// Asks the server to stop: it stops accepting, sends DISCONNECT 0x8B (Server shutting down)
     /// to MQTT 5 clients, flushes and closes every connection, and then `run` returns.
     pub fn shutdown(&self) {
-        let _ = self.0.try_send(());
+        self.stopping.store(true, Ordering::Release);
+        (self.wake)();
     }
 }
 
@@ -234,7 +287,9 @@ impl ShutdownHandle {
 pub struct Server<R: ServerRuntime> {
     listeners: Vec<R::Listener>,
     config: ServerConfig,
-    stop: (Sender<()>, Receiver<()>),
+    /// The core task's input queue, made at bind so that a shutdown handle can wake it.
+    input: (R::Sender<Input<R>>, R::Receiver<Input<R>>),
+    stopping: Arc<AtomicBool>,
     store: Option<Store>,
 }
 
@@ -253,7 +308,8 @@ impl<R: ServerRuntime> Server<R> {
             listeners.push(R::bind(*addr).await.map_err(|e| bind_error(addr, &e))?);
         }
         let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
-        Ok(Server { listeners, config, stop: channel::bounded(1), store })
+        let input = R::channel(INPUT_QUEUE);
+        Ok(Server { listeners, config, input, stopping: Arc::default(), store })
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -263,23 +319,29 @@ impl<R: ServerRuntime> Server<R> {
 
     /// A handle that stops the server.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(self.stop.0.clone())
+        let tx = self.input.0.clone();
+        ShutdownHandle {
+            stopping: Arc::clone(&self.stopping),
+            wake: Arc::new(move || {
+                let _ = R::try_send(&tx, Input::Stop);
+            }),
+        }
     }
 
     /// Serves until [`ShutdownHandle::shutdown`] is called. Spawns its tasks with
     /// [`Runtime::spawn`].
     pub async fn run(self) -> io::Result<()> {
         let epoch = StdInstant::now();
-        let (tx, rx) = channel::bounded(INPUT_QUEUE);
+        let (tx, rx) = self.input;
         let (done, fail) = (tx.clone(), tx.clone());
         let (broker, writer) = ternmq_store::start_broker(
             self.config.broker.clone(),
             self.store.zip(self.config.store.as_ref()),
             move |seq| {
-                let _ = done.send_blocking(Input::Persisted(seq));
+                let _ = R::send_blocking(&done, Input::Persisted(seq));
             },
             move |e| {
-                let _ = fail.send_blocking(Input::StoreFailed(e.to_string()));
+                let _ = R::send_blocking(&fail, Input::StoreFailed(e.to_string()));
             },
         )?;
         if let Some(sc) = &self.config.store {
@@ -309,7 +371,7 @@ impl<R: ServerRuntime> Server<R> {
             tasks,
             runtime: PhantomData,
         };
-        core.run(rx, &self.stop.1).await;
+        core.run(rx, &self.stopping).await;
         drop(halt);
         let failed = core.store_failed.take();
         core.shutdown().await;
@@ -333,6 +395,8 @@ impl<R: BlockOn> Server<R> {
 }
 
 enum Input<R: ServerRuntime> {
+    /// A shutdown handle was used (only wakes the core task: `stopping` says it).
+    Stop,
     Accepted(R::Stream, SocketAddr, u16),
     Bytes(ConnId, BytesMut),
     Closed(ConnId),
@@ -346,14 +410,14 @@ enum Input<R: ServerRuntime> {
 async fn accept_loop<R: ServerRuntime>(
     listener: R::Listener,
     index: u16,
-    tx: Sender<Input<R>>,
+    tx: R::Sender<Input<R>>,
     halted: Receiver<()>,
 ) {
     let accepting = async {
         loop {
             match R::accept(&listener).await {
                 Ok((stream, addr)) => {
-                    if tx.send(Input::Accepted(stream, addr, index)).await.is_err() {
+                    if !R::send(&tx, Input::Accepted(stream, addr, index)).await {
                         return;
                     }
                 }
@@ -406,7 +470,7 @@ type Handle = Arc<Shared>;
 struct Core<R: ServerRuntime> {
     driver: Driver<Handle>,
     epoch: StdInstant,
-    tx: Sender<Input<R>>,
+    tx: R::Sender<Input<R>>,
     /// The server's configuration, for its hooks that answer deferred decisions.
     hooks: ServerConfig,
     writer: Option<Writer>,
@@ -420,8 +484,7 @@ struct Core<R: ServerRuntime> {
 
 /// What ended the core task's wait.
 enum Woke<R: ServerRuntime> {
-    Stop,
-    Input(Input<R>),
+    Input(Option<Input<R>>),
     Timer,
 }
 
@@ -437,33 +500,44 @@ impl<R: ServerRuntime> Core<R> {
         Some(at.saturating_duration_since(StdInstant::now()))
     }
 
-    async fn run(&mut self, rx: Receiver<Input<R>>, stop: &Receiver<()>) {
+    async fn run(&mut self, mut rx: R::Receiver<Input<R>>, stopping: &AtomicBool) {
         loop {
-            // Under load there is input waiting: take it without registering to be woken, and
-            // look for a stop request the same way. Only an idle core task waits.
-            if stop.try_recv().is_ok() {
+            // Under load there is input waiting: it is taken without waiting. Only an idle
+            // core task waits, for input (a shutdown handle's wake-up included) or its timer.
+            if stopping.load(Ordering::Acquire) {
                 return;
             }
-            let woke = match rx.try_recv() {
-                Ok(input) => Woke::Input(input),
-                Err(channel::TryRecvError::Closed) => return,
-                Err(channel::TryRecvError::Empty) => self.wait(&rx, stop).await,
-            };
-            match woke {
-                Woke::Stop => return,
-                Woke::Input(input) => {
-                    self.input(input);
-                    if self.store_failed.is_some() {
-                        return;
-                    }
-                    for _ in 1..BATCH {
-                        match rx.try_recv() {
-                            Ok(input) => self.input(input),
-                            Err(_) => break,
+            let woke = match R::try_recv(&mut rx) {
+                Ok(input) => Some(input),
+                Err(true) => return,
+                Err(false) => {
+                    let wait = self.deadline_in();
+                    let input = async { Woke::Input(R::recv(&mut rx).await) };
+                    let timer = async {
+                        match wait {
+                            Some(d) => R::sleep(d).await,
+                            None => future::pending().await,
                         }
+                        Woke::Timer
+                    };
+                    match future::or(input, timer).await {
+                        Woke::Input(Some(input)) => Some(input),
+                        Woke::Input(None) => return,
+                        Woke::Timer => None,
                     }
                 }
-                Woke::Timer => {}
+            };
+            if let Some(input) = woke {
+                self.input(input);
+                if self.store_failed.is_some() {
+                    return;
+                }
+                for _ in 1..BATCH {
+                    match R::try_recv(&mut rx) {
+                        Ok(input) => self.input(input),
+                        Err(_) => break,
+                    }
+                }
             }
             let now = self.now();
             self.driver.timeout(now);
@@ -471,32 +545,10 @@ impl<R: ServerRuntime> Core<R> {
         }
     }
 
-    /// Waits for a stop request, input or the driver's deadline, in that order of preference.
-    async fn wait(&self, rx: &Receiver<Input<R>>, stop: &Receiver<()>) -> Woke<R> {
-        let wait = self.deadline_in();
-        let stopped = async {
-            let _ = stop.recv().await;
-            Woke::Stop
-        };
-        let input = async {
-            match rx.recv().await {
-                Ok(input) => Woke::Input(input),
-                Err(_) => Woke::Stop,
-            }
-        };
-        let timer = async {
-            match wait {
-                Some(d) => R::sleep(d).await,
-                None => future::pending().await,
-            }
-            Woke::Timer
-        };
-        future::or(stopped, future::or(input, timer)).await
-    }
-
     fn input(&mut self, input: Input<R>) {
         let now = self.now();
         match input {
+            Input::Stop => {}
             Input::Accepted(stream, addr, listener) => {
                 let _ = R::set_nodelay(&stream);
                 let shared = Handle::default();
@@ -560,7 +612,7 @@ impl<R: ServerRuntime> Core<R> {
                             let tx = self.tx.clone();
                             R::spawn(async move {
                                 let allowed = fut.await;
-                                let _ = tx.send(Input::Authorized(ticket, allowed)).await;
+                                let _ = R::send(&tx, Input::Authorized(ticket, allowed)).await;
                             });
                         }
                         None => {
@@ -591,7 +643,7 @@ impl<R: ServerRuntime> Core<R> {
                 let tx = self.tx.clone();
                 R::spawn(async move {
                     let decision = fut.await;
-                    let _ = tx.send(Input::Auth(ticket, decision)).await;
+                    let _ = R::send(&tx, Input::Auth(ticket, decision)).await;
                 });
             }
             None => {
@@ -634,7 +686,7 @@ fn conn_loop<R: ServerRuntime>(
     mut stream: R::Stream,
     id: ConnId,
     shared: Arc<Shared>,
-    tx: Sender<Input<R>>,
+    tx: R::Sender<Input<R>>,
     alive: Sender<()>,
 ) -> impl Future<Output = ()> + Send {
     // An `async move` block rather than an `async fn`: the latter keeps a second copy of its
@@ -688,7 +740,7 @@ fn conn_loop<R: ServerRuntime>(
                     }
                 }
             };
-            let sent = match hand(&tx, input) {
+            let sent = match hand::<R>(&tx, input) {
                 Ok(sent) => sent,
                 Err(wait) => wait.await,
             };
@@ -716,13 +768,11 @@ type Wait<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 /// Hands `input` to the core task: `Ok(false)` once the core task is gone. Most sends find
 /// room at once; one that has to wait is returned boxed, so that only a connection waiting
 /// for room carries the state of the wait.
-fn hand<R: ServerRuntime>(tx: &Sender<Input<R>>, input: Input<R>) -> Result<bool, Wait<'_>> {
-    match tx.try_send(input) {
+fn hand<R: ServerRuntime>(tx: &R::Sender<Input<R>>, input: Input<R>) -> Result<bool, Wait<'_>> {
+    match R::try_send(tx, input) {
         Ok(()) => Ok(true),
-        Err(TrySendError::Full(input)) => {
-            Err(Box::pin(async move { tx.send(input).await.is_ok() }))
-        }
-        Err(TrySendError::Closed(_)) => Ok(false),
+        Err(TrySend::Full(input)) => Err(Box::pin(R::send(tx, input))),
+        Err(TrySend::Closed) => Ok(false),
     }
 }
 
@@ -783,7 +833,7 @@ async fn write_all<R: ServerRuntime>(
 /// what each connection costs besides the core's state. For the runtimes' tests.
 #[doc(hidden)]
 pub fn idle_connection_future_size<R: ServerRuntime>(stream: R::Stream) -> usize {
-    let (tx, _rx) = channel::bounded(1);
+    let (tx, _rx) = R::channel(1);
     let (alive, _tasks) = channel::bounded(1);
     let mut broker = ternmq_core::broker::Broker::new(BrokerConfig::default(), Instant::ZERO)
         .unwrap_or_else(|e| unreachable!("the default configuration is valid: {e}"));

@@ -12,14 +12,14 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use smol::Async;
 use smol::io::AsyncReadExt;
+use smol::{Async, channel};
 use ternmq_async::ServerRuntime;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
 };
-use ternmq_async::server::{BlockOn, READ_CHUNK};
+use ternmq_async::server::{BlockOn, READ_CHUNK, TrySend};
 
 use crate::Smol;
 
@@ -83,6 +83,36 @@ impl ServerRuntime for Smol {
 
     async fn shutdown(stream: &mut Async<TcpStream>) {
         let _ = stream.get_ref().shutdown(Shutdown::Write);
+    }
+
+    type Sender<T: Send + 'static> = channel::Sender<T>;
+    type Receiver<T: Send + 'static> = channel::Receiver<T>;
+
+    fn channel<T: Send + 'static>(capacity: usize) -> (channel::Sender<T>, channel::Receiver<T>) {
+        channel::bounded(capacity)
+    }
+
+    fn try_send<T: Send + 'static>(tx: &channel::Sender<T>, value: T) -> Result<(), TrySend<T>> {
+        tx.try_send(value).map_err(|e| match e {
+            channel::TrySendError::Full(value) => TrySend::Full(value),
+            channel::TrySendError::Closed(_) => TrySend::Closed,
+        })
+    }
+
+    async fn send<T: Send + 'static>(tx: &channel::Sender<T>, value: T) -> bool {
+        tx.send(value).await.is_ok()
+    }
+
+    fn send_blocking<T: Send + 'static>(tx: &channel::Sender<T>, value: T) -> bool {
+        tx.send_blocking(value).is_ok()
+    }
+
+    fn try_recv<T: Send + 'static>(rx: &mut channel::Receiver<T>) -> Result<T, bool> {
+        rx.try_recv().map_err(|e| e.is_closed())
+    }
+
+    async fn recv<T: Send + 'static>(rx: &mut channel::Receiver<T>) -> Option<T> {
+        rx.recv().await.ok()
     }
 
     async fn spawn_blocking<T: Send + 'static>(

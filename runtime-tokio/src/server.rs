@@ -14,12 +14,14 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use ternmq_async::ServerRuntime;
+use ternmq_async::server::TrySend;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 
 use crate::Tokio;
 
@@ -74,6 +76,36 @@ impl ServerRuntime for Tokio {
 
     async fn shutdown(stream: &mut TcpStream) {
         let _ = AsyncWriteExt::shutdown(stream).await;
+    }
+
+    type Sender<T: Send + 'static> = mpsc::Sender<T>;
+    type Receiver<T: Send + 'static> = mpsc::Receiver<T>;
+
+    fn channel<T: Send + 'static>(capacity: usize) -> (mpsc::Sender<T>, mpsc::Receiver<T>) {
+        mpsc::channel(capacity)
+    }
+
+    fn try_send<T: Send + 'static>(tx: &mpsc::Sender<T>, value: T) -> Result<(), TrySend<T>> {
+        tx.try_send(value).map_err(|e| match e {
+            TrySendError::Full(value) => TrySend::Full(value),
+            TrySendError::Closed(_) => TrySend::Closed,
+        })
+    }
+
+    async fn send<T: Send + 'static>(tx: &mpsc::Sender<T>, value: T) -> bool {
+        tx.send(value).await.is_ok()
+    }
+
+    fn send_blocking<T: Send + 'static>(tx: &mpsc::Sender<T>, value: T) -> bool {
+        tx.blocking_send(value).is_ok()
+    }
+
+    fn try_recv<T: Send + 'static>(rx: &mut mpsc::Receiver<T>) -> Result<T, bool> {
+        rx.try_recv().map_err(|e| matches!(e, TryRecvError::Disconnected))
+    }
+
+    async fn recv<T: Send + 'static>(rx: &mut mpsc::Receiver<T>) -> Option<T> {
+        rx.recv().await
     }
 
     async fn spawn_blocking<T: Send + 'static>(
