@@ -249,10 +249,10 @@ impl Broker {
             }
             (Phase::Connected, packet) => match packet {
                 Packet::Publish(p) => self.on_publish(now, index, p),
-                Packet::PubAck(a) => self.on_puback(now, index, a),
+                Packet::PubAck(a) => self.on_final_ack(now, index, a, OutState::Ack),
                 Packet::PubRec(a) => self.on_pubrec(now, index, a),
                 Packet::PubRel(a) => self.on_pubrel(index, a),
-                Packet::PubComp(a) => self.on_pubcomp(now, index, a),
+                Packet::PubComp(a) => self.on_final_ack(now, index, a, OutState::Comp),
                 Packet::Subscribe(s) => self.on_subscribe(now, index, s),
                 Packet::Unsubscribe(u) => self.on_unsubscribe(index, u),
                 Packet::PingReq => self.send(index, &Packet::PingResp),

@@ -316,7 +316,18 @@ impl Broker {
         }
     }
 
-    pub(super) fn on_puback(&mut self, now: Instant, index: u32, ack: PubAck) {
+    /// A PUBACK (`expected` [`OutState::Ack`]) or a PUBCOMP ([`OutState::Comp`]) ends an
+    /// outgoing delivery. The wrong acknowledgement for an identifier in flight (a PUBACK for
+    /// a QoS 2 message, a PUBCOMP for a QoS 1 message or before PUBREC) is a protocol error,
+    /// as a PUBREC for a QoS 1 message is; one for an identifier not in flight (answered
+    /// already, or never sent) is ignored.
+    pub(super) fn on_final_ack(
+        &mut self,
+        now: Instant,
+        index: u32,
+        ack: PubAck,
+        expected: OutState,
+    ) {
         let Some(si) = self.slot_conn(index).map(|c| c.session) else {
             return;
         };
@@ -324,16 +335,13 @@ impl Broker {
             return;
         };
         match s.inflight_index(ack.packet_id) {
-            Some(i) if s.inflight[i].state == OutState::Ack => {
+            Some(i) if s.inflight[i].state == expected => {
                 if let Some(done) = s.inflight.remove(i) {
                     self.log_released(si, done.delivery.key);
                 }
                 self.pump(now, si);
             }
-            // A PUBACK for a QoS 2 message: the wrong acknowledgement for an identifier in
-            // flight is a protocol error, as a PUBREC for a QoS 1 message is.
             Some(_) => self.violation(now, index, ReasonCode::ProtocolError),
-            // Not in flight (answered already, or never sent): nothing to do.
             None => {}
         }
     }
@@ -438,26 +446,5 @@ impl Broker {
         // one, whatever release of it may still be on the way to the store).
         let seq = if self.durable() { self.persist_seq } else { 0 };
         self.send_after(index, Packet::PubComp(comp), seq);
-    }
-
-    pub(super) fn on_pubcomp(&mut self, now: Instant, index: u32, ack: PubAck) {
-        let Some(si) = self.slot_conn(index).map(|c| c.session) else {
-            return;
-        };
-        let Some(s) = self.session_mut(si) else {
-            return;
-        };
-        match s.inflight_index(ack.packet_id) {
-            Some(i) if s.inflight[i].state == OutState::Comp => {
-                if let Some(done) = s.inflight.remove(i) {
-                    self.log_released(si, done.delivery.key);
-                }
-                self.pump(now, si);
-            }
-            // A PUBCOMP for a QoS 1 message, or for a QoS 2 message before its PUBREC: a
-            // protocol error.
-            Some(_) => self.violation(now, index, ReasonCode::ProtocolError),
-            None => {}
-        }
     }
 }

@@ -690,13 +690,9 @@ impl Timestamp {
         let secs = now.as_secs();
         match self {
             Timestamp::Rfc3339 => {
-                let (y, m, d) = civil_from_days(secs / 86_400);
-                let t = secs % 86_400;
+                let (y, m, d, h, min, sec) = crate::format::civil(now);
                 format!(
-                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z ",
-                    t / 3600,
-                    t / 60 % 60,
-                    t % 60,
+                    "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{:03}Z ",
                     now.subsec_millis()
                 )
             }
@@ -704,20 +700,6 @@ impl Timestamp {
             Timestamp::Off => String::new(),
         }
     }
-}
-
-/// The proleptic Gregorian date of day `days` since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Log lines to standard error: `timestamp LEVEL message`.

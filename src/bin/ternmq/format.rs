@@ -287,9 +287,16 @@ fn quoted(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Seconds since the epoch as (year, month, day, hour, minute, second), UTC.
-fn civil(now: Duration) -> (u64, u64, u64, u64, u64, u64) {
+pub(crate) fn civil(now: Duration) -> (u64, u64, u64, u64, u64, u64) {
     let secs = now.as_secs();
-    let z = secs / 86_400 + 719_468;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let t = secs % 86_400;
+    (y, m, d, t / 3600, t / 60 % 60, t % 60)
+}
+
+/// The proleptic Gregorian date of day `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -298,8 +305,7 @@ fn civil(now: Duration) -> (u64, u64, u64, u64, u64, u64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + u64::from(m <= 2);
-    let t = secs % 86_400;
-    (y, m, d, t / 3600, t / 60 % 60, t % 60)
+    (y, m, d)
 }
 
 fn iso8601(now: Duration) -> String {
