@@ -66,20 +66,53 @@ fn unknown_command_and_missing_arguments_are_refused_with_usage() {
 }
 
 /// Starts `ternmq sub -p port` with `extra` arguments.
-fn start_sub(port: u16, extra: &[&str]) -> std::process::Child {
+fn start_sub(port: u16, extra: &[&str]) -> Killed {
     let port = port.to_string();
     let mut args = vec!["sub", "-p", port.as_str()];
     args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_ternmq"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ternmq"))
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Killed(Some(child))
 }
 
-fn finish(child: std::process::Child) -> (i32, String, String) {
-    let out = child.wait_with_output().unwrap();
+/// A `ternmq sub` killed when dropped: a test that fails before it stops the process leaves
+/// nothing running (a `sub` reconnects for ever).
+struct Killed(Option<std::process::Child>);
+
+impl std::ops::Deref for Killed {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("present until finished")
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("present until finished")
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl From<Killed> for std::process::Child {
+    fn from(mut k: Killed) -> Self {
+        k.0.take().expect("present until finished")
+    }
+}
+
+fn finish(child: impl Into<std::process::Child>) -> (i32, String, String) {
+    let out = child.into().wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
