@@ -53,6 +53,7 @@ extern crate std;
 pub mod broker;
 pub mod client;
 pub mod codec;
+mod rng;
 pub mod time;
 pub mod topic;
 

@@ -222,13 +222,8 @@ impl Broker {
     }
 
     pub(super) fn next_random(&mut self) -> u64 {
-        // xorshift64*: deterministic from the configured seed.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        // Deterministic from the configured seed.
+        crate::rng::xorshift64_star(&mut self.rng)
     }
 
     pub(super) fn handle_packet(&mut self, now: Instant, index: u32, packet: Packet) {

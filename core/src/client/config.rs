@@ -125,11 +125,6 @@ impl Backoff {
 
     /// xorshift64*: small, fast and good enough for jitter.
     fn random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        crate::rng::xorshift64_star(&mut self.rng)
     }
 }
