@@ -373,6 +373,19 @@ fn broker_stops_on_sigterm_when_its_stdout_is_a_closed_pipe() {
     }
 }
 
+/// Every line a broker started with `flags` logs around one `ternmq pub`, up to its exit
+/// on SIGTERM (which must succeed).
+fn log_of_one_publish(flags: &[&str]) -> Vec<String> {
+    let port = support::free_port();
+    let mut broker = support::Ternmq::start_on(port, flags, Stdio::piped());
+    let log = lines(broker.child.stderr.take().unwrap());
+    let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
+    assert_eq!(code, 0, "{flags:?}: {err}");
+    let (_, status) = broker.terminate();
+    assert!(status.success(), "{flags:?}: {status}");
+    log.iter().collect()
+}
+
 /// The lines `reader` yields, on a channel (so that a test can wait for one with a time limit).
 fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -516,15 +529,7 @@ fn every_broker_log_line_has_a_timestamp() {
                 .is_some_and(|(s, _)| s.len() >= 10 && s.bytes().all(|b| b.is_ascii_digit()))
         }),
     ] {
-        let port = support::free_port();
-        let args = ["--no-persistence", "--log-timestamp", flag];
-        let mut broker = support::Ternmq::start_on(port, &args, Stdio::piped());
-        let log = lines(broker.child.stderr.take().unwrap());
-        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
-        assert_eq!(code, 0, "{err}");
-        let (_, status) = broker.terminate();
-        assert!(status.success(), "{status}");
-        let all: Vec<String> = log.iter().collect();
+        let all = log_of_one_publish(&["--no-persistence", "--log-timestamp", flag]);
         assert!(all.iter().any(|l| l.contains(" connected (")), "{all:?}");
         for line in &all {
             assert!(check(line), "--log-timestamp {flag}: {line:?}");
@@ -535,15 +540,7 @@ fn every_broker_log_line_has_a_timestamp() {
 #[test]
 fn the_final_statistics_are_a_readable_summary() {
     for runtime in ["tokio", "std", "smol"] {
-        let port = support::free_port();
-        let flags = ["--no-persistence", "--runtime", runtime];
-        let mut broker = support::Ternmq::start_on(port, &flags, Stdio::piped());
-        let log = lines(broker.child.stderr.take().unwrap());
-        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
-        assert_eq!(code, 0, "{err}");
-        let (_, status) = broker.terminate();
-        assert!(status.success(), "{runtime}: {status}");
-        let all: Vec<String> = log.iter().collect();
+        let all = log_of_one_publish(&["--no-persistence", "--runtime", runtime]);
         let line = all.iter().find(|l| l.contains("statistics")).expect("a statistics line");
         let counted = line.contains("clients connected 1") && line.contains("messages 1 received");
         assert!(counted, "{runtime}: {line}");
@@ -556,14 +553,7 @@ fn broker_v_logs_more_than_the_default() {
     for (flags, verbose) in
         [(&["--no-persistence"][..], false), (&["--no-persistence", "-v"][..], true)]
     {
-        let port = support::free_port();
-        let mut broker = support::Ternmq::start_on(port, flags, Stdio::piped());
-        let log = lines(broker.child.stderr.take().unwrap());
-        let (code, _, err) = ternmq(&["pub", "-p", &port.to_string(), "-t", "t", "-m", "x"]);
-        assert_eq!(code, 0, "{err}");
-        let (_, status) = broker.terminate();
-        assert!(status.success(), "{status}");
-        let all: Vec<String> = log.iter().collect();
+        let all = log_of_one_publish(flags);
         let peer = all.iter().any(|l| l.contains("new connection from 127.0.0.1:"));
         assert_eq!(peer, verbose, "{flags:?}: {all:?}");
     }
