@@ -275,11 +275,18 @@ impl fmt::Debug for ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// A handle that sets `stopping` and calls `wake` (once) so that the server's loop looks
+    /// at it: for every server, async or not.
+    pub fn new(stopping: Arc<AtomicBool>, wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Self { stopping, wake: Arc::new(wake) }
+    }
+
     /// Asks the server to stop: it stops accepting, sends DISCONNECT 0x8B (Server shutting down)
     /// to MQTT 5 clients, flushes and closes every connection, and then `run` returns.
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
-        (self.wake)();
+        if !self.stopping.swap(true, Ordering::AcqRel) {
+            (self.wake)();
+        }
     }
 }
 
@@ -320,12 +327,9 @@ impl<R: ServerRuntime> Server<R> {
     /// A handle that stops the server.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         let tx = self.input.0.clone();
-        ShutdownHandle {
-            stopping: Arc::clone(&self.stopping),
-            wake: Arc::new(move || {
-                let _ = R::try_send(&tx, Input::Stop);
-            }),
-        }
+        ShutdownHandle::new(Arc::clone(&self.stopping), move || {
+            let _ = R::try_send(&tx, Input::Stop);
+        })
     }
 
     /// Serves until [`ShutdownHandle::shutdown`] is called. Spawns its tasks with

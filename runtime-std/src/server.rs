@@ -25,7 +25,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use ternmq_async::server::bind_error;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
-    BlockingAuthenticator, BlockingAuthorizer, ServerConfig,
+    BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
 };
 use ternmq_core::broker::driver::{
     Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
@@ -80,31 +80,6 @@ impl Mailbox {
     }
 }
 
-/// Stops a running [`Server`] gracefully; cheap to clone.
-#[derive(Clone)]
-pub struct ShutdownHandle {
-    stopping: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-}
-
-impl fmt::Debug for ShutdownHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShutdownHandle")
-            .field("stopping", &self.stopping.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-impl ShutdownHandle {
-    /// Asks the server to stop: it stops accepting, sends DISCONNECT 0x8B (Server shutting down)
-    /// to MQTT 5 clients, flushes and closes every connection, and then `run` returns.
-    pub fn shutdown(&self) {
-        if !self.stopping.swap(true, Ordering::SeqCst) {
-            let _ = self.waker.wake();
-        }
-    }
-}
-
 /// A bound MQTT broker server: one std thread serving every socket.
 pub struct Server {
     poll: Poll,
@@ -145,7 +120,10 @@ impl Server {
 
     /// A handle that stops the server.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { stopping: self.stopping.clone(), waker: self.waker.clone() }
+        let waker = Arc::clone(&self.waker);
+        ShutdownHandle::new(Arc::clone(&self.stopping), move || {
+            let _ = waker.wake();
+        })
     }
 
     /// Serves until [`ShutdownHandle::shutdown`] is called; blocks the calling thread.

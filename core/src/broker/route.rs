@@ -271,7 +271,12 @@ impl Broker {
         }
         let key = d.key;
         let qos2 = d.qos == QoS::ExactlyOnce;
-        let before = self.slot_conn(index).map_or(0, |c| c.unwritten());
+        // Where a gate for the store would go: only a durable broker's QoS 2 needs one.
+        let before = if qos2 && self.durable() {
+            self.slot_conn(index).map_or(0, |c| c.unwritten())
+        } else {
+            0
+        };
         if self.write_publish(now, index, &d, Some(id), false) {
             let state = if qos2 { OutState::Rec } else { OutState::Ack };
             if let Some(s) = self.session_mut(si) {
