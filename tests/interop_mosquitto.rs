@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::client::{Client, ClientConfig, Event};
+use ternmq_core::client::{Client, ClientConfig, Command as ClientCommand, Event};
 use ternmq_core::codec::*;
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
@@ -110,20 +110,22 @@ impl Conn {
             }
         }
         while let Some(ev) = self.client.poll_event() {
-            match &ev {
-                Event::CloseTransport => {
+            self.events.push(ev);
+        }
+        while let Some(command) = self.client.poll_command() {
+            match command {
+                ClientCommand::CloseTransport => {
                     self.stream = None;
                     let now = self.now();
                     self.client.handle_closed(now);
                 }
-                Event::Reconnect => {
+                ClientCommand::Reconnect => {
                     self.stream = Some(self.dial());
                     let now = self.now();
                     self.client.reconnect(now).unwrap();
                 }
                 _ => {}
             }
-            self.events.push(ev);
         }
     }
 

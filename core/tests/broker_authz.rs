@@ -1,5 +1,5 @@
 //! Authorization that answers later: the authorizer defers, the broker holds the connection's
-//! input in order, and carries on with the answer given to `resolve_authorization`.
+//! input in order, and carries on with the answer given to `handle_authorization`.
 #![allow(clippy::unwrap_used)]
 
 mod broker_harness;
@@ -7,7 +7,7 @@ mod broker_harness;
 use std::sync::Arc;
 
 use broker_harness::*;
-use ternmq_core::broker::{Action, Authorizer, AuthzDecision, ClientInfo, Event};
+use ternmq_core::broker::{Action, Authorizer, AuthzDecision, ClientInfo, Command};
 use ternmq_core::codec::{Packet, QoS, ReasonCode};
 
 /// Defers everything about `slow/...`; allows the rest.
@@ -28,10 +28,10 @@ fn harness() -> Harness {
 
 fn pending(h: &mut Harness) -> Vec<(ternmq_core::broker::AuthTicket, Action, String)> {
     h.pump();
-    h.events
+    h.commands
         .drain(..)
         .filter_map(|e| match e {
-            Event::AuthorizeRequired { ticket, action, topic, .. } => Some((ticket, action, topic)),
+            Command::Authorize { ticket, action, topic, .. } => Some((ticket, action, topic)),
             _ => None,
         })
         .collect()
@@ -50,7 +50,7 @@ fn a_deferred_publish_holds_later_packets_until_answered() {
     assert_eq!(asked.len(), 1);
     assert_eq!((asked[0].1, asked[0].2.as_str()), (Action::Publish, "slow/x"));
     let now = h.now;
-    h.broker.resolve_authorization(now, asked[0].0, true);
+    h.broker.handle_authorization(now, asked[0].0, true);
     let out = h.recv(&mut p);
     assert!(matches!(&out[0], Packet::PubAck(a) if a.packet_id.get() == 1), "{out:?}");
     assert!(matches!(out[1], Packet::PingResp), "then the PINGREQ's answer, in order");
@@ -66,7 +66,7 @@ fn a_deferred_publish_refused_gets_0x87_and_is_not_routed() {
     h.send(&p, publish("slow/x", b"1", QoS::AtLeastOnce, 1));
     let asked = pending(&mut h);
     let now = h.now;
-    h.broker.resolve_authorization(now, asked[0].0, false);
+    h.broker.handle_authorization(now, asked[0].0, false);
     let out = h.recv(&mut p);
     assert!(matches!(&out[0], Packet::PubAck(a) if a.reason_code == ReasonCode::NotAuthorized));
     assert!(h.recv_publishes(&mut sub).is_empty());
@@ -95,7 +95,7 @@ fn a_subscribe_with_a_deferred_filter_is_answered_whole_once_decided() {
     let asked = pending(&mut h);
     assert_eq!(asked.len(), 1, "only the slow filter is asked about");
     let now = h.now;
-    h.broker.resolve_authorization(now, asked[0].0, false);
+    h.broker.handle_authorization(now, asked[0].0, false);
     let out = h.recv(&mut s);
     match &out[0] {
         Packet::SubAck(a) => {

@@ -182,7 +182,7 @@ fn v311_publisher_is_held_back_the_same_way() {
 // ---------------------------------------------------------------- QoS 0: pausing the publisher
 
 use bytes::BytesMut;
-use ternmq_core::broker::Event;
+use ternmq_core::broker::Command;
 use ternmq_core::codec::{Encoder, ProtocolVersion};
 
 /// `n` QoS 0 PUBLISH packets to `t`, back to back, as one read would bring them.
@@ -198,10 +198,10 @@ fn burst(t: &str, n: usize) -> BytesMut {
 fn paused(h: &mut Harness, peer: &Peer) -> bool {
     h.pump();
     let mut state = false;
-    for e in &h.events {
+    for e in &h.commands {
         match e {
-            Event::PauseInput(c) if *c == peer.id => state = true,
-            Event::ResumeInput(c) if *c == peer.id => state = false,
+            Command::PauseInput(c) if *c == peer.id => state = true,
+            Command::ResumeInput(c) if *c == peer.id => state = false,
             _ => {}
         }
     }

@@ -57,7 +57,7 @@ impl Durable {
         let snapshot = self.store.snapshot(wall);
         let now = Instant::from_millis(wall);
         let broker = Broker::restore(config(self.mode), snapshot, now).unwrap();
-        self.h = Harness { broker, now, events: Vec::new() };
+        self.h = Harness { broker, now, events: Vec::new(), commands: Vec::new() };
     }
 }
 

@@ -6,7 +6,7 @@ mod broker_harness;
 
 use broker_harness::*;
 use bytes::Bytes;
-use ternmq_core::broker::Event;
+use ternmq_core::broker::{Command, Event};
 use ternmq_core::codec::{
     Auth, ConnAckProperties, Disconnect, MqttStr, Packet, PayloadFormat, PubAck, Publish, QoS,
     ReasonCode, RetainHandling, Subscribe, Subscription, SubscriptionOptions, WillProperties,
@@ -1366,10 +1366,10 @@ mod auth {
         h.send(&p, Packet::PingReq);
         assert!(h.recv(&mut p).is_empty(), "nothing before the decision");
         let ticket = h
-            .events
+            .commands
             .iter()
             .find_map(|e| match e {
-                Event::AuthRequired { ticket, request, .. } => {
+                Command::Authenticate { ticket, request, .. } => {
                     assert_eq!(request.stage, AuthStage::Connect);
                     Some(*ticket)
                 }
@@ -1377,7 +1377,7 @@ mod auth {
             })
             .unwrap();
         let now = h.now;
-        h.broker.resolve_auth(now, ticket, AuthDecision::Allow);
+        h.broker.handle_auth(now, ticket, AuthDecision::Allow);
         let out = h.recv(&mut p);
         assert!(
             matches!(&out[..], [Packet::ConnAck(a), Packet::PingResp] if a.reason_code == ReasonCode::Success)
@@ -1390,15 +1390,15 @@ mod auth {
         let mut p = h.accept(V5);
         h.send(&p, with_user("a", "later", b""));
         let ticket = h
-            .events
+            .commands
             .iter()
             .find_map(|e| match e {
-                Event::AuthRequired { ticket, .. } => Some(*ticket),
+                Command::Authenticate { ticket, .. } => Some(*ticket),
                 _ => None,
             })
             .unwrap();
         let now = h.now;
-        h.broker.resolve_auth(now, ticket, AuthDecision::Deny(ReasonCode::NotAuthorized));
+        h.broker.handle_auth(now, ticket, AuthDecision::Deny(ReasonCode::NotAuthorized));
         match h.recv(&mut p).first() {
             Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::NotAuthorized),
             other => panic!("{other:?}"),

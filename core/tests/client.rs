@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::num::NonZeroU16;
-use ternmq_core::client::{Client, ClientConfig, ClientError, DisconnectReason, Event};
+use ternmq_core::client::{Client, ClientConfig, ClientError, Command, DisconnectReason, Event};
 use ternmq_core::codec::*;
 use ternmq_core::time::{Duration, Instant};
 use ternmq_core::topic::{TopicFilter, TopicName};
@@ -56,6 +56,12 @@ impl Harness {
 
     fn events(&mut self) -> Vec<Event> {
         std::iter::from_fn(|| self.client.poll_event()).collect()
+    }
+
+    /// The events, and then the commands.
+    fn both(&mut self) -> (Vec<Event>, Vec<Command>) {
+        let events = self.events();
+        (events, std::iter::from_fn(|| self.client.poll_command()).collect())
     }
 
     fn feed(&mut self, now: Instant, packet: Packet) {
@@ -129,14 +135,17 @@ fn connack_timeout_closes_and_schedules_reconnect() {
     assert!(h.events().is_empty());
     h.client.handle_timeout(t(30));
     assert_eq!(
-        h.events(),
-        vec![Event::Disconnected(DisconnectReason::ConnAckTimeout), Event::CloseTransport]
+        h.both(),
+        (
+            vec![Event::Disconnected(DisconnectReason::ConnAckTimeout)],
+            vec![Command::CloseTransport]
+        )
     );
     h.client.handle_closed(t(30));
     // First reconnect delay: 1 s without jitter.
     assert_eq!(h.client.poll_timeout(), Some(t(31)));
     h.client.handle_timeout(t(31));
-    assert_eq!(h.events(), vec![Event::Reconnect]);
+    assert_eq!(h.both(), (vec![], vec![Command::Reconnect]));
 }
 
 #[test]
@@ -155,7 +164,7 @@ fn reconnect_backoff_doubles_up_to_the_maximum_and_resets_after_a_stable_connect
         delays.push((at - now).as_secs());
         now = at;
         h.client.handle_timeout(now);
-        assert_eq!(h.events().last(), Some(&Event::Reconnect));
+        assert_eq!(h.both().1, [Command::Reconnect]);
         h.client.reconnect(now).unwrap();
     }
     assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
@@ -200,17 +209,15 @@ fn refused_connection_reports_the_reason_and_does_not_retry_bad_credentials() {
         let mut h = Harness::new(v, ClientConfig::default());
         let refused = ConnAck { reason_code: ReasonCode::NotAuthorized, ..ConnAck::default() };
         h.connect(t(0), refused);
-        let ev = h.events();
+        let (ev, commands) = h.both();
         assert!(
             matches!(
                 &ev[..],
-                [
-                    Event::ConnectionRefused { reason_code: ReasonCode::NotAuthorized, .. },
-                    Event::CloseTransport
-                ]
+                [Event::ConnectionRefused { reason_code: ReasonCode::NotAuthorized, .. }]
             ),
             "{ev:?}"
         );
+        assert_eq!(commands, [Command::CloseTransport]);
         h.client.handle_closed(t(0));
         assert_eq!(h.client.poll_timeout(), None, "no reconnect after NotAuthorized");
     }
@@ -238,8 +245,11 @@ fn keep_alive_sends_pingreq_only_when_idle() {
     assert_eq!(h.sent(), vec![Packet::PingReq]);
     h.client.handle_timeout(t(36));
     assert_eq!(
-        h.events(),
-        vec![Event::Disconnected(DisconnectReason::KeepAliveTimeout), Event::CloseTransport]
+        h.both(),
+        (
+            vec![Event::Disconnected(DisconnectReason::KeepAliveTimeout)],
+            vec![Command::CloseTransport]
+        )
     );
 }
 
@@ -537,14 +547,12 @@ fn mqtt_3_2_2_4_session_present_after_clean_start_is_a_protocol_error() {
     h.client.connect(t(0), h.options()).unwrap();
     let _ = h.sent();
     h.feed(t(0), Packet::ConnAck(ConnAck { session_present: true, ..ConnAck::default() }));
-    let ev = h.events();
+    let (ev, commands) = h.both();
     assert!(
-        matches!(
-            &ev[..],
-            [Event::Disconnected(DisconnectReason::ProtocolViolation(_)), Event::CloseTransport]
-        ),
+        matches!(&ev[..], [Event::Disconnected(DisconnectReason::ProtocolViolation(_))]),
         "{ev:?}"
     );
+    assert_eq!(commands, [Command::CloseTransport]);
 }
 
 #[test]
@@ -644,11 +652,9 @@ fn malformed_input_disconnects_with_the_decoders_reason_code() {
     // PUBLISH with QoS 3.
     h.feed_raw(t(1), &[0x36, 0x03, 0x00, 0x01, b'a']);
     assert_eq!(h.sent(), vec![Packet::Disconnect(Disconnect::new(ReasonCode::MalformedPacket))]);
-    let ev = h.events();
-    assert!(matches!(
-        &ev[..],
-        [Event::Disconnected(DisconnectReason::Decode(_)), Event::CloseTransport]
-    ));
+    let (ev, commands) = h.both();
+    assert!(matches!(&ev[..], [Event::Disconnected(DisconnectReason::Decode(_))]));
+    assert_eq!(commands, [Command::CloseTransport]);
 }
 
 #[test]
@@ -660,14 +666,14 @@ fn server_disconnect_is_surfaced_with_its_reason() {
     d.properties.reason_string = Some(MqttStr::from_static("another client took the id"));
     h.feed(t(1), Packet::Disconnect(d.clone()));
     assert_eq!(
-        h.events(),
-        vec![
-            Event::Disconnected(DisconnectReason::Server {
+        h.both(),
+        (
+            vec![Event::Disconnected(DisconnectReason::Server {
                 reason_code: ReasonCode::SessionTakenOver,
                 properties: d.properties,
-            }),
-            Event::CloseTransport
-        ]
+            })],
+            vec![Command::CloseTransport]
+        )
     );
 }
 
@@ -682,8 +688,8 @@ fn disconnect_sends_disconnect_and_stops_reconnecting() {
     h.client.disconnect(t(1), d.clone());
     assert_eq!(h.sent(), vec![Packet::Disconnect(d)]);
     assert_eq!(
-        h.events(),
-        vec![Event::Disconnected(DisconnectReason::Requested), Event::CloseTransport]
+        h.both(),
+        (vec![Event::Disconnected(DisconnectReason::Requested)], vec![Command::CloseTransport])
     );
     // Nothing more goes out: commands now only queue, and no timer fires a PINGREQ.
     h.client.publish(t(2), publish("a", QoS::AtMostOnce, "late")).unwrap();
@@ -920,14 +926,12 @@ fn mqtt_4_12_0_5_auth_with_another_method_is_a_protocol_error() {
     h.client.connect(t(0), opts).unwrap();
     let _ = h.sent();
     h.feed(t(0), auth(ReasonCode::ContinueAuthentication, "B", b""));
-    let ev = h.events();
+    let (ev, commands) = h.both();
     assert!(
-        matches!(
-            &ev[..],
-            [Event::Disconnected(DisconnectReason::ProtocolViolation(_)), Event::CloseTransport]
-        ),
+        matches!(&ev[..], [Event::Disconnected(DisconnectReason::ProtocolViolation(_))]),
         "{ev:?}"
     );
+    assert_eq!(commands, [Command::CloseTransport]);
 }
 
 #[test]
@@ -1487,19 +1491,17 @@ fn the_wrong_acknowledgement_for_an_identifier_in_flight_is_a_protocol_error() {
             }
             h.feed(t(2), wrong(PubAck::new(id)));
             let sent = h.sent();
-            let ev = h.events();
+            let (ev, commands) = h.both();
             assert!(
                 matches!(
                     &ev[..],
-                    [
-                        Event::Disconnected(DisconnectReason::ProtocolViolation(
-                            ReasonCode::ProtocolError
-                        )),
-                        Event::CloseTransport
-                    ]
+                    [Event::Disconnected(DisconnectReason::ProtocolViolation(
+                        ReasonCode::ProtocolError
+                    ))]
                 ),
                 "{v:?} {what}: {ev:?}"
             );
+            assert_eq!(commands, [Command::CloseTransport]);
             let disconnect = sent.iter().find_map(|p| match p {
                 Packet::Disconnect(d) => Some(d.reason_code),
                 _ => None,

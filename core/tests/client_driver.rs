@@ -7,8 +7,21 @@
 use std::num::NonZeroU16;
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::client::driver::{CommandError, ConnectOptions, Driver, Outcome};
-use ternmq_core::client::{ClientConfig, ClientError, DisconnectReason};
+use ternmq_core::client::driver::{Answer, Command, CommandError, ConnectOptions, Driver};
+
+/// What the driver reports, events and commands in one list (the events of a call first, as
+/// a runtime takes them), to compare sequences in one assertion.
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome<W> {
+    Answer(W, Answer),
+    Connected { session_present: bool },
+    Refused(ReasonCode),
+    Message(Publish),
+    ConnectionLost(DisconnectReason),
+    CloseTransport,
+    Redial,
+}
+use ternmq_core::client::{ClientConfig, ClientError, DisconnectReason, Event};
 use ternmq_core::codec::{
     AckProperties, ConnAck, Connect, Decoder, Disconnect, MAX_PACKET_SIZE, MqttStr, Packet,
     PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, SubAck, Subscription, UnsubAck,
@@ -63,8 +76,8 @@ impl Harness {
 
     /// Writes everything the driver hands out (reporting it written) and decodes it.
     fn sent(&mut self) -> Vec<Packet> {
-        let out = self.d.take_output();
-        self.d.wrote(out.len());
+        let out = self.d.poll_transmit().unwrap_or_default();
+        self.d.handle_written(out.len());
         self.decode(out)
     }
 
@@ -79,7 +92,25 @@ impl Harness {
     }
 
     fn outcomes(&mut self) -> Vec<Outcome<u32>> {
-        std::iter::from_fn(|| self.d.poll()).collect()
+        let mut out = Vec::new();
+        while let Some(e) = self.d.poll_event() {
+            out.push(match e {
+                Event::Connected { session_present, .. } => Outcome::Connected { session_present },
+                Event::ConnectionRefused { reason_code, .. } => Outcome::Refused(reason_code),
+                Event::Message(p) => Outcome::Message(p),
+                Event::Disconnected(reason) => Outcome::ConnectionLost(reason),
+                other => panic!("the driver reported {other:?}"),
+            });
+        }
+        while let Some(c) = self.d.poll_command() {
+            out.push(match c {
+                Command::Answer(w, a) => Outcome::Answer(w, a),
+                Command::CloseTransport => Outcome::CloseTransport,
+                Command::Reconnect => Outcome::Redial,
+                other => panic!("the driver asked for {other:?}"),
+            });
+        }
+        out
     }
 
     fn feed(&mut self, packet: Packet) {
@@ -115,7 +146,7 @@ impl Harness {
         let mut out = self.outcomes();
         let at = self.d.poll_timeout().expect("a reconnect is scheduled");
         self.now = at;
-        self.d.handle_timeout_if_due(self.now);
+        self.d.handle_timeout(self.now);
         out.extend(self.outcomes());
         out
     }
@@ -182,7 +213,7 @@ fn a_transient_refusal_redials() {
     let out = h.lose_and_redial();
     assert_eq!(out, [Outcome::Redial]);
     assert!(!h.d.is_stopped());
-    h.d.reconnected(h.now);
+    h.d.handle_reconnected(h.now);
     assert!(matches!(h.sent()[..], [Packet::Connect(_)]));
 }
 
@@ -193,15 +224,15 @@ fn qos0_publish_is_done_when_its_bytes_are_written() {
         h.d.publish(h.now, publish("a", QoS::AtMostOnce), 1).unwrap();
         h.d.publish(h.now, publish("b", QoS::AtMostOnce), 2).unwrap();
         assert_eq!(h.outcomes(), [], "nothing is written yet");
-        let out = h.d.take_output();
+        let out = h.d.poll_transmit().unwrap_or_default();
         let first = out.len() / 2;
         // Part of the first publish: not done.
-        h.d.wrote(first - 1);
+        h.d.handle_written(first - 1);
         assert_eq!(h.outcomes(), []);
-        h.d.wrote(1);
+        h.d.handle_written(1);
         assert_eq!(answers(&h.outcomes()), [(1, ok(&[ReasonCode::Success]))]);
         // More than was handed out counts as all of it.
-        h.d.wrote(usize::MAX);
+        h.d.handle_written(usize::MAX);
         assert_eq!(answers(&h.outcomes()), [(2, ok(&[ReasonCode::Success]))]);
         let sent = h.decode(out);
         assert!(
@@ -332,7 +363,7 @@ fn disconnect_is_answered_once_written_then_the_driver_stops() {
         assert_eq!(err, CommandError::Stopped(DisconnectReason::Requested));
         // Input after the stop is ignored.
         h.feed(Packet::PingResp);
-        h.d.handle_timeout_if_due(Instant::MAX);
+        h.d.handle_timeout(Instant::MAX);
         assert_eq!(h.outcomes(), []);
     }
 }
@@ -343,7 +374,7 @@ fn a_disconnect_whose_bytes_are_lost_fails() {
     h.d.disconnect(h.now, Disconnect::default(), 1).unwrap();
     h.outcomes();
     // The write fails: the transport is gone with the DISCONNECT in it.
-    let _ = h.d.take_output();
+    let _ = h.d.poll_transmit().unwrap_or_default();
     h.d.handle_closed(h.now);
     assert_eq!(answers(&h.outcomes()), [(1, Err(DisconnectReason::Requested))]);
     assert!(h.d.is_stopped());
@@ -360,7 +391,7 @@ fn a_lost_connection_fails_unwritten_qos0_and_open_requests_but_keeps_qos1() {
     h.sent();
     h.d.publish(h.now, publish("q0", QoS::AtMostOnce), 3).unwrap();
     // The QoS 0 publish is taken, but the write fails.
-    let _ = h.d.take_output();
+    let _ = h.d.poll_transmit().unwrap_or_default();
     let out = h.lose_and_redial();
     let lost = DisconnectReason::TransportClosed;
     assert_eq!(out[0], Outcome::ConnectionLost(lost.clone()));
@@ -373,7 +404,7 @@ fn a_lost_connection_fails_unwritten_qos0_and_open_requests_but_keeps_qos1() {
     h.feed(Packet::PingResp);
     assert_eq!(h.outcomes(), []);
     // The new transport: the server kept the session, the publish goes out again with DUP.
-    h.d.reconnected(h.now);
+    h.d.handle_reconnected(h.now);
     h.server = Decoder::new(None, MAX_PACKET_SIZE);
     assert!(matches!(h.sent()[..], [Packet::Connect(_)]));
     h.feed(Packet::ConnAck(ConnAck { session_present: true, ..ConnAck::default() }));
@@ -391,16 +422,16 @@ fn qos0_published_offline_is_done_when_written_on_the_next_connection() {
     let out = h.lose_and_redial();
     assert_eq!(out, [Outcome::ConnectionLost(DisconnectReason::TransportClosed), Outcome::Redial]);
     h.d.publish(h.now, publish("later", QoS::AtMostOnce), 9).unwrap();
-    h.d.reconnected(h.now);
+    h.d.handle_reconnected(h.now);
     h.server = Decoder::new(None, MAX_PACKET_SIZE);
     // Writing the CONNECT does not finish it: the publish waits for CONNACK.
     assert!(matches!(h.sent()[..], [Packet::Connect(_)]));
     assert_eq!(h.outcomes(), []);
     h.feed(Packet::ConnAck(ConnAck::default()));
     assert_eq!(h.outcomes(), [Outcome::Connected { session_present: false }]);
-    let out = h.d.take_output();
+    let out = h.d.poll_transmit().unwrap_or_default();
     assert_eq!(h.outcomes(), [], "taken is not written");
-    h.d.wrote(out.len());
+    h.d.handle_written(out.len());
     assert_eq!(answers(&h.outcomes()), [(9, ok(&[ReasonCode::Success]))]);
     let sent = h.decode(out);
     assert!(matches!(&sent[..], [Packet::Publish(p)] if p.topic.as_str() == "later"));
@@ -478,15 +509,15 @@ fn bytes_that_do_not_decode_close_the_connection_without_a_panic() {
 fn a_failed_dial_is_retried_after_the_next_delay() {
     let mut h = Harness::connected(V5);
     h.lose_and_redial();
-    h.d.dial_failed(h.now);
+    h.d.handle_dial_failed(h.now);
     assert_eq!(h.outcomes(), [], "a failed dial is no new disconnection");
     assert!(!h.d.is_stopped());
     let at = h.d.poll_timeout().expect("the next attempt");
     assert!(at > h.now);
-    h.d.handle_timeout_if_due(h.now);
+    h.d.handle_timeout(h.now);
     assert_eq!(h.outcomes(), [], "not due yet");
     h.now = at;
-    h.d.handle_timeout_if_due(h.now);
+    h.d.handle_timeout(h.now);
     assert_eq!(h.outcomes(), [Outcome::Redial]);
 }
 
@@ -502,9 +533,9 @@ fn disconnect_while_dialling_stops_and_closes_the_new_transport() {
     got.sort_by_key(|(w, _)| *w);
     assert_eq!(got, [(1, Err(DisconnectReason::Requested)), (2, ok(&[ReasonCode::Success]))]);
     // The dial that was under way succeeds: that transport is closed at once.
-    h.d.reconnected(h.now);
+    h.d.handle_reconnected(h.now);
     assert_eq!(h.outcomes(), [Outcome::CloseTransport]);
-    assert!(h.d.take_output().is_empty(), "no CONNECT after a disconnect");
+    assert!(h.d.poll_transmit().unwrap_or_default().is_empty(), "no CONNECT after a disconnect");
     h.d.handle_closed(h.now);
     assert_eq!(h.outcomes(), []);
 }
@@ -516,11 +547,11 @@ fn keep_alive_sends_pingreq_when_due_only() {
     assert_eq!(h.d.timeout_in(h.now), Some(Duration::from_secs(30)));
     h.advance(Duration::from_secs(1));
     assert_eq!(h.d.timeout_in(h.now), Some(Duration::from_secs(29)));
-    h.d.handle_timeout_if_due(h.now);
+    h.d.handle_timeout(h.now);
     assert_eq!(h.sent(), []);
     h.now = due + Duration::from_secs(1);
     assert_eq!(h.d.timeout_in(h.now), Some(Duration::ZERO), "overdue is due now");
-    h.d.handle_timeout_if_due(h.now);
+    h.d.handle_timeout(h.now);
     assert_eq!(h.sent(), [Packet::PingReq]);
 }
 

@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use ternmq_core::client::{Client, ClientConfig, Event};
+use ternmq_core::client::{Client, ClientConfig, Command};
 use ternmq_core::codec::*;
 use ternmq_core::time::{Duration, Instant};
 use ternmq_core::topic::{TopicFilter, TopicName};
@@ -123,8 +123,9 @@ proptest! {
                 }
             }
             let _ = client.poll_timeout();
-            while let Some(e) = client.poll_event() {
-                if e == Event::CloseTransport {
+            while client.poll_event().is_some() {}
+            while let Some(c) = client.poll_command() {
+                if c == Command::CloseTransport {
                     client.handle_closed(now);
                 }
             }

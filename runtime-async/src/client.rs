@@ -21,9 +21,9 @@ use async_channel::{self as channel, Receiver, Sender};
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
 use ternmq_core::client::driver::{
-    self, Answer, CommandError, ConnectOptions, Driver, Error, Outcome,
+    self, Answer, Command, CommandError, ConnectOptions, Driver, Error,
 };
-use ternmq_core::client::{DisconnectReason, ReconnectOptions};
+use ternmq_core::client::{DisconnectReason, Event, ReconnectOptions};
 use ternmq_core::codec::{
     Disconnect, Publish, QoS, ReasonCode, Subscription, UnsubscribeProperties,
 };
@@ -374,9 +374,9 @@ async fn drive<R: Runtime>(
                 Ok(s) => {
                     conn = Some(s);
                     input.clear();
-                    st.driver.reconnected(shared.now());
+                    st.driver.handle_reconnected(shared.now());
                 }
-                Err(_) => st.driver.dial_failed(shared.now()),
+                Err(_) => st.driver.handle_dial_failed(shared.now()),
             }
             continue;
         }
@@ -415,16 +415,15 @@ async fn drive<R: Runtime>(
             }
             Woke::Other => {}
         }
-        st.driver.handle_timeout_if_due(now);
+        st.driver.handle_timeout(now);
     }
 }
 
 /// Writes what the driver has to send; a failed write ends the connection.
 async fn write_out<R: Runtime>(shared: &Shared<R>, conn: &mut Option<R::Transport>) {
-    let out = shared.lock().driver.take_output();
-    if out.is_empty() {
+    let Some(out) = shared.lock().driver.poll_transmit() else {
         return;
-    }
+    };
     // A server that stops reading must not hold the driver for ever: the write gives up
     // after the call timeout (the connection is then lost, and redialled), or at once when the
     // application stops the client.
@@ -447,7 +446,7 @@ async fn write_out<R: Runtime>(shared: &Shared<R>, conn: &mut Option<R::Transpor
     };
     let mut st = shared.lock();
     if ok {
-        st.driver.wrote(out.len());
+        st.driver.handle_written(out.len());
     } else {
         *conn = None;
         st.driver.handle_closed(shared.now());
@@ -466,33 +465,38 @@ async fn stopped<R: Runtime>(shared: &Shared<R>) {
     }
 }
 
-/// Carries out the driver's outcomes: answers, the connect waiter, hooks and handlers (these
-/// without the lock), messages.
+/// Takes the driver's events (the connect waiter, hooks and handlers, these without the lock,
+/// messages) and carries out its commands (answers, closing, redialling).
 fn act<R: Runtime>(shared: &Shared<R>, messages: &Sender<Publish>) -> Next {
     let mut next = Next::default();
     let mut delivered = Vec::new();
     let (mut ups, mut downs) = (0, 0);
     let mut st = shared.lock();
-    while let Some(outcome) = st.driver.poll() {
-        match outcome {
-            Outcome::Answer(w, answer) => {
-                let _ = w.try_send(answer);
-            }
-            Outcome::Connected { .. } => {
+    while let Some(event) = st.driver.poll_event() {
+        match event {
+            Event::Connected { .. } => {
                 if let Some(tx) = st.connect_waiter.take() {
                     let _ = tx.try_send(Ok(()));
                 }
                 ups += 1;
             }
-            Outcome::Refused(code) => {
+            Event::ConnectionRefused { reason_code, .. } => {
                 if let Some(tx) = st.connect_waiter.take() {
-                    let _ = tx.try_send(Err(Error::Refused(code)));
+                    let _ = tx.try_send(Err(Error::Refused(reason_code)));
                 }
             }
-            Outcome::Message(p) => delivered.push(p),
-            Outcome::ConnectionLost(reason) if reason != DisconnectReason::Requested => downs += 1,
-            Outcome::CloseTransport => next.close = true,
-            Outcome::Redial => next.redial = true,
+            Event::Message(p) => delivered.push(p),
+            Event::Disconnected(reason) if reason != DisconnectReason::Requested => downs += 1,
+            _ => {}
+        }
+    }
+    while let Some(command) = st.driver.poll_command() {
+        match command {
+            Command::Answer(w, answer) => {
+                let _ = w.try_send(answer);
+            }
+            Command::CloseTransport => next.close = true,
+            Command::Reconnect => next.redial = true,
             _ => {}
         }
     }

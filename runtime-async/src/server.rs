@@ -31,20 +31,17 @@ use async_channel::{self as channel, Receiver, Sender};
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
-use ternmq_core::broker::driver::{
-    Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
-    log_event,
-};
 pub use ternmq_core::broker::driver::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer,
 };
+use ternmq_core::broker::driver::{Command, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
-use crate::{Runtime, within};
+use crate::Runtime;
 
 /// Bytes one read may bring in.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -53,9 +50,6 @@ const BATCH: usize = 256;
 /// Inputs waiting for the core task, at most: readers wait beyond it. With reads of up to
 /// `READ_CHUNK` bytes this bounds what is read ahead of the core to 4 MiB.
 const INPUT_QUEUE: usize = 256;
-/// How long an accept loop waits after a failed accept (out of file descriptors and the like)
-/// rather than spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the server needs from a runtime beyond what the client does: listeners, and sockets
 /// it can wait on for readability and then read or write without waiting. Each method is a
@@ -357,11 +351,13 @@ impl<R: ServerRuntime> Server<R> {
                 sc.dir.join(ternmq_store::FILE_NAME).display()
             );
         }
-        // The accept loops end when this is dropped, when the core task stops.
-        let (halt, halted) = channel::bounded::<()>(1);
+        // Each accept loop ends when its sender is dropped, as the shutdown begins.
+        let mut accepting = Vec::with_capacity(self.listeners.len());
         for (index, listener) in self.listeners.into_iter().enumerate() {
             let index = u16::try_from(index).unwrap_or(u16::MAX);
-            R::spawn(accept_loop::<R>(listener, index, tx.clone(), halted.clone()));
+            let (resume, resumed) = channel::bounded::<()>(1);
+            accepting.push(resume);
+            R::spawn(accept_loop::<R>(listener, index, tx.clone(), resumed));
         }
         let (alive, tasks) = channel::bounded(1);
         let mut core = Core::<R> {
@@ -373,12 +369,12 @@ impl<R: ServerRuntime> Server<R> {
             store_failed: None,
             alive: Some(alive),
             tasks,
+            accepting,
             runtime: PhantomData,
         };
         core.run(rx, &self.stopping).await;
-        drop(halt);
         let failed = core.store_failed.take();
-        core.shutdown().await;
+        core.finish().await;
         match failed {
             Some(e) => Err(io::Error::other(e)),
             None => Ok(()),
@@ -402,6 +398,8 @@ enum Input<R: ServerRuntime> {
     /// A shutdown handle was used (only wakes the core task: `stopping` says it).
     Stop,
     Accepted(R::Stream, SocketAddr, u16),
+    /// Accepting on this listener failed; it waits for a word to try again.
+    AcceptFailed(u16),
     Bytes(ConnId, BytesMut),
     Closed(ConnId),
     Written(ConnId, usize),
@@ -415,28 +413,33 @@ async fn accept_loop<R: ServerRuntime>(
     listener: R::Listener,
     index: u16,
     tx: R::Sender<Input<R>>,
-    halted: Receiver<()>,
+    resumed: Receiver<()>,
 ) {
-    let accepting = async {
-        loop {
-            match R::accept(&listener).await {
-                Ok((stream, addr)) => {
-                    if !R::send(&tx, Input::Accepted(stream, addr, index)).await {
-                        return;
-                    }
+    loop {
+        let next = future::or(async { Some(R::accept(&listener).await) }, async {
+            // Nothing is sent while accepting: this ends when the core task lets go of the
+            // sender, and the listener closes with us.
+            while resumed.recv().await.is_ok() {}
+            None
+        })
+        .await;
+        match next {
+            None => return,
+            Some(Ok((stream, addr))) => {
+                if !R::send(&tx, Input::Accepted(stream, addr, index)).await {
+                    return;
                 }
-                Err(e) => {
-                    log::warn!("accept failed: {e}");
-                    R::sleep(ACCEPT_BACKOFF).await;
+            }
+            Some(Err(e)) => {
+                log::warn!("accept failed: {e}");
+                // The driver says when to try again.
+                if !R::send(&tx, Input::AcceptFailed(index)).await || resumed.recv().await.is_err()
+                {
+                    return;
                 }
             }
         }
-    };
-    // Closed (every sender dropped) once the core task stops: the listener closes with us.
-    future::or(accepting, async {
-        let _ = halted.recv().await;
-    })
-    .await;
+    }
 }
 
 /// What the core task shares with one connection's task: output to write, and whether to
@@ -446,6 +449,8 @@ async fn accept_loop<R: ServerRuntime>(
 struct Shared {
     out: Mutex<Vec<Bytes>>,
     closing: AtomicBool,
+    /// Drop the connection now, whatever it holds.
+    aborted: AtomicBool,
     /// Reading is paused: a subscriber of what this client publishes is behind.
     paused: AtomicBool,
     /// Something changed since the connection's task last looked.
@@ -460,6 +465,12 @@ impl Shared {
     fn notify(&self) {
         self.news.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// Ready once the connection is to be dropped.
+    fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.aborted.load(Ordering::Acquire) { Poll::Ready(()) } else { Poll::Pending }
     }
 
     /// Ready once [`notify`](Self::notify) was called since the last time it was.
@@ -483,6 +494,8 @@ struct Core<R: ServerRuntime> {
     /// Each connection's task holds a clone; `tasks` reports when the last is gone.
     alive: Option<Sender<()>>,
     tasks: Receiver<()>,
+    /// One per listener: a word resumes its accepting; dropped, it stops.
+    accepting: Vec<Sender<()>>,
     runtime: PhantomData<R>,
 }
 
@@ -504,13 +517,20 @@ impl<R: ServerRuntime> Core<R> {
         Some(at.saturating_duration_since(StdInstant::now()))
     }
 
+    /// Serves until a shutdown handle is used, and then until the driver has closed every
+    /// connection.
     async fn run(&mut self, mut rx: R::Receiver<Input<R>>, stopping: &AtomicBool) {
         loop {
-            // Under load there is input waiting: it is taken without waiting. Only an idle
-            // core task waits, for input (a shutdown handle's wake-up included) or its timer.
-            if stopping.load(Ordering::Acquire) {
+            if self.alive.is_some()
+                && (stopping.load(Ordering::Acquire) || self.store_failed.is_some())
+            {
+                self.begin_shutdown();
+            }
+            if self.driver.is_finished() {
                 return;
             }
+            // Under load there is input waiting: it is taken without waiting. Only an idle
+            // core task waits, for input (a shutdown handle's wake-up included) or its timer.
             let woke = match R::try_recv(&mut rx) {
                 Ok(input) => Some(input),
                 Err(true) => return,
@@ -533,9 +553,6 @@ impl<R: ServerRuntime> Core<R> {
             };
             if let Some(input) = woke {
                 self.input(input);
-                if self.store_failed.is_some() {
-                    return;
-                }
                 for _ in 1..BATCH {
                     match R::try_recv(&mut rx) {
                         Ok(input) => self.input(input),
@@ -544,7 +561,7 @@ impl<R: ServerRuntime> Core<R> {
                 }
             }
             let now = self.now();
-            self.driver.timeout(now);
+            self.driver.handle_timeout(now);
             self.act();
         }
     }
@@ -553,11 +570,13 @@ impl<R: ServerRuntime> Core<R> {
         let now = self.now();
         match input {
             Input::Stop => {}
+            // Accepted before the shutdown began, seen after: dropped.
+            Input::Accepted(..) if self.alive.is_none() => {}
             Input::Accepted(stream, addr, listener) => {
                 let _ = R::set_nodelay(&stream);
                 let shared = Handle::default();
                 let peer = PeerInfo { addr: Some(addr), listener };
-                match self.driver.accepted(now, peer, shared.clone()) {
+                match self.driver.handle_accepted(now, peer, shared.clone()) {
                     Ok(id) => {
                         log::debug!("new connection from {addr} as {id:?}");
                         if let Some(alive) = &self.alive {
@@ -568,13 +587,14 @@ impl<R: ServerRuntime> Core<R> {
                     Err(e) => log::warn!("refused connection from {addr}: {e}"),
                 }
             }
-            Input::Bytes(id, chunk) => self.driver.input(now, id, chunk),
-            Input::Closed(id) => self.driver.closed(now, id),
-            Input::Written(id, n) => self.driver.written(id, n),
-            Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
-            Input::Persisted(seq) => self.driver.persisted(now, seq),
+            Input::AcceptFailed(listener) => self.driver.handle_accept_failed(now, listener),
+            Input::Bytes(id, chunk) => self.driver.handle_bytes(now, id, chunk),
+            Input::Closed(id) => self.driver.handle_closed(now, id),
+            Input::Written(id, n) => self.driver.handle_written(now, id, n),
+            Input::Auth(ticket, decision) => self.driver.handle_auth(now, ticket, decision),
+            Input::Persisted(seq) => self.driver.handle_persisted(now, seq),
             Input::Authorized(ticket, allowed) => {
-                self.driver.resolve_authorization(now, ticket, allowed);
+                self.driver.handle_authorization(now, ticket, allowed);
             }
             Input::StoreFailed(e) => {
                 log::error!("{e}; stopping");
@@ -583,58 +603,49 @@ impl<R: ServerRuntime> Core<R> {
         }
     }
 
-    /// Carries out what the driver asks.
+    /// Carries out what the driver asks, and logs what it reports.
     fn act(&mut self) {
-        while let Some(action) = self.driver.poll_action() {
-            match action {
-                Action::Write(h, chunks) => {
+        while let Some(command) = self.driver.poll_command() {
+            match command {
+                Command::Write(h, chunks) => {
                     lock(&h.out).extend(chunks);
                     h.notify();
                 }
                 // The connection's task writes what it holds, then closes.
-                Action::Close(h) => {
+                Command::Close(h) => {
                     h.closing.store(true, Ordering::Release);
                     h.notify();
                 }
-                Action::PauseRead(h) => {
+                Command::Abort(h) => {
+                    h.aborted.store(true, Ordering::Release);
+                    h.notify();
+                }
+                Command::PauseRead(h) => {
                     log::trace!("pause read");
                     h.paused.store(true, Ordering::Release);
                 }
-                Action::ResumeRead(h) => {
+                Command::ResumeRead(h) => {
                     log::trace!("resume read");
                     h.paused.store(false, Ordering::Release);
                     h.notify();
                 }
-                Action::Authenticate(ticket, request) => self.authenticate(ticket, request),
-                Action::Log(event) => log_event(&event),
-                Action::Authorize(ticket, request) => {
-                    let blocking = |job: Box<dyn FnOnce() -> bool + Send>| -> AuthzFuture {
-                        Box::pin(async move { R::spawn_blocking(job).await.unwrap_or(false) })
-                    };
-                    match self.hooks.deferred_authorization(request, blocking) {
-                        Some(fut) => {
-                            let tx = self.tx.clone();
-                            R::spawn(async move {
-                                let allowed = fut.await;
-                                let _ = R::send(&tx, Input::Authorized(ticket, allowed)).await;
-                            });
-                        }
-                        None => {
-                            log::warn!(
-                                "an authorizer deferred but no authorizer hook is configured"
-                            );
-                            let now = self.now();
-                            self.driver.resolve_authorization(now, ticket, false);
-                        }
+                Command::ResumeAccept(listener) => {
+                    if let Some(resume) = self.accepting.get(usize::from(listener)) {
+                        let _ = resume.try_send(());
                     }
                 }
-                Action::Persist(batch) => {
+                Command::Authenticate(ticket, request) => self.authenticate(ticket, request),
+                Command::Authorize(ticket, request) => self.authorize(ticket, request),
+                Command::Persist(batch) => {
                     if let Some(w) = &self.writer {
                         w.send(batch);
                     }
                 }
                 _ => {}
             }
+        }
+        while let Some(event) = self.driver.poll_event() {
+            log_event(&event);
         }
     }
 
@@ -653,21 +664,48 @@ impl<R: ServerRuntime> Core<R> {
             None => {
                 log::warn!("an authenticator deferred but no authenticator hook is configured");
                 let now = self.now();
-                self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
+                self.driver.handle_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
             }
         }
     }
 
-    async fn shutdown(mut self) {
+    fn authorize(&mut self, ticket: AuthTicket, request: AuthorizeRequest) {
+        let blocking = |job: Box<dyn FnOnce() -> bool + Send>| -> AuthzFuture {
+            Box::pin(async move { R::spawn_blocking(job).await.unwrap_or(false) })
+        };
+        match self.hooks.deferred_authorization(request, blocking) {
+            Some(fut) => {
+                let tx = self.tx.clone();
+                R::spawn(async move {
+                    let allowed = fut.await;
+                    let _ = R::send(&tx, Input::Authorized(ticket, allowed)).await;
+                });
+            }
+            None => {
+                log::warn!("an authorizer deferred but no authorizer hook is configured");
+                let now = self.now();
+                self.driver.handle_authorization(now, ticket, false);
+            }
+        }
+    }
+
+    /// Stops accepting and has the driver disconnect everyone; the loop goes on until the
+    /// driver says every connection is gone.
+    fn begin_shutdown(&mut self) {
+        self.accepting.clear();
+        drop(self.alive.take());
         log::info!("{}", self.driver.broker().stats());
         let now = self.now();
         self.driver.shutdown(now);
         self.act();
-        // Every connection's task writes what it holds and closes: wait for the last (the
-        // channel closes when every clone of `alive` is gone), at most SHUTDOWN_FLUSH.
+    }
+
+    /// After the loop: waits for the connections' tasks to end and commits what was logged.
+    async fn finish(mut self) {
         drop(self.alive.take());
-        let tasks = self.tasks.clone();
-        let _ = within::<R, _>(SHUTDOWN_FLUSH, async move { tasks.recv().await }).await;
+        // Every connection's task was told to close or to stop: the channel closes when the
+        // last clone of `alive` is gone.
+        let _ = self.tasks.recv().await;
         // Everything logged so far is committed before the server returns.
         if let Some(w) = self.writer.take() {
             R::spawn_blocking(move || w.close()).await;
@@ -680,7 +718,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One connection: reads and hands the bytes to the core task; writes what the core task
-/// queued; closes when asked, after writing the rest.
+/// queued; closes when asked, after writing the rest; stops at once when aborted.
 ///
 /// An idle connection waits in the `poll_fn` below, and this future's size is most of what
 /// each one costs: the states of a write or a send that has to wait are boxed, so that only a
@@ -699,22 +737,31 @@ fn conn_loop<R: ServerRuntime>(
         // Held until the task ends: the server's shutdown waits for every connection's.
         let _alive = alive;
         loop {
+            if shared.aborted.load(Ordering::Acquire) {
+                return;
+            }
             // What to tell the core task, and whether that is the last word.
             let written = {
                 let out = std::mem::take(&mut *lock(&shared.out));
                 let total: usize = out.iter().map(Bytes::len).sum();
-                match (!out.is_empty()).then(|| write_out::<R>(&mut stream, out)) {
+                match (!out.is_empty()).then(|| write_out::<R>(&mut stream, out, &shared)) {
                     Some(Ok(written)) => Some((total, written)),
                     Some(Err(rest)) => Some((total, rest.await)),
                     None => None,
                 }
             };
             let (input, last) = if let Some((total, written)) = written {
+                if shared.aborted.load(Ordering::Acquire) {
+                    return;
+                }
                 (if written { Input::Written(id, total) } else { Input::Closed(id) }, !written)
             } else if shared.closing.load(Ordering::Acquire) {
                 R::shutdown(&mut stream).await;
-                Box::pin(linger::<R>(&mut stream)).await;
-                return;
+                if !Box::pin(linger::<R>(&mut stream, &shared)).await {
+                    return;
+                }
+                // The peer closed too: the driver forgets the connection.
+                (Input::Closed(id), true)
             } else {
                 let paused = shared.paused.load(Ordering::Acquire);
                 // Both waits by polling, with no futures of their own to keep while idle.
@@ -756,14 +803,19 @@ fn conn_loop<R: ServerRuntime>(
 }
 
 /// After the last packet went out (and our side of the stream is shut): reads and drops what
-/// the peer still sends until it closes too, for at most [`LINGER`] (whose documentation says
-/// why).
-async fn linger<R: ServerRuntime>(stream: &mut R::Stream) {
+/// the peer still sends until it closes too (`true`), or until the driver aborts the
+/// connection (`false`; see [`Command::Close`]).
+async fn linger<R: ServerRuntime>(stream: &mut R::Stream, shared: &Shared) -> bool {
     let mut buf = [0u8; 1024];
-    let _ = within::<R, _>(LINGER, async {
+    let drain = async {
         while matches!(R::read_into(stream, &mut buf).await, Ok(n) if n > 0) {}
+        true
+    };
+    future::or(drain, async {
+        std::future::poll_fn(|cx| shared.poll_aborted(cx)).await;
+        false
     })
-    .await;
+    .await
 }
 
 /// A send to the core task, or a write, that has to wait.
@@ -781,16 +833,22 @@ fn hand<R: ServerRuntime>(tx: &R::Sender<Input<R>>, input: Input<R>) -> Result<b
 }
 
 /// Writes `out`: `Ok(false)` if the connection failed. What the socket does not take at once
-/// is returned as a boxed wait for it to take the rest (at most [`WRITE_TIMEOUT`]).
-fn write_out<R: ServerRuntime>(
-    stream: &mut R::Stream,
+/// is returned as a boxed wait for it to take the rest, which ends early if the driver aborts
+/// the connection (its peer read nothing for too long).
+fn write_out<'a, R: ServerRuntime>(
+    stream: &'a mut R::Stream,
     mut out: Vec<Bytes>,
-) -> Result<bool, Wait<'_>> {
+    shared: &'a Shared,
+) -> Result<bool, Wait<'a>> {
     match write_now::<R>(stream, &mut out) {
         Ok(true) => Ok(true),
         Ok(false) => Err(Box::pin(async move {
-            let rest = within::<R, _>(WRITE_TIMEOUT, write_all::<R>(stream, &mut out));
-            matches!(rest.await, Some(Ok(())))
+            let rest = async { write_all::<R>(stream, &mut out).await.is_ok() };
+            future::or(rest, async {
+                std::future::poll_fn(|cx| shared.poll_aborted(cx)).await;
+                false
+            })
+            .await
         })),
         Err(_) => Ok(false),
     }

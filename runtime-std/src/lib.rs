@@ -35,7 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant};
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::client::driver::{self, Answer, CommandError, Driver, Outcome};
+use ternmq_core::client::driver::{self, Answer, Command, CommandError, Driver};
 use ternmq_core::codec::{
     Decoder, Disconnect, MAX_PACKET_SIZE, Packet, ProtocolVersion, Publish, QoS, ReasonCode,
     SubscribeProperties, Subscription, UnsubscribeProperties,
@@ -50,6 +50,7 @@ pub use server::{
     ServerConfig, ShutdownHandle,
 };
 pub use ternmq_core as core;
+use ternmq_core::client::Event;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
 pub use ternmq_core::client::{DisconnectReason, ReconnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
@@ -201,51 +202,30 @@ impl Shared {
     /// send and act on its outcomes.
     fn settle(&self, st: &mut State) {
         write_out(st);
-        while let Some(outcome) = st.driver.poll() {
-            match outcome {
-                Outcome::Answer(w, answer) => {
-                    let _ = w.try_send(answer);
-                }
-                Outcome::Connected { session_present } => {
-                    push_event(st, ConnectionEvent::Connected { session_present });
-                    // Hooks first: the caller of `connect`, once woken, may add hooks, and they
-                    // are for the connections after it.
-                    if let Some(sinks) = &st.sinks {
-                        sinks.dispatch(
-                            Dispatch::Connected,
-                            self.has_handlers.load(Ordering::Acquire),
-                        );
+        loop {
+            let mut busy = false;
+            while let Some(event) = st.driver.poll_event() {
+                busy = true;
+                self.report(st, event);
+            }
+            while let Some(command) = st.driver.poll_command() {
+                busy = true;
+                match command {
+                    Command::Answer(w, answer) => {
+                        let _ = w.try_send(answer);
                     }
-                    if let Some(tx) = st.connect_waiter.take() {
-                        let _ = tx.try_send(Ok(()));
+                    Command::CloseTransport => {
+                        // The last words (a DISCONNECT, say) go out before the socket closes.
+                        write_out(st);
+                        close(st);
+                        st.driver.handle_closed(self.now());
                     }
+                    Command::Reconnect => st.redial = true,
+                    _ => {}
                 }
-                Outcome::ConnectionLost(reason) => {
-                    if reason != DisconnectReason::Requested
-                        && let Some(sinks) = &st.sinks
-                    {
-                        sinks.dispatch(Dispatch::Lost, self.has_handlers.load(Ordering::Acquire));
-                    }
-                    push_event(st, ConnectionEvent::Lost(reason));
-                }
-                Outcome::Refused(code) => {
-                    if let Some(tx) = st.connect_waiter.take() {
-                        let _ = tx.try_send(Err(Error::Refused(code)));
-                    }
-                }
-                Outcome::Message(p) => {
-                    if let Some(sinks) = &st.sinks {
-                        sinks.deliver(p, self.has_handlers.load(Ordering::Acquire));
-                    }
-                }
-                Outcome::CloseTransport => {
-                    // The last words (a DISCONNECT, say) go out before the socket closes.
-                    write_out(st);
-                    close(st);
-                    st.driver.handle_closed(self.now());
-                }
-                Outcome::Redial => st.redial = true,
-                _ => {}
+            }
+            if !busy {
+                break;
             }
         }
         if st.driver.is_stopped()
@@ -255,6 +235,44 @@ impl Shared {
             let _ = tx.try_send(Err(Error::Disconnected(
                 reason.unwrap_or(DisconnectReason::TransportClosed),
             )));
+        }
+    }
+}
+
+impl Shared {
+    /// Tells the application what happened: connection changes, messages.
+    fn report(&self, st: &mut State, event: Event) {
+        match event {
+            Event::Connected { session_present, .. } => {
+                push_event(st, ConnectionEvent::Connected { session_present });
+                // Hooks first: the caller of `connect`, once woken, may add hooks, and they
+                // are for the connections after it.
+                if let Some(sinks) = &st.sinks {
+                    sinks.dispatch(Dispatch::Connected, self.has_handlers.load(Ordering::Acquire));
+                }
+                if let Some(tx) = st.connect_waiter.take() {
+                    let _ = tx.try_send(Ok(()));
+                }
+            }
+            Event::Disconnected(reason) => {
+                if reason != DisconnectReason::Requested
+                    && let Some(sinks) = &st.sinks
+                {
+                    sinks.dispatch(Dispatch::Lost, self.has_handlers.load(Ordering::Acquire));
+                }
+                push_event(st, ConnectionEvent::Lost(reason));
+            }
+            Event::ConnectionRefused { reason_code, .. } => {
+                if let Some(tx) = st.connect_waiter.take() {
+                    let _ = tx.try_send(Err(Error::Refused(reason_code)));
+                }
+            }
+            Event::Message(p) => {
+                if let Some(sinks) = &st.sinks {
+                    sinks.deliver(p, self.has_handlers.load(Ordering::Acquire));
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -271,15 +289,14 @@ fn push_event(st: &mut State, event: ConnectionEvent) {
 /// Writes what the driver has to send. A failed write shuts the socket, and the I/O thread
 /// reports it closed.
 fn write_out(st: &mut State) {
-    let out = st.driver.take_output();
-    if out.is_empty() {
+    let Some(out) = st.driver.poll_transmit() else {
         return;
-    }
+    };
     if let Some(trace) = st.trace.as_mut() {
         trace.feed(Direction::Sent, &out);
     }
     match st.writer.as_mut().map(|w| w.write_all(&out)) {
-        Some(Ok(())) => st.driver.wrote(out.len()),
+        Some(Ok(())) => st.driver.handle_written(out.len()),
         _ => close(st),
     }
 }
@@ -654,7 +671,7 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
                 close(&mut st);
                 st.driver.handle_closed(now);
             }
-            st.driver.handle_timeout_if_due(now);
+            st.driver.handle_timeout(now);
             shared.settle(&mut st);
             std::mem::take(&mut st.redial)
         };
@@ -673,9 +690,9 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
                     if let Some(trace) = st.trace.as_mut() {
                         trace.reset();
                     }
-                    st.driver.reconnected(now);
+                    st.driver.handle_reconnected(now);
                 }
-                Err(_) => st.driver.dial_failed(now),
+                Err(_) => st.driver.handle_dial_failed(now),
             }
             shared.settle(&mut st);
         }

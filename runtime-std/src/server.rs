@@ -9,7 +9,7 @@
 //! on threads of their own and report back through a channel that wakes the loop. Protocol decisions are the core's: this module moves bytes and
 //! time.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -27,10 +27,7 @@ pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
 };
-use ternmq_core::broker::driver::{
-    Action, Driver, LINGER, NO_ASYNC_AUTHENTICATOR, SHUTDOWN_FLUSH, WRITE_TIMEOUT, consume,
-    log_event,
-};
+use ternmq_core::broker::driver::{Command, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, ConnId, PeerInfo};
 use ternmq_core::time::Instant;
@@ -46,8 +43,6 @@ const ACCEPT_BUDGET: usize = 256;
 const EVENTS: usize = 1024;
 /// Buffers one vectored write takes (the common `IOV_MAX` is 1024).
 const IOVECS: usize = 64;
-/// How long accepting pauses after an error such as too many open files.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const STACK: usize = 256 * 1024;
 
 const WAKER: Token = Token(usize::MAX);
@@ -140,15 +135,14 @@ impl Server {
         let mut server = Loop {
             poll: self.poll,
             listeners: self.listeners.into_iter().map(Some).collect(),
-            accept_at: None,
+            accept_more: false,
+            accept_paused: Vec::new(),
             conns: Vec::new(),
             free: Vec::new(),
             generation: 0,
             driver: Driver::new(broker),
             ready: VecDeque::new(),
             dirty: Vec::new(),
-            lingering: VecDeque::new(),
-            stalls: BTreeSet::new(),
             scratch: vec![0; READ_CHUNK],
             epoch: StdInstant::now(),
             rx,
@@ -183,20 +177,18 @@ struct Slot {
 struct Conn {
     stream: TcpStream,
     generation: u32,
-    /// The broker's id; `None` once the broker closed the connection (it lingers).
-    id: Option<ConnId>,
+    /// The broker's id.
+    conn: ConnId,
+    /// Whether the broker still has it open (once closed, it lingers).
+    open: bool,
     /// Buffers handed out by the broker and not yet written.
     out: Vec<Bytes>,
-    /// Since when a write has been waiting for the peer to read.
-    blocked_since: Option<Instant>,
     /// The socket reported readable and has not been read until it would block.
     readable: bool,
     /// In [`Loop::ready`].
     queued: bool,
     /// In [`Loop::dirty`].
     dirty: bool,
-    /// In [`Loop::stalls`].
-    stall_queued: bool,
     /// The broker paused reading (a subscriber of what this client publishes is behind).
     paused: bool,
     /// The peer closed, or the socket failed: nothing more will be read.
@@ -211,8 +203,10 @@ struct Loop {
     poll: Poll,
     /// `None` once the server stops accepting.
     listeners: Vec<Option<TcpListener>>,
-    /// When to try accepting again after an error or a full budget.
-    accept_at: Option<Instant>,
+    /// A listener's accept budget ran out: accept again next turn.
+    accept_more: bool,
+    /// Listeners whose accepting failed, until the driver resumes them.
+    accept_paused: Vec<usize>,
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     generation: u32,
@@ -221,11 +215,6 @@ struct Loop {
     ready: VecDeque<u32>,
     /// Connections with something to write this turn.
     dirty: Vec<u32>,
-    /// When each connection whose side is shut stops waiting for its peer, in order.
-    lingering: VecDeque<(Instant, Slot)>,
-    /// When each blocked writer is next looked at, with its slot's index and generation; at
-    /// most one entry per connection.
-    stalls: BTreeSet<(Instant, u32, u32)>,
     scratch: Vec<u8>,
     epoch: StdInstant,
     rx: Receiver<Input>,
@@ -245,16 +234,15 @@ impl Loop {
 
     fn run(&mut self, stopping: &AtomicBool) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
-        let mut stop_by: Option<Instant> = None;
+        let mut shut_down = false;
         loop {
-            let now = self.now();
-            if let Some(by) = stop_by
-                && (self.conns.iter().all(Option::is_none) || now >= by)
-            {
+            if self.driver.is_finished() {
                 return Ok(());
             }
-            let timeout = if self.ready.is_empty() {
-                self.next_deadline(stop_by)
+            let now = self.now();
+            let timeout = if self.ready.is_empty() && !self.accept_more {
+                self.driver
+                    .poll_timeout()
                     .map(|at| Duration::from_nanos(at.as_nanos().saturating_sub(now.as_nanos())))
             } else {
                 Some(Duration::ZERO)
@@ -285,6 +273,11 @@ impl Loop {
                     }
                 }
             }
+            if std::mem::take(&mut self.accept_more) {
+                for i in 0..self.listeners.len() {
+                    self.accept(i, now);
+                }
+            }
             while let Ok(input) = self.rx.try_recv() {
                 self.input(now, input);
             }
@@ -293,38 +286,23 @@ impl Loop {
             }
             self.read_ready(now);
             if self.driver.poll_timeout().is_some_and(|at| at <= now) {
-                self.driver.timeout(now);
+                self.driver.handle_timeout(now);
             }
-            self.expire(now);
             self.settle(now);
-            if stop_by.is_none() && stopping.load(Ordering::SeqCst) {
-                stop_by = Some(now + SHUTDOWN_FLUSH);
+            if !shut_down && stopping.load(Ordering::SeqCst) {
+                shut_down = true;
                 self.shutdown(now);
             }
         }
     }
 
-    /// The earliest moment something is due.
-    fn next_deadline(&self, stop_by: Option<Instant>) -> Option<Instant> {
-        [
-            self.driver.poll_timeout(),
-            self.lingering.front().map(|(at, _)| *at),
-            self.stalls.first().map(|(at, _, _)| *at),
-            self.accept_at,
-            stop_by,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
     fn input(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Auth(ticket, decision) => self.driver.resolve_auth(now, ticket, decision),
+            Input::Auth(ticket, decision) => self.driver.handle_auth(now, ticket, decision),
             Input::Authorized(ticket, allowed) => {
-                self.driver.resolve_authorization(now, ticket, allowed);
+                self.driver.handle_authorization(now, ticket, allowed);
             }
-            Input::Persisted(seq) => self.driver.persisted(now, seq),
+            Input::Persisted(seq) => self.driver.handle_persisted(now, seq),
             Input::StoreFailed(e) => {
                 log::error!("{e}; stopping");
                 self.store_failed = Some(e);
@@ -333,6 +311,9 @@ impl Loop {
     }
 
     fn accept(&mut self, listener: usize, now: Instant) {
+        if self.accept_paused.contains(&listener) {
+            return;
+        }
         for _ in 0..ACCEPT_BUDGET {
             let Some(Some(l)) = self.listeners.get(listener) else {
                 return;
@@ -343,13 +324,16 @@ impl Loop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::warn!("accept failed: {e}");
-                    self.accept_at = Some(now + ACCEPT_BACKOFF);
+                    // Paused until the driver's ResumeAccept.
+                    self.accept_paused.push(listener);
+                    let index = u16::try_from(listener).unwrap_or(u16::MAX);
+                    self.driver.handle_accept_failed(now, index);
                     return;
                 }
             }
         }
         // More may be waiting; the readiness event will not come again for them.
-        self.accept_at = Some(now);
+        self.accept_more = true;
     }
 
     fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, listener: usize, now: Instant) {
@@ -361,7 +345,8 @@ impl Loop {
         self.generation = self.generation.wrapping_add(1);
         let slot = Slot { index, generation: self.generation };
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
-        let id = match self.driver.accepted(now, PeerInfo { addr: Some(addr), listener }, slot) {
+        let peer = PeerInfo { addr: Some(addr), listener };
+        let id = match self.driver.handle_accepted(now, peer, slot) {
             Ok(id) => {
                 log::debug!("new connection from {addr} as {id:?}");
                 id
@@ -375,19 +360,18 @@ impl Loop {
         if let Err(e) = self.poll.registry().register(&mut stream, Token(index as usize), interest)
         {
             log::warn!("cannot watch the connection from {addr}: {e}; closing it");
-            self.driver.closed(now, id);
+            self.driver.handle_closed(now, id);
             return;
         }
         let conn = Conn {
             stream,
             generation: slot.generation,
-            id: Some(id),
+            conn: id,
+            open: true,
             out: Vec::new(),
-            blocked_since: None,
             readable: false,
             queued: false,
             dirty: false,
-            stall_queued: false,
             paused: false,
             peer_done: false,
             broken: false,
@@ -428,9 +412,10 @@ impl Loop {
                     Ok(n) => {
                         budget = budget.saturating_sub(n);
                         // Once the broker closed it, what the peer still sends is dropped.
-                        if let Some(id) = c.id {
+                        if c.open {
+                            let id = c.conn;
                             let chunk = BytesMut::from(self.scratch.get(..n).unwrap_or_default());
-                            self.driver.input(now, id, chunk);
+                            self.driver.handle_bytes(now, id, chunk);
                             self.act(now);
                         }
                     }
@@ -452,24 +437,22 @@ impl Loop {
         let Some(Some(c)) = self.conns.get_mut(index as usize) else {
             return;
         };
-        match c.id {
+        if c.open {
             // The broker decides; its Close comes now or once paused input is handled.
-            Some(id) => {
-                self.driver.closed(now, id);
-                self.act(now);
-            }
+            let id = c.conn;
+            self.driver.handle_closed(now, id);
+            self.act(now);
+        } else {
             // Already closed by the broker: nothing waits for the peer any more.
-            None => {
-                mark_dirty(c, &mut self.dirty, index);
-            }
+            mark_dirty(c, &mut self.dirty, index);
         }
     }
 
-    /// Carries out the driver's actions until it has none.
+    /// Carries out the driver's commands until it has none, and logs what it reports.
     fn act(&mut self, now: Instant) {
-        while let Some(action) = self.driver.poll_action() {
-            match action {
-                Action::Write(slot, chunks) => {
+        while let Some(command) = self.driver.poll_command() {
+            match command {
+                Command::Write(slot, chunks) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
                         if c.out.is_empty() {
                             c.out = chunks;
@@ -480,9 +463,9 @@ impl Loop {
                     }
                 }
                 // Written out, then shut and lingered over (or dropped) by `flush`.
-                Action::Close(slot) => {
+                Command::Close(slot) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
-                        c.id = None;
+                        c.open = false;
                         c.paused = false;
                         mark_dirty(c, &mut self.dirty, slot.index);
                         if c.readable {
@@ -490,12 +473,15 @@ impl Loop {
                         }
                     }
                 }
-                Action::PauseRead(slot) => {
+                Command::Abort(slot) if conn_at(&mut self.conns, slot).is_some() => {
+                    self.drop_conn(now, slot.index, false);
+                }
+                Command::PauseRead(slot) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
                         c.paused = true;
                     }
                 }
-                Action::ResumeRead(slot) => {
+                Command::ResumeRead(slot) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
                         c.paused = false;
                         if c.readable {
@@ -503,16 +489,23 @@ impl Loop {
                         }
                     }
                 }
-                Action::Authenticate(ticket, request) => self.authenticate(now, ticket, request),
-                Action::Log(event) => log_event(&event),
-                Action::Persist(batch) => {
+                Command::ResumeAccept(listener) => {
+                    let listener = usize::from(listener);
+                    self.accept_paused.retain(|l| *l != listener);
+                    self.accept(listener, now);
+                }
+                Command::Authenticate(ticket, request) => self.authenticate(now, ticket, request),
+                Command::Authorize(ticket, request) => self.authorize(now, ticket, request),
+                Command::Persist(batch) => {
                     if let Some(w) = &self.writer {
                         w.send(batch);
                     }
                 }
-                Action::Authorize(ticket, request) => self.authorize(now, ticket, request),
                 _ => {}
             }
+        }
+        while let Some(event) = self.driver.poll_event() {
+            log_event(&event);
         }
     }
 
@@ -524,7 +517,7 @@ impl Loop {
         };
         let Some(fut) = self.hooks.deferred_authentication(request, inline) else {
             log::warn!("an authenticator deferred but no authenticator hook is configured");
-            self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
+            self.driver.handle_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
             return;
         };
         let mailbox = self.mailbox.clone();
@@ -534,7 +527,7 @@ impl Loop {
                 mailbox.send(Input::Auth(ticket, decision));
             });
         if spawned.is_err() {
-            self.driver.resolve_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
+            self.driver.handle_auth(now, ticket, NO_ASYNC_AUTHENTICATOR);
         }
     }
 
@@ -545,7 +538,7 @@ impl Loop {
         };
         let Some(fut) = self.hooks.deferred_authorization(request, inline) else {
             log::warn!("an authorizer deferred but no authorizer hook is configured");
-            self.driver.resolve_authorization(now, ticket, false);
+            self.driver.handle_authorization(now, ticket, false);
             return;
         };
         let mailbox = self.mailbox.clone();
@@ -555,7 +548,7 @@ impl Loop {
                 mailbox.send(Input::Authorized(ticket, allowed));
             });
         if spawned.is_err() {
-            self.driver.resolve_authorization(now, ticket, false);
+            self.driver.handle_authorization(now, ticket, false);
         }
     }
 
@@ -580,7 +573,6 @@ impl Loop {
         };
         c.dirty = false;
         let mut written = 0;
-        let mut blocked = false;
         let mut first = 0;
         while !c.broken && first < c.out.len() {
             let mut slices = [IoSlice::new(&[]); IOVECS];
@@ -595,10 +587,7 @@ impl Loop {
                     first = consume(&mut c.out, first, n);
                     written += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    blocked = true;
-                    break;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => c.broken = true,
             }
@@ -610,107 +599,60 @@ impl Loop {
             // Written buffers go now: behind a slow reader the list is never empty for long.
             c.out.drain(..first);
         }
-        let slot = Slot { index, generation: c.generation };
-        if blocked {
-            if !c.stall_queued {
-                c.stall_queued = true;
-                self.stalls.insert((now + WRITE_TIMEOUT, index, c.generation));
-            }
-            if c.blocked_since.is_none() || written > 0 {
-                c.blocked_since = Some(now);
-            }
-        } else {
-            c.blocked_since = None;
-        }
+        let (id, open) = (c.conn, c.open);
         if c.broken {
             c.peer_done = true;
-            match c.id {
-                Some(id) => {
-                    self.driver.closed(now, id);
-                    // Its Close (now, or once paused input is handled) drops it.
-                }
-                None => self.drop_conn(index),
+            if open {
+                // Its Close (now, or once paused input is handled) drops it.
+                self.driver.handle_closed(now, id);
+            } else {
+                self.drop_conn(now, index, true);
             }
             return;
         }
-        match c.id {
-            Some(id) if written > 0 => self.driver.written(id, written),
-            Some(_) => {}
-            None if !c.out.is_empty() => {}
+        if written > 0 {
+            // The driver times stalled writers and lingering from these reports.
+            self.driver.handle_written(now, id, written);
+        }
+        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        if c.open || !c.out.is_empty() {
+            return;
+        }
+        if c.peer_done {
             // Everything written; the peer is gone too: done.
-            None if c.peer_done => self.drop_conn(index),
-            // Shut our side, then read and drop until the peer closes (see LINGER).
-            None if !c.shut => {
-                c.shut = true;
-                let _ = c.stream.shutdown(Shutdown::Write);
-                self.lingering.push_back((now + LINGER, slot));
-            }
-            None => {}
+            self.drop_conn(now, index, true);
+        } else if !c.shut {
+            // Shut our side, then read and drop until the peer closes (see Command::Close).
+            c.shut = true;
+            let _ = c.stream.shutdown(Shutdown::Write);
         }
     }
 
-    /// Closes lingering connections whose time is up and writers stuck on a peer that does not
-    /// read; accepts again after a pause.
-    fn expire(&mut self, now: Instant) {
-        while let Some((at, slot)) = self.lingering.front().copied() {
-            if at > now {
-                break;
-            }
-            self.lingering.pop_front();
-            if conn_at(&mut self.conns, slot).is_some_and(|c| c.shut) {
-                self.drop_conn(slot.index);
-            }
-        }
-        while let Some((at, index, generation)) = self.stalls.first().copied() {
-            if at > now {
-                break;
-            }
-            self.stalls.pop_first();
-            let slot = Slot { index, generation };
-            let Some(c) = conn_at(&mut self.conns, slot) else {
-                continue;
-            };
-            c.stall_queued = false;
-            match c.blocked_since {
-                Some(since) if since + WRITE_TIMEOUT <= now => {
-                    log::debug!("a peer read nothing for {WRITE_TIMEOUT:?}: closing it");
-                    c.broken = true;
-                    self.flush(now, slot.index);
-                }
-                Some(since) => {
-                    c.stall_queued = true;
-                    self.stalls.insert((since + WRITE_TIMEOUT, index, generation));
-                }
-                None => {}
-            }
-        }
-        if self.accept_at.is_some_and(|at| at <= now) {
-            self.accept_at = None;
-            for i in 0..self.listeners.len() {
-                self.accept(i, now);
-            }
-        }
-    }
-
-    fn drop_conn(&mut self, index: u32) {
+    /// Drops the connection at `index`, telling the driver unless it asked for the drop.
+    fn drop_conn(&mut self, now: Instant, index: u32, report: bool) {
         let Some(slot) = self.conns.get_mut(index as usize) else {
             return;
         };
         if let Some(mut c) = slot.take() {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.free.push(index);
+            if report {
+                self.driver.handle_closed(now, c.conn);
+            }
         }
     }
 
     /// Stops accepting and has the broker disconnect everyone; the loop then writes out what
-    /// is left and waits for the connections to close, for at most [`SHUTDOWN_FLUSH`].
+    /// is left and runs until the driver says every connection is gone.
     fn shutdown(&mut self, now: Instant) {
         for l in &mut self.listeners {
             if let Some(mut l) = l.take() {
                 let _ = self.poll.registry().deregister(&mut l);
             }
         }
-        self.accept_at = None;
+        self.accept_more = false;
         log::info!("{}", self.driver.broker().stats());
         self.driver.shutdown(now);
         self.settle(now);

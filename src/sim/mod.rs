@@ -60,9 +60,10 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::{Bytes, BytesMut};
 use ternmq_core::broker::persist::{PersistOp, PersistSeq, Replay};
 use ternmq_core::broker::{
-    Broker, BrokerConfig, ConfigError, ConnId, Event as BrokerEvent, PeerInfo,
+    Broker, BrokerConfig, Command as BrokerCommand, ConfigError, ConnId, Event as BrokerEvent,
+    PeerInfo,
 };
-use ternmq_core::client::{Client, ClientConfig, Event as ClientEvent};
+use ternmq_core::client::{Client, ClientConfig, Command as ClientCommand, Event as ClientEvent};
 use ternmq_core::codec::Connect;
 use ternmq_core::time::{Duration, Instant};
 
@@ -396,8 +397,8 @@ impl World {
         &self.clients[client.0].core
     }
 
-    /// The next event a client's state machine gave its application. The world has already
-    /// acted on [`ClientEvent::CloseTransport`] and [`ClientEvent::Reconnect`].
+    /// The next event a client's state machine gave its application. (The world carries out
+    /// its commands, closing and reconnecting, itself.)
     pub fn poll_event(&mut self, client: ClientNo) -> Option<ClientEvent> {
         self.clients.get_mut(client.0)?.events.pop_front()
     }
@@ -827,9 +828,12 @@ impl World {
             }
             while let Some(ev) = self.broker.poll_event() {
                 busy = true;
-                match &ev {
-                    BrokerEvent::CloseTransport(conn) => {
-                        let conn = *conn;
+                self.notes.push_back((now, BrokerNote::Event(ev)));
+            }
+            while let Some(command) = self.broker.poll_command() {
+                busy = true;
+                match command {
+                    BrokerCommand::Close(conn) => {
                         if let Some(l) = self.by_conn.remove(&conn) {
                             self.send_end(l, true);
                             if let Some(link) = self.links.get_mut(&l) {
@@ -839,15 +843,14 @@ impl World {
                         }
                         self.broker.handle_closed(now, conn);
                     }
-                    BrokerEvent::PauseInput(conn) => {
+                    BrokerCommand::PauseInput(conn) => {
                         if let Some(link) =
-                            self.by_conn.get(conn).and_then(|l| self.links.get_mut(l))
+                            self.by_conn.get(&conn).and_then(|l| self.links.get_mut(l))
                         {
                             link.paused = true;
                         }
                     }
-                    BrokerEvent::ResumeInput(conn) => {
-                        let conn = *conn;
+                    BrokerCommand::ResumeInput(conn) => {
                         if let Some(&l) = self.by_conn.get(&conn)
                             && let Some(link) = self.links.get_mut(&l)
                         {
@@ -861,7 +864,6 @@ impl World {
                     }
                     _ => {}
                 }
-                self.notes.push_back((now, BrokerNote::Event(ev)));
             }
             if !busy {
                 break;
@@ -889,8 +891,12 @@ impl World {
             }
             while let Some(ev) = self.clients[i].core.poll_event() {
                 busy = true;
-                match &ev {
-                    ClientEvent::CloseTransport => {
+                self.clients[i].events.push_back(ev);
+            }
+            while let Some(command) = self.clients[i].core.poll_command() {
+                busy = true;
+                match command {
+                    ClientCommand::CloseTransport => {
                         if let Some(l) = self.clients[i].link.take() {
                             self.send_end(l, false);
                             if let Some(link) = self.links.get_mut(&l) {
@@ -900,14 +906,9 @@ impl World {
                         }
                         self.clients[i].core.handle_closed(now);
                     }
-                    ClientEvent::Reconnect => {
-                        self.clients[i].events.push_back(ev);
-                        self.dial(i, None);
-                        continue;
-                    }
+                    ClientCommand::Reconnect => self.dial(i, None),
                     _ => {}
                 }
-                self.clients[i].events.push_back(ev);
             }
             if !busy {
                 break;

@@ -68,7 +68,7 @@ impl Broker {
                     c.extra().ticket = Some(ticket);
                 }
                 self.pending_authz.insert(ticket, (conn, packet(), action, topic.into()));
-                self.events.push_back(Event::AuthorizeRequired {
+                self.commands.push_back(Command::Authorize {
                     ticket: AuthTicket(ticket),
                     conn,
                     client_id,

@@ -19,7 +19,7 @@ pub struct PeerInfo {
 }
 
 /// A request to authenticate a client, given to [`Authenticator::authenticate`] and, when the
-/// answer is [`AuthDecision::Defer`], carried by [`Event::AuthRequired`](super::Event) so that
+/// answer is [`AuthDecision::Defer`], carried by [`Command::Authenticate`](super::Command) so that
 /// the adapter can decide later. Every field is cheap to clone (reference-counted bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -70,8 +70,8 @@ pub enum AuthDecision {
     /// Refuse with this reason code (a CONNACK or DISCONNECT code >= 0x80; 3.1.1 clients get
     /// the nearest return code, see [`ConnectReturnCode::from_reason`](crate::codec::ConnectReturnCode::from_reason)).
     Deny(ReasonCode),
-    /// The decision needs I/O: the broker emits [`Event::AuthRequired`](super::Event) and waits
-    /// for [`Broker::resolve_auth`](super::Broker::resolve_auth). Input from the connection is
+    /// The decision needs I/O: the broker emits [`Command::Authenticate`](super::Command) and waits
+    /// for [`Broker::handle_auth`](super::Broker::handle_auth). Input from the connection is
     /// held meanwhile, in order.
     Defer,
 }
@@ -125,9 +125,9 @@ pub trait Authorizer: Send + Sync {
     fn authorize(&self, client: &ClientInfo<'_>, action: Action, topic: &str) -> bool;
 
     /// The decision, or [`AuthzDecision::Defer`]: the broker then emits
-    /// [`Event::AuthorizeRequired`](super::Event) and holds the connection's input (the
+    /// [`Command::Authorize`](super::Command) and holds the connection's input (the
     /// PUBLISH or SUBSCRIBE in question and everything after it) until
-    /// [`Broker::resolve_authorization`](super::Broker::resolve_authorization). Wills cannot
+    /// [`Broker::handle_authorization`](super::Broker::handle_authorization). Wills cannot
     /// wait: for them `Defer` counts as a refusal. By default, [`authorize`](Self::authorize).
     fn decide(&self, client: &ClientInfo<'_>, action: Action, topic: &str) -> AuthzDecision {
         if self.authorize(client, action, topic) {
@@ -159,7 +159,7 @@ pub enum AuthzDecision {
     Allow,
     /// Refused.
     Deny,
-    /// Needs I/O: answer later with [`Broker::resolve_authorization`](super::Broker::resolve_authorization).
+    /// Needs I/O: answer later with [`Broker::handle_authorization`](super::Broker::handle_authorization).
     Defer,
 }
 

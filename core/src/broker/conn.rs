@@ -216,7 +216,7 @@ impl Broker {
             self.events.push_back(Event::Refused { conn: id, reason: code });
         }
         if !matches!(reason, CloseReason::TransportClosed) {
-            self.events.push_back(Event::CloseTransport(id));
+            self.commands.push_back(Command::Close(id));
         }
         self.mark_ready(index);
     }

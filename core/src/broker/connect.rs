@@ -231,7 +231,7 @@ impl Broker {
                 c.extra().ticket = Some(ticket);
             }
             self.pending_auth.insert(ticket, conn);
-            self.events.push_back(Event::AuthRequired {
+            self.commands.push_back(Command::Authenticate {
                 ticket: AuthTicket(ticket),
                 conn,
                 request,
@@ -583,7 +583,7 @@ impl Broker {
             let reason = CloseReason::Server(code);
             self.events.push_back(Event::Disconnected { conn: id, client_id, reason });
         }
-        self.events.push_back(Event::CloseTransport(id));
+        self.commands.push_back(Command::Close(id));
         self.mark_ready(index);
     }
 

@@ -2,26 +2,40 @@
 //! runtimes.
 //!
 //! A server runs reader and writer tasks (or threads) per connection and one owner of the
-//! broker. [`Driver`] is that owner's state: the broker, each connection's partial input and
-//! the bytes handed to its writer but not yet written. The runtime feeds it what happened
-//! ([`accepted`](Driver::accepted), [`input`](Driver::input), [`written`](Driver::written),
-//! [`closed`](Driver::closed), [`timeout`](Driver::timeout)) and then carries out the
-//! [`Action`]s from [`poll_action`](Driver::poll_action): write these buffers to that
-//! connection, close it, authenticate asynchronously. Still no I/O and no clock here.
+//! broker. [`Driver`] is that owner's state: the broker, each connection's partial input, the
+//! bytes handed to its writer but not yet written, and every deadline a server keeps. The
+//! runtime feeds it what happened, with `handle_*` calls
+//! ([`handle_accepted`](Driver::handle_accepted), [`handle_bytes`](Driver::handle_bytes),
+//! [`handle_written`](Driver::handle_written), [`handle_closed`](Driver::handle_closed),
+//! [`handle_timeout`](Driver::handle_timeout), ...), then carries out the [`Command`]s from
+//! [`poll_command`](Driver::poll_command) (write these buffers to that connection, close it,
+//! drop it, authenticate asynchronously), logs the [`Event`]s from
+//! [`poll_event`](Driver::poll_event), and sleeps until [`poll_timeout`](Driver::poll_timeout).
+//! Still no I/O and no clock here.
+//!
+//! Deadlines: a writer that holds bytes and writes none of them for [`WRITE_TIMEOUT`], a closed
+//! connection that lingers past [`LINGER`] after its last bytes, everything still open
+//! [`SHUTDOWN_FLUSH`] after [`shutdown`](Driver::shutdown), and a listener paused for
+//! [`ACCEPT_BACKOFF`] after a failed accept. They are policy, so they are here, once: a runtime
+//! only sleeps until the one instant [`poll_timeout`](Driver::poll_timeout) gives.
 //!
 //! Flow control: at most [`WRITE_WINDOW`] bytes per connection are out with its writer. The rest
 //! stays in the broker, whose slow-consumer limits then apply, so a stalled reader grows no
 //! memory in the server.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
+use core::cmp::Reverse;
 use core::future::Future;
 use core::pin::Pin;
 
 use super::persist::{PersistOp, PersistSeq};
-use super::{AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, ConnId, Event, PeerInfo};
+use super::{
+    AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, Command as BrokerCommand, ConnId,
+    Event, PeerInfo,
+};
 use crate::codec::ReasonCode;
 use crate::time::{Duration, Instant};
 
@@ -41,30 +55,43 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// How long a server's shutdown waits for the last bytes to be written.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
-/// What the runtime must do next.
+/// How long accepting on a listener pauses after an accept failed (out of file descriptors and
+/// the like), rather than spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the runtime must do next: instructions. What happened is an [`Event`], from
+/// [`Driver::poll_event`].
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Action<H> {
-    /// Write these buffers, in order, to the connection whose writer is `H`; report the total
-    /// with [`Driver::written`] once done.
+pub enum Command<H> {
+    /// Write these buffers, in order, to the connection whose writer is `H`; report what was
+    /// written with [`Driver::handle_written`].
     Write(H, Vec<Bytes>),
     /// Everything for this connection has been handed out: let its writer finish what it
-    /// holds, then close the socket and stop its reader.
+    /// holds (still reporting it), then shut the socket's sending side and read and drop what
+    /// the peer still sends until it closes too; then report [`Driver::handle_closed`]. (A
+    /// socket closed with unread input is reset, and a reset can destroy the last packets, a
+    /// refused CONNACK or a DISCONNECT and its reason, before the peer has read them.)
     Close(H),
+    /// Drop this connection's socket now, whatever it holds: its peer stopped reading (for
+    /// [`WRITE_TIMEOUT`]), its lingering after a [`Close`](Self::Close) is over
+    /// ([`LINGER`]), or the server's shutdown is ([`SHUTDOWN_FLUSH`]). Nothing more is
+    /// reported for it.
+    Abort(H),
     /// Stop reading from this connection (a subscriber of what it publishes is behind).
     PauseRead(H),
     /// Read from this connection again.
     ResumeRead(H),
+    /// Accept again on this listener, after [`Driver::handle_accept_failed`].
+    ResumeAccept(u16),
     /// The authenticator deferred: decide `request` (asynchronously) and answer with
-    /// [`Driver::resolve_auth`].
+    /// [`Driver::handle_auth`].
     Authenticate(AuthTicket, AuthRequest),
-    /// Something worth logging.
-    Log(Event),
     /// The authorizer deferred: decide whether `request`'s client may do it, and answer with
-    /// [`Driver::resolve_authorization`].
+    /// [`Driver::handle_authorization`].
     Authorize(AuthTicket, AuthorizeRequest),
     /// Durable state to store, in order (see [`persist`](super::persist)); report what is on
-    /// disk with [`Driver::persisted`].
+    /// disk with [`Driver::handle_persisted`].
     Persist(Vec<(PersistSeq, PersistOp)>),
 }
 
@@ -76,7 +103,7 @@ pub type AuthzFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Authentication that needs I/O (a database, an HTTP call). The core's synchronous
 /// [`Authenticator`](super::Authenticator) answers [`AuthDecision::Defer`]; a server then runs
-/// this on a task of its own and gives the answer back with [`Driver::resolve_auth`]. The
+/// this on a task of its own and gives the answer back with [`Driver::handle_auth`]. The
 /// connection's later packets wait, in order, until then. The future is the runtime's to run:
 /// the trait is the same for every async runtime.
 pub trait AsyncAuthenticator: Send + Sync {
@@ -86,7 +113,7 @@ pub trait AsyncAuthenticator: Send + Sync {
 
 /// Authorization that needs I/O: run when the core's authorizer answers
 /// [`AuthzDecision::Defer`](super::AuthzDecision); the answer goes back with
-/// [`Driver::resolve_authorization`].
+/// [`Driver::handle_authorization`].
 pub trait AsyncAuthorizer: Send + Sync {
     /// Whether the client may do what `request` says.
     fn authorize(&self, request: AuthorizeRequest) -> AuthzFuture;
@@ -125,8 +152,27 @@ struct Io<H> {
     handle: H,
     input: BytesMut,
     in_writer: usize,
+    /// When the writer last made progress: got bytes while it held none, or reported some
+    /// written. For a closed connection whose writer is done, when it was done.
+    since: Instant,
+    /// The deadline queue's entry for this connection, if any (stale entries are skipped).
+    queued: Option<Instant>,
     /// The peer closed while input waited (paused): close once it has been handled.
     eof: bool,
+}
+
+impl<H> Io<H> {
+    /// When this connection is due, if ever: its writer stalled, or (closed) its lingering is
+    /// over.
+    fn deadline(&self, closing: bool) -> Option<Instant> {
+        if self.in_writer > 0 {
+            Some(self.since + WRITE_TIMEOUT)
+        } else if closing {
+            Some(self.since + LINGER)
+        } else {
+            None
+        }
+    }
 }
 
 /// Each open connection's [`Io`], at its slot index: the broker reuses the slots of closed
@@ -182,7 +228,17 @@ impl<H> Conns<H> {
 pub struct Driver<H> {
     broker: Broker,
     conns: Conns<H>,
-    actions: VecDeque<Action<H>>,
+    /// Connections the broker closed, until their writer is done and their peer closed too,
+    /// or their deadline.
+    closing: BTreeMap<ConnId, Io<H>>,
+    /// Connections' deadlines (stalled writers, lingering), at most one entry per connection,
+    /// checked when due: the entry may be early, never late.
+    deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Listeners whose accepting is paused, with when it resumes.
+    accept_paused: Vec<(Instant, u16)>,
+    /// Once shut down: when the lingering connections are dropped.
+    shutdown_by: Option<Instant>,
+    commands: VecDeque<Command<H>>,
     /// The latest `now` given: closes the broker decides happen then.
     now: Instant,
 }
@@ -192,6 +248,7 @@ impl<H: core::fmt::Debug> core::fmt::Debug for Driver<H> {
         f.debug_struct("Driver")
             .field("broker", &self.broker)
             .field("connections", &self.conns.len)
+            .field("closing", &self.closing.len())
             .finish_non_exhaustive()
     }
 }
@@ -199,8 +256,16 @@ impl<H: core::fmt::Debug> core::fmt::Debug for Driver<H> {
 impl<H: Clone> Driver<H> {
     /// Wraps `broker`.
     pub fn new(broker: Broker) -> Self {
-        let conns = Conns { slots: Vec::new(), len: 0 };
-        Self { broker, conns, actions: VecDeque::new(), now: Instant::ZERO }
+        Self {
+            broker,
+            conns: Conns { slots: Vec::new(), len: 0 },
+            closing: BTreeMap::new(),
+            deadlines: BinaryHeap::new(),
+            accept_paused: Vec::new(),
+            shutdown_by: None,
+            commands: VecDeque::new(),
+            now: Instant::ZERO,
+        }
     }
 
     /// The broker, for getters such as [`Broker::stats`].
@@ -213,9 +278,15 @@ impl<H: Clone> Driver<H> {
         self.conns.len
     }
 
+    /// After [`shutdown`](Self::shutdown): whether every connection is gone (closed by its
+    /// peer or dropped), so the runtime may stop.
+    pub fn is_finished(&self) -> bool {
+        self.shutdown_by.is_some() && self.conns.len == 0 && self.closing.is_empty()
+    }
+
     /// A socket was accepted; `handle` reaches its writer. Refused at once (drop the socket)
     /// when `max_connections` are open.
-    pub fn accepted(
+    pub fn handle_accepted(
         &mut self,
         now: Instant,
         peer: PeerInfo,
@@ -223,12 +294,29 @@ impl<H: Clone> Driver<H> {
     ) -> Result<ConnId, AcceptError> {
         self.now = self.now.max(now);
         let id = self.broker.accept(now, peer)?;
-        self.conns.insert(id, Io { handle, input: BytesMut::new(), in_writer: 0, eof: false });
+        let io = Io {
+            handle,
+            input: BytesMut::new(),
+            in_writer: 0,
+            since: now,
+            queued: None,
+            eof: false,
+        };
+        self.conns.insert(id, io);
         Ok(id)
     }
 
+    /// Accepting on `listener` failed: the runtime stops accepting there until
+    /// [`Command::ResumeAccept`], [`ACCEPT_BACKOFF`] later.
+    pub fn handle_accept_failed(&mut self, now: Instant, listener: u16) {
+        self.now = self.now.max(now);
+        if self.shutdown_by.is_none() && !self.accept_paused.iter().any(|(_, l)| *l == listener) {
+            self.accept_paused.push((now + ACCEPT_BACKOFF, listener));
+        }
+    }
+
     /// Bytes read from `id`.
-    pub fn input(&mut self, now: Instant, id: ConnId, chunk: BytesMut) {
+    pub fn handle_bytes(&mut self, now: Instant, id: ConnId, chunk: BytesMut) {
         self.now = self.now.max(now);
         let Some(io) = self.conns.get_mut(&id) else {
             return;
@@ -247,22 +335,33 @@ impl<H: Clone> Driver<H> {
     }
 
     /// `id`'s writer wrote `n` bytes.
-    pub fn written(&mut self, id: ConnId, n: usize) {
+    pub fn handle_written(&mut self, now: Instant, id: ConnId, n: usize) {
+        self.now = self.now.max(now);
+        if let Some(io) = self.closing.get_mut(&id) {
+            io.in_writer = io.in_writer.saturating_sub(n);
+            io.since = now;
+            watch(&mut self.deadlines, id, io, true);
+            return;
+        }
         let Some(io) = self.conns.get_mut(&id) else {
             return;
         };
         io.in_writer = io.in_writer.saturating_sub(n);
+        io.since = now;
         self.transmit(id, false);
         // Draining a subscriber's output can resume the publishers it paused: those events
         // must not wait for the next input, which a paused publisher will not send.
         self.collect();
     }
 
-    /// `id`'s socket closed (end of stream or an error, reading or writing). Input that waits
-    /// because the broker paused it is still handled first: a client that published and left
-    /// loses nothing it sent.
-    pub fn closed(&mut self, now: Instant, id: ConnId) {
+    /// `id`'s socket closed (end of stream or an error, reading or writing), or, after a
+    /// [`Command::Close`], its peer closed too. Input that waits because the broker paused it
+    /// is still handled first: a client that published and left loses nothing it sent.
+    pub fn handle_closed(&mut self, now: Instant, id: ConnId) {
         self.now = self.now.max(now);
+        if self.closing.remove(&id).is_some() {
+            return;
+        }
         if let Some(io) = self.conns.get_mut(&id)
             && !io.input.is_empty()
             && self.broker.is_input_paused(id)
@@ -270,48 +369,85 @@ impl<H: Clone> Driver<H> {
             io.eof = true;
             return;
         }
-        if self.forget(now, id) {
+        if self.forget(now, id, false) {
             self.collect();
         }
     }
 
-    /// The answer to an [`Action::Authenticate`].
-    pub fn resolve_auth(&mut self, now: Instant, ticket: AuthTicket, decision: AuthDecision) {
+    /// The answer to a [`Command::Authenticate`].
+    pub fn handle_auth(&mut self, now: Instant, ticket: AuthTicket, decision: AuthDecision) {
         self.now = self.now.max(now);
-        self.broker.resolve_auth(now, ticket, decision);
+        self.broker.handle_auth(now, ticket, decision);
         self.collect();
     }
 
-    /// The answer to an [`Action::Authorize`].
-    pub fn resolve_authorization(&mut self, now: Instant, ticket: AuthTicket, allowed: bool) {
+    /// The answer to a [`Command::Authorize`].
+    pub fn handle_authorization(&mut self, now: Instant, ticket: AuthTicket, allowed: bool) {
         self.now = self.now.max(now);
-        self.broker.resolve_authorization(now, ticket, allowed);
+        self.broker.handle_authorization(now, ticket, allowed);
         self.collect();
     }
 
     /// The store has everything up to `seq` on disk.
-    pub fn persisted(&mut self, now: Instant, seq: PersistSeq) {
+    pub fn handle_persisted(&mut self, now: Instant, seq: PersistSeq) {
         self.now = self.now.max(now);
         self.broker.handle_persisted(now, seq);
         self.collect();
     }
 
-    /// Runs the broker's due timers. Call when [`poll_timeout`](Self::poll_timeout) passes.
-    pub fn timeout(&mut self, now: Instant) {
+    /// Does what is due at `now`: the broker's timers, stalled writers, lingering that is
+    /// over, paused listeners. Call when [`poll_timeout`](Self::poll_timeout) passes (calling
+    /// earlier does nothing).
+    pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        self.broker.handle_timeout(now);
+        if self.broker.poll_timeout().is_some_and(|at| at <= now) {
+            self.broker.handle_timeout(now);
+        }
+        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.expire(now, at, id);
+        }
+        if self.shutdown_by.is_some_and(|at| at <= now) {
+            for (_, io) in core::mem::take(&mut self.closing) {
+                self.commands.push_back(Command::Abort(io.handle));
+            }
+        }
+        let commands = &mut self.commands;
+        self.accept_paused.retain(|&(at, listener)| {
+            let due = at <= now;
+            if due {
+                commands.push_back(Command::ResumeAccept(listener));
+            }
+            !due
+        });
         self.collect();
     }
 
-    /// When [`timeout`](Self::timeout) must next be called.
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.broker.poll_timeout()
+        let shutdown = self.shutdown_by.filter(|_| !self.closing.is_empty());
+        [
+            self.broker.poll_timeout(),
+            self.deadlines.peek().map(|Reverse((at, _))| *at),
+            self.accept_paused.iter().map(|(at, _)| *at).min(),
+            shutdown,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Disconnects every client (MQTT 5: DISCONNECT 0x8B) and closes every connection.
+    /// Disconnects every client (MQTT 5: DISCONNECT 0x8B) and closes every connection. What
+    /// is still lingering [`SHUTDOWN_FLUSH`] later is dropped; [`is_finished`](Self::is_finished)
+    /// says when the runtime may stop.
     pub fn shutdown(&mut self, now: Instant) {
         self.now = self.now.max(now);
+        self.shutdown_by = Some(now + SHUTDOWN_FLUSH);
+        self.accept_paused.clear();
         self.broker.shutdown(now);
         self.collect();
         let ids = self.conns.ids();
@@ -322,37 +458,78 @@ impl<H: Clone> Driver<H> {
 
     /// The next thing to do.
     #[must_use]
-    pub fn poll_action(&mut self) -> Option<Action<H>> {
-        self.actions.pop_front()
+    pub fn poll_command(&mut self) -> Option<Command<H>> {
+        self.commands.pop_front()
     }
 
-    /// Turns the broker's output and events into actions.
+    /// The next thing that happened (to log, say).
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.broker.poll_event()
+    }
+
+    /// The deadline entry `at` of `id` came due.
+    fn expire(&mut self, now: Instant, at: Instant, id: ConnId) {
+        if let Some(io) = self.closing.get_mut(&id) {
+            if io.queued != Some(at) {
+                return;
+            }
+            io.queued = None;
+            match io.deadline(true) {
+                Some(at) if at <= now => {
+                    if let Some(io) = self.closing.remove(&id) {
+                        self.commands.push_back(Command::Abort(io.handle));
+                    }
+                }
+                _ => watch(&mut self.deadlines, id, io, true),
+            }
+            return;
+        }
+        let Some(io) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if io.queued != Some(at) {
+            return;
+        }
+        io.queued = None;
+        match io.deadline(false) {
+            Some(at) if at <= now => {
+                #[cfg(feature = "log")]
+                log::debug!("{id:?} read nothing for {WRITE_TIMEOUT:?}: dropping it");
+                self.forget(now, id, true);
+                self.collect();
+            }
+            _ => watch(&mut self.deadlines, id, io, false),
+        }
+    }
+
+    /// Turns the broker's output and commands into the runtime's commands.
     fn collect(&mut self) {
         while let Some(id) = self.broker.poll_writable() {
             self.transmit(id, false);
         }
-        while let Some(event) = self.broker.poll_event() {
-            match event {
-                Event::CloseTransport(id) => {
+        while let Some(command) = self.broker.poll_command() {
+            match command {
+                BrokerCommand::Close(id) => {
                     self.close(self.now, id);
                 }
-                Event::AuthRequired { ticket, request, .. } => {
-                    self.actions.push_back(Action::Authenticate(ticket, request));
+                BrokerCommand::Authenticate { ticket, request, .. } => {
+                    self.commands.push_back(Command::Authenticate(ticket, request));
                 }
-                Event::AuthorizeRequired { ticket, client_id, username, action, topic, .. } => {
+                BrokerCommand::Authorize { ticket, client_id, username, action, topic, .. } => {
                     let request = AuthorizeRequest { client_id, username, action, topic };
-                    self.actions.push_back(Action::Authorize(ticket, request));
+                    self.commands.push_back(Command::Authorize(ticket, request));
                 }
-                Event::PauseInput(id) => {
+                BrokerCommand::PauseInput(id) => {
                     if let Some(io) = self.conns.get(&id) {
-                        self.actions.push_back(Action::PauseRead(io.handle.clone()));
+                        self.commands.push_back(Command::PauseRead(io.handle.clone()));
                     }
                 }
-                Event::ResumeInput(id) => {
+                BrokerCommand::ResumeInput(id) => {
                     let Some(io) = self.conns.get_mut(&id) else {
                         continue;
                     };
-                    self.actions.push_back(Action::ResumeRead(io.handle.clone()));
+                    self.commands.push_back(Command::ResumeRead(io.handle.clone()));
                     // What was read before the pause took effect goes first.
                     if !io.input.is_empty() {
                         self.broker.handle_bytes(self.now, id, &mut io.input);
@@ -366,10 +543,9 @@ impl<H: Clone> Driver<H> {
                     }
                     if finished {
                         // The peer had closed: now that its input is handled, so do we.
-                        self.forget(self.now, id);
+                        self.forget(self.now, id, false);
                     }
                 }
-                other => self.actions.push_back(Action::Log(other)),
             }
         }
         let mut batch = Vec::new();
@@ -377,7 +553,7 @@ impl<H: Clone> Driver<H> {
             batch.push(entry);
         }
         if !batch.is_empty() {
-            self.actions.push_back(Action::Persist(batch));
+            self.commands.push_back(Command::Persist(batch));
         }
     }
 
@@ -387,6 +563,7 @@ impl<H: Clone> Driver<H> {
             return;
         };
         let mut chunks = Vec::new();
+        let idle = io.in_writer == 0;
         loop {
             let room = if all { usize::MAX } else { WRITE_WINDOW.saturating_sub(io.in_writer) };
             if room == 0 {
@@ -401,28 +578,60 @@ impl<H: Clone> Driver<H> {
             }
         }
         if !chunks.is_empty() {
-            self.actions.push_back(Action::Write(io.handle.clone(), chunks));
+            if idle {
+                io.since = self.now;
+                watch(&mut self.deadlines, id, io, false);
+            }
+            self.commands.push_back(Command::Write(io.handle.clone(), chunks));
         }
     }
 
-    /// Tells the broker `id` is gone and the runtime to close it. Returns whether it was open.
-    fn forget(&mut self, now: Instant, id: ConnId) -> bool {
-        let Some(io) = self.conns.remove(&id) else {
+    /// Tells the broker `id` is gone, and the runtime to close it: to drop it at once if
+    /// `abort`, else to let its writer finish and linger (see [`Command::Close`]) until it
+    /// reports the close or its deadline. Returns whether it was open.
+    fn forget(&mut self, now: Instant, id: ConnId, abort: bool) -> bool {
+        let Some(mut io) = self.conns.remove(&id) else {
             return false;
         };
         self.broker.handle_closed(now, id);
-        self.actions.push_back(Action::Close(io.handle));
+        if abort {
+            self.commands.push_back(Command::Abort(io.handle));
+            return true;
+        }
+        self.commands.push_back(Command::Close(io.handle.clone()));
+        if io.in_writer == 0 {
+            io.since = now;
+        }
+        io.input = BytesMut::new();
+        watch(&mut self.deadlines, id, &mut io, true);
+        self.closing.insert(id, io);
         true
     }
 
     /// Writes out what the broker queued for `id` (its last words), then closes it.
     fn close(&mut self, now: Instant, id: ConnId) {
         self.transmit(id, true);
-        self.forget(now, id);
+        self.forget(now, id, false);
         // handle_closed may have published a will or freed queues.
         while let Some(w) = self.broker.poll_writable() {
             self.transmit(w, false);
         }
+    }
+}
+
+/// Queues `io`'s deadline unless an entry for it at that time or earlier is queued already (an
+/// early entry is re-queued when it comes due; a later one goes stale).
+fn watch<H>(
+    deadlines: &mut BinaryHeap<Reverse<(Instant, ConnId)>>,
+    id: ConnId,
+    io: &mut Io<H>,
+    closing: bool,
+) {
+    if let Some(at) = io.deadline(closing)
+        && io.queued.is_none_or(|queued| at < queued)
+    {
+        io.queued = Some(at);
+        deadlines.push(Reverse((at, id)));
     }
 }
 

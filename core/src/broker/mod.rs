@@ -10,7 +10,7 @@
 //! 3. the deadline from [`Broker::poll_timeout`] passed: [`Broker::handle_timeout`];
 //! 4. after any input, drain the output: [`Broker::poll_writable`] names connections with
 //!    bytes waiting, [`Broker::poll_transmit`] hands them out, then [`Broker::poll_timeout`]
-//!    and [`Broker::poll_event`]. [`Event::CloseTransport`] asks the adapter to write what is
+//!    and [`Broker::poll_event`]. [`Command::Close`] asks the adapter to write what is
 //!    left for that connection, close it, and then call [`Broker::handle_closed`].
 //!
 //! ```
@@ -38,7 +38,7 @@
 //!   [`Stats::dropped_queue_full`]. A connection with more than `max_outbound_bytes` unwritten
 //!   loses new QoS 0 messages ([`Stats::dropped_slow_consumer`]); its QoS 1 and 2 messages wait
 //!   in the session queue. Control packets are never dropped. A live subscriber with more than
-//!   64 KiB unwritten pauses the QoS 0 publisher feeding it ([`Event::PauseInput`]) until its
+//!   64 KiB unwritten pauses the QoS 0 publisher feeding it ([`Command::PauseInput`]) until its
 //!   output is written, so it loses nothing while it keeps reading.
 //! - **QoS 2 inbound** is delivered onward when the PUBLISH arrives; the packet identifier is
 //!   then held until PUBREL so that a resent PUBLISH is not delivered twice.
@@ -111,7 +111,7 @@ impl fmt::Debug for ConnId {
     }
 }
 
-/// Names a deferred authentication, answered with [`Broker::resolve_auth`].
+/// Names a deferred authentication, answered with [`Broker::handle_auth`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AuthTicket(u64);
 
@@ -159,7 +159,8 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// Something the adapter or the application may want to know.
+/// What happened, for the application and the log: notifications, never instructions (those
+/// are [`Command`]s).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
@@ -191,12 +192,23 @@ pub enum Event {
         /// Why.
         reason: CloseReason,
     },
+    /// A disconnected session reached its expiry and was discarded.
+    SessionExpired {
+        /// Its client identifier.
+        client_id: MqttStr,
+    },
+}
+
+/// What the broker asks of its adapter: instructions, where an [`Event`] only informs.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Command {
     /// Write what [`Broker::poll_transmit`] still has for this connection, close the transport,
     /// then call [`Broker::handle_closed`].
-    CloseTransport(ConnId),
+    Close(ConnId),
     /// An authenticator answered [`AuthDecision::Defer`]: decide, then call
-    /// [`Broker::resolve_auth`] with the ticket.
-    AuthRequired {
+    /// [`Broker::handle_auth`] with the ticket.
+    Authenticate {
         /// Names this request.
         ticket: AuthTicket,
         /// The connection waiting.
@@ -204,21 +216,16 @@ pub enum Event {
         /// What to decide on.
         request: AuthRequest,
     },
-    /// A disconnected session reached its expiry and was discarded.
-    SessionExpired {
-        /// Its client identifier.
-        client_id: MqttStr,
-    },
     /// Stop reading from this connection: what it publishes is more than a live subscriber can
     /// take. Bytes already read may still be passed to [`Broker::handle_bytes`]; the broker
-    /// leaves them in the buffer until [`Event::ResumeInput`].
+    /// leaves them in the buffer until [`Command::ResumeInput`].
     PauseInput(ConnId),
     /// Read from this connection again, and first pass the bytes left in its buffer to
     /// [`Broker::handle_bytes`] (even if nothing new arrived).
     ResumeInput(ConnId),
     /// The authorizer deferred ([`AuthzDecision::Defer`]): decide, then call
-    /// [`Broker::resolve_authorization`] with the ticket. The connection's input waits.
-    AuthorizeRequired {
+    /// [`Broker::handle_authorization`] with the ticket. The connection's input waits.
+    Authorize {
         /// Names this request.
         ticket: AuthTicket,
         /// The connection waiting.
@@ -583,6 +590,7 @@ pub struct Broker {
     timers: BTreeSet<(Instant, Timer)>,
     ready: VecDeque<ConnId>,
     events: VecDeque<Event>,
+    commands: VecDeque<Command>,
     pending_auth: BTreeMap<u64, ConnId>,
     /// Deferred authorizations: the connection and the packet to handle again.
     pending_authz: BTreeMap<u64, (ConnId, Packet, Action, alloc::string::String)>,
@@ -646,6 +654,7 @@ impl Broker {
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
+            commands: VecDeque::new(),
             pending_auth: BTreeMap::new(),
             pending_authz: BTreeMap::new(),
             next_ticket: 1,
@@ -835,9 +844,9 @@ impl Broker {
         }
     }
 
-    /// Answers an [`Event::AuthRequired`]. A ticket whose connection has gone is ignored; a
+    /// Answers an [`Command::Authenticate`]. A ticket whose connection has gone is ignored; a
     /// `Defer` answer counts as a refusal.
-    pub fn resolve_auth(&mut self, now: Instant, ticket: AuthTicket, decision: AuthDecision) {
+    pub fn handle_auth(&mut self, now: Instant, ticket: AuthTicket, decision: AuthDecision) {
         let Some(conn) = self.pending_auth.remove(&ticket.0) else {
             return;
         };
@@ -856,9 +865,9 @@ impl Broker {
         self.resume_held(now, conn);
     }
 
-    /// Answers an [`Event::AuthorizeRequired`]: the PUBLISH or SUBSCRIBE is handled with this
+    /// Answers an [`Command::Authorize`]: the PUBLISH or SUBSCRIBE is handled with this
     /// answer, then the input that waited. A ticket whose connection has gone is ignored.
-    pub fn resolve_authorization(&mut self, now: Instant, ticket: AuthTicket, allowed: bool) {
+    pub fn handle_authorization(&mut self, now: Instant, ticket: AuthTicket, allowed: bool) {
         let Some((conn, packet, action, topic)) = self.pending_authz.remove(&ticket.0) else {
             return;
         };
@@ -895,7 +904,7 @@ impl Broker {
     }
 
     /// Disconnects every client: MQTT 5 clients get DISCONNECT 0x8B (Server shutting down).
-    /// Each connection is then closed as by [`Event::CloseTransport`]; wills are published as
+    /// Each connection is then closed as by [`Command::Close`]; wills are published as
     /// for any connection the server closes.
     pub fn shutdown(&mut self, now: Instant) {
         for index in 0..self.slots.len() as u32 {
@@ -979,7 +988,7 @@ impl Broker {
         Some(chunk)
     }
 
-    /// Whether `conn`'s input is paused ([`Event::PauseInput`]): bytes passed to
+    /// Whether `conn`'s input is paused ([`Command::PauseInput`]): bytes passed to
     /// [`handle_bytes`](Self::handle_bytes) stay in the buffer for now.
     #[must_use]
     pub fn is_input_paused(&self, conn: ConnId) -> bool {
@@ -997,6 +1006,12 @@ impl Broker {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The next thing the adapter must do.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
     }
 }
 

@@ -212,7 +212,7 @@ impl Broker {
             c.paused += 1;
             if c.paused == 1 {
                 self.stats.inputs_paused += 1;
-                self.events.push_back(Event::PauseInput(publisher));
+                self.commands.push_back(Command::PauseInput(publisher));
             }
         }
         if first {
@@ -233,7 +233,7 @@ impl Broker {
             if let Some(c) = self.conn_mut(p) {
                 c.paused = c.paused.saturating_sub(1);
                 if c.paused == 0 && c.phase != Phase::Closing {
-                    self.events.push_back(Event::ResumeInput(p));
+                    self.commands.push_back(Command::ResumeInput(p));
                 }
             }
         }

@@ -5,24 +5,26 @@
 //! run loop that owns the transport. [`Driver`] is the state they share: the core client, the
 //! bytes taken from it and not yet written, and the callers waiting for an answer. `W` is the
 //! runtime's way to hand an answer back to a caller (a oneshot sender, a channel sender, a
-//! slot); the driver keeps it and gives it back inside [`Outcome::Answer`] when the answer is
+//! slot); the driver keeps it and gives it back inside [`Command::Answer`] when the answer is
 //! known. Still no I/O and no clock here: the runtime passes `now` in and moves the bytes.
 //!
 //! # Driving it
 //!
 //! 1. [`connect`](Driver::connect) once the transport is up, then write what
-//!    [`take_output`](Driver::take_output) hands out and report it with
-//!    [`wrote`](Driver::wrote).
+//!    [`poll_transmit`](Driver::poll_transmit) hands out and report it with
+//!    [`handle_written`](Driver::handle_written).
 //! 2. Feed it: [`handle_bytes`](Driver::handle_bytes) with what was read,
 //!    [`handle_closed`](Driver::handle_closed) when the transport ends (end of stream or an
-//!    error), [`handle_timeout_if_due`](Driver::handle_timeout_if_due) when
-//!    [`poll_timeout`](Driver::poll_timeout) has passed. Commands
+//!    error), [`handle_timeout`](Driver::handle_timeout) when
+//!    [`poll_timeout`](Driver::poll_timeout) has passed. Application calls
 //!    ([`publish`](Driver::publish), [`subscribe`](Driver::subscribe),
 //!    [`unsubscribe`](Driver::unsubscribe), [`disconnect`](Driver::disconnect)) come from any
 //!    caller at any time.
-//! 3. After each of those: write [`take_output`](Driver::take_output), then act on every
-//!    [`Outcome`] from [`poll`](Driver::poll): answer a waiter, report a connection or a
-//!    message, close the transport (after writing what is left), or dial again.
+//! 3. After each of those: write [`poll_transmit`](Driver::poll_transmit), report every
+//!    [`Event`] from [`poll_event`](Driver::poll_event) (a connection, a refusal, a message, a
+//!    lost connection), then carry out every [`Command`] from
+//!    [`poll_command`](Driver::poll_command) (answer a waiter, close the transport after
+//!    writing what is left, or dial again); repeat until both are empty.
 //! 4. Once [`is_stopped`](Driver::is_stopped), the run loop ends: every waiter has had its
 //!    answer.
 //!
@@ -50,7 +52,10 @@ use bytes::{Bytes, BytesMut};
 use core::fmt;
 use core::time::Duration;
 
-use super::{Client, ClientConfig, ClientError, DisconnectReason, Event, ReconnectOptions};
+use super::{
+    Client, ClientConfig, ClientError, Command as CoreCommand, DisconnectReason, Event,
+    ReconnectOptions,
+};
 use crate::codec::{
     Connect, Disconnect, MqttStr, ProtocolVersion, Publish, ReasonCode, Subscription,
 };
@@ -256,30 +261,19 @@ impl From<CommandError> for Error {
     }
 }
 
-/// What the runtime must do next.
+/// What the runtime must do next: instructions. What happened (a connection, a refusal, a
+/// message, a lost connection) is an [`Event`], from [`Driver::poll_event`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome<W> {
+pub enum Command<W> {
     /// A call is done: give `answer` to its waiter.
     Answer(W, Answer),
-    /// The server accepted the connection (the first one or a reconnection).
-    Connected {
-        /// Whether the server resumed an existing session.
-        session_present: bool,
-    },
-    /// The server refused the connection; a [`CloseTransport`](Self::CloseTransport) follows.
-    Refused(ReasonCode),
-    /// An application message arrived.
-    Message(Publish),
-    /// The connection ended, or is ending: `Requested` when the application disconnected,
-    /// anything else when it was lost.
-    ConnectionLost(DisconnectReason),
-    /// Write what [`Driver::take_output`] still holds (a DISCONNECT, say), close the
+    /// Write what [`Driver::poll_transmit`] still holds (a DISCONNECT, say), close the
     /// transport, and then call [`Driver::handle_closed`].
     CloseTransport,
-    /// Open a new transport to the same server, then call [`Driver::reconnected`] (clearing
-    /// any partial input of the old transport), or [`Driver::dial_failed`].
-    Redial,
+    /// Open a new transport to the same server, then call [`Driver::handle_reconnected`]
+    /// (clearing any partial input of the old transport), or [`Driver::handle_dial_failed`].
+    Reconnect,
 }
 
 /// Whether a waiter by packet id waits for a publish or for a SUBSCRIBE/UNSUBSCRIBE answer.
@@ -307,12 +301,13 @@ pub struct Driver<W> {
     unsent: VecDeque<(u64, W)>,
     /// QoS 0 publishes the core took.
     qos0_made: u64,
-    outcomes: VecDeque<Outcome<W>>,
+    commands: VecDeque<Command<W>>,
+    events: VecDeque<Event>,
     /// `connect` was called.
     started: bool,
-    /// A transport is open (between `connect`/`reconnected` and `handle_closed`).
+    /// A transport is open (between `connect`/`handle_reconnected` and `handle_closed`).
     transport: bool,
-    /// [`Outcome::Redial`] was handed out; `reconnected` or `dial_failed` has not come yet.
+    /// [`Command::Reconnect`] was handed out; `handle_reconnected` or `handle_dial_failed` has not come yet.
     redialing: bool,
     /// Why the last connection ended.
     last_reason: Option<DisconnectReason>,
@@ -350,7 +345,8 @@ impl<W> Driver<W> {
             flushes: VecDeque::new(),
             unsent: VecDeque::new(),
             qos0_made: 0,
-            outcomes: VecDeque::new(),
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
             started: false,
             transport: false,
             redialing: false,
@@ -418,13 +414,13 @@ impl<W> Driver<W> {
         Ok(())
     }
 
-    /// After [`Outcome::Redial`]: the new transport is up; CONNECT goes out again. When the
-    /// driver stopped meanwhile, [`Outcome::CloseTransport`] asks for the new transport to be
+    /// After [`Command::Reconnect`]: the new transport is up; CONNECT goes out again. When the
+    /// driver stopped meanwhile, [`Command::CloseTransport`] asks for the new transport to be
     /// closed instead.
-    pub fn reconnected(&mut self, now: Instant) {
+    pub fn handle_reconnected(&mut self, now: Instant) {
         self.redialing = false;
         if self.is_stopped() {
-            self.outcomes.push_back(Outcome::CloseTransport);
+            self.commands.push_back(Command::CloseTransport);
             return;
         }
         self.transport = true;
@@ -435,9 +431,9 @@ impl<W> Driver<W> {
         self.sync(now);
     }
 
-    /// After [`Outcome::Redial`]: no transport could be opened; the core schedules the next
+    /// After [`Command::Reconnect`]: no transport could be opened; the core schedules the next
     /// attempt.
-    pub fn dial_failed(&mut self, now: Instant) {
+    pub fn handle_dial_failed(&mut self, now: Instant) {
         self.redialing = false;
         if self.is_stopped() {
             return;
@@ -458,7 +454,7 @@ impl<W> Driver<W> {
     }
 
     /// The transport ended (end of stream, an error reading or writing, or closed after
-    /// [`Outcome::CloseTransport`]). Output not yet written is dropped with it. A second call
+    /// [`Command::CloseTransport`]). Output not yet written is dropped with it. A second call
     /// for the same transport does nothing.
     pub fn handle_closed(&mut self, now: Instant) {
         if self.is_stopped() || !self.transport {
@@ -473,20 +469,21 @@ impl<W> Driver<W> {
         let reason = self.last_reason.clone().unwrap_or(DisconnectReason::TransportClosed);
         self.written = self.queued;
         while let Some((_, w)) = self.flushes.pop_front() {
-            self.outcomes.push_back(Outcome::Answer(w, Err(reason.clone())));
+            self.commands.push_back(Command::Answer(w, Err(reason.clone())));
         }
         let requests: Vec<u16> =
             self.waiters.iter().filter(|(_, w)| w.request).map(|(id, _)| *id).collect();
         for id in requests {
             if let Some(w) = self.waiters.remove(&id) {
-                self.outcomes.push_back(Outcome::Answer(w.waiter, Err(reason.clone())));
+                self.commands.push_back(Command::Answer(w.waiter, Err(reason.clone())));
             }
         }
         self.sync(now);
     }
 
-    /// Runs the core's timers if [`poll_timeout`](Self::poll_timeout) has passed.
-    pub fn handle_timeout_if_due(&mut self, now: Instant) {
+    /// Runs the core's timers if [`poll_timeout`](Self::poll_timeout) has passed (calling
+    /// earlier does nothing).
+    pub fn handle_timeout(&mut self, now: Instant) {
         if self.is_stopped() {
             return;
         }
@@ -496,30 +493,30 @@ impl<W> Driver<W> {
         }
     }
 
-    /// When [`handle_timeout_if_due`](Self::handle_timeout_if_due) must next be called, if
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called, if
     /// ever.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.is_stopped() { None } else { self.core.poll_timeout() }
     }
 
-    /// How long from `now` until [`handle_timeout_if_due`](Self::handle_timeout_if_due) is
+    /// How long from `now` until [`handle_timeout`](Self::handle_timeout) is
     /// due (zero when it is), if ever: what a runtime's timer sleeps.
     #[must_use]
     pub fn timeout_in(&self, now: Instant) -> Option<Duration> {
         self.poll_timeout().map(|t| t.saturating_duration_since(now))
     }
 
-    /// Everything to write to the transport now, in order (empty when there is nothing).
-    /// Report what was written with [`wrote`](Self::wrote).
-    pub fn take_output(&mut self) -> Bytes {
+    /// Everything to write to the transport now, in order, if anything. Report what was
+    /// written with [`handle_written`](Self::handle_written).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.pull();
-        self.out.split().freeze()
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
 
-    /// `n` bytes of what [`take_output`](Self::take_output) handed out were written: calls
-    /// whose bytes are now all on the wire are done.
-    pub fn wrote(&mut self, n: usize) {
+    /// `n` bytes of what [`poll_transmit`](Self::poll_transmit) handed out were written:
+    /// calls whose bytes are now all on the wire are done.
+    pub fn handle_written(&mut self, n: usize) {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
         self.written = self.written.saturating_add(n).min(self.queued);
         self.complete_flushes();
@@ -527,8 +524,17 @@ impl<W> Driver<W> {
 
     /// The next thing to do.
     #[must_use]
-    pub fn poll(&mut self) -> Option<Outcome<W>> {
-        self.outcomes.pop_front()
+    pub fn poll_command(&mut self) -> Option<Command<W>> {
+        self.commands.pop_front()
+    }
+
+    /// The next thing that happened: [`Event::Connected`], [`Event::ConnectionRefused`],
+    /// [`Event::Message`] and [`Event::Disconnected`] (`Requested` when the application
+    /// disconnected, anything else when the connection was lost). Acknowledgements come as
+    /// [`Command::Answer`]s instead.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
     }
 
     /// Stops: every waiting call fails with why the last connection ended (or `Requested`),
@@ -548,7 +554,7 @@ impl<W> Driver<W> {
         let unsent = core::mem::take(&mut self.unsent).into_iter().map(|(_, w)| w);
         let all: Vec<W> = waiters.chain(flushes).chain(unsent).collect();
         for w in all {
-            self.outcomes.push_back(Outcome::Answer(w, Err(reason.clone())));
+            self.commands.push_back(Command::Answer(w, Err(reason.clone())));
         }
     }
 
@@ -634,7 +640,7 @@ impl<W> Driver<W> {
     }
 
     /// Sends DISCONNECT (with `disconnect`'s reason code and properties in MQTT 5);
-    /// [`Outcome::CloseTransport`] follows, and `waiter` is answered once the DISCONNECT is
+    /// [`Command::CloseTransport`] follows, and `waiter` is answered once the DISCONNECT is
     /// written. The driver stops when the transport is closed; calls still waiting then fail.
     pub fn disconnect(
         &mut self,
@@ -688,24 +694,20 @@ impl<W> Driver<W> {
     fn complete_flushes(&mut self) {
         while self.flushes.front().is_some_and(|(target, _)| *target <= self.written) {
             if let Some((_, w)) = self.flushes.pop_front() {
-                self.outcomes.push_back(Outcome::Answer(w, Ok(vec![ReasonCode::Success])));
+                self.commands.push_back(Command::Answer(w, Ok(vec![ReasonCode::Success])));
             }
         }
     }
 
-    /// Turns the core's events into outcomes; true if it gave the core a command (an AUTH
+    /// Turns the core's events and commands into the driver's; true if it gave the core a command (an AUTH
     /// answer) whose output must be pulled.
     fn collect(&mut self, now: Instant) -> bool {
         let mut commanded = false;
         while let Some(event) = self.core.poll_event() {
             match event {
-                Event::Connected { session_present, .. } => {
-                    self.outcomes.push_back(Outcome::Connected { session_present });
-                }
-                Event::ConnectionRefused { reason_code, .. } => {
-                    self.outcomes.push_back(Outcome::Refused(reason_code));
-                }
-                Event::Message(p) => self.outcomes.push_back(Outcome::Message(p)),
+                event @ (Event::Connected { .. }
+                | Event::ConnectionRefused { .. }
+                | Event::Message(_)) => self.events.push_back(event),
                 Event::Published { packet_id, reason_code, .. } => {
                     self.answer(packet_id.get(), Ok(vec![reason_code]));
                 }
@@ -723,12 +725,7 @@ impl<W> Driver<W> {
                         other => other,
                     };
                     self.last_reason = Some(reason.clone());
-                    self.outcomes.push_back(Outcome::ConnectionLost(reason));
-                }
-                Event::CloseTransport => self.outcomes.push_back(Outcome::CloseTransport),
-                Event::Reconnect => {
-                    self.redialing = true;
-                    self.outcomes.push_back(Outcome::Redial);
+                    self.events.push_back(Event::Disconnected(reason));
                 }
                 Event::Auth { reason_code: ReasonCode::ContinueAuthentication, properties } => {
                     let method =
@@ -749,12 +746,21 @@ impl<W> Driver<W> {
                 _ => {}
             }
         }
+        while let Some(command) = self.core.poll_command() {
+            match command {
+                CoreCommand::CloseTransport => self.commands.push_back(Command::CloseTransport),
+                CoreCommand::Reconnect => {
+                    self.redialing = true;
+                    self.commands.push_back(Command::Reconnect);
+                }
+            }
+        }
         commanded
     }
 
     fn answer(&mut self, id: u16, answer: Answer) {
         if let Some(w) = self.waiters.remove(&id) {
-            self.outcomes.push_back(Outcome::Answer(w.waiter, answer));
+            self.commands.push_back(Command::Answer(w.waiter, answer));
         }
     }
 

@@ -10,9 +10,10 @@
 //!
 //! 1. [`poll_transmit`](Client::poll_transmit) until `None`, writing the bytes to the transport;
 //! 2. [`poll_timeout`](Client::poll_timeout), re-arming its one timer;
-//! 3. [`poll_event`](Client::poll_event) until `None`, acting on each event (a
-//!    [`Event::CloseTransport`] means: the bytes above are flushed, now close the socket;
-//!    [`Event::Reconnect`] means: open a new transport and call [`reconnect`](Client::reconnect)).
+//! 3. [`poll_event`](Client::poll_event) until `None`: what happened, for the application;
+//! 4. [`poll_command`](Client::poll_command) until `None`: what the runtime must do
+//!    ([`Command::CloseTransport`]: the bytes above are flushed, now close the socket;
+//!    [`Command::Reconnect`]: open a new transport and call [`reconnect`](Client::reconnect)).
 //!
 //! Session state (QoS 1 and 2 messages in flight, QoS 2 messages received and not yet released,
 //! subscriptions, queued publishes) outlives a transport: after a reconnect with Session Present
@@ -42,7 +43,8 @@ pub mod driver;
 use config::Backoff;
 pub use config::{ClientConfig, ReconnectOptions};
 
-/// What the client tells its runtime and application.
+/// What happened, for the application: notifications, never instructions (those are
+/// [`Command`]s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -89,12 +91,8 @@ pub enum Event {
         /// One code per filter (empty in 3.1.1).
         reason_codes: Vec<ReasonCode>,
     },
-    /// The connection is gone (or going: see [`Event::CloseTransport`]).
+    /// The connection is gone (or going: see [`Command::CloseTransport`]).
     Disconnected(DisconnectReason),
-    /// Close the transport now; everything to send has been handed out by `poll_transmit`.
-    CloseTransport,
-    /// The reconnect delay has passed: open a transport and call [`Client::reconnect`].
-    Reconnect,
     /// MQTT 5 enhanced authentication: the server sent AUTH (Continue authentication). Answer
     /// with [`Client::authenticate`]; the CONNACK (or, when re-authenticating, the server's
     /// final AUTH with Success) ends the exchange.
@@ -105,6 +103,17 @@ pub enum Event {
         /// Authentication Method and Data, and the server's reason string.
         properties: AuthProperties,
     },
+}
+
+/// What the client asks of its runtime: instructions, where an [`Event`] only informs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Close the transport now; everything to send has been handed out by `poll_transmit`.
+    /// Then call [`Client::handle_closed`].
+    CloseTransport,
+    /// The reconnect delay has passed: open a transport and call [`Client::reconnect`].
+    Reconnect,
 }
 
 /// Why a connection ended.
@@ -266,6 +275,7 @@ pub struct Client {
     backoff: Backoff,
     out: BytesMut,
     events: VecDeque<Event>,
+    commands: VecDeque<Command>,
 
     // The connection.
     decoder: Decoder,
@@ -348,6 +358,7 @@ impl Client {
             backoff,
             out: BytesMut::new(),
             events: VecDeque::new(),
+            commands: VecDeque::new(),
             decoder: Decoder::new(Some(ProtocolVersion::V5), MAX_PACKET_SIZE),
             encoder: Encoder::new(ProtocolVersion::V5),
             server: ServerLimits::default(),
@@ -429,7 +440,7 @@ impl Client {
     }
 
     /// Connect again with the options of the last [`connect`](Self::connect), after
-    /// [`Event::Reconnect`] or whenever the runtime has a new transport.
+    /// [`Command::Reconnect`] or whenever the runtime has a new transport.
     pub fn reconnect(&mut self, now: Instant) -> Result<(), ClientError> {
         if matches!(self.state, State::Connecting { .. } | State::Connected { .. }) {
             return Err(ClientError::AlreadyConnected);
@@ -750,7 +761,7 @@ impl Client {
             }
             State::Backoff { at } if now >= at => {
                 self.state = State::Idle;
-                self.events.push_back(Event::Reconnect);
+                self.commands.push_back(Command::Reconnect);
             }
             _ => {}
         }
@@ -786,6 +797,12 @@ impl Client {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The next thing the runtime must do. Call until `None` after the events.
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
     }
 
     // ---------------------------------------------------------------- internals
@@ -992,7 +1009,7 @@ impl Client {
                 self.stopped = true;
             }
             self.state = State::Closing;
-            self.events.push_back(Event::CloseTransport);
+            self.commands.push_back(Command::CloseTransport);
             return;
         }
         let clean = self.options.as_ref().is_some_and(|o| o.clean_start);
@@ -1276,7 +1293,7 @@ impl Client {
     /// reconnect schedule starts when the runtime confirms with `handle_closed`.
     fn close(&mut self, reason: DisconnectReason) {
         self.events.push_back(Event::Disconnected(reason));
-        self.events.push_back(Event::CloseTransport);
+        self.commands.push_back(Command::CloseTransport);
         self.ping_deadline = None;
         self.state = State::Closing;
     }

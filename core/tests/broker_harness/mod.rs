@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
 use bytes::{Bytes, BytesMut};
-use ternmq_core::broker::{Broker, BrokerConfig, ConnId, Event, PeerInfo};
+use ternmq_core::broker::{Broker, BrokerConfig, Command, ConnId, Event, PeerInfo};
 use ternmq_core::codec::{
     ConnAck, Connect, Decoder, Disconnect, Encoder, MqttStr, Packet, PacketId, ProtocolVersion,
     PubAck, Publish, QoS, ReasonCode, Subscribe, Subscription, SubscriptionOptions, Unsubscribe,
@@ -21,6 +21,7 @@ pub struct Harness {
     pub broker: Broker,
     pub now: Instant,
     pub events: Vec<Event>,
+    pub commands: Vec<Command>,
 }
 
 #[derive(Debug)]
@@ -71,7 +72,12 @@ impl Harness {
 
     pub fn with(config: BrokerConfig) -> Self {
         let now = Instant::from_secs(1000);
-        Self { broker: Broker::new(config, now).unwrap(), now, events: Vec::new() }
+        Self {
+            broker: Broker::new(config, now).unwrap(),
+            now,
+            events: Vec::new(),
+            commands: Vec::new(),
+        }
     }
 
     pub fn config(f: impl FnOnce(&mut BrokerConfig)) -> Self {
@@ -110,6 +116,9 @@ impl Harness {
         while let Some(e) = self.broker.poll_event() {
             self.events.push(e);
         }
+        while let Some(c) = self.broker.poll_command() {
+            self.commands.push(c);
+        }
     }
 
     /// Every packet the broker has written to `peer` since the last call.
@@ -123,7 +132,7 @@ impl Harness {
             out.push(p);
         }
         assert!(peer.input.is_empty(), "a partial packet was written");
-        if self.events.iter().any(|e| matches!(e, Event::CloseTransport(c) if *c == peer.id)) {
+        if self.commands.iter().any(|e| matches!(e, Command::Close(c) if *c == peer.id)) {
             peer.closed = true;
         }
         out
