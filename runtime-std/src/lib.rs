@@ -2,7 +2,8 @@
 //! an async runtime.
 //!
 //! The client drives the sans-IO [`ternmq_core::client::Client`] from one background I/O thread
-//! on a plain `std::net::TcpStream`. Calls block until the server has answered (CONNACK, PUBACK or
+//! over TCP, or over any transport a [`Dialer`] opens ([`SyncClient::connect_via`]: the seam for
+//! TLS and WebSocket). Calls block until the server has answered (CONNACK, PUBACK or
 //! PUBCOMP, SUBACK, UNSUBACK), with a timeout. Message handlers run on a dispatcher thread of
 //! their own, so a handler may publish and wait for the acknowledgement while the I/O thread
 //! goes on reading.
@@ -26,8 +27,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +44,7 @@ use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
 
 pub mod server;
+pub mod transport;
 
 pub use server::{
     AsyncAuthenticator, AsyncAuthorizer, BlockingAuthenticator, BlockingAuthorizer, Server,
@@ -54,6 +55,7 @@ use ternmq_core::client::Event;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
 pub use ternmq_core::client::{DisconnectReason, ReconnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
+pub use transport::{Dialer, Transport, TransportReader, TransportWriter, tcp_dialer};
 
 const READ_CHUNK: usize = 16 * 1024;
 /// The longest the I/O thread blocks in a read before it looks at the clock and state again.
@@ -87,7 +89,7 @@ struct State {
     /// The core client, its unwritten output and the calls waiting for an answer.
     driver: Driver<Waiter>,
     /// The write side of the current connection.
-    writer: Option<TcpStream>,
+    writer: Option<Box<dyn TransportWriter>>,
     connect_waiter: Option<SyncSender<Result<(), Error>>>,
     /// Where messages go; dropped when the I/O thread ends.
     sinks: Option<Sinks>,
@@ -182,8 +184,10 @@ struct Shared {
     /// Whether a callback is set, known without the callbacks' lock (held while they run).
     has_handlers: AtomicBool,
     messages: Mutex<Receiver<Publish>>,
+    /// Names the server in logs.
     host: String,
-    port: u16,
+    /// Opens a transport for each reconnection.
+    dial: Dialer,
     timeout: Duration,
 }
 
@@ -301,10 +305,10 @@ fn write_out(st: &mut State) {
     }
 }
 
-/// Shuts the socket both ways, which also ends the I/O thread's read.
+/// Shuts the transport both ways, which also ends the I/O thread's read.
 fn close(st: &mut State) {
-    if let Some(w) = st.writer.take() {
-        let _ = w.shutdown(std::net::Shutdown::Both);
+    if let Some(mut w) = st.writer.take() {
+        w.shutdown();
     }
 }
 
@@ -357,7 +361,15 @@ impl fmt::Debug for SyncClient {
 impl SyncClient {
     /// Connects and waits for the server to accept.
     pub fn connect(options: ConnectOptions) -> Result<SyncClient, Error> {
-        Self::connect_inner(options, None)
+        let dial = tcp_dialer(options.host.clone(), options.port);
+        Self::connect_inner(options, dial, None)
+    }
+
+    /// [`connect`](Self::connect) over the transports `dial` opens (TLS, WebSocket, or any
+    /// byte stream split into its two halves), for the first connection and every
+    /// reconnection; `options.host` and `options.port` only name the server in logs.
+    pub fn connect_via(options: ConnectOptions, dial: Dialer) -> Result<SyncClient, Error> {
+        Self::connect_inner(options, dial, None)
     }
 
     /// [`connect`](Self::connect), and calls `trace` with every packet sent and received, from
@@ -368,14 +380,17 @@ impl SyncClient {
         options: ConnectOptions,
         trace: impl FnMut(Direction, &Packet) + Send + 'static,
     ) -> Result<SyncClient, Error> {
-        Self::connect_inner(options, Some(Box::new(trace)))
+        let dial = tcp_dialer(options.host.clone(), options.port);
+        Self::connect_inner(options, dial, Some(Box::new(trace)))
     }
 
-    fn connect_inner(options: ConnectOptions, trace: Option<Tracer>) -> Result<SyncClient, Error> {
+    fn connect_inner(
+        options: ConnectOptions,
+        dial: Dialer,
+        trace: Option<Tracer>,
+    ) -> Result<SyncClient, Error> {
         let version = options.connect.protocol;
-        let stream = TcpStream::connect((options.host.as_str(), options.port))
-            .map_err(|e| driver::dial_error(e, &options.host, options.port))?;
-        stream.set_nodelay(true)?;
+        let Transport { reader, writer } = dial()?;
         let (tx, rx) = sync_channel(options.message_buffer);
         let (dispatch_tx, dispatch_rx) = sync_channel::<Dispatch>(options.message_buffer);
         let (connected_tx, connected_rx) = sync_channel(1);
@@ -385,7 +400,7 @@ impl SyncClient {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 driver,
-                writer: Some(stream.try_clone()?),
+                writer: Some(writer),
                 connect_waiter: Some(connected_tx),
                 sinks: Some(Sinks { recv: tx, dispatch: dispatch_tx }),
                 redial: false,
@@ -398,7 +413,7 @@ impl SyncClient {
             has_handlers: AtomicBool::new(false),
             messages: Mutex::new(rx),
             host: options.host,
-            port: options.port,
+            dial,
             timeout: options.timeout,
         });
         {
@@ -420,7 +435,7 @@ impl SyncClient {
         let io_shared = Arc::clone(&shared);
         let handle = std::thread::Builder::new()
             .name("ternmq-io".into())
-            .spawn(move || io_loop(&io_shared, Some(stream)))?;
+            .spawn(move || io_loop(&io_shared, Some(reader)))?;
         let owner = Arc::new(Owner { shared: Arc::clone(&shared), io: Mutex::new(Some(handle)) });
         let client = SyncClient { shared, owner };
         let result = match connected_rx.recv_timeout(options.timeout) {
@@ -625,7 +640,7 @@ impl Sinks {
 
 /// The I/O thread: read (no longer than until the core's next deadline), feed the driver, run
 /// its timers, and dial again when it asks.
-fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
+fn io_loop(shared: &Shared, mut reader: Option<Box<dyn TransportReader>>) {
     let mut buf = vec![0u8; READ_CHUNK];
     // A packet split across reads waits here for its rest.
     let mut input = BytesMut::new();
@@ -641,16 +656,13 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
         let mut read = 0;
         let mut closed = false;
         match reader.as_mut() {
-            Some(r) => {
-                let _ = r.set_read_timeout(Some(wait));
-                match r.read(&mut buf) {
-                    Ok(0) => closed = true,
-                    Ok(n) => read = n,
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => closed = true,
-                }
-            }
+            Some(r) => match r.read_within(&mut buf, wait) {
+                Ok(0) => closed = true,
+                Ok(n) => read = n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => closed = true,
+            },
             None => std::thread::sleep(wait),
         }
         let redial = {
@@ -677,13 +689,11 @@ fn io_loop(shared: &Shared, mut reader: Option<TcpStream>) {
         };
         if redial {
             // Dial without the lock: connecting may take a while.
-            let result = TcpStream::connect((shared.host.as_str(), shared.port))
-                .and_then(|s| s.try_clone().map(|w| (s, w)));
+            let result = (shared.dial)();
             let mut st = shared.lock();
             let now = shared.now();
             match result {
-                Ok((r, w)) => {
-                    let _ = r.set_nodelay(true);
+                Ok(Transport { reader: r, writer: w }) => {
                     st.writer = Some(w);
                     reader = Some(r);
                     input.clear();

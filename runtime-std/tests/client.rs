@@ -127,3 +127,89 @@ fn dropping_every_handle_closes_the_connection_and_the_will_goes_out() {
     let will = watcher.recv_timeout(Duration::from_secs(10)).expect("the will");
     assert_eq!(&will.payload[..], b"gone");
 }
+
+/// A TCP transport that counts what passes through its halves, and keeps a clone of each
+/// socket so that the test can cut the connection.
+#[derive(Default)]
+struct Counted {
+    dials: Mutex<Vec<std::net::TcpStream>>,
+    read: std::sync::atomic::AtomicUsize,
+    written: std::sync::atomic::AtomicUsize,
+}
+
+struct CountedReader(std::net::TcpStream, Arc<Counted>);
+struct CountedWriter(std::net::TcpStream, Arc<Counted>);
+
+impl ternmq_std::TransportReader for CountedReader {
+    fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> std::io::Result<usize> {
+        let n = ternmq_std::TransportReader::read_within(&mut self.0, buf, timeout)?;
+        self.1.read.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+impl ternmq_std::TransportWriter for CountedWriter {
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        ternmq_std::TransportWriter::write_all(&mut self.0, buf)?;
+        self.1.written.fetch_add(buf.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        ternmq_std::TransportWriter::shutdown(&mut self.0);
+    }
+}
+
+#[test]
+fn connect_via_uses_the_dialer_for_the_first_connection_and_every_reconnection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let s = server();
+    let counted = Arc::new(Counted::default());
+    let port = s.0.port();
+    let c2 = Arc::clone(&counted);
+    let dial: ternmq_std::Dialer = Arc::new(move || {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c2.dials.lock().unwrap().push(stream.try_clone()?);
+        let reader = CountedReader(stream.try_clone()?, Arc::clone(&c2));
+        let writer = CountedWriter(stream, Arc::clone(&c2));
+        Ok(ternmq_std::Transport { reader: Box::new(reader), writer: Box::new(writer) })
+    });
+    let mut o = ConnectOptions::new("127.0.0.1", port);
+    o.connect.client_id = MqttStr::new("via").unwrap();
+    o.connect.clean_start = false;
+    o.timeout = Duration::from_secs(5);
+    o.config.reconnect.initial_delay = Duration::from_millis(50);
+    let c = SyncClient::connect_via(o, dial).unwrap();
+    c.subscribe("via", QoS::AtLeastOnce).unwrap();
+    c.publish("via", "one", QoS::AtLeastOnce).unwrap();
+    assert_eq!(
+        &c.recv_timeout(Duration::from_secs(5)).expect("the first message").payload[..],
+        b"one"
+    );
+    assert_eq!(counted.dials.lock().unwrap().len(), 1);
+    let (read, written) = (counted.read.load(SeqCst), counted.written.load(SeqCst));
+    assert!(read > 0 && written > 0, "the bytes did not pass through the transport");
+    // Cut the connection under the client: it dials again through the same dialer.
+    let first = counted.dials.lock().unwrap()[0].try_clone().unwrap();
+    first.shutdown(std::net::Shutdown::Both).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counted.dials.lock().unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no reconnection through the dialer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The session resumed over the new transport: the subscription still holds.
+    let result = loop {
+        match c.publish("via", "two", QoS::AtLeastOnce) {
+            Ok(code) => break code,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("no publish after the reconnection: {e}"),
+        }
+    };
+    assert_eq!(result, ReasonCode::Success);
+    let m = c.recv_timeout(Duration::from_secs(5)).expect("the second message");
+    assert_eq!(&m.payload[..], b"two");
+    assert!(counted.written.load(SeqCst) > written);
+    c.disconnect().unwrap();
+}
