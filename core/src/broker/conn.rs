@@ -39,7 +39,8 @@ impl Broker {
     /// The client identifier, user name and address of the client connected at `index`, from
     /// its session (empty before CONNECT completes).
     pub(super) fn identity(&self, index: u32) -> (MqttStr, Option<MqttStr>, PeerInfo) {
-        let si = self.slots.get(index as usize).and_then(|s| s.conn.as_ref()).map(|c| c.session);
+        let si =
+            self.slots.get(index as usize).and_then(|s| s.conn.as_ref()).and_then(|c| c.session);
         match si.and_then(|si| self.session(si)) {
             Some(s) => (s.client_id.clone(), s.username.clone(), s.peer.clone()),
             None => (MqttStr::default(), None, PeerInfo::default()),
@@ -194,15 +195,15 @@ impl Broker {
             x.held = BytesMut::new();
             x.ticket.take()
         });
-        let session = core::mem::replace(&mut c.session, NO_SESSION);
-        let client_id = self.session(session).map(|s| s.client_id.clone());
+        let session = c.session.take();
+        let client_id = session.and_then(|si| self.session(si)).map(|s| s.client_id.clone());
         if let Some(t) = ticket {
             self.pending_auth.remove(&t);
             self.pending_authz.remove(&t);
         }
         if was == Phase::Connected {
             self.clients_connected -= 1;
-            if session != NO_SESSION {
+            if let Some(session) = session {
                 self.detach(now, session, publish_will, false);
             }
             if let Some(client_id) = client_id {

@@ -103,7 +103,7 @@ impl Broker {
                 continue;
             }
             match self.tree.group_of(&filter) {
-                Some(g) if self.deliver_shared(now, g, &d.msg) => {
+                Some(g) if self.deliver_shared(now, g, &d.msg, &mut Routing::default()) => {
                     self.stats.shared_redelivered += 1;
                 }
                 _ => self.stats.dropped_no_member += 1,
@@ -120,7 +120,7 @@ impl Broker {
         }
         self.stats.messages_received += 1;
         self.store_retained(now, &will.msg);
-        self.route(now, &will.msg);
+        self.route(now, &will.msg, &mut Routing::default());
     }
 
     /// Refuses a connection before CONNACK 0x00: CONNACK with `code`, then close
@@ -529,7 +529,7 @@ impl Broker {
             props.authentication_method = c.auth_method().cloned();
             props.authentication_data = auth_data;
         }
-        c.session = si;
+        c.session = Some(si);
         c.keep_alive = Duration::from_millis(u64::from(keep_alive) * 1500);
         c.phase = Phase::Connected;
         if v5 && outgoing_aliases && c.alias_max > 0 {
@@ -575,7 +575,7 @@ impl Broker {
             return;
         };
         c.phase = Phase::Closing;
-        c.session = NO_SESSION;
+        c.session = None;
         let client_id = self.session(si).map(|s| s.client_id.clone());
         self.clients_connected -= 1;
         self.detach(now, si, true, true);
@@ -642,6 +642,7 @@ impl Broker {
         };
         let si = c.session;
         if let Some(expiry) = d.properties.session_expiry_interval
+            && let Some(si) = si
             && let Some(s) = self.session_mut(si)
         {
             if s.expiry == 0 && expiry != 0 {

@@ -63,7 +63,7 @@ impl Broker {
         self.gated = gated;
         for (id, session) in opened {
             self.mark_ready(id.index);
-            if session != super::NO_SESSION {
+            if let Some(session) = session {
                 self.pump(now, session);
             }
         }

@@ -78,6 +78,7 @@ pub use config::{
     BrokerConfig, ClientInfo, ConfigError, MIN_MAX_PACKET_SIZE, PeerInfo, SharedPolicy,
 };
 use persist::{PersistOp, PersistSeq};
+use route::Routing;
 use session::{Delivery, Inflight, Message, OutAliases, OutState, ParkedAck, PendingWill, Session};
 use tree::{Entry, GroupRef, SubTree};
 
@@ -369,8 +370,6 @@ struct PendingConnect {
     assigned: bool,
 }
 
-const NO_SESSION: u32 = u32::MAX;
-
 /// What a connection owes its client and must send in order.
 #[derive(Debug, Default)]
 struct Owing {
@@ -445,7 +444,8 @@ struct Conn {
     phase: Phase,
     decoder: Decoder,
     encoder: Encoder,
-    session: u32,
+    /// Its session, once CONNECT completed.
+    session: Option<u32>,
     accepted_at: Instant,
     /// 1.5 times the keep-alive, zero for none.
     keep_alive: Duration,
@@ -600,12 +600,6 @@ pub struct Broker {
     stats: Stats,
     scratch: Vec<Entry>,
     scratch_groups: Vec<GroupRef>,
-    /// While a QoS 1/2 publish is routed: whether its ack may be withheld, and the first
-    /// connected session that took it over its queue limit.
-    park_ok: bool,
-    congested: Option<u32>,
-    /// While a client's PUBLISH is routed: that client, which a full subscriber may pause.
-    publisher: Option<ConnId>,
     /// The persistence log not yet drained, the last sequence number given, the last one the
     /// store confirmed, and the next delivery key.
     persist_log: VecDeque<(PersistSeq, PersistOp)>,
@@ -663,9 +657,6 @@ impl Broker {
             stats: Stats::default(),
             scratch: Vec::new(),
             scratch_groups: Vec::new(),
-            park_ok: false,
-            congested: None,
-            publisher: None,
             persist_log: VecDeque::new(),
             persist_seq: 0,
             persisted: 0,
@@ -714,7 +705,7 @@ impl Broker {
     pub fn client_id(&self, conn: ConnId) -> Option<&MqttStr> {
         let c = self.conn(conn)?;
         match c.phase {
-            Phase::Connected => self.session(c.session).map(|s| &s.client_id),
+            Phase::Connected => c.session.and_then(|si| self.session(si)).map(|s| &s.client_id),
             _ => None,
         }
     }
@@ -737,7 +728,7 @@ impl Broker {
             phase: Phase::AwaitConnect,
             decoder: Decoder::new(None, self.config.max_packet_size),
             encoder: Encoder::new(ProtocolVersion::V3_1_1),
-            session: NO_SESSION,
+            session: None,
             accepted_at: now,
             keep_alive: Duration::ZERO,
             last_recv: now,
@@ -975,7 +966,7 @@ impl Broker {
             c.out = VecDeque::new();
         }
         self.stats.bytes_sent += chunk.len() as u64;
-        if drained && session != NO_SESSION {
+        if drained && let Some(session) = session {
             self.pump(Instant::ZERO.max(self.last_now(conn.index)), session);
             let half = self.config.max_queued_messages / 2;
             if let Some(s) = self.session_mut(session)

@@ -36,7 +36,9 @@ impl Broker {
             // [MQTT-3.2.2-14]
             return self.violation(now, index, ReasonCode::RetainNotSupported);
         }
-        let si = c.session;
+        let Some(si) = c.session else {
+            return;
+        };
         let (client_id, username, peer) = self.identity(index);
         let Some(s) = self.session(si) else {
             return;
@@ -115,15 +117,16 @@ impl Broker {
             ReasonCode::PayloadFormatInvalid
         } else {
             let (qos, id) = (p.qos, p.packet_id);
-            self.park_ok =
-                id.is_some() && !self.config.max_ack_delay.is_zero() && unacked < receive_maximum;
-            self.congested = None;
-            self.publisher = Some(self.conn_id(index));
+            let mut how = Routing {
+                publisher: Some(self.conn_id(index)),
+                park_ok: id.is_some()
+                    && !self.config.max_ack_delay.is_zero()
+                    && unacked < receive_maximum,
+                congested: None,
+            };
             let logged_before = self.persist_seq;
-            let matched = self.publish_message(now, serial, p);
-            self.publisher = None;
-            self.park_ok = false;
-            let congested = self.congested.take();
+            let matched = self.publish_message(now, serial, p, &mut how);
+            let congested = how.congested;
             return self.acknowledge(
                 now,
                 index,
@@ -276,7 +279,13 @@ impl Broker {
 
     /// Stores (if retained) and routes an application message. Returns whether any
     /// subscription matched.
-    pub(super) fn publish_message(&mut self, now: Instant, origin: u64, p: Publish) -> bool {
+    pub(super) fn publish_message(
+        &mut self,
+        now: Instant,
+        origin: u64,
+        p: Publish,
+        how: &mut Routing,
+    ) -> bool {
         self.stats.messages_received += 1;
         let mut properties = p.properties;
         let expires_at =
@@ -295,7 +304,7 @@ impl Broker {
             origin,
         });
         self.store_retained(now, &msg);
-        self.route(now, &msg)
+        self.route(now, &msg, how)
     }
 
     /// RETAIN 1 replaces the topic's retained message; an empty payload clears it and is never
@@ -328,7 +337,7 @@ impl Broker {
         ack: PubAck,
         expected: OutState,
     ) {
-        let Some(si) = self.slot_conn(index).map(|c| c.session) else {
+        let Some(si) = self.slot_conn(index).and_then(|c| c.session) else {
             return;
         };
         let Some(s) = self.session_mut(si) else {
@@ -350,7 +359,9 @@ impl Broker {
         let Some(c) = self.slot_conn(index) else {
             return;
         };
-        let (si, v5) = (c.session, c.v5());
+        let (Some(si), v5) = (c.session, c.v5()) else {
+            return;
+        };
         let Some(s) = self.session_mut(si) else {
             return;
         };
@@ -427,7 +438,9 @@ impl Broker {
         let Some(c) = self.slot_conn(index) else {
             return;
         };
-        let (si, v5) = (c.session, c.v5());
+        let (Some(si), v5) = (c.session, c.v5()) else {
+            return;
+        };
         let Some(s) = self.session_mut(si) else {
             return;
         };

@@ -3,9 +3,22 @@
 
 use super::*;
 
+/// What routing one message needs to know, and learns, beyond the message: passed along the
+/// route, never kept in the broker.
+#[derive(Debug, Default)]
+pub(super) struct Routing {
+    /// A client's PUBLISH: that client, which a live subscriber that is behind may pause.
+    pub(super) publisher: Option<ConnId>,
+    /// A QoS 1/2 PUBLISH whose acknowledgement may be withheld: a live subscriber may take it
+    /// over its queue limit.
+    pub(super) park_ok: bool,
+    /// The first connected session that took it over its queue limit.
+    pub(super) congested: Option<u32>,
+}
+
 impl Broker {
     /// Delivers `msg` to every matching subscription. Returns whether there was any.
-    pub(super) fn route(&mut self, now: Instant, msg: &Arc<Message>) -> bool {
+    pub(super) fn route(&mut self, now: Instant, msg: &Arc<Message>, how: &mut Routing) -> bool {
         let mut entries = core::mem::take(&mut self.scratch);
         let mut groups = core::mem::take(&mut self.scratch_groups);
         entries.clear();
@@ -43,11 +56,11 @@ impl Broker {
                     key: 0,
                     shared: None,
                 };
-                self.deliver(now, session, d);
+                self.deliver(now, session, d, how);
             }
         }
         for &g in &groups {
-            self.deliver_shared(now, g, msg);
+            self.deliver_shared(now, g, msg, how);
         }
         self.scratch = entries;
         self.scratch_groups = groups;
@@ -55,7 +68,13 @@ impl Broker {
     }
 
     /// Delivers `msg` to one member of shared group `g`.
-    pub(super) fn deliver_shared(&mut self, now: Instant, g: GroupRef, msg: &Arc<Message>) -> bool {
+    pub(super) fn deliver_shared(
+        &mut self,
+        now: Instant,
+        g: GroupRef,
+        msg: &Arc<Message>,
+        how: &mut Routing,
+    ) -> bool {
         let Some(e) = self.pick_member(g, &msg.topic) else {
             return false;
         };
@@ -68,7 +87,7 @@ impl Broker {
             key: 0,
             shared,
         };
-        self.deliver(now, e.session, d);
+        self.deliver(now, e.session, d, how);
         true
     }
 
@@ -123,7 +142,7 @@ impl Broker {
 
     /// Sends `d` now if the session's connection and window allow, else queues it; drops it if
     /// the session may not receive its topic.
-    pub(super) fn deliver(&mut self, now: Instant, si: u32, d: Delivery) {
+    pub(super) fn deliver(&mut self, now: Instant, si: u32, d: Delivery, how: &mut Routing) {
         let max_out = self.config.max_outbound_bytes;
         let max_inflight = usize::from(self.config.max_inflight_messages);
         let max_msgs = self.config.max_queued_messages;
@@ -147,7 +166,7 @@ impl Broker {
         });
         if let Some((index, unwritten, receive_max, gated)) = conn {
             if d.qos == QoS::AtMostOnce {
-                let publisher = self.publisher.filter(|&p| {
+                let publisher = how.publisher.filter(|&p| {
                     !s.slow && s.conn != Some(p) && !self.config.max_ack_delay.is_zero()
                 });
                 if let Some(publisher) = publisher
@@ -172,7 +191,6 @@ impl Broker {
         } else if d.qos == QoS::AtMostOnce && !queue_qos0 {
             return;
         }
-        let park_ok = self.park_ok;
         let Some(s) = self.sessions.get_mut(si as usize).and_then(Option::as_deref_mut) else {
             return;
         };
@@ -181,11 +199,11 @@ impl Broker {
             // A live subscriber that keeps up with acknowledgements takes it over the limit
             // and the publisher's ack waits (`max_ack_delay`); otherwise it is dropped.
             let live = s.conn.is_some() && !s.slow;
-            if !(live && park_ok && d.qos != QoS::AtMostOnce) {
+            if !(live && how.park_ok && d.qos != QoS::AtMostOnce) {
                 self.stats.dropped_queue_full += 1;
                 return;
             }
-            self.congested.get_or_insert(si);
+            how.congested.get_or_insert(si);
         }
         let mut d = d;
         self.log_queued(now, si, &mut d);

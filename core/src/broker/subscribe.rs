@@ -8,7 +8,9 @@ impl Broker {
             return;
         };
         let v5 = c.v5();
-        let si = c.session;
+        let Some(si) = c.session else {
+            return;
+        };
         let (client_id, username, peer) = self.identity(index);
         let sub_id = sub.properties.subscription_identifier;
         if sub_id.is_some() && !self.config.subscription_identifiers_available {
@@ -138,12 +140,12 @@ impl Broker {
                 key: 0,
                 shared: None,
             };
-            self.deliver(now, si, d);
+            self.deliver(now, si, d, &mut Routing::default());
         }
     }
 
     pub(super) fn on_unsubscribe(&mut self, index: u32, unsub: Unsubscribe) {
-        let Some(si) = self.slot_conn(index).map(|c| c.session) else {
+        let Some(si) = self.slot_conn(index).and_then(|c| c.session) else {
             return;
         };
         let mut codes = Vec::with_capacity(unsub.filters.len());

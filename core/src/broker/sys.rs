@@ -42,7 +42,7 @@ impl Broker {
                 origin: 0,
             });
             self.store_retained(now, &msg);
-            self.route(now, &msg);
+            self.route(now, &msg, &mut Routing::default());
         }
     }
 }
