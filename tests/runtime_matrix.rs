@@ -6,39 +6,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::{Running, serve};
 use ternmq::blocking::SyncClient;
 use ternmq::codec::{MqttStr, ProtocolVersion, QoS, ReasonCode};
-
-/// A running server of one runtime; stops on drop.
-enum Running {
-    /// The runtime is kept so that the server task lives as long as this value.
-    Tokio(#[allow(dead_code)] tokio::runtime::Runtime, ternmq::tokio::ShutdownHandle),
-    Std(ternmq::blocking::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
-    Smol(ternmq::smol::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        match self {
-            Running::Tokio(_, h) => h.shutdown(),
-            Running::Std(h, t) => {
-                h.shutdown();
-                if let Some(t) = t.take() {
-                    t.join().unwrap();
-                }
-            }
-            Running::Smol(h, t) => {
-                h.shutdown();
-                if let Some(t) = t.take() {
-                    t.join().unwrap();
-                }
-            }
-        }
-    }
-}
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -49,41 +24,10 @@ fn start(runtime: &str) -> (SocketAddr, Running) {
 }
 
 fn start_with(runtime: &str, broker: ternmq::broker::BrokerConfig) -> (SocketAddr, Running) {
-    match runtime {
-        "tokio" => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            let mut config = ternmq::tokio::ServerConfig::new(loopback());
-            config.broker = broker;
-            let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
-            let addr = server.local_addrs()[0];
-            let handle = server.shutdown_handle();
-            rt.spawn(server.run());
-            (addr, Running::Tokio(rt, handle))
-        }
-        "std" => {
-            let mut config = ternmq::blocking::ServerConfig::new(loopback());
-            config.broker = broker;
-            let server = ternmq::blocking::Server::bind(config).unwrap();
-            let addr = server.local_addrs()[0];
-            let handle = server.shutdown_handle();
-            let t = std::thread::spawn(move || server.run().unwrap());
-            (addr, Running::Std(handle, Some(t)))
-        }
-        "smol" => {
-            let mut config = ternmq::smol::ServerConfig::new(loopback());
-            config.broker = broker;
-            let server = ternmq::smol::Server::bind_blocking(config).unwrap();
-            let addr = server.local_addrs()[0];
-            let handle = server.shutdown_handle();
-            let t = std::thread::spawn(move || server.run_blocking().unwrap());
-            (addr, Running::Smol(handle, Some(t)))
-        }
-        other => panic!("no runtime {other}"),
-    }
+    let mut config = ternmq::tokio::ServerConfig::new(loopback());
+    config.broker = broker;
+    let (addrs, running) = serve(runtime, config);
+    (addrs[0], running)
 }
 
 /// Subscribes, publishes at QoS 2 and receives the message exactly once, with `client`.
@@ -353,27 +297,8 @@ fn every_server_waits_for_a_deferred_authorization() {
             } else {
                 config.async_authorizer = Some(std::sync::Arc::new(AsyncAnswer));
             }
-            let (addr, _running) = match runtime {
-                "tokio" => {
-                    let rt = tokio::runtime::Runtime::new().unwrap();
-                    let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
-                    let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
-                    rt.spawn(server.run());
-                    (addr, Running::Tokio(rt, handle))
-                }
-                "smol" => {
-                    let server = ternmq::smol::Server::bind_blocking(config).unwrap();
-                    let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
-                    let t = std::thread::spawn(move || server.run_blocking().unwrap());
-                    (addr, Running::Smol(handle, Some(t)))
-                }
-                _ => {
-                    let server = ternmq::blocking::Server::bind(config).unwrap();
-                    let (addr, handle) = (server.local_addrs()[0], server.shutdown_handle());
-                    let t = std::thread::spawn(move || server.run().unwrap());
-                    (addr, Running::Std(handle, Some(t)))
-                }
-            };
+            let (addrs, _running) = serve(runtime, config);
+            let addr = addrs[0];
             let what = format!("{runtime}, blocking hook: {blocking}");
             let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
             o.connect.client_id = MqttStr::new(&format!("deferred-{runtime}")).unwrap();

@@ -1509,6 +1509,54 @@ mod auth {
         }
     }
 
+    /// Allows only the user "device-7" to publish under "devices/device-7/".
+    struct OwnTopic;
+    impl Authorizer for OwnTopic {
+        fn authorize(&self, client: &ClientInfo<'_>, action: Action, topic: &str) -> bool {
+            action != Action::Publish
+                || client.username.is_some_and(|u| topic.starts_with(&format!("devices/{u}/")))
+        }
+    }
+
+    #[test]
+    fn a_transport_identity_is_the_user_name_and_needs_no_password() {
+        let mut h = Harness::config(|c| {
+            c.authenticator = Some(Arc::new(Passwords));
+            c.authorizer = Some(Arc::new(OwnTopic));
+        });
+        let peer = ternmq_core::broker::PeerInfo {
+            identity: Some(MqttStr::new("device-7").unwrap()),
+            ..Default::default()
+        };
+        // The CONNECT names someone else, with a wrong password: the certificate decides.
+        let mut p = h.accept_from(V5, peer);
+        h.send(&p, with_user("d7", "mallory", b"wrong"));
+        assert!(
+            matches!(&h.recv(&mut p)[..], [Packet::ConnAck(a)] if a.reason_code == ReasonCode::Success)
+        );
+        let mut sub = h.accept(V5);
+        h.send(&sub, with_user("watcher", "alice", b"secret"));
+        let _ = h.recv(&mut sub);
+        h.subscribe(&mut sub, "devices/#", QoS::AtMostOnce);
+        h.send(&p, publish("devices/device-7/t", b"mine", QoS::AtLeastOnce, 1));
+        h.send(&p, publish("devices/mallory/t", b"not mine", QoS::AtLeastOnce, 2));
+        let acks: Vec<_> = h
+            .recv(&mut p)
+            .into_iter()
+            .filter_map(|p| if let Packet::PubAck(a) = p { Some(a.reason_code) } else { None })
+            .collect();
+        assert_eq!(acks, [ReasonCode::Success, ReasonCode::NotAuthorized]);
+        let got = h.recv_publishes(&mut sub);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].topic.as_str(), "devices/device-7/t");
+        // Without an identity, the same CONNECT is refused by the authenticator.
+        let mut q = h.accept(V5);
+        h.send(&q, with_user("d8", "mallory", b"wrong"));
+        assert!(
+            matches!(&h.recv(&mut q)[..], [Packet::ConnAck(a)] if a.reason_code == ReasonCode::BadUserNameOrPassword)
+        );
+    }
+
     #[test]
     fn refused_publish_gets_0x87_and_is_not_delivered() {
         let mut h = Harness::config(|c| c.authorizer = Some(Arc::new(ReadOnly)));

@@ -24,6 +24,8 @@ use bytes::BytesMut;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod tls;
 
 pub use client::Client;
 #[cfg(feature = "server")]

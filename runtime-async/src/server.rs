@@ -38,10 +38,12 @@ pub use ternmq_core::broker::driver::{
 use ternmq_core::broker::driver::{Command, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, BrokerConfig, ConnId, PeerInfo};
+use ternmq_core::codec::MqttStr;
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
 use crate::Runtime;
+use crate::tls::{TlsAcceptor, TlsSession};
 
 /// Bytes one read may bring in.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -164,8 +166,8 @@ pub trait BlockOn: ServerRuntime {
 pub struct ServerConfig {
     /// The broker core's options and limits.
     pub broker: BrokerConfig,
-    /// Addresses to listen on (IPv4 or IPv6); port 0 picks a free port.
-    pub listeners: Vec<SocketAddr>,
+    /// Where to listen and what each listener speaks.
+    pub listeners: Vec<Listener>,
     /// Answers the authenticator's `Defer`s.
     pub async_authenticator: Option<Arc<dyn AsyncAuthenticator>>,
     /// Answers the authorizer's `Defer`s.
@@ -197,7 +199,7 @@ impl ServerConfig {
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             broker: BrokerConfig::default(),
-            listeners: vec![addr],
+            listeners: vec![addr.into()],
             async_authenticator: None,
             async_authorizer: None,
             blocking_authenticator: None,
@@ -244,6 +246,28 @@ impl ServerConfig {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no listener configured"));
         }
         Ok(())
+    }
+}
+
+/// One listener: where, and whether it speaks MQTT over TLS.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    /// The address (IPv4 or IPv6); port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// TLS on this listener ("mqtts"); plain MQTT when `None`.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl From<SocketAddr> for Listener {
+    fn from(addr: SocketAddr) -> Self {
+        Listener { addr, tls: None }
+    }
+}
+
+impl Listener {
+    /// What it speaks, for a startup line: "mqtt over tcp" or "mqtt over tls".
+    pub fn kind(&self) -> &'static str {
+        if self.tls.is_some() { "mqtt over tls" } else { "mqtt over tcp" }
     }
 }
 
@@ -305,8 +329,8 @@ impl<R: ServerRuntime> Server<R> {
     pub async fn bind(config: ServerConfig) -> io::Result<Self> {
         config.validate()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for addr in &config.listeners {
-            listeners.push(R::bind(*addr).await.map_err(|e| bind_error(addr, &e))?);
+        for l in &config.listeners {
+            listeners.push(R::bind(l.addr).await.map_err(|e| bind_error(&l.addr, &e))?);
         }
         let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
         let input = R::channel(INPUT_QUEUE);
@@ -401,6 +425,8 @@ enum Input<R: ServerRuntime> {
     /// Accepting on this listener failed; it waits for a word to try again.
     AcceptFailed(u16),
     Bytes(ConnId, BytesMut),
+    /// The TLS handshake told who the client is (before its first bytes).
+    Identity(ConnId, MqttStr),
     Closed(ConnId),
     Written(ConnId, usize),
     Auth(AuthTicket, AuthDecision),
@@ -574,19 +600,40 @@ impl<R: ServerRuntime> Core<R> {
             Input::Accepted(..) if self.alive.is_none() => {}
             Input::Accepted(stream, addr, listener) => {
                 let _ = R::set_nodelay(&stream);
+                let tls = match self.hooks.listeners.get(usize::from(listener)) {
+                    Some(Listener { tls: Some(acceptor), .. }) => match acceptor.session() {
+                        Ok(session) => Some(Box::new(session)),
+                        Err(e) => {
+                            log::warn!("no TLS session for {addr}: {e}");
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
                 let shared = Handle::default();
-                let peer = PeerInfo { addr: Some(addr), listener };
+                let peer = PeerInfo { addr: Some(addr), listener, identity: None };
                 match self.driver.handle_accepted(now, peer, shared.clone()) {
                     Ok(id) => {
                         log::debug!("new connection from {addr} as {id:?}");
                         if let Some(alive) = &self.alive {
                             let tx = self.tx.clone();
-                            R::spawn(conn_loop::<R>(stream, id, shared, tx, alive.clone()));
+                            let alive = alive.clone();
+                            match tls {
+                                Some(tls) => {
+                                    R::spawn(conn_loop::<R, _>(stream, id, shared, tx, alive, tls));
+                                }
+                                None => {
+                                    R::spawn(conn_loop::<R, _>(
+                                        stream, id, shared, tx, alive, Plain,
+                                    ));
+                                }
+                            }
                         }
                     }
                     Err(e) => log::warn!("refused connection from {addr}: {e}"),
                 }
             }
+            Input::Identity(id, identity) => self.driver.handle_identity(id, identity),
             Input::AcceptFailed(listener) => self.driver.handle_accept_failed(now, listener),
             Input::Bytes(id, chunk) => self.driver.handle_bytes(now, id, chunk),
             Input::Closed(id) => self.driver.handle_closed(now, id),
@@ -724,12 +771,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// each one costs: the states of a write or a send that has to wait are boxed, so that only a
 /// connection that is waiting for one holds them.
 #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
-fn conn_loop<R: ServerRuntime>(
+fn conn_loop<R: ServerRuntime, L: Layer>(
     mut stream: R::Stream,
     id: ConnId,
     shared: Arc<Shared>,
     tx: R::Sender<Input<R>>,
     alive: Sender<()>,
+    mut tls: L,
 ) -> impl Future<Output = ()> + Send {
     // An `async move` block rather than an `async fn`: the latter keeps a second copy of its
     // arguments in the future.
@@ -742,9 +790,16 @@ fn conn_loop<R: ServerRuntime>(
             }
             // What to tell the core task, and whether that is the last word.
             let written = {
-                let out = std::mem::take(&mut *lock(&shared.out));
+                let mut out = std::mem::take(&mut *lock(&shared.out));
                 let total: usize = out.iter().map(Bytes::len).sum();
-                match (!out.is_empty()).then(|| write_out::<R>(&mut stream, out, &shared)) {
+                if let Some(tls) = tls.session()
+                    && total > 0
+                {
+                    // The broker's plaintext goes out as TLS records; the window counts the
+                    // plaintext.
+                    out = encrypt(tls, &out);
+                }
+                match (total > 0).then(|| write_out::<R>(&mut stream, out, &shared)) {
                     Some(Ok(written)) => Some((total, written)),
                     Some(Err(rest)) => Some((total, rest.await)),
                     None => None,
@@ -756,6 +811,12 @@ fn conn_loop<R: ServerRuntime>(
                 }
                 (if written { Input::Written(id, total) } else { Input::Closed(id) }, !written)
             } else if shared.closing.load(Ordering::Acquire) {
+                if let Some(tls) = tls.session() {
+                    tls.close();
+                    if let Some(bye) = tls.poll_transmit() {
+                        let _ = write_now::<R>(&stream, &mut vec![Bytes::from(bye)]);
+                    }
+                }
                 R::shutdown(&mut stream).await;
                 if !Box::pin(linger::<R>(&mut stream, &shared)).await {
                     return;
@@ -784,6 +845,14 @@ fn conn_loop<R: ServerRuntime>(
                         let mut buf = BytesMut::with_capacity(READ_CHUNK);
                         match R::try_read_buf(&stream, &mut buf) {
                             Ok(0) => (Input::Closed(id), true),
+                            Ok(_) if tls.session().is_some() => {
+                                let tls = tls.session();
+                                let wait = tls_input::<R>(&mut stream, tls, id, &buf, &tx, &shared);
+                                match Box::pin(wait).await {
+                                    Some(input) => input,
+                                    None => continue,
+                                }
+                            }
                             Ok(_) => (Input::Bytes(id, buf), false),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                             Err(_) => (Input::Closed(id), true),
@@ -799,6 +868,85 @@ fn conn_loop<R: ServerRuntime>(
                 return;
             }
         }
+    }
+}
+
+/// What sits between a connection's socket and the core task: nothing ([`Plain`], which takes
+/// no room in a plain connection's future) or a TLS session.
+trait Layer: Send + 'static {
+    /// The TLS session, if there is one.
+    fn session(&mut self) -> Option<&mut TlsSession>;
+}
+
+/// No layer: plain MQTT over TCP.
+struct Plain;
+
+impl Layer for Plain {
+    fn session(&mut self) -> Option<&mut TlsSession> {
+        None
+    }
+}
+
+impl Layer for Box<TlsSession> {
+    fn session(&mut self) -> Option<&mut TlsSession> {
+        Some(self)
+    }
+}
+
+/// The broker's plaintext `out`, as the TLS records to write.
+fn encrypt(tls: &mut TlsSession, out: &[Bytes]) -> Vec<Bytes> {
+    for b in out {
+        tls.write_plaintext(b);
+    }
+    tls.poll_transmit().map(Bytes::from).into_iter().collect()
+}
+
+/// Ciphertext read from a TLS connection: writes what TLS answers (the handshake, alerts),
+/// tells the core task who the client is once the handshake says so, and returns the input
+/// for the core task (its plaintext, or the end of the connection), or `None` when there is
+/// none yet. Boxed by its caller: plain connections never hold its state.
+async fn tls_input<R: ServerRuntime>(
+    stream: &mut R::Stream,
+    tls: Option<&mut TlsSession>,
+    id: ConnId,
+    cipher: &[u8],
+    tx: &R::Sender<Input<R>>,
+    shared: &Shared,
+) -> Option<(Input<R>, bool)> {
+    let tls = tls?;
+    let mut plain = BytesMut::new();
+    let received = tls.handle_ciphertext(cipher, &mut plain);
+    // Handshake messages, or the alert that says why the handshake failed.
+    if let Some(answer) = tls.poll_transmit() {
+        let mut answer = vec![Bytes::from(answer)];
+        let written = match write_out::<R>(stream, std::mem::take(&mut answer), shared) {
+            Ok(written) => written,
+            Err(rest) => rest.await,
+        };
+        if !written {
+            return Some((Input::Closed(id), true));
+        }
+    }
+    let received = match received {
+        Ok(received) => received,
+        Err(e) => {
+            log::info!("connection {id:?} closed: {e}");
+            return Some((Input::Closed(id), true));
+        }
+    };
+    if let Some(identity) = tls.poll_identity()
+        && !R::send(tx, Input::Identity(id, identity)).await
+    {
+        return Some((Input::Closed(id), true));
+    }
+    match (plain.is_empty(), received.closed) {
+        (false, false) => Some((Input::Bytes(id, plain), false)),
+        (true, false) => None,
+        // The peer's last bytes, then its close.
+        (false, true) if !R::send(tx, Input::Bytes(id, plain)).await => {
+            Some((Input::Closed(id), true))
+        }
+        (_, true) => Some((Input::Closed(id), true)),
     }
 }
 
@@ -902,6 +1050,6 @@ pub fn idle_connection_future_size<R: ServerRuntime>(stream: R::Stream) -> usize
     let id = broker
         .accept(Instant::ZERO, PeerInfo::default())
         .unwrap_or_else(|e| unreachable!("a new broker accepts a connection: {e}"));
-    let fut = conn_loop::<R>(stream, id, Arc::default(), tx, alive);
+    let fut = conn_loop::<R, _>(stream, id, Arc::default(), tx, alive, Plain);
     std::mem::size_of_val(&fut)
 }

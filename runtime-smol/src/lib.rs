@@ -43,7 +43,10 @@ pub mod server;
 
 pub use client::{Client, DialFuture, Dialer, Smol, Transport, tcp_dialer};
 #[cfg(feature = "server")]
-pub use server::{AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle};
+pub use server::{
+    AsyncAuthenticator, AsyncAuthorizer, Listener, Server, ServerConfig, ShutdownHandle,
+    TlsAcceptor, TlsSettings, TlsVersion,
+};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::ConnectOptions;

@@ -17,9 +17,10 @@ use smol::{Async, channel};
 use ternmq_async::ServerRuntime;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
-    BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
+    BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,
 };
 use ternmq_async::server::{BlockOn, READ_CHUNK, TrySend};
+pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
 
 use crate::Smol;
 

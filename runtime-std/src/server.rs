@@ -25,8 +25,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use ternmq_async::server::bind_error;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
-    BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
+    BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,
 };
+use ternmq_async::tls::TlsSession;
+pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
 use ternmq_core::broker::driver::{Command, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, ConnId, PeerInfo};
@@ -98,7 +100,8 @@ impl Server {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for (i, addr) in config.listeners.iter().enumerate() {
+        for (i, listener) in config.listeners.iter().enumerate() {
+            let addr = &listener.addr;
             let mut l = TcpListener::bind(*addr).map_err(|e| bind_error(addr, &e))?;
             poll.registry().register(&mut l, listener_token(i), Interest::READABLE)?;
             listeners.push(l);
@@ -165,6 +168,48 @@ impl Server {
     }
 }
 
+/// A TLS connection's session, and how the ciphertext queued in `Conn::out` maps back to the
+/// driver's plaintext: per batch, its ciphertext bytes and the plaintext bytes they carry.
+struct Tls {
+    session: TlsSession,
+    owed: VecDeque<(usize, usize)>,
+}
+
+impl Tls {
+    /// Encrypts `plain` (or, empty, takes what TLS has to say) and queues the ciphertext on
+    /// `out`, remembering which plaintext it carries.
+    fn seal(&mut self, plain: &[Bytes], out: &mut Vec<Bytes>) {
+        let mut carried = 0;
+        for b in plain {
+            self.session.write_plaintext(b);
+            carried += b.len();
+        }
+        let cipher = self.session.poll_transmit().unwrap_or_default();
+        if cipher.is_empty() && carried == 0 {
+            return;
+        }
+        self.owed.push_back((cipher.len(), carried));
+        if !cipher.is_empty() {
+            out.push(Bytes::from(cipher));
+        }
+    }
+
+    /// `n` bytes of ciphertext were written: how many plaintext bytes that completes.
+    fn written(&mut self, mut n: usize) -> usize {
+        let mut plain = 0;
+        while let Some((cipher, carried)) = self.owed.front_mut() {
+            if n < *cipher {
+                *cipher -= n;
+                break;
+            }
+            n -= *cipher;
+            plain += *carried;
+            self.owed.pop_front();
+        }
+        plain
+    }
+}
+
 /// How the driver names a connection to the loop: its slot, and the generation that tells a
 /// slot's later occupants apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +221,8 @@ struct Slot {
 /// One socket and what the loop knows of it.
 struct Conn {
     stream: TcpStream,
+    /// TLS on this connection, if its listener has it.
+    tls: Option<Box<Tls>>,
     generation: u32,
     /// The broker's id.
     conn: ConnId,
@@ -338,6 +385,16 @@ impl Loop {
 
     fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, listener: usize, now: Instant) {
         let _ = stream.set_nodelay(true);
+        let tls = match self.hooks.listeners.get(listener).and_then(|l| l.tls.as_ref()) {
+            Some(acceptor) => match acceptor.session() {
+                Ok(session) => Some(Box::new(Tls { session, owed: VecDeque::new() })),
+                Err(e) => {
+                    log::warn!("no TLS session for {addr}: {e}");
+                    return;
+                }
+            },
+            None => None,
+        };
         let index = match self.free.last() {
             Some(i) => *i,
             None => u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
@@ -345,7 +402,7 @@ impl Loop {
         self.generation = self.generation.wrapping_add(1);
         let slot = Slot { index, generation: self.generation };
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
-        let peer = PeerInfo { addr: Some(addr), listener };
+        let peer = PeerInfo { addr: Some(addr), listener, identity: None };
         let id = match self.driver.handle_accepted(now, peer, slot) {
             Ok(id) => {
                 log::debug!("new connection from {addr} as {id:?}");
@@ -365,6 +422,7 @@ impl Loop {
         }
         let conn = Conn {
             stream,
+            tls,
             generation: slot.generation,
             conn: id,
             open: true,
@@ -411,11 +469,43 @@ impl Loop {
                     }
                     Ok(n) => {
                         budget = budget.saturating_sub(n);
+                        let bytes = self.scratch.get(..n).unwrap_or_default();
                         // Once the broker closed it, what the peer still sends is dropped.
-                        if c.open {
+                        if !c.open {
+                        } else if let Some(tls) = c.tls.as_deref_mut() {
+                            let mut plain = BytesMut::new();
+                            let received = tls.session.handle_ciphertext(bytes, &mut plain);
+                            // Handshake messages, or the alert that says what went wrong.
+                            tls.seal(&[], &mut c.out);
+                            let identity = tls.session.poll_identity();
+                            if !c.out.is_empty() {
+                                mark_dirty(c, &mut self.dirty, index);
+                            }
                             let id = c.conn;
-                            let chunk = BytesMut::from(self.scratch.get(..n).unwrap_or_default());
-                            self.driver.handle_bytes(now, id, chunk);
+                            let closed = match received {
+                                Ok(r) => r.closed,
+                                Err(e) => {
+                                    log::info!("connection {id:?} closed: {e}");
+                                    true
+                                }
+                            };
+                            if let Some(identity) = identity {
+                                self.driver.handle_identity(id, identity);
+                            }
+                            if !plain.is_empty() {
+                                self.driver.handle_bytes(now, id, plain);
+                                self.act(now);
+                            }
+                            if closed {
+                                if let Some(Some(c)) = self.conns.get_mut(index as usize) {
+                                    c.peer_done = true;
+                                }
+                                self.peer_gone(now, index);
+                                break;
+                            }
+                        } else {
+                            let id = c.conn;
+                            self.driver.handle_bytes(now, id, BytesMut::from(bytes));
                             self.act(now);
                         }
                     }
@@ -454,7 +544,9 @@ impl Loop {
             match command {
                 Command::Write(slot, chunks) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
-                        if c.out.is_empty() {
+                        if let Some(tls) = c.tls.as_deref_mut() {
+                            tls.seal(&chunks, &mut c.out);
+                        } else if c.out.is_empty() {
                             c.out = chunks;
                         } else {
                             c.out.extend(chunks);
@@ -465,6 +557,10 @@ impl Loop {
                 // Written out, then shut and lingered over (or dropped) by `flush`.
                 Command::Close(slot) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
+                        if let Some(tls) = c.tls.as_deref_mut() {
+                            tls.session.close();
+                            tls.seal(&[], &mut c.out);
+                        }
                         c.open = false;
                         c.paused = false;
                         mark_dirty(c, &mut self.dirty, slot.index);
@@ -610,6 +706,10 @@ impl Loop {
             }
             return;
         }
+        let written = match c.tls.as_deref_mut() {
+            Some(tls) => tls.written(written),
+            None => written,
+        };
         if written > 0 {
             // The driver times stalled writers and lingering from these reports.
             self.driver.handle_written(now, id, written);

@@ -33,7 +33,10 @@ use tokio::net::TcpStream;
 pub mod server;
 
 #[cfg(feature = "server")]
-pub use server::{AsyncAuthenticator, AsyncAuthorizer, Server, ServerConfig, ShutdownHandle};
+pub use server::{
+    AsyncAuthenticator, AsyncAuthorizer, Listener, Server, ServerConfig, ShutdownHandle,
+    TlsAcceptor, TlsSettings, TlsVersion,
+};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};

@@ -17,8 +17,9 @@ use ternmq_async::ServerRuntime;
 use ternmq_async::server::TrySend;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
-    BlockingAuthenticator, BlockingAuthorizer, ServerConfig, ShutdownHandle,
+    BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,
 };
+pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};

@@ -252,7 +252,7 @@ async fn ipv4_and_ipv6_listeners_side_by_side() {
         return;
     }
     let mut config = loopback();
-    config.listeners.push("[::1]:0".parse().unwrap());
+    config.listeners.push("[::1]:0".parse::<std::net::SocketAddr>().unwrap().into());
     let server = Server::bind(config).await.unwrap();
     let addrs = server.local_addrs();
     assert_eq!(addrs.len(), 2);

@@ -672,7 +672,7 @@ impl World {
     /// state machine to reconnect.
     fn dial(&mut self, i: usize, connect: Option<Connect>) {
         let now = self.now;
-        let peer = PeerInfo { addr: None, listener: 0 };
+        let peer = PeerInfo { addr: None, listener: 0, identity: None };
         match self.broker.accept(now, peer) {
             Ok(conn) => {
                 let window = self.rng.range(512, 16 * 1024) as usize;

@@ -26,7 +26,18 @@ pub(crate) struct Broker {
     _dir: TempDir,
 }
 
-struct TempDir(PathBuf);
+/// A directory of this test process, removed on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
+
+impl TempDir {
+    /// A new, empty directory named after `tag` and this process.
+    pub(crate) fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("ternmq-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -195,4 +206,63 @@ pub(crate) fn wait_exit(child: &mut Child, limit: StdDuration) -> Option<std::pr
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// A running broker server of one runtime (from [`serve`]); stops on drop.
+pub(crate) enum Running {
+    /// The runtime is kept so that the server task lives as long as this value.
+    Tokio(#[allow(dead_code)] tokio::runtime::Runtime, ternmq::tokio::ShutdownHandle),
+    Std(ternmq::blocking::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
+    Smol(ternmq::smol::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        match self {
+            Running::Tokio(_, h) => h.shutdown(),
+            Running::Std(h, t) | Running::Smol(h, t) => {
+                h.shutdown();
+                if let Some(t) = t.take() {
+                    t.join().unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// Serves `config` on the server of `runtime` ("tokio", "std" or "smol"), in this process;
+/// returns the addresses bound, in the order of its listeners.
+pub(crate) fn serve(
+    runtime: &str,
+    config: ternmq::tokio::ServerConfig,
+) -> (Vec<std::net::SocketAddr>, Running) {
+    match runtime {
+        "tokio" => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
+            let addrs = server.local_addrs();
+            let handle = server.shutdown_handle();
+            rt.spawn(server.run());
+            (addrs, Running::Tokio(rt, handle))
+        }
+        "std" => {
+            let server = ternmq::blocking::Server::bind(config).unwrap();
+            let addrs = server.local_addrs();
+            let handle = server.shutdown_handle();
+            let t = std::thread::spawn(move || server.run().unwrap());
+            (addrs, Running::Std(handle, Some(t)))
+        }
+        "smol" => {
+            let server = ternmq::smol::Server::bind_blocking(config).unwrap();
+            let addrs = server.local_addrs();
+            let handle = server.shutdown_handle();
+            let t = std::thread::spawn(move || server.run_blocking().unwrap());
+            (addrs, Running::Smol(handle, Some(t)))
+        }
+        other => panic!("no runtime {other}"),
+    }
 }

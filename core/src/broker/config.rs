@@ -16,6 +16,11 @@ pub struct PeerInfo {
     pub addr: Option<SocketAddr>,
     /// Which of the adapter's listeners accepted it (an index the adapter chooses).
     pub listener: u16,
+    /// Who the transport proved the client to be, when its listener takes that as the user
+    /// name (a TLS client certificate's common name, with `use_identity_as_username`). It
+    /// replaces the user name of the CONNECT, and the authenticator is not asked: the
+    /// certificate authenticated the client. Authorization then sees this name.
+    pub identity: Option<MqttStr>,
 }
 
 /// A request to authenticate a client, given to [`Authenticator::authenticate`] and, when the

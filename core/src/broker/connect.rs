@@ -203,8 +203,14 @@ impl Broker {
         let Some(c) = self.slot_conn(index) else {
             return;
         };
-        let request =
-            AuthRequest { peer: c.peer.as_deref().cloned().unwrap_or_default(), ..request };
+        let peer = c.peer.as_deref().cloned().unwrap_or_default();
+        let request = match &peer.identity {
+            // The transport's identity is the user name; no password goes with it.
+            Some(identity) => {
+                AuthRequest { username: Some(identity.clone()), password: None, peer, ..request }
+            }
+            None => AuthRequest { peer, ..request },
+        };
         match method {
             Some(m) => c.extra().auth_method = Some(m.detach()),
             None => {
@@ -220,6 +226,9 @@ impl Broker {
 
     pub(super) fn ask_authenticator(&mut self, now: Instant, index: u32, request: AuthRequest) {
         let decision = match &self.config.authenticator {
+            // A client the transport authenticated (a TLS client certificate) is not asked
+            // for more.
+            _ if request.peer.identity.is_some() => AuthDecision::Allow,
             None => AuthDecision::Allow,
             Some(a) => a.authenticate(&request),
         };
@@ -356,10 +365,10 @@ impl Broker {
         // Kept for the connection's and session's life: copies, so that they do not pin the
         // read buffer the CONNECT arrived in.
         let client_id = client_id.detach();
-        let username = connect.username.as_ref().map(MqttStr::detach);
         let version = connect.protocol;
         let v5 = version.is_v5();
         let peer = c.peer.take().map(|p| *p).unwrap_or_default();
+        let username = peer.identity.as_ref().or(connect.username.as_ref()).map(MqttStr::detach);
 
         // A session deadline that passed before this CONNECT was handled (a late
         // `handle_timeout`, a clock that jumped) has passed: its will goes out and an expired

@@ -334,6 +334,12 @@ impl<H: Clone> Driver<H> {
         self.collect();
     }
 
+    /// The transport proved who `id`'s client is ([`Broker::handle_identity`]); before its
+    /// first bytes.
+    pub fn handle_identity(&mut self, id: ConnId, identity: crate::codec::MqttStr) {
+        self.broker.handle_identity(id, identity);
+    }
+
     /// `id`'s writer wrote `n` bytes.
     pub fn handle_written(&mut self, now: Instant, id: ConnId, n: usize) {
         self.now = self.now.max(now);

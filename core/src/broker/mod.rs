@@ -986,6 +986,18 @@ impl Broker {
         self.conn(conn).is_some_and(|c| c.paused > 0)
     }
 
+    /// The transport proved who the client of `conn` is (a TLS client certificate, on a
+    /// listener that takes it as the user name): see [`PeerInfo::identity`]. Call before the
+    /// connection's first bytes; once its CONNECT is handled it is too late and ignored.
+    pub fn handle_identity(&mut self, conn: ConnId, identity: MqttStr) {
+        if let Some(c) = self.conn_mut(conn)
+            && c.phase == Phase::AwaitConnect
+        {
+            let peer = c.peer.get_or_insert_with(Box::default);
+            peer.identity = Some(identity.detach());
+        }
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) must next be called. A peek: it costs the
     /// same with one connection or a hundred thousand.
     #[must_use]

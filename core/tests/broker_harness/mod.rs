@@ -87,7 +87,12 @@ impl Harness {
     }
 
     pub fn accept(&mut self, version: ProtocolVersion) -> Peer {
-        let id = self.broker.accept(self.now, PeerInfo::default()).unwrap();
+        self.accept_from(version, PeerInfo::default())
+    }
+
+    /// A connection with what its transport said of it.
+    pub fn accept_from(&mut self, version: ProtocolVersion, peer: PeerInfo) -> Peer {
+        let id = self.broker.accept(self.now, peer).unwrap();
         Peer {
             id,
             version,

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use ternmq::auth::{AclFile, PasswordFile};
 use ternmq::broker::{BrokerConfig, SharedPolicy};
 use ternmq::codec::QoS;
-use ternmq::tokio::{Durability, Server, ServerConfig, StoreConfig};
+use ternmq::tokio::{
+    Durability, Listener, Server, ServerConfig, StoreConfig, TlsAcceptor, TlsSettings, TlsVersion,
+};
 
 use crate::signals::Signal;
 
@@ -88,6 +90,108 @@ struct FileConfig {
 struct ListenerConfig {
     port: u16,
     bind: Option<String>,
+    /// "mqtt" (the default), "mqtts", "ws" or "wss".
+    kind: Option<String>,
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
+    cafile: Option<PathBuf>,
+    require_certificate: Option<bool>,
+    use_identity_as_username: Option<bool>,
+    /// The lowest TLS version: "1.2" or "1.3".
+    tls_version: Option<String>,
+    ws_path: Option<String>,
+    proxy_protocol: Option<bool>,
+}
+
+impl ListenerConfig {
+    /// The listener on `addr`: its TLS files loaded when it is an mqtts listener. Errors name
+    /// the listener and the key.
+    fn build(&self, addr: SocketAddr, at: &dyn Fn(&str) -> String) -> Result<Listener, String> {
+        let kind = self.kind.as_deref().unwrap_or("mqtt");
+        let here = |key: &str| format!("{} (the listener on port {})", at(key), self.port);
+        let tls_keys = [
+            ("certfile", self.certfile.is_some()),
+            ("keyfile", self.keyfile.is_some()),
+            ("cafile", self.cafile.is_some()),
+            ("require_certificate", self.require_certificate.is_some()),
+            ("use_identity_as_username", self.use_identity_as_username.is_some()),
+            ("tls_version", self.tls_version.is_some()),
+        ];
+        match kind {
+            "mqtt" => {
+                if let Some((key, _)) = tls_keys.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "{}: a TLS option on a plain listener; set kind = \"mqtts\" to serve \
+                         MQTT over TLS",
+                        here(key)
+                    ));
+                }
+            }
+            "mqtts" => {}
+            "ws" | "wss" => {
+                return Err(format!(
+                    "{}: WebSocket listeners (kind = {kind:?}) are not available yet; use \
+                     \"mqtt\" or \"mqtts\"",
+                    here("kind")
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "{}: unknown kind {other:?}; use \"mqtt\", \"mqtts\", \"ws\" or \"wss\"",
+                    here("kind")
+                ));
+            }
+        }
+        if self.ws_path.is_some() {
+            return Err(format!("{}: ws_path is for kind = \"ws\" or \"wss\"", here("ws_path")));
+        }
+        if self.proxy_protocol == Some(true) {
+            return Err(format!(
+                "{}: the PROXY protocol is not available yet",
+                here("proxy_protocol")
+            ));
+        }
+        if kind == "mqtt" {
+            return Ok(addr.into());
+        }
+        let (Some(certfile), Some(keyfile)) = (&self.certfile, &self.keyfile) else {
+            let key = if self.certfile.is_none() { "certfile" } else { "keyfile" };
+            return Err(format!("{}: an mqtts listener needs certfile and keyfile", here(key)));
+        };
+        let min_version = match self.tls_version.as_deref() {
+            None | Some("1.2") => TlsVersion::V1_2,
+            Some("1.3") => TlsVersion::V1_3,
+            Some(other) => {
+                return Err(format!(
+                    "{}: unknown TLS version {other:?}; use \"1.2\" or \"1.3\"",
+                    here("tls_version")
+                ));
+            }
+        };
+        let settings = TlsSettings {
+            certfile: certfile.clone(),
+            keyfile: keyfile.clone(),
+            cafile: self.cafile.clone(),
+            require_certificate: self.require_certificate.unwrap_or(false),
+            use_identity_as_username: self.use_identity_as_username.unwrap_or(false),
+            min_version,
+        };
+        if settings.use_identity_as_username && !settings.require_certificate {
+            return Err(format!(
+                "{}: use_identity_as_username needs require_certificate = true (a client \
+                 without a certificate would have no user name)",
+                here("use_identity_as_username")
+            ));
+        }
+        let acceptor = TlsAcceptor::new(settings).map_err(|e| format!("{}: {e}", here("kind")))?;
+        Ok(Listener { addr, tls: Some(acceptor) })
+    }
+
+    /// Whether clients on it prove who they are (a required client certificate), which
+    /// counts as authentication.
+    fn authenticates(&self) -> bool {
+        self.kind.as_deref() == Some("mqtts") && self.require_certificate == Some(true)
+    }
 }
 
 /// Everything the broker runs with, from defaults, the file and the flags.
@@ -114,7 +218,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     };
     Logger::install(settings.log_level, settings.log_timestamp);
-    let signals = stop_signals()?;
+    let certificates = settings
+        .config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.clone().map(|tls| (l.addr, tls)))
+        .collect();
+    let signals = stop_signals(certificates)?;
     match settings.runtime {
         Runtime::Std => return serve_std(settings, signals),
         Runtime::Smol => return serve_smol(settings, signals),
@@ -138,8 +248,8 @@ impl Settings {
             Runtime::Tokio => "tokio",
         };
         say!("ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)", env!("CARGO_PKG_VERSION"));
-        for addr in addrs {
-            say!("listening on {addr} (mqtt over tcp)");
+        for (addr, l) in addrs.iter().zip(&self.config.listeners) {
+            say!("listening on {addr} ({})", l.kind());
         }
         let Some(dir) = &self.persistence else {
             say!("running in memory (persistence off)");
@@ -160,7 +270,12 @@ impl Settings {
 /// Installs the handlers for Ctrl-C, SIGTERM and SIGHUP, before the broker binds (so that no signal
 /// finds the default action, which ends the process without its shutdown), and returns a
 /// receiver that is told when to stop.
-fn stop_signals() -> Result<mpsc::Receiver<()>, String> {
+/// SIGHUP re-reads the certificates of the TLS listeners in `certificates`: new connections
+/// get the new ones, live ones keep theirs, and a file that cannot be used leaves the old
+/// certificate in place.
+fn stop_signals(
+    certificates: Vec<(SocketAddr, TlsAcceptor)>,
+) -> Result<mpsc::Receiver<()>, String> {
     let (tx, rx) = mpsc::channel();
     crate::signals::watch(true, move |signal| {
         match signal {
@@ -169,12 +284,24 @@ fn stop_signals() -> Result<mpsc::Receiver<()>, String> {
                 say!("shutting down");
                 let _ = tx.send(());
             }
-            // Mosquitto reloads its configuration on SIGHUP; until ternmq can, the signal must
-            // not kill the broker (its default action).
-            Signal::Hangup => log::warn!(
-                "SIGHUP: reloading the configuration is not supported yet; still running with \
-                 the configuration read at start (restart the broker to apply changes)"
-            ),
+            // Mosquitto reloads its configuration on SIGHUP; ternmq reloads the TLS
+            // certificates, and the signal must not kill the broker (its default action).
+            Signal::Hangup => {
+                for (addr, tls) in &certificates {
+                    match tls.reload() {
+                        Ok(()) => {
+                            log::info!("SIGHUP: reloaded the certificate of the listener on {addr}")
+                        }
+                        Err(e) => log::warn!(
+                            "SIGHUP: keeping the old certificate of the listener on {addr}: {e}"
+                        ),
+                    }
+                }
+                log::warn!(
+                    "SIGHUP: reloading the rest of the configuration is not supported yet; \
+                     restart the broker to apply other changes"
+                );
+            }
         }
         true
     })?;
@@ -192,13 +319,10 @@ fn stop_on(signals: mpsc::Receiver<()>, stop: impl FnOnce() + Send + 'static) {
 
 /// The broker on smol, on this thread.
 fn serve_smol(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
-    let mut config = ternmq::smol::ServerConfig::new(settings.config.listeners[0]);
-    config.listeners = settings.config.listeners.clone();
-    config.broker = settings.config.broker.clone();
+    let mut config = settings.config.clone();
     config.store = settings.store();
-    let listeners = config.listeners.clone();
-    let server =
-        ternmq::smol::Server::bind_blocking(config).map_err(|e| bind_error(&e, &listeners))?;
+    let server = ternmq::smol::Server::bind_blocking(config)
+        .map_err(|e| bind_error(&e, &settings.config.listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
@@ -209,12 +333,10 @@ fn serve_smol(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), Str
 
 /// The broker on the std server: one thread, a readiness loop.
 fn serve_std(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
-    let mut config = ternmq::blocking::ServerConfig::new(settings.config.listeners[0]);
-    config.listeners = settings.config.listeners.clone();
-    config.broker = settings.config.broker.clone();
+    let mut config = settings.config.clone();
     config.store = settings.store();
-    let listeners = config.listeners.clone();
-    let server = ternmq::blocking::Server::bind(config).map_err(|e| bind_error(&e, &listeners))?;
+    let server = ternmq::blocking::Server::bind(config)
+        .map_err(|e| bind_error(&e, &settings.config.listeners))?;
     settings.announce(&server.local_addrs());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
@@ -311,8 +433,8 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
 }
 
 /// A failed bind, with what to do about it.
-fn bind_error(e: &std::io::Error, listeners: &[SocketAddr]) -> String {
-    let addrs: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+fn bind_error(e: &std::io::Error, listeners: &[Listener]) -> String {
+    let addrs: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
     let addrs = addrs.join(", ");
     match e.kind() {
         std::io::ErrorKind::AddrInUse => format!(
@@ -466,16 +588,20 @@ fn build(
     at: &dyn Fn(&str) -> String,
 ) -> Result<Settings, String> {
     let mut b = BrokerConfig::default();
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<Listener> = Vec::new();
+    // Listeners whose clients prove who they are (required client certificates).
+    let mut authenticated = Vec::new();
     if fc.listener.is_empty() || bind.is_some() || port.is_some() {
         let host = bind.or(fc.bind.clone()).unwrap_or_else(|| "127.0.0.1".into());
         let ip = parse_ip(&host).map_err(|e| format!("{}: {e}", at("bind")))?;
-        listeners.push(SocketAddr::new(ip, port.or(fc.port).unwrap_or(1883)));
+        listeners.push(SocketAddr::new(ip, port.or(fc.port).unwrap_or(1883)).into());
+        authenticated.push(false);
     } else {
         for l in &fc.listener {
             let host = l.bind.clone().unwrap_or_else(|| "127.0.0.1".into());
             let ip = parse_ip(&host).map_err(|e| format!("{}: {e}", at("bind")))?;
-            listeners.push(SocketAddr::new(ip, l.port));
+            listeners.push(l.build(SocketAddr::new(ip, l.port), at)?);
+            authenticated.push(l.authenticates());
         }
     }
     if let Some(v) = fc.max_connections {
@@ -584,7 +710,11 @@ fn build(
         let acl = AclFile::load(path).map_err(|e| format!("{}: {e}", at("acl_file")))?;
         b.authorizer = Some(Arc::new(acl));
     }
-    if let Some(open) = listeners.iter().find(|a| !a.ip().is_loopback())
+    if let Some(open) = listeners
+        .iter()
+        .zip(&authenticated)
+        .find(|(l, certified)| !l.addr.ip().is_loopback() && !**certified)
+        .map(|(l, _)| l.addr)
         && fc.password_file.is_none()
         && !allow_anonymous
     {
@@ -617,7 +747,7 @@ fn build(
             ));
         }
     };
-    let mut config = ServerConfig::new(listeners[0]);
+    let mut config = ServerConfig::new(listeners[0].addr);
     config.listeners = listeners;
     config.broker = b;
     let durability = match fc.durability.as_deref().unwrap_or("sync") {
@@ -754,10 +884,14 @@ mod tests {
         s.split_whitespace().map(String::from).collect()
     }
 
+    fn addrs(s: &Settings) -> Vec<SocketAddr> {
+        s.config.listeners.iter().map(|l| l.addr).collect()
+    }
+
     #[test]
     fn defaults_are_the_seeds() {
         let s = settings(&[]).unwrap().unwrap();
-        assert_eq!(s.config.listeners, vec!["127.0.0.1:1883".parse().unwrap()]);
+        assert_eq!(addrs(&s), ["127.0.0.1:1883".parse().unwrap()]);
         assert_eq!(s.config.broker.max_connections, 10_000);
         assert_eq!(s.config.broker.max_packet_size, 256 * 1024);
         assert_eq!(s.persistence, Some(PathBuf::from("./mqtt_data")));
@@ -805,7 +939,7 @@ mod tests {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = held.local_addr().unwrap();
         let e = std::io::Error::from(std::io::ErrorKind::AddrInUse);
-        let m = bind_error(&e, &[addr]);
+        let m = bind_error(&e, &[addr.into()]);
         assert!(m.contains(&addr.to_string()) && m.contains("--port"), "{m}");
     }
 
@@ -821,8 +955,45 @@ mod tests {
     #[test]
     fn flags_override() {
         let s = settings(&args("--bind ::1 -p 0 --no-persistence")).unwrap().unwrap();
-        assert_eq!(s.config.listeners, vec!["[::1]:0".parse().unwrap()]);
+        assert_eq!(addrs(&s), ["[::1]:0".parse().unwrap()]);
         assert_eq!(s.persistence, None);
+    }
+
+    /// The settings from a config file's `text`, or the error.
+    fn from_file(text: &str) -> Result<Settings, String> {
+        let fc = parse_file(Path::new("b.toml"), text)?;
+        let at = |k: &str| locate(Path::new("b.toml"), text, k);
+        build(fc, None, None, None, true, false, None, &at)
+    }
+
+    #[test]
+    fn listener_keys_are_checked_and_name_the_listener() {
+        let e = from_file("[[listener]]\nport = 8883\nkind = \"wss\"\n").err().unwrap();
+        assert!(e.contains("port 8883") && e.contains("WebSocket"), "{e}");
+        let e = from_file("[[listener]]\nport = 1\nkind = \"quic\"\n").err().unwrap();
+        assert!(e.contains("unknown kind \"quic\""), "{e}");
+        let e = from_file("[[listener]]\nport = 1\ncertfile = \"c.pem\"\n").err().unwrap();
+        assert!(e.contains("certfile") && e.contains("kind = \"mqtts\""), "{e}");
+        let e = from_file("[[listener]]\nport = 1\nkind = \"mqtts\"\n").err().unwrap();
+        assert!(e.contains("needs certfile and keyfile"), "{e}");
+        let text = "[[listener]]\nport = 1\nkind = \"mqtts\"\ncertfile = \"/nonexistent/c.pem\"\n\
+                    keyfile = \"/nonexistent/k.pem\"\n";
+        let e = from_file(text).err().unwrap();
+        assert!(e.contains("/nonexistent/c.pem"), "{e}");
+        let text = "[[listener]]\nport = 1\nkind = \"mqtts\"\ncertfile = \"c\"\nkeyfile = \"k\"\n\
+                    tls_version = \"1.0\"\n";
+        let e = from_file(text).err().unwrap();
+        assert!(e.contains("unknown TLS version \"1.0\""), "{e}");
+        let text = "[[listener]]\nport = 1\nkind = \"mqtts\"\ncertfile = \"c\"\nkeyfile = \"k\"\n\
+                    use_identity_as_username = true\n";
+        let e = from_file(text).err().unwrap();
+        assert!(e.contains("needs require_certificate"), "{e}");
+        let e = from_file("[[listener]]\nport = 1\nproxy_protocol = true\n").err().unwrap();
+        assert!(e.contains("PROXY"), "{e}");
+        // Plain listeners as before, IPv4 and IPv6.
+        let s = from_file("[[listener]]\nport = 1884\n[[listener]]\nport = 1885\nbind = \"::1\"\n")
+            .unwrap();
+        assert_eq!(addrs(&s), ["127.0.0.1:1884".parse().unwrap(), "[::1]:1885".parse().unwrap()]);
     }
 
     #[test]

@@ -1,0 +1,362 @@
+//! MQTT over TLS on every server (Tokio, smol, std), against Mosquitto's own clients: server
+//! certificates, refused handshakes, and client certificates that name the user. The
+//! certificates are made here, when the tests run.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use support::{TempDir, serve};
+use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor, TlsSettings};
+
+/// A CA, a server certificate for 127.0.0.1 signed by it, and client certificates, as PEM files.
+struct Pki {
+    dir: TempDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = TempDir::new(tag);
+        let (ca, ca_key) = authority("ternmq test CA");
+        std::fs::write(dir.0.join("ca.pem"), ca.pem()).unwrap();
+        let pki = Pki { dir, ca, ca_key };
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+        std::fs::write(pki.path("server.pem"), cert.pem()).unwrap();
+        std::fs::write(pki.path("server.key"), key.serialize_pem()).unwrap();
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
+    }
+
+    /// A client certificate with common name `cn`, signed by this CA; returns (cert, key).
+    fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
+        sign_client(&self.dir.0, cn, &self.ca, &self.ca_key)
+    }
+
+    /// A client certificate with common name `cn`, signed by a CA the server does not know.
+    fn stranger(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let (ca, key) = authority("someone else's CA");
+        sign_client(&self.dir.0, &format!("{cn}-stranger"), &ca, &key)
+    }
+
+    /// The server's TLS settings.
+    fn settings(&self) -> TlsSettings {
+        TlsSettings {
+            certfile: self.path("server.pem"),
+            keyfile: self.path("server.key"),
+            ..TlsSettings::default()
+        }
+    }
+}
+
+fn authority(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    (params.self_signed(&key).unwrap(), key)
+}
+
+fn sign_client(
+    dir: &Path,
+    cn: &str,
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let cert = params.signed_by(&key, ca, ca_key).unwrap();
+    let (c, k) = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// A server config with one mqtts listener on a free loopback port.
+fn tls_config(settings: TlsSettings) -> ServerConfig {
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+    let tls = TlsAcceptor::new(settings).unwrap();
+    config.listeners = vec![Listener { addr: "127.0.0.1:0".parse().unwrap(), tls: Some(tls) }];
+    config
+}
+
+/// Whether Mosquitto's clients are here; without them the test is skipped, unless
+/// `TERNMQ_REQUIRE_INTEROP` says they must be.
+fn have_mosquitto_clients() -> bool {
+    let here = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if !here {
+        assert!(
+            std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_none(),
+            "mosquitto_pub is required (TERNMQ_REQUIRE_INTEROP is set) but not installed"
+        );
+        eprintln!("skipped: mosquitto clients not installed (scripts/test.sh installs them)");
+    }
+    here
+}
+
+/// `mosquitto_pub` or `mosquitto_sub` with `args`, against 127.0.0.1:`port`.
+fn mosquitto(tool: &str, port: u16, args: &[&str]) -> Command {
+    let mut c = Command::new(tool);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Subscribes with `sub_args`, publishes with `pub_args`, and returns what the subscriber
+/// printed (one message at most, within `wait` seconds).
+fn pub_sub_within(
+    wait: u32,
+    port: u16,
+    sub_args: &[&str],
+    pub_args: &[&str],
+    topic: &str,
+) -> (String, Output) {
+    let mut sub = mosquitto("mosquitto_sub", port, sub_args);
+    let wait = wait.to_string();
+    sub.args(["-t", topic, "-C", "1", "-W", &wait, "-q", "1"]).stdout(Stdio::piped());
+    let sub = sub.spawn().unwrap();
+    // Give the subscription time to be made.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut publish = mosquitto("mosquitto_pub", port, pub_args);
+    publish.args(["-t", topic, "-m", "over tls", "-q", "1"]);
+    let published = run(publish);
+    let out = sub.wait_with_output().unwrap();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), published)
+}
+
+/// [`pub_sub_within`] ten seconds: for a message that must arrive.
+fn pub_sub(port: u16, sub_args: &[&str], pub_args: &[&str], topic: &str) -> (String, Output) {
+    pub_sub_within(10, port, sub_args, pub_args, topic)
+}
+
+#[test]
+fn mosquitto_clients_talk_mqtt_over_tls_to_every_server() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let pki = Pki::new("tls-basic");
+    let ca = pki.path("ca.pem");
+    for runtime in ["tokio", "smol", "std"] {
+        let (addrs, _running) = serve(runtime, tls_config(pki.settings()));
+        let port = addrs[0].port();
+        let tls = ["--cafile", path(&ca)];
+        let (got, published) = pub_sub(port, &tls, &tls, &format!("tls/{runtime}"));
+        assert!(published.status.success(), "{runtime}: {published:?}");
+        assert_eq!(got.trim(), "over tls", "{runtime}");
+        // The server's certificate is checked: a client that trusts another CA fails.
+        let (other, _) = pki.stranger("other");
+        let refused = run(mosquitto(
+            "mosquitto_pub",
+            port,
+            &["--cafile", path(&other), "-t", "x", "-m", "y"],
+        ));
+        assert!(!refused.status.success(), "{runtime}: a client trusted an unknown server");
+    }
+}
+
+/// Reads until the peer closes (or 10 s pass): whether it closed.
+fn closes(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn plaintext_to_a_tls_port_is_closed_and_the_others_go_on() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let pki = Pki::new("tls-plain");
+    let ca = pki.path("ca.pem");
+    for runtime in ["tokio", "smol", "std"] {
+        let (addrs, _running) = serve(runtime, tls_config(pki.settings()));
+        let addr: SocketAddr = addrs[0];
+        // A 3.1.1 CONNECT in the clear.
+        let mut plain = TcpStream::connect(addr).unwrap();
+        plain.write_all(b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01a").unwrap();
+        assert!(closes(&mut plain), "{runtime}: plaintext on the TLS port was not closed");
+        // Garbage that looks like nothing at all.
+        let mut junk = TcpStream::connect(addr).unwrap();
+        junk.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3]).unwrap();
+        assert!(closes(&mut junk), "{runtime}: a broken handshake was not closed");
+        let tls = ["--cafile", path(&ca)];
+        let (got, _) = pub_sub(addr.port(), &tls, &tls, &format!("plain/{runtime}"));
+        assert_eq!(got.trim(), "over tls", "{runtime}: the server stopped serving");
+    }
+}
+
+#[test]
+fn required_client_certificates_name_the_user_for_the_acl() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let pki = Pki::new("tls-certs");
+    let ca = pki.path("ca.pem");
+    let acl = pki.path("acl");
+    std::fs::write(
+        &acl,
+        "user device-7\ntopic write devices/device-7/#\n\nuser watcher\ntopic read devices/#\n",
+    )
+    .unwrap();
+    let (device_cert, device_key) = pki.client("device-7");
+    let (watcher_cert, watcher_key) = pki.client("watcher");
+    let (stranger_cert, stranger_key) = pki.stranger("device-7");
+    for runtime in ["tokio", "smol", "std"] {
+        let settings = TlsSettings {
+            cafile: Some(ca.clone()),
+            require_certificate: true,
+            use_identity_as_username: true,
+            ..pki.settings()
+        };
+        let mut config = tls_config(settings);
+        config.broker.authorizer = Some(Arc::new(ternmq::auth::AclFile::load(&acl).unwrap()));
+        let (addrs, _running) = serve(runtime, config);
+        let port = addrs[0].port();
+        let with = |cert: &Path, key: &Path| {
+            vec![
+                "--cafile".to_string(),
+                path(&ca).into(),
+                "--cert".into(),
+                path(cert).into(),
+                "--key".into(),
+                path(key).into(),
+            ]
+        };
+        let device = with(&device_cert, &device_key);
+        let device: Vec<&str> = device.iter().map(String::as_str).collect();
+        let watcher = with(&watcher_cert, &watcher_key);
+        let watcher: Vec<&str> = watcher.iter().map(String::as_str).collect();
+        // Its own topic: delivered; the user name comes from the certificate, whatever -u says.
+        let mut device_as_other = device.clone();
+        device_as_other.extend(["-u", "mallory"]);
+        let (got, published) = pub_sub(port, &watcher, &device_as_other, "devices/device-7/t");
+        assert!(published.status.success(), "{runtime}: {published:?}");
+        assert_eq!(got.trim(), "over tls", "{runtime}");
+        // Another device's topic: the ACL refuses it for this certificate's name.
+        let (got, _) = pub_sub_within(2, port, &watcher, &device, "devices/device-8/t");
+        assert_eq!(got.trim(), "", "{runtime}: the ACL did not see the certificate's name");
+        // No certificate, or one from another CA: the handshake fails.
+        let none =
+            run(mosquitto("mosquitto_pub", port, &["--cafile", path(&ca), "-t", "x", "-m", "y"]));
+        assert!(!none.status.success(), "{runtime}: a client without a certificate got in");
+        let mut stranger = vec!["--cafile", path(&ca), "-t", "x", "-m", "y"];
+        stranger.extend(["--cert", path(&stranger_cert), "--key", path(&stranger_key)]);
+        let refused = run(mosquitto("mosquitto_pub", port, &stranger));
+        assert!(!refused.status.success(), "{runtime}: an untrusted certificate got in");
+    }
+}
+
+/// `ternmq broker -c` with a config file of one mqtts listener: the startup line says TLS,
+/// SIGHUP re-reads the certificate, and a broken new file keeps the old one serving.
+#[test]
+fn the_broker_program_serves_mqtts_and_reloads_its_certificate_on_sighup() {
+    use std::io::BufRead;
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let pki = Pki::new("tls-cli");
+    let port = support::free_port();
+    let conf = pki.path("broker.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[listener]]\nport = {port}\nkind = \"mqtts\"\ncertfile = \"{}\"\nkeyfile = \"{}\"\n",
+            path(&pki.path("server.pem")),
+            path(&pki.path("server.key"))
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+        .args(["broker", "-c", path(&conf), "--no-persistence"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = Killed(&mut child);
+    let child = &mut *_guard.0;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the broker exited before listening");
+        if line.starts_with("listening on") {
+            break;
+        }
+    }
+    assert_eq!(line.trim(), format!("listening on 127.0.0.1:{port} (mqtt over tls)"));
+    let (tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?} ({e})"),
+            }
+        }
+    };
+    let ca = pki.path("ca.pem");
+    let publish =
+        || run(mosquitto("mosquitto_pub", port, &["--cafile", path(&ca), "-t", "t", "-m", "m"]));
+    assert!(publish().status.success());
+    support::signal(child, "HUP");
+    wait_for("reloaded the certificate of the listener on 127.0.0.1");
+    // A broken certificate file: the old certificate goes on serving.
+    std::fs::write(pki.path("server.pem"), "not a certificate").unwrap();
+    support::signal(child, "HUP");
+    let line = wait_for("keeping the old certificate");
+    assert!(line.contains("server.pem"), "{line}");
+    assert!(publish().status.success(), "the broker stopped serving TLS after a bad reload");
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped the broker");
+}
+
+/// Kills the child on drop.
+struct Killed<'a>(&'a mut std::process::Child);
+
+impl Drop for Killed<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
