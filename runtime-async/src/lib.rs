@@ -26,6 +26,10 @@ pub mod client;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod tls;
+#[cfg(feature = "server")]
+pub mod transport;
+#[cfg(feature = "server")]
+pub mod ws;
 
 pub use client::Client;
 #[cfg(feature = "server")]

@@ -43,7 +43,9 @@ use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
 use crate::Runtime;
-use crate::tls::{TlsAcceptor, TlsSession};
+use crate::tls::TlsAcceptor;
+use crate::transport::{Stack, Transform};
+use crate::ws::WsSession;
 
 /// Bytes one read may bring in.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -249,25 +251,47 @@ impl ServerConfig {
     }
 }
 
-/// One listener: where, and whether it speaks MQTT over TLS.
+/// One listener: where, and what it speaks: MQTT over TCP, over TLS ("mqtts"), over
+/// WebSocket ("ws"), or over WebSocket over TLS ("wss").
 #[derive(Clone, Debug)]
 pub struct Listener {
     /// The address (IPv4 or IPv6); port 0 picks a free port.
     pub addr: SocketAddr,
-    /// TLS on this listener ("mqtts"); plain MQTT when `None`.
+    /// TLS on this listener; none when `None`.
     pub tls: Option<TlsAcceptor>,
+    /// WebSocket on this listener, at this path (`/` is accepted too); none when `None`.
+    pub ws_path: Option<String>,
 }
 
 impl From<SocketAddr> for Listener {
     fn from(addr: SocketAddr) -> Self {
-        Listener { addr, tls: None }
+        Listener { addr, tls: None, ws_path: None }
     }
 }
 
 impl Listener {
-    /// What it speaks, for a startup line: "mqtt over tcp" or "mqtt over tls".
+    /// What it speaks, for a startup line: "mqtt over tcp", "mqtt over tls", "mqtt over
+    /// websocket" or "mqtt over websocket over tls".
     pub fn kind(&self) -> &'static str {
-        if self.tls.is_some() { "mqtt over tls" } else { "mqtt over tcp" }
+        match (&self.tls, &self.ws_path) {
+            (None, None) => "mqtt over tcp",
+            (Some(_), None) => "mqtt over tls",
+            (None, Some(_)) => "mqtt over websocket",
+            (Some(_), Some(_)) => "mqtt over websocket over tls",
+        }
+    }
+
+    /// The transport for a new connection on this listener, or `None` for plain TCP.
+    /// WebSocket frames may be up to `max_packet_size` and their framing.
+    pub fn transport(&self, max_packet_size: u32) -> io::Result<Option<Box<dyn Transform>>> {
+        let max_frame = usize::try_from(max_packet_size).unwrap_or(usize::MAX).saturating_add(16);
+        let ws = self.ws_path.as_deref().map(|path| WsSession::new(path, max_frame));
+        Ok(match (&self.tls, ws) {
+            (None, None) => None,
+            (Some(tls), None) => Some(Box::new(tls.session()?)),
+            (None, Some(ws)) => Some(Box::new(ws)),
+            (Some(tls), Some(ws)) => Some(Box::new(Stack::new(tls.session()?, ws))),
+        })
     }
 }
 
@@ -600,15 +624,16 @@ impl<R: ServerRuntime> Core<R> {
             Input::Accepted(..) if self.alive.is_none() => {}
             Input::Accepted(stream, addr, listener) => {
                 let _ = R::set_nodelay(&stream);
+                let max_packet_size = self.hooks.broker.max_packet_size;
                 let tls = match self.hooks.listeners.get(usize::from(listener)) {
-                    Some(Listener { tls: Some(acceptor), .. }) => match acceptor.session() {
-                        Ok(session) => Some(Box::new(session)),
+                    Some(l) => match l.transport(max_packet_size) {
+                        Ok(t) => t,
                         Err(e) => {
-                            log::warn!("no TLS session for {addr}: {e}");
+                            log::warn!("no transport for {addr}: {e}");
                             return;
                         }
                     },
-                    _ => None,
+                    None => None,
                 };
                 let shared = Handle::default();
                 let peer = PeerInfo { addr: Some(addr), listener, identity: None };
@@ -874,27 +899,27 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
 /// What sits between a connection's socket and the core task: nothing ([`Plain`], which takes
 /// no room in a plain connection's future) or a TLS session.
 trait Layer: Send + 'static {
-    /// The TLS session, if there is one.
-    fn session(&mut self) -> Option<&mut TlsSession>;
+    /// The transport, if there is one.
+    fn session(&mut self) -> Option<&mut dyn Transform>;
 }
 
 /// No layer: plain MQTT over TCP.
 struct Plain;
 
 impl Layer for Plain {
-    fn session(&mut self) -> Option<&mut TlsSession> {
+    fn session(&mut self) -> Option<&mut dyn Transform> {
         None
     }
 }
 
-impl Layer for Box<TlsSession> {
-    fn session(&mut self) -> Option<&mut TlsSession> {
-        Some(self)
+impl Layer for Box<dyn Transform> {
+    fn session(&mut self) -> Option<&mut dyn Transform> {
+        Some(&mut **self)
     }
 }
 
 /// The broker's plaintext `out`, as the TLS records to write.
-fn encrypt(tls: &mut TlsSession, out: &[Bytes]) -> Vec<Bytes> {
+fn encrypt(tls: &mut dyn Transform, out: &[Bytes]) -> Vec<Bytes> {
     for b in out {
         tls.write_plaintext(b);
     }
@@ -907,7 +932,7 @@ fn encrypt(tls: &mut TlsSession, out: &[Bytes]) -> Vec<Bytes> {
 /// none yet. Boxed by its caller: plain connections never hold its state.
 async fn tls_input<R: ServerRuntime>(
     stream: &mut R::Stream,
-    tls: Option<&mut TlsSession>,
+    tls: Option<&mut dyn Transform>,
     id: ConnId,
     cipher: &[u8],
     tx: &R::Sender<Input<R>>,
@@ -915,7 +940,7 @@ async fn tls_input<R: ServerRuntime>(
 ) -> Option<(Input<R>, bool)> {
     let tls = tls?;
     let mut plain = BytesMut::new();
-    let received = tls.handle_ciphertext(cipher, &mut plain);
+    let received = tls.handle_input(cipher, &mut plain);
     // Handshake messages, or the alert that says why the handshake failed.
     if let Some(answer) = tls.poll_transmit() {
         let mut answer = vec![Bytes::from(answer)];

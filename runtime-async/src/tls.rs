@@ -17,6 +17,8 @@ use rustls::server::{ServerConfig as RustlsConfig, ServerConnection, WebPkiClien
 use rustls::{RootCertStore, SupportedProtocolVersion};
 use ternmq_core::codec::MqttStr;
 
+use crate::transport::{Received, Refused, Transform};
+
 /// The lowest TLS version a listener accepts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TlsVersion {
@@ -150,24 +152,6 @@ fn load(s: &TlsSettings) -> io::Result<Arc<RustlsConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Why a TLS session ended.
-#[derive(Debug)]
-pub enum TlsError {
-    /// The peer broke TLS (a failed handshake, an untrusted certificate, a bad record); the
-    /// alert that says so is queued in [`TlsSession::poll_transmit`].
-    Protocol(rustls::Error),
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Protocol(e) => write!(f, "TLS: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for TlsError {}
-
 /// One connection's TLS: ciphertext from the socket in, plaintext for the broker out, and the
 /// broker's plaintext back into ciphertext for the socket.
 pub struct TlsSession {
@@ -184,28 +168,23 @@ impl fmt::Debug for TlsSession {
     }
 }
 
-/// What [`TlsSession::handle_ciphertext`] found besides plaintext.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Received {
-    /// The peer closed TLS cleanly (close_notify): no more plaintext will come.
-    pub closed: bool,
-}
-
-impl TlsSession {
-    /// Ciphertext read from the socket: the plaintext it carried is appended to `plain`.
-    pub fn handle_ciphertext(
+impl Transform for TlsSession {
+    /// Ciphertext read from the socket: the plaintext it carried is appended to `plain`. A
+    /// peer that breaks TLS gets the alert that says why, in [`poll_transmit`](Self::poll_transmit).
+    fn handle_input(
         &mut self,
         mut cipher: &[u8],
         plain: &mut BytesMut,
-    ) -> Result<Received, TlsError> {
+    ) -> Result<Received, Refused> {
         let mut received = Received::default();
         while !cipher.is_empty() {
             match self.conn.read_tls(&mut cipher) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) => return Err(TlsError::Protocol(rustls::Error::General(e.to_string()))),
+                Err(e) => return Err(Refused(format!("TLS: {e}"))),
             }
-            let state = self.conn.process_new_packets().map_err(TlsError::Protocol)?;
+            let state =
+                self.conn.process_new_packets().map_err(|e| Refused(format!("TLS: {e}")))?;
             let mut want = state.plaintext_bytes_to_read();
             while want > 0 {
                 let at = plain.len();
@@ -232,18 +211,18 @@ impl TlsSession {
     }
 
     /// Plaintext to send (after the handshake; before it, it waits in the session).
-    pub fn write_plaintext(&mut self, plain: &[u8]) {
+    fn write_plaintext(&mut self, plain: &[u8]) {
         // Unbounded (see `set_buffer_limit`): the whole slice is taken.
         let _ = self.conn.writer().write_all(plain);
     }
 
     /// Ends the session cleanly (close_notify), before the socket is shut.
-    pub fn close(&mut self) {
+    fn close(&mut self) {
         self.conn.send_close_notify();
     }
 
     /// Ciphertext to write to the socket now, if any: handshake messages, records, alerts.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         if !self.conn.wants_write() {
             return None;
         }
@@ -256,14 +235,9 @@ impl TlsSession {
         (!out.is_empty()).then_some(out)
     }
 
-    /// Whether the handshake is still under way.
-    pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
-    }
-
     /// Once the handshake is done, and only once: the client certificate's common name, if the
     /// listener takes it as the user name and the client sent a certificate that has one.
-    pub fn poll_identity(&mut self) -> Option<MqttStr> {
+    fn poll_identity(&mut self) -> Option<MqttStr> {
         if self.identity_told || self.conn.is_handshaking() || !self.identity_as_username {
             return None;
         }

@@ -27,8 +27,8 @@ pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,
 };
-use ternmq_async::tls::TlsSession;
 pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
+use ternmq_async::transport::Transform;
 use ternmq_core::broker::driver::{Command, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, ConnId, PeerInfo};
@@ -168,14 +168,14 @@ impl Server {
     }
 }
 
-/// A TLS connection's session, and how the ciphertext queued in `Conn::out` maps back to the
-/// driver's plaintext: per batch, its ciphertext bytes and the plaintext bytes they carry.
-struct Tls {
-    session: TlsSession,
+/// A connection's transport (TLS, WebSocket), and how the bytes queued in `Conn::out` map back
+/// to the driver's MQTT bytes: per batch, its bytes on the wire and the MQTT bytes they carry.
+struct Layered {
+    session: Box<dyn Transform>,
     owed: VecDeque<(usize, usize)>,
 }
 
-impl Tls {
+impl Layered {
     /// Encrypts `plain` (or, empty, takes what TLS has to say) and queues the ciphertext on
     /// `out`, remembering which plaintext it carries.
     fn seal(&mut self, plain: &[Bytes], out: &mut Vec<Bytes>) {
@@ -221,8 +221,8 @@ struct Slot {
 /// One socket and what the loop knows of it.
 struct Conn {
     stream: TcpStream,
-    /// TLS on this connection, if its listener has it.
-    tls: Option<Box<Tls>>,
+    /// TLS or WebSocket on this connection, if its listener has them.
+    tls: Option<Box<Layered>>,
     generation: u32,
     /// The broker's id.
     conn: ConnId,
@@ -385,15 +385,15 @@ impl Loop {
 
     fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, listener: usize, now: Instant) {
         let _ = stream.set_nodelay(true);
-        let tls = match self.hooks.listeners.get(listener).and_then(|l| l.tls.as_ref()) {
-            Some(acceptor) => match acceptor.session() {
-                Ok(session) => Some(Box::new(Tls { session, owed: VecDeque::new() })),
-                Err(e) => {
-                    log::warn!("no TLS session for {addr}: {e}");
-                    return;
-                }
-            },
-            None => None,
+        let max_packet_size = self.hooks.broker.max_packet_size;
+        let transport = self.hooks.listeners.get(listener).map(|l| l.transport(max_packet_size));
+        let tls = match transport {
+            Some(Ok(Some(session))) => Some(Box::new(Layered { session, owed: VecDeque::new() })),
+            Some(Err(e)) => {
+                log::warn!("no transport for {addr}: {e}");
+                return;
+            }
+            _ => None,
         };
         let index = match self.free.last() {
             Some(i) => *i,
@@ -474,7 +474,7 @@ impl Loop {
                         if !c.open {
                         } else if let Some(tls) = c.tls.as_deref_mut() {
                             let mut plain = BytesMut::new();
-                            let received = tls.session.handle_ciphertext(bytes, &mut plain);
+                            let received = tls.session.handle_input(bytes, &mut plain);
                             // Handshake messages, or the alert that says what went wrong.
                             tls.seal(&[], &mut c.out);
                             let identity = tls.session.poll_identity();

@@ -127,13 +127,15 @@ impl ListenerConfig {
                     ));
                 }
             }
-            "mqtts" => {}
-            "ws" | "wss" => {
-                return Err(format!(
-                    "{}: WebSocket listeners (kind = {kind:?}) are not available yet; use \
-                     \"mqtt\" or \"mqtts\"",
-                    here("kind")
-                ));
+            "mqtts" | "wss" => {}
+            "ws" => {
+                if let Some((key, _)) = tls_keys.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "{}: a TLS option on a plain WebSocket listener; set kind = \"wss\" \
+                         to serve MQTT over WebSocket over TLS",
+                        here(key)
+                    ));
+                }
             }
             other => {
                 return Err(format!(
@@ -142,21 +144,29 @@ impl ListenerConfig {
                 ));
             }
         }
-        if self.ws_path.is_some() {
+        let websocket = matches!(kind, "ws" | "wss");
+        if self.ws_path.is_some() && !websocket {
             return Err(format!("{}: ws_path is for kind = \"ws\" or \"wss\"", here("ws_path")));
         }
+        let ws_path = match &self.ws_path {
+            Some(p) if !p.starts_with('/') => {
+                return Err(format!("{}: a path starts with /: {p:?}", here("ws_path")));
+            }
+            Some(p) => Some(p.clone()),
+            None => websocket.then(|| "/mqtt".to_string()),
+        };
         if self.proxy_protocol == Some(true) {
             return Err(format!(
                 "{}: the PROXY protocol is not available yet",
                 here("proxy_protocol")
             ));
         }
-        if kind == "mqtt" {
-            return Ok(addr.into());
+        if matches!(kind, "mqtt" | "ws") {
+            return Ok(Listener { addr, tls: None, ws_path });
         }
         let (Some(certfile), Some(keyfile)) = (&self.certfile, &self.keyfile) else {
             let key = if self.certfile.is_none() { "certfile" } else { "keyfile" };
-            return Err(format!("{}: an mqtts listener needs certfile and keyfile", here(key)));
+            return Err(format!("{}: kind = {kind:?} needs certfile and keyfile", here(key)));
         };
         let min_version = match self.tls_version.as_deref() {
             None | Some("1.2") => TlsVersion::V1_2,
@@ -184,13 +194,14 @@ impl ListenerConfig {
             ));
         }
         let acceptor = TlsAcceptor::new(settings).map_err(|e| format!("{}: {e}", here("kind")))?;
-        Ok(Listener { addr, tls: Some(acceptor) })
+        Ok(Listener { addr, tls: Some(acceptor), ws_path })
     }
 
     /// Whether clients on it prove who they are (a required client certificate), which
     /// counts as authentication.
     fn authenticates(&self) -> bool {
-        self.kind.as_deref() == Some("mqtts") && self.require_certificate == Some(true)
+        matches!(self.kind.as_deref(), Some("mqtts" | "wss"))
+            && self.require_certificate == Some(true)
     }
 }
 
@@ -969,13 +980,21 @@ mod tests {
     #[test]
     fn listener_keys_are_checked_and_name_the_listener() {
         let e = from_file("[[listener]]\nport = 8883\nkind = \"wss\"\n").err().unwrap();
-        assert!(e.contains("port 8883") && e.contains("WebSocket"), "{e}");
+        assert!(e.contains("port 8883") && e.contains("\"wss\" needs certfile"), "{e}");
+        let e =
+            from_file("[[listener]]\nport = 1\nkind = \"ws\"\nws_path = \"mqtt\"\n").err().unwrap();
+        assert!(e.contains("starts with /"), "{e}");
+        let e = from_file("[[listener]]\nport = 1\nws_path = \"/mqtt\"\n").err().unwrap();
+        assert!(e.contains("ws_path is for"), "{e}");
+        let s = from_file("[[listener]]\nport = 1\nkind = \"ws\"\n").unwrap();
+        assert_eq!(s.config.listeners[0].ws_path.as_deref(), Some("/mqtt"));
+        assert_eq!(s.config.listeners[0].kind(), "mqtt over websocket");
         let e = from_file("[[listener]]\nport = 1\nkind = \"quic\"\n").err().unwrap();
         assert!(e.contains("unknown kind \"quic\""), "{e}");
         let e = from_file("[[listener]]\nport = 1\ncertfile = \"c.pem\"\n").err().unwrap();
         assert!(e.contains("certfile") && e.contains("kind = \"mqtts\""), "{e}");
         let e = from_file("[[listener]]\nport = 1\nkind = \"mqtts\"\n").err().unwrap();
-        assert!(e.contains("needs certfile and keyfile"), "{e}");
+        assert!(e.contains("kind = \"mqtts\" needs certfile and keyfile"), "{e}");
         let text = "[[listener]]\nport = 1\nkind = \"mqtts\"\ncertfile = \"/nonexistent/c.pem\"\n\
                     keyfile = \"/nonexistent/k.pem\"\n";
         let e = from_file(text).err().unwrap();

@@ -1,0 +1,108 @@
+//! What may sit between a server's socket and the broker: TLS, WebSocket, or both. Each is a
+//! sans-IO byte transform ([`Transform`]): bytes from the socket in, the MQTT bytes they carry
+//! out, and the broker's bytes back into what goes on the wire. So a transport is written once
+//! and every server (the async ones and the std readiness loop) runs it the same way; the
+//! protocol stays the core's.
+
+use std::fmt;
+
+use bytes::BytesMut;
+use ternmq_core::codec::MqttStr;
+
+/// A transport's side of one connection.
+pub trait Transform: Send + 'static {
+    /// Bytes read from the socket: the MQTT bytes they carry are appended to `plain`. An error
+    /// ends the connection, after what [`poll_transmit`](Self::poll_transmit) then has (a TLS
+    /// alert, an HTTP error, a WebSocket close frame) is written.
+    fn handle_input(&mut self, input: &[u8], plain: &mut BytesMut) -> Result<Received, Refused>;
+
+    /// MQTT bytes to send.
+    fn write_plaintext(&mut self, plain: &[u8]);
+
+    /// Ends the transport cleanly (TLS close_notify, a WebSocket close frame).
+    fn close(&mut self);
+
+    /// Bytes to write to the socket now, if any.
+    fn poll_transmit(&mut self) -> Option<Vec<u8>>;
+
+    /// Once, when the transport knows it: who the client is (a TLS client certificate's
+    /// common name, on a listener that takes it as the user name).
+    fn poll_identity(&mut self) -> Option<MqttStr> {
+        None
+    }
+}
+
+/// What [`Transform::handle_input`] found besides MQTT bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The peer ended the transport cleanly: no more bytes will come.
+    pub closed: bool,
+}
+
+/// Why a transport refused a connection, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Two transforms, one inside the other: `inner` runs over `outer` (WebSocket over TLS).
+#[derive(Debug)]
+pub struct Stack<O, I> {
+    outer: O,
+    inner: I,
+}
+
+impl<O: Transform, I: Transform> Stack<O, I> {
+    /// `inner` over `outer`.
+    pub fn new(outer: O, inner: I) -> Self {
+        Stack { outer, inner }
+    }
+
+    /// What the inner transform has to send goes into the outer one.
+    fn pump(&mut self) {
+        while let Some(bytes) = self.inner.poll_transmit() {
+            self.outer.write_plaintext(&bytes);
+        }
+    }
+}
+
+impl<O: Transform, I: Transform> Transform for Stack<O, I> {
+    fn handle_input(&mut self, input: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
+        let mut carried = BytesMut::new();
+        let outer = self.outer.handle_input(input, &mut carried);
+        let inner = if carried.is_empty() {
+            Ok(Received::default())
+        } else {
+            self.inner.handle_input(&carried, plain)
+        };
+        self.pump();
+        let (outer, inner) = (outer?, inner?);
+        Ok(Received { closed: outer.closed || inner.closed })
+    }
+
+    fn write_plaintext(&mut self, plain: &[u8]) {
+        self.inner.write_plaintext(plain);
+        self.pump();
+    }
+
+    fn close(&mut self) {
+        self.inner.close();
+        self.pump();
+        self.outer.close();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.pump();
+        self.outer.poll_transmit()
+    }
+
+    fn poll_identity(&mut self) -> Option<MqttStr> {
+        self.outer.poll_identity()
+    }
+}
