@@ -3,9 +3,10 @@
 # missing, then runs every test of the workspace. Extra arguments go to `cargo test`.
 #
 # Real peers, not mocks: the interop tests start their own Mosquitto broker on a free loopback
-# port and use `mosquitto_sub`, so this script installs Debian's `mosquitto` and
-# `mosquitto-clients` (and the Python `paho-mqtt` client from PyPI) when they are missing and tells the tests that the peers are required
-# (TERNMQ_REQUIRE_INTEROP=1): under this script they run, never skip.
+# port and use `mosquitto_sub`, so this script installs, when they are missing, Debian's
+# `mosquitto` and `mosquitto-clients`, the Python `paho-mqtt` client (PyPI), MQTT.js and
+# playwright-core (npm, into tests/js) and Debian's Chromium, and tells the tests that the
+# peers are required (TERNMQ_REQUIRE_INTEROP=1): under this script they run, never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,24 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+# Installs Debian packages, or says what to install by hand.
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "scripts/test.sh: apt-get not found; install $* by hand" >&2
+        exit 1
+    fi
+    if [ -z "${APT_UPDATED:-}" ]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
 have_mosquitto() {
     { [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1; } &&
         command -v mosquitto_sub >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1
@@ -21,16 +40,7 @@ have_mosquitto() {
 
 if ! have_mosquitto; then
     echo "scripts/test.sh: installing mosquitto and mosquitto-clients (Debian packages)"
-    SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then
-        SUDO="sudo"
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "scripts/test.sh: apt-get not found; install mosquitto and mosquitto-clients by hand" >&2
-        exit 1
-    fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    apt_install mosquitto mosquitto-clients
     have_mosquitto || { echo "scripts/test.sh: mosquitto still missing after install" >&2; exit 1; }
 fi
 
@@ -46,6 +56,21 @@ if ! python3 -c "import paho.mqtt.client" >/dev/null 2>&1; then
         python3 -m pip install -q --break-system-packages paho-mqtt
     python3 -c "import paho.mqtt.client" ||
         { echo "scripts/test.sh: paho-mqtt still missing after install" >&2; exit 1; }
+fi
+
+# JavaScript peers: MQTT.js (in Node.js and in a page) and playwright-core, which drives
+# Debian's Chromium headless; versions pinned by tests/js/package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing Node.js and npm (Debian packages)"
+    apt_install nodejs npm
+fi
+if [ ! -d tests/js/node_modules/mqtt ] || [ ! -d tests/js/node_modules/playwright-core ]; then
+    echo "scripts/test.sh: installing MQTT.js and playwright-core (npm, into tests/js)"
+    (cd tests/js && npm ci --silent --no-audit --no-fund)
+fi
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
+    echo "scripts/test.sh: installing Chromium (Debian package)"
+    apt_install chromium
 fi
 
 export TERNMQ_REQUIRE_INTEROP=1

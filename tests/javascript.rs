@@ -1,0 +1,121 @@
+//! JavaScript peers over WebSocket: MQTT.js in Node.js over ws and wss (QoS 0, 1, 2 and
+//! retained), and a page in headless Chromium (driven by playwright-core) that loads MQTT.js,
+//! connects to ternmq over WebSocket and shows a message that `mosquitto_pub` sent over TCP.
+//! `scripts/test.sh` installs Node.js's packages (`tests/js`) and Chromium.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use support::pki::Pki;
+use support::serve;
+use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor};
+
+fn js_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
+}
+
+/// Whether `what` is here; without it the test is skipped, unless `TERNMQ_REQUIRE_INTEROP`
+/// says it must be.
+fn present(found: bool, what: &str) -> bool {
+    if !found {
+        assert!(
+            std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_none(),
+            "{what} is required (TERNMQ_REQUIRE_INTEROP is set) but missing"
+        );
+        eprintln!("skipped: {what} missing (scripts/test.sh installs it)");
+    }
+    found
+}
+
+fn have_node_packages() -> bool {
+    let node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let packages = js_dir().join("node_modules/mqtt").exists()
+        && js_dir().join("node_modules/playwright-core").exists();
+    present(node && packages, "Node.js with tests/js's packages (mqtt, playwright-core)")
+}
+
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    present(path.exists(), "Chromium").then_some(path)
+}
+
+/// A plain MQTT listener and a WebSocket one (over TLS with `pki`), on free loopback ports.
+fn config(pki: Option<&Pki>) -> ServerConfig {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = ServerConfig::new(addr);
+    let tls = pki.map(|p| TlsAcceptor::new(p.settings()).unwrap());
+    config.listeners.push(Listener { addr, tls, ws_path: Some("/mqtt".into()) });
+    config
+}
+
+fn mqttjs(url: &str, ca: Option<&str>) -> String {
+    let mut c = Command::new("node");
+    c.current_dir(js_dir()).args(["mqttjs.mjs", url]);
+    c.args(ca);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "MQTT.js failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const EXPECTED: &str = "js/kept 1 retained 0\njs/q0 0 hello 0 0\njs/q1 1 hello 1 0\n\
+                        js/q2 2 hello 2 0\nsecond: retained 1\n";
+
+#[test]
+fn mqttjs_over_websocket_and_websocket_over_tls() {
+    if !have_node_packages() {
+        return;
+    }
+    let (addrs, _running) = serve("tokio", config(None));
+    assert_eq!(mqttjs(&format!("ws://127.0.0.1:{}/mqtt", addrs[1].port()), None), EXPECTED);
+    let pki = Pki::new("mqttjs");
+    let ca = pki.path("ca.pem");
+    for runtime in ["tokio", "std"] {
+        let (addrs, _running) = serve(runtime, config(Some(&pki)));
+        let url = format!("wss://127.0.0.1:{}/mqtt", addrs[1].port());
+        assert_eq!(mqttjs(&url, Some(ca.to_str().unwrap())), EXPECTED, "{runtime}");
+    }
+}
+
+#[test]
+fn a_page_in_chromium_shows_what_mosquitto_pub_sent() {
+    if !have_node_packages() {
+        return;
+    }
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let (addrs, _running) = serve("tokio", config(None));
+    let (tcp, ws) = (addrs[0].port(), addrs[1].port());
+    let mut node = Command::new("node")
+        .current_dir(js_dir())
+        .args(["browser.mjs", &format!("ws://127.0.0.1:{ws}/mqtt"), "browser/news"])
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let first = lines.next().map(Result::unwrap);
+    if first.as_deref() != Some("subscribed") {
+        let out = node.wait_with_output().unwrap();
+        panic!("the page did not subscribe: {first:?} {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let published = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &tcp.to_string(), "-t", "browser/news", "-q", "1"])
+        .args(["-m", "hello from mosquitto_pub"])
+        .output()
+        .unwrap();
+    assert!(published.status.success(), "{published:?}");
+    let shown = lines.next().map(Result::unwrap);
+    let status = node.wait().unwrap();
+    assert!(status.success(), "node: {status}");
+    assert_eq!(shown.as_deref(), Some("hello from mosquitto_pub"));
+}
