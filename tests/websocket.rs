@@ -181,6 +181,8 @@ fn read_bytes(ws: &mut WebSocket<TcpStream>, n: usize) -> Vec<u8> {
     got
 }
 
+/// [MQTT-6.0.0-2]: packets split across frames and several in one frame; [MQTT-6.0.0-4]: the
+/// server selects "mqtt" when it is offered (checked by `ws_client`).
 #[test]
 fn packets_split_across_frames_and_packed_in_one_frame() {
     for runtime in RUNTIMES {
@@ -230,6 +232,7 @@ fn close_code(ws: &mut WebSocket<TcpStream>) -> Option<CloseCode> {
     }
 }
 
+/// [MQTT-6.0.0-1]: a data frame that is not binary closes the connection.
 #[test]
 fn text_and_oversized_frames_are_closed_with_their_codes() {
     for runtime in RUNTIMES {
