@@ -32,77 +32,10 @@ fn start_with(runtime: &str, broker: ternmq::broker::BrokerConfig) -> (SocketAdd
 
 /// Subscribes, publishes at QoS 2 and receives the message exactly once, with `client`.
 fn round_trip(client: &str, addr: SocketAddr, version: ProtocolVersion, tag: &str) {
-    let topic = format!("matrix/{tag}");
-    match client {
-        "std" => {
-            let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
-            o.connect.protocol = version;
-            o.connect.client_id = MqttStr::new(&format!("std-{tag}")).unwrap();
-            let c = SyncClient::connect(o).unwrap();
-            assert_eq!(c.subscribe(&topic, QoS::ExactlyOnce).unwrap(), ReasonCode::GrantedQoS2);
-            c.publish(&topic, "payload", QoS::ExactlyOnce).unwrap();
-            let m = c.recv_timeout(Duration::from_secs(10)).expect("the message");
-            assert_eq!(&m.payload[..], b"payload");
-            assert_eq!(m.qos, QoS::ExactlyOnce);
-            assert!(c.recv_timeout(Duration::from_millis(200)).is_none(), "exactly once");
-            c.disconnect().unwrap();
-        }
-        "tokio" => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let mut o = ternmq::tokio::ConnectOptions::new("127.0.0.1", addr.port());
-                o.connect.protocol = version;
-                o.connect.client_id = MqttStr::new(&format!("tokio-{tag}")).unwrap();
-                let c = ternmq::tokio::Client::connect(o).await.unwrap();
-                assert_eq!(
-                    c.subscribe(&topic, QoS::ExactlyOnce).await.unwrap(),
-                    ReasonCode::GrantedQoS2
-                );
-                c.publish(&topic, "payload", QoS::ExactlyOnce).await.unwrap();
-                let m = tokio::time::timeout(Duration::from_secs(10), c.next_message())
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert_eq!(&m.payload[..], b"payload");
-                assert_eq!(m.qos, QoS::ExactlyOnce);
-                assert!(
-                    tokio::time::timeout(Duration::from_millis(200), c.next_message())
-                        .await
-                        .is_err(),
-                    "exactly once"
-                );
-                c.disconnect().await.unwrap();
-            });
-        }
-        "smol" => smol::block_on(async {
-            let mut o = ternmq::smol::ConnectOptions::new("127.0.0.1", addr.port());
-            o.connect.protocol = version;
-            o.connect.client_id = MqttStr::new(&format!("smol-{tag}")).unwrap();
-            let c = ternmq::smol::Client::connect(o).await.unwrap();
-            assert_eq!(
-                c.subscribe(&topic, QoS::ExactlyOnce).await.unwrap(),
-                ReasonCode::GrantedQoS2
-            );
-            c.publish(&topic, "payload", QoS::ExactlyOnce).await.unwrap();
-            let m = within(Duration::from_secs(10), c.next_message()).await.flatten();
-            let m = m.expect("the message");
-            assert_eq!(&m.payload[..], b"payload");
-            assert_eq!(m.qos, QoS::ExactlyOnce);
-            let again = within(Duration::from_millis(200), c.next_message()).await;
-            assert!(again.is_none(), "exactly once");
-            c.disconnect().await.unwrap();
-        }),
-        other => panic!("no client {other}"),
-    }
-}
-
-/// `fut`'s output, or `None` once `timeout` has passed (on smol's timer).
-async fn within<T>(timeout: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    smol::future::or(async { Some(fut.await) }, async {
-        smol::Timer::after(timeout).await;
-        None
-    })
-    .await
+    let mut o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
+    o.connect.protocol = version;
+    o.connect.client_id = MqttStr::new(&format!("{client}-{tag}")).unwrap();
+    support::round_trip(client, o, &format!("matrix/{tag}"));
 }
 
 /// Every client runtime, in both versions, against `server`'s runtime.

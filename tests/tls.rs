@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use support::pki::Pki;
 use support::serve;
+use ternmq::blocking::ConnectOptions;
+use ternmq::codec::MqttStr;
+use ternmq::core::client::driver::TlsOptions;
 use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor, TlsSettings};
 
 /// A server config with one mqtts listener on a free loopback port.
@@ -288,5 +291,64 @@ impl Drop for Killed<'_> {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// ternmq's three clients over TLS to a real Mosquitto with a TLS listener: the CA file is
+/// trusted; without it (the system's roots) the server is not.
+#[test]
+fn ternmq_clients_speak_tls_to_mosquitto() {
+    let pki = Pki::new("tls-mosquitto");
+    let conf = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\n",
+        path(&pki.path("ca.pem")),
+        path(&pki.path("server.pem")),
+        path(&pki.path("server.key")),
+    );
+    let Some(mosquitto) = support::Broker::start_with(&conf) else {
+        return;
+    };
+    let tls = TlsOptions { ca_file: Some(pki.path("ca.pem")), ..TlsOptions::default() };
+    for client in ["std", "tokio", "smol"] {
+        let mut o = ConnectOptions::new("127.0.0.1", mosquitto.port);
+        o.tls = Some(tls.clone());
+        o.connect.client_id = MqttStr::new(&format!("tls-{client}")).unwrap();
+        support::round_trip(client, o, &format!("tls/{client}"));
+    }
+    // The same from a URL, with a client that does not trust the test CA.
+    let mut o = ConnectOptions::from_url(&format!("mqtts://127.0.0.1:{}", mosquitto.port)).unwrap();
+    o.timeout = Duration::from_secs(5);
+    o.config.reconnect.enable = false;
+    assert!(ternmq::blocking::SyncClient::connect(o).is_err(), "an unknown CA was trusted");
+    // And with the check turned off, on purpose.
+    let mut o = ConnectOptions::from_url(&format!("mqtts://127.0.0.1:{}", mosquitto.port)).unwrap();
+    o.tls = Some(TlsOptions { danger_accept_invalid_certs: true, ..TlsOptions::default() });
+    support::round_trip("std", o, "tls/insecure");
+}
+
+/// ternmq's clients with a client certificate, to a ternmq listener that requires one and
+/// takes its name as the user name.
+#[test]
+fn ternmq_clients_present_client_certificates() {
+    let pki = Pki::new("tls-client-cert");
+    let (cert, key) = pki.client("device-9");
+    let settings = TlsSettings {
+        cafile: Some(pki.path("ca.pem")),
+        require_certificate: true,
+        use_identity_as_username: true,
+        ..pki.settings()
+    };
+    let (addrs, _running) = serve("tokio", tls_config(settings));
+    for client in ["std", "tokio", "smol"] {
+        let mut o = ConnectOptions::new("127.0.0.1", addrs[0].port());
+        o.tls = Some(TlsOptions {
+            ca_file: Some(pki.path("ca.pem")),
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+            alpn: vec!["mqtt".into()],
+            ..TlsOptions::default()
+        });
+        o.connect.client_id = MqttStr::new(&format!("cert-{client}")).unwrap();
+        support::round_trip(client, o, &format!("certs/{client}"));
     }
 }

@@ -289,3 +289,23 @@ fn requests_that_are_no_mqtt_upgrade_get_an_http_error() {
         assert_eq!(read_bytes(&mut ws, 4), b"\x20\x02\x00\x00", "{runtime}");
     }
 }
+
+/// ternmq's three clients over ws:// and wss:// URLs to a ternmq WebSocket listener.
+#[test]
+fn ternmq_clients_over_websocket_and_websocket_over_tls() {
+    let pki = Pki::new("ws-clients");
+    for secure in [false, true] {
+        let (addrs, _running) = serve("tokio", ws_config(secure.then_some(&pki)));
+        let scheme = if secure { "wss" } else { "ws" };
+        for client in ["std", "tokio", "smol"] {
+            let url = format!("{scheme}://127.0.0.1:{}/mqtt", addrs[0].port());
+            let mut o = ternmq::blocking::ConnectOptions::from_url(&url).unwrap();
+            if let Some(tls) = o.tls.as_mut() {
+                tls.ca_file = Some(pki.path("ca.pem"));
+            }
+            o.connect.client_id =
+                ternmq::codec::MqttStr::new(&format!("{scheme}-{client}")).unwrap();
+            support::round_trip(client, o, &format!("{scheme}/{client}"));
+        }
+    }
+}

@@ -669,3 +669,35 @@ fn a_publish_without_a_code_succeeded_and_a_subscription_without_one_did_not() {
     assert_eq!(subscription_reason(&[]), ReasonCode::UnspecifiedError);
     assert_eq!(subscription_reason(&[ReasonCode::GrantedQoS1]), ReasonCode::GrantedQoS1);
 }
+
+mod urls {
+    use ternmq_core::client::driver::{ConnectOptions, ServerUrl};
+
+    #[test]
+    fn server_urls_in_mosquittos_form() {
+        let u = ServerUrl::parse("mqtts://alice:s%3Acret@broker.example:8884/sensors/%23").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("broker.example", 8884, true));
+        assert_eq!(u.username.as_deref(), Some("alice"));
+        assert_eq!(u.password.as_deref(), Some("s:cret"));
+        assert_eq!(u.topic.as_deref(), Some("sensors/#"));
+        assert_eq!(u.ws_path, None);
+        let u = ServerUrl::parse("mqtt://[::1]/t").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("::1", 1883, false));
+        let u = ServerUrl::parse("ws://127.0.0.1:8080").unwrap();
+        assert_eq!((u.port, u.ws_path.as_deref()), (8080, Some("/mqtt")));
+        let u = ServerUrl::parse("wss://h/ws/mqtt").unwrap();
+        assert_eq!((u.port, u.tls, u.ws_path.as_deref()), (443, true, Some("/ws/mqtt")));
+        assert_eq!(ServerUrl::parse("mqtts://h").unwrap().port, 8883);
+        for bad in
+            ["h:1883", "http://h", "mqtt://:1883", "mqtt://h:x", "mqtt://[::1", "mqtt://h/%zz"]
+        {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
+        }
+        let o = ConnectOptions::from_url("wss://bob:pw@h:9001/").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("h", 9001));
+        assert!(o.tls.is_some());
+        assert_eq!(o.ws_path.as_deref(), Some("/mqtt"));
+        assert_eq!(o.connect.username.as_ref().map(|u| u.as_str()), Some("bob"));
+        assert_eq!(o.connect.password.as_deref(), Some(&b"pw"[..]));
+    }
+}

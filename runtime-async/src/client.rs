@@ -30,6 +30,7 @@ use ternmq_core::codec::{
 use ternmq_core::time::Instant;
 use ternmq_core::topic::{TopicFilter, TopicName};
 
+use crate::transport::{ClientTransport, Transform};
 use crate::{Dialer, Runtime, within};
 
 type Waiter = Sender<Answer>;
@@ -75,6 +76,8 @@ struct Shared<R: Runtime> {
     host: String,
     /// Opens each connection.
     dial: Dialer<R::Transport>,
+    /// TLS or WebSocket over each connection, if the options ask for them.
+    transport: Option<ClientTransport>,
     timeout: Duration,
     messages: Receiver<Publish>,
 }
@@ -140,6 +143,7 @@ impl<R: Runtime> Client<R> {
         options: ConnectOptions,
         dial: Dialer<R::Transport>,
     ) -> Result<Self, Error> {
+        let transport = ClientTransport::new(&options)?;
         let stream = match within::<R, _>(options.timeout, dial()).await {
             Some(stream) => stream?,
             None => return Err(Error::Timeout),
@@ -160,6 +164,7 @@ impl<R: Runtime> Client<R> {
             epoch: StdInstant::now(),
             host: options.host,
             dial,
+            transport,
             timeout: options.timeout,
             messages: rx,
         });
@@ -348,7 +353,7 @@ async fn drive<R: Runtime>(
     stream: R::Transport,
     messages: Sender<Publish>,
 ) {
-    let mut conn = Some(stream);
+    let mut conn = Link::<R>::new(&shared, stream);
     // A packet split across reads waits here for its rest.
     let mut input = BytesMut::new();
     loop {
@@ -357,9 +362,12 @@ async fn drive<R: Runtime>(
         let next = act(&shared, &messages);
         if next.close {
             // The last words (a DISCONNECT, say) go out before the socket closes.
+            if let Some(layer) = conn.as_mut().and_then(|l| l.layer.as_mut()) {
+                layer.close();
+            }
             write_out(&shared, &mut conn).await;
-            if let Some(mut s) = conn.take() {
-                R::close(&mut s).await;
+            if let Some(mut l) = conn.take() {
+                R::close(&mut l.stream).await;
             }
             shared.lock().driver.handle_closed(shared.now());
             continue;
@@ -371,11 +379,14 @@ async fn drive<R: Runtime>(
             let result = (shared.dial)().await;
             let mut st = shared.lock();
             match result {
-                Ok(s) => {
-                    conn = Some(s);
-                    input.clear();
-                    st.driver.handle_reconnected(shared.now());
-                }
+                Ok(s) => match Link::<R>::new(&shared, s) {
+                    Some(link) => {
+                        conn = Some(link);
+                        input.clear();
+                        st.driver.handle_reconnected(shared.now());
+                    }
+                    None => st.driver.handle_dial_failed(shared.now()),
+                },
                 Err(_) => st.driver.handle_dial_failed(shared.now()),
             }
             continue;
@@ -385,7 +396,13 @@ async fn drive<R: Runtime>(
         let wait = shared.lock().driver.timeout_in(shared.now());
         let read = async {
             match conn.as_mut() {
-                Some(s) => Woke::Read(R::read(s, &mut input).await),
+                // Through a transport, the bytes wait in `raw` for it.
+                Some(Link { stream, layer: Some(_), raw }) => {
+                    Woke::Read(R::read(stream, raw).await)
+                }
+                Some(Link { stream, layer: None, .. }) => {
+                    Woke::Read(R::read(stream, &mut input).await)
+                }
                 // Without a connection, commands and timers go on.
                 None => future::pending().await,
             }
@@ -405,6 +422,21 @@ async fn drive<R: Runtime>(
         // 3. Feed the core.
         let mut st = shared.lock();
         let now = shared.now();
+        let woke = match (woke, conn.as_mut()) {
+            (Woke::Read(Ok(n)), Some(Link { layer: Some(layer), raw, .. })) if n > 0 => {
+                let through = layer.handle_input(raw, &mut input);
+                raw.clear();
+                match through {
+                    Ok(r) if r.closed => Woke::Read(Ok(0)),
+                    Ok(_) => Woke::Read(Ok(n)),
+                    Err(e) => {
+                        log::warn!("connection to {} failed: {e}", shared.host);
+                        Woke::Read(Ok(0))
+                    }
+                }
+            }
+            (woke, _) => woke,
+        };
         match woke {
             Woke::Read(Ok(n)) if n > 0 => {
                 st.driver.handle_bytes(now, &mut input);
@@ -419,19 +451,59 @@ async fn drive<R: Runtime>(
     }
 }
 
-/// Writes what the driver has to send; a failed write ends the connection.
-async fn write_out<R: Runtime>(shared: &Shared<R>, conn: &mut Option<R::Transport>) {
-    let Some(out) = shared.lock().driver.poll_transmit() else {
+/// One connection: the stream its dialer opened, and the transport over it (TLS, WebSocket),
+/// if any.
+struct Link<R: Runtime> {
+    stream: R::Transport,
+    layer: Option<Box<dyn Transform>>,
+    /// Bytes read and not yet through the layer.
+    raw: BytesMut,
+}
+
+impl<R: Runtime> Link<R> {
+    /// A new connection over `stream`, with a new transport session when the client has one;
+    /// `None` (logged) when the session cannot be made.
+    fn new(shared: &Shared<R>, stream: R::Transport) -> Option<Link<R>> {
+        let layer = match shared.transport.as_ref().map(ClientTransport::session).transpose() {
+            Ok(layer) => layer,
+            Err(e) => {
+                log::warn!("no transport to {}: {e}", shared.host);
+                return None;
+            }
+        };
+        Some(Link { stream, layer, raw: BytesMut::new() })
+    }
+}
+
+/// Writes what the driver has to send (through the transport, with what the transport has
+/// to say itself); a failed write ends the connection.
+async fn write_out<R: Runtime>(shared: &Shared<R>, conn: &mut Option<Link<R>>) {
+    let plain = shared.lock().driver.poll_transmit();
+    let written = plain.as_ref().map_or(0, Bytes::len);
+    let out = match conn.as_mut().and_then(|l| l.layer.as_mut()) {
+        Some(layer) => {
+            if let Some(p) = &plain {
+                layer.write_plaintext(p);
+            }
+            layer.poll_transmit().map(Bytes::from)
+        }
+        None => plain,
+    };
+    let Some(out) = out else {
+        if written > 0 {
+            // Taken by the transport, to go out once its handshake is done.
+            shared.lock().driver.handle_written(written);
+        }
         return;
     };
     // A server that stops reading must not hold the driver for ever: the write gives up
     // after the call timeout (the connection is then lost, and redialled), or at once when the
     // application stops the client.
     let ok = match conn.as_mut() {
-        Some(s) => {
+        Some(l) => {
             future::or(
                 async {
-                    within::<R, _>(shared.timeout, R::write_all(s, &out))
+                    within::<R, _>(shared.timeout, R::write_all(&mut l.stream, &out))
                         .await
                         .is_some_and(|r| r.is_ok())
                 },
@@ -446,7 +518,7 @@ async fn write_out<R: Runtime>(shared: &Shared<R>, conn: &mut Option<R::Transpor
     };
     let mut st = shared.lock();
     if ok {
-        st.driver.handle_written(out.len());
+        st.driver.handle_written(written);
     } else {
         *conn = None;
         st.driver.handle_closed(shared.now());

@@ -24,11 +24,8 @@ use bytes::BytesMut;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "server")]
 pub mod tls;
-#[cfg(feature = "server")]
 pub mod transport;
-#[cfg(feature = "server")]
 pub mod ws;
 
 pub use client::Client;

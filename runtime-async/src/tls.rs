@@ -15,6 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig as RustlsConfig, ServerConnection, WebPkiClientVerifier};
 use rustls::{RootCertStore, SupportedProtocolVersion};
+use ternmq_core::client::driver::TlsOptions;
 use ternmq_core::codec::MqttStr;
 
 use crate::transport::{Received, Refused, Transform};
@@ -171,43 +172,8 @@ impl fmt::Debug for TlsSession {
 impl Transform for TlsSession {
     /// Ciphertext read from the socket: the plaintext it carried is appended to `plain`. A
     /// peer that breaks TLS gets the alert that says why, in [`poll_transmit`](Self::poll_transmit).
-    fn handle_input(
-        &mut self,
-        mut cipher: &[u8],
-        plain: &mut BytesMut,
-    ) -> Result<Received, Refused> {
-        let mut received = Received::default();
-        while !cipher.is_empty() {
-            match self.conn.read_tls(&mut cipher) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => return Err(Refused(format!("TLS: {e}"))),
-            }
-            let state =
-                self.conn.process_new_packets().map_err(|e| Refused(format!("TLS: {e}")))?;
-            let mut want = state.plaintext_bytes_to_read();
-            while want > 0 {
-                let at = plain.len();
-                plain.resize(at + want, 0);
-                match self.conn.reader().read(&mut plain[at..]) {
-                    Ok(n) => {
-                        plain.truncate(at + n);
-                        want = want.saturating_sub(n);
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                    Err(_) => {
-                        plain.truncate(at);
-                        break;
-                    }
-                }
-            }
-            if state.peer_has_closed() {
-                received.closed = true;
-            }
-        }
-        Ok(received)
+    fn handle_input(&mut self, cipher: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
+        take_input(&mut self.conn, cipher, plain)
     }
 
     /// Plaintext to send (after the handshake; before it, it waits in the session).
@@ -223,16 +189,7 @@ impl Transform for TlsSession {
 
     /// Ciphertext to write to the socket now, if any: handshake messages, records, alerts.
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if !self.conn.wants_write() {
-            return None;
-        }
-        let mut out = Vec::new();
-        while self.conn.wants_write() {
-            if self.conn.write_tls(&mut out).is_err() {
-                break;
-            }
-        }
-        (!out.is_empty()).then_some(out)
+        take_output(&mut self.conn)
     }
 
     /// Once the handshake is done, and only once: the client certificate's common name, if the
@@ -252,4 +209,234 @@ fn common_name(der: &[u8]) -> Option<MqttStr> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
     MqttStr::new(cn).ok()
+}
+
+// ------------------------------------------------------------------ the client's side
+
+/// A client's TLS configuration, made from [`TlsOptions`]; cheap to clone, one per client,
+/// a new [`TlsClientSession`] from it for every connection.
+#[derive(Clone)]
+pub struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnector").field("server_name", &self.server_name).finish()
+    }
+}
+
+impl TlsConnector {
+    /// The configuration for `options`, to reach `host`; an error names the file or option
+    /// that is wrong.
+    pub fn new(options: &TlsOptions, host: &str) -> io::Result<TlsConnector> {
+        let provider = Arc::new(provider());
+        let versions: &[&SupportedProtocolVersion] = match options.min_version.as_deref() {
+            None | Some("1.2") => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            Some("1.3") => &[&rustls::version::TLS13],
+            Some(other) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("unknown TLS version {other:?}; use \"1.2\" or \"1.3\""),
+                ));
+            }
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)
+            .map_err(io::Error::other)?;
+        let builder = if options.danger_accept_invalid_certs {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+        } else {
+            builder.with_root_certificates(roots(options)?)
+        };
+        let mut config = match (&options.cert_file, &options.key_file) {
+            (Some(cert), Some(key)) => {
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, e))?;
+                builder.with_client_auth_cert(certs(cert)?, key).map_err(|e| invalid(cert, e))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a client certificate needs both its certificate and its key file",
+                ));
+            }
+        };
+        config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let name = options.server_name.as_deref().unwrap_or(host);
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{name:?} is no server name"))
+            })?;
+        Ok(TlsConnector { config: Arc::new(config), server_name })
+    }
+
+    /// A session for a new connection.
+    pub fn session(&self) -> io::Result<TlsClientSession> {
+        let mut conn =
+            rustls::ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())
+                .map_err(io::Error::other)?;
+        conn.set_buffer_limit(None);
+        Ok(TlsClientSession { conn })
+    }
+}
+
+/// The CAs a client trusts: its files, or the system's.
+fn roots(options: &TlsOptions) -> io::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    if let Some(file) = &options.ca_file {
+        for cert in certs(file)? {
+            roots.add(cert).map_err(|e| invalid(file, e))?;
+        }
+    }
+    if let Some(dir) = &options.ca_path {
+        let entries = std::fs::read_dir(dir).map_err(|e| invalid(dir, e))?;
+        for entry in entries.flatten() {
+            // Files that hold no certificate (hash links' targets aside) are passed over.
+            if let Ok(certs) = certs(&entry.path()) {
+                for cert in certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+    }
+    if options.ca_file.is_none() && options.ca_path.is_none() {
+        let found = rustls_native_certs::load_native_certs();
+        for cert in found.certs {
+            let _ = roots.add(cert);
+        }
+    }
+    if roots.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no CA certificate to trust: give a CA file or directory (the system has none)",
+        ));
+    }
+    Ok(roots)
+}
+
+/// Accepts every server certificate: `danger_accept_invalid_certs`. Signatures are still
+/// checked, so the handshake itself is sound; who the server is, is not.
+#[derive(Debug)]
+struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One client connection's TLS.
+pub struct TlsClientSession {
+    conn: rustls::ClientConnection,
+}
+
+impl fmt::Debug for TlsClientSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsClientSession")
+            .field("handshaking", &self.conn.is_handshaking())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transform for TlsClientSession {
+    fn handle_input(&mut self, cipher: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
+        take_input(&mut self.conn, cipher, plain)
+    }
+
+    fn write_plaintext(&mut self, plain: &[u8]) {
+        let _ = self.conn.writer().write_all(plain);
+    }
+
+    fn close(&mut self) {
+        self.conn.send_close_notify();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        take_output(&mut self.conn)
+    }
+}
+
+/// Ciphertext read from the socket, into either side's connection: the plaintext it carried
+/// is appended to `plain`.
+fn take_input<D>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    mut cipher: &[u8],
+    plain: &mut BytesMut,
+) -> Result<Received, Refused> {
+    let mut received = Received::default();
+    while !cipher.is_empty() {
+        match conn.read_tls(&mut cipher) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Refused(format!("TLS: {e}"))),
+        }
+        let state = conn.process_new_packets().map_err(|e| Refused(format!("TLS: {e}")))?;
+        let mut want = state.plaintext_bytes_to_read();
+        while want > 0 {
+            let at = plain.len();
+            plain.resize(at + want, 0);
+            let n = conn.reader().read(&mut plain[at..]).unwrap_or(0);
+            plain.truncate(at + n);
+            if n == 0 {
+                break;
+            }
+            want -= n.min(want);
+        }
+        if state.peer_has_closed() {
+            received.closed = true;
+        }
+    }
+    Ok(received)
+}
+
+/// What either side's connection has to write to the socket, if anything.
+fn take_output<D>(conn: &mut rustls::ConnectionCommon<D>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        if conn.write_tls(&mut out).is_err() {
+            break;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }

@@ -5,9 +5,14 @@
 //! protocol stays the core's.
 
 use std::fmt;
+use std::io;
 
 use bytes::BytesMut;
+use ternmq_core::client::driver::ConnectOptions;
 use ternmq_core::codec::MqttStr;
+
+use crate::tls::TlsConnector;
+use crate::ws::WsClientSession;
 
 /// A transport's side of one connection.
 pub trait Transform: Send + 'static {
@@ -104,5 +109,62 @@ impl<O: Transform, I: Transform> Transform for Stack<O, I> {
 
     fn poll_identity(&mut self) -> Option<MqttStr> {
         self.outer.poll_identity()
+    }
+}
+
+/// What a client speaks over the byte stream its dialer opens, from its [`ConnectOptions`]:
+/// TLS, WebSocket, WebSocket over TLS, or nothing but MQTT. Made once per client (the TLS
+/// configuration is read then), a session from it for every connection.
+#[derive(Clone, Debug)]
+pub struct ClientTransport {
+    tls: Option<TlsConnector>,
+    /// The WebSocket host, port and path.
+    ws: Option<(String, u16, String)>,
+}
+
+impl ClientTransport {
+    /// The transport `options` ask for, or `None` for plain MQTT; an error names the TLS file
+    /// or option that is wrong.
+    pub fn new(options: &ConnectOptions) -> io::Result<Option<ClientTransport>> {
+        let tls = options.tls.as_ref().map(|t| TlsConnector::new(t, &options.host)).transpose()?;
+        let ws = options.ws_path.clone().map(|p| (options.host.clone(), options.port, p));
+        Ok((tls.is_some() || ws.is_some()).then_some(ClientTransport { tls, ws }))
+    }
+
+    /// A session for a new connection.
+    pub fn session(&self) -> io::Result<Box<dyn Transform>> {
+        let ws = self
+            .ws
+            .as_ref()
+            .map(|(host, port, path)| WsClientSession::new(host, *port, path, self.tls.is_some()))
+            .transpose()?;
+        Ok(match (&self.tls, ws) {
+            (Some(tls), None) => Box::new(tls.session()?),
+            (None, Some(ws)) => Box::new(ws),
+            (Some(tls), Some(ws)) => Box::new(Stack::new(tls.session()?, ws)),
+            (None, None) => Box::new(Nothing(Vec::new())),
+        })
+    }
+}
+
+/// No transform at all (a [`ClientTransport`] always has one of TLS or WebSocket; this only
+/// keeps `session` total).
+#[derive(Debug)]
+struct Nothing(Vec<u8>);
+
+impl Transform for Nothing {
+    fn handle_input(&mut self, input: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
+        plain.extend_from_slice(input);
+        Ok(Received::default())
+    }
+
+    fn write_plaintext(&mut self, plain: &[u8]) {
+        self.0.extend_from_slice(plain);
+    }
+
+    fn close(&mut self) {}
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        (!self.0.is_empty()).then(|| std::mem::take(&mut self.0))
     }
 }

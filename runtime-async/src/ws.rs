@@ -12,6 +12,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use bytes::{Bytes, BytesMut};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response, ServerHandshake};
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::http::{HeaderValue, StatusCode};
@@ -135,14 +137,46 @@ impl WsSession {
         let mid = ServerHandshake::start(Pipe::default(), check, Some(config));
         WsSession { state: State::Upgrading(Some(Box::new(mid))), output: Vec::new() }
     }
+}
 
-    /// Ends the session with a close frame that says why, and refuses the connection.
-    fn fail(ws: &mut WebSocket<Pipe>, code: CloseCode, why: &str) -> Refused {
-        let frame = CloseFrame { code, reason: why.into() };
-        let _ = ws.close(Some(frame));
-        let _ = ws.flush();
-        Refused(format!("WebSocket: {why}"))
+/// Ends the session with a close frame that says why, and refuses the connection.
+fn fail(ws: &mut WebSocket<Pipe>, code: CloseCode, why: &str) -> Refused {
+    let frame = CloseFrame { code, reason: why.into() };
+    let _ = ws.close(Some(frame));
+    let _ = ws.flush();
+    Refused(format!("WebSocket: {why}"))
+}
+
+/// Bytes from the socket into an open WebSocket, either side's: the MQTT bytes its binary
+/// frames carry are appended to `plain`.
+fn read_frames(
+    ws: &mut WebSocket<Pipe>,
+    input: &[u8],
+    plain: &mut BytesMut,
+) -> Result<Received, Refused> {
+    ws.get_mut().input.extend(input);
+    let mut received = Received::default();
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => plain.extend_from_slice(&b),
+            Ok(Message::Text(_)) => {
+                return Err(fail(ws, CloseCode::Unsupported, "text frames carry no MQTT"));
+            }
+            Ok(Message::Close(_)) => received.closed = true,
+            // Pings are answered by tungstenite, on the next flush.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                received.closed = true;
+                break;
+            }
+            Err(WsError::Capacity(e)) => return Err(fail(ws, CloseCode::Size, &e.to_string())),
+            Err(e) => return Err(fail(ws, CloseCode::Protocol, &e.to_string())),
+        }
     }
+    // Pongs and the answer to a close frame.
+    let _ = ws.flush();
+    Ok(received)
 }
 
 /// An HTTP answer to a request that cannot be upgraded.
@@ -212,35 +246,7 @@ impl Transform for WsSession {
         let State::Open(ws) = &mut self.state else {
             return Ok(Received { closed: true });
         };
-        ws.get_mut().input.extend(input);
-        let mut received = Received::default();
-        loop {
-            match ws.read() {
-                Ok(Message::Binary(b)) => plain.extend_from_slice(&b),
-                Ok(Message::Text(_)) => {
-                    return Err(Self::fail(
-                        ws,
-                        CloseCode::Unsupported,
-                        "text frames carry no MQTT",
-                    ));
-                }
-                Ok(Message::Close(_)) => received.closed = true,
-                // Pings are answered by tungstenite, on the next flush.
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    received.closed = true;
-                    break;
-                }
-                Err(WsError::Capacity(e)) => {
-                    return Err(Self::fail(ws, CloseCode::Size, &e.to_string()));
-                }
-                Err(e) => return Err(Self::fail(ws, CloseCode::Protocol, &e.to_string())),
-            }
-        }
-        // Pongs and the answer to a close frame.
-        let _ = ws.flush();
-        Ok(received)
+        read_frames(ws, input, plain)
     }
 
     fn write_plaintext(&mut self, plain: &[u8]) {
@@ -263,6 +269,112 @@ impl Transform for WsSession {
             _ => Vec::new(),
         };
         let out = if out.is_empty() { std::mem::take(&mut self.output) } else { out };
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+// ------------------------------------------------------------------ the client's side
+
+/// One client connection's WebSocket: the upgrade request (offering the "mqtt" subprotocol),
+/// then MQTT bytes in masked binary frames. What the client writes before the server has
+/// accepted the upgrade waits, and goes out once it has.
+pub struct WsClientSession {
+    upgrading: Option<Box<MidHandshake<ClientHandshake<Pipe>>>>,
+    open: Option<Box<WebSocket<Pipe>>>,
+    /// Written before the upgrade was accepted.
+    waiting: Vec<Bytes>,
+}
+
+impl fmt::Debug for WsClientSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsClientSession").field("open", &self.open.is_some()).finish()
+    }
+}
+
+impl WsClientSession {
+    /// A session that asks `host:port` for an upgrade at `path` (`tls`: the URL says wss).
+    pub fn new(host: &str, port: u16, path: &str, tls: bool) -> io::Result<WsClientSession> {
+        let scheme = if tls { "wss" } else { "ws" };
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        let mut request = format!("{scheme}://{host}:{port}{path}")
+            .into_client_request()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+        let mut config = WebSocketConfig::default();
+        config.read_buffer_size = 4096;
+        config.write_buffer_size = 0;
+        let mid = ClientHandshake::start(Pipe::default(), request, Some(config))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let mut session =
+            WsClientSession { upgrading: Some(Box::new(mid)), open: None, waiting: Vec::new() };
+        // Writes the request.
+        session.step(&[]).map_err(|e| io::Error::other(e.0))?;
+        Ok(session)
+    }
+
+    /// Feeds the upgrade what came; opens the session once it is accepted.
+    fn step(&mut self, input: &[u8]) -> Result<(), Refused> {
+        let Some(mut mid) = self.upgrading.take() else {
+            return Ok(());
+        };
+        mid.get_mut().get_mut().input.extend(input);
+        match mid.handshake() {
+            Ok((mut ws, _response)) => {
+                for b in self.waiting.drain(..) {
+                    let _ = ws.send(Message::Binary(b));
+                }
+                self.open = Some(Box::new(ws));
+                Ok(())
+            }
+            Err(HandshakeError::Interrupted(mid)) => {
+                self.upgrading = Some(Box::new(mid));
+                Ok(())
+            }
+            Err(HandshakeError::Failure(e)) => Err(Refused(format!("WebSocket upgrade: {e}"))),
+        }
+    }
+}
+
+impl Transform for WsClientSession {
+    fn handle_input(&mut self, input: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
+        if self.upgrading.is_some() {
+            // The upgrade keeps what came after the server's answer for the frames.
+            return self.step(input).map(|()| Received::default()).and_then(|r| {
+                match &mut self.open {
+                    Some(ws) => read_frames(ws, &[], plain),
+                    None => Ok(r),
+                }
+            });
+        }
+        match &mut self.open {
+            Some(ws) => read_frames(ws, input, plain),
+            None => Ok(Received { closed: true }),
+        }
+    }
+
+    fn write_plaintext(&mut self, plain: &[u8]) {
+        let b = Bytes::copy_from_slice(plain);
+        match &mut self.open {
+            Some(ws) => {
+                let _ = ws.send(Message::Binary(b));
+            }
+            None => self.waiting.push(b),
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(ws) = &mut self.open {
+            let _ = ws.close(None);
+            let _ = ws.flush();
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let out = match (&mut self.upgrading, &mut self.open) {
+            (Some(mid), _) => std::mem::take(&mut mid.get_mut().get_mut().output),
+            (None, Some(ws)) => std::mem::take(&mut ws.get_mut().output),
+            (None, None) => Vec::new(),
+        };
         (!out.is_empty()).then_some(out)
     }
 }

@@ -361,7 +361,7 @@ impl fmt::Debug for SyncClient {
 impl SyncClient {
     /// Connects and waits for the server to accept.
     pub fn connect(options: ConnectOptions) -> Result<SyncClient, Error> {
-        let dial = tcp_dialer(options.host.clone(), options.port);
+        let dial = transport::dialer(&options)?;
         Self::connect_inner(options, dial, None)
     }
 
@@ -380,7 +380,7 @@ impl SyncClient {
         options: ConnectOptions,
         trace: impl FnMut(Direction, &Packet) + Send + 'static,
     ) -> Result<SyncClient, Error> {
-        let dial = tcp_dialer(options.host.clone(), options.port);
+        let dial = transport::dialer(&options)?;
         Self::connect_inner(options, dial, Some(Box::new(trace)))
     }
 

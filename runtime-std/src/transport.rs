@@ -8,8 +8,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use bytes::BytesMut;
+use ternmq_async::transport::{ClientTransport, Transform};
+use ternmq_core::client::driver::ConnectOptions;
 
 /// The reading half of a connected transport, owned by the client's I/O thread.
 pub trait TransportReader: Send + 'static {
@@ -80,4 +84,112 @@ pub fn tcp_dialer(host: impl Into<String>, port: u16) -> Dialer {
             .map_err(|e| ternmq_core::client::driver::dial_error(e, &host, port))
             .and_then(Transport::tcp)
     })
+}
+
+/// A TCP stream with TLS or WebSocket over it. Both halves share the transport's state behind
+/// one lock, under which every write to the socket happens too, so that records and frames
+/// written by the reader (handshake messages, pongs) and by callers never interleave.
+struct Layered {
+    transform: Box<dyn Transform>,
+    stream: TcpStream,
+}
+
+impl Layered {
+    /// Writes what the transport has to send.
+    fn flush(&mut self) -> io::Result<()> {
+        while let Some(out) = self.transform.poll_transmit() {
+            Write::write_all(&mut self.stream, &out)?;
+        }
+        Ok(())
+    }
+}
+
+fn locked(shared: &Mutex<Layered>) -> MutexGuard<'_, Layered> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct LayeredReader {
+    stream: TcpStream,
+    shared: Arc<Mutex<Layered>>,
+    /// MQTT bytes through the transport and not yet read.
+    plain: BytesMut,
+    raw: Vec<u8>,
+}
+
+impl TransportReader for LayeredReader {
+    fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        if self.plain.is_empty() {
+            self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+            self.raw.resize(16 * 1024, 0);
+            let n = self.stream.read(&mut self.raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut layered = locked(&self.shared);
+            let received = layered.transform.handle_input(&self.raw[..n], &mut self.plain);
+            layered.flush()?;
+            let received = received.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if received.closed && self.plain.is_empty() {
+                return Ok(0);
+            }
+            if self.plain.is_empty() {
+                // Only the transport's own business (a handshake, a ping): nothing to read yet.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+        let n = buf.len().min(self.plain.len());
+        buf[..n].copy_from_slice(&self.plain.split_to(n));
+        Ok(n)
+    }
+}
+
+struct LayeredWriter(Arc<Mutex<Layered>>);
+
+impl TransportWriter for LayeredWriter {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut layered = locked(&self.0);
+        layered.transform.write_plaintext(buf);
+        layered.flush()
+    }
+
+    fn shutdown(&mut self) {
+        let mut layered = locked(&self.0);
+        layered.transform.close();
+        let _ = layered.flush();
+        let _ = TcpStream::shutdown(&layered.stream, Shutdown::Both);
+    }
+}
+
+impl Transport {
+    /// A TCP stream with `transform` (TLS, WebSocket) over it.
+    pub fn layered(stream: TcpStream, transform: Box<dyn Transform>) -> io::Result<Transport> {
+        stream.set_nodelay(true)?;
+        let reader = stream.try_clone()?;
+        let mut layered = Layered { transform, stream };
+        // A client speaks first: a TLS ClientHello, a WebSocket upgrade request.
+        layered.flush()?;
+        let shared = Arc::new(Mutex::new(layered));
+        let reader = LayeredReader {
+            stream: reader,
+            shared: Arc::clone(&shared),
+            plain: BytesMut::new(),
+            raw: Vec::new(),
+        };
+        Ok(Transport { reader: Box::new(reader), writer: Box::new(LayeredWriter(shared)) })
+    }
+}
+
+/// The [`Dialer`] `options` ask for: TCP to their host and port, with TLS and WebSocket over
+/// it when they say so (`mqtts://`, `ws://`, `wss://`). An error names the TLS file or option
+/// that is wrong.
+pub fn dialer(options: &ConnectOptions) -> io::Result<Dialer> {
+    let Some(transport) = ClientTransport::new(options)? else {
+        return Ok(tcp_dialer(options.host.clone(), options.port));
+    };
+    let (host, port) = (options.host.clone(), options.port);
+    Ok(Arc::new(move || {
+        let stream = TcpStream::connect((host.as_str(), port))
+            .map_err(|e| ternmq_core::client::driver::dial_error(e, &host, port))?;
+        Transport::layered(stream, transport.session()?)
+    }))
 }

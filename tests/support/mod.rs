@@ -268,3 +268,58 @@ pub(crate) fn serve(
         other => panic!("no runtime {other}"),
     }
 }
+
+/// Waits for `fut` at most `timeout` (on smol's timer, so on any executor).
+pub(crate) async fn within<T>(
+    timeout: std::time::Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    smol::future::or(async { Some(fut.await) }, async {
+        smol::Timer::after(timeout).await;
+        None
+    })
+    .await
+}
+
+/// With the client of runtime `client` ("std", "tokio" or "smol") connected with `options`:
+/// subscribes to `topic`, publishes at QoS 2 and receives the message exactly once.
+pub(crate) fn round_trip(client: &str, options: ternmq::blocking::ConnectOptions, topic: &str) {
+    use ternmq::codec::{QoS, ReasonCode};
+    let second = std::time::Duration::from_millis(200);
+    let ten = std::time::Duration::from_secs(10);
+    match client {
+        "std" => {
+            let c = ternmq::blocking::SyncClient::connect(options).unwrap();
+            assert_eq!(c.subscribe(topic, QoS::ExactlyOnce).unwrap(), ReasonCode::GrantedQoS2);
+            c.publish(topic, "payload", QoS::ExactlyOnce).unwrap();
+            let m = c.recv_timeout(ten).expect("the message");
+            assert_eq!((&m.payload[..], m.qos), (&b"payload"[..], QoS::ExactlyOnce));
+            assert!(c.recv_timeout(second).is_none(), "exactly once");
+            c.disconnect().unwrap();
+        }
+        "tokio" => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let c = ternmq::tokio::Client::connect(options).await.unwrap();
+                let granted = c.subscribe(topic, QoS::ExactlyOnce).await.unwrap();
+                assert_eq!(granted, ReasonCode::GrantedQoS2);
+                c.publish(topic, "payload", QoS::ExactlyOnce).await.unwrap();
+                let m = within(ten, c.next_message()).await.flatten().expect("the message");
+                assert_eq!((&m.payload[..], m.qos), (&b"payload"[..], QoS::ExactlyOnce));
+                assert!(within(second, c.next_message()).await.is_none(), "exactly once");
+                c.disconnect().await.unwrap();
+            });
+        }
+        "smol" => smol::block_on(async {
+            let c = ternmq::smol::Client::connect(options).await.unwrap();
+            let granted = c.subscribe(topic, QoS::ExactlyOnce).await.unwrap();
+            assert_eq!(granted, ReasonCode::GrantedQoS2);
+            c.publish(topic, "payload", QoS::ExactlyOnce).await.unwrap();
+            let m = within(ten, c.next_message()).await.flatten().expect("the message");
+            assert_eq!((&m.payload[..], m.qos), (&b"payload"[..], QoS::ExactlyOnce));
+            assert!(within(second, c.next_message()).await.is_none(), "exactly once");
+            c.disconnect().await.unwrap();
+        }),
+        other => panic!("no client {other}"),
+    }
+}

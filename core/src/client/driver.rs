@@ -44,7 +44,8 @@
 //! reconnect.
 
 use alloc::collections::{BTreeMap, VecDeque};
-use alloc::string::String;
+use alloc::format;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -96,6 +97,150 @@ pub struct ConnectOptions {
     /// Answers the server's AUTH challenges when `connect` has an Authentication Method
     /// (MQTT 5 enhanced authentication).
     pub auth: Option<Arc<dyn AuthHandler>>,
+    /// TLS to the server (`mqtts://`, `wss://`); `None` for none.
+    pub tls: Option<TlsOptions>,
+    /// MQTT over WebSocket at this path (`ws://`, `wss://`); `None` for MQTT over the stream.
+    pub ws_path: Option<String>,
+}
+
+/// How a client speaks TLS to the server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM CA certificates to trust; with neither this nor `ca_path`, the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A directory of PEM CA certificates to trust (each file in it).
+    pub ca_path: Option<std::path::PathBuf>,
+    /// The client's PEM certificate chain, for servers that ask for one.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's PEM private key.
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name the server's certificate must have; the host when `None`.
+    pub server_name: Option<String>,
+    /// ALPN protocols to offer (for example `mqtt`); none when empty.
+    pub alpn: Vec<String>,
+    /// The lowest TLS version: `"1.2"` (the default) or `"1.3"`.
+    pub min_version: Option<String>,
+    /// Accepts any server certificate, whoever signed it and whatever its name: anyone between
+    /// the client and the server can read and change everything. For tests only.
+    pub danger_accept_invalid_certs: bool,
+}
+
+/// Why a URL names no MQTT server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlError(pub String);
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+/// What a server URL says: `mqtt://`, `mqtts://`, `ws://` or `wss://`, optional
+/// `user[:password]@`, the host (an IPv6 address in brackets), an optional port (1883, 8883,
+/// 80 and 443 by default) and, for WebSocket, the path (default `/mqtt`); for `mqtt(s)://`, the
+/// path is a topic, as in `mosquitto_pub -L`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// The host name or address (brackets taken off an IPv6 address).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Whether the scheme asks for TLS.
+    pub tls: bool,
+    /// The WebSocket path, for `ws://` and `wss://`.
+    pub ws_path: Option<String>,
+    /// The user name, percent-decoded.
+    pub username: Option<String>,
+    /// The password, percent-decoded.
+    pub password: Option<String>,
+    /// For `mqtt(s)://`: the path without its leading `/`, percent-decoded (a topic).
+    pub topic: Option<String>,
+}
+
+fn percent_decode(s: &str) -> Result<String, UrlError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex =
+                s.get(i + 1..i + 3).ok_or_else(|| UrlError(format!("bad escape in {s:?}")))?;
+            let b = u8::from_str_radix(hex, 16)
+                .map_err(|_| UrlError(format!("bad escape %{hex} in {s:?}")))?;
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| UrlError(format!("{s:?} is not UTF-8 once decoded")))
+}
+
+impl ServerUrl {
+    /// Parses `url`; the error says what is wrong.
+    pub fn parse(url: &str) -> Result<ServerUrl, UrlError> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            UrlError(format!("{url:?}: no scheme (mqtt://, mqtts://, ws://, wss://)"))
+        })?;
+        let (tls, ws, default_port) = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => (false, false, 1883),
+            "mqtts" | "ssl" | "tls" => (true, false, 8883),
+            "ws" => (false, true, 80),
+            "wss" => (true, true, 443),
+            other => {
+                return Err(UrlError(format!(
+                    "{url:?}: unknown scheme {other:?}; use mqtt, mqtts, ws or wss"
+                )));
+            }
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(u) => match u.split_once(':') {
+                Some((user, pass)) => (Some(percent_decode(user)?), Some(percent_decode(pass)?)),
+                None => (Some(percent_decode(u)?), None),
+            },
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (addr, after) = v6
+                .split_once(']')
+                .ok_or_else(|| UrlError(format!("{url:?}: an IPv6 address without its ]")))?;
+            match after.strip_prefix(':') {
+                Some(p) => (addr, Some(p)),
+                None if after.is_empty() => (addr, None),
+                None => return Err(UrlError(format!("{url:?}: junk after the IPv6 address"))),
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(UrlError(format!("{url:?}: no host")));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| UrlError(format!("{url:?}: bad port {p:?}")))?,
+            None => default_port,
+        };
+        let (ws_path, topic) = if ws {
+            (Some(path.filter(|p| *p != "/").unwrap_or("/mqtt").to_string()), None)
+        } else {
+            let topic = path.map(|p| percent_decode(&p[1..])).transpose()?;
+            (None, topic.filter(|t| !t.is_empty()))
+        };
+        Ok(ServerUrl { host: host.to_string(), port, tls, ws_path, username, password, topic })
+    }
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -108,6 +253,8 @@ impl fmt::Debug for ConnectOptions {
             .field("timeout", &self.timeout)
             .field("message_buffer", &self.message_buffer)
             .field("auth", &self.auth.is_some())
+            .field("tls", &self.tls)
+            .field("ws_path", &self.ws_path)
             .finish()
     }
 }
@@ -124,7 +271,27 @@ impl ConnectOptions {
             timeout: Duration::from_secs(30),
             message_buffer: 10_000,
             auth: None,
+            tls: None,
+            ws_path: None,
         }
+    }
+
+    /// Options for the server `url` names (see [`ServerUrl`]): its host and port, TLS with the
+    /// system's roots for `mqtts://` and `wss://`, WebSocket at its path for `ws://` and
+    /// `wss://`, and its user name and password in the CONNECT.
+    pub fn from_url(url: &str) -> Result<Self, UrlError> {
+        let u = ServerUrl::parse(url)?;
+        let mut o = Self::new(u.host, u.port);
+        o.tls = u.tls.then(TlsOptions::default);
+        o.ws_path = u.ws_path;
+        if let Some(user) = u.username {
+            o.connect.username =
+                Some(MqttStr::new(&user).map_err(|e| UrlError(format!("user name: {e}")))?);
+        }
+        if let Some(pass) = u.password {
+            o.connect.password = Some(Bytes::from(pass.into_bytes()));
+        }
+        Ok(o)
     }
 }
 
