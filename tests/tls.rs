@@ -352,3 +352,79 @@ fn ternmq_clients_present_client_certificates() {
         support::round_trip(client, o, &format!("certs/{client}"));
     }
 }
+
+/// `ternmq pub` and `sub` with mosquitto_pub's TLS flags and `-L` URLs, and `ternmq bench`
+/// over TLS and WebSocket over TLS, against ternmq's mqtts and wss listeners.
+#[test]
+fn the_cli_speaks_tls_and_websocket_with_mosquittos_flags() {
+    let pki = Pki::new("tls-cli-clients");
+    let ca = pki.path("ca.pem");
+    let mut config = tls_config(pki.settings());
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let tls = TlsAcceptor::new(pki.settings()).unwrap();
+    config.listeners.push(Listener { addr, tls: Some(tls), ws_path: Some("/mqtt".into()) });
+    let (addrs, _running) = serve("tokio", config);
+    let (mqtts, wss) = (addrs[0].port(), addrs[1].port());
+    let ternmq = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_ternmq")).args(args).output();
+    for (sub_url, pub_args) in [
+        (
+            format!("mqtts://127.0.0.1:{mqtts}/cli/a"),
+            vec!["-p".to_string(), mqtts.to_string(), "-t".into(), "cli/a".into()],
+        ),
+        (
+            format!("wss://127.0.0.1:{wss}/cli/b"),
+            vec!["-L".to_string(), format!("wss://127.0.0.1:{wss}/cli/b")],
+        ),
+    ] {
+        let sub = Command::new(env!("CARGO_BIN_EXE_ternmq"))
+            .args(["sub", "-L", &sub_url, "--cafile", path(&ca), "-C", "1", "-W", "10"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut args = vec!["pub", "--cafile", path(&ca), "-q", "1", "-m", "via the cli"];
+        args.extend(pub_args.iter().map(String::as_str));
+        let published = ternmq(&args).unwrap();
+        assert!(published.status.success(), "{sub_url}: {published:?}");
+        let out = sub.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "via the cli",
+            "{sub_url}: {out:?}"
+        );
+    }
+    // --capath: a directory that holds the CA.
+    let port = mqtts.to_string();
+    let capath = ternmq(&["pub", "-p", &port, "--capath", path(&pki.dir.0), "-t", "x", "-m", "y"]);
+    let capath = capath.unwrap();
+    assert!(capath.status.success(), "--capath: {capath:?}");
+    // A CA that did not sign the broker's certificate: a clear failure, at once.
+    let other = pki.stranger("cli");
+    let untrusted = ternmq(&["pub", "-p", &port, "--cafile", path(&other.0), "-t", "x", "-m", "y"]);
+    let untrusted = untrusted.unwrap();
+    assert!(!untrusted.status.success(), "a broker with an unknown CA was trusted");
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(err.contains("certificate"), "{err}");
+    // The bench over TLS and over WebSocket over TLS.
+    for url in [format!("mqtts://127.0.0.1:{mqtts}"), format!("wss://127.0.0.1:{wss}")] {
+        let bench = ternmq(&[
+            "bench",
+            "-L",
+            &url,
+            "--cafile",
+            path(&ca),
+            "-s",
+            "fan-in",
+            "-n",
+            "200",
+            "-q",
+            "1",
+            "--publishers",
+            "2",
+        ])
+        .unwrap();
+        assert!(bench.status.success(), "{url}: {}", String::from_utf8_lossy(&bench.stderr));
+        assert!(String::from_utf8_lossy(&bench.stdout).contains("fan-in"), "{url}");
+    }
+}

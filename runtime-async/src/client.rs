@@ -148,6 +148,8 @@ impl<R: Runtime> Client<R> {
             Some(stream) => stream?,
             None => return Err(Error::Timeout),
         };
+        let link = Link::<R>::establish(transport.as_ref(), stream, options.timeout, &options.host)
+            .await?;
         let (tx, rx) = channel::bounded(options.message_buffer.max(1));
         let (connected_tx, connected_rx) = channel::bounded(1);
         let (wake_tx, wake_rx) = channel::bounded(1);
@@ -173,7 +175,7 @@ impl<R: Runtime> Client<R> {
             let now = shared.now();
             st.driver.connect(now, options.connect).map_err(Error::from)?;
         }
-        R::spawn(drive(Arc::clone(&shared), stream, tx));
+        R::spawn(drive(Arc::clone(&shared), link, tx));
         let owner = Arc::new(Owner(Arc::clone(&shared)));
         let client = Client { shared, _owner: owner };
         let answer =
@@ -348,12 +350,8 @@ enum Woke {
 }
 
 /// The driver task: the run loop of the core client on one TCP connection at a time.
-async fn drive<R: Runtime>(
-    shared: Arc<Shared<R>>,
-    stream: R::Transport,
-    messages: Sender<Publish>,
-) {
-    let mut conn = Link::<R>::new(&shared, stream);
+async fn drive<R: Runtime>(shared: Arc<Shared<R>>, link: Link<R>, messages: Sender<Publish>) {
+    let mut conn = Some(link);
     // A packet split across reads waits here for its rest.
     let mut input = BytesMut::new();
     loop {
@@ -376,18 +374,24 @@ async fn drive<R: Runtime>(
             break;
         }
         if next.redial {
-            let result = (shared.dial)().await;
+            let result = match (shared.dial)().await {
+                Ok(s) => {
+                    let transport = shared.transport.as_ref();
+                    Link::<R>::establish(transport, s, shared.timeout, &shared.host).await
+                }
+                Err(e) => Err(e),
+            };
             let mut st = shared.lock();
             match result {
-                Ok(s) => match Link::<R>::new(&shared, s) {
-                    Some(link) => {
-                        conn = Some(link);
-                        input.clear();
-                        st.driver.handle_reconnected(shared.now());
-                    }
-                    None => st.driver.handle_dial_failed(shared.now()),
-                },
-                Err(_) => st.driver.handle_dial_failed(shared.now()),
+                Ok(link) => {
+                    conn = Some(link);
+                    input.clear();
+                    st.driver.handle_reconnected(shared.now());
+                }
+                Err(e) => {
+                    log::debug!("reconnecting to {}: {e}", shared.host);
+                    st.driver.handle_dial_failed(shared.now());
+                }
             }
             continue;
         }
@@ -461,17 +465,48 @@ struct Link<R: Runtime> {
 }
 
 impl<R: Runtime> Link<R> {
-    /// A new connection over `stream`, with a new transport session when the client has one;
-    /// `None` (logged) when the session cannot be made.
-    fn new(shared: &Shared<R>, stream: R::Transport) -> Option<Link<R>> {
-        let layer = match shared.transport.as_ref().map(ClientTransport::session).transpose() {
-            Ok(layer) => layer,
-            Err(e) => {
-                log::warn!("no transport to {}: {e}", shared.host);
-                return None;
+    /// A connection over `stream`, with a new `transport` session when there is one, its
+    /// handshakes (TLS, the WebSocket upgrade) done within `timeout`: a refusal is an error
+    /// that says why, naming `host`.
+    async fn establish(
+        transport: Option<&ClientTransport>,
+        mut stream: R::Transport,
+        timeout: Duration,
+        host: &str,
+    ) -> io::Result<Link<R>> {
+        let Some(transport) = transport else {
+            return Ok(Link { stream, layer: None, raw: BytesMut::new() });
+        };
+        let mut layer = transport.session()?;
+        let mut raw = BytesMut::new();
+        let mut plain = BytesMut::new();
+        let handshake = async {
+            loop {
+                if let Some(out) = layer.poll_transmit() {
+                    R::write_all(&mut stream, &out).await?;
+                }
+                if layer.is_ready() {
+                    return Ok(());
+                }
+                if R::read(&mut stream, &mut raw).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the server closed the connection during the handshake",
+                    ));
+                }
+                let through = layer.handle_input(&raw, &mut plain);
+                raw.clear();
+                through.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             }
         };
-        Some(Link { stream, layer, raw: BytesMut::new() })
+        match within::<R, _>(timeout, handshake).await {
+            Some(Ok(())) => Ok(Link { stream, layer: Some(layer), raw: BytesMut::new() }),
+            Some(Err(e)) => Err(io::Error::new(e.kind(), format!("{host}: {e}"))),
+            None => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{host}: the handshake timed out"),
+            )),
+        }
     }
 }
 

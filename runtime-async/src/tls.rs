@@ -384,6 +384,10 @@ impl Transform for TlsClientSession {
         take_input(&mut self.conn, cipher, plain)
     }
 
+    fn is_ready(&self) -> bool {
+        !self.conn.is_handshaking()
+    }
+
     fn write_plaintext(&mut self, plain: &[u8]) {
         let _ = self.conn.writer().write_all(plain);
     }

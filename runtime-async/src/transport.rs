@@ -35,6 +35,12 @@ pub trait Transform: Send + 'static {
     fn poll_identity(&mut self) -> Option<MqttStr> {
         None
     }
+
+    /// Whether its handshake (TLS, the WebSocket upgrade) is done, so that a client knows the
+    /// connection is up before it reports so.
+    fn is_ready(&self) -> bool {
+        true
+    }
 }
 
 /// What [`Transform::handle_input`] found besides MQTT bytes.
@@ -109,6 +115,10 @@ impl<O: Transform, I: Transform> Transform for Stack<O, I> {
 
     fn poll_identity(&mut self) -> Option<MqttStr> {
         self.outer.poll_identity()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.outer.is_ready() && self.inner.is_ready()
     }
 }
 

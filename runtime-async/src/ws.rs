@@ -369,6 +369,10 @@ impl Transform for WsClientSession {
         }
     }
 
+    fn is_ready(&self) -> bool {
+        self.open.is_some()
+    }
+
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let out = match (&mut self.upgrading, &mut self.open) {
             (Some(mid), _) => std::mem::take(&mut mid.get_mut().get_mut().output),

@@ -47,9 +47,11 @@ pub use server::{
     AsyncAuthenticator, AsyncAuthorizer, Listener, Server, ServerConfig, ShutdownHandle,
     TlsAcceptor, TlsSettings, TlsVersion,
 };
+pub use ternmq_async::transport::{ClientTransport, Transform};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;
 pub use ternmq_core::client::driver::ConnectOptions;
 pub use ternmq_core::client::driver::Error;
+pub use ternmq_core::client::driver::{ServerUrl, TlsOptions};
 #[cfg(feature = "server")]
 pub use ternmq_store::{Durability, StoreConfig};

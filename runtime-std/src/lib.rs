@@ -50,9 +50,11 @@ pub use server::{
     AsyncAuthenticator, AsyncAuthorizer, BlockingAuthenticator, BlockingAuthorizer, Listener,
     Server, ServerConfig, ShutdownHandle, TlsAcceptor, TlsSettings, TlsVersion,
 };
+pub use ternmq_async::transport::{ClientTransport, Transform};
 pub use ternmq_core as core;
 use ternmq_core::client::Event;
 pub use ternmq_core::client::driver::{AuthHandler, ConnectOptions, Error};
+pub use ternmq_core::client::driver::{ServerUrl, TlsOptions};
 pub use ternmq_core::client::{DisconnectReason, ReconnectOptions};
 pub use ternmq_store::{Durability, StoreConfig};
 pub use transport::{Dialer, Transport, TransportReader, TransportWriter, tcp_dialer};

@@ -162,19 +162,40 @@ impl TransportWriter for LayeredWriter {
 
 impl Transport {
     /// A TCP stream with `transform` (TLS, WebSocket) over it.
-    pub fn layered(stream: TcpStream, transform: Box<dyn Transform>) -> io::Result<Transport> {
+    /// The handshakes (TLS, the WebSocket upgrade) are done here, within `timeout`, so that a
+    /// refusal is the dial's error, with its reason.
+    pub fn layered(
+        stream: TcpStream,
+        transform: Box<dyn Transform>,
+        timeout: Duration,
+    ) -> io::Result<Transport> {
         stream.set_nodelay(true)?;
-        let reader = stream.try_clone()?;
+        let mut reader = stream.try_clone()?;
         let mut layered = Layered { transform, stream };
         // A client speaks first: a TLS ClientHello, a WebSocket upgrade request.
         layered.flush()?;
+        let mut plain = BytesMut::new();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut raw = vec![0u8; 16 * 1024];
+        while !layered.transform.is_ready() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake timed out"));
+            }
+            reader.set_read_timeout(Some(left))?;
+            let n = reader.read(&mut raw)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the server closed the connection during the handshake",
+                ));
+            }
+            let received = layered.transform.handle_input(&raw[..n], &mut plain);
+            layered.flush()?;
+            received.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
         let shared = Arc::new(Mutex::new(layered));
-        let reader = LayeredReader {
-            stream: reader,
-            shared: Arc::clone(&shared),
-            plain: BytesMut::new(),
-            raw: Vec::new(),
-        };
+        let reader = LayeredReader { stream: reader, shared: Arc::clone(&shared), plain, raw };
         Ok(Transport { reader: Box::new(reader), writer: Box::new(LayeredWriter(shared)) })
     }
 }
@@ -186,10 +207,11 @@ pub fn dialer(options: &ConnectOptions) -> io::Result<Dialer> {
     let Some(transport) = ClientTransport::new(options)? else {
         return Ok(tcp_dialer(options.host.clone(), options.port));
     };
-    let (host, port) = (options.host.clone(), options.port);
+    let (host, port, timeout) = (options.host.clone(), options.port, options.timeout);
     Ok(Arc::new(move || {
         let stream = TcpStream::connect((host.as_str(), port))
             .map_err(|e| ternmq_core::client::driver::dial_error(e, &host, port))?;
-        Transport::layered(stream, transport.session()?)
+        Transport::layered(stream, transport.session()?, timeout)
+            .map_err(|e| io::Error::new(e.kind(), format!("{host}:{port}: {e}")))
     }))
 }

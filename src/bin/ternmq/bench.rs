@@ -18,7 +18,14 @@ use ternmq::topic::{TopicFilter, TopicName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const USAGE: &str = "\
+use ternmq::tokio::{ClientTransport, ConnectOptions, ServerUrl, Transform};
+
+use crate::tls_flags::{TlsFlags, USAGE as TLS};
+
+/// The usage text, with the TLS flags.
+fn usage() -> String {
+    format!(
+        "\
 usage: ternmq bench [options]
 
 Measures an MQTT broker (any: ternmq, Mosquitto, rumqttd, ...) with one or more scenarios and
@@ -33,7 +40,8 @@ scenarios (-s, default all but idle):
 
 options:
   -h, --host HOST       broker address (default 127.0.0.1)
-  -p, --port N          broker port (default 1883)
+  -p, --port N          broker port (default 1883; 8883 with TLS)
+  -L, --url URL         the broker as mqtt://, mqtts://, ws:// or wss://HOST[:PORT][/PATH]
   -s, --scenario LIST   comma-separated scenarios, or `all`
   -q, --qos N           QoS of the messages, 0, 1 or 2 (default 0)
   -V, --protocol-version 5|311   (default 5)
@@ -49,7 +57,11 @@ options:
       --timeout N       seconds a scenario may take at most (default 60)
       --persistent      subscribers keep sessions (clean start 0, expiry 1 h): with a
                         durable broker their messages are stored before they are acknowledged
-      --help            print this help";
+      --help            print this help
+
+{TLS}"
+    )
+}
 
 #[derive(Clone, Debug)]
 struct Options {
@@ -69,6 +81,8 @@ struct Options {
     window: usize,
     timeout: Duration,
     persistent: bool,
+    /// TLS or WebSocket over each connection.
+    transport: Option<ClientTransport>,
 }
 
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
@@ -89,17 +103,31 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         window: 100,
         timeout: Duration::from_secs(60),
         persistent: false,
+        transport: None,
     };
+    let mut tls = TlsFlags::default();
+    let (mut port_given, mut url_tls, mut url_ws) = (false, false, None::<String>);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
         fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
             v.parse().map_err(|_| format!("{flag}: {v:?} is not a valid number"))
         }
+        if tls.take(flag, &mut value)? {
+            continue;
+        }
         match flag.as_str() {
             "--help" => return Ok(None),
             "-h" | "--host" => o.host = value()?,
-            "-p" | "--port" => o.port = num(flag, value()?)?,
+            "-p" | "--port" => {
+                o.port = num(flag, value()?)?;
+                port_given = true;
+            }
+            "-L" | "--url" => {
+                let u = ServerUrl::parse(&value()?).map_err(|e| format!("{flag} {e}"))?;
+                (o.host, o.port, url_tls, url_ws) = (u.host, u.port, u.tls, u.ws_path);
+                port_given = true;
+            }
             "-s" | "--scenario" => {
                 let v = value()?;
                 o.scenarios = if v == "all" {
@@ -139,9 +167,18 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--window" => o.window = num(flag, value()?)?,
             "--persistent" => o.persistent = true,
             "--timeout" => o.timeout = Duration::from_secs(num(flag, value()?)?),
-            other => return Err(format!("unknown option {other:?}\n\n{USAGE}")),
+            other => return Err(format!("unknown option {other:?}\n\n{}", usage())),
         }
     }
+    if tls.wants_tls() && !port_given {
+        o.port = 8883;
+    }
+    let mut server = ConnectOptions::new(o.host.clone(), o.port);
+    tls.apply(&mut server, url_tls, url_ws.is_some())?;
+    if let Some(path) = url_ws {
+        server.ws_path = Some(path);
+    }
+    o.transport = ClientTransport::new(&server).map_err(|e| e.to_string())?;
     if o.size < HEADER {
         return Err(format!("--size: at least {HEADER} bytes (the payload carries a header)"));
     }
@@ -154,7 +191,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
 /// Runs `ternmq bench`.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let Some(o) = parse(args).map_err(|e| format!("ternmq bench: {e}"))? else {
-        println!("{USAGE}");
+        println!("{}", usage());
         return Ok(());
     };
     let rt = crate::tokio_runtime()
@@ -194,10 +231,14 @@ fn core_now() -> Instant {
     Instant::from_nanos(nanos())
 }
 
-/// One connection: the client state machine over a TCP stream.
+/// One connection: the client state machine over a TCP stream (with TLS or WebSocket over
+/// it, when asked).
 struct Conn {
     client: Client,
     stream: TcpStream,
+    layer: Option<Box<dyn Transform>>,
+    /// Bytes read and not yet through the layer.
+    raw: BytesMut,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
@@ -231,9 +272,12 @@ impl Conn {
             }
         }
         client.connect(core_now(), c).map_err(|e| e.to_string())?;
+        let layer = o.transport.as_ref().map(ClientTransport::session).transpose();
         let mut conn = Conn {
             client,
             stream,
+            layer: layer.map_err(|e| e.to_string())?,
+            raw: BytesMut::new(),
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::new(),
         };
@@ -253,7 +297,13 @@ impl Conn {
 
     async fn flush(&mut self) -> Result<(), String> {
         while let Some(b) = self.client.poll_transmit(usize::MAX) {
-            self.wbuf.extend_from_slice(&b);
+            match &mut self.layer {
+                Some(layer) => layer.write_plaintext(&b),
+                None => self.wbuf.extend_from_slice(&b),
+            }
+        }
+        if let Some(out) = self.layer.as_mut().and_then(|l| l.poll_transmit()) {
+            self.wbuf.extend_from_slice(&out);
         }
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await.map_err(|e| format!("write: {e}"))?;
@@ -264,8 +314,20 @@ impl Conn {
 
     /// Waits for input, feeds it to the client, answers (acks) and returns the events.
     async fn read(&mut self) -> Result<Vec<Event>, String> {
-        self.rbuf.reserve(64 * 1024);
-        let n = self.stream.read_buf(&mut self.rbuf).await.map_err(|e| format!("read: {e}"))?;
+        let n = match &mut self.layer {
+            Some(layer) => {
+                self.raw.reserve(64 * 1024);
+                let n = self.stream.read_buf(&mut self.raw).await;
+                let n = n.map_err(|e| format!("read: {e}"))?;
+                let r = layer.handle_input(&self.raw, &mut self.rbuf).map_err(|e| e.to_string())?;
+                self.raw.clear();
+                if r.closed { 0 } else { n }
+            }
+            None => {
+                self.rbuf.reserve(64 * 1024);
+                self.stream.read_buf(&mut self.rbuf).await.map_err(|e| format!("read: {e}"))?
+            }
+        };
         if n == 0 {
             return Err("the broker closed the connection".into());
         }

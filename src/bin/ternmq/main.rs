@@ -38,6 +38,7 @@ mod props;
 mod pubsub;
 mod signals;
 mod store;
+mod tls_flags;
 
 use bytes::BytesMut;
 use ternmq::codec::{Decoder, MAX_PACKET_SIZE, ProtocolVersion};

@@ -15,18 +15,20 @@ use ternmq::codec::{
     Disconnect, MqttStr, Packet, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
     Subscription, SubscriptionOptions, Will,
 };
+use ternmq::core::client::driver::ServerUrl;
 use ternmq::topic::{TopicFilter, TopicName};
 
 use crate::format;
 use crate::props::Properties;
+use crate::tls_flags::{TlsFlags, USAGE as TLS_USAGE};
 
-/// Options both programs take, as listed in both usages.
+/// Options both programs take, as listed in both usages (with [`TLS_USAGE`]).
 const COMMON_USAGE: &str = "\
 connection:
   -h, --host HOST          broker host (default 127.0.0.1); help is --help
   -p, --port PORT          broker port (default 1883)
   -L, --url URL            mqtt://[USER[:PASS]@]HOST[:PORT]/TOPIC: host, port, credentials and
-                           topic at once
+                           topic at once; mqtts:// for TLS, ws:// and wss:// for WebSocket
   -V, --protocol-version V 5 or mqttv5 (default), 311 or mqttv311, 31 or mqttv31
   -i, --id ID              client id (default: ternmq-pub-PID-RANDOM, ternmq-sub-PID-RANDOM)
   -I, --id-prefix PREFIX   client id PREFIX followed by the process id
@@ -71,6 +73,8 @@ message:
 
 {COMMON_USAGE}
 
+{TLS_USAGE}
+
 Ctrl-C or SIGTERM leaves with a normal DISCONNECT (no will) and exit status 0."
     )
 }
@@ -109,6 +113,8 @@ output:
 
 {COMMON_USAGE}
 
+{TLS_USAGE}
+
 When the connection is lost sub says so and reconnects with the same client id; a DISCONNECT
 from the broker (MQTT 5, e.g. 0x8B server shutting down) ends it with status 0, as
 mosquitto_sub. Ctrl-C or SIGTERM leaves with a normal DISCONNECT (no will), status 0."
@@ -118,21 +124,11 @@ mosquitto_sub. Ctrl-C or SIGTERM leaves with a normal DISCONNECT (no will), stat
 /// Options mosquitto_pub/_sub have that ternmq does not: what to say when one is given.
 fn unsupported(flag: &str) -> Option<&'static str> {
     Some(match flag {
-        "--cafile"
-        | "--capath"
-        | "--cert"
-        | "--key"
-        | "--keyform"
-        | "--ciphers"
-        | "--insecure"
-        | "--tls-alpn"
-        | "--tls-engine"
-        | "--tls-engine-kpass-sha1"
-        | "--tls-use-os-certs"
-        | "--tls-version"
-        | "--psk"
-        | "--psk-identity"
-        | "--no-tls" => "TLS is not supported yet (see the README's table of mosquitto options)",
+        "--keyform" | "--tls-engine" | "--tls-engine-kpass-sha1" => {
+            "keys are read from PEM files; OpenSSL engines are not supported"
+        }
+        "--ciphers" => "the cipher suites are rustls's safe defaults; they cannot be chosen",
+        "--psk" | "--psk-identity" => "TLS with pre-shared keys is not supported (rustls has none)",
         "-A" => "binding the outgoing socket to an address is not supported",
         "-S" => "DNS SRV lookups are not supported",
         "--proxy" => "SOCKS proxies are not supported",
@@ -167,6 +163,12 @@ struct Common {
     properties: Properties,
     /// The topic of `-L`.
     url_topic: Option<String>,
+    /// `-L` asked for TLS (mqtts://, wss://) or WebSocket (ws://, wss://).
+    url_tls: bool,
+    url_websocket: bool,
+    /// Whether `-p` was given (TLS otherwise defaults to port 8883).
+    port_given: bool,
+    tls: TlsFlags,
 }
 
 impl Default for Common {
@@ -192,6 +194,10 @@ impl Default for Common {
             quiet: false,
             properties: Properties::default(),
             url_topic: None,
+            url_tls: false,
+            url_websocket: false,
+            port_given: false,
+            tls: TlsFlags::default(),
         }
     }
 }
@@ -217,9 +223,15 @@ impl Common {
             return Ok(true);
         }
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        if self.tls.take(a, &mut || value(a))? {
+            return Ok(true);
+        }
         match a {
             "-h" | "--host" => self.host = value(a)?,
-            "-p" | "--port" => self.port = parse_num(a, &value(a)?)?,
+            "-p" | "--port" => {
+                self.port = parse_num(a, &value(a)?)?;
+                self.port_given = true;
+            }
             "-i" | "--id" => self.client_id = Some(value(a)?),
             "-I" | "--id-prefix" => self.id_prefix = Some(value(a)?),
             "-u" | "--username" => self.username = Some(value(a)?),
@@ -265,58 +277,35 @@ impl Common {
         Ok(true)
     }
 
-    /// `-L mqtt://[user[:pass]@]host[:port]/topic`.
+    /// `-L mqtt://[user[:pass]@]host[:port]/topic`, also `mqtts://`, `ws://` and `wss://`
+    /// (whose WebSocket path is `--ws-path`, `/mqtt` by default: the URL's path is the topic).
     fn url(&mut self, url: &str) -> Result<(), String> {
-        let rest = if let Some(r) = strip_prefix_ignore_case(url, "mqtt://") {
-            r
-        } else if ["mqtts://", "ws://", "wss://"]
-            .iter()
-            .any(|s| strip_prefix_ignore_case(url, s).is_some())
-        {
-            return Err(format!(
-                "-L {url:?}: only mqtt:// URLs are supported (TLS and WebSocket are not yet)"
-            ));
-        } else {
-            return Err(format!("-L {url:?}: the URL must start with mqtt://"));
+        let missing = || format!("-L {url:?}: the topic is missing (mqtt://host/topic)");
+        // The path is the topic whatever the scheme: take it off before the URL is read.
+        let after = url.find("://").map_or(0, |i| i + 3);
+        let (server, topic) = match url[after..].find('/') {
+            Some(i) => url.split_at(after + i),
+            None => (url, ""),
         };
-        let (authority, topic) = rest
-            .split_once('/')
-            .ok_or_else(|| format!("-L {url:?}: the topic is missing (mqtt://host/topic)"))?;
+        let u = ServerUrl::parse(server).map_err(|e| format!("-L {e}"))?;
+        let topic = topic.strip_prefix('/').unwrap_or(topic);
         if topic.is_empty() {
-            return Err(format!("-L {url:?}: the topic is missing (mqtt://host/topic)"));
+            return Err(missing());
         }
-        let host_port = match authority.rsplit_once('@') {
-            Some((credentials, host_port)) => {
-                match credentials.split_once(':') {
-                    Some((user, pass)) => {
-                        self.username = Some(user.to_string());
-                        self.password = Some(pass.to_string());
-                    }
-                    None => self.username = Some(credentials.to_string()),
-                }
-                host_port
-            }
-            None => authority,
-        };
-        // `host`, `host:port`, `[v6]` or `[v6]:port`.
-        let port = match host_port.rsplit_once(':') {
-            Some((host, port))
-                if !host_port.ends_with(']') && (!host.contains(':') || host.ends_with(']')) =>
-            {
-                self.host = host.trim_matches(['[', ']']).to_string();
-                port
-            }
-            _ => {
-                self.host = host_port.trim_matches(['[', ']']).to_string();
-                "1883"
-            }
-        };
-        self.port =
-            port.parse().map_err(|_| format!("-L {url:?}: {port:?} is not a port number"))?;
-        if self.host.is_empty() {
-            return Err(format!("-L {url:?}: the host is missing"));
+        let topic = ServerUrl::parse(&format!("mqtt://h/{topic}"))
+            .map_err(|e| format!("-L {url:?}: {e}"))?
+            .topic
+            .ok_or_else(missing)?;
+        self.host = u.host;
+        self.port = u.port;
+        self.port_given = true;
+        if u.username.is_some() {
+            self.username = u.username;
+            self.password = u.password;
         }
-        self.url_topic = Some(topic.to_string());
+        self.url_tls = u.tls;
+        self.url_websocket = u.ws_path.is_some();
+        self.url_topic = Some(topic);
         Ok(())
     }
 
@@ -370,7 +359,10 @@ impl Common {
     }
 
     fn options(&self, role: &str) -> Result<ConnectOptions, String> {
-        let mut o = ConnectOptions::new(self.host.clone(), self.port);
+        // As mosquitto_pub: TLS without -p means the MQTT-over-TLS port.
+        let port = if self.tls.wants_tls() && !self.port_given { 8883 } else { self.port };
+        let mut o = ConnectOptions::new(self.host.clone(), port);
+        self.tls.apply(&mut o, self.url_tls, self.url_websocket)?;
         let c = &mut o.connect;
         c.protocol = self.version;
         c.keep_alive = self.keep_alive;
@@ -454,11 +446,6 @@ fn id_suffix() -> &'static str {
         }
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     })
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 /// A packet as mosquitto_pub/_sub -d print it.
@@ -976,9 +963,18 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port), ("::1", 1885));
         let c = url("mqtt://[::1]/t").unwrap();
         assert_eq!((c.host.as_str(), c.port), ("::1", 1883));
-        assert!(url("mqtts://h/t").err().unwrap().contains("TLS"));
+        let c = url("mqtts://h/s%2Ft").unwrap();
+        assert_eq!((c.port, c.url_tls, c.url_websocket), (8883, true, false));
+        assert_eq!(c.url_topic.as_deref(), Some("s/t"));
+        let c = url("wss://h:9001/sensors/x").unwrap();
+        assert_eq!((c.port, c.url_tls, c.url_websocket), (9001, true, true));
+        assert_eq!(c.url_topic.as_deref(), Some("sensors/x"));
+        let o = c.options("pub").unwrap();
+        assert_eq!(o.ws_path.as_deref(), Some("/mqtt"));
+        assert!(o.tls.is_some());
         assert!(url("mqtt://h").err().unwrap().contains("topic is missing"));
-        assert!(url("mqtt://h:x/t").err().unwrap().contains("not a port"));
-        assert!(url("é").err().unwrap().contains("mqtt://"));
+        assert!(url("mqtt://h:x/t").err().unwrap().contains("bad port"));
+        assert!(url("é").err().unwrap().contains("no scheme"));
+        assert!(url("http://h/t").err().unwrap().contains("unknown scheme"));
     }
 }
