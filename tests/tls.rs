@@ -24,8 +24,8 @@ use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor, TlsSettings};
 fn tls_config(settings: TlsSettings) -> ServerConfig {
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
     let tls = TlsAcceptor::new(settings).unwrap();
-    let addr = "127.0.0.1:0".parse().unwrap();
-    config.listeners = vec![Listener { addr, tls: Some(tls), ws_path: None }];
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    config.listeners = vec![Listener { tls: Some(tls), ws_path: None, ..Listener::from(addr) }];
     config
 }
 
@@ -360,9 +360,13 @@ fn the_cli_speaks_tls_and_websocket_with_mosquittos_flags() {
     let pki = Pki::new("tls-cli-clients");
     let ca = pki.path("ca.pem");
     let mut config = tls_config(pki.settings());
-    let addr = "127.0.0.1:0".parse().unwrap();
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let tls = TlsAcceptor::new(pki.settings()).unwrap();
-    config.listeners.push(Listener { addr, tls: Some(tls), ws_path: Some("/mqtt".into()) });
+    config.listeners.push(Listener {
+        tls: Some(tls),
+        ws_path: Some("/mqtt".into()),
+        ..Listener::from(addr)
+    });
     let (addrs, _running) = serve("tokio", config);
     let (mqtts, wss) = (addrs[0].port(), addrs[1].port());
     let ternmq = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_ternmq")).args(args).output();

@@ -25,7 +25,8 @@ fn ws_config(pki: Option<&Pki>) -> ServerConfig {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut config = ServerConfig::new(addr);
     let tls = pki.map(|p| TlsAcceptor::new(p.settings()).unwrap());
-    config.listeners = vec![Listener { addr, tls, ws_path: Some("/mqtt".into()) }];
+    config.listeners =
+        vec![Listener { tls, ws_path: Some("/mqtt".into()), ..Listener::from(addr) }];
     config
 }
 

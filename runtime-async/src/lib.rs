@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 pub mod client;
+pub mod proxy;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod tls;

@@ -43,6 +43,7 @@ use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
 use crate::Runtime;
+use crate::proxy::ProxyHeader;
 use crate::tls::TlsAcceptor;
 use crate::transport::{Stack, Transform};
 use crate::ws::WsSession;
@@ -261,11 +262,14 @@ pub struct Listener {
     pub tls: Option<TlsAcceptor>,
     /// WebSocket on this listener, at this path (`/` is accepted too); none when `None`.
     pub ws_path: Option<String>,
+    /// Each connection starts with a PROXY protocol header (v1 or v2) from a load balancer,
+    /// whose client address replaces the socket's in the log and the hooks.
+    pub proxy_protocol: bool,
 }
 
 impl From<SocketAddr> for Listener {
     fn from(addr: SocketAddr) -> Self {
-        Listener { addr, tls: None, ws_path: None }
+        Listener { addr, tls: None, ws_path: None, proxy_protocol: false }
     }
 }
 
@@ -286,11 +290,16 @@ impl Listener {
     pub fn transport(&self, max_packet_size: u32) -> io::Result<Option<Box<dyn Transform>>> {
         let max_frame = usize::try_from(max_packet_size).unwrap_or(usize::MAX).saturating_add(16);
         let ws = self.ws_path.as_deref().map(|path| WsSession::new(path, max_frame));
-        Ok(match (&self.tls, ws) {
+        let layers: Option<Box<dyn Transform>> = match (&self.tls, ws) {
             (None, None) => None,
             (Some(tls), None) => Some(Box::new(tls.session()?)),
             (None, Some(ws)) => Some(Box::new(ws)),
             (Some(tls), Some(ws)) => Some(Box::new(Stack::new(tls.session()?, ws))),
+        };
+        Ok(match (self.proxy_protocol, layers) {
+            (false, layers) => layers,
+            (true, None) => Some(Box::new(ProxyHeader::new())),
+            (true, Some(layers)) => Some(Box::new(Stack::new(ProxyHeader::new(), layers))),
         })
     }
 }
@@ -451,6 +460,10 @@ enum Input<R: ServerRuntime> {
     Bytes(ConnId, BytesMut),
     /// The TLS handshake told who the client is (before its first bytes).
     Identity(ConnId, MqttStr),
+    /// The PROXY protocol told where the client is (before its first bytes).
+    PeerAddr(ConnId, SocketAddr),
+    /// The transport refused the connection (before any MQTT).
+    Refused(ConnId),
     Closed(ConnId),
     Written(ConnId, usize),
     Auth(AuthTicket, AuthDecision),
@@ -659,6 +672,11 @@ impl<R: ServerRuntime> Core<R> {
                 }
             }
             Input::Identity(id, identity) => self.driver.handle_identity(id, identity),
+            Input::PeerAddr(id, addr) => {
+                log::debug!("{id:?} is from {addr} (PROXY protocol)");
+                self.driver.handle_peer_addr(id, addr);
+            }
+            Input::Refused(id) => self.driver.handle_refused(now, id),
             Input::AcceptFailed(listener) => self.driver.handle_accept_failed(now, listener),
             Input::Bytes(id, chunk) => self.driver.handle_bytes(now, id, chunk),
             Input::Closed(id) => self.driver.handle_closed(now, id),
@@ -955,10 +973,15 @@ async fn tls_input<R: ServerRuntime>(
     let received = match received {
         Ok(received) => received,
         Err(e) => {
-            log::info!("connection {id:?} closed: {e}");
-            return Some((Input::Closed(id), true));
+            log::info!("connection {id:?} refused: {e}");
+            return Some((Input::Refused(id), true));
         }
     };
+    if let Some(addr) = tls.poll_peer_addr()
+        && !R::send(tx, Input::PeerAddr(id, addr)).await
+    {
+        return Some((Input::Closed(id), true));
+    }
     if let Some(identity) = tls.poll_identity()
         && !R::send(tx, Input::Identity(id, identity)).await
     {

@@ -41,6 +41,42 @@ pub trait Transform: Send + 'static {
     fn is_ready(&self) -> bool {
         true
     }
+
+    /// Once, when the transport knows it: where the client really is (the PROXY protocol of
+    /// a load balancer in front).
+    fn poll_peer_addr(&mut self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+impl Transform for Box<dyn Transform> {
+    fn handle_input(&mut self, input: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
+        (**self).handle_input(input, plain)
+    }
+
+    fn write_plaintext(&mut self, plain: &[u8]) {
+        (**self).write_plaintext(plain);
+    }
+
+    fn close(&mut self) {
+        (**self).close();
+    }
+
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        (**self).poll_transmit()
+    }
+
+    fn poll_identity(&mut self) -> Option<MqttStr> {
+        (**self).poll_identity()
+    }
+
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+
+    fn poll_peer_addr(&mut self) -> Option<std::net::SocketAddr> {
+        (**self).poll_peer_addr()
+    }
 }
 
 /// What [`Transform::handle_input`] found besides MQTT bytes.
@@ -114,11 +150,15 @@ impl<O: Transform, I: Transform> Transform for Stack<O, I> {
     }
 
     fn poll_identity(&mut self) -> Option<MqttStr> {
-        self.outer.poll_identity()
+        self.outer.poll_identity().or_else(|| self.inner.poll_identity())
     }
 
     fn is_ready(&self) -> bool {
         self.outer.is_ready() && self.inner.is_ready()
+    }
+
+    fn poll_peer_addr(&mut self) -> Option<std::net::SocketAddr> {
+        self.outer.poll_peer_addr().or_else(|| self.inner.poll_peer_addr())
     }
 }
 

@@ -478,6 +478,7 @@ impl Loop {
                             // Handshake messages, or the alert that says what went wrong.
                             tls.seal(&[], &mut c.out);
                             let identity = tls.session.poll_identity();
+                            let peer_addr = tls.session.poll_peer_addr();
                             if !c.out.is_empty() {
                                 mark_dirty(c, &mut self.dirty, index);
                             }
@@ -485,12 +486,21 @@ impl Loop {
                             let closed = match received {
                                 Ok(r) => r.closed,
                                 Err(e) => {
-                                    log::info!("connection {id:?} closed: {e}");
-                                    true
+                                    // Refused before any MQTT: counted, and closed after what
+                                    // the transport has to say (an alert, an HTTP error).
+                                    log::info!("connection {id:?} refused: {e}");
+                                    c.peer_done = true;
+                                    self.driver.handle_refused(now, id);
+                                    self.act(now);
+                                    break;
                                 }
                             };
                             if let Some(identity) = identity {
                                 self.driver.handle_identity(id, identity);
+                            }
+                            if let Some(addr) = peer_addr {
+                                log::debug!("{id:?} is from {addr} (PROXY protocol)");
+                                self.driver.handle_peer_addr(id, addr);
                             }
                             if !plain.is_empty() {
                                 self.driver.handle_bytes(now, id, plain);

@@ -340,6 +340,20 @@ impl<H: Clone> Driver<H> {
         self.broker.handle_identity(id, identity);
     }
 
+    /// `id`'s transport refused it before any MQTT (a failed TLS handshake, a bad WebSocket
+    /// upgrade or PROXY header): counted, and closed as by [`handle_closed`](Self::handle_closed).
+    pub fn handle_refused(&mut self, now: Instant, id: ConnId) {
+        self.now = self.now.max(now);
+        if self.forget(now, id, Gone::Refused) {
+            self.collect();
+        }
+    }
+
+    /// The transport learnt where `id` really comes from ([`Broker::handle_peer_addr`]).
+    pub fn handle_peer_addr(&mut self, id: ConnId, addr: core::net::SocketAddr) {
+        self.broker.handle_peer_addr(id, addr);
+    }
+
     /// `id`'s writer wrote `n` bytes.
     pub fn handle_written(&mut self, now: Instant, id: ConnId, n: usize) {
         self.now = self.now.max(now);
@@ -375,7 +389,7 @@ impl<H: Clone> Driver<H> {
             io.eof = true;
             return;
         }
-        if self.forget(now, id, false) {
+        if self.forget(now, id, Gone::Closed) {
             self.collect();
         }
     }
@@ -502,7 +516,7 @@ impl<H: Clone> Driver<H> {
             Some(at) if at <= now => {
                 #[cfg(feature = "log")]
                 log::debug!("{id:?} read nothing for {WRITE_TIMEOUT:?}: dropping it");
-                self.forget(now, id, true);
+                self.forget(now, id, Gone::Stalled);
                 self.collect();
             }
             _ => watch(&mut self.deadlines, id, io, false),
@@ -549,7 +563,7 @@ impl<H: Clone> Driver<H> {
                     }
                     if finished {
                         // The peer had closed: now that its input is handled, so do we.
-                        self.forget(self.now, id, false);
+                        self.forget(self.now, id, Gone::Closed);
                     }
                 }
             }
@@ -592,15 +606,18 @@ impl<H: Clone> Driver<H> {
         }
     }
 
-    /// Tells the broker `id` is gone, and the runtime to close it: to drop it at once if
-    /// `abort`, else to let its writer finish and linger (see [`Command::Close`]) until it
-    /// reports the close or its deadline. Returns whether it was open.
-    fn forget(&mut self, now: Instant, id: ConnId, abort: bool) -> bool {
+    /// Tells the broker `id` is gone, and the runtime to close it: to drop it at once if its
+    /// writer stalled, else to let its writer finish and linger (see [`Command::Close`]) until
+    /// it reports the close or its deadline. Returns whether it was open.
+    fn forget(&mut self, now: Instant, id: ConnId, gone: Gone) -> bool {
         let Some(mut io) = self.conns.remove(&id) else {
             return false;
         };
-        self.broker.handle_closed(now, id);
-        if abort {
+        match gone {
+            Gone::Refused => self.broker.handle_refused(now, id),
+            Gone::Closed | Gone::Stalled => self.broker.handle_closed(now, id),
+        }
+        if gone == Gone::Stalled {
             self.commands.push_back(Command::Abort(io.handle));
             return true;
         }
@@ -617,12 +634,23 @@ impl<H: Clone> Driver<H> {
     /// Writes out what the broker queued for `id` (its last words), then closes it.
     fn close(&mut self, now: Instant, id: ConnId) {
         self.transmit(id, true);
-        self.forget(now, id, false);
+        self.forget(now, id, Gone::Closed);
         // handle_closed may have published a will or freed queues.
         while let Some(w) = self.broker.poll_writable() {
             self.transmit(w, false);
         }
     }
+}
+
+/// Why a connection is gone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// Its socket closed, or the broker closed it.
+    Closed,
+    /// Its transport refused it.
+    Refused,
+    /// Its writer wrote nothing for the write timeout: dropped at once.
+    Stalled,
 }
 
 /// Queues `io`'s deadline unless an entry for it at that time or earlier is queued already (an

@@ -292,6 +292,9 @@ pub struct Stats {
     /// Messages not delivered to a subscriber because it may not receive their topic
     /// ([`Authorizer::may_receive`]).
     pub dropped_not_authorized: u64,
+    /// Connections their transport refused before any MQTT: a failed TLS handshake, a request
+    /// that was no WebSocket upgrade, a bad PROXY protocol header ([`Broker::handle_refused`]).
+    pub transport_refused: u64,
 }
 
 /// The counters as a sentence, for a log: the counters of rare events (drops, flow control)
@@ -323,6 +326,7 @@ impl fmt::Display for Stats {
             (self.slow_consumers, "slow consumers"),
             (self.inputs_paused, "publishers paused"),
             (self.shared_redelivered, "shared-subscription messages redelivered"),
+            (self.transport_refused, "connections refused by their transport (TLS, WebSocket)"),
         ];
         for (n, what) in rare.into_iter().filter(|(n, _)| *n > 0) {
             write!(f, "; {what} {n}")?;
@@ -984,6 +988,25 @@ impl Broker {
     #[must_use]
     pub fn is_input_paused(&self, conn: ConnId) -> bool {
         self.conn(conn).is_some_and(|c| c.paused > 0)
+    }
+
+    /// The transport of `conn` refused it (a failed TLS handshake, a request that was no
+    /// WebSocket upgrade): counted, then closed as by [`handle_closed`](Self::handle_closed).
+    pub fn handle_refused(&mut self, now: Instant, conn: ConnId) {
+        self.stats.transport_refused += 1;
+        self.handle_closed(now, conn);
+    }
+
+    /// The transport learnt where `conn` really comes from (the PROXY protocol of a load
+    /// balancer in front): that address replaces the socket's, for the log and the hooks.
+    /// Before the connection's first bytes, as [`handle_identity`](Self::handle_identity).
+    pub fn handle_peer_addr(&mut self, conn: ConnId, addr: core::net::SocketAddr) {
+        if let Some(c) = self.conn_mut(conn)
+            && c.phase == Phase::AwaitConnect
+        {
+            let peer = c.peer.get_or_insert_with(Box::default);
+            peer.addr = Some(addr);
+        }
     }
 
     /// The transport proved who the client of `conn` is (a TLS client certificate, on a

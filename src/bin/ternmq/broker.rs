@@ -144,6 +144,7 @@ impl ListenerConfig {
                 ));
             }
         }
+        let proxy_protocol = self.proxy_protocol.unwrap_or(false);
         let websocket = matches!(kind, "ws" | "wss");
         if self.ws_path.is_some() && !websocket {
             return Err(format!("{}: ws_path is for kind = \"ws\" or \"wss\"", here("ws_path")));
@@ -155,14 +156,8 @@ impl ListenerConfig {
             Some(p) => Some(p.clone()),
             None => websocket.then(|| "/mqtt".to_string()),
         };
-        if self.proxy_protocol == Some(true) {
-            return Err(format!(
-                "{}: the PROXY protocol is not available yet",
-                here("proxy_protocol")
-            ));
-        }
         if matches!(kind, "mqtt" | "ws") {
-            return Ok(Listener { addr, tls: None, ws_path });
+            return Ok(Listener { addr, tls: None, ws_path, proxy_protocol });
         }
         let (Some(certfile), Some(keyfile)) = (&self.certfile, &self.keyfile) else {
             let key = if self.certfile.is_none() { "certfile" } else { "keyfile" };
@@ -194,7 +189,7 @@ impl ListenerConfig {
             ));
         }
         let acceptor = TlsAcceptor::new(settings).map_err(|e| format!("{}: {e}", here("kind")))?;
-        Ok(Listener { addr, tls: Some(acceptor), ws_path })
+        Ok(Listener { addr, tls: Some(acceptor), ws_path, proxy_protocol })
     }
 
     /// Whether clients on it prove who they are (a required client certificate), which
@@ -1007,8 +1002,8 @@ mod tests {
                     use_identity_as_username = true\n";
         let e = from_file(text).err().unwrap();
         assert!(e.contains("needs require_certificate"), "{e}");
-        let e = from_file("[[listener]]\nport = 1\nproxy_protocol = true\n").err().unwrap();
-        assert!(e.contains("PROXY"), "{e}");
+        let s = from_file("[[listener]]\nport = 1\nproxy_protocol = true\n").unwrap();
+        assert!(s.config.listeners[0].proxy_protocol);
         // Plain listeners as before, IPv4 and IPv6.
         let s = from_file("[[listener]]\nport = 1884\n[[listener]]\nport = 1885\nbind = \"::1\"\n")
             .unwrap();
