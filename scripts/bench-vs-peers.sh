@@ -8,6 +8,9 @@
 # then ternmq's ratios to each peer. Everything listens on 127.0.0.1 only.
 #
 # Usage: scripts/bench-vs-peers.sh [quick]   (quick: fewer messages and connections)
+# Then TLS shapes against Mosquitto with a TLS listener (QoS 1 fan-in, and memory per idle TLS
+# connection), and a WebSocket fan-in on ternmq (TERNMQ_BENCH_TLS=0 skips them); the test
+# certificates are made with openssl for the run and removed after it.
 # TERNMQ_RUNTIMES="tokio std smol" measures ternmq on each of those servers (default: tokio); each
 # after the first is reported as ternmq-<runtime>. TERNMQ_BEFORE=/path/to/an/older/ternmq adds
 # that build's default server as ternmq-before, so that a change is measured before and after in
@@ -154,6 +157,69 @@ for b in $BROKERS; do
     wait "$PID" 2>/dev/null || true
 done
 
+# TLS and WebSocket: one CA and a server certificate for 127.0.0.1, made for this run.
+if [ "${TERNMQ_BENCH_TLS:-1}" != 0 ] && command -v openssl >/dev/null; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=bench-ca -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+        -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >"$WORK/san.ext"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+        -CAcreateserial -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+    start_tls_broker() { # name tls_port ws_port -> sets PID
+        case $1 in
+        ternmq)
+            printf 'enable_persistence = false\nlog_level = "error"\n[[listener]]\nport = %s\nkind = "mqtts"\ncertfile = "%s"\nkeyfile = "%s"\n[[listener]]\nport = %s\nkind = "ws"\n' \
+                "$2" "$WORK/server.pem" "$WORK/server.key" "$3" >"$WORK/tls.toml"
+            $PIN_BROKER "$TERNMQ" broker -c "$WORK/tls.toml" >>"$WORK/$1-tls.log" 2>&1 &
+            ;;
+        mosquitto)
+            printf 'listener %s 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\npersistence false\n' \
+                "$2" "$WORK/server.pem" "$WORK/server.key" >"$WORK/mosquitto-tls.conf"
+            $PIN_BROKER "$MOSQUITTO" -c "$WORK/mosquitto-tls.conf" >>"$WORK/$1-tls.log" 2>&1 &
+            ;;
+        esac
+        PID=$!
+        wait_port "$2"
+    }
+    for b in ternmq mosquitto; do
+        tls=$(free_port)
+        ws=$(free_port)
+        start_tls_broker "$b" "$tls" "$ws"
+        echo "== $b over TLS (pid $PID)"
+        $PIN_LOAD "$TERNMQ" bench -L "mqtts://127.0.0.1:$tls" --cafile "$WORK/ca.pem" -V 311 \
+            --timeout 120 -q 1 -s fan-in -n "$MSGS" 2>/dev/null |
+            awk '/^fan-in / {print}' | sed "s/^/$b tls-q1 /" | tee -a "$RESULTS" || true
+        # Mosquitto's WebSocket listener needs a wildcard address, so only ternmq's is measured.
+        if [ "$b" = ternmq ]; then
+            $PIN_LOAD "$TERNMQ" bench -L "ws://127.0.0.1:$ws" -V 311 --timeout 120 -q 0 \
+                -s fan-in -n "$MSGS" 2>/dev/null |
+                awk '/^fan-in / {print}' | sed "s/^/$b ws-q0 /" | tee -a "$RESULTS" || true
+        fi
+        kill "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+        # Idle TLS connections on a fresh broker: RSS growth per connection while held.
+        start_tls_broker "$b" "$tls" "$ws"
+        base=$(rss_kb "$PID")
+        $PIN_LOAD "$TERNMQ" bench -L "mqtts://127.0.0.1:$tls" --cafile "$WORK/ca.pem" -V 311 \
+            -s idle --connections "$IDLE" --hold 6 >"$WORK/idle.out" 2>"$WORK/idle.err" &
+        load=$!
+        for _ in $(seq 1 1200); do
+            grep -q holding "$WORK/idle.err" 2>/dev/null && break
+            sleep 0.1
+        done
+        sleep 1
+        held=$(rss_kb "$PID")
+        wait "$load" || true
+        opened=$(awk '/^idle / {print $5}' "$WORK/idle.out")
+        opened=${opened:-0}
+        per=$(( opened > 0 ? (held - base) * 1024 / opened : 0 ))
+        echo "$b idle_tls_bytes_per_connection $per ($opened connections)" | tee -a "$RESULTS"
+        kill "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    done
+fi
+
 echo
 echo "== ternmq / peer (throughput: higher is better; latency and memory: lower is better)"
 python3 - "$RESULTS" <<'EOF'
@@ -162,7 +228,8 @@ rows = {}
 mem = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    if len(f) >= 3 and f[1] in ("peak_rss_kb", "idle_bytes_per_connection"):
+    if len(f) >= 3 and f[1] in ("peak_rss_kb", "idle_bytes_per_connection",
+                                "idle_tls_bytes_per_connection"):
         mem[(f[0], f[1])] = float(f[2])
         continue
     if len(f) < 14:
@@ -188,8 +255,10 @@ for (b, q, s), r in sorted(rows.items(), key=lambda kv: (len(kv[0][0]), kv[0])):
             cells.append(f"{r['rate'] / o['rate']:.2f}x ({o['lost']} lost)")
     print(f"{name:<24}" + "".join(f"{c:>22}" for c in cells) + f"   {b} lost {r['lost']}")
 for b in ours:
-    for key in ("peak_rss_kb", "idle_bytes_per_connection"):
+    for key in ("peak_rss_kb", "idle_bytes_per_connection", "idle_tls_bytes_per_connection"):
         t = mem.get((b, key))
+        if t is None:
+            continue
         cells = []
         for p in peers:
             o = mem.get((p, key))
