@@ -166,6 +166,10 @@ if [ "${TERNMQ_BENCH_TLS:-1}" != 0 ] && command -v openssl >/dev/null; then
     printf 'subjectAltName=IP:127.0.0.1\n' >"$WORK/san.ext"
     openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
         -CAcreateserial -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
+    # Mosquitto started as root reads its files as the user mosquitto: let it (a key made for
+    # this run only).
+    chmod 755 "$WORK"
+    chmod 644 "$WORK/server.pem" "$WORK/server.key"
     start_tls_broker() { # name tls_port ws_port -> sets PID
         case $1 in
         ternmq)

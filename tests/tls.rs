@@ -166,6 +166,7 @@ fn required_client_certificates_name_the_user_for_the_acl() {
     let (device_cert, device_key) = pki.client("device-7");
     let (watcher_cert, watcher_key) = pki.client("watcher");
     let (stranger_cert, stranger_key) = pki.stranger("device-7");
+    let (expired_cert, expired_key) = pki.expired("device-7");
     for runtime in ["tokio", "smol", "std"] {
         let settings = TlsSettings {
             cafile: Some(ca.clone()),
@@ -208,6 +209,10 @@ fn required_client_certificates_name_the_user_for_the_acl() {
         stranger.extend(["--cert", path(&stranger_cert), "--key", path(&stranger_key)]);
         let refused = run(mosquitto("mosquitto_pub", port, &stranger));
         assert!(!refused.status.success(), "{runtime}: an untrusted certificate got in");
+        let mut expired = vec!["--cafile", path(&ca), "-t", "x", "-m", "y"];
+        expired.extend(["--cert", path(&expired_cert), "--key", path(&expired_key)]);
+        let refused = run(mosquitto("mosquitto_pub", port, &expired));
+        assert!(!refused.status.success(), "{runtime}: an expired certificate got in");
     }
 }
 
@@ -430,5 +435,25 @@ fn the_cli_speaks_tls_and_websocket_with_mosquittos_flags() {
         .unwrap();
         assert!(bench.status.success(), "{url}: {}", String::from_utf8_lossy(&bench.stderr));
         assert!(String::from_utf8_lossy(&bench.stdout).contains("fan-in"), "{url}");
+    }
+}
+
+/// TLS to a plain MQTT port: the ClientHello is no CONNECT, so the broker closes the connection,
+/// and it goes on serving plain clients.
+#[test]
+fn tls_to_a_plain_port_is_closed_and_the_others_go_on() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let pki = Pki::new("tls-to-plain");
+    let ca = pki.path("ca.pem");
+    for runtime in ["tokio", "smol", "std"] {
+        let (addrs, _running) = serve(runtime, ServerConfig::new("127.0.0.1:0".parse().unwrap()));
+        let port = addrs[0].port();
+        let tls =
+            run(mosquitto("mosquitto_pub", port, &["--cafile", path(&ca), "-t", "x", "-m", "y"]));
+        assert!(!tls.status.success(), "{runtime}: TLS on a plain port was taken");
+        let plain = run(mosquitto("mosquitto_pub", port, &["-t", "x", "-m", "y"]));
+        assert!(plain.status.success(), "{runtime}: the server stopped serving: {plain:?}");
     }
 }

@@ -41,6 +41,21 @@ impl Pki {
         sign_client(&self.dir.0, cn, &self.ca, &self.ca_key)
     }
 
+    /// A client certificate with common name `cn`, signed by this CA, that expired in 2021.
+    pub(crate) fn expired(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) =
+            (self.path(&format!("{cn}-expired.pem")), self.path(&format!("{cn}-expired.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
     /// A client certificate with common name `cn`, signed by a CA the server does not know.
     pub(crate) fn stranger(&self, cn: &str) -> (PathBuf, PathBuf) {
         let (ca, key) = authority("someone else's CA");
