@@ -20,31 +20,21 @@ fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
 }
 
-/// Whether `what` is here; without it the test is skipped, unless `TERNMQ_REQUIRE_INTEROP`
-/// says it must be.
-fn present(found: bool, what: &str) -> bool {
-    if !found {
-        assert!(
-            std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_none(),
-            "{what} is required (TERNMQ_REQUIRE_INTEROP is set) but missing"
-        );
-        eprintln!("skipped: {what} missing (scripts/test.sh installs it)");
-    }
-    found
-}
-
 fn have_node_packages() -> bool {
     let node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
     let packages = js_dir().join("node_modules/mqtt").exists()
         && js_dir().join("node_modules/playwright-core").exists();
-    present(node && packages, "Node.js with tests/js's packages (mqtt, playwright-core)")
+    support::peer_present(
+        node && packages,
+        "Node.js with tests/js's packages (mqtt, playwright-core)",
+    )
 }
 
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    present(path.exists(), "Chromium").then_some(path)
+    support::peer_present(path.exists(), "Chromium").then_some(path)
 }
 
 /// A plain MQTT listener and a WebSocket one (over TLS with `pki`), on free loopback ports.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::pki::Pki;
-use support::serve;
+use support::{connect_packet, serve};
 use ternmq::broker::{AuthDecision, AuthRequest, Authenticator};
 use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor};
 
@@ -33,16 +33,6 @@ fn config(seen: &Arc<Addresses>, tls: Option<TlsAcceptor>) -> ServerConfig {
     config.listeners = vec![Listener { tls, proxy_protocol: true, ..Listener::from(addr) }];
     config.broker.authenticator = Some(Arc::clone(seen) as Arc<dyn Authenticator>);
     config
-}
-
-/// MQTT 3.1.1 CONNECT, client id `id`.
-fn connect_packet(id: &str) -> Vec<u8> {
-    let mut body = b"\x00\x04MQTT\x04\x02\x00\x3c".to_vec();
-    body.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut p = vec![0x10, u8::try_from(body.len()).unwrap()];
-    p.extend(body);
-    p
 }
 
 /// Writes `parts` (with a pause between them) and returns what comes back until the peer closes

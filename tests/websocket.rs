@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::pki::Pki;
-use support::serve;
+use support::{connect_packet, serve};
 use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -35,14 +35,7 @@ fn have_paho() -> bool {
         .args(["-c", "import paho.mqtt.client"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_none(),
-            "paho-mqtt is required (TERNMQ_REQUIRE_INTEROP is set) but missing"
-        );
-        eprintln!("skipped: python3 with paho-mqtt missing (scripts/test.sh installs it)");
-    }
-    found
+    support::peer_present(found, "python3 with paho-mqtt")
 }
 
 /// paho-mqtt over WebSocket: subscribes, publishes QoS 0, 1 and 2 and a retained message,
@@ -157,16 +150,6 @@ fn ws_client(addr: SocketAddr, path: &str, protocol: &str) -> WebSocket<TcpStrea
         Some(protocol.split(',').next().unwrap().trim()),
     );
     ws
-}
-
-/// MQTT 3.1.1 CONNECT (client id `id`, clean session, keep-alive 60 s).
-fn connect_packet(id: &str) -> Vec<u8> {
-    let mut body = b"\x00\x04MQTT\x04\x02\x00\x3c".to_vec();
-    body.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut p = vec![0x10, u8::try_from(body.len()).unwrap()];
-    p.extend(body);
-    p
 }
 
 /// Reads binary frames until `n` bytes came; returns them.

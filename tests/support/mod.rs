@@ -323,3 +323,26 @@ pub(crate) fn round_trip(client: &str, options: ternmq::blocking::ConnectOptions
         other => panic!("no client {other}"),
     }
 }
+
+/// Whether a real peer (`what`) is here: without it a test is skipped, unless
+/// `TERNMQ_REQUIRE_INTEROP` says it must be (as `scripts/test.sh` does).
+pub(crate) fn peer_present(found: bool, what: &str) -> bool {
+    if !found {
+        assert!(
+            std::env::var_os("TERNMQ_REQUIRE_INTEROP").is_none(),
+            "{what} is required (TERNMQ_REQUIRE_INTEROP is set) but missing"
+        );
+        eprintln!("skipped: {what} missing (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// An MQTT 3.1.1 CONNECT with client id `id` (clean session, keep-alive 60 s), as bytes.
+pub(crate) fn connect_packet(id: &str) -> Vec<u8> {
+    let mut body = b"\x00\x04MQTT\x04\x02\x00\x3c".to_vec();
+    body.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut p = vec![0x10, u8::try_from(body.len()).unwrap()];
+    p.extend(body);
+    p
+}
