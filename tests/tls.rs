@@ -450,3 +450,59 @@ fn tls_to_a_plain_port_is_closed_and_the_others_go_on() {
         assert!(plain.status.success(), "{runtime}: the server stopped serving: {plain:?}");
     }
 }
+
+/// A client over TLS, and one over WebSocket over TLS, whose broker restarts: each dials again
+/// through its transport and resumes its session (Session Present 1, the subscription kept
+/// by the broker's store).
+#[test]
+fn clients_reconnect_and_resume_over_tls_and_websocket() {
+    use ternmq::blocking::{ConnectionEvent, SyncClient};
+    let pki = Pki::new("tls-resume");
+    let store = support::TempDir::new("tls-resume-store");
+    for ws in [false, true] {
+        let listen = |port: u16| {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut config = ServerConfig::new(addr);
+            let tls = TlsAcceptor::new(pki.settings()).unwrap();
+            let ws_path = ws.then(|| "/mqtt".to_string());
+            config.listeners = vec![Listener { tls: Some(tls), ws_path, ..Listener::from(addr) }];
+            config.store = Some(ternmq::store::StoreConfig {
+                dir: store.0.join(if ws { "wss" } else { "mqtts" }),
+                durability: ternmq::store::Durability::Sync,
+            });
+            config
+        };
+        let (addrs, running) = serve("tokio", listen(0));
+        let port = addrs[0].port();
+        let scheme = if ws { "wss" } else { "mqtts" };
+        let mut o = ConnectOptions::from_url(&format!("{scheme}://127.0.0.1:{port}/mqtt")).unwrap();
+        o.tls = Some(TlsOptions { ca_file: Some(pki.path("ca.pem")), ..TlsOptions::default() });
+        o.connect.client_id = MqttStr::new(&format!("resume-{scheme}")).unwrap();
+        o.connect.clean_start = false;
+        o.connect.properties.session_expiry_interval = Some(3600);
+        o.config.reconnect.initial_delay = Duration::from_millis(100);
+        o.config.reconnect.jitter = false;
+        let c = SyncClient::connect(o).unwrap();
+        let topic = format!("resume/{scheme}");
+        c.subscribe(&topic, ternmq::codec::QoS::AtLeastOnce).unwrap();
+        while c.connection_event().is_some() {}
+        // The broker goes away and comes back on the same port, with its store.
+        drop(running);
+        let (_, _running) = serve("tokio", listen(port));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.connection_event() {
+                Some(ConnectionEvent::Connected { session_present }) => {
+                    assert!(session_present, "{scheme}: the session was not resumed");
+                    break;
+                }
+                _ if std::time::Instant::now() > deadline => panic!("{scheme}: no reconnection"),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        c.publish(&topic, "again", ternmq::codec::QoS::AtLeastOnce).unwrap();
+        let m = c.recv_timeout(Duration::from_secs(10)).expect("the message after the resume");
+        assert_eq!(&m.payload[..], b"again", "{scheme}");
+        c.disconnect().unwrap();
+    }
+}

@@ -213,7 +213,11 @@ pub(crate) fn wait_exit(child: &mut Child, limit: StdDuration) -> Option<std::pr
 /// A running broker server of one runtime (from [`serve`]); stops on drop.
 pub(crate) enum Running {
     /// The runtime is kept so that the server task lives as long as this value.
-    Tokio(#[allow(dead_code)] tokio::runtime::Runtime, ternmq::tokio::ShutdownHandle),
+    Tokio(
+        tokio::runtime::Runtime,
+        ternmq::tokio::ShutdownHandle,
+        Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    ),
     Std(ternmq::blocking::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
     Smol(ternmq::smol::ShutdownHandle, Option<std::thread::JoinHandle<()>>),
 }
@@ -221,7 +225,13 @@ pub(crate) enum Running {
 impl Drop for Running {
     fn drop(&mut self) {
         match self {
-            Running::Tokio(_, h) => h.shutdown(),
+            // Waits for the server to finish, so that its store is closed when this returns.
+            Running::Tokio(rt, h, task) => {
+                h.shutdown();
+                if let Some(task) = task.take() {
+                    let _ = rt.block_on(task);
+                }
+            }
             Running::Std(h, t) | Running::Smol(h, t) => {
                 h.shutdown();
                 if let Some(t) = t.take() {
@@ -248,8 +258,8 @@ pub(crate) fn serve(
             let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
             let addrs = server.local_addrs();
             let handle = server.shutdown_handle();
-            rt.spawn(server.run());
-            (addrs, Running::Tokio(rt, handle))
+            let task = rt.spawn(server.run());
+            (addrs, Running::Tokio(rt, handle, Some(task)))
         }
         "std" => {
             let server = ternmq::blocking::Server::bind(config).unwrap();
