@@ -323,8 +323,11 @@ fn connect_timeout_closes_silent_connections() {
     let mut p = h.accept(V5);
     h.secs(29);
     assert!(!h.is_closed(&mut p));
+    assert_eq!(h.broker.stats().connect_timeouts, 0);
     h.secs(2);
     assert!(h.is_closed(&mut p));
+    // Counted: a silent TLS handshake or WebSocket upgrade ends the same way.
+    assert_eq!(h.broker.stats().connect_timeouts, 1);
 }
 
 #[test]

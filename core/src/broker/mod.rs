@@ -295,6 +295,9 @@ pub struct Stats {
     /// Connections their transport refused before any MQTT: a failed TLS handshake, a request
     /// that was no WebSocket upgrade, a bad PROXY protocol header ([`Broker::handle_refused`]).
     pub transport_refused: u64,
+    /// Connections closed because they did not complete CONNECT within `connect_timeout`:
+    /// silent clients, and TLS handshakes or WebSocket upgrades that never finished.
+    pub connect_timeouts: u64,
 }
 
 /// The counters as a sentence, for a log: the counters of rare events (drops, flow control)
@@ -327,6 +330,7 @@ impl fmt::Display for Stats {
             (self.inputs_paused, "publishers paused"),
             (self.shared_redelivered, "shared-subscription messages redelivered"),
             (self.transport_refused, "connections refused by their transport (TLS, WebSocket)"),
+            (self.connect_timeouts, "connections that did not connect in time"),
         ];
         for (n, what) in rare.into_iter().filter(|(n, _)| *n > 0) {
             write!(f, "; {what} {n}")?;

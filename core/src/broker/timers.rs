@@ -90,6 +90,7 @@ impl Broker {
         }
         match c.phase {
             Phase::AwaitConnect | Phase::Authenticating => {
+                self.stats.connect_timeouts += 1;
                 let code = ReasonCode::MaximumConnectTime;
                 self.close(now, index, CloseReason::Server(code), None, false);
             }
