@@ -87,7 +87,7 @@ impl TlsAcceptor {
         let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
         // The driver's write window bounds what is handed over; rustls need not bound it too.
         conn.set_buffer_limit(None);
-        Ok(TlsSession {
+        Ok(TlsLink {
             conn,
             identity_as_username: self.settings.use_identity_as_username,
             identity_told: false,
@@ -153,27 +153,69 @@ fn load(s: &TlsSettings) -> io::Result<Arc<RustlsConfig>> {
     Ok(Arc::new(config))
 }
 
-/// One connection's TLS: ciphertext from the socket in, plaintext for the broker out, and the
-/// broker's plaintext back into ciphertext for the socket.
-pub struct TlsSession {
-    conn: ServerConnection,
+/// One connection's TLS, on either side (`C` is rustls's `ServerConnection` or
+/// `ClientConnection`): ciphertext from the socket in, plaintext out, and plaintext back into
+/// ciphertext for the socket.
+pub struct TlsLink<C> {
+    conn: C,
+    /// A server's: the client certificate's common name is the user name.
     identity_as_username: bool,
     identity_told: bool,
 }
 
-impl fmt::Debug for TlsSession {
+/// A listener's side of one connection.
+pub type TlsSession = TlsLink<ServerConnection>;
+
+/// A client's side of one connection.
+pub type TlsClientSession = TlsLink<rustls::ClientConnection>;
+
+impl<C, D> fmt::Debug for TlsLink<C>
+where
+    C: std::ops::Deref<Target = rustls::ConnectionCommon<D>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsSession")
+        f.debug_struct("TlsLink")
             .field("handshaking", &self.conn.is_handshaking())
             .finish_non_exhaustive()
     }
 }
 
-impl Transform for TlsSession {
+impl<C, D> Transform for TlsLink<C>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>> + Send + 'static,
+{
     /// Ciphertext read from the socket: the plaintext it carried is appended to `plain`. A
     /// peer that breaks TLS gets the alert that says why, in [`poll_transmit`](Self::poll_transmit).
-    fn handle_input(&mut self, cipher: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
-        take_input(&mut self.conn, cipher, plain)
+    fn handle_input(
+        &mut self,
+        mut cipher: &[u8],
+        plain: &mut BytesMut,
+    ) -> Result<Received, Refused> {
+        let conn = &mut *self.conn;
+        let mut received = Received::default();
+        while !cipher.is_empty() {
+            match conn.read_tls(&mut cipher) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(Refused(format!("TLS: {e}"))),
+            }
+            let state = conn.process_new_packets().map_err(|e| Refused(format!("TLS: {e}")))?;
+            let mut want = state.plaintext_bytes_to_read();
+            while want > 0 {
+                let at = plain.len();
+                plain.resize(at + want, 0);
+                let n = conn.reader().read(&mut plain[at..]).unwrap_or(0);
+                plain.truncate(at + n);
+                if n == 0 {
+                    break;
+                }
+                want -= n.min(want);
+            }
+            if state.peer_has_closed() {
+                received.closed = true;
+            }
+        }
+        Ok(received)
     }
 
     /// Plaintext to send (after the handshake; before it, it waits in the session).
@@ -189,7 +231,13 @@ impl Transform for TlsSession {
 
     /// Ciphertext to write to the socket now, if any: handshake messages, records, alerts.
     fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        take_output(&mut self.conn)
+        let mut out = Vec::new();
+        while self.conn.wants_write() {
+            if self.conn.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        (!out.is_empty()).then_some(out)
     }
 
     /// Once the handshake is done, and only once: the client certificate's common name, if the
@@ -201,6 +249,10 @@ impl Transform for TlsSession {
         self.identity_told = true;
         let cert = self.conn.peer_certificates()?.first()?;
         common_name(cert.as_ref())
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.conn.is_handshaking()
     }
 }
 
@@ -278,7 +330,7 @@ impl TlsConnector {
             rustls::ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())
                 .map_err(io::Error::other)?;
         conn.set_buffer_limit(None);
-        Ok(TlsClientSession { conn })
+        Ok(TlsLink { conn, identity_as_username: false, identity_told: false })
     }
 }
 
@@ -364,83 +416,4 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// One client connection's TLS.
-pub struct TlsClientSession {
-    conn: rustls::ClientConnection,
-}
-
-impl fmt::Debug for TlsClientSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsClientSession")
-            .field("handshaking", &self.conn.is_handshaking())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Transform for TlsClientSession {
-    fn handle_input(&mut self, cipher: &[u8], plain: &mut BytesMut) -> Result<Received, Refused> {
-        take_input(&mut self.conn, cipher, plain)
-    }
-
-    fn is_ready(&self) -> bool {
-        !self.conn.is_handshaking()
-    }
-
-    fn write_plaintext(&mut self, plain: &[u8]) {
-        let _ = self.conn.writer().write_all(plain);
-    }
-
-    fn close(&mut self) {
-        self.conn.send_close_notify();
-    }
-
-    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        take_output(&mut self.conn)
-    }
-}
-
-/// Ciphertext read from the socket, into either side's connection: the plaintext it carried
-/// is appended to `plain`.
-fn take_input<D>(
-    conn: &mut rustls::ConnectionCommon<D>,
-    mut cipher: &[u8],
-    plain: &mut BytesMut,
-) -> Result<Received, Refused> {
-    let mut received = Received::default();
-    while !cipher.is_empty() {
-        match conn.read_tls(&mut cipher) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => return Err(Refused(format!("TLS: {e}"))),
-        }
-        let state = conn.process_new_packets().map_err(|e| Refused(format!("TLS: {e}")))?;
-        let mut want = state.plaintext_bytes_to_read();
-        while want > 0 {
-            let at = plain.len();
-            plain.resize(at + want, 0);
-            let n = conn.reader().read(&mut plain[at..]).unwrap_or(0);
-            plain.truncate(at + n);
-            if n == 0 {
-                break;
-            }
-            want -= n.min(want);
-        }
-        if state.peer_has_closed() {
-            received.closed = true;
-        }
-    }
-    Ok(received)
-}
-
-/// What either side's connection has to write to the socket, if anything.
-fn take_output<D>(conn: &mut rustls::ConnectionCommon<D>) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    while conn.wants_write() {
-        if conn.write_tls(&mut out).is_err() {
-            break;
-        }
-    }
-    (!out.is_empty()).then_some(out)
 }
