@@ -157,6 +157,9 @@ pub struct ServerUrl {
     pub password: Option<String>,
     /// For `mqtt(s)://`: the path without its leading `/`, percent-decoded (a topic).
     pub topic: Option<String>,
+    /// Whatever the scheme: the path without its leading `/`, percent-decoded, when it is not
+    /// empty (`mosquitto_pub -L` reads it as the topic).
+    pub path: Option<String>,
 }
 
 fn percent_decode(s: &str) -> Result<String, UrlError> {
@@ -233,13 +236,26 @@ impl ServerUrl {
             Some(p) => p.parse().map_err(|_| UrlError(format!("{url:?}: bad port {p:?}")))?,
             None => default_port,
         };
-        let (ws_path, topic) = if ws {
-            (Some(path.filter(|p| *p != "/").unwrap_or("/mqtt").to_string()), None)
+        let decoded = path.map(|p| percent_decode(&p[1..]));
+        let (ws_path, topic, path_text) = if ws {
+            let ws_path = path.filter(|p| *p != "/").unwrap_or("/mqtt").to_string();
+            // A WebSocket path is taken as it is; decoding it is only for those who want it.
+            (Some(ws_path), None, decoded.and_then(Result::ok))
         } else {
-            let topic = path.map(|p| percent_decode(&p[1..])).transpose()?;
-            (None, topic.filter(|t| !t.is_empty()))
+            let topic = decoded.transpose()?.filter(|t| !t.is_empty());
+            (None, topic.clone(), topic)
         };
-        Ok(ServerUrl { host: host.to_string(), port, tls, ws_path, username, password, topic })
+        let path = path_text.filter(|p| !p.is_empty());
+        Ok(ServerUrl {
+            host: host.to_string(),
+            port,
+            tls,
+            ws_path,
+            username,
+            password,
+            topic,
+            path,
+        })
     }
 }
 

@@ -280,22 +280,11 @@ impl Common {
     /// `-L mqtt://[user[:pass]@]host[:port]/topic`, also `mqtts://`, `ws://` and `wss://`
     /// (whose WebSocket path is `--ws-path`, `/mqtt` by default: the URL's path is the topic).
     fn url(&mut self, url: &str) -> Result<(), String> {
-        let missing = || format!("-L {url:?}: the topic is missing (mqtt://host/topic)");
-        // The path is the topic whatever the scheme: take it off before the URL is read.
-        let after = url.find("://").map_or(0, |i| i + 3);
-        let (server, topic) = match url[after..].find('/') {
-            Some(i) => url.split_at(after + i),
-            None => (url, ""),
-        };
-        let u = ServerUrl::parse(server).map_err(|e| format!("-L {e}"))?;
-        let topic = topic.strip_prefix('/').unwrap_or(topic);
-        if topic.is_empty() {
-            return Err(missing());
-        }
-        let topic = ServerUrl::parse(&format!("mqtt://h/{topic}"))
-            .map_err(|e| format!("-L {url:?}: {e}"))?
-            .topic
-            .ok_or_else(missing)?;
+        let u = ServerUrl::parse(url).map_err(|e| format!("-L {e}"))?;
+        // The path is the topic whatever the scheme.
+        let topic = u
+            .path
+            .ok_or_else(|| format!("-L {url:?}: the topic is missing (mqtt://host/topic)"))?;
         self.host = u.host;
         self.port = u.port;
         self.port_given = true;
