@@ -638,7 +638,7 @@ impl<R: ServerRuntime> Core<R> {
             Input::Accepted(stream, addr, listener) => {
                 let _ = R::set_nodelay(&stream);
                 let max_packet_size = self.hooks.broker.max_packet_size;
-                let tls = match self.hooks.listeners.get(usize::from(listener)) {
+                let layer = match self.hooks.listeners.get(usize::from(listener)) {
                     Some(l) => match l.transport(max_packet_size) {
                         Ok(t) => t,
                         Err(e) => {
@@ -656,9 +656,11 @@ impl<R: ServerRuntime> Core<R> {
                         if let Some(alive) = &self.alive {
                             let tx = self.tx.clone();
                             let alive = alive.clone();
-                            match tls {
-                                Some(tls) => {
-                                    R::spawn(conn_loop::<R, _>(stream, id, shared, tx, alive, tls));
+                            match layer {
+                                Some(layer) => {
+                                    R::spawn(conn_loop::<R, _>(
+                                        stream, id, shared, tx, alive, layer,
+                                    ));
                                 }
                                 None => {
                                     R::spawn(conn_loop::<R, _>(
@@ -820,7 +822,7 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
     shared: Arc<Shared>,
     tx: R::Sender<Input<R>>,
     alive: Sender<()>,
-    mut tls: L,
+    mut layer: L,
 ) -> impl Future<Output = ()> + Send {
     // An `async move` block rather than an `async fn`: the latter keeps a second copy of its
     // arguments in the future.
@@ -835,12 +837,12 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
             let written = {
                 let mut out = std::mem::take(&mut *lock(&shared.out));
                 let total: usize = out.iter().map(Bytes::len).sum();
-                if let Some(tls) = tls.session()
+                if let Some(layer) = layer.session()
                     && total > 0
                 {
                     // The broker's plaintext goes out as TLS records; the window counts the
                     // plaintext.
-                    out = encrypt(tls, &out);
+                    out = seal(layer, &out);
                 }
                 match (total > 0).then(|| write_out::<R>(&mut stream, out, &shared)) {
                     Some(Ok(written)) => Some((total, written)),
@@ -854,9 +856,9 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
                 }
                 (if written { Input::Written(id, total) } else { Input::Closed(id) }, !written)
             } else if shared.closing.load(Ordering::Acquire) {
-                if let Some(tls) = tls.session() {
-                    tls.close();
-                    if let Some(bye) = tls.poll_transmit() {
+                if let Some(layer) = layer.session() {
+                    layer.close();
+                    if let Some(bye) = layer.poll_transmit() {
                         let _ = write_now::<R>(&stream, &mut vec![Bytes::from(bye)]);
                     }
                 }
@@ -888,9 +890,10 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
                         let mut buf = BytesMut::with_capacity(READ_CHUNK);
                         match R::try_read_buf(&stream, &mut buf) {
                             Ok(0) => (Input::Closed(id), true),
-                            Ok(_) if tls.session().is_some() => {
-                                let tls = tls.session();
-                                let wait = tls_input::<R>(&mut stream, tls, id, &buf, &tx, &shared);
+                            Ok(_) if layer.session().is_some() => {
+                                let layer = layer.session();
+                                let wait =
+                                    layer_input::<R>(&mut stream, layer, id, &buf, &tx, &shared);
                                 match Box::pin(wait).await {
                                     Some(input) => input,
                                     None => continue,
@@ -936,31 +939,33 @@ impl Layer for Box<dyn Transform> {
     }
 }
 
-/// The broker's plaintext `out`, as the TLS records to write.
-fn encrypt(tls: &mut dyn Transform, out: &[Bytes]) -> Vec<Bytes> {
+/// The broker's MQTT bytes `out`, as what the transport puts on the wire (TLS records,
+/// WebSocket frames).
+fn seal(layer: &mut dyn Transform, out: &[Bytes]) -> Vec<Bytes> {
     for b in out {
-        tls.write_plaintext(b);
+        layer.write_plaintext(b);
     }
-    tls.poll_transmit().map(Bytes::from).into_iter().collect()
+    layer.poll_transmit().map(Bytes::from).into_iter().collect()
 }
 
-/// Ciphertext read from a TLS connection: writes what TLS answers (the handshake, alerts),
-/// tells the core task who the client is once the handshake says so, and returns the input
-/// for the core task (its plaintext, or the end of the connection), or `None` when there is
-/// none yet. Boxed by its caller: plain connections never hold its state.
-async fn tls_input<R: ServerRuntime>(
+/// Bytes read from a connection with a transport: writes what the transport answers (a TLS
+/// handshake or alert, an HTTP answer, a pong), tells the core task who and where the client
+/// is once the transport says so, and returns the input for the core task (the MQTT bytes, or
+/// the end of the connection), or `None` when there is none yet. Boxed by its caller: plain
+/// connections never hold its state.
+async fn layer_input<R: ServerRuntime>(
     stream: &mut R::Stream,
-    tls: Option<&mut dyn Transform>,
+    layer: Option<&mut dyn Transform>,
     id: ConnId,
-    cipher: &[u8],
+    input: &[u8],
     tx: &R::Sender<Input<R>>,
     shared: &Shared,
 ) -> Option<(Input<R>, bool)> {
-    let tls = tls?;
+    let layer = layer?;
     let mut plain = BytesMut::new();
-    let received = tls.handle_input(cipher, &mut plain);
+    let received = layer.handle_input(input, &mut plain);
     // Handshake messages, or the alert that says why the handshake failed.
-    if let Some(answer) = tls.poll_transmit() {
+    if let Some(answer) = layer.poll_transmit() {
         let mut answer = vec![Bytes::from(answer)];
         let written = match write_out::<R>(stream, std::mem::take(&mut answer), shared) {
             Ok(written) => written,
@@ -977,12 +982,12 @@ async fn tls_input<R: ServerRuntime>(
             return Some((Input::Refused(id), true));
         }
     };
-    if let Some(addr) = tls.poll_peer_addr()
+    if let Some(addr) = layer.poll_peer_addr()
         && !R::send(tx, Input::PeerAddr(id, addr)).await
     {
         return Some((Input::Closed(id), true));
     }
-    if let Some(identity) = tls.poll_identity()
+    if let Some(identity) = layer.poll_identity()
         && !R::send(tx, Input::Identity(id, identity)).await
     {
         return Some((Input::Closed(id), true));

@@ -221,8 +221,8 @@ struct Slot {
 /// One socket and what the loop knows of it.
 struct Conn {
     stream: TcpStream,
-    /// TLS or WebSocket on this connection, if its listener has them.
-    tls: Option<Box<Layered>>,
+    /// TLS, WebSocket or a PROXY header on this connection, if its listener has them.
+    layer: Option<Box<Layered>>,
     generation: u32,
     /// The broker's id.
     conn: ConnId,
@@ -387,7 +387,7 @@ impl Loop {
         let _ = stream.set_nodelay(true);
         let max_packet_size = self.hooks.broker.max_packet_size;
         let transport = self.hooks.listeners.get(listener).map(|l| l.transport(max_packet_size));
-        let tls = match transport {
+        let layer = match transport {
             Some(Ok(Some(session))) => Some(Box::new(Layered { session, owed: VecDeque::new() })),
             Some(Err(e)) => {
                 log::warn!("no transport for {addr}: {e}");
@@ -422,7 +422,7 @@ impl Loop {
         }
         let conn = Conn {
             stream,
-            tls,
+            layer,
             generation: slot.generation,
             conn: id,
             open: true,
@@ -472,13 +472,13 @@ impl Loop {
                         let bytes = self.scratch.get(..n).unwrap_or_default();
                         // Once the broker closed it, what the peer still sends is dropped.
                         if !c.open {
-                        } else if let Some(tls) = c.tls.as_deref_mut() {
+                        } else if let Some(layer) = c.layer.as_deref_mut() {
                             let mut plain = BytesMut::new();
-                            let received = tls.session.handle_input(bytes, &mut plain);
+                            let received = layer.session.handle_input(bytes, &mut plain);
                             // Handshake messages, or the alert that says what went wrong.
-                            tls.seal(&[], &mut c.out);
-                            let identity = tls.session.poll_identity();
-                            let peer_addr = tls.session.poll_peer_addr();
+                            layer.seal(&[], &mut c.out);
+                            let identity = layer.session.poll_identity();
+                            let peer_addr = layer.session.poll_peer_addr();
                             if !c.out.is_empty() {
                                 mark_dirty(c, &mut self.dirty, index);
                             }
@@ -554,8 +554,8 @@ impl Loop {
             match command {
                 Command::Write(slot, chunks) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
-                        if let Some(tls) = c.tls.as_deref_mut() {
-                            tls.seal(&chunks, &mut c.out);
+                        if let Some(layer) = c.layer.as_deref_mut() {
+                            layer.seal(&chunks, &mut c.out);
                         } else if c.out.is_empty() {
                             c.out = chunks;
                         } else {
@@ -567,9 +567,9 @@ impl Loop {
                 // Written out, then shut and lingered over (or dropped) by `flush`.
                 Command::Close(slot) => {
                     if let Some(c) = conn_at(&mut self.conns, slot) {
-                        if let Some(tls) = c.tls.as_deref_mut() {
-                            tls.session.close();
-                            tls.seal(&[], &mut c.out);
+                        if let Some(layer) = c.layer.as_deref_mut() {
+                            layer.session.close();
+                            layer.seal(&[], &mut c.out);
                         }
                         c.open = false;
                         c.paused = false;
@@ -716,8 +716,8 @@ impl Loop {
             }
             return;
         }
-        let written = match c.tls.as_deref_mut() {
-            Some(tls) => tls.written(written),
+        let written = match c.layer.as_deref_mut() {
+            Some(layer) => layer.written(written),
             None => written,
         };
         if written > 0 {
