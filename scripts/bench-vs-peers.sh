@@ -108,6 +108,32 @@ bench() { # port args...
         awk '/^(fan-in|fan-out|pairs|latency|idle) / {print}' || true
 }
 
+# With the broker $PID fresh: holds $IDLE idle connections (`ternmq bench ARGS -s idle`), waiting
+# at most TRIES tenths of a second for them to open, and records the broker's RSS growth per
+# connection as KEY; then stops the broker.
+idle_per_connection() { # name key tries bench-args...
+    local name=$1 key=$2 tries=$3
+    shift 3
+    local base held load opened per
+    base=$(rss_kb "$PID")
+    $PIN_LOAD "$TERNMQ" bench "$@" -V 311 -s idle --connections "$IDLE" --hold 6 \
+        >"$WORK/idle.out" 2>"$WORK/idle.err" &
+    load=$!
+    for _ in $(seq 1 "$tries"); do
+        grep -q holding "$WORK/idle.err" 2>/dev/null && break
+        sleep 0.1
+    done
+    sleep 1
+    held=$(rss_kb "$PID")
+    wait "$load" || true
+    opened=$(awk '/^idle / {print $5}' "$WORK/idle.out")
+    opened=${opened:-0}
+    per=$(( opened > 0 ? (held - base) * 1024 / opened : 0 ))
+    echo "$name $key $per ($opened connections)" | tee -a "$RESULTS"
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+}
+
 BROKERS=""
 first=1
 for rt in ${TERNMQ_RUNTIMES:-tokio}; do
@@ -138,23 +164,7 @@ for b in $BROKERS; do
     # Idle connections on a fresh broker: RSS growth per connection while they are held.
     port=$(free_port)
     start_broker "$b" "$port"
-    base=$(rss_kb "$PID")
-    $PIN_LOAD "$TERNMQ" bench -p "$port" -V 311 -s idle --connections "$IDLE" --hold 6 \
-        >"$WORK/idle.out" 2>"$WORK/idle.err" &
-    load=$!
-    for _ in $(seq 1 600); do
-        grep -q holding "$WORK/idle.err" 2>/dev/null && break
-        sleep 0.1
-    done
-    sleep 1
-    held=$(rss_kb "$PID")
-    wait "$load" || true
-    opened=$(awk '/^idle / {print $5}' "$WORK/idle.out")
-    opened=${opened:-0}
-    per=$(( opened > 0 ? (held - base) * 1024 / opened : 0 ))
-    echo "$b idle_bytes_per_connection $per ($opened connections)" | tee -a "$RESULTS"
-    kill "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
+    idle_per_connection "$b" idle_bytes_per_connection 600 -p "$port"
 done
 
 # TLS and WebSocket: one CA and a server certificate for 127.0.0.1, made for this run.
@@ -204,23 +214,8 @@ if [ "${TERNMQ_BENCH_TLS:-1}" != 0 ] && command -v openssl >/dev/null; then
         wait "$PID" 2>/dev/null || true
         # Idle TLS connections on a fresh broker: RSS growth per connection while held.
         start_tls_broker "$b" "$tls" "$ws"
-        base=$(rss_kb "$PID")
-        $PIN_LOAD "$TERNMQ" bench -L "mqtts://127.0.0.1:$tls" --cafile "$WORK/ca.pem" -V 311 \
-            -s idle --connections "$IDLE" --hold 6 >"$WORK/idle.out" 2>"$WORK/idle.err" &
-        load=$!
-        for _ in $(seq 1 1200); do
-            grep -q holding "$WORK/idle.err" 2>/dev/null && break
-            sleep 0.1
-        done
-        sleep 1
-        held=$(rss_kb "$PID")
-        wait "$load" || true
-        opened=$(awk '/^idle / {print $5}' "$WORK/idle.out")
-        opened=${opened:-0}
-        per=$(( opened > 0 ? (held - base) * 1024 / opened : 0 ))
-        echo "$b idle_tls_bytes_per_connection $per ($opened connections)" | tee -a "$RESULTS"
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
+        idle_per_connection "$b" idle_tls_bytes_per_connection 1200 \
+            -L "mqtts://127.0.0.1:$tls" --cafile "$WORK/ca.pem"
     done
 fi
 
