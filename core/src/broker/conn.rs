@@ -178,6 +178,7 @@ impl Broker {
             return;
         }
         let was = c.phase;
+        let version = c.version();
         // DISCONNECT only after a successful CONNACK ([MQTT-3.14.0-1]), and only in MQTT 5.
         if let Some(code) = disconnect
             && was == Phase::Connected
@@ -202,7 +203,7 @@ impl Broker {
             self.pending_authz.remove(&t);
         }
         if was == Phase::Connected {
-            self.clients_connected -= 1;
+            self.client_gone(version);
             if let Some(session) = session {
                 self.detach(now, session, publish_will, false);
             }
@@ -220,6 +221,13 @@ impl Broker {
             self.commands.push_back(Command::Close(id));
         }
         self.mark_ready(index);
+    }
+
+    /// A connected client's connection ended (closed or taken over).
+    pub(super) fn client_gone(&mut self, version: ProtocolVersion) {
+        self.clients_connected -= 1;
+        let counts = &mut self.stats.versions[version_index(version)];
+        counts.connected = counts.connected.saturating_sub(1);
     }
 
     pub(super) fn next_random(&mut self) -> u64 {

@@ -118,7 +118,7 @@ impl Broker {
             self.stats.publish_denied += 1;
             return;
         }
-        self.stats.messages_received += 1;
+        self.stats.count_received(will.msg.qos, will.msg.payload.len());
         self.store_retained(now, &will.msg);
         self.route(now, &will.msg, &mut Routing::default());
     }
@@ -296,6 +296,7 @@ impl Broker {
         code: ReasonCode,
     ) {
         let code = if code.is_error() { code } else { ReasonCode::NotAuthorized };
+        self.stats.auth_failures += 1;
         if connecting {
             self.refuse(now, index, code);
         } else {
@@ -548,6 +549,9 @@ impl Broker {
         self.send(index, &ack.into());
         self.clients_connected += 1;
         self.stats.clients_connected_total += 1;
+        let counts = &mut self.stats.versions[version_index(version)];
+        counts.connects += 1;
+        counts.connected += 1;
         self.arm_conn_timer(index);
         self.events.push_back(Event::Connected {
             conn: id,
@@ -585,8 +589,9 @@ impl Broker {
         };
         c.phase = Phase::Closing;
         c.session = None;
+        let version = c.version();
         let client_id = self.session(si).map(|s| s.client_id.clone());
-        self.clients_connected -= 1;
+        self.client_gone(version);
         self.detach(now, si, true, true);
         if let Some(client_id) = client_id {
             let reason = CloseReason::Server(code);

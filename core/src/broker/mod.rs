@@ -46,6 +46,7 @@
 //!   connected with room in their window. When every member is offline the message is queued
 //!   for the member whose turn it is, so it is not lost while sessions last.
 
+pub mod admin;
 mod authz;
 mod config;
 mod conn;
@@ -298,6 +299,69 @@ pub struct Stats {
     /// Connections closed because they did not complete CONNECT within `connect_timeout`:
     /// silent clients, and TLS handshakes or WebSocket upgrades that never finished.
     pub connect_timeouts: u64,
+    /// CONNECTs refused, or re-authentications failed, because the client's credentials
+    /// were wrong or not allowed (the authenticator's refusals).
+    pub auth_failures: u64,
+    /// PUBLISH packets received from clients, by QoS (0, 1, 2).
+    pub received_by_qos: [u64; 3],
+    /// PUBLISH packets sent to clients, by QoS.
+    pub sent_by_qos: [u64; 3],
+    /// Payload bytes of the PUBLISH packets received, by QoS.
+    pub payload_bytes_received_by_qos: [u64; 3],
+    /// Payload bytes of the PUBLISH packets sent, by QoS.
+    pub payload_bytes_sent_by_qos: [u64; 3],
+    /// Per listener (the adapter's index of [`PeerInfo::listener`]): connections accepted,
+    /// and open now.
+    pub listeners: Vec<ListenerStats>,
+    /// Per protocol version, MQTT 3.1, 3.1.1 and 5.0 in that order: CONNECTs accepted, and
+    /// clients connected now.
+    pub versions: [VersionStats; 3],
+}
+
+/// One listener's connections ([`Stats::listeners`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerStats {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections open now.
+    pub open: u64,
+}
+
+/// One protocol version's clients ([`Stats::versions`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VersionStats {
+    /// CONNECTs accepted since start.
+    pub connects: u64,
+    /// Clients connected now.
+    pub connected: u64,
+}
+
+/// The index of `version` in [`Stats::versions`].
+pub fn version_index(version: ProtocolVersion) -> usize {
+    match version {
+        ProtocolVersion::V3_1 => 0,
+        ProtocolVersion::V3_1_1 => 1,
+        ProtocolVersion::V5 => 2,
+    }
+}
+
+impl Stats {
+    fn listener(&mut self, listener: u16) -> &mut ListenerStats {
+        let i = usize::from(listener);
+        if self.listeners.len() <= i {
+            self.listeners.resize(i + 1, ListenerStats::default());
+        }
+        &mut self.listeners[i]
+    }
+
+    /// A PUBLISH received (a will included), counted by its QoS.
+    pub(crate) fn count_received(&mut self, qos: QoS, payload: usize) {
+        self.messages_received += 1;
+        self.received_by_qos[qos as usize] += 1;
+        self.payload_bytes_received_by_qos[qos as usize] += payload as u64;
+    }
 }
 
 /// The counters as a sentence, for a log: the counters of rare events (drops, flow control)
@@ -331,6 +395,7 @@ impl fmt::Display for Stats {
             (self.shared_redelivered, "shared-subscription messages redelivered"),
             (self.transport_refused, "connections refused by their transport (TLS, WebSocket)"),
             (self.connect_timeouts, "connections that did not connect in time"),
+            (self.auth_failures, "authentication failures"),
         ];
         for (n, what) in rare.into_iter().filter(|(n, _)| *n > 0) {
             write!(f, "; {what} {n}")?;
@@ -475,6 +540,8 @@ struct Conn {
     in_ready: bool,
     /// Subscribers' sessions whose full output paused this connection's input.
     paused: u16,
+    /// The listener that accepted it ([`PeerInfo::listener`]).
+    listener: u16,
     /// Answers owed to this client: allocated the first time one has to wait, so that an
     /// idle connection pays one pointer for it.
     owing: Option<Box<Owing>>,
@@ -731,6 +798,7 @@ impl Broker {
             self.stats.connections_refused += 1;
             return Err(AcceptError::TooManyConnections);
         }
+        let listener = peer.listener;
         let conn = Conn {
             peer: Some(Box::new(peer)),
             phase: Phase::AwaitConnect,
@@ -753,6 +821,7 @@ impl Broker {
             in_ready: false,
             owing: None,
             paused: 0,
+            listener,
         };
         let index = match self.free_slots.pop() {
             Some(i) => i,
@@ -766,6 +835,9 @@ impl Broker {
         let id = ConnId { index, generation: slot.generation };
         self.connections += 1;
         self.stats.connections_accepted += 1;
+        let counts = self.stats.listener(listener);
+        counts.accepted += 1;
+        counts.open += 1;
         self.arm_conn_timer(index);
         Ok(id)
     }
@@ -810,10 +882,12 @@ impl Broker {
     /// for). An unexpected close publishes the will as the specification says and starts the
     /// session's expiry clock. The `ConnId` is stale afterwards.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
-        if self.conn(conn).is_none() {
+        let Some(listener) = self.conn(conn).map(|c| c.listener) else {
             return;
-        }
+        };
         self.close(now, conn.index, CloseReason::TransportClosed, None, true);
+        let counts = self.stats.listener(listener);
+        counts.open = counts.open.saturating_sub(1);
         let slot = &mut self.slots[conn.index as usize];
         slot.conn = None;
         slot.generation = slot.generation.wrapping_add(1);

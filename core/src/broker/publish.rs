@@ -122,7 +122,7 @@ impl Broker {
                 park_ok: id.is_some()
                     && !self.config.max_ack_delay.is_zero()
                     && unacked < receive_maximum,
-                congested: None,
+                ..Routing::default()
             };
             let logged_before = self.persist_seq;
             let matched = self.publish_message(now, serial, p, &mut how);
@@ -286,7 +286,7 @@ impl Broker {
         p: Publish,
         how: &mut Routing,
     ) -> bool {
-        self.stats.messages_received += 1;
+        self.stats.count_received(p.qos, p.payload.len());
         let mut properties = p.properties;
         let expires_at =
             properties.message_expiry_interval.take().map(|s| now + Duration::from_secs(s.into()));

@@ -14,6 +14,8 @@ pub(super) struct Routing {
     pub(super) park_ok: bool,
     /// The first connected session that took it over its queue limit.
     pub(super) congested: Option<u32>,
+    /// Sessions it was delivered (or queued) to.
+    pub(super) delivered: usize,
 }
 
 impl Broker {
@@ -56,6 +58,7 @@ impl Broker {
                     key: 0,
                     shared: None,
                 };
+                how.delivered += 1;
                 self.deliver(now, session, d, how);
             }
         }
@@ -87,6 +90,7 @@ impl Broker {
             key: 0,
             shared,
         };
+        how.delivered += 1;
         self.deliver(now, e.session, d, how);
         true
     }
@@ -447,6 +451,8 @@ impl Broker {
                     aliases.commit(&msg.topic, a);
                 }
                 self.stats.messages_sent += 1;
+                self.stats.sent_by_qos[d.qos as usize] += 1;
+                self.stats.payload_bytes_sent_by_qos[d.qos as usize] += msg.payload.len() as u64;
                 self.mark_ready(index);
                 true
             }

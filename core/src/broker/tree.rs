@@ -175,6 +175,16 @@ impl SubTree {
         }
     }
 
+    /// `session`'s subscription to `filter`, if it has one.
+    pub(crate) fn entry(&self, filter: &TopicFilter, session: u32) -> Option<Entry> {
+        let node = self.node(self.find(filter.filter())?);
+        let list = match filter.share_name() {
+            None => &node.subs,
+            Some(name) => &node.groups.iter().find(|g| &*g.name == name)?.members,
+        };
+        list.iter().find(|e| e.session == session).copied()
+    }
+
     /// Removes `session`'s subscription to `filter`. Returns whether there was one.
     pub(crate) fn remove(&mut self, filter: &TopicFilter, session: u32) -> bool {
         let Some(n) = self.find(filter.filter()) else {
