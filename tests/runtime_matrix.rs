@@ -248,3 +248,63 @@ fn every_server_waits_for_a_deferred_authorization() {
         }
     }
 }
+
+/// Every server carries its control handle's requests to its broker and back: listing, kicking
+/// (the v5 client reads why) and publishing as the broker, and refuses them once stopped.
+fn the_control_handle_reaches_the_broker(server: &str) {
+    use ternmq::broker::admin::{Request, Response};
+    let (addr, running) = start(server);
+    let control = running.control.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !control.is_ready() {
+        assert!(std::time::Instant::now() < deadline, "{server}: never ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(control.listeners()[0].addr, addr);
+    let sub = sync_client(addr, &format!("control-sub-{server}"));
+    sub.subscribe("control/#", QoS::AtLeastOnce).unwrap();
+    let listed = control
+        .request_blocking(Request::ListClients {
+            prefix: "control-".into(),
+            after: None,
+            limit: 10,
+        })
+        .unwrap();
+    let Response::Clients { clients, next: None } = listed else { panic!("{server}: {listed:?}") };
+    assert_eq!(clients.len(), 1, "{server}");
+    assert_eq!(clients[0].subscriptions, 1, "{server}");
+
+    let mut publish = ternmq::codec::Publish::new(
+        ternmq::topic::TopicName::new("control/a").unwrap(),
+        bytes::Bytes::from_static(b"from the operator"),
+    );
+    publish.qos = QoS::AtLeastOnce;
+    let answer = control.request_blocking(Request::Publish(publish)).unwrap();
+    assert!(matches!(answer, Response::Published { matched: 1 }), "{server}: {answer:?}");
+    let got = sub.recv_timeout(Duration::from_secs(10)).expect("the broker's publish");
+    assert_eq!(&got.payload[..], b"from the operator");
+
+    let kicked = control
+        .request_blocking(Request::Disconnect {
+            client_id: format!("control-sub-{server}"),
+            reason: ReasonCode::AdministrativeAction,
+            discard_session: false,
+        })
+        .unwrap();
+    assert!(matches!(kicked, Response::Disconnected { found: true }), "{server}: {kicked:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sub.is_connected() {
+        assert!(std::time::Instant::now() < deadline, "{server}: still connected after a kick");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(running);
+    assert!(!control.is_ready(), "{server}: ready after it stopped");
+    assert!(control.request_blocking(Request::Stats).is_err(), "{server}: answered when stopped");
+}
+
+#[test]
+fn every_server_answers_its_control_handle() {
+    for server in ["tokio", "std", "smol"] {
+        the_control_handle_reaches_the_broker(server);
+    }
+}

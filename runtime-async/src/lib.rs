@@ -22,6 +22,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 pub mod client;
+#[cfg(feature = "server")]
+pub mod control;
 pub mod proxy;
 #[cfg(feature = "server")]
 pub mod server;
@@ -30,6 +32,8 @@ pub mod transport;
 pub mod ws;
 
 pub use client::Client;
+#[cfg(feature = "server")]
+pub use control::{Control, ListenerInfo};
 #[cfg(feature = "server")]
 pub use server::{BlockOn, Server, ServerConfig, ServerRuntime, ShutdownHandle};
 

@@ -43,6 +43,7 @@ use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
 use crate::Runtime;
+use crate::control::{Control, ControlInbox, ListenerInfo};
 use crate::proxy::ProxyHeader;
 use crate::tls::TlsAcceptor;
 use crate::transport::{Stack, Transform};
@@ -349,6 +350,7 @@ pub struct Server<R: ServerRuntime> {
     input: (R::Sender<Input<R>>, R::Receiver<Input<R>>),
     stopping: Arc<AtomicBool>,
     store: Option<Store>,
+    control: (Control, ControlInbox),
 }
 
 impl<R: ServerRuntime> fmt::Debug for Server<R> {
@@ -366,8 +368,15 @@ impl<R: ServerRuntime> Server<R> {
             listeners.push(R::bind(l.addr).await.map_err(|e| bind_error(&l.addr, &e))?);
         }
         let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
-        let input = R::channel(INPUT_QUEUE);
-        Ok(Server { listeners, config, input, stopping: Arc::default(), store })
+        let input: (R::Sender<Input<R>>, _) = R::channel(INPUT_QUEUE);
+        let bound = listeners.iter().zip(&config.listeners).filter_map(|(l, c)| {
+            Some(ListenerInfo { addr: R::local_addr(l).ok()?, kind: c.kind() })
+        });
+        let tx = input.0.clone();
+        let control = Control::pair(bound.collect(), move || {
+            let _ = R::try_send(&tx, Input::Wake);
+        });
+        Ok(Server { listeners, config, input, stopping: Arc::default(), store, control })
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -379,8 +388,13 @@ impl<R: ServerRuntime> Server<R> {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         let tx = self.input.0.clone();
         ShutdownHandle::new(Arc::clone(&self.stopping), move || {
-            let _ = R::try_send(&tx, Input::Stop);
+            let _ = R::try_send(&tx, Input::Wake);
         })
+    }
+
+    /// A handle that asks the broker questions and gives it orders, from any thread.
+    pub fn control(&self) -> Control {
+        self.control.0.clone()
     }
 
     /// Serves until [`ShutdownHandle::shutdown`] is called. Spawns its tasks with
@@ -427,8 +441,10 @@ impl<R: ServerRuntime> Server<R> {
             alive: Some(alive),
             tasks,
             accepting,
+            inbox: self.control.1,
             runtime: PhantomData,
         };
+        core.inbox.started(core.writer.as_ref().map(Writer::metrics));
         core.run(rx, &self.stopping).await;
         let failed = core.store_failed.take();
         core.finish().await;
@@ -452,8 +468,9 @@ impl<R: BlockOn> Server<R> {
 }
 
 enum Input<R: ServerRuntime> {
-    /// A shutdown handle was used (only wakes the core task: `stopping` says it).
-    Stop,
+    /// A shutdown or control handle was used (only wakes the core task: `stopping` or the
+    /// control inbox says what for).
+    Wake,
     Accepted(R::Stream, SocketAddr, u16),
     /// Accepting on this listener failed; it waits for a word to try again.
     AcceptFailed(u16),
@@ -559,6 +576,8 @@ struct Core<R: ServerRuntime> {
     tasks: Receiver<()>,
     /// One per listener: a word resumes its accepting; dropped, it stops.
     accepting: Vec<Sender<()>>,
+    /// Requests from [`Control`] handles.
+    inbox: ControlInbox,
     runtime: PhantomData<R>,
 }
 
@@ -624,6 +643,8 @@ impl<R: ServerRuntime> Core<R> {
                 }
             }
             let now = self.now();
+            let driver = &mut self.driver;
+            self.inbox.serve(|request| driver.handle_admin(now, request));
             self.driver.handle_timeout(now);
             self.act();
         }
@@ -632,7 +653,7 @@ impl<R: ServerRuntime> Core<R> {
     fn input(&mut self, input: Input<R>) {
         let now = self.now();
         match input {
-            Input::Stop => {}
+            Input::Wake => {}
             // Accepted before the shutdown began, seen after: dropped.
             Input::Accepted(..) if self.alive.is_none() => {}
             Input::Accepted(stream, addr, listener) => {
@@ -784,6 +805,7 @@ impl<R: ServerRuntime> Core<R> {
     /// Stops accepting and has the driver disconnect everyone; the loop goes on until the
     /// driver says every connection is gone.
     fn begin_shutdown(&mut self) {
+        self.inbox.stopping();
         self.accepting.clear();
         drop(self.alive.take());
         log::info!("{}", self.driver.broker().stats());

@@ -44,7 +44,7 @@ pub mod server;
 pub use client::{Client, DialFuture, Dialer, Smol, Transport, tcp_dialer};
 #[cfg(feature = "server")]
 pub use server::{
-    AsyncAuthenticator, AsyncAuthorizer, Listener, Server, ServerConfig, ShutdownHandle,
+    AsyncAuthenticator, AsyncAuthorizer, Control, Listener, Server, ServerConfig, ShutdownHandle,
     TlsAcceptor, TlsSettings, TlsVersion,
 };
 pub use ternmq_async::transport::{ClientTransport, Transform};

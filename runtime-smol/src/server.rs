@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use smol::io::AsyncReadExt;
 use smol::{Async, channel};
 use ternmq_async::ServerRuntime;
+pub use ternmq_async::control::{Control, ListenerInfo};
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,

@@ -47,8 +47,8 @@ pub mod server;
 pub mod transport;
 
 pub use server::{
-    AsyncAuthenticator, AsyncAuthorizer, BlockingAuthenticator, BlockingAuthorizer, Listener,
-    Server, ServerConfig, ShutdownHandle, TlsAcceptor, TlsSettings, TlsVersion,
+    AsyncAuthenticator, AsyncAuthorizer, BlockingAuthenticator, BlockingAuthorizer, Control,
+    Listener, Server, ServerConfig, ShutdownHandle, TlsAcceptor, TlsSettings, TlsVersion,
 };
 pub use ternmq_async::transport::{ClientTransport, Transform};
 pub use ternmq_core as core;

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant as StdInstant};
 use bytes::{Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use ternmq_async::control::ControlInbox;
+pub use ternmq_async::control::{Control, ListenerInfo};
 use ternmq_async::server::bind_error;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
@@ -85,6 +87,7 @@ pub struct Server {
     config: ServerConfig,
     stopping: Arc<AtomicBool>,
     store: Option<Store>,
+    control: (Control, ControlInbox),
 }
 
 impl fmt::Debug for Server {
@@ -108,7 +111,15 @@ impl Server {
         }
         let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
         let stopping = Arc::new(AtomicBool::new(false));
-        Ok(Server { poll, waker, listeners, config, stopping, store })
+        let bound = listeners
+            .iter()
+            .zip(&config.listeners)
+            .filter_map(|(l, c)| Some(ListenerInfo { addr: l.local_addr().ok()?, kind: c.kind() }));
+        let wake = Arc::clone(&waker);
+        let control = Control::pair(bound.collect(), move || {
+            let _ = wake.wake();
+        });
+        Ok(Server { poll, waker, listeners, config, stopping, store, control })
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -122,6 +133,11 @@ impl Server {
         ShutdownHandle::new(Arc::clone(&self.stopping), move || {
             let _ = waker.wake();
         })
+    }
+
+    /// A handle that asks the broker questions and gives it orders, from any thread.
+    pub fn control(&self) -> Control {
+        self.control.0.clone()
     }
 
     /// Serves until [`ShutdownHandle::shutdown`] is called; blocks the calling thread.
@@ -153,7 +169,9 @@ impl Server {
             hooks: self.config.clone(),
             writer,
             store_failed: None,
+            inbox: self.control.1,
         };
+        server.inbox.started(server.writer.as_ref().map(Writer::metrics));
         let served = server.run(&self.stopping);
         // Everything logged, up to the last connection's close, is committed before the server
         // returns, however the loop ended.
@@ -272,6 +290,8 @@ struct Loop {
     writer: Option<Writer>,
     /// The store could not be written: the server stops.
     store_failed: Option<String>,
+    /// Requests from [`Control`] handles.
+    inbox: ControlInbox,
 }
 
 impl Loop {
@@ -328,6 +348,8 @@ impl Loop {
             while let Ok(input) = self.rx.try_recv() {
                 self.input(now, input);
             }
+            let driver = &mut self.driver;
+            self.inbox.serve(|request| driver.handle_admin(now, request));
             if self.store_failed.is_some() {
                 stopping.store(true, Ordering::SeqCst);
             }
@@ -338,6 +360,7 @@ impl Loop {
             self.settle(now);
             if !shut_down && stopping.load(Ordering::SeqCst) {
                 shut_down = true;
+                self.inbox.stopping();
                 self.shutdown(now);
             }
         }

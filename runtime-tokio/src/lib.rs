@@ -34,7 +34,7 @@ pub mod server;
 
 #[cfg(feature = "server")]
 pub use server::{
-    AsyncAuthenticator, AsyncAuthorizer, Listener, Server, ServerConfig, ShutdownHandle,
+    AsyncAuthenticator, AsyncAuthorizer, Control, Listener, Server, ServerConfig, ShutdownHandle,
     TlsAcceptor, TlsSettings, TlsVersion,
 };
 pub use ternmq_async::transport::{ClientTransport, Transform};

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use ternmq_async::ServerRuntime;
+pub use ternmq_async::control::{Control, ListenerInfo};
 use ternmq_async::server::TrySend;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,

@@ -14,7 +14,8 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
 
@@ -756,6 +757,59 @@ pub fn start_broker(
 /// the batch is stored.
 pub type Batch = Vec<(PersistSeq, PersistOp)>;
 
+/// What the [`Writer`] thread did, for metrics: shared with whoever reads it, updated after
+/// every commit.
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    commits: AtomicU64,
+    fsyncs: AtomicU64,
+    /// Commits by latency, counted in the bucket of the first bound not below it.
+    buckets: [AtomicU64; COMMIT_BUCKETS_US.len() + 1],
+    latency_us: AtomicU64,
+}
+
+/// The upper bounds (in microseconds) of [`StoreMetrics`]' latency buckets; one more bucket
+/// counts the slower commits.
+pub const COMMIT_BUCKETS_US: [u64; 12] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+
+/// A copy of [`StoreMetrics`] at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreFigures {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Of which forced to disk.
+    pub fsyncs: u64,
+    /// Commits per latency bucket (not cumulative), one per [`COMMIT_BUCKETS_US`] and one more.
+    pub buckets: Vec<u64>,
+    /// The commits' summed latency, in microseconds.
+    pub latency_us: u64,
+}
+
+impl StoreMetrics {
+    fn record(&self, took: std::time::Duration, fsync: bool) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket =
+            COMMIT_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(COMMIT_BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_us.fetch_add(us, Ordering::Relaxed);
+        if fsync {
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The figures now.
+    pub fn figures(&self) -> StoreFigures {
+        StoreFigures {
+            commits: self.commits.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            latency_us: self.latency_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A [`Store`] on a thread of its own. Batches queue up while a commit is in progress and go
 /// into the next commit together (group commit), so throughput grows with load.
 #[derive(Debug)]
@@ -763,6 +817,7 @@ pub struct Writer {
     /// Each batch with the wall clock when it was queued.
     tx: Option<mpsc::Sender<(u64, Batch)>>,
     thread: Option<JoinHandle<()>>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl Writer {
@@ -776,6 +831,8 @@ impl Writer {
         failed: impl FnOnce(StoreError) + Send + 'static,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<(u64, Batch)>();
+        let metrics = Arc::new(StoreMetrics::default());
+        let counted = Arc::clone(&metrics);
         let thread = std::thread::Builder::new().name("ternmq-store".into()).spawn(move || {
             let mut last_sync = std::time::Instant::now();
             let mut ops = Vec::new();
@@ -803,10 +860,12 @@ impl Writer {
                 if fsync {
                     last_sync = std::time::Instant::now();
                 }
+                let started = std::time::Instant::now();
                 if let Err(e) = store.apply(&ops, wall, fsync) {
                     failed(e);
                     return;
                 }
+                counted.record(started.elapsed(), fsync);
                 if let Some(seq) = last {
                     stored(seq);
                 }
@@ -814,7 +873,12 @@ impl Writer {
             // Closing: one last forced commit so that nothing written is left unsynced.
             let _ = store.apply(&[], wall_clock(), true);
         })?;
-        Ok(Writer { tx: Some(tx), thread: Some(thread) })
+        Ok(Writer { tx: Some(tx), thread: Some(thread), metrics })
+    }
+
+    /// What the thread has done so far, updated as it commits.
+    pub fn metrics(&self) -> Arc<StoreMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Queues a batch, stamped with the wall clock now: call it as soon as the broker has

@@ -211,7 +211,12 @@ pub(crate) fn wait_exit(child: &mut Child, limit: StdDuration) -> Option<std::pr
 }
 
 /// A running broker server of one runtime (from [`serve`]); stops on drop.
-pub(crate) enum Running {
+pub(crate) struct Running {
+    pub(crate) control: ternmq::tokio::Control,
+    server: Server,
+}
+
+enum Server {
     /// The runtime is kept so that the server task lives as long as this value.
     Tokio(
         tokio::runtime::Runtime,
@@ -224,15 +229,15 @@ pub(crate) enum Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        match self {
+        match &mut self.server {
             // Waits for the server to finish, so that its store is closed when this returns.
-            Running::Tokio(rt, h, task) => {
+            Server::Tokio(rt, h, task) => {
                 h.shutdown();
                 if let Some(task) = task.take() {
                     let _ = rt.block_on(task);
                 }
             }
-            Running::Std(h, t) | Running::Smol(h, t) => {
+            Server::Std(h, t) | Server::Smol(h, t) => {
                 h.shutdown();
                 if let Some(t) = t.take() {
                     t.join().unwrap();
@@ -258,22 +263,25 @@ pub(crate) fn serve(
             let server = rt.block_on(ternmq::tokio::Server::bind(config)).unwrap();
             let addrs = server.local_addrs();
             let handle = server.shutdown_handle();
+            let control = server.control();
             let task = rt.spawn(server.run());
-            (addrs, Running::Tokio(rt, handle, Some(task)))
+            (addrs, Running { control, server: Server::Tokio(rt, handle, Some(task)) })
         }
         "std" => {
             let server = ternmq::blocking::Server::bind(config).unwrap();
             let addrs = server.local_addrs();
             let handle = server.shutdown_handle();
+            let control = server.control();
             let t = std::thread::spawn(move || server.run().unwrap());
-            (addrs, Running::Std(handle, Some(t)))
+            (addrs, Running { control, server: Server::Std(handle, Some(t)) })
         }
         "smol" => {
             let server = ternmq::smol::Server::bind_blocking(config).unwrap();
             let addrs = server.local_addrs();
             let handle = server.shutdown_handle();
+            let control = server.control();
             let t = std::thread::spawn(move || server.run_blocking().unwrap());
-            (addrs, Running::Smol(handle, Some(t)))
+            (addrs, Running { control, server: Server::Smol(handle, Some(t)) })
         }
         other => panic!("no runtime {other}"),
     }

@@ -415,6 +415,19 @@ impl<H: Clone> Driver<H> {
         self.collect();
     }
 
+    /// An operator's request (see [`admin`](super::admin)); the connections it closes or
+    /// writes to come out as commands like any other.
+    pub fn handle_admin(
+        &mut self,
+        now: Instant,
+        request: super::admin::Request,
+    ) -> super::admin::Response {
+        self.now = self.now.max(now);
+        let response = self.broker.handle_admin(now, request);
+        self.collect();
+        response
+    }
+
     /// Does what is due at `now`: the broker's timers, stalled writers, lingering that is
     /// over, paused listeners. Call when [`poll_timeout`](Self::poll_timeout) passes (calling
     /// earlier does nothing).
