@@ -81,6 +81,15 @@ impl TlsAcceptor {
         Ok(())
     }
 
+    /// The rustls configuration a new connection gets now, offering the ALPN protocols
+    /// `alpn` instead of `mqtt`: for another protocol on the same certificate (HTTPS).
+    pub fn rustls_config(&self, alpn: &[&[u8]]) -> Arc<RustlsConfig> {
+        let current = Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner));
+        let mut config = RustlsConfig::clone(&current);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
     /// A session for a new connection.
     pub fn session(&self) -> io::Result<TlsSession> {
         let config = Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner));

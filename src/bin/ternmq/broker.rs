@@ -34,10 +34,15 @@ options:
                          broker's other events (same as --log-level debug)
       --log-level LEVEL  error, warn, info (default), debug or trace
       --log-timestamp F  rfc3339 (default, UTC), epoch (seconds, as Mosquitto) or none
+      --log-format F     text (default) or json (one JSON object a line)
+      --http ADDR        serve the HTTP admin API, metrics and dashboard on ADDR
+                         (e.g. 127.0.0.1:8080; off by default; see [http] in the config)
       --help             print this help
 
-Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully; SIGHUP is logged
-and ignored (reloading the configuration is not supported yet).";
+Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully. SIGHUP (or POST
+/api/v1/reload) re-reads the configuration: certificates, password and ACL files, limits
+and timeouts apply at once, users removed from the password file are disconnected, and
+what needs a restart (listeners, persistence) is logged.";
 
 /// Seconds between `$SYS` updates when the configuration file does not say (Mosquitto's
 /// default too).
@@ -83,6 +88,18 @@ struct FileConfig {
     acl_file: Option<PathBuf>,
     log_level: Option<String>,
     log_timestamp: Option<String>,
+    log_format: Option<String>,
+    http: Option<HttpTable>,
+}
+
+/// The `[http]` table: the admin API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpTable {
+    bind: Option<String>,
+    token_file: Option<PathBuf>,
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,17 +218,29 @@ impl ListenerConfig {
 }
 
 /// Everything the broker runs with, from defaults, the file and the flags.
-struct Settings {
-    config: ServerConfig,
-    persistence: Option<PathBuf>,
-    log_level: log::LevelFilter,
+pub(crate) struct Settings {
+    pub(crate) config: ServerConfig,
+    pub(crate) persistence: Option<PathBuf>,
+    pub(crate) log_level: log::LevelFilter,
     log_timestamp: Timestamp,
-    runtime: Runtime,
-    durability: Durability,
+    log_format: LogFormat,
+    pub(crate) runtime: Runtime,
+    pub(crate) durability: Durability,
+    /// The HTTP admin API, when configured.
+    pub(crate) http: Option<HttpSettings>,
+    /// The users of the password file, when there is one.
+    pub(crate) users: Option<Vec<String>>,
+}
+
+/// Where and how the HTTP admin API is served.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpSettings {
+    pub(crate) bind: SocketAddr,
+    pub(crate) options: ternmq::http::HttpOptions,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Runtime {
+pub(crate) enum Runtime {
     Tokio,
     Smol,
     Std,
@@ -223,21 +252,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         say!("{USAGE}");
         return Ok(());
     };
-    Logger::install(settings.log_level, settings.log_timestamp);
-    let certificates = settings
-        .config
-        .listeners
-        .iter()
-        .filter_map(|l| l.tls.clone().map(|tls| (l.addr, tls)))
-        .collect();
-    let signals = stop_signals(certificates)?;
+    Logger::install(settings.log_level, settings.log_timestamp, settings.log_format);
+    let ops = crate::operate::Operations::new(args.to_vec());
+    let signals = stop_signals(ops.clone())?;
     match settings.runtime {
-        Runtime::Std => return serve_std(settings, signals),
-        Runtime::Smol => return serve_smol(settings, signals),
+        Runtime::Std => return serve_std(settings, signals, &ops),
+        Runtime::Smol => return serve_smol(settings, signals, &ops),
         Runtime::Tokio => {}
     }
     let runtime = crate::tokio_runtime().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(settings, signals))
+    runtime.block_on(serve(settings, signals, &ops))
 }
 
 impl Settings {
@@ -276,12 +300,8 @@ impl Settings {
 /// Installs the handlers for Ctrl-C, SIGTERM and SIGHUP, before the broker binds (so that no signal
 /// finds the default action, which ends the process without its shutdown), and returns a
 /// receiver that is told when to stop.
-/// SIGHUP re-reads the certificates of the TLS listeners in `certificates`: new connections
-/// get the new ones, live ones keep theirs, and a file that cannot be used leaves the old
-/// certificate in place.
-fn stop_signals(
-    certificates: Vec<(SocketAddr, TlsAcceptor)>,
-) -> Result<mpsc::Receiver<()>, String> {
+/// SIGHUP reloads the configuration as `ops` says (once the broker serves).
+fn stop_signals(ops: crate::operate::Operations) -> Result<mpsc::Receiver<()>, String> {
     let (tx, rx) = mpsc::channel();
     crate::signals::watch(true, move |signal| {
         match signal {
@@ -290,23 +310,10 @@ fn stop_signals(
                 say!("shutting down");
                 let _ = tx.send(());
             }
-            // Mosquitto reloads its configuration on SIGHUP; ternmq reloads the TLS
-            // certificates, and the signal must not kill the broker (its default action).
+            // As Mosquitto, SIGHUP reloads the configuration (and must not kill the broker,
+            // its default action).
             Signal::Hangup => {
-                for (addr, tls) in &certificates {
-                    match tls.reload() {
-                        Ok(()) => {
-                            log::info!("SIGHUP: reloaded the certificate of the listener on {addr}")
-                        }
-                        Err(e) => log::warn!(
-                            "SIGHUP: keeping the old certificate of the listener on {addr}: {e}"
-                        ),
-                    }
-                }
-                log::warn!(
-                    "SIGHUP: reloading the rest of the configuration is not supported yet; \
-                     restart the broker to apply other changes"
-                );
+                let _ = ops.reload("SIGHUP");
             }
         }
         true
@@ -324,12 +331,17 @@ fn stop_on(signals: mpsc::Receiver<()>, stop: impl FnOnce() + Send + 'static) {
 }
 
 /// The broker on smol, on this thread.
-fn serve_smol(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
+fn serve_smol(
+    settings: Settings,
+    signals: mpsc::Receiver<()>,
+    ops: &crate::operate::Operations,
+) -> Result<(), String> {
     let mut config = settings.config.clone();
     config.store = settings.store();
     let server = ternmq::smol::Server::bind_blocking(config)
         .map_err(|e| bind_error(&e, &settings.config.listeners))?;
     settings.announce(&server.local_addrs());
+    ops.start(&settings, server.control())?;
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
     server.run_blocking().map_err(|e| e.to_string())?;
@@ -338,12 +350,17 @@ fn serve_smol(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), Str
 }
 
 /// The broker on the std server: one thread, a readiness loop.
-fn serve_std(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
+fn serve_std(
+    settings: Settings,
+    signals: mpsc::Receiver<()>,
+    ops: &crate::operate::Operations,
+) -> Result<(), String> {
     let mut config = settings.config.clone();
     config.store = settings.store();
     let server = ternmq::blocking::Server::bind(config)
         .map_err(|e| bind_error(&e, &settings.config.listeners))?;
     settings.announce(&server.local_addrs());
+    ops.start(&settings, server.control())?;
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
     server.run().map_err(|e| e.to_string())?;
@@ -351,12 +368,17 @@ fn serve_std(settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), Stri
     Ok(())
 }
 
-async fn serve(mut settings: Settings, signals: mpsc::Receiver<()>) -> Result<(), String> {
+async fn serve(
+    mut settings: Settings,
+    signals: mpsc::Receiver<()>,
+    ops: &crate::operate::Operations,
+) -> Result<(), String> {
     settings.config.store = settings.store();
     let server = Server::bind(settings.config.clone())
         .await
         .map_err(|e| bind_error(&e, &settings.config.listeners))?;
     settings.announce(&server.local_addrs());
+    ops.start(&settings, server.control())?;
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
     server.run().await.map_err(|e| e.to_string())?;
@@ -365,7 +387,7 @@ async fn serve(mut settings: Settings, signals: mpsc::Receiver<()>) -> Result<()
 }
 
 /// The settings from `args`, or `None` for `--help`.
-fn settings(args: &[String]) -> Result<Option<Settings>, String> {
+pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut file: Option<PathBuf> = None;
     let mut bind: Option<String> = None;
     let mut port: Option<u16> = None;
@@ -374,6 +396,8 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut allow_anonymous = false;
     let mut log_level: Option<String> = None;
     let mut log_timestamp: Option<String> = None;
+    let mut log_format: Option<String> = None;
+    let mut http: Option<String> = None;
     let mut runtime = Runtime::Tokio;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -408,10 +432,12 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
             "-v" | "--verbose" => log_level = Some("debug".into()),
             "--log-level" => log_level = Some(value(flag)?),
             "--log-timestamp" => log_timestamp = Some(value(flag)?),
+            "--log-format" => log_format = Some(value(flag)?),
+            "--http" => http = Some(value(flag)?),
             other => return Err(format!("ternmq broker: unknown option {other:?}\n\n{USAGE}")),
         }
     }
-    let (fc, source) = match &file {
+    let (mut fc, source) = match &file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("ternmq broker: cannot read {}: {e}", path.display()))?;
@@ -432,10 +458,80 @@ fn settings(args: &[String]) -> Result<Option<Settings>, String> {
         }
         (None, None) => Timestamp::Rfc3339,
     };
+    let format = match (&log_format, &fc.log_format) {
+        (Some(v), _) => {
+            LogFormat::parse(v).map_err(|e| format!("ternmq broker: --log-format: {e}"))?
+        }
+        (None, Some(v)) => LogFormat::parse(v).map_err(|e| format!("{}: {e}", at("log_format")))?,
+        (None, None) => LogFormat::Text,
+    };
+    let http_table = fc.http.take();
     let mut s = build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at)?;
     s.runtime = runtime;
     s.log_timestamp = timestamp;
+    s.log_format = format;
+    s.http = http_settings(http_table, http, &at)?;
     Ok(Some(s))
+}
+
+/// The HTTP admin API's settings from the `[http]` table and the `--http` flag (which wins for
+/// the address), its token file and certificate loaded.
+fn http_settings(
+    table: Option<HttpTable>,
+    flag: Option<String>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<HttpSettings>, String> {
+    if table.is_none() && flag.is_none() {
+        return Ok(None);
+    }
+    let table = table.unwrap_or_default();
+    let (text, key) = match (&flag, &table.bind) {
+        (Some(v), _) => (v.clone(), None),
+        (None, Some(v)) => (v.clone(), Some("bind")),
+        (None, None) => ("127.0.0.1:8080".to_string(), None),
+    };
+    let here = |key: &str| format!("{} (in [http])", at(key));
+    let named = |e: String| match key {
+        Some(k) => format!("{}: {e}", here(k)),
+        None => format!("ternmq broker: --http: {e}"),
+    };
+    let bind = parse_socket_addr(&text).map_err(named)?;
+    let mut options = ternmq::http::HttpOptions::default();
+    if let Some(path) = &table.token_file {
+        options.tokens =
+            ternmq::http::load_tokens(path).map_err(|e| format!("{}: {e}", here("token_file")))?;
+    }
+    match (&table.certfile, &table.keyfile) {
+        (Some(certfile), Some(keyfile)) => {
+            let settings = TlsSettings {
+                certfile: certfile.clone(),
+                keyfile: keyfile.clone(),
+                ..TlsSettings::default()
+            };
+            let tls =
+                TlsAcceptor::new(settings).map_err(|e| format!("{}: {e}", here("certfile")))?;
+            options.tls = Some(tls);
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err(format!("{}: certfile needs keyfile too", here("keyfile"))),
+        (None, Some(_)) => {
+            return Err(format!("{}: keyfile needs certfile too", here("certfile")));
+        }
+    }
+    ternmq::http::check_bind(bind, &options).map_err(|e| match key {
+        Some(k) => format!("{}: {e}", here(k)),
+        None => format!("ternmq broker: --http {text}: {e}"),
+    })?;
+    Ok(Some(HttpSettings { bind, options }))
+}
+
+/// `host:port`, the host an IP address (IPv6 in brackets) or `localhost`.
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("{text:?} is not an address and port (e.g. 127.0.0.1:8080 or [::1]:8080)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let ip = parse_ip(host).map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// A failed bind, with what to do about it.
@@ -700,10 +796,12 @@ fn build(
     b.validate().map_err(|e| format!("{}: {}", at(config_key(e.field)), e.message))?;
 
     let allow_anonymous = allow_anonymous_flag || fc.allow_anonymous.unwrap_or(false);
+    let mut users = None;
     if let Some(path) = &fc.password_file {
         let passwords = PasswordFile::load(path)
             .map_err(|e| format!("{}: {e}", at("password_file")))?
             .with_allow_anonymous(allow_anonymous);
+        users = Some(passwords.users().map(String::from).collect());
         b.authenticator = Some(Arc::new(passwords));
     } else if fc.allow_anonymous == Some(false) {
         return Err(format!(
@@ -774,8 +872,11 @@ fn build(
         persistence,
         log_level,
         log_timestamp: Timestamp::Rfc3339,
+        log_format: LogFormat::Text,
         runtime: Runtime::Tokio,
         durability,
+        http: None,
+        users,
     })
 }
 
@@ -838,15 +939,43 @@ impl Timestamp {
     }
 }
 
-/// Log lines to standard error: `timestamp LEVEL message`.
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// `timestamp LEVEL message`.
+    Text,
+    /// One JSON object a line: `{"time": ..., "level": ..., "target": ..., "message": ...}`.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(v: &str) -> Result<LogFormat, String> {
+        match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not a log format; use text or json")),
+        }
+    }
+}
+
+/// A JSON string literal of `s`.
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// Log lines to standard error: `timestamp LEVEL message`, or JSON.
 struct Logger;
+
+/// Whether the installed logger writes JSON.
+static JSON_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The [`Timestamp`] of the installed logger (an index: 0 RFC 3339, 1 epoch, 2 none).
 static TIMESTAMP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 impl Logger {
-    fn install(level: log::LevelFilter, timestamp: Timestamp) {
+    fn install(level: log::LevelFilter, timestamp: Timestamp, format: LogFormat) {
         static LOGGER: Logger = Logger;
+        JSON_LOG.store(format == LogFormat::Json, std::sync::atomic::Ordering::Relaxed);
         let index = match timestamp {
             Timestamp::Rfc3339 => 0,
             Timestamp::Epoch => 1,
@@ -874,7 +1003,17 @@ impl log::Log for Logger {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            complain!("{}{:<5} {}", timestamp.stamp(now), record.level(), record.args());
+            if JSON_LOG.load(std::sync::atomic::Ordering::Relaxed) {
+                complain!(
+                    "{{\"time\":{},\"level\":\"{}\",\"target\":{},\"message\":{}}}",
+                    json_string(Timestamp::Rfc3339.stamp(now).trim_end()),
+                    record.level(),
+                    json_string(record.target()),
+                    json_string(&record.args().to_string())
+                );
+            } else {
+                complain!("{}{:<5} {}", timestamp.stamp(now), record.level(), record.args());
+            }
         }
     }
 

@@ -1,0 +1,292 @@
+//! The broker's figures as Prometheus metrics and as the JSON of `/api/v1/stats`.
+//!
+//! The broker counts in plain integers in its core (no atomics, no registry on the hot path);
+//! a scrape asks for a copy through the control handle and writes it out here, each time into a
+//! fresh registry, so the exposition is always one consistent moment.
+
+use std::fmt;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::{Value, json};
+use ternmq_core::broker::{Gauges, Stats};
+use ternmq_store::{COMMIT_BUCKETS_US, StoreFigures};
+use ternmq_tokio::server::ListenerInfo;
+
+type Labels = Vec<(&'static str, String)>;
+
+const VERSIONS: [&str; 3] = ["3.1", "3.1.1", "5.0"];
+
+fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+fn gauge(v: u64) -> Gauge {
+    let g = Gauge::default();
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    g
+}
+
+fn counters<const N: usize>(
+    label: &'static str,
+    values: [(String, u64); N],
+) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (l, v) in values {
+        family.get_or_create(&vec![(label, l)]).inc_by(v);
+    }
+    family
+}
+
+fn by_qos(values: [u64; 3]) -> [(String, u64); 3] {
+    [0, 1, 2].map(|q| (q.to_string(), values[q]))
+}
+
+/// The store's commit latency, as a histogram in seconds.
+#[derive(Debug)]
+struct CommitLatency(StoreFigures);
+
+impl EncodeMetric for CommitLatency {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        let mut buckets: Vec<(f64, u64)> = COMMIT_BUCKETS_US
+            .iter()
+            .zip(&self.0.buckets)
+            .map(|(&bound, &n)| (bound as f64 / 1e6, n))
+            .collect();
+        buckets.push((f64::INFINITY, self.0.buckets.last().copied().unwrap_or(0)));
+        let sum = self.0.latency_us as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, self.0.commits, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The OpenMetrics text of one moment's figures.
+pub(super) fn exposition(
+    stats: &Stats,
+    gauges: &Gauges,
+    uptime: Duration,
+    store: Option<&StoreFigures>,
+    listeners: &[ListenerInfo],
+) -> Result<String, String> {
+    let mut r = Registry::with_prefix("ternmq");
+    let listener_labels = |i: usize| -> Labels {
+        match listeners.get(i) {
+            Some(l) => vec![("listener", l.addr.to_string()), ("kind", l.kind.to_string())],
+            None => vec![("listener", i.to_string()), ("kind", String::new())],
+        }
+    };
+    let open = Family::<Labels, Gauge>::default();
+    let accepted = Family::<Labels, Counter>::default();
+    for i in 0..listeners.len().max(stats.listeners.len()) {
+        let s = stats.listeners.get(i).copied().unwrap_or_default();
+        open.get_or_create(&listener_labels(i)).set(i64::try_from(s.open).unwrap_or(i64::MAX));
+        accepted.get_or_create(&listener_labels(i)).inc_by(s.accepted);
+    }
+    r.register("connections", "Network connections open now, by listener", open);
+    r.register("connections_accepted", "Network connections accepted, by listener", accepted);
+    r.register(
+        "connections_refused",
+        "Connections refused for max_connections",
+        counter(stats.connections_refused),
+    );
+    r.register(
+        "transport_refused",
+        "Connections refused before MQTT (TLS handshake, WebSocket upgrade, PROXY header)",
+        counter(stats.transport_refused),
+    );
+    r.register(
+        "connect_timeouts",
+        "Connections closed for not sending CONNECT in time",
+        counter(stats.connect_timeouts),
+    );
+    let clients = Family::<Labels, Gauge>::default();
+    let connects = Family::<Labels, Counter>::default();
+    for (i, v) in VERSIONS.iter().enumerate() {
+        let labels = vec![("protocol", (*v).to_string())];
+        clients
+            .get_or_create(&labels)
+            .set(i64::try_from(stats.versions[i].connected).unwrap_or(i64::MAX));
+        connects.get_or_create(&labels).inc_by(stats.versions[i].connects);
+    }
+    r.register("clients_connected", "MQTT clients connected now, by protocol version", clients);
+    r.register("client_connects", "CONNECTs accepted, by protocol version", connects);
+    r.register(
+        "auth_failures",
+        "CONNECTs and re-authentications refused for their credentials",
+        counter(stats.auth_failures),
+    );
+    r.register(
+        "messages_received",
+        "PUBLISH packets received from clients, by QoS",
+        counters("qos", by_qos(stats.received_by_qos)),
+    );
+    r.register(
+        "messages_sent",
+        "PUBLISH packets sent to clients, by QoS",
+        counters("qos", by_qos(stats.sent_by_qos)),
+    );
+    r.register_with_unit(
+        "payload_received",
+        "Payload bytes of the PUBLISH packets received, by QoS",
+        Unit::Bytes,
+        counters("qos", by_qos(stats.payload_bytes_received_by_qos)),
+    );
+    r.register_with_unit(
+        "payload_sent",
+        "Payload bytes of the PUBLISH packets sent, by QoS",
+        Unit::Bytes,
+        counters("qos", by_qos(stats.payload_bytes_sent_by_qos)),
+    );
+    r.register_with_unit(
+        "network_received",
+        "Bytes read from clients",
+        Unit::Bytes,
+        counter(stats.bytes_received),
+    );
+    r.register_with_unit(
+        "network_sent",
+        "Bytes written to clients",
+        Unit::Bytes,
+        counter(stats.bytes_sent),
+    );
+    r.register(
+        "messages_dropped",
+        "Messages not delivered, by reason",
+        counters(
+            "reason",
+            [
+                ("queue_full".into(), stats.dropped_queue_full),
+                ("slow_consumer".into(), stats.dropped_slow_consumer),
+                ("expired".into(), stats.dropped_expired),
+                ("too_large".into(), stats.dropped_too_large),
+                ("denied".into(), stats.publish_denied),
+                ("not_authorized".into(), stats.dropped_not_authorized),
+                ("no_member".into(), stats.dropped_no_member),
+            ],
+        ),
+    );
+    r.register("sessions", "Sessions held now, connected or not", gauge(gauges.sessions as u64));
+    r.register(
+        "sessions_expired",
+        "Sessions discarded when their expiry interval passed",
+        counter(stats.sessions_expired),
+    );
+    r.register("subscriptions", "Subscriptions now", gauge(gauges.subscriptions as u64));
+    r.register("retained_messages", "Retained messages now", gauge(gauges.retained as u64));
+    r.register(
+        "inflight_messages",
+        "Messages sent at QoS 1 or 2 and not yet acknowledged",
+        gauge(gauges.inflight as u64),
+    );
+    r.register("queued_messages", "Messages queued for sessions", gauge(gauges.queued as u64));
+    r.register(
+        "slow_consumers",
+        "Subscribers treated as slow consumers",
+        counter(stats.slow_consumers),
+    );
+    r.register_with_unit(
+        "uptime",
+        "Time since the broker started",
+        Unit::Seconds,
+        gauge(uptime.as_secs()),
+    );
+    if let Some(s) = store {
+        r.register("store_commits", "Store transactions committed", counter(s.commits));
+        r.register("store_fsyncs", "Store commits forced to disk", counter(s.fsyncs));
+        r.register_with_unit(
+            "store_commit_duration",
+            "Time a store commit took",
+            Unit::Seconds,
+            CommitLatency(s.clone()),
+        );
+    }
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &r).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// The JSON of `/api/v1/stats`.
+pub(super) fn stats_json(
+    stats: &Stats,
+    gauges: &Gauges,
+    uptime: Duration,
+    store: Option<&StoreFigures>,
+    listeners: &[ListenerInfo],
+) -> Value {
+    let listener_list: Vec<Value> = (0..listeners.len().max(stats.listeners.len()))
+        .map(|i| {
+            let s = stats.listeners.get(i).copied().unwrap_or_default();
+            let l = listeners.get(i);
+            json!({
+                "address": l.map(|l| l.addr.to_string()),
+                "kind": l.map(|l| l.kind),
+                "connections": s.open,
+                "accepted": s.accepted,
+            })
+        })
+        .collect();
+    let versions: serde_json::Map<String, Value> = VERSIONS
+        .iter()
+        .zip(&stats.versions)
+        .map(|(v, s)| {
+            ((*v).to_string(), json!({ "connected": s.connected, "connects": s.connects }))
+        })
+        .collect();
+    json!({
+        "uptime_seconds": uptime.as_secs(),
+        "gauges": {
+            "connections": gauges.connections,
+            "clients_connected": gauges.clients_connected,
+            "sessions": gauges.sessions,
+            "subscriptions": gauges.subscriptions,
+            "retained": gauges.retained,
+            "queued": gauges.queued,
+            "inflight": gauges.inflight,
+        },
+        "counters": {
+            "connections_accepted": stats.connections_accepted,
+            "connections_refused": stats.connections_refused,
+            "clients_connected_total": stats.clients_connected_total,
+            "auth_failures": stats.auth_failures,
+            "transport_refused": stats.transport_refused,
+            "connect_timeouts": stats.connect_timeouts,
+            "messages_received": stats.messages_received,
+            "messages_sent": stats.messages_sent,
+            "bytes_received": stats.bytes_received,
+            "bytes_sent": stats.bytes_sent,
+            "messages_received_by_qos": stats.received_by_qos,
+            "messages_sent_by_qos": stats.sent_by_qos,
+            "payload_bytes_received_by_qos": stats.payload_bytes_received_by_qos,
+            "payload_bytes_sent_by_qos": stats.payload_bytes_sent_by_qos,
+            "dropped_queue_full": stats.dropped_queue_full,
+            "dropped_slow_consumer": stats.dropped_slow_consumer,
+            "dropped_expired": stats.dropped_expired,
+            "dropped_too_large": stats.dropped_too_large,
+            "dropped_not_authorized": stats.dropped_not_authorized,
+            "dropped_no_member": stats.dropped_no_member,
+            "publish_denied": stats.publish_denied,
+            "sessions_expired": stats.sessions_expired,
+            "slow_consumers": stats.slow_consumers,
+            "acks_delayed": stats.acks_delayed,
+            "inputs_paused": stats.inputs_paused,
+            "shared_redelivered": stats.shared_redelivered,
+        },
+        "listeners": listener_list,
+        "protocols": versions,
+        "store": store.map(|s| json!({
+            "commits": s.commits,
+            "fsyncs": s.fsyncs,
+            "commit_seconds_total": s.latency_us as f64 / 1e6,
+        })),
+    })
+}
