@@ -5,8 +5,9 @@
 # Real peers, not mocks: the interop tests start their own Mosquitto broker on a free loopback
 # port and use `mosquitto_sub`, so this script installs, when they are missing, Debian's
 # `mosquitto` and `mosquitto-clients`, the Python `paho-mqtt` client (PyPI), MQTT.js and
-# playwright-core (npm, into tests/js) and Debian's Chromium, and tells the tests that the
-# peers are required (TERNMQ_REQUIRE_INTEROP=1): under this script they run, never skip.
+# playwright-core (npm, into tests/js), Debian's Chromium and schemathesis (PyPI, for the HTTP
+# admin API), and tells the tests that the peers are required (TERNMQ_REQUIRE_INTEROP=1):
+# under this script they run, never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +58,25 @@ if ! python3 -c "import paho.mqtt.client" >/dev/null 2>&1; then
     python3 -c "import paho.mqtt.client" ||
         { echo "scripts/test.sh: paho-mqtt still missing after install" >&2; exit 1; }
 fi
+
+# schemathesis (PyPI) checks the HTTP admin API against its OpenAPI document, live.
+schemathesis_bin() {
+    command -v schemathesis 2>/dev/null && return 0
+    local user_bin
+    user_bin="$(python3 -m site --user-base 2>/dev/null)/bin/schemathesis"
+    [ -x "$user_bin" ] && echo "$user_bin" && return 0
+    return 1
+}
+if ! schemathesis_bin >/dev/null; then
+    echo "scripts/test.sh: installing schemathesis (PyPI)"
+    python3 -m pip install -q schemathesis 2>/dev/null ||
+        python3 -m pip install -q --user schemathesis 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages schemathesis
+    schemathesis_bin >/dev/null ||
+        { echo "scripts/test.sh: schemathesis still missing after install" >&2; exit 1; }
+fi
+TERNMQ_SCHEMATHESIS="$(schemathesis_bin)"
+export TERNMQ_SCHEMATHESIS
 
 # JavaScript peers: MQTT.js (in Node.js and in a page) and playwright-core, which drives
 # Debian's Chromium headless; versions pinned by tests/js/package-lock.json.

@@ -109,3 +109,53 @@ fn a_page_in_chromium_shows_what_mosquitto_pub_sent() {
     assert!(status.success(), "node: {status}");
     assert_eq!(shown.as_deref(), Some("hello from mosquitto_pub"));
 }
+
+/// The dashboard in Chromium lists a client `mosquitto_sub` connected, shows its subscriptions,
+/// kicks it (and `mosquitto_sub` exits), and publishes a message a second `mosquitto_sub`
+/// receives; it loads nothing from elsewhere. `TERNMQ_SCREENSHOT=FILE` keeps a picture.
+#[test]
+fn the_dashboard_in_chromium_lists_kicks_and_publishes() {
+    if !have_node_packages() {
+        return;
+    }
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let http = support::free_port();
+    let addr = format!("127.0.0.1:{http}");
+    let b = support::Ternmq::start(&["--http", &addr]);
+    let port = b.port.to_string();
+    let mut victim = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "5", "-i", "dash-victim", "-t", "dash/#"])
+        .args(["-q", "1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let receiver = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-V", "5", "-i", "dash-receiver"])
+        .args(["-t", "news/today", "-C", "1", "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut node = Command::new("node");
+    node.current_dir(js_dir())
+        .args(["dashboard.mjs", &format!("http://{addr}/"), "dash-victim", "news/today"])
+        .arg("hello from the dashboard")
+        .env("CHROMIUM", &chromium);
+    if let Some(shot) = std::env::var_os("TERNMQ_SCREENSHOT") {
+        node.arg(shot);
+    }
+    let out = node.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["listed", "subscriptions dash/#", "kicked", "delivered to 1"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exited = support::wait_exit(&mut victim, std::time::Duration::from_secs(10));
+    assert!(exited.is_some(), "mosquitto_sub still runs after the kick");
+    let got = receiver.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello from the dashboard");
+}
