@@ -440,7 +440,18 @@ fn json_logs_are_one_object_a_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert!(lines.iter().any(|l| l["message"].as_str().unwrap().contains("logged")), "{err}");
+    let connected = lines
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().contains("logged connected"))
+        .unwrap_or_else(|| panic!("no connect line in {err}"));
+    assert_eq!(connected["client_id"], "logged");
+    assert_eq!(connected["listener"], 0);
+    assert!(connected["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{connected}");
+    assert!(
+        lines.iter().any(|l| l["client_id"] == "logged"
+            && l["message"].as_str().unwrap().contains("disconnected")),
+        "{err}"
+    );
     for l in &lines {
         assert!(l["time"].is_string() && l["level"].is_string() && l["target"].is_string(), "{l}");
     }

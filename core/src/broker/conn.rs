@@ -197,7 +197,9 @@ impl Broker {
             x.ticket.take()
         });
         let session = c.session.take();
-        let client_id = session.and_then(|si| self.session(si)).map(|s| s.client_id.clone());
+        let named = session
+            .and_then(|si| self.session(si))
+            .map(|s| (s.client_id.clone(), s.peer.addr, s.peer.listener));
         if let Some(t) = ticket {
             self.pending_auth.remove(&t);
             self.pending_authz.remove(&t);
@@ -207,8 +209,14 @@ impl Broker {
             if let Some(session) = session {
                 self.detach(now, session, publish_will, false);
             }
-            if let Some(client_id) = client_id {
-                self.events.push_back(Event::Disconnected { conn: id, client_id, reason });
+            if let Some((client_id, peer, listener)) = named {
+                self.events.push_back(Event::Disconnected {
+                    conn: id,
+                    client_id,
+                    reason,
+                    peer,
+                    listener,
+                });
             }
         } else {
             let code = match reason {

@@ -553,11 +553,15 @@ impl Broker {
         counts.connects += 1;
         counts.connected += 1;
         self.arm_conn_timer(index);
+        let (peer, listener) =
+            self.session(si).map_or((None, 0), |s| (s.peer.addr, s.peer.listener));
         self.events.push_back(Event::Connected {
             conn: id,
             client_id,
             protocol: version,
             session_present,
+            peer,
+            listener,
         });
         if session_present {
             self.resend_inflight(now, index, si);
@@ -590,12 +594,18 @@ impl Broker {
         c.phase = Phase::Closing;
         c.session = None;
         let version = c.version();
-        let client_id = self.session(si).map(|s| s.client_id.clone());
+        let named = self.session(si).map(|s| (s.client_id.clone(), s.peer.addr, s.peer.listener));
         self.client_gone(version);
         self.detach(now, si, true, true);
-        if let Some(client_id) = client_id {
+        if let Some((client_id, peer, listener)) = named {
             let reason = CloseReason::Server(code);
-            self.events.push_back(Event::Disconnected { conn: id, client_id, reason });
+            self.events.push_back(Event::Disconnected {
+                conn: id,
+                client_id,
+                reason,
+                peer,
+                listener,
+            });
         }
         self.commands.push_back(Command::Close(id));
         self.mark_ready(index);

@@ -687,15 +687,23 @@ fn watch<H>(
 #[cfg(feature = "log")]
 pub fn log_event(event: &Event) {
     match event {
-        Event::Connected { conn, client_id, protocol, session_present } => log::info!(
-            "client {client_id} connected ({protocol:?}, session present: {session_present}) as \
-             {conn:?}"
-        ),
+        Event::Connected { conn, client_id, protocol, session_present, peer, listener } => {
+            let from = peer.map(|p| alloc::string::ToString::to_string(&p)).unwrap_or_default();
+            log::info!(
+                client_id = client_id.as_str(), peer = from.as_str(), listener = *listener;
+                "client {client_id} connected from {from} ({protocol}, session present: \
+                 {session_present}) as {conn:?}"
+            );
+        }
         Event::Refused { conn, reason } => {
             log::info!("connection {conn:?} refused: {}", reason.words());
         }
-        Event::Disconnected { conn, client_id, reason } => {
-            log::info!("client {client_id} on {conn:?} disconnected: {reason}");
+        Event::Disconnected { conn, client_id, reason, peer, listener } => {
+            let from = peer.map(|p| alloc::string::ToString::to_string(&p)).unwrap_or_default();
+            log::info!(
+                client_id = client_id.as_str(), peer = from.as_str(), listener = *listener;
+                "client {client_id} on {conn:?} disconnected: {reason}"
+            );
         }
         other => log::debug!("{other:?}"),
     }

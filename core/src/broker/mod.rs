@@ -176,6 +176,10 @@ pub enum Event {
         protocol: ProtocolVersion,
         /// Whether an existing session was resumed.
         session_present: bool,
+        /// Where it connects from, when the transport says.
+        peer: Option<core::net::SocketAddr>,
+        /// The listener that accepted it ([`PeerInfo::listener`]).
+        listener: u16,
     },
     /// A connection was refused before it was accepted (a CONNACK >= 0x80, or a close without
     /// one).
@@ -193,6 +197,10 @@ pub enum Event {
         client_id: MqttStr,
         /// Why.
         reason: CloseReason,
+        /// Where it connected from, when the transport said.
+        peer: Option<core::net::SocketAddr>,
+        /// The listener that accepted it.
+        listener: u16,
     },
     /// A disconnected session reached its expiry and was discarded.
     SessionExpired {

@@ -958,9 +958,31 @@ impl LogFormat {
     }
 }
 
-/// A JSON string literal of `s`.
-fn json_string(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
+/// A log record as one JSON object: time, level, target, message, and the record's key-values
+/// (client id, peer, listener on connection events).
+fn json_line(record: &log::Record<'_>, now: Duration) -> String {
+    struct Fields(serde_json::Map<String, serde_json::Value>);
+    impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+        fn visit_pair(
+            &mut self,
+            key: log::kv::Key<'kvs>,
+            value: log::kv::Value<'kvs>,
+        ) -> Result<(), log::kv::Error> {
+            let v = match value.to_u64() {
+                Some(n) => serde_json::Value::from(n),
+                None => serde_json::Value::from(value.to_string()),
+            };
+            self.0.insert(key.to_string(), v);
+            Ok(())
+        }
+    }
+    let mut fields = Fields(serde_json::Map::new());
+    fields.0.insert("time".into(), Timestamp::Rfc3339.stamp(now).trim_end().into());
+    fields.0.insert("level".into(), record.level().as_str().into());
+    fields.0.insert("target".into(), record.target().into());
+    fields.0.insert("message".into(), record.args().to_string().into());
+    let _ = record.key_values().visit(&mut fields);
+    serde_json::Value::Object(fields.0).to_string()
 }
 
 /// Log lines to standard error: `timestamp LEVEL message`, or JSON.
@@ -1004,13 +1026,7 @@ impl log::Log for Logger {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
             if JSON_LOG.load(std::sync::atomic::Ordering::Relaxed) {
-                complain!(
-                    "{{\"time\":{},\"level\":\"{}\",\"target\":{},\"message\":{}}}",
-                    json_string(Timestamp::Rfc3339.stamp(now).trim_end()),
-                    record.level(),
-                    json_string(record.target()),
-                    json_string(&record.args().to_string())
-                );
+                complain!("{}", json_line(record, now));
             } else {
                 complain!("{}{:<5} {}", timestamp.stamp(now), record.level(), record.args());
             }
