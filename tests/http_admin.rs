@@ -295,10 +295,11 @@ fn a_kick_with_session_discards_it() {
     assert_eq!(http(hp, "GET", "/api/v1/clients/keeper", None, None).status, 404);
 }
 
-#[test]
-fn tokens_guard_everything_but_the_probes() {
-    let dir = TempDir::new("http-tokens");
-    std::fs::write(dir.0.join("tokens"), "# operators\nfirst-token\n\nsecond-token\n").unwrap();
+/// A broker whose admin API takes the tokens in `tokens` (a token file's text); returns it,
+/// the HTTP port and its directory.
+fn broker_with_tokens(tag: &str, tokens: &str) -> (Ternmq, u16, TempDir) {
+    let dir = TempDir::new(tag);
+    std::fs::write(dir.0.join("tokens"), tokens).unwrap();
     let hp = free_port();
     let cfg = config(
         &dir.0,
@@ -313,6 +314,13 @@ fn tokens_guard_everything_but_the_probes() {
         Stdio::null(),
     );
     wait_for_http_line(&mut b);
+    (b, hp, dir)
+}
+
+#[test]
+fn tokens_guard_everything_but_the_probes() {
+    let (_b, hp, _dir) =
+        broker_with_tokens("http-tokens", "# operators\nfirst-token\n\nsecond-token\n");
     for path in ["/api/v1/stats", "/metrics", "/api/v1/clients", "/", "/api/v1/openapi.json"] {
         let a = http(hp, "GET", path, None, None);
         assert_eq!(a.status, 401, "{path}");
@@ -483,22 +491,7 @@ fn schemathesis_finds_every_answer_in_the_document_and_no_server_error() {
         eprintln!("skipped: no schemathesis");
         return;
     };
-    let dir = TempDir::new("http-schemathesis");
-    std::fs::write(dir.0.join("tokens"), "schema-token\n").unwrap();
-    let hp = free_port();
-    let cfg = config(
-        &dir.0,
-        &format!(
-            "[http]\nbind = \"127.0.0.1:{hp}\"\ntoken_file = \"{}\"\n",
-            dir.0.join("tokens").display()
-        ),
-    );
-    let mut b = Ternmq::start_on(
-        free_port(),
-        &["--no-persistence", "-c", cfg.to_str().unwrap()],
-        Stdio::null(),
-    );
-    wait_for_http_line(&mut b);
+    let (b, hp, dir) = broker_with_tokens("http-schemathesis", "schema-token\n");
     // Something to find: a connected client with a subscription, and a retained message.
     let c = client(b.port, "schema-client", None);
     c.subscribe("s/#", QoS::AtLeastOnce).unwrap();

@@ -362,6 +362,36 @@ async fn dashboard() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], DASHBOARD).into_response()
 }
 
+// ---------------------------------------------------------------- asking the broker
+
+/// A query string, or a 400 in the API's error form.
+struct Params<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for Params<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(Params(q)),
+            Err(e) => Err(bad_query(&e)),
+        }
+    }
+}
+
+/// The broker's answer to `request`; a refusal or a stopped broker as the response to give.
+async fn ask(state: &AppState, request: Admin) -> Result<Answer, Response> {
+    match state.control.request(request).await {
+        Ok(Answer::Refused(e)) => Err(refused(&e)),
+        Ok(answer) => Ok(answer),
+        Err(e) => Err(stopped(&e)),
+    }
+}
+
 // ---------------------------------------------------------------- clients
 
 #[derive(Deserialize)]
@@ -420,28 +450,20 @@ fn client_json(c: &ClientInfo, control: &Control) -> Value {
     })
 }
 
-async fn list_clients(
-    State(state): State<AppState>,
-    query: Result<Query<ClientsQuery>, QueryRejection>,
-) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_query(&e),
-    };
+async fn list_clients(State(state): State<AppState>, Params(q): Params<ClientsQuery>) -> Response {
     let limit = match limit(q.limit) {
         Ok(n) => n,
         Err(r) => return r,
     };
     let request = Admin::ListClients { prefix: q.prefix, after: q.cursor, limit };
-    match state.control.request(request).await {
+    match ask(&state, request).await {
         Ok(Answer::Clients { clients, next }) => {
             let clients: Vec<Value> =
                 clients.iter().map(|c| client_json(c, &state.control)).collect();
             axum::Json(json!({ "clients": clients, "next_cursor": next })).into_response()
         }
-        Ok(Answer::Refused(e)) => refused(&e),
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 
@@ -468,14 +490,13 @@ async fn get_client(
     State(state): State<AppState>,
     UrlPath(client_id): UrlPath<String>,
 ) -> Response {
-    match state.control.request(Admin::GetClient { client_id: client_id.clone() }).await {
+    match ask(&state, Admin::GetClient { client_id: client_id.clone() }).await {
         Ok(Answer::Client(Some(d))) => axum::Json(detail_json(&d, &state.control)).into_response(),
         Ok(Answer::Client(None)) => {
             fail(StatusCode::NOT_FOUND, "not_found", format!("no client {client_id:?}"))
         }
-        Ok(Answer::Refused(e)) => refused(&e),
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 
@@ -488,18 +509,14 @@ struct KickQuery {
 async fn kick_client(
     State(state): State<AppState>,
     UrlPath(client_id): UrlPath<String>,
-    query: Result<Query<KickQuery>, QueryRejection>,
+    Params(q): Params<KickQuery>,
 ) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_query(&e),
-    };
     let request = Admin::Disconnect {
         client_id: client_id.clone(),
         reason: ReasonCode::AdministrativeAction,
         discard_session: q.session,
     };
-    match state.control.request(request).await {
+    match ask(&state, request).await {
         Ok(Answer::Disconnected { found: true }) => {
             log::info!(
                 "HTTP admin API: disconnected {client_id:?}{}",
@@ -515,9 +532,8 @@ async fn kick_client(
         Ok(Answer::Disconnected { found: false }) => {
             fail(StatusCode::NOT_FOUND, "not_found", format!("no client {client_id:?}"))
         }
-        Ok(Answer::Refused(e)) => refused(&e),
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 
@@ -570,12 +586,8 @@ fn retained_json(m: &RetainedMessage) -> Value {
 
 async fn list_retained(
     State(state): State<AppState>,
-    query: Result<Query<RetainedQuery>, QueryRejection>,
+    Params(q): Params<RetainedQuery>,
 ) -> Response {
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return bad_query(&e),
-    };
     let limit = match limit(q.limit) {
         Ok(n) => n,
         Err(r) => return r,
@@ -587,14 +599,13 @@ async fn list_retained(
             return fail(StatusCode::BAD_REQUEST, "invalid", format!("filter {text:?}: {e}"));
         }
     };
-    match state.control.request(Admin::ListRetained { filter, limit }).await {
+    match ask(&state, Admin::ListRetained { filter, limit }).await {
         Ok(Answer::Retained { messages, truncated }) => {
             let messages: Vec<Value> = messages.iter().map(retained_json).collect();
             axum::Json(json!({ "messages": messages, "truncated": truncated })).into_response()
         }
-        Ok(Answer::Refused(e)) => refused(&e),
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 
@@ -606,16 +617,15 @@ async fn clear_retained(State(state): State<AppState>, UrlPath(text): UrlPath<St
             return fail(StatusCode::BAD_REQUEST, "invalid", format!("topic {text:?}: {e}"));
         }
     };
-    match state.control.request(Admin::ClearRetained { topic }).await {
+    match ask(&state, Admin::ClearRetained { topic }).await {
         Ok(Answer::Cleared { found: true }) => {
             axum::Json(json!({ "topic": text, "cleared": true })).into_response()
         }
         Ok(Answer::Cleared { found: false }) => {
             fail(StatusCode::NOT_FOUND, "not_found", format!("no retained message on {text:?}"))
         }
-        Ok(Answer::Refused(e)) => refused(&e),
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 
@@ -746,23 +756,22 @@ async fn publish(State(state): State<AppState>, body: Result<Bytes, BytesRejecti
         Ok(m) => m,
         Err(r) => return r,
     };
-    match state.control.request(Admin::Publish(message)).await {
+    match ask(&state, Admin::Publish(message)).await {
         Ok(Answer::Published { matched }) => {
             log::debug!(
                 "HTTP admin API: published on {topic:?} (QoS {qos}, retain {retain}) to {matched}"
             );
             axum::Json(json!({ "topic": topic, "matched": matched })).into_response()
         }
-        Ok(Answer::Refused(e)) => refused(&e),
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 
 // ---------------------------------------------------------------- stats, metrics, reload
 
 async fn stats(State(state): State<AppState>) -> Response {
-    match state.control.request(Admin::Stats).await {
+    match ask(&state, Admin::Stats).await {
         Ok(Answer::Stats { stats, gauges, uptime }) => {
             let store = state.control.store_figures();
             axum::Json(metrics::stats_json(
@@ -774,14 +783,13 @@ async fn stats(State(state): State<AppState>) -> Response {
             ))
             .into_response()
         }
-        Ok(Answer::Refused(e)) => refused(&e),
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.control.request(Admin::Stats).await {
+    match ask(&state, Admin::Stats).await {
         Ok(Answer::Stats { stats, gauges, uptime }) => {
             let store = state.control.store_figures();
             match metrics::exposition(
@@ -803,7 +811,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             }
         }
         Ok(other) => unexpected(&other),
-        Err(e) => stopped(&e),
+        Err(r) => r,
     }
 }
 

@@ -47,6 +47,23 @@ impl Broker {
         }
     }
 
+    /// Who session `si` is, for the events: client id, peer address, listener.
+    pub(super) fn who(&self, si: u32) -> Option<(MqttStr, Option<core::net::SocketAddr>, u16)> {
+        self.session(si).map(|s| (s.client_id.clone(), s.peer.addr, s.peer.listener))
+    }
+
+    /// Reports that the client `who` on `conn` is gone, and why.
+    pub(super) fn report_gone(
+        &mut self,
+        conn: ConnId,
+        who: Option<(MqttStr, Option<core::net::SocketAddr>, u16)>,
+        reason: CloseReason,
+    ) {
+        if let Some((client_id, peer, listener)) = who {
+            self.events.push_back(Event::Disconnected { conn, client_id, reason, peer, listener });
+        }
+    }
+
     pub(super) fn session(&self, index: u32) -> Option<&Session> {
         self.sessions.get(index as usize)?.as_deref()
     }
@@ -197,9 +214,7 @@ impl Broker {
             x.ticket.take()
         });
         let session = c.session.take();
-        let named = session
-            .and_then(|si| self.session(si))
-            .map(|s| (s.client_id.clone(), s.peer.addr, s.peer.listener));
+        let who = session.and_then(|si| self.who(si));
         if let Some(t) = ticket {
             self.pending_auth.remove(&t);
             self.pending_authz.remove(&t);
@@ -209,15 +224,7 @@ impl Broker {
             if let Some(session) = session {
                 self.detach(now, session, publish_will, false);
             }
-            if let Some((client_id, peer, listener)) = named {
-                self.events.push_back(Event::Disconnected {
-                    conn: id,
-                    client_id,
-                    reason,
-                    peer,
-                    listener,
-                });
-            }
+            self.report_gone(id, who, reason);
         } else {
             let code = match reason {
                 CloseReason::Server(code) | CloseReason::ClientDisconnect(code) => code,

@@ -594,19 +594,10 @@ impl Broker {
         c.phase = Phase::Closing;
         c.session = None;
         let version = c.version();
-        let named = self.session(si).map(|s| (s.client_id.clone(), s.peer.addr, s.peer.listener));
+        let who = self.who(si);
         self.client_gone(version);
         self.detach(now, si, true, true);
-        if let Some((client_id, peer, listener)) = named {
-            let reason = CloseReason::Server(code);
-            self.events.push_back(Event::Disconnected {
-                conn: id,
-                client_id,
-                reason,
-                peer,
-                listener,
-            });
-        }
+        self.report_gone(id, who, CloseReason::Server(code));
         self.commands.push_back(Command::Close(id));
         self.mark_ready(index);
     }
