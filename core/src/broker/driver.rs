@@ -691,8 +691,8 @@ pub fn log_event(event: &Event) {
             let from = peer.map(|p| alloc::string::ToString::to_string(&p)).unwrap_or_default();
             log::info!(
                 client_id = client_id.as_str(), peer = from.as_str(), listener = *listener;
-                "client {client_id} connected from {from} ({protocol}, session present: \
-                 {session_present}) as {conn:?}"
+                "client {client_id} connected ({protocol}, session present: {session_present}) \
+                 from {from} as {conn:?}"
             );
         }
         Event::Refused { conn, reason } => {

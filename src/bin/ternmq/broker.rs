@@ -271,7 +271,7 @@ impl Settings {
     }
 
     /// The startup lines: version, one per listener, and where state is kept.
-    fn announce(&self, addrs: &[std::net::SocketAddr]) {
+    fn announce(&self, addrs: &[std::net::SocketAddr], http: Option<&str>) {
         let runtime = match self.runtime {
             Runtime::Std => "std (one thread)",
             Runtime::Smol => "smol",
@@ -280,6 +280,9 @@ impl Settings {
         say!("ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)", env!("CARGO_PKG_VERSION"));
         for (addr, l) in addrs.iter().zip(&self.config.listeners) {
             say!("listening on {addr} ({})", l.kind());
+        }
+        if let Some(line) = http {
+            say!("{line}");
         }
         let Some(dir) = &self.persistence else {
             say!("running in memory (persistence off)");
@@ -340,8 +343,8 @@ fn serve_smol(
     config.store = settings.store();
     let server = ternmq::smol::Server::bind_blocking(config)
         .map_err(|e| bind_error(&e, &settings.config.listeners))?;
-    settings.announce(&server.local_addrs());
-    ops.start(&settings, server.control())?;
+    let http = ops.start(&settings, server.control())?;
+    settings.announce(&server.local_addrs(), http.as_deref());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
     server.run_blocking().map_err(|e| e.to_string())?;
@@ -359,8 +362,8 @@ fn serve_std(
     config.store = settings.store();
     let server = ternmq::blocking::Server::bind(config)
         .map_err(|e| bind_error(&e, &settings.config.listeners))?;
-    settings.announce(&server.local_addrs());
-    ops.start(&settings, server.control())?;
+    let http = ops.start(&settings, server.control())?;
+    settings.announce(&server.local_addrs(), http.as_deref());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
     server.run().map_err(|e| e.to_string())?;
@@ -377,8 +380,8 @@ async fn serve(
     let server = Server::bind(settings.config.clone())
         .await
         .map_err(|e| bind_error(&e, &settings.config.listeners))?;
-    settings.announce(&server.local_addrs());
-    ops.start(&settings, server.control())?;
+    let http = ops.start(&settings, server.control())?;
+    settings.announce(&server.local_addrs(), http.as_deref());
     let handle = server.shutdown_handle();
     stop_on(signals, move || handle.shutdown());
     server.run().await.map_err(|e| e.to_string())?;

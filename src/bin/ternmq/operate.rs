@@ -71,33 +71,36 @@ impl Operations {
         Operations { args: args.into(), reloader: Arc::new(OnceLock::new()) }
     }
 
-    /// The broker serves with `first`: reloads can happen, and the HTTP admin API starts if
-    /// configured.
-    pub(crate) fn start(&self, first: &Settings, control: Control) -> Result<(), String> {
+    /// The broker is bound with `first`: reloads can happen, and the HTTP admin API starts if
+    /// configured (the line to announce it is returned).
+    pub(crate) fn start(
+        &self,
+        first: &Settings,
+        control: Control,
+    ) -> Result<Option<String>, String> {
         let reloader = reloader(Arc::clone(&self.args), first, control.clone());
         let _ = self.reloader.set(Arc::clone(&reloader));
         let Some(http) = &first.http else {
-            return Ok(());
+            return Ok(None);
         };
         let mut options = http.options.clone();
-        options.reload = Some(reloader);
+        options.reload = Some(Arc::new(move || logged("POST /api/v1/reload", &reloader)));
         let secured = !options.tokens.is_empty();
         let scheme = if options.tls.is_some() { "https" } else { "http" };
         let addr =
             ternmq::http::spawn_on_own_runtime(http.bind, control, options).map_err(|e| {
                 format!("ternmq broker: cannot serve the HTTP admin API on {}: {e}", http.bind)
             })?;
-        say!(
+        Ok(Some(format!(
             "HTTP admin API and metrics on {scheme}://{addr}/ ({})",
             if secured { "bearer tokens required" } else { "no token: loopback only" }
-        );
-        Ok(())
+        )))
     }
 
     /// Reloads the configuration, logging what happened under `why` (SIGHUP, say).
     pub(crate) fn reload(&self, why: &str) -> Result<Reloaded, String> {
         match self.reloader.get() {
-            Some(reload) => reload(),
+            Some(reload) => logged(why, reload),
             None => {
                 log::warn!("{why}: the broker is not serving yet; nothing reloaded");
                 Err("the broker is not serving yet".into())
@@ -123,27 +126,32 @@ fn reloader(args: Arc<[String]>, first: &Settings, control: Control) -> Reloader
     let busy = Mutex::new(());
     Arc::new(move || {
         let _one = busy.lock().unwrap_or_else(PoisonError::into_inner);
-        let outcome = reload_once(&args, &fixed, &certificates, &users, &control);
-        match &outcome {
-            Ok(r) => {
-                for note in &r.notes {
-                    log::info!("reload: {note}");
-                }
-                if !r.restart_needed.is_empty() {
-                    log::warn!(
-                        "reload: changed, but applied only on a restart: {}",
-                        r.restart_needed.join(", ")
-                    );
-                }
-                log::info!(
-                    "reload: configuration applied; {} clients of removed users disconnected",
-                    r.disconnected
+        reload_once(&args, &fixed, &certificates, &users, &control)
+    })
+}
+
+/// Runs `reload`, logging what it did under `why` (SIGHUP, or the API's path).
+fn logged(why: &str, reload: &Reloader) -> Result<Reloaded, String> {
+    let outcome = reload();
+    match &outcome {
+        Ok(r) => {
+            for note in &r.notes {
+                log::info!("{why}: {note}");
+            }
+            if !r.restart_needed.is_empty() {
+                log::warn!(
+                    "{why}: changed, but applied only on a restart: {}",
+                    r.restart_needed.join(", ")
                 );
             }
-            Err(e) => log::error!("reload: {e}; nothing changed"),
+            log::info!(
+                "{why}: configuration reloaded; {} clients of removed users disconnected",
+                r.disconnected
+            );
         }
-        outcome
-    })
+        Err(e) => log::error!("{why}: {e}; nothing changed"),
+    }
+    outcome
 }
 
 fn reload_once(
