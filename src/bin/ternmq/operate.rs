@@ -115,9 +115,9 @@ fn reloader(args: Arc<[String]>, first: &Settings, control: Control) -> Reloader
         .config
         .listeners
         .iter()
-        .filter_map(|l| l.tls.clone().map(|tls| (l.addr.to_string(), tls)))
+        .filter_map(|l| l.tls.clone().map(|tls| (format!("the listener on {}", l.addr), tls)))
         .chain(first.http.iter().filter_map(|h| {
-            h.options.tls.clone().map(|tls| (format!("{} (HTTP admin API)", h.bind), tls))
+            h.options.tls.clone().map(|tls| (format!("the HTTP admin API on {}", h.bind), tls))
         }))
         .collect();
     let fixed = Fixed::of(first);
@@ -135,9 +135,6 @@ fn logged(why: &str, reload: &Reloader) -> Result<Reloaded, String> {
     let outcome = reload();
     match &outcome {
         Ok(r) => {
-            for note in &r.notes {
-                log::info!("{why}: {note}");
-            }
             if !r.restart_needed.is_empty() {
                 log::warn!(
                     "{why}: changed, but applied only on a restart: {}",
@@ -161,15 +158,23 @@ fn reload_once(
     users: &Mutex<Option<Vec<String>>>,
     control: &Control,
 ) -> Result<Reloaded, String> {
-    let new = settings(args)?.ok_or("the command line asks for help, not a broker")?;
-    let mut restart_needed = fixed.changed(&Fixed::of(&new));
+    // Each certificate on its own: a file that cannot be used leaves that listener's old
+    // certificate serving (and the configuration below then fails to load, naming it).
     let mut notes = Vec::new();
     for (at, tls) in certificates {
         match tls.reload() {
-            Ok(()) => notes.push(format!("reloaded the certificate on {at}")),
-            Err(e) => notes.push(format!("kept the old certificate on {at}: {e}")),
+            Ok(()) => {
+                log::info!("reloaded the certificate of {at}");
+                notes.push(format!("reloaded the certificate of {at}"));
+            }
+            Err(e) => {
+                log::warn!("keeping the old certificate of {at}: {e}");
+                notes.push(format!("keeping the old certificate of {at}: {e}"));
+            }
         }
     }
+    let new = settings(args)?.ok_or("the command line asks for help, not a broker")?;
+    let mut restart_needed = fixed.changed(&Fixed::of(&new));
     log::set_max_level(new.log_level);
     let mut users = users.lock().unwrap_or_else(PoisonError::into_inner);
     let removed: Vec<String> = match (&*users, &new.users) {
