@@ -172,6 +172,24 @@ impl TopicName {
     }
 }
 
+impl TopicName {
+    /// Wraps a string the caller has checked: not empty, no wildcard.
+    pub(crate) fn from_checked(s: MqttStr) -> Self {
+        debug_assert!(!s.is_empty() && !s.as_bytes().iter().any(|&b| is_wildcard(b)));
+        Self(s)
+    }
+
+    /// Whether `bytes` are a valid topic name by the common, quick test: not empty, ASCII
+    /// without U+0000, no wildcard (one branch-free pass). `false` says nothing: the full
+    /// checks then decide.
+    pub(crate) fn plainly_valid(bytes: &[u8]) -> bool {
+        let bad = bytes.iter().fold(0u8, |bad, &b| {
+            bad | u8::from(b.wrapping_sub(1) >= 0x7f) | u8::from(b == PLUS) | u8::from(b == HASH)
+        });
+        !bytes.is_empty() && bad == 0
+    }
+}
+
 impl TryFrom<MqttStr> for TopicName {
     type Error = TopicError;
 
@@ -625,6 +643,40 @@ fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+
+    /// The quick topic-name test never accepts what the full checks refuse: every string of
+    /// one and two bytes, and three-byte ones around the interesting bytes.
+    #[test]
+    fn the_quick_topic_check_accepts_only_valid_names() {
+        let full = |b: &[u8]| {
+            crate::codec::MqttStr::from_bytes(bytes::Bytes::copy_from_slice(b))
+                .ok()
+                .is_some_and(|s| TopicName::try_from(s).is_ok())
+        };
+        let mut quick_ok = 0;
+        for a in 0..=255u8 {
+            assert!(!TopicName::plainly_valid(&[a]) || full(&[a]), "{a:#x}");
+            for b in 0..=255u8 {
+                if TopicName::plainly_valid(&[a, b]) {
+                    assert!(full(&[a, b]), "{a:#x} {b:#x}");
+                    quick_ok += 1;
+                }
+            }
+        }
+        // ASCII 1..=0x7f without + and #: 125 * 125 pairs.
+        assert_eq!(quick_ok, 125 * 125);
+        let edge = [0u8, 1, b'#', b'+', b'/', b'a', 0x7f, 0x80, 0xc3, 0xff];
+        for a in edge {
+            for b in edge {
+                for c in edge {
+                    let s = [a, b, c];
+                    assert!(!TopicName::plainly_valid(&s) || full(&s), "{s:?}");
+                }
+            }
+        }
+        assert!(!TopicName::plainly_valid(b""));
+    }
+
     use super::*;
     use alloc::format;
     use alloc::string::{String, ToString};

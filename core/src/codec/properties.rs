@@ -689,6 +689,9 @@ pub struct PublishProperties {
 impl PublishProperties {
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
         let mut p = Self::default();
+        if r.skip_empty_properties() {
+            return Ok(p);
+        }
         read(r, Context::Publish, |id, v| {
             match (id, v) {
                 (PAYLOAD_FORMAT_INDICATOR, Value::Byte(v)) => {

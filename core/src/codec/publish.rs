@@ -67,12 +67,28 @@ impl Publish {
         if dup && qos == QoS::AtMostOnce {
             return Err(ErrorKind::DupOnQoS0.into());
         }
-        let raw_topic = r.string()?;
+        // Most topic names are short ASCII: one pass checks them whole; others get the full
+        // string checks here and the topic checks below, in the same order of errors.
+        let raw = r.binary()?;
+        let checked = if TopicName::plainly_valid(&raw) {
+            Ok(raw)
+        } else {
+            Err(super::MqttStr::from_bytes(raw)
+                .map_err(|e| DecodeError::new(super::error::ErrorKind::InvalidString(e)))?)
+        };
         let packet_id = if qos == QoS::AtMostOnce { None } else { Some(packet_id(r)?) };
         let properties = if version.is_v5() {
             PublishProperties::decode(r)?
         } else {
             PublishProperties::default()
+        };
+        let raw_topic = match checked {
+            Ok(raw) => {
+                let topic = TopicName::from_checked(super::MqttStr::from_checked(raw));
+                let payload = r.rest();
+                return Ok(Self { dup, qos, retain, topic, packet_id, properties, payload });
+            }
+            Err(raw_topic) => raw_topic,
         };
         let topic = if raw_topic.is_empty() {
             if !version.is_v5() {

@@ -36,6 +36,16 @@ impl Reader {
         Ok(self.buf.split_to(n))
     }
 
+    /// Moves past an empty property block (a length of 0), if that is what comes next: the
+    /// common case, without the property reader.
+    pub(crate) fn skip_empty_properties(&mut self) -> bool {
+        if self.buf.first() == Some(&0) {
+            self.buf.advance(1);
+            return true;
+        }
+        false
+    }
+
     /// Takes everything left.
     pub(crate) fn rest(&mut self) -> Bytes {
         core::mem::take(&mut self.buf)
