@@ -53,6 +53,10 @@ options:
       --seconds N       duration of the latency scenario (default 5)
       --connections N   connections for idle (default 1000)
       --hold N          seconds idle connections are held (default 2)
+      --broker-pid PID  idle: also report the broker's resident memory per connection
+                        (Linux). Idle connections to a 127.x address come from 127.0.0.1,
+                        127.0.0.2, ... (25,000 each), so 100,000 fit in the port range;
+                        the open-file limit is raised as far as it may be
       --window N        QoS 1/2 messages in flight per publisher (default 100)
       --timeout N       seconds a scenario may take at most (default 60)
       --persistent      subscribers keep sessions (clean start 0, expiry 1 h): with a
@@ -81,6 +85,8 @@ struct Options {
     window: usize,
     timeout: Duration,
     persistent: bool,
+    /// The broker's process, whose resident memory `idle` reports per connection.
+    broker_pid: Option<u32>,
     /// TLS or WebSocket over each connection.
     transport: Option<ClientTransport>,
 }
@@ -103,6 +109,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         window: 100,
         timeout: Duration::from_secs(60),
         persistent: false,
+        broker_pid: None,
         transport: None,
     };
     let mut tls = TlsFlags::default();
@@ -163,6 +170,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--rate" => o.rate = num(flag, value()?)?,
             "--seconds" => o.seconds = num(flag, value()?)?,
             "--connections" => o.connections = num(flag, value()?)?,
+            "--broker-pid" => o.broker_pid = Some(num(flag, value()?)?),
             "--hold" => o.hold = num(flag, value()?)?,
             "--window" => o.window = num(flag, value()?)?,
             "--persistent" => o.persistent = true,
@@ -251,9 +259,35 @@ impl Conn {
     /// `persistent`: a session that outlives the connection (clean start 0, MQTT 5 Session
     /// Expiry Interval 1 hour), whose messages a durable broker must store.
     async fn open_with(o: &Options, id: String, persistent: bool) -> Result<Conn, String> {
-        let stream = TcpStream::connect((o.host.as_str(), o.port))
-            .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", o.host, o.port))?;
+        Self::open_from(o, id, persistent, None).await
+    }
+
+    /// Opens from the local address `source` when given (any port).
+    async fn open_from(
+        o: &Options,
+        id: String,
+        persistent: bool,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Conn, String> {
+        let cannot = |e: std::io::Error| format!("cannot connect to {}:{}: {e}", o.host, o.port);
+        let stream = match source {
+            None => TcpStream::connect((o.host.as_str(), o.port)).await.map_err(cannot)?,
+            Some(source) => {
+                let to = tokio::net::lookup_host((o.host.as_str(), o.port))
+                    .await
+                    .map_err(cannot)?
+                    .find(|a| a.is_ipv4() == source.is_ipv4())
+                    .ok_or_else(|| format!("{} has no address like {source}", o.host))?;
+                let socket = if source.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .map_err(cannot)?;
+                socket.bind(std::net::SocketAddr::new(source, 0)).map_err(cannot)?;
+                socket.connect(to).await.map_err(cannot)?
+            }
+        };
         let _ = stream.set_nodelay(true);
         // The publishers pace themselves; a lost connection ends the scenario.
         let mut config = ClientConfig {
@@ -632,24 +666,100 @@ async fn report(scenario: String, progress: Arc<Progress>) {
     }
 }
 
+/// Where idle connection `i` comes from: for a loopback IPv4 broker, 127.0.0.1 for the first
+/// 25,000, 127.0.0.2 for the next, ... (each source address has its own ephemeral ports).
+fn idle_source(o: &Options, i: usize) -> Option<std::net::IpAddr> {
+    let ip: std::net::Ipv4Addr = o.host.parse().ok()?;
+    if !ip.is_loopback() {
+        return None;
+    }
+    let n = u8::try_from(1 + i / 25_000).ok()?;
+    Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n)))
+}
+
+/// A connection held open and idle: its socket and transport state, nothing more.
+struct Held {
+    _stream: TcpStream,
+    _layer: Option<Box<dyn Transform>>,
+}
+
+/// The resident memory of process `pid`, in bytes (Linux).
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+}
+
 async fn idle(o: &Options) -> Result<Row, String> {
+    let limit = crate::limits::raise_open_files(o.connections as u64 + 1024);
+    if limit < o.connections as u64 + 64 {
+        eprintln!("idle: the open-file limit is {limit}; connections beyond it will fail");
+    }
+    let before = o.broker_pid.and_then(rss_of);
     let started = nanos();
-    let mut conns = Vec::with_capacity(o.connections);
+    let mut held = Vec::with_capacity(o.connections);
     let mut failed = 0u64;
-    for i in 0..o.connections {
-        match Conn::open(o, format!("bench-idle-{i}")).await {
-            Ok(c) => conns.push(c),
-            Err(_) => failed += 1,
+    let shared = Arc::new(o.clone());
+    // 64 handshakes in flight at a time (more only made the broker's backlog overflow).
+    for chunk in (0..o.connections).collect::<Vec<_>>().chunks(64) {
+        let mut tasks = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let o = Arc::clone(&shared);
+            tasks.push(tokio::spawn(async move {
+                let c = Conn::open_from(&o, format!("bench-idle-{i}"), false, idle_source(&o, i));
+                c.await.map(|c| Held { _stream: c.stream, _layer: c.layer })
+            }));
         }
-        if i % 500 == 499 {
-            eprint!("\ridle: {} connections open   ", conns.len());
+        for t in tasks {
+            match t.await {
+                Ok(Ok(h)) => held.push(h),
+                _ => failed += 1,
+            }
+        }
+        if held.len() % 5000 < 64 {
+            eprint!("\ridle: {} connections open   ", held.len());
         }
     }
     let span = nanos() - started;
-    eprint!("\ridle: {} connections open, holding {} s   ", conns.len(), o.hold);
-    tokio::time::sleep(Duration::from_secs(o.hold)).await;
-    let open = conns.len() as u64;
-    drop(conns);
+    let open = held.len() as u64;
+    eprint!("\ridle: {open} connections open, holding {} s   ", o.hold);
+    let held_since = StdInstant::now();
+    // With them open: is a QoS pair served as quickly as ever?
+    let mut probe_o = o.clone();
+    probe_o.seconds = 1;
+    probe_o.rate = probe_o.rate.min(1000);
+    let probe = flow(&probe_o, "latency").await;
+    let after = o.broker_pid.and_then(rss_of);
+    let left = Duration::from_secs(o.hold).saturating_sub(held_since.elapsed());
+    tokio::time::sleep(left).await;
+    drop(held);
+    let mut note = format!(
+        "{open} open, {failed} failed, connected in {:.1} s ({:.0}/s)",
+        span as f64 / 1e9,
+        open as f64 / (span as f64 / 1e9).max(1e-9)
+    );
+    if let (Some(b), Some(a)) = (before, after)
+        && open > 0
+    {
+        let _ = write!(note, ", broker +{} B/connection", a.saturating_sub(b) / open);
+    }
+    match probe {
+        Ok(mut p) => {
+            p.seen.latencies.sort_unstable();
+            let _ = write!(
+                note,
+                "; QoS {} pair meanwhile: p50 {} ms, p99 {} ms, {} of {} delivered",
+                o.qos as u8,
+                ms(percentile(&p.seen.latencies, 0.50)),
+                ms(percentile(&p.seen.latencies, 0.99)),
+                p.seen.unique,
+                p.expected
+            );
+        }
+        Err(e) => {
+            let _ = write!(note, "; QoS pair meanwhile failed: {e}");
+        }
+    }
     let seen = Seen { received: open, unique: open, ..Seen::default() };
     Ok(Row {
         scenario: "idle".into(),
@@ -659,7 +769,7 @@ async fn idle(o: &Options) -> Result<Row, String> {
         expected: o.connections as u64,
         seen,
         span,
-        note: format!("{open} open, {failed} failed"),
+        note,
     })
 }
 

@@ -253,6 +253,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Ok(());
     };
     Logger::install(settings.log_level, settings.log_timestamp, settings.log_format);
+    // A descriptor per connection, and some for listeners, the store and the admin API.
+    let wanted = settings.config.broker.max_connections as u64 + 256;
+    let limit = crate::limits::raise_open_files(wanted);
+    if limit < wanted {
+        log::warn!(
+            "the open-file limit is {limit}, below max_connections ({}): connections beyond \
+             it will be refused; raise it (ulimit -n) or lower max_connections",
+            settings.config.broker.max_connections
+        );
+    }
     let ops = crate::operate::Operations::new(args.to_vec());
     let signals = stop_signals(ops.clone())?;
     match settings.runtime {

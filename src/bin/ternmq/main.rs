@@ -33,6 +33,7 @@ macro_rules! complain {
 mod bench;
 mod broker;
 mod format;
+mod limits;
 mod operate;
 mod passwd;
 mod props;
