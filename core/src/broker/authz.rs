@@ -23,8 +23,7 @@ impl Broker {
         action: Action,
         topic: &str,
     ) -> AuthzDecision {
-        // Clients do not write the broker's own statistics.
-        if action == Action::Publish && (topic.starts_with("$SYS/") || topic == "$SYS") {
+        if reserved(action, topic) {
             return AuthzDecision::Deny;
         }
         match &self.config.authorizer {
@@ -49,6 +48,11 @@ impl Broker {
         topic: &str,
         packet: impl FnOnce() -> Packet,
     ) -> Option<bool> {
+        if self.config.authorizer.is_none() {
+            // Only the broker's own rule applies: no identity to gather.
+            self.slot_conn(index)?;
+            return Some(!reserved(action, topic));
+        }
         let c = self.slot_conn(index)?;
         let answer = c.extra.as_ref().and_then(|x| {
             x.authz.iter().find(|(a, t, _)| *a == action && t == topic).map(|&(_, _, yes)| yes)
@@ -80,4 +84,9 @@ impl Broker {
             }
         }
     }
+}
+
+/// The broker's own rule, whatever the authorizer: clients do not write its statistics.
+fn reserved(action: Action, topic: &str) -> bool {
+    action == Action::Publish && (topic.starts_with("$SYS/") || topic == "$SYS")
 }

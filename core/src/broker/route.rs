@@ -25,7 +25,7 @@ impl Broker {
         let mut groups = core::mem::take(&mut self.scratch_groups);
         entries.clear();
         groups.clear();
-        let sources = self.tree.matches(msg.topic.as_str(), &mut entries, &mut groups);
+        let sources = self.tree.matches(msg.topic.as_bytes(), &mut entries, &mut groups);
         let any = !entries.is_empty() || !groups.is_empty();
         // A session subscribed through several matching filters gets one copy: bring its
         // entries together. Entries of one filter are one per session already.

@@ -35,7 +35,8 @@ pub(crate) struct Group {
 struct Node {
     parent: u32,
     key: Box<str>,
-    children: BTreeMap<Box<str>, u32>,
+    /// By level, as bytes (the order of `str`), so that a topic is matched as bytes.
+    children: BTreeMap<Box<[u8]>, u32>,
     /// The `+` child, 0 if none (the root is never a child).
     plus: u32,
     /// The `#` child, 0 if none.
@@ -95,7 +96,7 @@ impl SubTree {
         let existing = match level {
             "+" => self.node(parent).plus,
             "#" => self.node(parent).hash,
-            _ => self.node(parent).children.get(level).copied().unwrap_or(0),
+            _ => self.node(parent).children.get(level.as_bytes()).copied().unwrap_or(0),
         };
         if existing != 0 {
             return existing;
@@ -116,7 +117,7 @@ impl SubTree {
             "+" => p.plus = i,
             "#" => p.hash = i,
             _ => {
-                p.children.insert(level.into(), i);
+                p.children.insert(level.as_bytes().into(), i);
             }
         }
         i
@@ -128,7 +129,7 @@ impl SubTree {
             n = match level {
                 "+" => self.node(n).plus,
                 "#" => self.node(n).hash,
-                _ => self.node(n).children.get(level).copied().unwrap_or(0),
+                _ => self.node(n).children.get(level.as_bytes()).copied().unwrap_or(0),
             };
             if n == 0 {
                 return None;
@@ -220,7 +221,7 @@ impl SubTree {
                 "+" => p.plus = 0,
                 "#" => p.hash = 0,
                 _ => {
-                    p.children.remove(&key);
+                    p.children.remove(key.as_bytes());
                 }
             }
             self.free.push(n);
@@ -233,11 +234,11 @@ impl SubTree {
     /// Returns how many filters contributed subscriptions.
     pub(crate) fn matches(
         &mut self,
-        topic: &str,
+        topic: &[u8],
         out: &mut Vec<Entry>,
         groups: &mut Vec<GroupRef>,
     ) -> usize {
-        let dollar = topic.starts_with('$');
+        let dollar = topic.first() == Some(&b'$');
         // How many nodes added subscriptions: from one node, each session appears once.
         let mut sources = 0;
         let mut stack = core::mem::take(&mut self.stack);
@@ -253,7 +254,8 @@ impl SubTree {
                 continue;
             }
             let rest = &topic[pos..];
-            let (level, next, last) = match rest.find('/') {
+            // Levels are short: a plain scan beats a call to memchr.
+            let (level, next, last) = match rest.iter().position(|&b| b == b'/') {
                 Some(i) => (&rest[..i], pos + i + 1, false),
                 None => (rest, topic.len(), true),
             };
@@ -323,7 +325,7 @@ mod tests {
 
     fn matching(tree: &mut SubTree, topic: &str) -> Vec<u32> {
         let (mut out, mut groups) = (Vec::new(), Vec::new());
-        tree.matches(topic, &mut out, &mut groups);
+        tree.matches(topic.as_bytes(), &mut out, &mut groups);
         let mut s: Vec<u32> = out.iter().map(|e| e.session).collect();
         for g in groups {
             s.extend(tree.group_mut(g).unwrap().members.iter().map(|e| 1000 + e.session));
@@ -404,14 +406,14 @@ mod tests {
         tree.insert(&TopicFilter::new("$share/g2/t").unwrap(), entry(3));
         tree.insert(&TopicFilter::new("t").unwrap(), entry(4));
         let (mut out, mut groups) = (Vec::new(), Vec::new());
-        tree.matches("t", &mut out, &mut groups);
+        tree.matches(b"t", &mut out, &mut groups);
         assert_eq!(out.len(), 1);
         assert_eq!(groups.len(), 2);
         assert!(tree.remove(&TopicFilter::new("$share/g1/t").unwrap(), 1));
         assert!(tree.remove(&TopicFilter::new("$share/g1/t").unwrap(), 2));
         groups.clear();
         out.clear();
-        tree.matches("t", &mut out, &mut groups);
+        tree.matches(b"t", &mut out, &mut groups);
         assert_eq!(groups.len(), 1);
     }
 
