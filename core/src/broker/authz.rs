@@ -23,7 +23,7 @@ impl Broker {
         action: Action,
         topic: &str,
     ) -> AuthzDecision {
-        if reserved(action, topic) {
+        if reserved(action, topic.as_bytes()) {
             return AuthzDecision::Deny;
         }
         match &self.config.authorizer {
@@ -45,14 +45,16 @@ impl Broker {
         &mut self,
         index: u32,
         action: Action,
-        topic: &str,
+        name: &[u8],
         packet: impl FnOnce() -> Packet,
     ) -> Option<bool> {
         if self.config.authorizer.is_none() {
-            // Only the broker's own rule applies: no identity to gather.
+            // Only the broker's own rule applies: no identity to gather, no string to make.
             self.slot_conn(index)?;
-            return Some(!reserved(action, topic));
+            return Some(!reserved(action, name));
         }
+        // A topic name or filter's bytes: UTF-8 by construction.
+        let topic = core::str::from_utf8(name).unwrap_or_default();
         let c = self.slot_conn(index)?;
         let answer = c.extra.as_ref().and_then(|x| {
             x.authz.iter().find(|(a, t, _)| *a == action && t == topic).map(|&(_, _, yes)| yes)
@@ -87,6 +89,6 @@ impl Broker {
 }
 
 /// The broker's own rule, whatever the authorizer: clients do not write its statistics.
-fn reserved(action: Action, topic: &str) -> bool {
-    action == Action::Publish && (topic.starts_with("$SYS/") || topic == "$SYS")
+fn reserved(action: Action, topic: &[u8]) -> bool {
+    action == Action::Publish && (topic.starts_with(b"$SYS/") || topic == b"$SYS")
 }

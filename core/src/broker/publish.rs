@@ -39,7 +39,6 @@ impl Broker {
         let Some(si) = c.session else {
             return;
         };
-        let (client_id, username, peer) = self.identity(index);
         let Some(s) = self.session(si) else {
             return;
         };
@@ -103,10 +102,9 @@ impl Broker {
         }
         let invalid_utf8 = p.properties.payload_format_indicator == Some(PayloadFormat::Utf8)
             && core::str::from_utf8(&p.payload).is_err();
-        let _ = (&client_id, &username, &peer);
         let topic = p.topic.clone();
         let Some(allowed) =
-            self.check(index, Action::Publish, topic.as_str(), || Packet::Publish(p.clone()))
+            self.check(index, Action::Publish, topic.as_bytes(), || Packet::Publish(p.clone()))
         else {
             return; // deferred: handled again with the answer
         };

@@ -26,9 +26,9 @@ impl Broker {
                 allowed.push(false); // refused below for that reason, not asked
                 continue;
             }
-            match self
-                .check(index, Action::Subscribe, f.as_str(), || Packet::Subscribe(sub.clone()))
-            {
+            match self.check(index, Action::Subscribe, f.as_str().as_bytes(), || {
+                Packet::Subscribe(sub.clone())
+            }) {
                 Some(a) => allowed.push(a),
                 None => return, // deferred: handled again with the answer
             }
