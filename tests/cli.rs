@@ -919,3 +919,32 @@ fn the_broker_log_gives_disconnect_reasons_in_words() {
     let (_, status) = broker.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// `bench -s idle` holds its connections, says how fast they connected and the broker's memory
+/// per connection, and probes a QoS pair while they are open.
+#[test]
+fn bench_idle_reports_connect_rate_memory_and_a_pair_meanwhile() {
+    let broker = support::Ternmq::start(&[]);
+    let (port, pid) = (broker.port.to_string(), broker.child.id().to_string());
+    let (code, out, err) = ternmq(&[
+        "bench",
+        "-p",
+        &port,
+        "-s",
+        "idle",
+        "--connections",
+        "300",
+        "--hold",
+        "0",
+        "--broker-pid",
+        &pid,
+        "-q",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.starts_with("idle ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("300 open, 0 failed, connected in"), "{row}");
+    assert!(row.contains(" B/connection"), "{row}");
+    assert!(row.contains("QoS 1 pair meanwhile: p50"), "{row}");
+    assert!(row.contains("1000 of 1000 delivered"), "{row}");
+}
