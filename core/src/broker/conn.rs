@@ -240,9 +240,8 @@ impl Broker {
 
     /// A connected client's connection ended (closed or taken over).
     pub(super) fn client_gone(&mut self, version: ProtocolVersion) {
-        self.clients_connected -= 1;
         let counts = &mut self.stats.versions[version_index(version)];
-        counts.connected = counts.connected.saturating_sub(1);
+        counts.connected -= 1;
     }
 
     pub(super) fn next_random(&mut self) -> u64 {

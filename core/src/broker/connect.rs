@@ -547,7 +547,6 @@ impl Broker {
         }
         let ack = ConnAck { session_present, reason_code: ReasonCode::Success, properties: props };
         self.send(index, &ack.into());
-        self.clients_connected += 1;
         self.stats.clients_connected_total += 1;
         let counts = &mut self.stats.versions[version_index(version)];
         counts.connects += 1;

@@ -662,7 +662,6 @@ pub struct Broker {
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     connections: usize,
-    clients_connected: usize,
     sessions: Vec<Option<Box<Session>>>,
     free_sessions: Vec<u32>,
     session_count: usize,
@@ -721,7 +720,6 @@ impl Broker {
             slots: Vec::new(),
             free_slots: Vec::new(),
             connections: 0,
-            clients_connected: 0,
             sessions: Vec::new(),
             free_sessions: Vec::new(),
             session_count: 0,
@@ -775,7 +773,7 @@ impl Broker {
         }
         Gauges {
             connections: self.connections,
-            clients_connected: self.clients_connected,
+            clients_connected: self.stats.versions.iter().map(|v| v.connected as usize).sum(),
             sessions: self.session_count,
             subscriptions: self.tree.len(),
             retained: self.retained.len(),
