@@ -18,6 +18,8 @@ use async_channel::{Receiver, Sender};
 use ternmq_core::broker::admin::{Request, Response};
 use ternmq_store::{StoreFigures, StoreMetrics};
 
+use crate::server::Listener;
+
 /// Requests that may wait for the loop at once; more wait for room.
 const CALLS: usize = 64;
 
@@ -65,12 +67,19 @@ fn stopped() -> io::Error {
 }
 
 impl Control {
-    /// A handle and the inbox its requests reach; `wake` is called after each request is
-    /// queued so that an idle loop looks at the inbox.
+    /// A handle and the inbox its requests reach, for a server whose `config` listeners are
+    /// bound at `bound` (in the same order; `None` where the address cannot be read); `wake`
+    /// is called after each request is queued so that an idle loop looks at the inbox.
     pub fn pair(
-        listeners: Vec<ListenerInfo>,
+        bound: impl IntoIterator<Item = Option<SocketAddr>>,
+        config: &[Listener],
         wake: impl Fn() + Send + Sync + 'static,
     ) -> (Control, ControlInbox) {
+        let listeners = bound
+            .into_iter()
+            .zip(config)
+            .filter_map(|(addr, l)| Some(ListenerInfo { addr: addr?, kind: l.kind() }))
+            .collect();
         let (tx, rx) = async_channel::bounded(CALLS);
         let shared =
             Arc::new(Shared { ready: AtomicBool::new(false), store: OnceLock::new(), listeners });
@@ -106,6 +115,11 @@ impl Control {
     /// The server's listeners, in the order of its configuration.
     pub fn listeners(&self) -> &[ListenerInfo] {
         &self.shared.listeners
+    }
+
+    /// The addresses actually bound, in the order of the configuration.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.listeners.iter().map(|l| l.addr).collect()
     }
 
     /// What the store has done, if the server has one and is running.

@@ -43,7 +43,7 @@ use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
 use crate::Runtime;
-use crate::control::{Control, ControlInbox, ListenerInfo};
+use crate::control::{Control, ControlInbox};
 use crate::proxy::ProxyHeader;
 use crate::tls::TlsAcceptor;
 use crate::transport::{Stack, Transform};
@@ -369,11 +369,9 @@ impl<R: ServerRuntime> Server<R> {
         }
         let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
         let input: (R::Sender<Input<R>>, _) = R::channel(INPUT_QUEUE);
-        let bound = listeners.iter().zip(&config.listeners).filter_map(|(l, c)| {
-            Some(ListenerInfo { addr: R::local_addr(l).ok()?, kind: c.kind() })
-        });
+        let bound = listeners.iter().map(|l| R::local_addr(l).ok());
         let tx = input.0.clone();
-        let control = Control::pair(bound.collect(), move || {
+        let control = Control::pair(bound, &config.listeners, move || {
             let _ = R::try_send(&tx, Input::Wake);
         });
         Ok(Server { listeners, config, input, stopping: Arc::default(), store, control })
@@ -381,7 +379,7 @@ impl<R: ServerRuntime> Server<R> {
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| R::local_addr(l).ok()).collect()
+        self.control.0.local_addrs()
     }
 
     /// A handle that stops the server.

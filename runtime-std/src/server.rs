@@ -111,12 +111,9 @@ impl Server {
         }
         let store = config.store.as_ref().map(StoreConfig::open).transpose()?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let bound = listeners
-            .iter()
-            .zip(&config.listeners)
-            .filter_map(|(l, c)| Some(ListenerInfo { addr: l.local_addr().ok()?, kind: c.kind() }));
+        let bound = listeners.iter().map(|l| l.local_addr().ok());
         let wake = Arc::clone(&waker);
-        let control = Control::pair(bound.collect(), move || {
+        let control = Control::pair(bound, &config.listeners, move || {
             let _ = wake.wake();
         });
         Ok(Server { poll, waker, listeners, config, stopping, store, control })
@@ -124,7 +121,7 @@ impl Server {
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.control.0.local_addrs()
     }
 
     /// A handle that stops the server.
