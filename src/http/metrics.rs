@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use serde_json::{Value, json};
-use ternmq_core::broker::{Gauges, Stats};
+use ternmq_core::broker::{Gauges, ListenerStats, Stats};
 use ternmq_store::{COMMIT_BUCKETS_US, StoreFigures};
 use ternmq_tokio::server::ListenerInfo;
 
@@ -28,9 +28,13 @@ fn counter(v: u64) -> Counter {
     c
 }
 
+fn set(g: &Gauge, v: u64) {
+    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+}
+
 fn gauge(v: u64) -> Gauge {
     let g = Gauge::default();
-    g.set(i64::try_from(v).unwrap_or(i64::MAX));
+    set(&g, v);
     g
 }
 
@@ -70,27 +74,37 @@ impl EncodeMetric for CommitLatency {
     }
 }
 
+/// The broker's figures at one moment, with what the server adds (its listeners, its store).
+pub(super) struct Snapshot<'a> {
+    pub(super) stats: Box<Stats>,
+    pub(super) gauges: Gauges,
+    pub(super) uptime: Duration,
+    pub(super) store: Option<StoreFigures>,
+    pub(super) listeners: &'a [ListenerInfo],
+}
+
+impl Snapshot<'_> {
+    /// Each listener (its index, and how it is bound when known) with its counts.
+    fn listener_rows(&self) -> impl Iterator<Item = (usize, Option<&ListenerInfo>, ListenerStats)> {
+        (0..self.listeners.len().max(self.stats.listeners.len())).map(|i| {
+            (i, self.listeners.get(i), self.stats.listeners.get(i).copied().unwrap_or_default())
+        })
+    }
+}
+
 /// The OpenMetrics text of one moment's figures.
-pub(super) fn exposition(
-    stats: &Stats,
-    gauges: &Gauges,
-    uptime: Duration,
-    store: Option<&StoreFigures>,
-    listeners: &[ListenerInfo],
-) -> Result<String, String> {
+pub(super) fn exposition(snap: &Snapshot<'_>) -> Result<String, String> {
+    let (stats, gauges, uptime) = (&snap.stats, &snap.gauges, snap.uptime);
     let mut r = Registry::with_prefix("ternmq");
-    let listener_labels = |i: usize| -> Labels {
-        match listeners.get(i) {
-            Some(l) => vec![("listener", l.addr.to_string()), ("kind", l.kind.to_string())],
-            None => vec![("listener", i.to_string()), ("kind", String::new())],
-        }
-    };
     let open = Family::<Labels, Gauge>::default();
     let accepted = Family::<Labels, Counter>::default();
-    for i in 0..listeners.len().max(stats.listeners.len()) {
-        let s = stats.listeners.get(i).copied().unwrap_or_default();
-        open.get_or_create(&listener_labels(i)).set(i64::try_from(s.open).unwrap_or(i64::MAX));
-        accepted.get_or_create(&listener_labels(i)).inc_by(s.accepted);
+    for (i, l, s) in snap.listener_rows() {
+        let labels: Labels = match l {
+            Some(l) => vec![("listener", l.addr.to_string()), ("kind", l.kind.to_string())],
+            None => vec![("listener", i.to_string()), ("kind", String::new())],
+        };
+        set(&open.get_or_create(&labels), s.open);
+        accepted.get_or_create(&labels).inc_by(s.accepted);
     }
     r.register("connections", "Network connections open now, by listener", open);
     r.register("connections_accepted", "Network connections accepted, by listener", accepted);
@@ -113,9 +127,7 @@ pub(super) fn exposition(
     let connects = Family::<Labels, Counter>::default();
     for (i, v) in VERSIONS.iter().enumerate() {
         let labels = vec![("protocol", (*v).to_string())];
-        clients
-            .get_or_create(&labels)
-            .set(i64::try_from(stats.versions[i].connected).unwrap_or(i64::MAX));
+        set(&clients.get_or_create(&labels), stats.versions[i].connected);
         connects.get_or_create(&labels).inc_by(stats.versions[i].connects);
     }
     r.register("clients_connected", "MQTT clients connected now, by protocol version", clients);
@@ -200,7 +212,7 @@ pub(super) fn exposition(
         Unit::Seconds,
         gauge(uptime.as_secs()),
     );
-    if let Some(s) = store {
+    if let Some(s) = &snap.store {
         r.register("store_commits", "Store transactions committed", counter(s.commits));
         r.register("store_fsyncs", "Store commits forced to disk", counter(s.fsyncs));
         r.register_with_unit(
@@ -216,17 +228,11 @@ pub(super) fn exposition(
 }
 
 /// The JSON of `/api/v1/stats`.
-pub(super) fn stats_json(
-    stats: &Stats,
-    gauges: &Gauges,
-    uptime: Duration,
-    store: Option<&StoreFigures>,
-    listeners: &[ListenerInfo],
-) -> Value {
-    let listener_list: Vec<Value> = (0..listeners.len().max(stats.listeners.len()))
-        .map(|i| {
-            let s = stats.listeners.get(i).copied().unwrap_or_default();
-            let l = listeners.get(i);
+pub(super) fn stats_json(snap: &Snapshot<'_>) -> Value {
+    let (stats, gauges) = (&snap.stats, &snap.gauges);
+    let listener_list: Vec<Value> = snap
+        .listener_rows()
+        .map(|(_, l, s)| {
             json!({
                 "address": l.map(|l| l.addr.to_string()),
                 "kind": l.map(|l| l.kind),
@@ -243,7 +249,7 @@ pub(super) fn stats_json(
         })
         .collect();
     json!({
-        "uptime_seconds": uptime.as_secs(),
+        "uptime_seconds": snap.uptime.as_secs(),
         "gauges": {
             "connections": gauges.connections,
             "clients_connected": gauges.clients_connected,
@@ -283,7 +289,7 @@ pub(super) fn stats_json(
         },
         "listeners": listener_list,
         "protocols": versions,
-        "store": store.map(|s| json!({
+        "store": snap.store.as_ref().map(|s| json!({
             "commits": s.commits,
             "fsyncs": s.fsyncs,
             "commit_seconds_total": s.latency_us as f64 / 1e6,

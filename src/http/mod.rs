@@ -770,48 +770,39 @@ async fn publish(State(state): State<AppState>, body: Result<Bytes, BytesRejecti
 
 // ---------------------------------------------------------------- stats, metrics, reload
 
+/// The broker's figures now, with the server's listeners and store.
+async fn snapshot(state: &AppState) -> Result<metrics::Snapshot<'_>, Response> {
+    match ask(state, Admin::Stats).await? {
+        Answer::Stats { stats, gauges, uptime } => Ok(metrics::Snapshot {
+            stats,
+            gauges,
+            uptime,
+            store: state.control.store_figures(),
+            listeners: state.control.listeners(),
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
+
 async fn stats(State(state): State<AppState>) -> Response {
-    match ask(&state, Admin::Stats).await {
-        Ok(Answer::Stats { stats, gauges, uptime }) => {
-            let store = state.control.store_figures();
-            axum::Json(metrics::stats_json(
-                &stats,
-                &gauges,
-                uptime,
-                store.as_ref(),
-                state.control.listeners(),
-            ))
-            .into_response()
-        }
-        Ok(other) => unexpected(&other),
+    match snapshot(&state).await {
+        Ok(snap) => axum::Json(metrics::stats_json(&snap)).into_response(),
         Err(r) => r,
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match ask(&state, Admin::Stats).await {
-        Ok(Answer::Stats { stats, gauges, uptime }) => {
-            let store = state.control.store_figures();
-            match metrics::exposition(
-                &stats,
-                &gauges,
-                uptime,
-                store.as_ref(),
-                state.control.listeners(),
-            ) {
-                Ok(text) => (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    text,
-                )
-                    .into_response(),
-                Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
-            }
-        }
-        Ok(other) => unexpected(&other),
-        Err(r) => r,
+    let snap = match snapshot(&state).await {
+        Ok(snap) => snap,
+        Err(r) => return r,
+    };
+    match metrics::exposition(&snap) {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     }
 }
 
