@@ -686,9 +686,16 @@ fn watch<H>(
 /// debug (with the core's `log` feature).
 #[cfg(feature = "log")]
 pub fn log_event(event: &Event) {
+    // Every line is at info or below: nothing to format when info is off.
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    let from = |peer: &Option<core::net::SocketAddr>| {
+        peer.map(|p| alloc::string::ToString::to_string(&p)).unwrap_or_default()
+    };
     match event {
         Event::Connected { conn, client_id, protocol, session_present, peer, listener } => {
-            let from = peer.map(|p| alloc::string::ToString::to_string(&p)).unwrap_or_default();
+            let from = from(peer);
             log::info!(
                 client_id = client_id.as_str(), peer = from.as_str(), listener = *listener;
                 "client {client_id} connected ({protocol}, session present: {session_present}) \
@@ -699,7 +706,7 @@ pub fn log_event(event: &Event) {
             log::info!("connection {conn:?} refused: {}", reason.words());
         }
         Event::Disconnected { conn, client_id, reason, peer, listener } => {
-            let from = peer.map(|p| alloc::string::ToString::to_string(&p)).unwrap_or_default();
+            let from = from(peer);
             log::info!(
                 client_id = client_id.as_str(), peer = from.as_str(), listener = *listener;
                 "client {client_id} on {conn:?} disconnected: {reason}"
