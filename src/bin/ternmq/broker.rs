@@ -462,22 +462,16 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
         Some((path, text)) => locate(path, text, key),
         None => format!("ternmq broker: {key}"),
     };
-    let timestamp = match (&log_timestamp, &fc.log_timestamp) {
-        (Some(v), _) => {
-            Timestamp::parse(v).map_err(|e| format!("ternmq broker: --log-timestamp: {e}"))?
-        }
-        (None, Some(v)) => {
-            Timestamp::parse(v).map_err(|e| format!("{}: {e}", at("log_timestamp")))?
-        }
-        (None, None) => Timestamp::Rfc3339,
-    };
-    let format = match (&log_format, &fc.log_format) {
-        (Some(v), _) => {
-            LogFormat::parse(v).map_err(|e| format!("ternmq broker: --log-format: {e}"))?
-        }
-        (None, Some(v)) => LogFormat::parse(v).map_err(|e| format!("{}: {e}", at("log_format")))?,
-        (None, None) => LogFormat::Text,
-    };
+    let timestamp = flag_or_file(
+        ("--log-timestamp", &log_timestamp),
+        &fc.log_timestamp,
+        &at,
+        Timestamp::parse,
+    )?
+    .unwrap_or(Timestamp::Rfc3339);
+    let format =
+        flag_or_file(("--log-format", &log_format), &fc.log_format, &at, LogFormat::parse)?
+            .unwrap_or(LogFormat::Text);
     let http_table = fc.http.take();
     let mut s = build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at)?;
     s.runtime = runtime;
@@ -485,6 +479,24 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     s.log_format = format;
     s.http = http_settings(http_table, http, &at)?;
     Ok(Some(s))
+}
+
+/// The value of a flag, else of the file's key of the same name (`log_format` for
+/// `--log-format`), parsed; an error names the flag, or the file, line and key.
+fn flag_or_file<T>(
+    (flag, given): (&str, &Option<String>),
+    in_file: &Option<String>,
+    at: &dyn Fn(&str) -> String,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    match (given, in_file) {
+        (Some(v), _) => parse(v).map(Some).map_err(|e| format!("ternmq broker: {flag}: {e}")),
+        (None, Some(v)) => {
+            let key = flag.trim_start_matches("--").replace('-', "_");
+            parse(v).map(Some).map_err(|e| format!("{}: {e}", at(&key)))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The HTTP admin API's settings from the `[http]` table and the `--http` flag (which wins for
@@ -504,11 +516,12 @@ fn http_settings(
         (None, None) => ("127.0.0.1:8080".to_string(), None),
     };
     let here = |key: &str| format!("{} (in [http])", at(key));
-    let named = |e: String| match key {
-        Some(k) => format!("{}: {e}", here(k)),
-        None => format!("ternmq broker: --http: {e}"),
+    // Where the address came from, for its errors.
+    let origin = match key {
+        Some(k) => here(k),
+        None => format!("ternmq broker: --http {text}"),
     };
-    let bind = parse_socket_addr(&text).map_err(named)?;
+    let bind = parse_socket_addr(&text).map_err(|e| format!("{origin}: {e}"))?;
     let mut options = ternmq::http::HttpOptions::default();
     if let Some(path) = &table.token_file {
         options.tokens =
@@ -531,10 +544,7 @@ fn http_settings(
             return Err(format!("{}: keyfile needs certfile too", here("certfile")));
         }
     }
-    ternmq::http::check_bind(bind, &options).map_err(|e| match key {
-        Some(k) => format!("{}: {e}", here(k)),
-        None => format!("ternmq broker: --http {text}: {e}"),
-    })?;
+    ternmq::http::check_bind(bind, &options).map_err(|e| format!("{origin}: {e}"))?;
     Ok(Some(HttpSettings { bind, options }))
 }
 
