@@ -42,7 +42,11 @@ impl Fixed {
             persistence: s.persistence.clone(),
             durability: format!("{:?}", s.durability),
             runtime: format!("{:?}", s.runtime),
-            http: s.http.as_ref().map(|h| format!("{} {:?}", h.bind, h.options)),
+            // The tokens themselves: the options' Debug only counts them.
+            http: s.http.as_ref().map(|h| {
+                let tls = h.options.tls.as_ref().map(|t| format!("{:?}", t.settings()));
+                format!("{} {:?} {tls:?}", h.bind, h.options.tokens)
+            }),
         }
     }
 
