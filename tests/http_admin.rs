@@ -319,7 +319,7 @@ fn broker_with_tokens(tag: &str, tokens: &str) -> (Ternmq, u16, TempDir) {
 
 #[test]
 fn tokens_guard_everything_but_the_probes() {
-    let (_b, hp, _dir) =
+    let (_b, hp, dir) =
         broker_with_tokens("http-tokens", "# operators\nfirst-token\n\nsecond-token\n");
     for path in ["/api/v1/stats", "/metrics", "/api/v1/clients", "/", "/api/v1/openapi.json"] {
         let a = http(hp, "GET", path, None, None);
@@ -334,6 +334,15 @@ fn tokens_guard_everything_but_the_probes() {
     assert_eq!(publish.status, 401);
     assert_eq!(http(hp, "GET", "/healthz", None, None).status, 200);
     assert_eq!(http(hp, "GET", "/readyz", None, None).status, 200);
+    // New tokens (as many as before) take a restart, and the reload says so; the old ones
+    // stay in force until then.
+    std::fs::write(dir.0.join("tokens"), "third-token\nfourth-token\n").unwrap();
+    let reloaded = http(hp, "POST", "/api/v1/reload", Some("first-token"), None);
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    let names: Vec<String> =
+        serde_json::from_value(reloaded.json()["restart_needed"].clone()).unwrap();
+    assert!(names.contains(&"http".to_string()), "{names:?}");
+    assert_eq!(http(hp, "GET", "/api/v1/stats", Some("first-token"), None).status, 200);
 }
 
 #[test]
