@@ -1537,3 +1537,124 @@ fn unsubscribe_with_sends_its_user_properties_in_v5_only() {
         assert_eq!(u.properties.user_properties.len(), usize::from(v == ProtocolVersion::V5));
     }
 }
+
+fn relay_config() -> ClientConfig {
+    ClientConfig { manual_acks: true, ..ClientConfig::default() }
+}
+
+fn with_id(mut p: Publish, id: u16) -> Publish {
+    p.packet_id = Some(pid(id));
+    p
+}
+
+#[test]
+fn relay_mode_acknowledges_received_messages_only_when_told() {
+    for v in both() {
+        let mut h = Harness::new(v, relay_config());
+        h.connect(t(0), accepted());
+        h.events();
+        h.feed(t(1), Packet::Publish(with_id(publish("a", QoS::AtLeastOnce, "1"), 7)));
+        h.feed(t(1), Packet::Publish(with_id(publish("b", QoS::ExactlyOnce, "2"), 8)));
+        assert_eq!(h.events().len(), 2);
+        assert!(h.sent().is_empty(), "nothing acknowledged before the application says so");
+        // The QoS 2 message sent again before its PUBREC: not delivered again, not answered.
+        let mut again = with_id(publish("b", QoS::ExactlyOnce, "2"), 8);
+        again.dup = true;
+        h.feed(t(2), Packet::Publish(again.clone()));
+        assert!(h.events().is_empty() && h.sent().is_empty());
+        h.client.acknowledge(t(3), pid(7), QoS::AtLeastOnce, ReasonCode::Success);
+        h.client.acknowledge(t(3), pid(8), QoS::ExactlyOnce, ReasonCode::Success);
+        let sent = h.sent();
+        assert!(
+            matches!(&sent[..], [Packet::PubAck(a), Packet::PubRec(r)]
+            if a.packet_id == pid(7) && r.packet_id == pid(8)),
+            "{sent:?}"
+        );
+        // Now a resent copy is answered at once, still not delivered again.
+        h.feed(t(4), Packet::Publish(again));
+        assert!(h.events().is_empty());
+        assert!(matches!(&h.sent()[..], [Packet::PubRec(r)] if r.packet_id == pid(8)));
+        // PUBREL waits for `complete`, also for an identifier the client does not know.
+        h.feed(t(5), Packet::PubRel(PubAck::new(pid(8))));
+        h.feed(t(5), Packet::PubRel(PubAck::new(pid(99))));
+        assert_eq!(
+            h.events(),
+            vec![Event::Released { packet_id: pid(8) }, Event::Released { packet_id: pid(99) }]
+        );
+        assert!(h.sent().is_empty());
+        h.client.complete(t(6), pid(8));
+        h.client.complete(t(6), pid(99));
+        let sent = h.sent();
+        assert!(
+            matches!(&sent[..], [Packet::PubComp(a), Packet::PubComp(b)]
+            if a.packet_id == pid(8) && a.reason_code == ReasonCode::Success
+                && b.packet_id == pid(99)),
+            "{sent:?}"
+        );
+    }
+}
+
+#[test]
+fn relay_mode_keeps_packet_ids_and_waits_to_release() {
+    for v in both() {
+        let mut h = Harness::new(v, relay_config());
+        h.connect(t(0), accepted());
+        h.events();
+        let mut p = with_id(publish("x", QoS::ExactlyOnce, "m"), 42);
+        p.dup = true;
+        h.client.publish_as(t(1), p.clone()).unwrap();
+        let sent = h.sent();
+        assert!(
+            matches!(&sent[..], [Packet::Publish(s)] if s.packet_id == Some(pid(42)) && s.dup),
+            "{sent:?}"
+        );
+        assert_eq!(h.client.publish_as(t(1), p), Err(ClientError::PacketIdInUse(42)));
+        h.feed(t(2), Packet::PubRec(PubAck::new(pid(42))));
+        assert_eq!(h.events(), vec![Event::Received { packet_id: pid(42) }]);
+        assert!(h.sent().is_empty(), "no PUBREL before release");
+        h.client.release(t(3), pid(42));
+        assert!(matches!(&h.sent()[..], [Packet::PubRel(r)] if r.packet_id == pid(42)));
+        // An identifier the client never sent (its PUBREC came before a restart) is released
+        // too, and again after a reconnect that resumes the session.
+        h.client.release(t(3), pid(43));
+        assert!(matches!(&h.sent()[..], [Packet::PubRel(r)] if r.packet_id == pid(43)));
+        h.client.handle_closed(t(4));
+        h.events();
+        let resumed = ConnAck { session_present: true, ..ConnAck::default() };
+        let mut opts = h.options();
+        opts.clean_start = false;
+        let sent = h.connect_with(t(5), opts, resumed);
+        assert!(
+            matches!(&sent[..], [Packet::PubRel(a), Packet::PubRel(b)]
+            if a.packet_id == pid(42) && b.packet_id == pid(43)),
+            "{sent:?}"
+        );
+        h.feed(t(6), Packet::PubComp(PubAck::new(pid(42))));
+        h.feed(t(6), Packet::PubComp(PubAck::new(pid(43))));
+        let done: Vec<u16> = h
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Published { packet_id, .. } => Some(packet_id.get()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, vec![42, 43]);
+    }
+}
+
+#[test]
+fn a_subscribe_lost_with_its_connection_frees_its_packet_id() {
+    let mut h = Harness::new(ProtocolVersion::V5, relay_config());
+    h.connect(t(0), accepted());
+    let sub = Subscription::new(TopicFilter::new("a/#").unwrap(), QoS::AtLeastOnce);
+    let id = h.client.subscribe(t(1), &[sub]).unwrap();
+    h.client.handle_closed(t(2));
+    let resumed = ConnAck { session_present: true, ..ConnAck::default() };
+    let mut opts = h.options();
+    opts.clean_start = false;
+    h.connect_with(t(3), opts, resumed);
+    assert!(h.client.is_connected());
+    // The SUBACK will never come: the identifier is free for a relayed publish.
+    h.client.publish_as(t(4), with_id(publish("a/b", QoS::AtLeastOnce, "m"), id.get())).unwrap();
+}

@@ -285,6 +285,7 @@ fn client_config(rng: &mut Rng) -> ClientConfig {
         max_queued_bytes: 4 * 1024 * 1024,
         restore_subscriptions: true,
         auto_topic_alias: rng.chance(0.5),
+        manual_acks: false,
     }
 }
 

@@ -60,6 +60,13 @@ pub struct ClientConfig {
     /// Maximum, reusing the least recently used one when all are taken. Aliases the application
     /// sets are then only used to find a publish's topic.
     pub auto_topic_alias: bool,
+    /// Relay mode, for a bridge: received QoS 1 and 2 messages are acknowledged only when the
+    /// application says so ([`Client::acknowledge`](super::Client::acknowledge), and
+    /// [`Client::complete`](super::Client::complete) after the server's PUBREL), and a QoS 2
+    /// publish waits after its PUBREC for [`Client::release`](super::Client::release) before
+    /// its PUBREL goes out. What the other side of a bridge has not taken is then never
+    /// acknowledged on this one.
+    pub manual_acks: bool,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +80,7 @@ impl Default for ClientConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             restore_subscriptions: true,
             auto_topic_alias: false,
+            manual_acks: false,
         }
     }
 }

@@ -91,6 +91,18 @@ pub enum Event {
         /// One code per filter (empty in 3.1.1).
         reason_codes: Vec<ReasonCode>,
     },
+    /// Relay mode ([`ClientConfig::manual_acks`]): the server received this QoS 2 publish
+    /// (PUBREC with success); its PUBREL waits for [`Client::release`].
+    Received {
+        /// The publish's packet identifier.
+        packet_id: PacketId,
+    },
+    /// Relay mode: the server released this received QoS 2 message (PUBREL); its PUBCOMP
+    /// waits for [`Client::complete`].
+    Released {
+        /// The message's packet identifier.
+        packet_id: PacketId,
+    },
     /// The connection is gone (or going: see [`Command::CloseTransport`]).
     Disconnected(DisconnectReason),
     /// MQTT 5 enhanced authentication: the server sent AUTH (Continue authentication). Answer
@@ -158,6 +170,8 @@ pub enum ClientError {
     QueueFull,
     /// Every packet identifier is in use.
     PacketIdsExhausted,
+    /// [`Client::publish_as`]: this packet identifier is in use (or missing for QoS 1 or 2).
+    PacketIdInUse(u16),
     /// The server's Maximum QoS is lower.
     QoSNotSupported(QoS),
     /// The server said Retain Available = 0.
@@ -194,6 +208,7 @@ impl fmt::Display for ClientError {
             Self::NeverConnected => f.write_str("reconnect before connect"),
             Self::QueueFull => f.write_str("the outgoing queue is full"),
             Self::PacketIdsExhausted => f.write_str("all 65535 packet identifiers are in use"),
+            Self::PacketIdInUse(id) => write!(f, "packet identifier {id} is in use or missing"),
             Self::QoSNotSupported(q) => write!(f, "the server supports QoS up to {}", *q as u8),
             Self::RetainNotSupported => f.write_str("the server does not support retain"),
             Self::TopicAliasInvalid(a) => write!(f, "topic alias {a} is out of the server's range"),
@@ -252,6 +267,8 @@ enum State {
 enum Outgoing {
     /// Sent (or to be sent again); waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish(Box<Publish>),
+    /// Relay mode: PUBREC received; PUBREL waits for [`Client::release`].
+    Received,
     /// PUBREC received, PUBREL sent; waiting for PUBCOMP.
     Released,
 }
@@ -307,6 +324,8 @@ pub struct Client {
     next_seq: u64,
     /// QoS 2 messages received and delivered, waiting for PUBREL ([MQTT-4.3.3-9]).
     incoming_qos2: BTreeSet<u16>,
+    /// Relay mode: QoS 2 messages delivered whose PUBREC the application has not yet allowed.
+    unacknowledged_qos2: BTreeSet<u16>,
     /// SUBSCRIBE and UNSUBSCRIBE requests waiting for their answer.
     requests: BTreeMap<u16, Request>,
     /// The application's subscriptions, restored when a session is lost.
@@ -378,6 +397,7 @@ impl Client {
             inflight_order: BTreeMap::new(),
             next_seq: 0,
             incoming_qos2: BTreeSet::new(),
+            unacknowledged_qos2: BTreeSet::new(),
             requests: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             next_packet_id: 1,
@@ -390,6 +410,13 @@ impl Client {
     /// Whether CONNACK accepted the connection and it is still up.
     pub fn is_connected(&self) -> bool {
         matches!(self.state, State::Connected { .. })
+    }
+
+    /// Whether the client stopped reconnecting: the application disconnected, or the server
+    /// refused it for a reason retrying cannot fix (bad credentials, not authorized, banned, a
+    /// bad client id or protocol version).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     /// The protocol version of the last `connect`.
@@ -485,6 +512,32 @@ impl Client {
         now: Instant,
         mut publish: Publish,
     ) -> Result<Option<PacketId>, ClientError> {
+        publish.dup = false;
+        publish.packet_id = None;
+        self.enqueue(now, publish, None)
+    }
+
+    /// Relay mode: publishes `publish` under its own packet identifier and DUP flag, as
+    /// another connection gave it. A bridge relays each message with the identifier the other
+    /// side used, so that a message sent again after a restart is the same message to this
+    /// server's session (a QoS 2 message is then still delivered once). Fails with
+    /// [`ClientError::PacketIdInUse`] while the client uses that identifier itself (a
+    /// SUBSCRIBE waiting for its answer): try again after it.
+    pub fn publish_as(&mut self, now: Instant, publish: Publish) -> Result<(), ClientError> {
+        let id = match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => None,
+            (_, Some(id)) if !self.id_in_use(id.get()) => Some(id),
+            (_, id) => return Err(ClientError::PacketIdInUse(id.map_or(0, NonZeroU16::get))),
+        };
+        self.enqueue(now, publish, id).map(|_| ())
+    }
+
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        mut publish: Publish,
+        relayed: Option<PacketId>,
+    ) -> Result<Option<PacketId>, ClientError> {
         let v5 = self.protocol().is_none_or(ProtocolVersion::is_v5);
         if !publish.properties.subscription_identifiers.is_empty() {
             return Err(ClientError::SubscriptionIdentifierInPublish);
@@ -525,9 +578,14 @@ impl Client {
         {
             return Err(ClientError::QueueFull);
         }
-        publish.dup = false;
-        publish.packet_id = None;
-        let id = if publish.qos == QoS::AtMostOnce { None } else { Some(self.allocate_id()?) };
+        let id = match relayed {
+            Some(id) => Some(id),
+            None if publish.qos == QoS::AtMostOnce => None,
+            None => Some(self.allocate_id()?),
+        };
+        if id.is_none() {
+            publish.dup = false;
+        }
         publish.packet_id = id;
         if let Some(alias) = publish.properties.topic_alias {
             self.alias_topics.insert(alias.get(), publish.topic.clone());
@@ -537,6 +595,73 @@ impl Client {
         self.queue.push_back(publish);
         self.pump(now);
         Ok(id)
+    }
+
+    /// Relay mode: acknowledges the received message `packet_id` of `qos`: PUBACK for QoS 1,
+    /// PUBREC for QoS 2 (MQTT 5: with `reason_code`; an error code ends a QoS 2 exchange
+    /// there). Offline, a QoS 1 acknowledgement is dropped (the server sends the message again,
+    /// and it is delivered again), and a QoS 2 one is remembered (a PUBLISH sent again is
+    /// answered at once).
+    pub fn acknowledge(
+        &mut self,
+        now: Instant,
+        packet_id: PacketId,
+        qos: QoS,
+        reason_code: ReasonCode,
+    ) {
+        let id = packet_id.get();
+        let mut ack = PubAck::new(packet_id);
+        if self.version().is_v5() {
+            ack.reason_code = reason_code;
+        }
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            QoS::ExactlyOnce => {
+                if !self.unacknowledged_qos2.remove(&id) {
+                    return;
+                }
+                if reason_code.is_error() {
+                    self.incoming_qos2.remove(&id);
+                }
+                Packet::PubRec(ack)
+            }
+        };
+        if self.is_connected() {
+            let _ = self.send(now, &packet);
+        }
+    }
+
+    /// Relay mode: finishes the received QoS 2 message `packet_id` after
+    /// [`Event::Released`]: PUBCOMP.
+    pub fn complete(&mut self, now: Instant, packet_id: PacketId) {
+        self.incoming_qos2.remove(&packet_id.get());
+        if self.is_connected() {
+            let _ = self.send(now, &Packet::PubComp(PubAck::new(packet_id)));
+        }
+    }
+
+    /// Relay mode: sends PUBREL for the QoS 2 publish `packet_id` after [`Event::Received`].
+    /// An identifier the client does not know (its PUBREC came before a restart) is taken in
+    /// as released: its PUBREL goes out, and again after a reconnect, until the PUBCOMP.
+    pub fn release(&mut self, now: Instant, packet_id: PacketId) {
+        let id = packet_id.get();
+        match self.inflight.get_mut(&id) {
+            Some((_, state @ Outgoing::Received)) => *state = Outgoing::Released,
+            Some(_) => return,
+            None => {
+                if self.requests.contains_key(&id) || self.queued_ids.contains(&id) {
+                    return;
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.inflight_order.insert(seq, id);
+                self.inflight.insert(id, (seq, Outgoing::Released));
+            }
+        }
+        if self.is_connected() {
+            let _ = self.send(now, &Packet::PubRel(PubAck::new(packet_id)));
+        }
     }
 
     /// Subscribes to `subscriptions` in one SUBSCRIBE. [`Event::Subscribed`] reports the answer.
@@ -818,16 +943,17 @@ impl Client {
         Ok(())
     }
 
+    fn id_in_use(&self, id: u16) -> bool {
+        self.inflight.contains_key(&id)
+            || self.requests.contains_key(&id)
+            || self.queued_ids.contains(&id)
+    }
+
     fn allocate_id(&mut self) -> Result<PacketId, ClientError> {
-        let in_use = |c: &Self, id: u16| {
-            c.inflight.contains_key(&id)
-                || c.requests.contains_key(&id)
-                || c.queued_ids.contains(&id)
-        };
         for _ in 0..u16::MAX {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if !in_use(self, id) {
+            if !self.id_in_use(id) {
                 // `id` starts at 1 and wraps to 1, never 0.
                 return NonZeroU16::new(id).ok_or(ClientError::PacketIdsExhausted);
             }
@@ -1021,6 +1147,9 @@ impl Client {
         }
         self.apply_connack(&properties);
         self.state = State::Connected { since: now };
+        // SUBSCRIBE and UNSUBSCRIBE requests of the old connection are not answered on this
+        // one (only PUBLISH and PUBREL are sent again): their identifiers are free again.
+        self.requests.clear();
         self.events.push_back(Event::Connected { session_present, properties });
         if session_present {
             self.resend_inflight(now);
@@ -1062,13 +1191,15 @@ impl Client {
             let result = match state {
                 Outgoing::Publish(p) => {
                     if let Some(code) = self.refused_by_server(p) {
-                        self.complete(id, code, AckProperties::default());
+                        self.finish_outgoing(id, code, AckProperties::default());
                         continue;
                     }
                     let mut p = p.clone();
                     p.dup = true;
                     self.transmit_publish(now, &p)
                 }
+                // The application has not released it yet: its PUBREL goes out when it does.
+                Outgoing::Received => continue,
                 Outgoing::Released => {
                     let Some(pid) = NonZeroU16::new(id) else { continue };
                     self.send(now, &Packet::PubRel(PubAck::new(pid)))
@@ -1086,6 +1217,7 @@ impl Client {
     /// forgotten; the application's subscriptions are made again.
     fn restart_session(&mut self, now: Instant) {
         self.incoming_qos2.clear();
+        self.unacknowledged_qos2.clear();
         let order: Vec<u16> = self.inflight_order.values().rev().copied().collect();
         for id in order {
             let Some((_, state)) = self.inflight.remove(&id) else { continue };
@@ -1096,7 +1228,7 @@ impl Client {
                     self.queued_ids.extend(p.packet_id.map(NonZeroU16::get));
                     self.queue.push_front(*p);
                 }
-                Outgoing::Released => {
+                Outgoing::Received | Outgoing::Released => {
                     if let Some(packet_id) = NonZeroU16::new(id) {
                         self.events.push_back(Event::Published {
                             packet_id,
@@ -1108,8 +1240,6 @@ impl Client {
             }
         }
         self.inflight_order.clear();
-        // Requests in flight on the old connection are lost with it.
-        self.requests.clear();
         if self.config.restore_subscriptions && !self.subscriptions.is_empty() {
             let subs: Vec<(Subscription, SubscribeProperties)> =
                 self.subscriptions.values().cloned().collect();
@@ -1143,11 +1273,17 @@ impl Client {
             (QoS::AtMostOnce, _) => self.events.push_back(Event::Message(p)),
             (QoS::AtLeastOnce, Some(id)) => {
                 self.events.push_back(Event::Message(p));
-                let _ = self.send(now, &Packet::PubAck(PubAck::new(id)));
+                if !self.config.manual_acks {
+                    let _ = self.send(now, &Packet::PubAck(PubAck::new(id)));
+                }
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 if self.incoming_qos2.contains(&id.get()) {
                     // Already delivered; the server did not get our PUBREC ([MQTT-4.3.3-10]).
+                    if self.unacknowledged_qos2.contains(&id.get()) {
+                        // Relay mode: the PUBREC waits for the application.
+                        return;
+                    }
                 } else {
                     let limit = self
                         .options
@@ -1161,6 +1297,10 @@ impl Client {
                     }
                     self.incoming_qos2.insert(id.get());
                     self.events.push_back(Event::Message(p));
+                    if self.config.manual_acks {
+                        self.unacknowledged_qos2.insert(id.get());
+                        return;
+                    }
                 }
                 let _ = self.send(now, &Packet::PubRec(PubAck::new(id)));
             }
@@ -1173,7 +1313,7 @@ impl Client {
         let id = ack.packet_id.get();
         match self.inflight.get(&id) {
             Some((_, Outgoing::Publish(p))) if p.qos == QoS::AtLeastOnce => {
-                self.complete(id, ack.reason_code, ack.properties);
+                self.finish_outgoing(id, ack.reason_code, ack.properties);
                 self.pump(now);
             }
             // A PUBACK for a QoS 2 message in flight: the wrong acknowledgement for an
@@ -1196,13 +1336,20 @@ impl Client {
                 }
                 if ack.reason_code.is_error() {
                     // [MQTT-4.3.3-?]: a PUBREC with an error ends the exchange.
-                    self.complete(id, ack.reason_code, ack.properties);
+                    self.finish_outgoing(id, ack.reason_code, ack.properties);
                     self.pump(now);
+                    return;
+                }
+                if self.config.manual_acks {
+                    *state = Outgoing::Received;
+                    self.events.push_back(Event::Received { packet_id: ack.packet_id });
                     return;
                 }
                 *state = Outgoing::Released;
                 let _ = self.send(now, &Packet::PubRel(PubAck::new(ack.packet_id)));
             }
+            // Relay mode: the PUBREL still waits for the application.
+            Some((_, Outgoing::Received)) => {}
             Some((_, Outgoing::Released)) => {
                 let _ = self.send(now, &Packet::PubRel(PubAck::new(ack.packet_id)));
             }
@@ -1219,6 +1366,13 @@ impl Client {
     }
 
     fn handle_pubrel(&mut self, now: Instant, ack: PubAck) {
+        if self.config.manual_acks {
+            // The PUBCOMP waits for the application ([`Client::complete`]), also for an
+            // identifier it does not know: a relay that restarted learns of it only now.
+            self.unacknowledged_qos2.remove(&ack.packet_id.get());
+            self.events.push_back(Event::Released { packet_id: ack.packet_id });
+            return;
+        }
         let found = self.incoming_qos2.remove(&ack.packet_id.get());
         let mut comp = PubAck::new(ack.packet_id);
         if !found && self.version().is_v5() {
@@ -1231,7 +1385,7 @@ impl Client {
         let id = ack.packet_id.get();
         match self.inflight.get(&id) {
             Some((_, Outgoing::Released)) => {
-                self.complete(id, ack.reason_code, ack.properties);
+                self.finish_outgoing(id, ack.reason_code, ack.properties);
                 self.pump(now);
             }
             // A PUBCOMP for a QoS 1 message, or for a QoS 2 message before its PUBREC.
@@ -1240,7 +1394,7 @@ impl Client {
         }
     }
 
-    fn complete(&mut self, id: u16, reason_code: ReasonCode, properties: AckProperties) {
+    fn finish_outgoing(&mut self, id: u16, reason_code: ReasonCode, properties: AckProperties) {
         if let Some((seq, _)) = self.inflight.remove(&id) {
             self.inflight_order.remove(&seq);
         }
@@ -1250,7 +1404,7 @@ impl Client {
     }
 
     fn fail_inflight(&mut self, id: u16, e: &EncodeError) {
-        self.complete(id, encode_failure_code(e), AckProperties::default());
+        self.finish_outgoing(id, encode_failure_code(e), AckProperties::default());
     }
 
     fn handle_suback(&mut self, ack: SubAck) {
