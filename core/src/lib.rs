@@ -50,6 +50,7 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod codec;

@@ -56,8 +56,12 @@ fn clients_are_listed_in_order_by_prefix_and_page() {
 #[test]
 fn a_client_shows_its_connection_session_and_subscriptions() {
     let mut h = Harness::new();
-    let peer =
-        PeerInfo { addr: Some("127.0.0.1:5000".parse().unwrap()), listener: 2, identity: None };
+    let peer = PeerInfo {
+        addr: Some("127.0.0.1:5000".parse().unwrap()),
+        listener: 2,
+        identity: None,
+        trusted: false,
+    };
     let mut p = h.accept_from(V5, peer);
     let mut c = connect_packet(V5, "dev", false);
     c.keep_alive = 30;

@@ -164,6 +164,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     username,
                     password,
                     properties: if v5 { props } else { ConnectProperties::default() },
+                    bridge: false,
                 })
             },
         )

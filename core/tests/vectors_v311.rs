@@ -190,6 +190,7 @@ fn mqtt_3_1_3_1_connect_with_will_user_name_and_password() {
             username: Some(s("u")),
             password: Some(Bytes::from_static(&[0x01, 0x02])),
             properties: ConnectProperties::default(),
+            bridge: false,
         },
     );
 }
@@ -1946,4 +1947,23 @@ fn mqtt_3_10_3_1_unsubscribe_filters_are_packed_utf8_strings() {
         ErrorKind::InvalidString(StrError::InvalidUtf8),
         ReasonCode::MalformedPacket,
     );
+}
+
+/// Mosquitto's bridge flag: protocol level 0x84 is MQTT 3.1.1 from another broker's bridge,
+/// read and written as such (not a protocol level of its own).
+#[test]
+fn the_bridge_flag_is_the_protocol_level_s_top_bit() {
+    #[rustfmt::skip]
+    const BRIDGE: &[u8] = &[
+        0x10, 0x0E,                   // CONNECT, remaining length 14
+        0x00, 0x04, b'M', b'Q', b'T', b'T',
+        0x84,                         // protocol level 4 with the bridge bit
+        0x00,                         // flags: persistent session
+        0x00, 0x3C,                   // keep alive 60
+        0x00, 0x02, b'b', b'r',       // client id "br"
+    ];
+    let mut expected = Connect::new(V311, s("br"));
+    expected.clean_start = false;
+    expected.bridge = true;
+    assert_connect_vector(BRIDGE, expected);
 }

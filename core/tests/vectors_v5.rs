@@ -234,6 +234,7 @@ fn mqtt_3_1_3_1_connect_with_every_property_and_a_will() {
                 authentication_method: Some(s("SCRAM")),
                 authentication_data: Some(Bytes::from_static(&[0x01, 0x02])),
             },
+            bridge: false,
         },
     );
 }

@@ -31,6 +31,7 @@ use async_channel::{self as channel, Receiver, Sender};
 use atomic_waker::AtomicWaker;
 use bytes::{Bytes, BytesMut};
 use futures_lite::future;
+use ternmq_core::bridge::BridgeConfig;
 pub use ternmq_core::broker::driver::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer,
@@ -42,12 +43,12 @@ use ternmq_core::codec::MqttStr;
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
-use crate::Runtime;
 use crate::control::{Control, ControlInbox};
 use crate::proxy::ProxyHeader;
 use crate::tls::TlsAcceptor;
-use crate::transport::{Stack, Transform};
+use crate::transport::{ClientTransport, Stack, Transform};
 use crate::ws::WsSession;
+use crate::{Runtime, within};
 
 /// Bytes one read may bring in.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -65,6 +66,9 @@ pub trait ServerRuntime: Runtime {
     type Listener: Send + Sync + 'static;
     /// An accepted TCP connection.
     type Stream: Send + Sync + 'static;
+
+    /// A TCP connection to `host:port` (a bridge's remote broker).
+    fn connect(host: &str, port: u16) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 
     /// Binds a listener on `addr`.
     fn bind(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Listener>> + Send;
@@ -182,7 +186,33 @@ pub struct ServerConfig {
     pub blocking_authorizer: Option<Arc<dyn BlockingAuthorizer>>,
     /// Where durable state is kept, and how; `None` keeps everything in memory.
     pub store: Option<StoreConfig>,
+    /// Bridges to other brokers.
+    pub bridges: Vec<BridgeSpec>,
 }
+
+/// A bridge to run: what the core's [`BridgeConfig`] says, and how to reach each of its
+/// addresses.
+#[derive(Clone, Debug)]
+pub struct BridgeSpec {
+    /// The bridge.
+    pub config: BridgeConfig,
+    /// Its addresses, in the order they are tried.
+    pub addresses: Vec<BridgeAddress>,
+}
+
+/// One address of a bridge's remote broker.
+#[derive(Clone, Debug)]
+pub struct BridgeAddress {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS or WebSocket over the TCP connection, if any.
+    pub transport: Option<ClientTransport>,
+}
+
+/// How long a bridge's TLS or WebSocket handshake may take.
+const BRIDGE_HANDSHAKE: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -194,6 +224,7 @@ impl fmt::Debug for ServerConfig {
             .field("blocking_authenticator", &self.blocking_authenticator.is_some())
             .field("blocking_authorizer", &self.blocking_authorizer.is_some())
             .field("store", &self.store)
+            .field("bridges", &self.bridges)
             .finish()
     }
 }
@@ -209,6 +240,7 @@ impl ServerConfig {
             blocking_authenticator: None,
             blocking_authorizer: None,
             store: None,
+            bridges: Vec::new(),
         }
     }
 
@@ -443,6 +475,11 @@ impl<R: ServerRuntime> Server<R> {
             runtime: PhantomData,
         };
         core.inbox.started(core.writer.as_ref().map(Writer::metrics));
+        for spec in &self.config.bridges {
+            let now = core.now();
+            core.driver.add_bridge(now, spec.config.clone());
+        }
+        core.act();
         core.run(rx, &self.stopping).await;
         let failed = core.store_failed.take();
         core.finish().await;
@@ -473,6 +510,10 @@ enum Input<R: ServerRuntime> {
     /// Accepting on this listener failed; it waits for a word to try again.
     AcceptFailed(u16),
     Bytes(ConnId, BytesMut),
+    /// Bytes from a bridge's remote broker (the bridge's index).
+    BridgeBytes(u32, BytesMut),
+    /// A bridge's transport to its remote broker is open (its handle), or could not be.
+    Dialed(usize, Option<Handle>),
     /// The TLS handshake told who the client is (before its first bytes).
     Identity(ConnId, MqttStr),
     /// The PROXY protocol told where the client is (before its first bytes).
@@ -481,10 +522,65 @@ enum Input<R: ServerRuntime> {
     Refused(ConnId),
     Closed(ConnId),
     Written(ConnId, usize),
+    BridgeClosed(u32),
+    BridgeWritten(u32, usize),
     Auth(AuthTicket, AuthDecision),
     Persisted(PersistSeq),
     Authorized(AuthTicket, bool),
     StoreFailed(String),
+}
+
+/// What a connection's task keeps to name itself when it reports: a client's `ConnId`, or a
+/// bridge's number ([`BridgeLink`]). Generic rather than an enum so that a client connection's
+/// future, most of what an idle connection costs, holds no more than its `ConnId`.
+trait Link: Copy + Send + Sync + 'static + fmt::Debug {
+    fn bytes<R: ServerRuntime>(self, bytes: BytesMut) -> Input<R>;
+    fn closed<R: ServerRuntime>(self) -> Input<R>;
+    fn written<R: ServerRuntime>(self, n: usize) -> Input<R>;
+    /// The transport refused the connection before any MQTT.
+    fn refused<R: ServerRuntime>(self) -> Input<R>;
+    /// A client's connection, which the transport may say more about (who, from where).
+    fn conn(self) -> Option<ConnId>;
+}
+
+impl Link for ConnId {
+    fn bytes<R: ServerRuntime>(self, bytes: BytesMut) -> Input<R> {
+        Input::Bytes(self, bytes)
+    }
+    fn closed<R: ServerRuntime>(self) -> Input<R> {
+        Input::Closed(self)
+    }
+    fn written<R: ServerRuntime>(self, n: usize) -> Input<R> {
+        Input::Written(self, n)
+    }
+    fn refused<R: ServerRuntime>(self) -> Input<R> {
+        Input::Refused(self)
+    }
+    fn conn(self) -> Option<ConnId> {
+        Some(self)
+    }
+}
+
+/// A bridge's transport to its remote broker, by the bridge's index.
+#[derive(Clone, Copy, Debug)]
+struct BridgeLink(u32);
+
+impl Link for BridgeLink {
+    fn bytes<R: ServerRuntime>(self, bytes: BytesMut) -> Input<R> {
+        Input::BridgeBytes(self.0, bytes)
+    }
+    fn closed<R: ServerRuntime>(self) -> Input<R> {
+        Input::BridgeClosed(self.0)
+    }
+    fn written<R: ServerRuntime>(self, n: usize) -> Input<R> {
+        Input::BridgeWritten(self.0, n)
+    }
+    fn refused<R: ServerRuntime>(self) -> Input<R> {
+        Input::BridgeClosed(self.0)
+    }
+    fn conn(self) -> Option<ConnId> {
+        None
+    }
 }
 
 async fn accept_loop<R: ServerRuntime>(
@@ -668,7 +764,7 @@ impl<R: ServerRuntime> Core<R> {
                     None => None,
                 };
                 let shared = Handle::default();
-                let peer = PeerInfo { addr: Some(addr), listener, identity: None };
+                let peer = PeerInfo { addr: Some(addr), listener, identity: None, trusted: false };
                 match self.driver.handle_accepted(now, peer, shared.clone()) {
                     Ok(id) => {
                         log::debug!("new connection from {addr} as {id:?}");
@@ -677,12 +773,12 @@ impl<R: ServerRuntime> Core<R> {
                             let alive = alive.clone();
                             match layer {
                                 Some(layer) => {
-                                    R::spawn(conn_loop::<R, _>(
+                                    R::spawn(conn_loop::<R, _, _>(
                                         stream, id, shared, tx, alive, layer,
                                     ));
                                 }
                                 None => {
-                                    R::spawn(conn_loop::<R, _>(
+                                    R::spawn(conn_loop::<R, _, _>(
                                         stream, id, shared, tx, alive, Plain,
                                     ));
                                 }
@@ -702,6 +798,15 @@ impl<R: ServerRuntime> Core<R> {
             Input::Bytes(id, chunk) => self.driver.handle_bytes(now, id, chunk),
             Input::Closed(id) => self.driver.handle_closed(now, id),
             Input::Written(id, n) => self.driver.handle_written(now, id, n),
+            Input::BridgeBytes(b, chunk) => {
+                self.driver.handle_bridge_bytes(now, b as usize, chunk);
+            }
+            Input::BridgeClosed(b) => self.driver.handle_bridge_closed(now, b as usize),
+            Input::BridgeWritten(b, n) => {
+                self.driver.handle_bridge_written(now, b as usize, n);
+            }
+            Input::Dialed(b, Some(handle)) => self.driver.handle_bridge_dialed(now, b, handle),
+            Input::Dialed(b, None) => self.driver.handle_bridge_closed(now, b),
             Input::Auth(ticket, decision) => self.driver.handle_auth(now, ticket, decision),
             Input::Persisted(seq) => self.driver.handle_persisted(now, seq),
             Input::Authorized(ticket, allowed) => {
@@ -752,12 +857,74 @@ impl<R: ServerRuntime> Core<R> {
                         w.send(batch);
                     }
                 }
+                Command::Dial { bridge, address } => self.dial(bridge, address),
                 _ => {}
             }
         }
         while let Some(event) = self.driver.poll_event() {
             log_event(&event);
         }
+    }
+
+    /// Opens bridge `bridge`'s transport to its address `address`, on a task of its own: TCP,
+    /// then the TLS or WebSocket handshake; the connection then runs as any other.
+    fn dial(&mut self, bridge: usize, address: usize) {
+        let spec = self.hooks.bridges.get(bridge);
+        let target = spec.and_then(|b| b.addresses.get(address)).cloned();
+        let label = spec.map(|b| b.config.name.clone()).unwrap_or_default();
+        let (tx, alive) = (self.tx.clone(), self.alive.clone());
+        R::spawn(async move {
+            let Some(target) = target else {
+                let _ = R::send(&tx, Input::Dialed(bridge, None)).await;
+                return;
+            };
+            let Some(alive) = alive else { return };
+            let name = format!("{}:{}", target.host, target.port);
+            let open = async {
+                let mut stream = R::connect(&target.host, target.port).await?;
+                let layer = match &target.transport {
+                    Some(t) => {
+                        let mut layer = t.session()?;
+                        match within::<R, _>(
+                            BRIDGE_HANDSHAKE,
+                            handshake::<R>(&mut stream, &mut *layer),
+                        )
+                        .await
+                        {
+                            Some(result) => result?,
+                            None => {
+                                return Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "the handshake timed out",
+                                ));
+                            }
+                        }
+                        Some(layer)
+                    }
+                    None => None,
+                };
+                io::Result::Ok((stream, layer))
+            };
+            match open.await {
+                Ok((stream, layer)) => {
+                    let shared = Handle::default();
+                    if !R::send(&tx, Input::Dialed(bridge, Some(shared.clone()))).await {
+                        return;
+                    }
+                    let key = BridgeLink(u32::try_from(bridge).unwrap_or(u32::MAX));
+                    match layer {
+                        Some(layer) => {
+                            conn_loop::<R, _, _>(stream, key, shared, tx, alive, layer).await
+                        }
+                        None => conn_loop::<R, _, _>(stream, key, shared, tx, alive, Plain).await,
+                    }
+                }
+                Err(e) => {
+                    log::warn!("bridge {label}: cannot reach {name}: {e}");
+                    let _ = R::send(&tx, Input::Dialed(bridge, None)).await;
+                }
+            }
+        });
     }
 
     fn authenticate(&mut self, ticket: AuthTicket, request: AuthRequest) {
@@ -836,9 +1003,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// each one costs: the states of a write or a send that has to wait are boxed, so that only a
 /// connection that is waiting for one holds them.
 #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
-fn conn_loop<R: ServerRuntime, L: Layer>(
+fn conn_loop<R: ServerRuntime, L: Layer, K: Link>(
     mut stream: R::Stream,
-    id: ConnId,
+    link: K,
     shared: Arc<Shared>,
     tx: R::Sender<Input<R>>,
     alive: Sender<()>,
@@ -874,7 +1041,7 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
                 if shared.aborted.load(Ordering::Acquire) {
                     return;
                 }
-                (if written { Input::Written(id, total) } else { Input::Closed(id) }, !written)
+                (if written { link.written(total) } else { link.closed() }, !written)
             } else if shared.closing.load(Ordering::Acquire) {
                 if let Some(layer) = layer.session() {
                     layer.close();
@@ -887,7 +1054,7 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
                     return;
                 }
                 // The peer closed too: the driver forgets the connection.
-                (Input::Closed(id), true)
+                (link.closed(), true)
             } else {
                 let paused = shared.paused.load(Ordering::Acquire);
                 // Both waits by polling, with no futures of their own to keep while idle.
@@ -903,25 +1070,31 @@ fn conn_loop<R: ServerRuntime, L: Layer>(
                 .await;
                 match readable {
                     None => continue,
-                    Some(false) => (Input::Closed(id), true),
+                    Some(false) => (link.closed(), true),
                     Some(true) => {
                         // A buffer only once there is something to read: an idle connection
                         // holds none.
                         let mut buf = BytesMut::with_capacity(READ_CHUNK);
                         match R::try_read_buf(&stream, &mut buf) {
-                            Ok(0) => (Input::Closed(id), true),
+                            Ok(0) => (link.closed(), true),
                             Ok(_) if layer.session().is_some() => {
                                 let layer = layer.session();
-                                let wait =
-                                    layer_input::<R>(&mut stream, layer, id, &buf, &tx, &shared);
+                                let wait = layer_input::<R, K>(
+                                    &mut stream,
+                                    layer,
+                                    link,
+                                    &buf,
+                                    &tx,
+                                    &shared,
+                                );
                                 match Box::pin(wait).await {
                                     Some(input) => input,
                                     None => continue,
                                 }
                             }
-                            Ok(_) => (Input::Bytes(id, buf), false),
+                            Ok(_) => (link.bytes(buf), false),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(_) => (Input::Closed(id), true),
+                            Err(_) => (link.closed(), true),
                         }
                     }
                 }
@@ -973,10 +1146,10 @@ fn seal(layer: &mut dyn Transform, out: &[Bytes]) -> Vec<Bytes> {
 /// is once the transport says so, and returns the input for the core task (the MQTT bytes, or
 /// the end of the connection), or `None` when there is none yet. Boxed by its caller: plain
 /// connections never hold its state.
-async fn layer_input<R: ServerRuntime>(
+async fn layer_input<R: ServerRuntime, K: Link>(
     stream: &mut R::Stream,
     layer: Option<&mut dyn Transform>,
-    id: ConnId,
+    id: K,
     input: &[u8],
     tx: &R::Sender<Input<R>>,
     shared: &Shared,
@@ -992,34 +1165,61 @@ async fn layer_input<R: ServerRuntime>(
             Err(rest) => rest.await,
         };
         if !written {
-            return Some((Input::Closed(id), true));
+            return Some((id.closed(), true));
         }
     }
     let received = match received {
         Ok(received) => received,
         Err(e) => {
             log::info!("connection {id:?} refused: {e}");
-            return Some((Input::Refused(id), true));
+            return Some((id.refused(), true));
         }
     };
-    if let Some(addr) = layer.poll_peer_addr()
-        && !R::send(tx, Input::PeerAddr(id, addr)).await
-    {
-        return Some((Input::Closed(id), true));
-    }
-    if let Some(identity) = layer.poll_identity()
-        && !R::send(tx, Input::Identity(id, identity)).await
-    {
-        return Some((Input::Closed(id), true));
+    if let Some(conn) = id.conn() {
+        if let Some(addr) = layer.poll_peer_addr()
+            && !R::send(tx, Input::PeerAddr(conn, addr)).await
+        {
+            return Some((id.closed(), true));
+        }
+        if let Some(identity) = layer.poll_identity()
+            && !R::send(tx, Input::Identity(conn, identity)).await
+        {
+            return Some((id.closed(), true));
+        }
     }
     match (plain.is_empty(), received.closed) {
-        (false, false) => Some((Input::Bytes(id, plain), false)),
+        (false, false) => Some((id.bytes(plain), false)),
         (true, false) => None,
         // The peer's last bytes, then its close.
-        (false, true) if !R::send(tx, Input::Bytes(id, plain)).await => {
-            Some((Input::Closed(id), true))
+        (false, true) if !R::send(tx, id.bytes(plain)).await => Some((id.closed(), true)),
+        (_, true) => Some((id.closed(), true)),
+    }
+}
+
+/// A bridge transport's TLS or WebSocket handshake, before any MQTT.
+async fn handshake<R: ServerRuntime>(
+    stream: &mut R::Stream,
+    layer: &mut dyn Transform,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut plain = BytesMut::new();
+    loop {
+        if let Some(out) = layer.poll_transmit() {
+            write_all::<R>(stream, &mut vec![Bytes::from(out)]).await?;
         }
-        (_, true) => Some((Input::Closed(id), true)),
+        if layer.is_ready() {
+            return Ok(());
+        }
+        let n = R::read_into(stream, &mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection during the handshake",
+            ));
+        }
+        layer
+            .handle_input(&buf[..n], &mut plain)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
 }
 
@@ -1123,6 +1323,6 @@ pub fn idle_connection_future_size<R: ServerRuntime>(stream: R::Stream) -> usize
     let id = broker
         .accept(Instant::ZERO, PeerInfo::default())
         .unwrap_or_else(|e| unreachable!("a new broker accepts a connection: {e}"));
-    let fut = conn_loop::<R, _>(stream, id, Arc::default(), tx, alive, Plain);
+    let fut = conn_loop::<R, _, _>(stream, id, Arc::default(), tx, alive, Plain);
     std::mem::size_of_val(&fut)
 }

@@ -44,8 +44,8 @@ pub mod server;
 pub use client::{Client, DialFuture, Dialer, Smol, Transport, tcp_dialer};
 #[cfg(feature = "server")]
 pub use server::{
-    AsyncAuthenticator, AsyncAuthorizer, Control, Listener, Server, ServerConfig, ShutdownHandle,
-    TlsAcceptor, TlsSettings, TlsVersion,
+    AsyncAuthenticator, AsyncAuthorizer, BridgeAddress, BridgeSpec, Control, Listener, Server,
+    ServerConfig, ShutdownHandle, TlsAcceptor, TlsSettings, TlsVersion,
 };
 pub use ternmq_async::transport::{ClientTransport, Transform};
 pub use ternmq_core as core;

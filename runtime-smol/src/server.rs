@@ -18,7 +18,8 @@ use ternmq_async::ServerRuntime;
 pub use ternmq_async::control::{Control, ListenerInfo};
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
-    BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,
+    BlockingAuthenticator, BlockingAuthorizer, BridgeAddress, BridgeSpec, Listener, ServerConfig,
+    ShutdownHandle,
 };
 use ternmq_async::server::{BlockOn, READ_CHUNK, TrySend};
 pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
@@ -33,6 +34,20 @@ pub type Server = ternmq_async::Server<Smol>;
 impl ServerRuntime for Smol {
     type Listener = Async<TcpListener>;
     type Stream = Async<TcpStream>;
+
+    async fn connect(host: &str, port: u16) -> io::Result<Async<TcpStream>> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
+        for addr in smol::net::resolve((host, port)).await? {
+            match Async::<TcpStream>::connect(addr).await {
+                Ok(stream) => {
+                    stream.get_ref().set_nodelay(true)?;
+                    return Ok(stream);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
 
     async fn bind(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
         Async::<TcpListener>::bind(addr)

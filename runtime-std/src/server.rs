@@ -100,6 +100,12 @@ impl Server {
     /// Checks the configuration and binds every listener.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
         config.validate()?;
+        if !config.bridges.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "bridges run on the tokio and smol servers; the std server has none yet",
+            ));
+        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(config.listeners.len());
@@ -422,7 +428,7 @@ impl Loop {
         self.generation = self.generation.wrapping_add(1);
         let slot = Slot { index, generation: self.generation };
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
-        let peer = PeerInfo { addr: Some(addr), listener, identity: None };
+        let peer = PeerInfo { addr: Some(addr), listener, identity: None, trusted: false };
         let id = match self.driver.handle_accepted(now, peer, slot) {
             Ok(id) => {
                 log::debug!("new connection from {addr} as {id:?}");

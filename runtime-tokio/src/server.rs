@@ -18,7 +18,8 @@ pub use ternmq_async::control::{Control, ListenerInfo};
 use ternmq_async::server::TrySend;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
-    BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,
+    BlockingAuthenticator, BlockingAuthorizer, BridgeAddress, BridgeSpec, Listener, ServerConfig,
+    ShutdownHandle,
 };
 pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +34,12 @@ pub type Server = ternmq_async::Server<Tokio>;
 impl ServerRuntime for Tokio {
     type Listener = TcpListener;
     type Stream = TcpStream;
+
+    async fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
 
     async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpListener::bind(addr).await

@@ -222,6 +222,33 @@ pub(super) fn exposition(snap: &Snapshot<'_>) -> Result<String, String> {
             CommitLatency(s.clone()),
         );
     }
+    if !stats.bridges.is_empty() {
+        let up = Family::<Labels, Gauge>::default();
+        let queued = Family::<Labels, Gauge>::default();
+        let inflight = Family::<Labels, Gauge>::default();
+        let sent = Family::<Labels, Counter>::default();
+        let received = Family::<Labels, Counter>::default();
+        let dropped = Family::<Labels, Counter>::default();
+        for (name, b) in &stats.bridges {
+            let labels: Labels = vec![("bridge", name.clone())];
+            set(&up.get_or_create(&labels), u64::from(b.connected));
+            set(&queued.get_or_create(&labels), b.queued as u64);
+            set(&inflight.get_or_create(&labels), b.inflight as u64);
+            sent.get_or_create(&labels).inc_by(b.sent);
+            received.get_or_create(&labels).inc_by(b.received);
+            dropped.get_or_create(&labels).inc_by(b.dropped);
+        }
+        r.register("bridge_connected", "Whether each bridge is connected (1) or not (0)", up);
+        r.register("bridge_queued_messages", "Messages waiting in each bridge", queued);
+        r.register(
+            "bridge_inflight_messages",
+            "Messages each bridge sent and the remote broker has not acknowledged",
+            inflight,
+        );
+        r.register("bridge_sent_messages", "Messages each bridge sent", sent);
+        r.register("bridge_received_messages", "Messages each bridge received", received);
+        r.register("bridge_dropped_messages", "Messages each bridge dropped", dropped);
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &r).map_err(|e| e.to_string())?;
     Ok(text)
@@ -289,6 +316,15 @@ pub(super) fn stats_json(snap: &Snapshot<'_>) -> Value {
         },
         "listeners": listener_list,
         "protocols": versions,
+        "bridges": stats.bridges.iter().map(|(name, b)| json!({
+            "name": name,
+            "connected": b.connected,
+            "queued": b.queued,
+            "inflight": b.inflight,
+            "sent": b.sent,
+            "received": b.received,
+            "dropped": b.dropped,
+        })).collect::<Vec<Value>>(),
         "store": snap.store.as_ref().map(|s| json!({
             "commits": s.commits,
             "fsyncs": s.fsyncs,

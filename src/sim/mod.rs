@@ -52,6 +52,7 @@
 //! assert!(world.violations().is_empty());
 //! ```
 
+pub mod bridge;
 mod monitor;
 pub mod scenario;
 
@@ -672,7 +673,7 @@ impl World {
     /// state machine to reconnect.
     fn dial(&mut self, i: usize, connect: Option<Connect>) {
         let now = self.now;
-        let peer = PeerInfo { addr: None, listener: 0, identity: None };
+        let peer = PeerInfo { addr: None, listener: 0, identity: None, trusted: false };
         match self.broker.accept(now, peer) {
             Ok(conn) => {
                 let window = self.rng.range(512, 16 * 1024) as usize;

@@ -98,6 +98,40 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// The directory of its configuration file, where a `persistence_location` may point.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self._dir.0
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: Mosquitto saves its persistence file)
+    /// and waits for it to exit.
+    pub(crate) fn stop(&mut self) {
+        signal(&self.child, "TERM");
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again, on the same port with the same configuration file.
+    pub(crate) fn start_again(&mut self) {
+        let bin = mosquitto_binary().unwrap();
+        self.child = Command::new(bin)
+            .arg("-c")
+            .arg(self._dir.0.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = StdInstant::now() + StdDuration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(StdInstant::now() < deadline, "mosquitto did not start again");
+            std::thread::sleep(StdDuration::from_millis(20));
+        }
+    }
+
+    /// Sends signal `name` (`STOP`, `CONT`, ...) to the broker.
+    pub(crate) fn signal(&self, name: &str) {
+        signal(&self.child, name);
+    }
+
     /// Kills the broker (as a crash would) and starts a new one on the same port.
     pub(crate) fn restart(&mut self) {
         let _ = self.child.kill();

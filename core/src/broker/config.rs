@@ -21,6 +21,10 @@ pub struct PeerInfo {
     /// replaces the user name of the CONNECT, and the authenticator is not asked: the
     /// certificate authenticated the client. Authorization then sees this name.
     pub identity: Option<MqttStr>,
+    /// The broker's own in-process session (a bridge's local side): neither authenticated
+    /// nor authorized, and the only kind of connection that may use a client id starting with
+    /// [`LOCAL_PREFIX`](crate::bridge::LOCAL_PREFIX).
+    pub trusted: bool,
 }
 
 /// A request to authenticate a client, given to [`Authenticator::authenticate`] and, when the

@@ -184,6 +184,12 @@ impl Broker {
         {
             return self.refuse(now, index, ReasonCode::ClientIdentifierNotValid);
         }
+        let trusted =
+            self.slot_conn(index).and_then(|c| c.peer.as_ref()).is_some_and(|p| p.trusted);
+        if !trusted && client_id.as_str().starts_with(crate::bridge::LOCAL_PREFIX) {
+            // A bridge's local session: no client may take it over.
+            return self.refuse(now, index, ReasonCode::ClientIdentifierNotValid);
+        }
         let method = if v5 { connect.properties.authentication_method.clone() } else { None };
         if let Some(m) = &method
             && !self.config.authenticator.as_ref().is_some_and(|a| a.supports_method(m.as_str()))
@@ -228,7 +234,7 @@ impl Broker {
         let decision = match &self.config.authenticator {
             // A client the transport authenticated (a TLS client certificate) is not asked
             // for more.
-            _ if request.peer.identity.is_some() => AuthDecision::Allow,
+            _ if request.peer.identity.is_some() || request.peer.trusted => AuthDecision::Allow,
             None => AuthDecision::Allow,
             Some(a) => a.authenticate(&request),
         };
@@ -447,6 +453,7 @@ impl Broker {
         };
         s.conn = Some(id);
         s.protocol = version;
+        s.bridge = connect.bridge && !version.is_v5();
         s.expiry = granted;
         s.expires_at = None;
         // A pending will of the resumed session is not sent ([MQTT-3.1.3-9]).

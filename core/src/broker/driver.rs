@@ -36,6 +36,7 @@ use super::{
     AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, Command as BrokerCommand, ConnId,
     Event, PeerInfo,
 };
+use crate::bridge::{Bridge, BridgeCommand, BridgeConfig, BridgeEvent, BridgeStats};
 use crate::codec::ReasonCode;
 use crate::time::{Duration, Instant};
 
@@ -93,6 +94,17 @@ pub enum Command<H> {
     /// Durable state to store, in order (see [`persist`](super::persist)); report what is on
     /// disk with [`Driver::handle_persisted`].
     Persist(Vec<(PersistSeq, PersistOp)>),
+    /// Open a transport to the remote broker of bridge `bridge` (its index in the order of
+    /// [`Driver::add_bridge`]) at its address `address`; report it with
+    /// [`Driver::handle_bridge_dialed`] or [`Driver::handle_bridge_closed`]. Its bytes then go
+    /// through [`Driver::handle_bridge_bytes`], and `Write`, `Close` and `Abort` commands name
+    /// its handle like any connection's.
+    Dial {
+        /// Which bridge.
+        bridge: usize,
+        /// Which of its addresses.
+        address: usize,
+    },
 }
 
 /// A future an [`AsyncAuthenticator`] returns.
@@ -224,8 +236,26 @@ impl<H> Conns<H> {
     }
 }
 
+/// A bridge the driver hosts: the bridge, its local session's connection to the broker, and
+/// the transport to its remote broker.
+struct Hosted<H> {
+    bridge: Bridge,
+    /// The broker's connection for the local session, while attached.
+    local: Option<ConnId>,
+    /// What the local session sent that the broker has not taken yet (it paused the input).
+    local_input: BytesMut,
+    /// The remote transport's writer, once dialled; whether it was asked to close; its input.
+    remote: Option<H>,
+    remote_closing: bool,
+    remote_input: BytesMut,
+    /// What the remote transport's writer holds.
+    remote_in_writer: usize,
+}
+
 /// A broker and its connections' I/O state. See the [module documentation](self).
 pub struct Driver<H> {
+    /// Bridges, in the order they were added.
+    bridges: Vec<Hosted<H>>,
     broker: Broker,
     conns: Conns<H>,
     /// Connections the broker closed, until their writer is done and their peer closed too,
@@ -257,6 +287,7 @@ impl<H: Clone> Driver<H> {
     /// Wraps `broker`.
     pub fn new(broker: Broker) -> Self {
         Self {
+            bridges: Vec::new(),
             broker,
             conns: Conns { slots: Vec::new(), len: 0 },
             closing: BTreeMap::new(),
@@ -281,7 +312,10 @@ impl<H: Clone> Driver<H> {
     /// After [`shutdown`](Self::shutdown): whether every connection is gone (closed by its
     /// peer or dropped), so the runtime may stop.
     pub fn is_finished(&self) -> bool {
-        self.shutdown_by.is_some() && self.conns.len == 0 && self.closing.is_empty()
+        self.shutdown_by.is_some()
+            && self.conns.len == 0
+            && self.closing.is_empty()
+            && self.bridges.iter().all(|h| h.remote.is_none())
     }
 
     /// A socket was accepted; `handle` reaches its writer. Refused at once (drop the socket)
@@ -423,6 +457,7 @@ impl<H: Clone> Driver<H> {
         request: super::admin::Request,
     ) -> super::admin::Response {
         self.now = self.now.max(now);
+        self.report_bridges();
         let response = self.broker.handle_admin(now, request);
         self.collect();
         response
@@ -434,6 +469,7 @@ impl<H: Clone> Driver<H> {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         if self.broker.poll_timeout().is_some_and(|at| at <= now) {
+            self.report_bridges();
             self.broker.handle_timeout(now);
         }
         while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
@@ -446,6 +482,11 @@ impl<H: Clone> Driver<H> {
         if self.shutdown_by.is_some_and(|at| at <= now) {
             for (_, io) in core::mem::take(&mut self.closing) {
                 self.commands.push_back(Command::Abort(io.handle));
+            }
+        }
+        for hosted in &mut self.bridges {
+            if hosted.bridge.poll_timeout().is_some_and(|at| at <= now) {
+                hosted.bridge.handle_timeout(now);
             }
         }
         let commands = &mut self.commands;
@@ -468,6 +509,7 @@ impl<H: Clone> Driver<H> {
             self.deadlines.peek().map(|Reverse((at, _))| *at),
             self.accept_paused.iter().map(|(at, _)| *at).min(),
             shutdown,
+            self.bridges.iter().filter_map(|h| h.bridge.poll_timeout()).min(),
         ]
         .into_iter()
         .flatten()
@@ -481,6 +523,10 @@ impl<H: Clone> Driver<H> {
         self.now = self.now.max(now);
         self.shutdown_by = Some(now + SHUTDOWN_FLUSH);
         self.accept_paused.clear();
+        for hosted in &mut self.bridges {
+            hosted.bridge.stop(now);
+        }
+        self.pump_bridges();
         self.broker.shutdown(now);
         self.collect();
         let ids = self.conns.ids();
@@ -536,15 +582,36 @@ impl<H: Clone> Driver<H> {
         }
     }
 
-    /// Turns the broker's output and commands into the runtime's commands.
+    /// Turns the broker's output and commands into the runtime's commands, and moves what
+    /// the bridges and the broker have for each other until neither has more.
     fn collect(&mut self) {
+        loop {
+            self.collect_output();
+            if !self.pump_bridges() {
+                break;
+            }
+        }
+        let mut batch = Vec::new();
+        while let Some(entry) = self.broker.poll_persist() {
+            batch.push(entry);
+        }
+        if !batch.is_empty() {
+            self.commands.push_back(Command::Persist(batch));
+        }
+    }
+
+    fn collect_output(&mut self) {
         while let Some(id) = self.broker.poll_writable() {
             self.transmit(id, false);
         }
         while let Some(command) = self.broker.poll_command() {
             match command {
                 BrokerCommand::Close(id) => {
-                    self.close(self.now, id);
+                    if let Some(i) = self.bridge_of(id) {
+                        self.detach_local(i);
+                    } else {
+                        self.close(self.now, id);
+                    }
                 }
                 BrokerCommand::Authenticate { ticket, request, .. } => {
                     self.commands.push_back(Command::Authenticate(ticket, request));
@@ -581,13 +648,204 @@ impl<H: Clone> Driver<H> {
                 }
             }
         }
-        let mut batch = Vec::new();
-        while let Some(entry) = self.broker.poll_persist() {
-            batch.push(entry);
+    }
+
+    /// Hosts a bridge: it attaches its local session and asks for its first dial at once.
+    /// Returns its index, which [`Command::Dial`] and the `handle_bridge_*` calls use.
+    pub fn add_bridge(&mut self, now: Instant, config: BridgeConfig) -> usize {
+        self.now = self.now.max(now);
+        let mut bridge = Bridge::new(config, now);
+        bridge.start();
+        self.bridges.push(Hosted {
+            bridge,
+            local: None,
+            local_input: BytesMut::new(),
+            remote: None,
+            remote_closing: false,
+            remote_input: BytesMut::new(),
+            remote_in_writer: 0,
+        });
+        self.collect();
+        self.bridges.len() - 1
+    }
+
+    /// Each bridge's name and figures, in the order they were added.
+    pub fn bridge_stats(&self) -> Vec<(&str, BridgeStats)> {
+        self.bridges.iter().map(|h| (h.bridge.config().name.as_str(), h.bridge.stats())).collect()
+    }
+
+    /// The transport of bridge `bridge` to its remote broker is open; `handle` reaches its
+    /// writer.
+    pub fn handle_bridge_dialed(&mut self, now: Instant, bridge: usize, handle: H) {
+        self.now = self.now.max(now);
+        if self.shutdown_by.is_some() {
+            // Dialled while the server stopped: not wanted any more.
+            self.commands.push_back(Command::Abort(handle));
+            return;
         }
-        if !batch.is_empty() {
-            self.commands.push_back(Command::Persist(batch));
+        let Some(h) = self.bridges.get_mut(bridge) else { return };
+        h.remote = Some(handle);
+        h.remote_closing = false;
+        h.remote_in_writer = 0;
+        h.remote_input = BytesMut::new();
+        h.bridge.handle_remote_connected(now);
+        self.collect();
+    }
+
+    /// Bytes from bridge `bridge`'s remote broker.
+    pub fn handle_bridge_bytes(&mut self, now: Instant, bridge: usize, chunk: BytesMut) {
+        self.now = self.now.max(now);
+        let Some(h) = self.bridges.get_mut(bridge) else { return };
+        if h.remote_input.is_empty() {
+            h.remote_input = chunk;
+        } else {
+            h.remote_input.extend_from_slice(&chunk);
         }
+        h.bridge.handle_remote_bytes(now, &mut h.remote_input);
+        if h.remote_input.is_empty() {
+            h.remote_input = BytesMut::new();
+        }
+        self.collect();
+    }
+
+    /// Bridge `bridge`'s remote writer wrote `n` bytes.
+    pub fn handle_bridge_written(&mut self, now: Instant, bridge: usize, n: usize) {
+        self.now = self.now.max(now);
+        if let Some(h) = self.bridges.get_mut(bridge) {
+            h.remote_in_writer = h.remote_in_writer.saturating_sub(n);
+        }
+    }
+
+    /// Bridge `bridge`'s remote transport closed, or could not be opened.
+    pub fn handle_bridge_closed(&mut self, now: Instant, bridge: usize) {
+        self.now = self.now.max(now);
+        let Some(h) = self.bridges.get_mut(bridge) else { return };
+        h.remote = None;
+        h.remote_closing = false;
+        h.remote_in_writer = 0;
+        h.remote_input = BytesMut::new();
+        h.bridge.handle_remote_closed(now);
+        self.collect();
+    }
+
+    /// Gives the broker the bridges' figures (for `$SYS` and the admin API).
+    fn report_bridges(&mut self) {
+        if !self.bridges.is_empty() {
+            let stats = self.bridge_stats().into_iter().map(|(n, s)| (n.into(), s)).collect();
+            self.broker.set_bridge_stats(stats);
+        }
+    }
+
+    fn bridge_of(&self, id: ConnId) -> Option<usize> {
+        self.bridges.iter().position(|h| h.local == Some(id))
+    }
+
+    /// The broker closed bridge `i`'s local connection: the bridge hears of it.
+    fn detach_local(&mut self, i: usize) {
+        let now = self.now;
+        let Some(h) = self.bridges.get_mut(i) else { return };
+        let Some(id) = h.local.take() else { return };
+        while let Some(b) = self.broker.poll_transmit(id, usize::MAX) {
+            h.bridge.handle_local_bytes(now, &mut BytesMut::from(&b[..]));
+        }
+        h.local_input = BytesMut::new();
+        self.broker.handle_closed(now, id);
+        h.bridge.handle_local_closed(now);
+    }
+
+    /// Moves bytes between each bridge and the broker, and carries out the bridges' commands.
+    /// Returns whether anything moved (the broker may then have output for others).
+    fn pump_bridges(&mut self) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        for i in 0..self.bridges.len() {
+            loop {
+                let mut progress = false;
+                let Some(h) = self.bridges.get_mut(i) else { break };
+                // The broker's output for the local session.
+                if let Some(id) = h.local {
+                    while let Some(b) = self.broker.poll_transmit(id, usize::MAX) {
+                        progress = true;
+                        h.bridge.handle_local_bytes(now, &mut BytesMut::from(&b[..]));
+                    }
+                }
+                // The local session's output for the broker, unless the broker paused it.
+                while let Some(b) = h.bridge.poll_local_transmit() {
+                    h.local_input.extend_from_slice(&b);
+                }
+                if let Some(id) = h.local
+                    && !h.local_input.is_empty()
+                    && !self.broker.is_input_paused(id)
+                {
+                    let before = h.local_input.len();
+                    self.broker.handle_bytes(now, id, &mut h.local_input);
+                    progress |= h.local_input.len() != before;
+                }
+                // The remote side's output.
+                let mut chunks = Vec::new();
+                while let Some(b) = h.bridge.poll_remote_transmit() {
+                    chunks.push(b);
+                }
+                if let Some(remote) = &h.remote
+                    && !h.remote_closing
+                    && !chunks.is_empty()
+                {
+                    h.remote_in_writer += chunks.iter().map(Bytes::len).sum::<usize>();
+                    self.commands.push_back(Command::Write(remote.clone(), chunks));
+                }
+                while let Some(command) = h.bridge.poll_command() {
+                    progress = true;
+                    match command {
+                        BridgeCommand::Dial { address } => {
+                            self.commands.push_back(Command::Dial { bridge: i, address });
+                        }
+                        BridgeCommand::CloseRemote => {
+                            if let Some(remote) = &h.remote
+                                && !h.remote_closing
+                            {
+                                h.remote_closing = true;
+                                self.commands.push_back(Command::Close(remote.clone()));
+                            } else if h.remote.is_none() {
+                                h.bridge.handle_remote_closed(now);
+                            }
+                        }
+                        BridgeCommand::AttachLocal => {
+                            if h.local.is_some() || self.shutdown_by.is_some() {
+                                continue;
+                            }
+                            let peer = PeerInfo { trusted: true, ..PeerInfo::default() };
+                            match self.broker.accept(now, peer) {
+                                Ok(id) => {
+                                    h.local = Some(id);
+                                    h.bridge.handle_local_connected(now);
+                                }
+                                // Full: the local session tries again after its backoff.
+                                Err(_) => h.bridge.handle_local_closed(now),
+                            }
+                        }
+                        BridgeCommand::CloseLocal => {
+                            if let Some(id) = h.local.take() {
+                                let mut rest = core::mem::take(&mut h.local_input);
+                                self.broker.handle_bytes(now, id, &mut rest);
+                                self.broker.handle_closed(now, id);
+                            }
+                            h.bridge.handle_local_closed(now);
+                        }
+                    }
+                }
+                #[cfg(feature = "log")]
+                while let Some(event) = h.bridge.poll_event() {
+                    log_bridge_event(&h.bridge.config().name, &event);
+                }
+                #[cfg(not(feature = "log"))]
+                while h.bridge.poll_event().is_some() {}
+                if !progress {
+                    break;
+                }
+                moved = true;
+            }
+        }
+        moved
     }
 
     /// Hands what the broker queued for `id` to its writer, within the window unless `all`.
@@ -713,6 +971,30 @@ pub fn log_event(event: &Event) {
             );
         }
         other => log::debug!("{other:?}"),
+    }
+}
+
+/// Logs what a bridge reports: its connections at info level, dropped messages at warn.
+#[cfg(feature = "log")]
+fn log_bridge_event(name: &str, event: &BridgeEvent) {
+    match event {
+        BridgeEvent::Connected { address, session_present } => log::info!(
+            bridge = name;
+            "bridge {name} connected to address {} (session present: {session_present})",
+            address + 1
+        ),
+        BridgeEvent::Refused { address, reason_code } => log::warn!(
+            bridge = name;
+            "bridge {name}: address {} refused the connection: {reason_code:?}; \
+             trying again after the longest backoff",
+            address + 1
+        ),
+        BridgeEvent::Disconnected { address, reason } => {
+            log::warn!(bridge = name; "bridge {name}: address {}: {reason}", address + 1);
+        }
+        BridgeEvent::Dropped { topic, reason } => {
+            log::warn!(bridge = name; "bridge {name} dropped a message on {topic}: {reason}");
+        }
     }
 }
 

@@ -324,6 +324,9 @@ pub struct Stats {
     /// Per protocol version, MQTT 3.1, 3.1.1 and 5.0 in that order: CONNECTs accepted, and
     /// clients connected now.
     pub versions: [VersionStats; 3],
+    /// Each bridge's name and figures, as its host last reported them
+    /// ([`Broker::set_bridge_stats`]).
+    pub bridges: Vec<(alloc::string::String, crate::bridge::BridgeStats)>,
 }
 
 /// One listener's connections ([`Stats::listeners`]).
@@ -352,6 +355,17 @@ pub fn version_index(version: ProtocolVersion) -> usize {
         ProtocolVersion::V3_1 => 0,
         ProtocolVersion::V3_1_1 => 1,
         ProtocolVersion::V5 => 2,
+    }
+}
+
+impl Broker {
+    /// The bridges' figures now, for `$SYS` and [`Stats::bridges`]: the
+    /// [`Driver`](driver::Driver) that hosts them reports them before it asks for either.
+    pub fn set_bridge_stats(
+        &mut self,
+        bridges: Vec<(alloc::string::String, crate::bridge::BridgeStats)>,
+    ) {
+        self.stats.bridges = bridges;
     }
 }
 

@@ -43,6 +43,10 @@ impl Broker {
             return;
         };
         let serial = s.serial;
+        // The broker's own bridge is not held to the Receive Maximum: after a restart it cannot
+        // know how many of its QoS 2 messages the restored session still holds unreleased, and
+        // what it sends is bounded by its own window towards the remote broker.
+        let trusted = s.peer.trusted;
         let (owed_qos1, owed) = self
             .slot_conn(index)
             .and_then(|c| c.owing.as_ref())
@@ -52,7 +56,7 @@ impl Broker {
         };
         // What the client counts against the broker's Receive Maximum: QoS 1 messages not yet
         // acknowledged and QoS 2 messages not yet released.
-        let unacked = owed_qos1 + s.incoming_qos2.len();
+        let unacked = if trusted { 0 } else { owed_qos1 + s.incoming_qos2.len() };
         if owed >= MAX_OWED {
             // More unanswered than there are packet identifiers (a 3.1.1 client, told no limit,
             // while the store or a subscriber holds the answers back).
@@ -96,7 +100,7 @@ impl Broker {
             }
             // A 3.1.1 client is told no Receive Maximum, so it cannot break one: its unreleased
             // QoS 2 identifiers are bounded by the 65,535 packet identifiers alone.
-            if v5 && s.incoming_qos2.len() >= receive_maximum {
+            if v5 && !trusted && s.incoming_qos2.len() >= receive_maximum {
                 return self.violation(now, index, ReasonCode::ReceiveMaximumExceeded);
             }
         }

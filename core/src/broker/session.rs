@@ -118,6 +118,9 @@ pub(crate) struct Session {
     pub(crate) slow: bool,
     /// Its state is in the persistence log (it outlives its connection).
     pub(crate) persistent: bool,
+    /// Its client is another broker's MQTT 3.1.1 bridge (Mosquitto's bridge flag): its
+    /// subscriptions are No Local and Retain As Published.
+    pub(crate) bridge: bool,
 }
 
 /// How a session holds publishers back (see `BrokerConfig::max_ack_delay`).
@@ -179,6 +182,7 @@ impl Session {
             flow: None,
             slow: false,
             persistent: false,
+            bridge: false,
         }
     }
 

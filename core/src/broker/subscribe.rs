@@ -47,19 +47,27 @@ impl Broker {
                 ReasonCode::NotAuthorized
             } else {
                 let qos = s.options.qos.min(self.config.max_qos);
+                // A bridge's subscriptions (Mosquitto's 3.1.1 bridge flag) get what MQTT 5
+                // asks for with No Local and Retain As Published.
+                let bridge = self.session(si).is_some_and(|x| x.bridge);
                 let entry = Entry {
                     session: si,
                     qos,
-                    no_local: s.options.no_local,
-                    retain_as_published: s.options.retain_as_published,
+                    no_local: s.options.no_local || bridge,
+                    retain_as_published: s.options.retain_as_published || bridge,
                     sub_id,
                 };
                 let existed = self.tree.insert(f, entry);
                 if let Some(sess) = self.session_mut(si) {
                     sess.subscriptions.insert(f.detach());
                 }
-                let (filter, options) =
-                    (f.detach(), crate::codec::SubscriptionOptions { qos, ..s.options });
+                let options = crate::codec::SubscriptionOptions {
+                    qos,
+                    no_local: s.options.no_local || bridge,
+                    retain_as_published: s.options.retain_as_published || bridge,
+                    ..s.options
+                };
+                let filter = f.detach();
                 self.log_session(si, |client_id| PersistOp::Subscribed {
                     client_id,
                     filter,

@@ -28,8 +28,22 @@ impl Broker {
                 (st.dropped_queue_full + st.dropped_slow_consumer).to_string(),
             ),
         ];
+        let mut entries: Vec<(alloc::string::String, alloc::string::String)> =
+            entries.into_iter().map(|(t, v)| (t.to_string(), v)).collect();
+        for (name, b) in &st.bridges {
+            // Mosquitto's topic for a bridge's state, then ours for its figures.
+            let state = if b.connected { "1" } else { "0" };
+            entries.push((format!("$SYS/broker/connection/{name}/state"), state.into()));
+            let base = format!("$SYS/broker/bridges/{name}");
+            entries.push((format!("{base}/connected"), state.into()));
+            entries.push((format!("{base}/queued"), b.queued.to_string()));
+            entries.push((format!("{base}/inflight"), b.inflight.to_string()));
+            entries.push((format!("{base}/sent"), b.sent.to_string()));
+            entries.push((format!("{base}/received"), b.received.to_string()));
+            entries.push((format!("{base}/dropped"), b.dropped.to_string()));
+        }
         for (topic, value) in entries {
-            let Ok(topic) = TopicName::new(topic) else {
+            let Ok(topic) = TopicName::new(&topic) else {
                 continue;
             };
             let msg = Arc::new(Message {

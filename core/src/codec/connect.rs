@@ -29,6 +29,11 @@ pub struct Connect {
     pub password: Option<Bytes>,
     /// CONNECT properties (MQTT 5 only; not sent in 3.1.1).
     pub properties: ConnectProperties,
+    /// Mosquitto's bridge flag (MQTT 3.1 and 3.1.1 only): the top bit of the protocol level
+    /// (0x83, 0x84) says the client is another broker's bridge, which a broker that knows it
+    /// does not send its own messages back and sends retained flags as published (what MQTT 5
+    /// says with No Local and Retain As Published).
+    pub bridge: bool,
 }
 
 /// A Will Message (sections 3.1.2.5 to 3.1.2.7 and 3.1.3.2 to 3.1.3.4).
@@ -58,14 +63,28 @@ impl Connect {
             username: None,
             password: None,
             properties: ConnectProperties::default(),
+            bridge: false,
         }
     }
 
     /// Reads the protocol name and level at the start of a CONNECT body.
     pub(crate) fn decode_protocol(r: &mut Reader) -> Result<ProtocolVersion, DecodeError> {
+        Self::decode_level(r).map(|(v, _)| v)
+    }
+
+    /// The protocol version and the bridge flag.
+    fn decode_level(r: &mut Reader) -> Result<(ProtocolVersion, bool), DecodeError> {
         let name = r.binary()?;
         let level = r.u8()?;
         match (&name[..], level) {
+            (b"MQTT", 0x84) => Ok((ProtocolVersion::V3_1_1, true)),
+            (b"MQIsdp", 0x83) => Ok((ProtocolVersion::V3_1, true)),
+            (name, level) => Self::plain_level(name, level).map(|v| (v, false)),
+        }
+    }
+
+    fn plain_level(name: &[u8], level: u8) -> Result<ProtocolVersion, DecodeError> {
+        match (name, level) {
             (b"MQTT", 4) => Ok(ProtocolVersion::V3_1_1),
             (b"MQTT", 5) => Ok(ProtocolVersion::V5),
             (b"MQIsdp", 3) => Ok(ProtocolVersion::V3_1),
@@ -75,7 +94,7 @@ impl Connect {
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
-        let protocol = Self::decode_protocol(r)?;
+        let (protocol, bridge) = Self::decode_level(r)?;
         let flags = r.u8()?;
         if flags & 0x01 != 0 {
             return Err(ErrorKind::ConnectReservedFlag.into());
@@ -125,6 +144,7 @@ impl Connect {
             username,
             password,
             properties,
+            bridge,
         })
     }
 
@@ -147,7 +167,8 @@ impl Connect {
             ProtocolVersion::V3_1 => s.put_binary(b"MQIsdp"),
             _ => s.put_binary(b"MQTT"),
         }
-        s.put_u8(self.protocol.level());
+        let bridge = if self.bridge && !v5 { 0x80 } else { 0 };
+        s.put_u8(self.protocol.level() | bridge);
         let mut flags = 0u8;
         if self.clean_start {
             flags |= 0x02;

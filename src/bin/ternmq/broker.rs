@@ -90,6 +90,8 @@ struct FileConfig {
     log_timestamp: Option<String>,
     log_format: Option<String>,
     http: Option<HttpTable>,
+    #[serde(default)]
+    bridge: Vec<crate::bridge::BridgeTable>,
 }
 
 /// The `[http]` table: the admin API.
@@ -473,11 +475,14 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
         flag_or_file(("--log-format", &log_format), &fc.log_format, &at, LogFormat::parse)?
             .unwrap_or(LogFormat::Text);
     let http_table = fc.http.take();
+    let bridges = std::mem::take(&mut fc.bridge);
     let mut s = build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at)?;
     s.runtime = runtime;
     s.log_timestamp = timestamp;
     s.log_format = format;
     s.http = http_settings(http_table, http, &at)?;
+    let locator = crate::bridge::Locator { source: source.as_ref().map(|(p, t)| (*p, t.as_str())) };
+    s.config.bridges = crate::bridge::build(bridges, &locator)?;
     Ok(Some(s))
 }
 

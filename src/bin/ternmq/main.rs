@@ -31,6 +31,7 @@ macro_rules! complain {
 }
 
 mod bench;
+mod bridge;
 mod broker;
 mod format;
 mod limits;

@@ -25,6 +25,7 @@ struct Fixed {
     durability: String,
     runtime: String,
     http: Option<String>,
+    bridges: Vec<String>,
 }
 
 impl Fixed {
@@ -47,6 +48,7 @@ impl Fixed {
                 let tls = h.options.tls.as_ref().map(|t| format!("{:?}", t.settings()));
                 format!("{} {:?} {tls:?}", h.bind, h.options.tokens)
             }),
+            bridges: s.config.bridges.iter().map(|b| format!("{b:?}")).collect(),
         }
     }
 
@@ -64,6 +66,9 @@ impl Fixed {
         }
         if self.http != new.http {
             names.push("http".to_string());
+        }
+        if self.bridges != new.bridges {
+            names.push("bridge".to_string());
         }
         names
     }
