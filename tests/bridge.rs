@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Broker, TempDir, free_port};
+use support::{Broker, TempDir, free_port, http};
 use ternmq::codec::{MqttStr, ProtocolVersion, Publish, QoS};
 use ternmq::tokio::{Client, ConnectOptions};
 use ternmq::topic::TopicName;
@@ -288,6 +288,23 @@ async fn two_ternmq_brokers(v: ProtocolVersion) {
     }
 }
 
+/// Which of the `acked` load messages (`load/q1` at QoS 1, `load/q2` at QoS 2) the remote
+/// subscriber did not get under `r/`; fails if a QoS 2 one arrived more than once.
+fn missing_from(acked: &[(String, QoS)], seen: &Seen) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (body, qos) in acked {
+        let topic = if *qos == QoS::AtLeastOnce { "r/load/q1" } else { "r/load/q2" };
+        match seen.get(&(topic.to_string(), body.clone())) {
+            None => missing.push(body.clone()),
+            Some(d) if *qos == QoS::ExactlyOnce => {
+                assert_eq!(d.len(), 1, "QoS 2 message {body} arrived {} times", d.len());
+            }
+            Some(_) => {}
+        }
+    }
+    missing
+}
+
 /// QoS 1 and 2 load through the bridge while the bridging broker is killed with SIGKILL and
 /// started again on its data directory: every message the publisher saw acknowledged reaches
 /// the remote subscriber, and each QoS 2 message once. The remote broker is frozen (SIGSTOP)
@@ -326,18 +343,7 @@ async fn acknowledged_messages_cross_a_sigkill_of_the_bridging_broker() {
     drop(publisher);
     let _again = Edge::start(&dir.0, port, &toml, Some(&data), true);
     let seen = gather(&sub, acked.len()).await;
-    eprintln!("acked {} seen {}", acked.len(), seen.len());
-    let mut missing = Vec::new();
-    for (body, qos) in &acked {
-        let topic = if *qos == QoS::AtLeastOnce { "r/load/q1" } else { "r/load/q2" };
-        match seen.get(&(topic.to_string(), body.clone())) {
-            None => missing.push(body.clone()),
-            Some(d) if *qos == QoS::ExactlyOnce => {
-                assert_eq!(d.len(), 1, "QoS 2 message {body} arrived {} times", d.len());
-            }
-            Some(_) => {}
-        }
-    }
+    let missing = missing_from(&acked, &seen);
     assert!(missing.is_empty(), "{} acknowledged messages lost: {missing:?}", missing.len());
     drop(edge);
 }
@@ -462,17 +468,7 @@ async fn acknowledged_messages_cross_a_restart_of_the_remote_broker() {
     for (key, qos) in gather(&sub, acked.len().saturating_sub(seen.len())).await {
         seen.entry(key).or_default().extend(qos);
     }
-    let mut missing = Vec::new();
-    for (body, qos) in &acked {
-        let topic = if *qos == QoS::AtLeastOnce { "r/load/q1" } else { "r/load/q2" };
-        match seen.get(&(topic.to_string(), body.clone())) {
-            None => missing.push(body.clone()),
-            Some(d) if *qos == QoS::ExactlyOnce => {
-                assert_eq!(d.len(), 1, "QoS 2 message {body} arrived {} times", d.len());
-            }
-            Some(_) => {}
-        }
-    }
+    let missing = missing_from(&acked, &seen);
     assert!(
         missing.is_empty(),
         "{} acknowledged messages lost: {:?}...\n{}",
@@ -481,4 +477,62 @@ async fn acknowledged_messages_cross_a_restart_of_the_remote_broker() {
         edge.log_text()
     );
     assert!(edge.log_text().matches("connected to address").count() >= 2, "{}", edge.log_text());
+}
+
+/// A bridge's figures: Mosquitto's `$SYS/broker/connection/<name>/state`, ours under
+/// `$SYS/broker/bridges/<name>/`, `bridges` in `/api/v1/stats`, `ternmq_bridge_*` in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_figures_are_in_sys_the_api_and_metrics() {
+    let Some(remote) = Broker::start() else { return };
+    let dir = TempDir::new("bridge-figures");
+    let v = ProtocolVersion::V5;
+    let http_port = free_port();
+    let toml = format!(
+        "sys_interval = 1\n[http]\nbind = \"127.0.0.1:{http_port}\"\n{}",
+        bridge_toml(&[remote.port], v, &rule("o/#", "out", 1, "", ""))
+    );
+    let edge = Edge::start(&dir.0, free_port(), &toml, None, true);
+    let p = Client::connect(options(edge.port, "p", v)).await.unwrap();
+    for i in 0..3 {
+        p.publish("o/x", format!("m{i}"), QoS::AtLeastOnce).await.unwrap();
+    }
+    // $SYS is published every second: the state once the bridge is up.
+    let sys = Client::connect(options(edge.port, "sys", v)).await.unwrap();
+    sys.subscribe("$SYS/broker/connection/cloud/state", QoS::AtMostOnce).await.unwrap();
+    sys.subscribe("$SYS/broker/bridges/cloud/sent", QoS::AtMostOnce).await.unwrap();
+    let mut state = None;
+    let mut sent = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while (state.as_deref() != Some("1") || sent.as_deref() != Some("3"))
+        && tokio::time::Instant::now() < deadline
+    {
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), sys.next_message()).await
+        {
+            let value = Some(String::from_utf8_lossy(&m.payload).into_owned());
+            if m.topic.as_str().ends_with("/state") { state = value } else { sent = value }
+        }
+    }
+    assert_eq!((state.as_deref(), sent.as_deref()), (Some("1"), Some("3")));
+    let port = http_port;
+    let stats = tokio::task::spawn_blocking(move || http(port, "GET", "/api/v1/stats", None, None))
+        .await
+        .unwrap();
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    let bridge = &stats.json()["bridges"][0];
+    assert_eq!(bridge["name"], "cloud", "{bridge}");
+    assert_eq!(bridge["connected"], true, "{bridge}");
+    assert_eq!(bridge["sent"], 3, "{bridge}");
+    let metrics = tokio::task::spawn_blocking(move || http(port, "GET", "/metrics", None, None))
+        .await
+        .unwrap();
+    assert!(
+        metrics.body.contains("ternmq_bridge_connected{bridge=\"cloud\"} 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics.body.contains("ternmq_bridge_sent_messages_total{bridge=\"cloud\"} 3"),
+        "{}",
+        metrics.body
+    );
 }

@@ -137,16 +137,20 @@ impl Net {
         Some(id)
     }
 
+    /// Client `i`'s link is gone.
+    fn client_gone(&mut self, i: usize) {
+        self.peers[i].link = None;
+        let now = self.now;
+        self.peers[i].core.handle_closed(now);
+    }
+
     /// Ends link `id` on both sides at once, losing what was on the wire.
     fn reset(&mut self, id: u32) {
         let Some(link) = self.links.remove(&id) else { return };
         let now = self.now;
         self.driver(link.side).handle_closed(now, link.conn);
         match link.near {
-            Near::Client(i) => {
-                self.peers[i].link = None;
-                self.peers[i].core.handle_closed(now);
-            }
+            Near::Client(i) => self.client_gone(i),
             Near::Bridge => {
                 self.bridge_link = None;
                 self.edge.handle_bridge_closed(now, 0);
@@ -304,10 +308,7 @@ impl Net {
         for id in gone {
             let Some(link) = self.links.remove(&id) else { continue };
             match link.near {
-                Near::Client(i) => {
-                    self.peers[i].link = None;
-                    self.peers[i].core.handle_closed(now);
-                }
+                Near::Client(i) => self.client_gone(i),
                 // The cloud sees the bridge's connection end.
                 Near::Bridge => {
                     self.bridge_link = None;
