@@ -35,6 +35,18 @@ impl Edge {
     /// Starts `ternmq broker` on `port` with the configuration `toml` (written to `dir`) and
     /// waits until it listens and its bridge is connected (unless `wait_bridge` is false).
     fn start(dir: &Path, port: u16, toml: &str, data: Option<&Path>, wait_bridge: bool) -> Edge {
+        Self::start_with(dir, port, toml, data, wait_bridge, &[])
+    }
+
+    /// [`start`](Self::start) with `extra` flags (`--runtime std`).
+    fn start_with(
+        dir: &Path,
+        port: u16,
+        toml: &str,
+        data: Option<&Path>,
+        wait_bridge: bool,
+        extra: &[&str],
+    ) -> Edge {
         let conf = dir.join(format!("edge-{port}.toml"));
         std::fs::write(&conf, toml).unwrap();
         let log = dir.join(format!("edge-{port}.log"));
@@ -44,6 +56,7 @@ impl Edge {
             Some(d) => cmd.args(["--data-dir", d.to_str().unwrap()]),
             None => cmd.arg("--no-persistence"),
         };
+        cmd.args(extra);
         let child =
             cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
         let edge = Edge { child, port, log };
@@ -535,4 +548,39 @@ async fn bridge_figures_are_in_sys_the_api_and_metrics() {
         "{}",
         metrics.body
     );
+}
+
+/// The same bridge on the std and smol servers: out and in at QoS 1 and 2, over TLS-less TCP,
+/// and a stop that disconnects it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridges_run_on_the_std_and_smol_servers() {
+    let Some(remote) = Broker::start() else { return };
+    for runtime in ["std", "smol"] {
+        let dir = TempDir::new(&format!("bridge-{runtime}"));
+        let v = ProtocolVersion::V5;
+        let rules = rule("o/#", "out", 2, "", "") + &rule("i/#", "in", 2, "", "");
+        let toml = bridge_toml(&[remote.port], v, &rules);
+        let extra = ["--runtime", runtime];
+        let edge = Edge::start_with(&dir.0, free_port(), &toml, None, true, &extra);
+        let remote_sub = Client::connect(options(remote.port, "rs", v)).await.unwrap();
+        remote_sub.subscribe("o/#", QoS::ExactlyOnce).await.unwrap();
+        let edge_sub = Client::connect(options(edge.port, "es", v)).await.unwrap();
+        edge_sub.subscribe("i/#", QoS::ExactlyOnce).await.unwrap();
+        let edge_pub = Client::connect(options(edge.port, "ep", v)).await.unwrap();
+        let remote_pub = Client::connect(options(remote.port, "rp", v)).await.unwrap();
+        for q in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            edge_pub.publish("o/x", format!("{runtime}{}", q as u8), q).await.unwrap();
+            remote_pub.publish("i/x", format!("{runtime}{}", q as u8), q).await.unwrap();
+        }
+        let (at_remote, at_edge) = tokio::join!(gather(&remote_sub, 2), gather(&edge_sub, 2));
+        for q in 1..3u8 {
+            once(&at_remote, "o/x", &format!("{runtime}{q}"), q);
+            once(&at_edge, "i/x", &format!("{runtime}{q}"), q);
+        }
+        remote_sub.disconnect().await.unwrap();
+        let mut edge = edge;
+        support::signal(&edge.child, "TERM");
+        let status = support::wait_exit(&mut edge.child, Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "{runtime}: {status:?}\n{}", edge.log_text());
+    }
 }

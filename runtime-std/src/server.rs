@@ -27,7 +27,8 @@ pub use ternmq_async::control::{Control, ListenerInfo};
 use ternmq_async::server::bind_error;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
-    BlockingAuthenticator, BlockingAuthorizer, Listener, ServerConfig, ShutdownHandle,
+    BlockingAuthenticator, BlockingAuthorizer, BridgeAddress, BridgeSpec, Listener, ServerConfig,
+    ShutdownHandle,
 };
 pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
 use ternmq_async::transport::Transform;
@@ -58,10 +59,55 @@ fn listener_token(i: usize) -> Token {
 
 /// What other threads tell the loop.
 enum Input {
+    /// A bridge's transport to its remote broker, opened (and through its handshake) on a
+    /// thread of its own: the socket, its TLS or WebSocket session, and MQTT bytes that came
+    /// with the handshake's end.
+    Dialed(usize, io::Result<Dialed>),
     Auth(AuthTicket, AuthDecision),
     Authorized(AuthTicket, bool),
     Persisted(PersistSeq),
     StoreFailed(String),
+}
+
+type Dialed = (std::net::TcpStream, Option<Box<dyn Transform>>, BytesMut);
+
+/// What a socket is to the driver: a client's connection, or a bridge's transport to its remote
+/// broker (by the bridge's index).
+#[derive(Clone, Copy, Debug)]
+enum Peer {
+    Client(ConnId),
+    Bridge(usize),
+}
+
+impl Peer {
+    fn bytes(self, driver: &mut Driver<Slot>, now: Instant, bytes: BytesMut) {
+        match self {
+            Peer::Client(id) => driver.handle_bytes(now, id, bytes),
+            Peer::Bridge(b) => driver.handle_bridge_bytes(now, b, bytes),
+        }
+    }
+
+    fn closed(self, driver: &mut Driver<Slot>, now: Instant) {
+        match self {
+            Peer::Client(id) => driver.handle_closed(now, id),
+            Peer::Bridge(b) => driver.handle_bridge_closed(now, b),
+        }
+    }
+
+    fn written(self, driver: &mut Driver<Slot>, now: Instant, n: usize) {
+        match self {
+            Peer::Client(id) => driver.handle_written(now, id, n),
+            Peer::Bridge(b) => driver.handle_bridge_written(now, b, n),
+        }
+    }
+
+    /// The transport refused the connection before any MQTT.
+    fn refused(self, driver: &mut Driver<Slot>, now: Instant) {
+        match self {
+            Peer::Client(id) => driver.handle_refused(now, id),
+            Peer::Bridge(b) => driver.handle_bridge_closed(now, b),
+        }
+    }
 }
 
 /// Sends to the loop and wakes it.
@@ -100,12 +146,6 @@ impl Server {
     /// Checks the configuration and binds every listener.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
         config.validate()?;
-        if !config.bridges.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "bridges run on the tokio and smol servers; the std server has none yet",
-            ));
-        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(config.listeners.len());
@@ -175,6 +215,12 @@ impl Server {
             inbox: self.control.1,
         };
         server.inbox.started(server.writer.as_ref().map(Writer::metrics));
+        for spec in &self.config.bridges {
+            let now = server.now();
+            server.driver.add_bridge(now, spec.config.clone());
+        }
+        let now = server.now();
+        server.settle(now);
         let served = server.run(&self.stopping);
         // Everything logged, up to the last connection's close, is committed before the server
         // returns, however the loop ended.
@@ -245,8 +291,8 @@ struct Conn {
     /// TLS, WebSocket or a PROXY header on this connection, if its listener has them.
     layer: Option<Box<Layered>>,
     generation: u32,
-    /// The broker's id.
-    conn: ConnId,
+    /// Who it is to the driver.
+    peer: Peer,
     /// Whether the broker still has it open (once closed, it lingers).
     open: bool,
     /// Buffers handed out by the broker and not yet written.
@@ -371,6 +417,12 @@ impl Loop {
 
     fn input(&mut self, now: Instant, input: Input) {
         match input {
+            Input::Dialed(bridge, Ok(dialed)) => self.dialed(now, bridge, dialed),
+            Input::Dialed(bridge, Err(e)) => {
+                let name = self.hooks.bridges.get(bridge).map(|b| b.config.name.as_str());
+                log::warn!("bridge {}: {e}", name.unwrap_or_default());
+                self.driver.handle_bridge_closed(now, bridge);
+            }
             Input::Auth(ticket, decision) => self.driver.handle_auth(now, ticket, decision),
             Input::Authorized(ticket, allowed) => {
                 self.driver.handle_authorization(now, ticket, allowed);
@@ -380,6 +432,79 @@ impl Loop {
                 log::error!("{e}; stopping");
                 self.store_failed = Some(e);
             }
+        }
+    }
+
+    /// Opens bridge `bridge`'s transport to its address `address` on a thread of its own
+    /// (name lookup, connect and handshake block); the loop takes it from there.
+    fn dial(&mut self, bridge: usize, address: usize) {
+        let target = self.hooks.bridges.get(bridge).and_then(|b| b.addresses.get(address)).cloned();
+        let mailbox = self.mailbox.clone();
+        let spawned =
+            thread::Builder::new().name("ternmq-dial".into()).stack_size(STACK).spawn(move || {
+                let dialed = match target {
+                    None => Err(io::Error::new(io::ErrorKind::NotFound, "no such address")),
+                    Some(t) => {
+                        let name = format!("{}:{}", t.host, t.port);
+                        open(&t).map_err(|e| {
+                            io::Error::new(e.kind(), format!("cannot reach {name}: {e}"))
+                        })
+                    }
+                };
+                mailbox.send(Input::Dialed(bridge, dialed));
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a thread to dial a bridge: {e}");
+            let now = self.now();
+            self.driver.handle_bridge_closed(now, bridge);
+        }
+    }
+
+    /// Bridge `bridge`'s transport is open: it becomes a connection of the loop.
+    fn dialed(&mut self, now: Instant, bridge: usize, (stream, session, plain): Dialed) {
+        let stream = stream.set_nonblocking(true).map(|()| TcpStream::from_std(stream));
+        let index = match self.free.last() {
+            Some(i) => *i,
+            None => u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
+        };
+        let stream = match stream.and_then(|mut s| {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            self.poll.registry().register(&mut s, Token(index as usize), interest).map(|()| s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot watch a bridge's connection: {e}");
+                self.driver.handle_bridge_closed(now, bridge);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        self.generation = self.generation.wrapping_add(1);
+        let slot = Slot { index, generation: self.generation };
+        let layer = session.map(|session| Box::new(Layered { session, owed: VecDeque::new() }));
+        let conn = Conn {
+            stream,
+            layer,
+            generation: slot.generation,
+            peer: Peer::Bridge(bridge),
+            open: true,
+            out: Vec::new(),
+            readable: false,
+            queued: false,
+            dirty: false,
+            paused: false,
+            peer_done: false,
+            broken: false,
+            shut: false,
+        };
+        if self.free.pop().is_none() {
+            self.conns.push(Some(conn));
+        } else if let Some(s) = self.conns.get_mut(index as usize) {
+            *s = Some(conn);
+        }
+        self.driver.handle_bridge_dialed(now, bridge, slot);
+        if !plain.is_empty() {
+            self.driver.handle_bridge_bytes(now, bridge, plain);
         }
     }
 
@@ -450,7 +575,7 @@ impl Loop {
             stream,
             layer,
             generation: slot.generation,
-            conn: id,
+            peer: Peer::Client(id),
             open: true,
             out: Vec::new(),
             readable: false,
@@ -508,28 +633,30 @@ impl Loop {
                             if !c.out.is_empty() {
                                 mark_dirty(c, &mut self.dirty, index);
                             }
-                            let id = c.conn;
+                            let peer = c.peer;
                             let closed = match received {
                                 Ok(r) => r.closed,
                                 Err(e) => {
                                     // Refused before any MQTT: counted, and closed after what
                                     // the transport has to say (an alert, an HTTP error).
-                                    log::info!("connection {id:?} refused: {e}");
+                                    log::info!("connection {peer:?} refused: {e}");
                                     c.peer_done = true;
-                                    self.driver.handle_refused(now, id);
+                                    peer.refused(&mut self.driver, now);
                                     self.act(now);
                                     break;
                                 }
                             };
-                            if let Some(identity) = identity {
-                                self.driver.handle_identity(id, identity);
-                            }
-                            if let Some(addr) = peer_addr {
-                                log::debug!("{id:?} is from {addr} (PROXY protocol)");
-                                self.driver.handle_peer_addr(id, addr);
+                            if let Peer::Client(id) = peer {
+                                if let Some(identity) = identity {
+                                    self.driver.handle_identity(id, identity);
+                                }
+                                if let Some(addr) = peer_addr {
+                                    log::debug!("{id:?} is from {addr} (PROXY protocol)");
+                                    self.driver.handle_peer_addr(id, addr);
+                                }
                             }
                             if !plain.is_empty() {
-                                self.driver.handle_bytes(now, id, plain);
+                                peer.bytes(&mut self.driver, now, plain);
                                 self.act(now);
                             }
                             if closed {
@@ -540,8 +667,8 @@ impl Loop {
                                 break;
                             }
                         } else {
-                            let id = c.conn;
-                            self.driver.handle_bytes(now, id, BytesMut::from(bytes));
+                            let peer = c.peer;
+                            peer.bytes(&mut self.driver, now, BytesMut::from(bytes));
                             self.act(now);
                         }
                     }
@@ -565,8 +692,8 @@ impl Loop {
         };
         if c.open {
             // The broker decides; its Close comes now or once paused input is handled.
-            let id = c.conn;
-            self.driver.handle_closed(now, id);
+            let peer = c.peer;
+            peer.closed(&mut self.driver, now);
             self.act(now);
         } else {
             // Already closed by the broker: nothing waits for the peer any more.
@@ -633,6 +760,7 @@ impl Loop {
                         w.send(batch);
                     }
                 }
+                Command::Dial { bridge, address } => self.dial(bridge, address),
                 _ => {}
             }
         }
@@ -731,12 +859,12 @@ impl Loop {
             // Written buffers go now: behind a slow reader the list is never empty for long.
             c.out.drain(..first);
         }
-        let (id, open) = (c.conn, c.open);
+        let (peer, open) = (c.peer, c.open);
         if c.broken {
             c.peer_done = true;
             if open {
                 // Its Close (now, or once paused input is handled) drops it.
-                self.driver.handle_closed(now, id);
+                peer.closed(&mut self.driver, now);
             } else {
                 self.drop_conn(now, index, true);
             }
@@ -748,7 +876,7 @@ impl Loop {
         };
         if written > 0 {
             // The driver times stalled writers and lingering from these reports.
-            self.driver.handle_written(now, id, written);
+            peer.written(&mut self.driver, now, written);
         }
         let Some(Some(c)) = self.conns.get_mut(index as usize) else {
             return;
@@ -775,7 +903,7 @@ impl Loop {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.free.push(index);
             if report {
-                self.driver.handle_closed(now, c.conn);
+                c.peer.closed(&mut self.driver, now);
             }
         }
     }
@@ -794,6 +922,21 @@ impl Loop {
         self.settle(now);
     }
 }
+
+/// A bridge's transport: TCP, then its TLS or WebSocket handshake, blocking.
+fn open(target: &BridgeAddress) -> io::Result<Dialed> {
+    let mut stream = std::net::TcpStream::connect((target.host.as_str(), target.port))?;
+    stream.set_nodelay(true)?;
+    let Some(transport) = &target.transport else {
+        return Ok((stream, None, BytesMut::new()));
+    };
+    let mut session = transport.session()?;
+    let plain = crate::transport::handshake(&mut stream, &mut *session, BRIDGE_HANDSHAKE)?;
+    Ok((stream, Some(session), plain))
+}
+
+/// How long a bridge's TLS or WebSocket handshake may take.
+const BRIDGE_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// The connection at `slot`, unless the slot has a later occupant.
 fn conn_at(conns: &mut [Option<Conn>], slot: Slot) -> Option<&mut Conn> {

@@ -171,32 +171,52 @@ impl Transport {
     ) -> io::Result<Transport> {
         stream.set_nodelay(true)?;
         let mut reader = stream.try_clone()?;
-        let mut layered = Layered { transform, stream };
-        // A client speaks first: a TLS ClientHello, a WebSocket upgrade request.
-        layered.flush()?;
-        let mut plain = BytesMut::new();
-        let deadline = std::time::Instant::now() + timeout;
-        let mut raw = vec![0u8; 16 * 1024];
-        while !layered.transform.is_ready() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake timed out"));
-            }
-            reader.set_read_timeout(Some(left))?;
-            let n = reader.read(&mut raw)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the server closed the connection during the handshake",
-                ));
-            }
-            let received = layered.transform.handle_input(&raw[..n], &mut plain);
-            layered.flush()?;
-            received.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        }
+        let mut transform = transform;
+        let plain = handshake(&mut reader, &mut *transform, timeout)?;
+        let layered = Layered { transform, stream };
         let shared = Arc::new(Mutex::new(layered));
+        let raw = vec![0u8; 16 * 1024];
         let reader = LayeredReader { stream: reader, shared: Arc::clone(&shared), plain, raw };
         Ok(Transport { reader: Box::new(reader), writer: Box::new(LayeredWriter(shared)) })
+    }
+}
+
+/// A client's TLS or WebSocket handshake over `stream` (blocking), within `timeout`: the client
+/// speaks first (a ClientHello, an upgrade request). Returns the MQTT bytes that came with the
+/// end of the handshake, if any.
+pub(crate) fn handshake(
+    stream: &mut TcpStream,
+    transform: &mut dyn Transform,
+    timeout: Duration,
+) -> io::Result<BytesMut> {
+    let mut plain = BytesMut::new();
+    let deadline = std::time::Instant::now() + timeout;
+    let mut raw = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(out) = transform.poll_transmit() {
+            Write::write_all(stream, &out)?;
+        }
+        if transform.is_ready() {
+            stream.set_read_timeout(None)?;
+            return Ok(plain);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the handshake timed out"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut raw)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection during the handshake",
+            ));
+        }
+        let received = transform.handle_input(&raw[..n], &mut plain);
+        if let Some(out) = transform.poll_transmit() {
+            Write::write_all(stream, &out)?;
+        }
+        received.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
 }
 
