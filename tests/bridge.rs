@@ -584,3 +584,56 @@ async fn bridges_run_on_the_std_and_smol_servers() {
         assert!(status.is_some_and(|s| s.success()), "{runtime}: {status:?}\n{}", edge.log_text());
     }
 }
+
+/// Bridges over TLS (with a client certificate the remote broker requires) and over WebSocket
+/// over TLS, to a ternmq broker with such listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridges_cross_tls_with_a_client_certificate_and_secure_websocket() {
+    use std::net::SocketAddr;
+    use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor, TlsSettings};
+    let pki = support::pki::Pki::new("bridge-tls");
+    let (cert, key) = pki.client("edge");
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = ServerConfig::new(any);
+    let mutual = TlsSettings {
+        cafile: Some(pki.path("ca.pem")),
+        require_certificate: true,
+        ..pki.settings()
+    };
+    config.listeners = vec![
+        Listener::from(any),
+        Listener { tls: Some(TlsAcceptor::new(mutual).unwrap()), ..Listener::from(any) },
+        Listener {
+            tls: Some(TlsAcceptor::new(pki.settings()).unwrap()),
+            ws_path: Some("/mqtt".into()),
+            ..Listener::from(any)
+        },
+    ];
+    // On a thread of its own: this test already runs in a Tokio runtime.
+    let (addrs, _remote) = support::serve("smol", config);
+    let (plain, tls, wss) = (addrs[0].port(), addrs[1].port(), addrs[2].port());
+    let v = ProtocolVersion::V5;
+    let table = |name: &str, address: String, topic: &str, client_cert: bool| {
+        let mut t = format!(
+            "[[bridge]]\nname = \"{name}\"\naddress = \"{address}\"\ncafile = \"{}\"\n",
+            pki.path("ca.pem").display()
+        );
+        if client_cert {
+            t += &format!("certfile = \"{}\"\nkeyfile = \"{}\"\n", cert.display(), key.display());
+        }
+        t + &rule(topic, "out", 1, "", "")
+    };
+    let toml = table("tls", format!("mqtts://127.0.0.1:{tls}"), "t/#", true)
+        + &table("wss", format!("wss://127.0.0.1:{wss}/mqtt"), "w/#", false);
+    let dir = TempDir::new("bridge-tls-edge");
+    let edge = Edge::start(&dir.0, free_port(), &toml, None, false);
+    edge.wait_log("connected to address", 2);
+    let sub = Client::connect(options(plain, "sub", v)).await.unwrap();
+    sub.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    let p = Client::connect(options(edge.port, "p", v)).await.unwrap();
+    p.publish("t/1", "over-tls", QoS::AtLeastOnce).await.unwrap();
+    p.publish("w/1", "over-wss", QoS::AtLeastOnce).await.unwrap();
+    let seen = gather(&sub, 2).await;
+    once(&seen, "t/1", "over-tls", 1);
+    once(&seen, "w/1", "over-wss", 1);
+}
