@@ -61,6 +61,9 @@ options:
       --timeout N       seconds a scenario may take at most (default 60)
       --persistent      subscribers keep sessions (clean start 0, expiry 1 h): with a
                         durable broker their messages are stored before they are acknowledged
+      --sub-host HOST, --sub-port N
+                        subscribers connect there instead (another broker, bridged to the
+                        publishers' one: measures the bridge)
       --help            print this help
 
 {TLS}"
@@ -85,6 +88,9 @@ struct Options {
     window: usize,
     timeout: Duration,
     persistent: bool,
+    /// Where subscribers connect, when not to the publishers' broker.
+    sub_host: Option<String>,
+    sub_port: Option<u16>,
     /// The broker's process, whose resident memory `idle` reports per connection.
     broker_pid: Option<u32>,
     /// TLS or WebSocket over each connection.
@@ -109,6 +115,8 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         window: 100,
         timeout: Duration::from_secs(60),
         persistent: false,
+        sub_host: None,
+        sub_port: None,
         broker_pid: None,
         transport: None,
     };
@@ -126,6 +134,8 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         match flag.as_str() {
             "--help" => return Ok(None),
             "-h" | "--host" => o.host = value()?,
+            "--sub-host" => o.sub_host = Some(value()?),
+            "--sub-port" => o.sub_port = Some(num(flag, value()?)?),
             "-p" | "--port" => {
                 o.port = num(flag, value()?)?;
                 port_given = true;
@@ -501,6 +511,11 @@ async fn subscriber(
     progress: Arc<Progress>,
 ) -> Result<Seen, String> {
     let SubPlan { id, filter, expected, publishers, per_publisher } = plan;
+    let mut o = o;
+    if let Some(host) = o.sub_host.take() {
+        o.host = host;
+    }
+    o.port = o.sub_port.unwrap_or(o.port);
     let mut conn = Conn::open_with(&o, id, o.persistent).await?;
     conn.subscribe(&filter, o.qos).await?;
     let _ = ready.send(()).await;
