@@ -548,6 +548,31 @@ async fn bridge_figures_are_in_sys_the_api_and_metrics() {
         "{}",
         metrics.body
     );
+    // A changed bridge takes a restart, and a reload says so; the running bridge goes on.
+    let conf = dir.0.join(format!("edge-{}.toml", edge.port));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(&conf, text.replace("pattern = \"o/#\"", "pattern = \"other/#\"")).unwrap();
+    let reloaded =
+        tokio::task::spawn_blocking(move || http(port, "POST", "/api/v1/reload", None, None))
+            .await
+            .unwrap();
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    let names = reloaded.json()["restart_needed"].clone();
+    assert!(names.as_array().is_some_and(|n| n.iter().any(|x| x == "bridge")), "{names}");
+    p.publish("o/x", "after-reload", QoS::AtLeastOnce).await.unwrap();
+    let stats = tokio::task::spawn_blocking(move || http(port, "GET", "/api/v1/stats", None, None))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut sent = stats.json()["bridges"][0]["sent"].clone();
+    while sent != 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let s = tokio::task::spawn_blocking(move || http(port, "GET", "/api/v1/stats", None, None))
+            .await
+            .unwrap();
+        sent = s.json()["bridges"][0]["sent"].clone();
+    }
+    assert_eq!(sent, 4, "the bridge goes on after the reload");
 }
 
 /// The same bridge on the std and smol servers: out and in at QoS 1 and 2, over TLS-less TCP,
