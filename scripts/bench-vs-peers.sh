@@ -65,8 +65,11 @@ start_broker() { # name port -> sets PID
     ternmq*)
         local runtime=${name#ternmq}
         runtime=${runtime#-}
+        # Room for the idle connections and the QoS pair probed beside them (the default
+        # max_connections is 10,000, as many as the full run holds).
+        printf 'max_connections = %s\n' "$((IDLE + 1000))" >"$WORK/ternmq.toml"
         $PIN_BROKER "$TERNMQ" broker -p "$port" --runtime "${runtime:-tokio}" --no-persistence \
-            --log-level error \
+            --log-level error -c "$WORK/ternmq.toml" \
             >"$WORK/$name.log" 2>&1 &
         ;;
     mosquitto)

@@ -603,6 +603,9 @@ async fn flow(o: &Options, scenario: &str) -> Result<Row, String> {
             progress.clone(),
         )));
     }
+    // Only the subscribers hold senders now: one that fails before it is ready (its broker
+    // refused the connection) ends the wait rather than leave it hanging.
+    drop(ready_tx);
     for _ in 0..subs {
         if ready_rx.recv().await.is_none() {
             break;
