@@ -561,32 +561,19 @@ impl Bridge {
         }
     }
 
-    fn local_subscriptions(&self) -> Vec<Subscription> {
+    /// The subscriptions that carry the rules `carries` selects, each filter (`filter` picks
+    /// the side's) once, with No Local and Retain As Published where the protocol has them
+    /// (`v5`), and Retain Handling 1: subscribing again after a restart does not send the
+    /// retained messages again.
+    fn subscriptions(
+        &self,
+        carries: fn(Direction) -> bool,
+        filter: fn(&BridgeTopic) -> &TopicFilter,
+        v5: bool,
+    ) -> Vec<Subscription> {
         let mut subs: Vec<Subscription> = Vec::new();
-        for rule in self.config.topics.iter().filter(|r| r.direction.out()) {
-            if subs.iter().any(|s| s.filter == rule.local_filter) {
-                continue;
-            }
-            subs.push(Subscription {
-                filter: rule.local_filter.clone(),
-                options: SubscriptionOptions {
-                    qos: rule.qos,
-                    no_local: true,
-                    retain_as_published: true,
-                    // Subscribing again after a restart does not send the retained messages
-                    // again.
-                    retain_handling: RetainHandling::SendOnNewSubscribe,
-                },
-            });
-        }
-        subs
-    }
-
-    fn remote_subscriptions(&self) -> Vec<Subscription> {
-        let v5 = self.config.connect.protocol.is_v5();
-        let mut subs: Vec<Subscription> = Vec::new();
-        for rule in self.config.topics.iter().filter(|r| r.direction.into_local()) {
-            if subs.iter().any(|s| s.filter == rule.remote_filter) {
+        for rule in self.config.topics.iter().filter(|r| carries(r.direction)) {
+            if subs.iter().any(|s| &s.filter == filter(rule)) {
                 continue;
             }
             let options = if v5 {
@@ -599,9 +586,20 @@ impl Bridge {
             } else {
                 SubscriptionOptions::qos(rule.qos)
             };
-            subs.push(Subscription { filter: rule.remote_filter.clone(), options });
+            subs.push(Subscription { filter: filter(rule).clone(), options });
         }
         subs
+    }
+
+    /// The local session's subscriptions: what goes out (always MQTT 5).
+    fn local_subscriptions(&self) -> Vec<Subscription> {
+        self.subscriptions(Direction::out, BridgeTopic::local_filter, true)
+    }
+
+    /// The subscriptions on the remote broker: what comes in.
+    fn remote_subscriptions(&self) -> Vec<Subscription> {
+        let v5 = self.config.connect.protocol.is_v5();
+        self.subscriptions(Direction::into_local, BridgeTopic::remote_filter, v5)
     }
 
     fn on_local(&mut self, now: Instant, event: Event) {
