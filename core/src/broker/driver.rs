@@ -36,7 +36,9 @@ use super::{
     AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, Command as BrokerCommand, ConnId,
     Event, PeerInfo,
 };
-use crate::bridge::{Bridge, BridgeCommand, BridgeConfig, BridgeEvent, BridgeStats};
+#[cfg(feature = "log")]
+use crate::bridge::BridgeEvent;
+use crate::bridge::{Bridge, BridgeCommand, BridgeConfig, BridgeStats};
 use crate::codec::ReasonCode;
 use crate::time::{Duration, Instant};
 
@@ -244,6 +246,8 @@ struct Hosted<H> {
     local: Option<ConnId>,
     /// What the local session sent that the broker has not taken yet (it paused the input).
     local_input: BytesMut,
+    /// What the broker sent the local session that does not make a whole packet yet.
+    local_output: BytesMut,
     /// The remote transport's writer, once dialled; whether it was asked to close; its input.
     remote: Option<H>,
     remote_closing: bool,
@@ -660,6 +664,7 @@ impl<H: Clone> Driver<H> {
             bridge,
             local: None,
             local_input: BytesMut::new(),
+            local_output: BytesMut::new(),
             remote: None,
             remote_closing: false,
             remote_input: BytesMut::new(),
@@ -745,10 +750,9 @@ impl<H: Clone> Driver<H> {
         let now = self.now;
         let Some(h) = self.bridges.get_mut(i) else { return };
         let Some(id) = h.local.take() else { return };
-        while let Some(b) = self.broker.poll_transmit(id, usize::MAX) {
-            h.bridge.handle_local_bytes(now, &mut BytesMut::from(&b[..]));
-        }
+        deliver_local(&mut self.broker, h, id, now);
         h.local_input = BytesMut::new();
+        h.local_output = BytesMut::new();
         self.broker.handle_closed(now, id);
         h.bridge.handle_local_closed(now);
     }
@@ -764,10 +768,7 @@ impl<H: Clone> Driver<H> {
                 let Some(h) = self.bridges.get_mut(i) else { break };
                 // The broker's output for the local session.
                 if let Some(id) = h.local {
-                    while let Some(b) = self.broker.poll_transmit(id, usize::MAX) {
-                        progress = true;
-                        h.bridge.handle_local_bytes(now, &mut BytesMut::from(&b[..]));
-                    }
+                    progress |= deliver_local(&mut self.broker, h, id, now);
                 }
                 // The local session's output for the broker, unless the broker paused it.
                 while let Some(b) = h.bridge.poll_local_transmit() {
@@ -911,6 +912,26 @@ impl<H: Clone> Driver<H> {
             self.transmit(w, false);
         }
     }
+}
+
+/// Gives a hosted bridge's local session what the broker has for it on `id`, as a byte stream
+/// (a packet cut between two chunks waits for its rest); returns whether there was anything.
+fn deliver_local<H>(broker: &mut Broker, h: &mut Hosted<H>, id: ConnId, now: Instant) -> bool {
+    let mut any = false;
+    while let Some(b) = broker.poll_transmit(id, usize::MAX) {
+        any = true;
+        if h.local_output.is_empty() {
+            // Without a copy when the broker holds no other reference to the buffer.
+            h.local_output = BytesMut::from(b);
+        } else {
+            h.local_output.extend_from_slice(&b);
+        }
+        h.bridge.handle_local_bytes(now, &mut h.local_output);
+    }
+    if h.local_output.is_empty() {
+        h.local_output = BytesMut::new();
+    }
+    any
 }
 
 /// Why a connection is gone.
