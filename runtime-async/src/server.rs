@@ -211,8 +211,8 @@ pub struct BridgeAddress {
     pub transport: Option<ClientTransport>,
 }
 
-/// How long a bridge's TLS or WebSocket handshake may take.
-const BRIDGE_HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long a bridge's TLS or WebSocket handshake may take, on every server.
+pub const BRIDGE_HANDSHAKE: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

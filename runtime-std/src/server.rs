@@ -24,6 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use ternmq_async::control::ControlInbox;
 pub use ternmq_async::control::{Control, ListenerInfo};
+use ternmq_async::server::BRIDGE_HANDSHAKE;
 use ternmq_async::server::bind_error;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
@@ -462,15 +463,9 @@ impl Loop {
 
     /// Bridge `bridge`'s transport is open: it becomes a connection of the loop.
     fn dialed(&mut self, now: Instant, bridge: usize, (stream, session, plain): Dialed) {
+        let slot = self.next_slot();
         let stream = stream.set_nonblocking(true).map(|()| TcpStream::from_std(stream));
-        let index = match self.free.last() {
-            Some(i) => *i,
-            None => u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
-        };
-        let stream = match stream.and_then(|mut s| {
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            self.poll.registry().register(&mut s, Token(index as usize), interest).map(|()| s)
-        }) {
+        let stream = match stream.and_then(|s| self.watch(s, slot)) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("cannot watch a bridge's connection: {e}");
@@ -479,29 +474,8 @@ impl Loop {
             }
         };
         let _ = stream.set_nodelay(true);
-        self.generation = self.generation.wrapping_add(1);
-        let slot = Slot { index, generation: self.generation };
         let layer = session.map(|session| Box::new(Layered { session, owed: VecDeque::new() }));
-        let conn = Conn {
-            stream,
-            layer,
-            generation: slot.generation,
-            peer: Peer::Bridge(bridge),
-            open: true,
-            out: Vec::new(),
-            readable: false,
-            queued: false,
-            dirty: false,
-            paused: false,
-            peer_done: false,
-            broken: false,
-            shut: false,
-        };
-        if self.free.pop().is_none() {
-            self.conns.push(Some(conn));
-        } else if let Some(s) = self.conns.get_mut(index as usize) {
-            *s = Some(conn);
-        }
+        self.place(slot, stream, layer, Peer::Bridge(bridge));
         self.driver.handle_bridge_dialed(now, bridge, slot);
         if !plain.is_empty() {
             self.driver.handle_bridge_bytes(now, bridge, plain);
@@ -534,7 +508,7 @@ impl Loop {
         self.accept_more = true;
     }
 
-    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, listener: usize, now: Instant) {
+    fn admit(&mut self, stream: TcpStream, addr: SocketAddr, listener: usize, now: Instant) {
         let _ = stream.set_nodelay(true);
         let max_packet_size = self.hooks.broker.max_packet_size;
         let transport = self.hooks.listeners.get(listener).map(|l| l.transport(max_packet_size));
@@ -546,12 +520,7 @@ impl Loop {
             }
             _ => None,
         };
-        let index = match self.free.last() {
-            Some(i) => *i,
-            None => u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
-        };
-        self.generation = self.generation.wrapping_add(1);
-        let slot = Slot { index, generation: self.generation };
+        let slot = self.next_slot();
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
         let peer = PeerInfo { addr: Some(addr), listener, identity: None, trusted: false };
         let id = match self.driver.handle_accepted(now, peer, slot) {
@@ -564,18 +533,42 @@ impl Loop {
                 return;
             }
         };
+        let stream = match self.watch(stream, slot) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot watch the connection from {addr}: {e}; closing it");
+                self.driver.handle_closed(now, id);
+                return;
+            }
+        };
+        self.place(slot, stream, layer, Peer::Client(id));
+    }
+
+    /// The slot the next connection takes (a free one, or a new one at the end), with a
+    /// generation of its own.
+    fn next_slot(&mut self) -> Slot {
+        let index = match self.free.last() {
+            Some(i) => *i,
+            None => u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
+        };
+        self.generation = self.generation.wrapping_add(1);
+        Slot { index, generation: self.generation }
+    }
+
+    /// Registers `stream` for readiness under `slot`'s token.
+    fn watch(&self, mut stream: TcpStream, slot: Slot) -> io::Result<TcpStream> {
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(index as usize), interest)
-        {
-            log::warn!("cannot watch the connection from {addr}: {e}; closing it");
-            self.driver.handle_closed(now, id);
-            return;
-        }
+        self.poll.registry().register(&mut stream, Token(slot.index as usize), interest)?;
+        Ok(stream)
+    }
+
+    /// Puts a new connection, already watched, in `slot` (from [`next_slot`](Self::next_slot)).
+    fn place(&mut self, slot: Slot, stream: TcpStream, layer: Option<Box<Layered>>, peer: Peer) {
         let conn = Conn {
             stream,
             layer,
             generation: slot.generation,
-            peer: Peer::Client(id),
+            peer,
             open: true,
             out: Vec::new(),
             readable: false,
@@ -588,7 +581,7 @@ impl Loop {
         };
         if self.free.pop().is_none() {
             self.conns.push(Some(conn));
-        } else if let Some(s) = self.conns.get_mut(index as usize) {
+        } else if let Some(s) = self.conns.get_mut(slot.index as usize) {
             *s = Some(conn);
         }
     }
@@ -934,9 +927,6 @@ fn open(target: &BridgeAddress) -> io::Result<Dialed> {
     let plain = crate::transport::handshake(&mut stream, &mut *session, BRIDGE_HANDSHAKE)?;
     Ok((stream, Some(session), plain))
 }
-
-/// How long a bridge's TLS or WebSocket handshake may take.
-const BRIDGE_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// The connection at `slot`, unless the slot has a later occupant.
 fn conn_at(conns: &mut [Option<Conn>], slot: Slot) -> Option<&mut Conn> {
