@@ -82,7 +82,15 @@ fn stays_connected(c: &SyncClient) {
 fn the_api_serves_and_steers(runtime: &str) {
     let (b, hp, _dir) = broker(&["--runtime", runtime]);
     assert_eq!(http(hp, "GET", "/healthz", None, None).status, 200);
-    let ready = http(hp, "GET", "/readyz", None, None);
+    // The HTTP line is printed once the listeners are bound; the server's loop marks it ready
+    // once it runs (503 "not ready" until then is the documented answer while starting).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ready = http(hp, "GET", "/readyz", None, None);
+    while ready.status == 503 && Instant::now() < deadline {
+        assert_eq!(ready.json()["status"].as_str(), Some("not ready"), "{runtime}");
+        std::thread::sleep(Duration::from_millis(20));
+        ready = http(hp, "GET", "/readyz", None, None);
+    }
     assert_eq!((ready.status, ready.json()["status"].as_str()), (200, Some("ready")), "{runtime}");
 
     let watcher = client(b.port, "watcher", None);
