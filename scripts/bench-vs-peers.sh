@@ -133,6 +133,11 @@ idle_per_connection() { # name key tries bench-args...
     opened=${opened:-0}
     per=$(( opened > 0 ? (held - base) * 1024 / opened : 0 ))
     echo "$name $key $per ($opened connections)" | tee -a "$RESULTS"
+    # The QoS pair probed while they were open.
+    sed -n 's/.*QoS \([0-2]\) pair meanwhile at \([0-9]*\)\/s: p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms, p99.9 \([0-9.]*\) ms.*/\1 \2 \3 \4 \5/p' \
+        "$WORK/idle.out" | while read -r qos rate p50 p99 p999; do
+        echo "$name ${key}_pair $p50 $p99 $p999 q$qos (at $rate/s)" | tee -a "$RESULTS"
+    done
     kill "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
 }
@@ -147,6 +152,18 @@ if [ -n "${TERNMQ_BEFORE:-}" ]; then BROKERS="$BROKERS ternmq-before"; fi
 BROKERS="$BROKERS mosquitto"
 if [ -n "$RUMQTTD" ]; then BROKERS="$BROKERS rumqttd"; else echo "note: rumqttd not found; skipping it"; fi
 
+# One saturated QoS 0 shape on a fresh broker: its row, and the broker's peak RSS under it as KEY.
+peak_under() { # name key bench-args...
+    local name=$1 key=$2
+    shift 2
+    port=$(free_port)
+    start_broker "$name" "$port"
+    bench "$port" -q 0 "$@" | sed "s/^/$name q0 /" >/dev/null
+    echo "$name $key $(hwm_kb "$PID")" | tee -a "$RESULTS"
+    kill "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+}
+
 RESULTS="$WORK/results"
 : >"$RESULTS"
 for b in $BROKERS; do
@@ -158,16 +175,29 @@ for b in $BROKERS; do
         bench "$port" -q "$q" -s fan-in,pairs -n "$MSGS" | sed "s/^/$b q$q /" | tee -a "$RESULTS"
         bench "$port" -q "$q" -s fan-out -n "$FANOUT_MSGS" | sed "s/^/$b q$q /" | tee -a "$RESULTS"
     done
-    bench "$port" -q 0 -s latency --rate 10000 --seconds 5 | sed "s/^/$b q0 /" | tee -a "$RESULTS"
+    # QoS 1 fan-in twice more: how far its runs wander (the report gives min, median and max).
+    for run in 2 3; do
+        bench "$port" -q 1 -s fan-in -n "$MSGS" | sed "s/^fan-in/fan-in#$run/; s/^/$b q1 /" |
+            tee -a "$RESULTS"
+    done
+    for q in 0 1; do
+        bench "$port" -q "$q" -s latency --rate 10000 --seconds 5 | sed "s/^/$b q$q /" |
+            tee -a "$RESULTS"
+    done
     peak=$(hwm_kb "$PID")
     echo "$b peak_rss_kb $peak" | tee -a "$RESULTS"
     kill "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
 
-    # Idle connections on a fresh broker: RSS growth per connection while they are held.
+    # Peak RSS under each saturated QoS 0 shape alone, on a fresh broker.
+    peak_under "$b" fan_in_peak_rss_kb -s fan-in -n "$MSGS"
+    peak_under "$b" fan_out_peak_rss_kb -s fan-out -n "$FANOUT_MSGS"
+
+    # Idle connections on a fresh broker: RSS growth per connection while they are held, and
+    # a QoS 1 pair at 10,000 msg/s beside them.
     port=$(free_port)
     start_broker "$b" "$port"
-    idle_per_connection "$b" idle_bytes_per_connection 600 -p "$port"
+    idle_per_connection "$b" idle_bytes_per_connection 600 -p "$port" -q 1 --seconds 5
 done
 
 # TLS and WebSocket: one CA and a server certificate for 127.0.0.1, made for this run.
@@ -228,20 +258,36 @@ python3 - "$RESULTS" <<'EOF'
 import sys
 rows = {}
 mem = {}
+MEM = ("peak_rss_kb", "fan_in_peak_rss_kb", "fan_out_peak_rss_kb", "idle_bytes_per_connection",
+       "idle_tls_bytes_per_connection")
 for line in open(sys.argv[1]):
     f = line.split()
-    if len(f) >= 3 and f[1] in ("peak_rss_kb", "idle_bytes_per_connection",
-                                "idle_tls_bytes_per_connection"):
+    if len(f) >= 3 and f[1] in MEM:
         mem[(f[0], f[1])] = float(f[2])
+        continue
+    if len(f) >= 6 and f[1].endswith("_pair"):
+        # p50, p99 and p99.9 of the QoS pair beside the idle connections.
+        beside = "latency beside idle" + (" TLS" if "tls" in f[1] else "")
+        rows[(f[0], f[5], beside)] = dict(
+            rate=1.0, p50=float(f[2]), p99=float(f[3]), p999=float(f[4]), lost=0, dup=0)
         continue
     if len(f) < 14:
         continue
     broker, qos, scen = f[0], f[1], f[2]
+    p999 = line.split("p99.9 ")[1].split()[0] if "p99.9 " in line else "0"
     rows[(broker, qos, scen)] = dict(rate=float(f[7]), p50=float(f[8]), p99=float(f[9]),
-                                     lost=int(f[11]), dup=int(f[12]))
+                                     p999=float(p999), lost=int(f[11]), dup=int(f[12]))
+# QoS 1 fan-in ran three times: its row becomes the median, with the three runs beside it.
+spread = {}
+for b in {k[0] for k in rows}:
+    runs = [rows.pop((b, "q1", s)) for s in ("fan-in", "fan-in#2", "fan-in#3") if (b, "q1", s) in rows]
+    if runs:
+        runs.sort(key=lambda r: r["rate"])
+        rows[(b, "q1", "fan-in")] = dict(runs[len(runs) // 2], lost=max(r["lost"] for r in runs))
+        spread[b] = [r["rate"] for r in runs]
 ours = sorted({b for b, _, _ in rows if b.startswith("ternmq")}, key=len)
 peers = sorted({b for b, _, _ in rows} - set(ours))
-print(f"{'shape':<24}" + "".join(f"{'vs ' + p:>22}" for p in peers))
+print(f"{'shape':<24}" + "".join(f"{'vs ' + p:>28}" for p in peers))
 for (b, q, s), r in sorted(rows.items(), key=lambda kv: (len(kv[0][0]), kv[0])):
     if b not in ours:
         continue
@@ -251,13 +297,20 @@ for (b, q, s), r in sorted(rows.items(), key=lambda kv: (len(kv[0][0]), kv[0])):
         o = rows.get((p, q, s))
         if not o or o["rate"] == 0:
             cells.append("-")
-        elif s == "latency":
-            cells.append(f"p99 {r['p99'] / max(o['p99'], 1e-9):.2f}x")
+        elif s.startswith("latency"):
+            cells.append(f"p99 {r['p99'] / max(o['p99'], 1e-9):.2f}x"
+                         f" p99.9 {r['p999'] / max(o['p999'], 1e-9):.2f}x")
         else:
             cells.append(f"{r['rate'] / o['rate']:.2f}x ({o['lost']} lost)")
-    print(f"{name:<24}" + "".join(f"{c:>22}" for c in cells) + f"   {b} lost {r['lost']}")
+    if s.startswith("latency"):
+        own = f"   {b} p50/p99/p99.9 {r['p50']}/{r['p99']}/{r['p999']} ms"
+    else:
+        own = f"   {b} lost {r['lost']}"
+    print(f"{name:<24}" + "".join(f"{c:>28}" for c in cells) + own)
+print("QoS 1 fan-in runs, msg/s (min, median, max): " +
+      "; ".join(f"{b} " + ", ".join(f"{x / 1000:.0f}k" for x in spread[b]) for b in sorted(spread)))
 for b in ours:
-    for key in ("peak_rss_kb", "idle_bytes_per_connection", "idle_tls_bytes_per_connection"):
+    for key in MEM:
         t = mem.get((b, key))
         if t is None:
             continue
@@ -266,5 +319,5 @@ for b in ours:
             o = mem.get((p, key))
             cells.append(f"{t / o:.2f}x" if t is not None and o else "-")
         name = f"{b} {key}" if len(ours) > 1 else key
-        print(f"{name:<24}" + "".join(f"{c:>22}" for c in cells) + f"   {b} {t:.0f}")
+        print(f"{name:<24}" + "".join(f"{c:>28}" for c in cells) + f"   {b} {t:.0f}")
 EOF

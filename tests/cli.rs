@@ -940,11 +940,48 @@ fn bench_idle_reports_connect_rate_memory_and_a_pair_meanwhile() {
         &pid,
         "-q",
         "1",
+        "--rate",
+        "1000",
     ]);
     assert_eq!(code, 0, "{err}");
     let row = out.lines().find(|l| l.starts_with("idle ")).unwrap_or_else(|| panic!("{out}"));
     assert!(row.contains("300 open, 0 failed, connected in"), "{row}");
     assert!(row.contains(" B/connection"), "{row}");
-    assert!(row.contains("QoS 1 pair meanwhile: p50"), "{row}");
+    assert!(row.contains("QoS 1 pair meanwhile at 1000/s: p50"), "{row}");
+    assert!(row.contains(" ms, p99.9 "), "{row}");
     assert!(row.contains("1000 of 1000 delivered"), "{row}");
+}
+
+#[test]
+fn bench_latency_reports_its_rate_and_p99_9() {
+    let broker = support::Ternmq::start(&[]);
+    let port = broker.port.to_string();
+    let (code, out, err) = ternmq(&[
+        "bench",
+        "-p",
+        &port,
+        "-s",
+        "latency",
+        "-q",
+        "1",
+        "--rate",
+        "2000",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.starts_with("latency ")).unwrap_or_else(|| panic!("{out}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    // sent and received, then p50 <= p99 <= p99.9 <= max.
+    assert_eq!(fields[3], "2000", "{row}");
+    assert_eq!(fields[4], "2000", "{row}");
+    let at = |i: usize| fields[i].parse::<f64>().unwrap_or_else(|_| panic!("{row}"));
+    let p999 = row
+        .split("p99.9 ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no p99.9 in {row}"));
+    assert!(row.contains("at 2000/s, p99.9 "), "{row}");
+    assert!(at(6) <= at(7) && at(7) <= p999 && p999 <= at(8), "{row}");
 }
