@@ -55,8 +55,10 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// Inputs the core task takes before it drains output again.
 const BATCH: usize = 256;
 /// Inputs waiting for the core task, at most: readers wait beyond it. With reads of up to
-/// `READ_CHUNK` bytes this bounds what is read ahead of the core to 4 MiB.
-const INPUT_QUEUE: usize = 256;
+/// `READ_CHUNK` bytes this bounds what is read ahead of the core to 1 MiB: deeper, a flood of
+/// publishers raised the peak memory by megabytes and the throughput not at all (measured with
+/// `scripts/bench-vs-peers.sh`).
+const INPUT_QUEUE: usize = 64;
 
 /// What the server needs from a runtime beyond what the client does: listeners, and sockets
 /// it can wait on for readability and then read or write without waiting. Each method is a

@@ -43,7 +43,7 @@ use crate::codec::ReasonCode;
 use crate::time::{Duration, Instant};
 
 /// Bytes handed to one connection's writer and not yet reported written, at most.
-pub const WRITE_WINDOW: usize = 64 * 1024;
+pub const WRITE_WINDOW: usize = 16 * 1024;
 
 /// How long a writer waits for a peer that does not read before it gives up on it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -38,7 +38,7 @@
 //!   [`Stats::dropped_queue_full`]. A connection with more than `max_outbound_bytes` unwritten
 //!   loses new QoS 0 messages ([`Stats::dropped_slow_consumer`]); its QoS 1 and 2 messages wait
 //!   in the session queue. Control packets are never dropped. A live subscriber with more than
-//!   64 KiB unwritten pauses the QoS 0 publisher feeding it ([`Command::PauseInput`]) until its
+//!   16 KiB unwritten pauses the QoS 0 publisher feeding it ([`Command::PauseInput`]) until its
 //!   output is written, so it loses nothing while it keeps reading.
 //! - **QoS 2 inbound** is delivered onward when the PUBLISH arrives; the packet identifier is
 //!   then held until PUBREL so that a resent PUBLISH is not delivered twice.
@@ -521,10 +521,10 @@ const MAX_OWED: usize = u16::MAX as usize;
 /// Unwritten bytes of a live subscriber beyond which the QoS 0 publisher feeding it is paused
 /// (`max_outbound_bytes`, when lower, applies instead). Small, so that a fast publisher's burst
 /// fanned out to many subscribers waits in the publisher's socket, not in the broker's memory.
-const PAUSE_PUBLISHERS_AT: usize = 64 * 1024;
+const PAUSE_PUBLISHERS_AT: usize = 16 * 1024;
 
 /// Output a connection's tail buffer collects before it joins the output queue.
-const TAIL_CHUNK: usize = 32 * 1024;
+const TAIL_CHUNK: usize = 8 * 1024;
 /// Spare room below which a drained tail is handed out whole instead of split.
 const TAIL_KEEP: usize = 16;
 
