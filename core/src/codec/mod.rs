@@ -545,6 +545,15 @@ impl Decoder {
         }
         let mut body = buf.split_to(total).freeze();
         body.advance(1 + len_bytes);
+        if let (PacketType::Publish, Some(v)) = (kind, version) {
+            // Most of what a broker reads: decoded here, straight into the packet, rather
+            // than through the general match (which costs PUBLISH a fifth of its time in
+            // copies of the packet between frames).
+            return match Publish::decode(flags, &mut Reader::new(body), v) {
+                Ok(p) => Ok(Some(Packet::Publish(p))),
+                Err(e) => Err(e.in_packet(kind)),
+            };
+        }
         let version = match version {
             Some(v) => v,
             None => {

@@ -55,7 +55,7 @@ impl Publish {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn decode(
         flags: u8,
         r: &mut Reader,
