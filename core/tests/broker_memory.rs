@@ -74,7 +74,7 @@ fn idle_connection_and_session_memory() {
     println!("bytes per idle connection (clean session): {connected}");
     println!("bytes per idle connection with a persistent session: {persistent}");
     println!("bytes per disconnected persistent session: {offline}");
-    assert!(connected < 720, "{connected} bytes per idle connection");
-    assert!(persistent < 720, "{persistent} bytes per idle connection");
-    assert!(offline < 600, "{offline} bytes per offline session");
+    assert!(connected < 600, "{connected} bytes per idle connection");
+    assert!(persistent < 600, "{persistent} bytes per idle connection");
+    assert!(offline < 420, "{offline} bytes per offline session");
 }

@@ -232,25 +232,26 @@ impl Broker {
                 self.list_clients(now, &prefix, after, limit)
             }
             Request::GetClient { client_id } => {
-                let detail = self.by_client_id.get(client_id.as_bytes()).copied().and_then(|si| {
-                    let info = self.client_info(now, si)?;
-                    let s = self.sessions.get(si as usize)?.as_ref()?;
-                    let subscriptions = s
-                        .subscriptions
-                        .iter()
-                        .filter_map(|f| {
-                            let e = self.tree.entry(f, si)?;
-                            Some(SubscriptionInfo {
-                                filter: f.as_str().into(),
-                                qos: e.qos,
-                                no_local: e.no_local,
-                                retain_as_published: e.retain_as_published,
-                                subscription_id: e.sub_id.map(|id| id.get()),
+                let detail =
+                    self.by_client_id.get(client_id.as_bytes(), &self.sessions).and_then(|si| {
+                        let info = self.client_info(now, si)?;
+                        let s = self.sessions.get(si as usize)?.as_ref()?;
+                        let subscriptions = s
+                            .subscriptions
+                            .iter()
+                            .filter_map(|f| {
+                                let e = self.tree.entry(f, si)?;
+                                Some(SubscriptionInfo {
+                                    filter: f.as_str().into(),
+                                    qos: e.qos,
+                                    no_local: e.no_local,
+                                    retain_as_published: e.retain_as_published,
+                                    subscription_id: e.sub_id.map(|id| id.get()),
+                                })
                             })
-                        })
-                        .collect();
-                    Some(Box::new(ClientDetail { info, subscriptions }))
-                });
+                            .collect();
+                        Some(Box::new(ClientDetail { info, subscriptions }))
+                    });
                 Response::Client(detail)
             }
             Request::Disconnect { client_id, reason, discard_session } => Response::Disconnected {
@@ -306,17 +307,29 @@ impl Broker {
         after: Option<String>,
         limit: usize,
     ) -> Response {
-        use core::ops::Bound;
-        let start = match &after {
-            Some(a) if a.as_str() >= prefix => Bound::Excluded(a.as_bytes()),
-            _ => Bound::Included(prefix.as_bytes()),
-        };
+        // After the cursor when it is within the prefix's range, else from the prefix on.
+        let after = after.filter(|a| a.as_str() >= prefix);
+        let mut ids: Vec<(&[u8], u32)> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(si, s)| {
+                let id = s.as_ref()?.client_id.as_bytes();
+                let wanted = id.starts_with(prefix.as_bytes())
+                    && after.as_ref().is_none_or(|a| id > a.as_bytes());
+                wanted.then_some((id, u32::try_from(si).ok()?))
+            })
+            .collect();
+        // In identifier order: the smallest `limit + 1` (one more tells whether there is a
+        // next page), sorted.
+        if ids.len() > limit + 1 {
+            ids.select_nth_unstable(limit + 1);
+            ids.truncate(limit + 1);
+        }
+        ids.sort_unstable();
         let mut clients = Vec::new();
         let mut next = None;
-        for (id, &si) in self.by_client_id.range::<[u8], _>((start, Bound::Unbounded)) {
-            if !id.as_bytes().starts_with(prefix.as_bytes()) {
-                break;
-            }
+        for (_, si) in ids {
             if clients.len() == limit {
                 next = clients.last().map(|c: &ClientInfo| c.client_id.clone());
                 break;
@@ -353,7 +366,7 @@ impl Broker {
 
     /// Disconnects `client_id` and, with `discard`, ends its session. Whether it existed.
     fn kick(&mut self, now: Instant, client_id: &str, reason: ReasonCode, discard: bool) -> bool {
-        let Some(&si) = self.by_client_id.get(client_id.as_bytes()) else {
+        let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions) else {
             return false;
         };
         if let Some(id) = self.session(si).and_then(|s| s.conn)
@@ -362,7 +375,7 @@ impl Broker {
             self.close(now, id.index, CloseReason::Server(reason), Some(reason), true);
         }
         // Closing may have ended it (expiry 0).
-        if discard && let Some(&si) = self.by_client_id.get(client_id.as_bytes()) {
+        if discard && let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions) {
             self.end_session(now, si);
         }
         true

@@ -261,7 +261,9 @@ pub struct BrokerConfig {
     /// Sent as Response Information to MQTT 5 clients that request it.
     pub response_information: Option<String>,
     /// Seed for everything the broker draws at random (assigned client identifiers, random
-    /// shared-subscription choice): the core has no ambient randomness.
+    /// shared-subscription choice) and for the hash of its client identifier index: the core
+    /// has no ambient randomness. A server facing the network should draw it at random (the
+    /// `ternmq broker` program does), so that none of these can be predicted from outside.
     pub seed: u64,
     /// Authenticates clients; `None` accepts everyone.
     pub authenticator: Option<Arc<dyn Authenticator>>,

@@ -83,7 +83,7 @@ impl Broker {
         for f in &s.subscriptions {
             self.tree.remove(f, index);
         }
-        self.by_client_id.remove(&s.client_id);
+        self.by_client_id.remove(s.client_id.as_bytes(), index);
         self.free_sessions.push(index);
         self.session_count -= 1;
         // Messages of shared subscriptions it had not acknowledged go to another member of the
@@ -352,7 +352,7 @@ impl Broker {
         loop {
             let r = self.next_random();
             let id = format!("ternmq-{r:016x}");
-            if !self.by_client_id.contains_key(id.as_bytes()) {
+            if !self.by_client_id.contains(id.as_bytes(), &self.sessions) {
                 // Hex digits and '-' only: a valid MQTT string.
                 return MqttStr::new(&id).unwrap_or_default();
             }
@@ -380,7 +380,7 @@ impl Broker {
         // A session deadline that passed before this CONNECT was handled (a late
         // `handle_timeout`, a clock that jumped) has passed: its will goes out and an expired
         // session is gone before the client can resume it.
-        if let Some(&si) = self.by_client_id.get(&client_id)
+        if let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions)
             && let Some(s) = self.session(si)
             && let Some(at) = s.timer_at
             && at <= now
@@ -390,7 +390,7 @@ impl Broker {
         }
 
         // Takeover ([MQTT-3.1.4-3]; 3.1.1: [MQTT-3.1.4-2]).
-        if let Some(&si) = self.by_client_id.get(&client_id)
+        if let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions)
             && let Some(old) = self.session(si).and_then(|s| s.conn)
             && old != id
         {
@@ -398,7 +398,7 @@ impl Broker {
         }
 
         // Clean Start ([MQTT-3.1.2-4..6]; 3.1.1: [MQTT-3.1.2-6], [MQTT-3.1.2-4]).
-        let existing = self.by_client_id.get(&client_id).copied();
+        let existing = self.by_client_id.get(client_id.as_bytes(), &self.sessions);
         let (si, session_present) = match existing {
             Some(si) if !connect.clean_start => (si, true),
             other => {
@@ -622,7 +622,7 @@ impl Broker {
                 (self.sessions.len() - 1) as u32
             }
         };
-        self.by_client_id.insert(client_id, index);
+        self.by_client_id.insert(client_id.as_bytes(), index, &self.sessions);
         self.session_count += 1;
         index
     }

@@ -48,6 +48,7 @@
 
 pub mod admin;
 mod authz;
+mod clients;
 mod config;
 mod conn;
 mod connect;
@@ -679,7 +680,7 @@ pub struct Broker {
     sessions: Vec<Option<Box<Session>>>,
     free_sessions: Vec<u32>,
     session_count: usize,
-    by_client_id: BTreeMap<MqttStr, u32>,
+    by_client_id: clients::ClientIndex,
     tree: SubTree,
     retained: BTreeMap<TopicName, Arc<Message>>,
     /// Every armed deadline, in order: the first is what `poll_timeout` reports.
@@ -737,7 +738,7 @@ impl Broker {
             sessions: Vec::new(),
             free_sessions: Vec::new(),
             session_count: 0,
-            by_client_id: BTreeMap::new(),
+            by_client_id: clients::ClientIndex::new(rng),
             tree: SubTree::new(),
             retained: BTreeMap::new(),
             timers: BTreeSet::new(),
@@ -807,7 +808,7 @@ impl Broker {
 
     /// Whether a session exists for `client_id`.
     pub fn has_session(&self, client_id: &str) -> bool {
-        self.by_client_id.contains_key(client_id.as_bytes())
+        self.by_client_id.contains(client_id.as_bytes(), &self.sessions)
     }
 
     // ---------------------------------------------------------------- input

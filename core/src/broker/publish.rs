@@ -346,7 +346,7 @@ impl Broker {
             return;
         };
         match s.inflight_index(ack.packet_id) {
-            Some(i) if s.inflight[i].state == expected => {
+            Some(i) if s.inflight.get(i).is_some_and(|f| f.state == expected) => {
                 if let Some(done) = s.inflight.remove(i) {
                     self.log_released(si, done.delivery.key);
                 }
@@ -369,7 +369,7 @@ impl Broker {
         };
         let id = ack.packet_id;
         match s.inflight_index(id) {
-            Some(i) if s.inflight[i].state == OutState::Ack => {
+            Some(i) if s.inflight.get(i).is_some_and(|f| f.state == OutState::Ack) => {
                 // A PUBREC for a QoS 1 message: a protocol error.
                 self.violation(now, index, ReasonCode::ProtocolError);
             }
@@ -381,8 +381,11 @@ impl Broker {
                 self.pump(now, si);
             }
             Some(i) => {
-                s.inflight[i].state = OutState::Comp;
-                let key = s.inflight[i].delivery.key;
+                let Some(f) = s.inflight.get_mut(i) else {
+                    return;
+                };
+                f.state = OutState::Comp;
+                let key = f.delivery.key;
                 let before = self.persist_seq;
                 if key != 0 {
                     self.log_session(si, |client_id| PersistOp::Received { client_id, key });

@@ -99,8 +99,8 @@ pub(crate) struct Session {
     pub(crate) timer_at: Option<Instant>,
     pub(crate) subscriptions: BTreeSet<TopicFilter>,
     /// Outgoing QoS 1 and 2 messages in the order they were first sent.
-    pub(crate) inflight: VecDeque<Inflight>,
-    pub(crate) queue: VecDeque<Delivery>,
+    pub(crate) inflight: LazyDeque<Inflight>,
+    pub(crate) queue: LazyDeque<Delivery>,
     pub(crate) queued_bytes: usize,
     /// Incoming QoS 2 packet identifiers between PUBREC and PUBREL.
     pub(crate) incoming_qos2: BTreeSet<u16>,
@@ -173,8 +173,8 @@ impl Session {
             will_at: None,
             timer_at: None,
             subscriptions: BTreeSet::new(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
+            inflight: LazyDeque::default(),
+            queue: LazyDeque::default(),
             queued_bytes: 0,
             incoming_qos2: BTreeSet::new(),
             next_id: 1,
@@ -228,6 +228,73 @@ impl Session {
         let d = self.queue.pop_front()?;
         self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.cost());
         Some(d)
+    }
+}
+
+/// A queue that costs one pointer until it first holds something: most sessions of idle
+/// devices (publishers, mostly) never have a message queued or in flight to them, and each of
+/// the two queues would otherwise cost them 32 bytes. Once allocated it stays, so a busy
+/// session does not allocate it again for every message.
+#[derive(Debug)]
+#[expect(clippy::box_collection, reason = "one pointer rather than a queue's four words")]
+pub(crate) struct LazyDeque<T>(Option<Box<VecDeque<T>>>);
+
+impl<T> Default for LazyDeque<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> LazyDeque<T> {
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &T> {
+        self.0.iter().flat_map(|q| q.iter())
+    }
+
+    pub(crate) fn front(&self) -> Option<&T> {
+        self.0.as_ref()?.front()
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Option<&T> {
+        self.0.as_ref()?.get(i)
+    }
+
+    pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.0.as_mut()?.get_mut(i)
+    }
+
+    pub(crate) fn push_back(&mut self, value: T) {
+        self.0.get_or_insert_with(Box::default).push_back(value);
+    }
+
+    pub(crate) fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    pub(crate) fn remove(&mut self, i: usize) -> Option<T> {
+        self.0.as_mut()?.remove(i)
+    }
+
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
+        if let Some(q) = &mut self.0 {
+            q.retain(keep);
+        }
+    }
+}
+
+impl<T> IntoIterator for LazyDeque<T> {
+    type Item = T;
+    type IntoIter = core::iter::Flatten<core::option::IntoIter<VecDeque<T>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.map(|q| *q).into_iter().flatten()
     }
 }
 
@@ -337,7 +404,7 @@ mod tests {
             }
         }
         // Nearly every identifier in flight: the one free identifier is found.
-        s.inflight.clear();
+        s.inflight = LazyDeque::default();
         for id in 1..=65_535u16 {
             if id != 40_000 {
                 s.inflight.push_back(inflight(PacketId::new(id).unwrap(), &msg));

@@ -882,6 +882,12 @@ fn build(
     let mut config = ServerConfig::new(listeners[0].addr);
     config.listeners = listeners;
     config.broker = b;
+    // Drawn for each run: the client identifier index's hash and the assigned identifiers
+    // cannot be predicted (and so not made to collide) from outside.
+    let mut seed = [0u8; 8];
+    if getrandom::fill(&mut seed).is_ok() {
+        config.broker.seed = u64::from_le_bytes(seed);
+    }
     let durability = match fc.durability.as_deref().unwrap_or("sync") {
         "sync" => Durability::Sync,
         "periodic" => Durability::Periodic(std::time::Duration::from_millis(
