@@ -11,8 +11,9 @@
 # Then TLS shapes against Mosquitto with a TLS listener (QoS 1 fan-in, and memory per idle TLS
 # connection), and a WebSocket fan-in on ternmq (TERNMQ_BENCH_TLS=0 skips them); the test
 # certificates are made with openssl for the run and removed after it.
-# TERNMQ_RUNTIMES="tokio std smol" measures ternmq on each of those servers (default: tokio); each
-# after the first is reported as ternmq-<runtime>. TERNMQ_BEFORE=/path/to/an/older/ternmq adds
+# TERNMQ_RUNTIMES="default tokio std smol" measures ternmq on each of those servers (default:
+# default, the server `ternmq broker` picks by itself: pinned to one CPU as here, the std
+# server); each runtime named is reported as ternmq-<runtime>. TERNMQ_BEFORE=/path/to/an/older/ternmq adds
 # that build's default server as ternmq-before, so that a change is measured before and after in
 # one run (the load generator is this build's for every broker).
 set -euo pipefail
@@ -68,8 +69,8 @@ start_broker() { # name port -> sets PID
         # Room for the idle connections and the QoS pair probed beside them (the default
         # max_connections is 10,000, as many as the full run holds).
         printf 'max_connections = %s\n' "$((IDLE + 1000))" >"$WORK/ternmq.toml"
-        $PIN_BROKER "$TERNMQ" broker -p "$port" --runtime "${runtime:-tokio}" --no-persistence \
-            --log-level error -c "$WORK/ternmq.toml" \
+        $PIN_BROKER "$TERNMQ" broker -p "$port" ${runtime:+--runtime "$runtime"} \
+            --no-persistence --log-level error -c "$WORK/ternmq.toml" \
             >"$WORK/$name.log" 2>&1 &
         ;;
     mosquitto)
@@ -143,10 +144,8 @@ idle_per_connection() { # name key tries bench-args...
 }
 
 BROKERS=""
-first=1
-for rt in ${TERNMQ_RUNTIMES:-tokio}; do
-    if [ $first = 1 ] && [ "$rt" = tokio ]; then BROKERS="ternmq"; else BROKERS="$BROKERS ternmq-$rt"; fi
-    first=0
+for rt in ${TERNMQ_RUNTIMES:-default}; do
+    if [ "$rt" = default ]; then BROKERS="$BROKERS ternmq"; else BROKERS="$BROKERS ternmq-$rt"; fi
 done
 if [ -n "${TERNMQ_BEFORE:-}" ]; then BROKERS="$BROKERS ternmq-before"; fi
 BROKERS="$BROKERS mosquitto"

@@ -985,3 +985,38 @@ fn bench_latency_reports_its_rate_and_p99_9() {
     assert!(row.contains("at 2000/s, p99.9 "), "{row}");
     assert!(at(6) <= at(7) && at(7) <= p999 && p999 <= at(8), "{row}");
 }
+
+/// The first line the broker prints, started under `taskset -c CPUS` with `args`.
+fn banner_on_cpus(cpus: &str, args: &[&str]) -> String {
+    use std::io::BufRead;
+    let port = support::free_port().to_string();
+    let mut child = std::process::Command::new("taskset")
+        .args(["-c", cpus, env!("CARGO_BIN_EXE_ternmq"), "broker", "--no-persistence", "-p"])
+        .arg(&port)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("taskset (util-linux) runs the broker");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    line
+}
+
+#[test]
+fn the_default_server_is_the_one_thread_server_on_one_cpu_and_tokio_on_more() {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: this machine has one CPU");
+        return;
+    }
+    let one = banner_on_cpus("0", &[]);
+    assert!(one.contains("std (one thread) runtime"), "{one}");
+    let both = banner_on_cpus("0,1", &[]);
+    assert!(both.contains("tokio runtime"), "{both}");
+    // Asked for, Tokio it is, on one CPU too.
+    let asked = banner_on_cpus("0", &["--runtime", "tokio"]);
+    assert!(asked.contains("tokio runtime"), "{asked}");
+}

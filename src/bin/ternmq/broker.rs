@@ -27,7 +27,8 @@ options:
   -p, --port N           port to listen on (default 1883)
       --data-dir DIR     where persistent state is kept (default ./mqtt_data)
       --no-persistence   keep everything in memory
-      --runtime NAME     tokio (default; every core), smol, or std (one thread, least memory)
+      --runtime NAME     tokio (every core), smol, or std (one thread, least memory); by
+                         default tokio, or std when the process may use only one CPU
       --allow-anonymous  accept clients without credentials (on a non-loopback address, or
                          beside a password_file)
   -v, --verbose          also log each TCP connection with the peer's address, and the
@@ -248,6 +249,20 @@ pub(crate) enum Runtime {
     Std,
 }
 
+impl Runtime {
+    /// The server for this process: Tokio's, which spreads socket work over every core, unless
+    /// the process may use only one CPU (affinity or a container's quota). There the std
+    /// server's one readiness loop is as fast as Tokio's single thread and holds less memory
+    /// per connection (no task and no I/O registration of Tokio's each), measured with
+    /// `scripts/bench-vs-peers.sh`.
+    pub(crate) fn default_here() -> Runtime {
+        match std::thread::available_parallelism() {
+            Ok(n) if n.get() == 1 => Runtime::Std,
+            _ => Runtime::Tokio,
+        }
+    }
+}
+
 /// Runs the broker until Ctrl-C or SIGTERM. Errors are messages for the user.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let Some(settings) = settings(args)? else {
@@ -413,7 +428,7 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut log_timestamp: Option<String> = None;
     let mut log_format: Option<String> = None;
     let mut http: Option<String> = None;
-    let mut runtime = Runtime::Tokio;
+    let mut runtime = Runtime::default_here();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = |name: &str| {
@@ -439,7 +454,7 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
                     "smol" => Runtime::Smol,
                     v => {
                         return Err(format!(
-                            "ternmq broker: --runtime {v:?}: use tokio (default), smol or std"
+                            "ternmq broker: --runtime {v:?}: use tokio, smol or std"
                         ));
                     }
                 };
@@ -907,7 +922,7 @@ fn build(
         log_level,
         log_timestamp: Timestamp::Rfc3339,
         log_format: LogFormat::Text,
-        runtime: Runtime::Tokio,
+        runtime: Runtime::default_here(),
         durability,
         http: None,
         users,
