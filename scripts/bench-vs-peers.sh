@@ -215,8 +215,9 @@ if [ "${TERNMQ_BENCH_TLS:-1}" != 0 ] && command -v openssl >/dev/null; then
     start_tls_broker() { # name tls_port ws_port -> sets PID
         case $1 in
         ternmq)
-            printf 'enable_persistence = false\nlog_level = "error"\n[[listener]]\nport = %s\nkind = "mqtts"\ncertfile = "%s"\nkeyfile = "%s"\n[[listener]]\nport = %s\nkind = "ws"\n' \
-                "$2" "$WORK/server.pem" "$WORK/server.key" "$3" >"$WORK/tls.toml"
+            # Room for the idle connections and the pair probed beside them, as above.
+            printf 'enable_persistence = false\nlog_level = "error"\nmax_connections = %s\n[[listener]]\nport = %s\nkind = "mqtts"\ncertfile = "%s"\nkeyfile = "%s"\n[[listener]]\nport = %s\nkind = "ws"\n' \
+                "$((IDLE + 1000))" "$2" "$WORK/server.pem" "$WORK/server.key" "$3" >"$WORK/tls.toml"
             $PIN_BROKER "$TERNMQ" broker -c "$WORK/tls.toml" >>"$WORK/$1-tls.log" 2>&1 &
             ;;
         mosquitto)
