@@ -65,6 +65,43 @@ fn per_client(clean: bool, leave: bool) -> isize {
     per
 }
 
+/// Bytes a server's driver (the broker and each connection's I/O record) holds per idle
+/// client after `N` clients connected and their CONNACKs were written.
+fn per_driver_client() -> isize {
+    use ternmq_core::broker::driver::{Command, Driver};
+    let mut config = BrokerConfig::default();
+    config.max_connections = N;
+    let now = Instant::from_secs(1);
+    let mut driver: Driver<u32> = Driver::new(Broker::new(config, now).unwrap());
+    let enc = Encoder::new(V311);
+    let packets: Vec<BytesMut> = (0..N)
+        .map(|i| {
+            let mut c = connect_packet(V311, &format!("client-{i:08}"), true);
+            c.keep_alive = 60;
+            let mut buf = BytesMut::new();
+            enc.encode(&c.into(), &mut buf).unwrap();
+            buf
+        })
+        .collect();
+    let before = live_bytes();
+    for (i, packet) in packets.into_iter().enumerate() {
+        let id = driver.handle_accepted(now, PeerInfo::default(), i as u32).unwrap();
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        buf.extend_from_slice(&packet);
+        driver.handle_bytes(now, id, buf);
+        while let Some(command) = driver.poll_command() {
+            if let Command::Write(_, chunks) = command {
+                let n = chunks.iter().map(|c| c.len()).sum();
+                driver.handle_written(now, id, n);
+            }
+        }
+        while driver.poll_event().is_some() {}
+    }
+    let per = (live_bytes() - before) / N as isize;
+    std::hint::black_box(&driver);
+    per
+}
+
 #[test]
 fn idle_connection_and_session_memory() {
     let _profiler = dhat::Profiler::builder().testing().build();
@@ -74,6 +111,9 @@ fn idle_connection_and_session_memory() {
     println!("bytes per idle connection (clean session): {connected}");
     println!("bytes per idle connection with a persistent session: {persistent}");
     println!("bytes per disconnected persistent session: {offline}");
+    let driven = per_driver_client();
+    println!("bytes per idle connection with a server's driver: {driven}");
+    assert!(driven < 720, "{driven} bytes per idle connection with its driver");
     assert!(connected < 600, "{connected} bytes per idle connection");
     assert!(persistent < 600, "{persistent} bytes per idle connection");
     assert!(offline < 420, "{offline} bytes per offline session");

@@ -164,7 +164,10 @@ pub struct AuthorizeRequest {
 
 struct Io<H> {
     handle: H,
-    input: BytesMut,
+    /// Input read but not yet handled: the start of a packet, or what arrived while the
+    /// broker paused this connection. Boxed, and only while there is some: most connections
+    /// at any moment have none, and a `BytesMut` in every record is 32 bytes.
+    input: Option<Box<BytesMut>>,
     in_writer: usize,
     /// When the writer last made progress: got bytes while it held none, or reported some
     /// written. For a closed connection whose writer is done, when it was done.
@@ -332,14 +335,7 @@ impl<H: Clone> Driver<H> {
     ) -> Result<ConnId, AcceptError> {
         self.now = self.now.max(now);
         let id = self.broker.accept(now, peer)?;
-        let io = Io {
-            handle,
-            input: BytesMut::new(),
-            in_writer: 0,
-            since: now,
-            queued: None,
-            eof: false,
-        };
+        let io = Io { handle, input: None, in_writer: 0, since: now, queued: None, eof: false };
         self.conns.insert(id, io);
         Ok(id)
     }
@@ -359,15 +355,17 @@ impl<H: Clone> Driver<H> {
         let Some(io) = self.conns.get_mut(&id) else {
             return;
         };
-        if io.input.is_empty() {
-            io.input = chunk;
-        } else {
-            io.input.extend_from_slice(&chunk);
-        }
-        self.broker.handle_bytes(now, id, &mut io.input);
-        if io.input.is_empty() {
-            // Do not keep the spare capacity of the read buffer while the connection idles.
-            io.input = BytesMut::new();
+        let mut input = match io.input.take() {
+            Some(mut held) => {
+                held.extend_from_slice(&chunk);
+                *held
+            }
+            None => chunk,
+        };
+        self.broker.handle_bytes(now, id, &mut input);
+        // What is left waits for the rest (an idle connection keeps no read buffer).
+        if !input.is_empty() {
+            io.input = Some(Box::new(input));
         }
         self.collect();
     }
@@ -421,7 +419,7 @@ impl<H: Clone> Driver<H> {
             return;
         }
         if let Some(io) = self.conns.get_mut(&id)
-            && !io.input.is_empty()
+            && io.input.is_some()
             && self.broker.is_input_paused(id)
         {
             io.eof = true;
@@ -635,10 +633,10 @@ impl<H: Clone> Driver<H> {
                     };
                     self.commands.push_back(Command::ResumeRead(io.handle.clone()));
                     // What was read before the pause took effect goes first.
-                    if !io.input.is_empty() {
-                        self.broker.handle_bytes(self.now, id, &mut io.input);
-                        if io.input.is_empty() {
-                            io.input = BytesMut::new();
+                    if let Some(mut input) = io.input.take() {
+                        self.broker.handle_bytes(self.now, id, &mut input);
+                        if !input.is_empty() {
+                            io.input = Some(input);
                         }
                     }
                     let finished = io.eof && !self.broker.is_input_paused(id);
@@ -897,7 +895,7 @@ impl<H: Clone> Driver<H> {
         if io.in_writer == 0 {
             io.since = now;
         }
-        io.input = BytesMut::new();
+        io.input = None;
         watch(&mut self.deadlines, id, &mut io, true);
         self.closing.insert(id, io);
         true
