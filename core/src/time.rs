@@ -100,3 +100,55 @@ mod tests {
         assert_eq!(alloc::format!("{t:?}"), "t+11.5s");
     }
 }
+
+/// An instant or none, in 8 bytes where `Option<Instant>` takes 16: the deadlines the broker
+/// keeps in every connection and session record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MaybeAt(u64);
+
+impl MaybeAt {
+    /// None.
+    pub(crate) const NONE: Self = Self(0);
+
+    pub(crate) fn get(self) -> Option<Instant> {
+        self.0.checked_sub(1).map(Instant::from_nanos)
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Instant> {
+        core::mem::take(self).get()
+    }
+
+    pub(crate) fn is_some_and(self, f: impl FnOnce(Instant) -> bool) -> bool {
+        self.get().is_some_and(f)
+    }
+}
+
+impl From<Option<Instant>> for MaybeAt {
+    /// (`Instant::MAX` becomes the nanosecond before it: 584 years from the epoch.)
+    fn from(at: Option<Instant>) -> Self {
+        at.map_or(Self::NONE, |at| Self(at.as_nanos().saturating_add(1).max(1)))
+    }
+}
+
+#[cfg(test)]
+mod maybe_at_tests {
+    use super::*;
+
+    #[test]
+    fn holds_every_instant_and_none() {
+        for at in [Instant::ZERO, Instant::from_nanos(1), Instant::from_secs(3600)] {
+            let mut m = MaybeAt::from(Some(at));
+            assert_eq!(m.get(), Some(at));
+            assert!(m.is_some_and(|t| t == at));
+            assert_eq!(m.take(), Some(at));
+            assert_eq!(m, MaybeAt::NONE);
+        }
+        assert_eq!(MaybeAt::from(None).get(), None);
+        assert_eq!(MaybeAt::default().get(), None);
+        // The one instant it cannot hold exactly is the last one, 584 years on.
+        assert_eq!(
+            MaybeAt::from(Some(Instant::MAX)).get(),
+            Some(Instant::from_nanos(u64::MAX - 1))
+        );
+    }
+}

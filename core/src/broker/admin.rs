@@ -351,15 +351,14 @@ impl Broker {
             connected: conn.is_some(),
             connected_for: conn.map(|c| now.saturating_duration_since(c.accepted_at)),
             // Kept as 1.5 times the keep-alive, in whole milliseconds.
-            keep_alive: conn
-                .map_or(0, |c| u16::try_from(c.keep_alive.as_millis() / 1500).unwrap_or(u16::MAX)),
+            keep_alive: conn.map_or(0, |c| c.keep_alive),
             subscriptions: s.subscriptions.len(),
             inflight: s.inflight.len(),
             queued: s.queue.len(),
             session_expiry: s.expiry,
             expires_in: match conn {
                 Some(_) => None,
-                None => s.expires_at.map(|at| at.saturating_duration_since(now)),
+                None => s.expires_at.get().map(|at| at.saturating_duration_since(now)),
             },
         })
     }

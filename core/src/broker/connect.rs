@@ -25,7 +25,7 @@ impl Broker {
                     self.publish_will(now, index, will);
                 } else if let Some(s) = self.session_mut(index) {
                     s.will = Some(will);
-                    s.will_at = Some(now + Duration::from_secs(delay.into()));
+                    s.will_at = Some(now + Duration::from_secs(delay.into())).into();
                 }
             }
         } else {
@@ -57,7 +57,7 @@ impl Broker {
             return;
         };
         if s.expiry != u32::MAX {
-            s.expires_at = Some(now + Duration::from_secs(s.expiry.into()));
+            s.expires_at = Some(now + Duration::from_secs(s.expiry.into())).into();
         }
         self.arm_session_timer(index);
     }
@@ -73,7 +73,7 @@ impl Broker {
             return;
         };
         s.persistent = false;
-        s.will_at = None;
+        s.will_at = MaybeAt::NONE;
         if let Some(will) = s.will.take() {
             self.publish_will(now, index, will);
         }
@@ -382,7 +382,7 @@ impl Broker {
         // session is gone before the client can resume it.
         if let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions)
             && let Some(s) = self.session(si)
-            && let Some(at) = s.timer_at
+            && let Some(at) = s.timer_at.get()
             && at <= now
         {
             let serial = s.serial;
@@ -455,9 +455,9 @@ impl Broker {
         s.protocol = version;
         s.bridge = connect.bridge && !version.is_v5();
         s.expiry = granted;
-        s.expires_at = None;
+        s.expires_at = MaybeAt::NONE;
         // A pending will of the resumed session is not sent ([MQTT-3.1.3-9]).
-        s.will_at = None;
+        s.will_at = MaybeAt::NONE;
         s.will = will;
         s.username = username.clone();
         s.peer = peer;
@@ -547,7 +547,7 @@ impl Broker {
             props.authentication_data = auth_data;
         }
         c.session = Some(si);
-        c.keep_alive = Duration::from_millis(u64::from(keep_alive) * 1500);
+        c.keep_alive = keep_alive;
         c.phase = Phase::Connected;
         if v5 && outgoing_aliases && c.alias_max > 0 {
             c.out_aliases = Some(Box::default());

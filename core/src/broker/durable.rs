@@ -112,7 +112,7 @@ impl Broker {
             };
             sess.persistent = true;
             sess.expiry = s.expiry;
-            sess.expires_at = s.expires_in.map(|d| now + d);
+            sess.expires_at = s.expires_in.map(|d| now + d).into();
             sess.subscriptions = s.subscriptions.into_iter().map(|(f, _, _)| f.detach()).collect();
             for id in s.incoming_qos2 {
                 sess.incoming_qos2.insert(id.get());
@@ -147,7 +147,7 @@ impl Broker {
             if let Some((will, due)) = s.will {
                 let delay = u32::try_from(due.as_secs()).unwrap_or(u32::MAX);
                 sess.will = Some(PendingWill { msg: Arc::new(message(will, now)), delay });
-                sess.will_at = Some(now + due);
+                sess.will_at = Some(now + due).into();
             }
             b.next_key = b.next_key.max(max_key + 1);
             b.arm_session_timer(si);

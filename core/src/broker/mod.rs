@@ -81,7 +81,9 @@ pub use config::{
 };
 use persist::{PersistOp, PersistSeq};
 use route::Routing;
-use session::{Delivery, Inflight, Message, OutAliases, OutState, ParkedAck, PendingWill, Session};
+use session::{
+    Delivery, Inflight, LazyDeque, Message, OutAliases, OutState, ParkedAck, PendingWill, Session,
+};
 use tree::{Entry, GroupRef, SubTree};
 
 use crate::codec::{
@@ -90,7 +92,7 @@ use crate::codec::{
     ProtocolVersion, PubAck, Publish, PublishProperties, PublishRef, QoS, ReasonCode, SubAck,
     Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::time::{Duration, Instant};
+use crate::time::{Duration, Instant, MaybeAt};
 use crate::topic::{TopicFilter, TopicName};
 
 /// A connection, as the broker names it: a slot index and a generation, so that an id kept
@@ -543,10 +545,11 @@ struct Conn {
     /// Its session, once CONNECT completed.
     session: Option<u32>,
     accepted_at: Instant,
-    /// 1.5 times the keep-alive, zero for none.
-    keep_alive: Duration,
+    /// The keep-alive in force, seconds (zero for none): the client is dropped after 1.5 times
+    /// it without a packet.
+    keep_alive: u16,
     last_recv: Instant,
-    timer_at: Option<Instant>,
+    timer_at: MaybeAt,
     /// The client's Receive Maximum.
     receive_max: u16,
     /// The client's Topic Alias Maximum.
@@ -557,7 +560,7 @@ struct Conn {
     pending: Option<Box<PendingConnect>>,
     /// What only some connections use, allocated when one first does.
     extra: Option<Box<ConnExtra>>,
-    out: VecDeque<Bytes>,
+    out: LazyDeque<Bytes>,
     out_bytes: usize,
     tail: BytesMut,
     in_ready: bool,
@@ -624,8 +627,8 @@ impl Conn {
     fn deadline(&self, connect_timeout: Duration) -> Option<Instant> {
         match self.phase {
             Phase::AwaitConnect | Phase::Authenticating => Some(self.accepted_at + connect_timeout),
-            Phase::Connected if !self.keep_alive.is_zero() => {
-                Some(self.last_recv + self.keep_alive)
+            Phase::Connected if self.keep_alive > 0 => {
+                Some(self.last_recv + Duration::from_millis(u64::from(self.keep_alive) * 1500))
             }
             _ => None,
         }
@@ -827,16 +830,16 @@ impl Broker {
             encoder: Encoder::new(ProtocolVersion::V3_1_1),
             session: None,
             accepted_at: now,
-            keep_alive: Duration::ZERO,
+            keep_alive: 0,
             last_recv: now,
-            timer_at: None,
+            timer_at: MaybeAt::NONE,
             receive_max: u16::MAX,
             alias_max: 0,
             problem_info: true,
             out_aliases: None,
             pending: None,
             extra: None,
-            out: VecDeque::new(),
+            out: LazyDeque::default(),
             out_bytes: 0,
             tail: BytesMut::new(),
             in_ready: false,
@@ -1039,23 +1042,33 @@ impl Broker {
         if limit == 0 {
             return None;
         }
-        if c.out.is_empty() {
+        let chunk = if c.out.is_empty() {
             if c.tail.is_empty() {
                 return None;
             }
             // A tail with little room left goes out whole: keeping it would keep its buffer
             // alive (an idle connection's last answer) for room too small to be worth it.
-            let head = if c.tail.capacity() - c.tail.len() < TAIL_KEEP {
+            let mut head = if c.tail.capacity() - c.tail.len() < TAIL_KEEP {
                 core::mem::take(&mut c.tail).freeze()
             } else {
                 c.tail.split().freeze()
             };
-            c.out_bytes += head.len();
-            c.out.push_back(head);
-        }
-        let front = c.out.front_mut()?;
-        let chunk = if front.len() > limit { front.split_to(limit) } else { c.out.pop_front()? };
-        c.out_bytes -= chunk.len();
+            if head.len() > limit {
+                // What the writer cannot take yet waits in the queue.
+                let chunk = head.split_to(limit);
+                c.out_bytes += head.len();
+                c.out.push_back(head);
+                chunk
+            } else {
+                head
+            }
+        } else {
+            let front = c.out.front_mut()?;
+            let chunk =
+                if front.len() > limit { front.split_to(limit) } else { c.out.pop_front()? };
+            c.out_bytes -= chunk.len();
+            chunk
+        };
         if let Some(o) = c.owing.as_deref_mut()
             && o.gate_seq > 0
         {
@@ -1066,7 +1079,7 @@ impl Broker {
         if drained {
             // An idle connection keeps no queue of output buffers. (The tail is kept: its
             // spare capacity is small, and reallocating it per burst costs more.)
-            c.out = VecDeque::new();
+            c.out = LazyDeque::default();
         }
         self.stats.bytes_sent += chunk.len() as u64;
         if drained && let Some(session) = session {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::ConnId;
 use super::config::PeerInfo;
 use crate::codec::{MqttStr, PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionId};
-use crate::time::Instant;
+use crate::time::{Instant, MaybeAt};
 use crate::topic::{TopicFilter, TopicName};
 
 /// An application message as the broker received it, shared by every subscriber it goes to.
@@ -92,11 +92,11 @@ pub(crate) struct Session {
     pub(crate) conn: Option<ConnId>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub(crate) expiry: u32,
-    pub(crate) expires_at: Option<Instant>,
+    pub(crate) expires_at: MaybeAt,
     pub(crate) will: Option<PendingWill>,
-    pub(crate) will_at: Option<Instant>,
+    pub(crate) will_at: MaybeAt,
     /// The deadline a timer is armed for.
-    pub(crate) timer_at: Option<Instant>,
+    pub(crate) timer_at: MaybeAt,
     pub(crate) subscriptions: BTreeSet<TopicFilter>,
     /// Outgoing QoS 1 and 2 messages in the order they were first sent.
     pub(crate) inflight: LazyDeque<Inflight>,
@@ -168,10 +168,10 @@ impl Session {
             protocol,
             conn: None,
             expiry: 0,
-            expires_at: None,
+            expires_at: MaybeAt::NONE,
             will: None,
-            will_at: None,
-            timer_at: None,
+            will_at: MaybeAt::NONE,
+            timer_at: MaybeAt::NONE,
             subscriptions: BTreeSet::new(),
             inflight: LazyDeque::default(),
             queue: LazyDeque::default(),
@@ -191,7 +191,7 @@ impl Session {
         let flow = self.flow.as_deref();
         let parked = flow.and_then(|f| f.parked.front()).map(|p| p.since + max_ack_delay);
         let throttled = flow.and_then(|f| f.throttled_since).map(|t| t + max_ack_delay);
-        [self.expires_at, self.will_at, parked, throttled].into_iter().flatten().min()
+        [self.expires_at.get(), self.will_at.get(), parked, throttled].into_iter().flatten().min()
     }
 
     /// Whether the queue is over either limit.
@@ -268,6 +268,10 @@ impl<T> LazyDeque<T> {
 
     pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut T> {
         self.0.as_mut()?.get_mut(i)
+    }
+
+    pub(crate) fn front_mut(&mut self) -> Option<&mut T> {
+        self.0.as_mut()?.front_mut()
     }
 
     pub(crate) fn push_back(&mut self, value: T) {

@@ -18,13 +18,13 @@ impl Broker {
         };
         // A later deadline (keep-alive pushed back by traffic) leaves the armed one in place:
         // it is checked again when it fires. An earlier one replaces it.
-        if let Some(old) = c.timer_at {
+        if let Some(old) = c.timer_at.get() {
             if old <= deadline {
                 return;
             }
             self.timers.remove(&(old, Timer::Conn { index, generation }));
         }
-        c.timer_at = Some(deadline);
+        c.timer_at = Some(deadline).into();
         self.timers.insert((deadline, Timer::Conn { index, generation }));
     }
 
@@ -45,13 +45,13 @@ impl Broker {
             return;
         };
         let serial = s.serial;
-        if let Some(old) = s.timer_at {
+        if let Some(old) = s.timer_at.get() {
             if old <= deadline {
                 return;
             }
             self.timers.remove(&(old, Timer::Session { index, serial }));
         }
-        s.timer_at = Some(deadline);
+        s.timer_at = Some(deadline).into();
         self.timers.insert((deadline, Timer::Session { index, serial }));
     }
 
@@ -73,10 +73,10 @@ impl Broker {
         let Some(c) = self.slot_conn(index) else {
             return;
         };
-        if c.timer_at != Some(at) {
+        if c.timer_at.get() != Some(at) {
             return; // superseded by an earlier deadline
         }
-        c.timer_at = None;
+        c.timer_at = MaybeAt::NONE;
         if c.paused > 0 {
             // Its input waits because of the broker, not the client: it is not idle.
             c.last_recv = now;
@@ -107,10 +107,10 @@ impl Broker {
         let Some(s) = self.session_mut(index) else {
             return;
         };
-        if s.serial != serial || s.timer_at != Some(at) {
+        if s.serial != serial || s.timer_at.get() != Some(at) {
             return;
         }
-        s.timer_at = None;
+        s.timer_at = MaybeAt::NONE;
         let flow = s.flow.as_deref();
         let held_acks = flow.and_then(|f| f.parked.front()).is_some_and(|p| p.since + delay <= now);
         let held_publishers =
@@ -126,7 +126,7 @@ impl Broker {
             return;
         };
         if s.will_at.is_some_and(|t| t <= now) {
-            s.will_at = None;
+            s.will_at = MaybeAt::NONE;
             if let Some(will) = s.will.take() {
                 self.log_session(index, |client_id| PersistOp::WillCleared { client_id });
                 self.publish_will(now, index, will);
