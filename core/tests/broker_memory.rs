@@ -20,15 +20,16 @@ fn live_bytes() -> isize {
 const N: usize = 20_000;
 const READ_BUFFER: usize = 4096;
 
-/// Bytes the broker holds per client after `N` clients connected (and, with `drop`, left).
-fn per_client(clean: bool, leave: bool) -> isize {
+fn config() -> BrokerConfig {
     let mut config = BrokerConfig::default();
     config.max_connections = N;
-    let now = Instant::from_secs(1);
-    let mut broker = Broker::new(config, now).unwrap();
+    config
+}
+
+/// `N` CONNECT packets (keep-alive 60 s), each in a buffer of its own.
+fn connect_packets(clean: bool) -> Vec<BytesMut> {
     let enc = Encoder::new(V311);
-    // Connect packets are made up front so their buffers are not counted.
-    let packets: Vec<BytesMut> = (0..N)
+    (0..N)
         .map(|i| {
             let mut c = connect_packet(V311, &format!("client-{i:08}"), clean);
             c.keep_alive = 60;
@@ -36,7 +37,15 @@ fn per_client(clean: bool, leave: bool) -> isize {
             enc.encode(&c.into(), &mut buf).unwrap();
             buf
         })
-        .collect();
+        .collect()
+}
+
+/// Bytes the broker holds per client after `N` clients connected (and, with `drop`, left).
+fn per_client(clean: bool, leave: bool) -> isize {
+    let now = Instant::from_secs(1);
+    let mut broker = Broker::new(config(), now).unwrap();
+    // Connect packets are made up front so their buffers are not counted.
+    let packets = connect_packets(clean);
     let before = live_bytes();
     let mut ids = Vec::with_capacity(N);
     for packet in packets {
@@ -69,20 +78,9 @@ fn per_client(clean: bool, leave: bool) -> isize {
 /// client after `N` clients connected and their CONNACKs were written.
 fn per_driver_client() -> isize {
     use ternmq_core::broker::driver::{Command, Driver};
-    let mut config = BrokerConfig::default();
-    config.max_connections = N;
     let now = Instant::from_secs(1);
-    let mut driver: Driver<u32> = Driver::new(Broker::new(config, now).unwrap());
-    let enc = Encoder::new(V311);
-    let packets: Vec<BytesMut> = (0..N)
-        .map(|i| {
-            let mut c = connect_packet(V311, &format!("client-{i:08}"), true);
-            c.keep_alive = 60;
-            let mut buf = BytesMut::new();
-            enc.encode(&c.into(), &mut buf).unwrap();
-            buf
-        })
-        .collect();
+    let mut driver: Driver<u32> = Driver::new(Broker::new(config(), now).unwrap());
+    let packets = connect_packets(true);
     let before = live_bytes();
     for (i, packet) in packets.into_iter().enumerate() {
         let id = driver.handle_accepted(now, PeerInfo::default(), i as u32).unwrap();
