@@ -40,7 +40,7 @@ use super::{
 use crate::bridge::BridgeEvent;
 use crate::bridge::{Bridge, BridgeCommand, BridgeConfig, BridgeStats};
 use crate::codec::ReasonCode;
-use crate::time::{Duration, Instant};
+use crate::time::{Duration, Instant, MaybeAt};
 
 /// Bytes handed to one connection's writer and not yet reported written, at most.
 pub const WRITE_WINDOW: usize = 16 * 1024;
@@ -173,7 +173,7 @@ struct Io<H> {
     /// written. For a closed connection whose writer is done, when it was done.
     since: Instant,
     /// The deadline queue's entry for this connection, if any (stale entries are skipped).
-    queued: Option<Instant>,
+    queued: MaybeAt,
     /// The peer closed while input waited (paused): close once it has been handled.
     eof: bool,
 }
@@ -335,7 +335,8 @@ impl<H: Clone> Driver<H> {
     ) -> Result<ConnId, AcceptError> {
         self.now = self.now.max(now);
         let id = self.broker.accept(now, peer)?;
-        let io = Io { handle, input: None, in_writer: 0, since: now, queued: None, eof: false };
+        let io =
+            Io { handle, input: None, in_writer: 0, since: now, queued: MaybeAt::NONE, eof: false };
         self.conns.insert(id, io);
         Ok(id)
     }
@@ -552,10 +553,10 @@ impl<H: Clone> Driver<H> {
     /// The deadline entry `at` of `id` came due.
     fn expire(&mut self, now: Instant, at: Instant, id: ConnId) {
         if let Some(io) = self.closing.get_mut(&id) {
-            if io.queued != Some(at) {
+            if io.queued.get() != Some(at) {
                 return;
             }
-            io.queued = None;
+            io.queued = MaybeAt::NONE;
             match io.deadline(true) {
                 Some(at) if at <= now => {
                     if let Some(io) = self.closing.remove(&id) {
@@ -569,10 +570,10 @@ impl<H: Clone> Driver<H> {
         let Some(io) = self.conns.get_mut(&id) else {
             return;
         };
-        if io.queued != Some(at) {
+        if io.queued.get() != Some(at) {
             return;
         }
-        io.queued = None;
+        io.queued = MaybeAt::NONE;
         match io.deadline(false) {
             Some(at) if at <= now => {
                 #[cfg(feature = "log")]
@@ -952,9 +953,9 @@ fn watch<H>(
     closing: bool,
 ) {
     if let Some(at) = io.deadline(closing)
-        && io.queued.is_none_or(|queued| at < queued)
+        && io.queued.get().is_none_or(|queued| at < queued)
     {
-        io.queued = Some(at);
+        io.queued = Some(at).into();
         deadlines.push(Reverse((at, id)));
     }
 }

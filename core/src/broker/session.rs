@@ -103,7 +103,7 @@ pub(crate) struct Session {
     pub(crate) queue: LazyDeque<Delivery>,
     pub(crate) queued_bytes: usize,
     /// Incoming QoS 2 packet identifiers between PUBREC and PUBREL.
-    pub(crate) incoming_qos2: BTreeSet<u16>,
+    pub(crate) incoming_qos2: LazySet,
     pub(crate) next_id: u16,
     /// How many identifiers from `next_id` on are known to be free: found by one scan of
     /// `inflight`, so that allocating does not scan it each time. Entries only ever join
@@ -176,7 +176,7 @@ impl Session {
             inflight: LazyDeque::default(),
             queue: LazyDeque::default(),
             queued_bytes: 0,
-            incoming_qos2: BTreeSet::new(),
+            incoming_qos2: LazySet::default(),
             next_id: 1,
             free_ahead: 0,
             flow: None,
@@ -290,6 +290,31 @@ impl<T> LazyDeque<T> {
         if let Some(q) = &mut self.0 {
             q.retain(keep);
         }
+    }
+}
+
+/// Packet identifiers, costing one pointer until the first: only QoS 2 publishers have any.
+#[derive(Debug, Default)]
+#[expect(clippy::box_collection, reason = "one pointer rather than a set's three words")]
+pub(crate) struct LazySet(Option<Box<BTreeSet<u16>>>);
+
+impl LazySet {
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |s| s.len())
+    }
+
+    pub(crate) fn contains(&self, id: &u16) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(id))
+    }
+
+    /// Whether it was not there yet.
+    pub(crate) fn insert(&mut self, id: u16) -> bool {
+        self.0.get_or_insert_with(Box::default).insert(id)
+    }
+
+    /// Whether it was there.
+    pub(crate) fn remove(&mut self, id: &u16) -> bool {
+        self.0.as_mut().is_some_and(|s| s.remove(id))
     }
 }
 
