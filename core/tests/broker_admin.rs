@@ -51,6 +51,21 @@ fn clients_are_listed_in_order_by_prefix_and_page() {
     assert_eq!(page, ["b-3"]);
     assert_eq!(next, None);
     assert_eq!(list(&mut h, "zz", None, 5).0, Vec::<String>::new());
+    assert_eq!(list(&mut h, "", None, usize::MAX).0.len(), 5);
+    // Pages smaller than the match: every client once, in order.
+    for limit in [1, 2, 3] {
+        let (mut all, mut cursor) = (Vec::new(), None);
+        loop {
+            let (page, next) = list(&mut h, "", cursor.as_deref(), limit);
+            assert!(page.len() <= limit);
+            all.extend(page);
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(all, ["a-1", "b-1", "b-2", "b-3", "c"], "pages of {limit}");
+    }
 }
 
 #[test]

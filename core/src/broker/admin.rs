@@ -322,9 +322,10 @@ impl Broker {
             .collect();
         // In identifier order: the smallest `limit + 1` (one more tells whether there is a
         // next page), sorted.
-        if ids.len() > limit + 1 {
-            ids.select_nth_unstable(limit + 1);
-            ids.truncate(limit + 1);
+        let wanted = limit.saturating_add(1);
+        if ids.len() > wanted {
+            ids.select_nth_unstable(wanted);
+            ids.truncate(wanted);
         }
         ids.sort_unstable();
         let mut clients = Vec::new();
