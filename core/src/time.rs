@@ -121,6 +121,14 @@ impl MaybeAt {
     pub(crate) fn is_some_and(self, f: impl FnOnce(Instant) -> bool) -> bool {
         self.get().is_some_and(f)
     }
+
+    /// Holds `at` and returns the instant it holds, which is `at` except for `Instant::MAX`:
+    /// what a caller files elsewhere under this deadline (a timer set, a heap) must be the
+    /// returned instant, so that the two always match.
+    pub(crate) fn set(&mut self, at: Instant) -> Instant {
+        *self = Self::from(Some(at));
+        self.get().unwrap_or(at)
+    }
 }
 
 impl From<Option<Instant>> for MaybeAt {
@@ -150,5 +158,10 @@ mod maybe_at_tests {
             MaybeAt::from(Some(Instant::MAX)).get(),
             Some(Instant::from_nanos(u64::MAX - 1))
         );
+        // `set` returns what it holds, so that other records can file the same instant.
+        let mut m = MaybeAt::NONE;
+        assert_eq!(m.set(Instant::MAX), Instant::from_nanos(u64::MAX - 1));
+        assert_eq!(m.get(), Some(Instant::from_nanos(u64::MAX - 1)));
+        assert_eq!(m.set(Instant::from_secs(5)), Instant::from_secs(5));
     }
 }

@@ -44,3 +44,16 @@ fn hundred_thousand_idle_connections_cost_nothing_per_poll() {
     }
     assert_eq!(broker.stats().timers_run, before, "no timer ran while none was due");
 }
+
+#[test]
+fn a_deadline_at_the_end_of_time_is_disarmed_like_any_other() {
+    // A connect timeout so long that the deadline saturates at the last instant: once CONNECT
+    // completes (keep-alive 0: no deadline), no timer may be left behind, however many
+    // connections come and go.
+    let mut h = Harness::config(|c| c.connect_timeout = Duration::MAX);
+    for i in 0..50 {
+        let peer = h.connect(V311, &format!("c{i}"), true);
+        drop(peer);
+        assert_eq!(h.broker.poll_timeout(), None, "connection {i} left a timer");
+    }
+}

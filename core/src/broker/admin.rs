@@ -351,7 +351,6 @@ impl Broker {
             listener: s.peer.listener,
             connected: conn.is_some(),
             connected_for: conn.map(|c| now.saturating_duration_since(c.accepted_at)),
-            // Kept as 1.5 times the keep-alive, in whole milliseconds.
             keep_alive: conn.map_or(0, |c| c.keep_alive),
             subscriptions: s.subscriptions.len(),
             inflight: s.inflight.len(),

@@ -38,10 +38,17 @@ impl ClientIndex {
         self.get(id, sessions).is_some()
     }
 
-    /// Records that session `si`, already in `sessions`, holds `id` (which no other does).
+    /// Records that session `si`, already in `sessions`, holds `id`, in place of any session
+    /// recorded for it before.
     pub(super) fn insert(&mut self, id: &[u8], si: u32, sessions: &[Option<Box<Session>>]) {
         let state = &self.state;
         let hash = state.hash_one(id);
+        if let Some(held) =
+            self.table.find_mut(hash, |&other| client_id(sessions, other) == Some(id))
+        {
+            *held = si;
+            return;
+        }
         // Growing the table hashes every entry again, by its session's identifier.
         self.table.insert_unique(hash, si, |&other| {
             client_id(sessions, other).map_or(0, |id| state.hash_one(id))
@@ -99,5 +106,17 @@ mod tests {
                 assert!(!index.contains(new.as_bytes(), &sessions), "{new}");
             }
         }
+    }
+
+    #[test]
+    fn a_second_session_for_an_id_takes_its_place() {
+        // As a map would: two sessions restored under one id leave the later one found.
+        let sessions = [session("same"), session("same")];
+        let mut index = ClientIndex::new(7);
+        index.insert(b"same", 0, &sessions);
+        index.insert(b"same", 1, &sessions);
+        assert_eq!(index.get(b"same", &sessions), Some(1));
+        index.remove(b"same", 1);
+        assert_eq!(index.get(b"same", &sessions), None);
     }
 }

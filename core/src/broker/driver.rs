@@ -955,7 +955,7 @@ fn watch<H>(
     if let Some(at) = io.deadline(closing)
         && io.queued.get().is_none_or(|queued| at < queued)
     {
-        io.queued = Some(at).into();
+        let at = io.queued.set(at);
         deadlines.push(Reverse((at, id)));
     }
 }

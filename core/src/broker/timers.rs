@@ -24,7 +24,7 @@ impl Broker {
             }
             self.timers.remove(&(old, Timer::Conn { index, generation }));
         }
-        c.timer_at = Some(deadline).into();
+        let deadline = c.timer_at.set(deadline);
         self.timers.insert((deadline, Timer::Conn { index, generation }));
     }
 
@@ -51,7 +51,7 @@ impl Broker {
             }
             self.timers.remove(&(old, Timer::Session { index, serial }));
         }
-        s.timer_at = Some(deadline).into();
+        let deadline = s.timer_at.set(deadline);
         self.timers.insert((deadline, Timer::Session { index, serial }));
     }
 
