@@ -10,16 +10,7 @@ cd "$(dirname "$0")/.."
 ROUNDS="${1:-5}"
 cargo build --release --quiet
 BIN=target/release/ternmq
-PIN_BROKER="taskset -c 0"
-PIN_LOAD="taskset -c 1"
-if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
-    PIN_BROKER=""
-    PIN_LOAD=""
-fi
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. scripts/bench-lib.sh
 MQTT_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 $PIN_BROKER "$BIN" broker --no-persistence -p "$MQTT_PORT" --http "127.0.0.1:$HTTP_PORT" \
@@ -44,8 +35,6 @@ rate() {
     $PIN_LOAD "$BIN" bench -p "$MQTT_PORT" -s fan-in -n 200000 2>/dev/null |
         awk '$1 == "fan-in" { print $6 }'
 }
-
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 with=()
 without=()

@@ -17,16 +17,8 @@ MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 [ -x "$MOSQUITTO" ] || { echo "bench-bridge: mosquitto is needed (apt install mosquitto)" >&2; exit 1; }
 cargo build --release --quiet
 BIN=target/release/ternmq
-PIN_EDGE="taskset -c 0"
-PIN_REST="taskset -c 1"
-if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
-    PIN_EDGE=""
-    PIN_REST=""
-fi
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# The edge broker is the one under test (CPU 0); the remote and the load share CPU 1.
+. scripts/bench-lib.sh
 DIR="$(mktemp -d)"
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$DIR"' EXIT
@@ -34,12 +26,12 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$DIR"' EXIT
 REMOTE=$(free_port)
 if [ "${REMOTE_BROKER:-mosquitto}" = ternmq ]; then
     printf 'max_queued_messages = 1000000\n' >"$DIR/remote.toml"
-    $PIN_REST "$BIN" broker --no-persistence -p "$REMOTE" -c "$DIR/remote.toml" \
+    $PIN_LOAD "$BIN" broker --no-persistence -p "$REMOTE" -c "$DIR/remote.toml" \
         --log-level warn >/dev/null 2>&1 &
 else
     printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n' \
         "$REMOTE" >"$DIR/remote.conf"
-    $PIN_REST "$MOSQUITTO" -c "$DIR/remote.conf" >/dev/null 2>&1 &
+    $PIN_LOAD "$MOSQUITTO" -c "$DIR/remote.conf" >/dev/null 2>&1 &
 fi
 PIDS+=($!)
 
@@ -55,7 +47,7 @@ pattern = "bench/#"
 direction = "out"
 qos = 1
 EOF
-$PIN_EDGE "$BIN" broker --no-persistence -p "$TERNMQ_EDGE" -c "$DIR/ternmq.toml" \
+$PIN_BROKER "$BIN" broker --no-persistence -p "$TERNMQ_EDGE" -c "$DIR/ternmq.toml" \
     --log-level warn >/dev/null 2>&1 &
 PIDS+=($!)
 
@@ -69,17 +61,15 @@ address 127.0.0.1:$REMOTE
 clientid mosquitto-edge
 topic bench/# out 1
 EOF
-$PIN_EDGE "$MOSQUITTO" -c "$DIR/edge.conf" >/dev/null 2>&1 &
+$PIN_BROKER "$MOSQUITTO" -c "$DIR/edge.conf" >/dev/null 2>&1 &
 PIDS+=($!)
 sleep 2
 
 # Delivered messages/s, and the losses column, of one fan-in run through `edge`.
 rate() {
-    $PIN_REST "$BIN" bench -p "$1" --sub-port "$REMOTE" -s fan-in -q 1 -n "$MESSAGES" \
+    $PIN_LOAD "$BIN" bench -p "$1" --sub-port "$REMOTE" -s fan-in -q 1 -n "$MESSAGES" \
         2>/dev/null | awk '$1 == "fan-in" { print $6, $10 }'
 }
-
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 ours=()
 theirs=()

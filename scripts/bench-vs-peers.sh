@@ -34,25 +34,10 @@ cargo build --release -q --bin ternmq
 TERNMQ=target/release/ternmq
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 RUMQTTD=${RUMQTTD:-$(command -v rumqttd || true)}
-PIN_BROKER="taskset -c 0"
-PIN_LOAD="taskset -c 1"
-if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
-    PIN_BROKER=""
-    PIN_LOAD=""
-    echo "note: not pinning (taskset missing or fewer than 2 CPUs)"
-fi
+. scripts/bench-lib.sh
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "broker did not start on port $1" >&2
-    return 1
-}
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
