@@ -232,26 +232,25 @@ impl Broker {
                 self.list_clients(now, &prefix, after, limit)
             }
             Request::GetClient { client_id } => {
-                let detail =
-                    self.by_client_id.get(client_id.as_bytes(), &self.sessions).and_then(|si| {
-                        let info = self.client_info(now, si)?;
-                        let s = self.sessions.get(si as usize)?.as_ref()?;
-                        let subscriptions = s
-                            .subscriptions
-                            .iter()
-                            .filter_map(|f| {
-                                let e = self.tree.entry(f, si)?;
-                                Some(SubscriptionInfo {
-                                    filter: f.as_str().into(),
-                                    qos: e.qos,
-                                    no_local: e.no_local,
-                                    retain_as_published: e.retain_as_published,
-                                    subscription_id: e.sub_id.map(|id| id.get()),
-                                })
+                let detail = self.session_for(client_id.as_bytes()).and_then(|si| {
+                    let info = self.client_info(now, si)?;
+                    let s = self.sessions.get(si as usize)?.as_ref()?;
+                    let subscriptions = s
+                        .subscriptions
+                        .iter()
+                        .filter_map(|f| {
+                            let e = self.tree.entry(f, si)?;
+                            Some(SubscriptionInfo {
+                                filter: f.as_str().into(),
+                                qos: e.qos,
+                                no_local: e.no_local,
+                                retain_as_published: e.retain_as_published,
+                                subscription_id: e.sub_id.map(|id| id.get()),
                             })
-                            .collect();
-                        Some(Box::new(ClientDetail { info, subscriptions }))
-                    });
+                        })
+                        .collect();
+                    Some(Box::new(ClientDetail { info, subscriptions }))
+                });
                 Response::Client(detail)
             }
             Request::Disconnect { client_id, reason, discard_session } => Response::Disconnected {
@@ -365,7 +364,7 @@ impl Broker {
 
     /// Disconnects `client_id` and, with `discard`, ends its session. Whether it existed.
     fn kick(&mut self, now: Instant, client_id: &str, reason: ReasonCode, discard: bool) -> bool {
-        let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions) else {
+        let Some(si) = self.session_for(client_id.as_bytes()) else {
             return false;
         };
         if let Some(id) = self.session(si).and_then(|s| s.conn)
@@ -374,7 +373,7 @@ impl Broker {
             self.close(now, id.index, CloseReason::Server(reason), Some(reason), true);
         }
         // Closing may have ended it (expiry 0).
-        if discard && let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions) {
+        if discard && let Some(si) = self.session_for(client_id.as_bytes()) {
             self.end_session(now, si);
         }
         true

@@ -352,7 +352,7 @@ impl Broker {
         loop {
             let r = self.next_random();
             let id = format!("ternmq-{r:016x}");
-            if !self.by_client_id.contains(id.as_bytes(), &self.sessions) {
+            if self.session_for(id.as_bytes()).is_none() {
                 // Hex digits and '-' only: a valid MQTT string.
                 return MqttStr::new(&id).unwrap_or_default();
             }
@@ -380,7 +380,7 @@ impl Broker {
         // A session deadline that passed before this CONNECT was handled (a late
         // `handle_timeout`, a clock that jumped) has passed: its will goes out and an expired
         // session is gone before the client can resume it.
-        if let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions)
+        if let Some(si) = self.session_for(client_id.as_bytes())
             && let Some(s) = self.session(si)
             && let Some(at) = s.timer_at.get()
             && at <= now
@@ -390,7 +390,7 @@ impl Broker {
         }
 
         // Takeover ([MQTT-3.1.4-3]; 3.1.1: [MQTT-3.1.4-2]).
-        if let Some(si) = self.by_client_id.get(client_id.as_bytes(), &self.sessions)
+        if let Some(si) = self.session_for(client_id.as_bytes())
             && let Some(old) = self.session(si).and_then(|s| s.conn)
             && old != id
         {
@@ -398,7 +398,7 @@ impl Broker {
         }
 
         // Clean Start ([MQTT-3.1.2-4..6]; 3.1.1: [MQTT-3.1.2-6], [MQTT-3.1.2-4]).
-        let existing = self.by_client_id.get(client_id.as_bytes(), &self.sessions);
+        let existing = self.session_for(client_id.as_bytes());
         let (si, session_present) = match existing {
             Some(si) if !connect.clean_start => (si, true),
             other => {

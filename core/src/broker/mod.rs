@@ -811,7 +811,12 @@ impl Broker {
 
     /// Whether a session exists for `client_id`.
     pub fn has_session(&self, client_id: &str) -> bool {
-        self.by_client_id.contains(client_id.as_bytes(), &self.sessions)
+        self.session_for(client_id.as_bytes()).is_some()
+    }
+
+    /// The session that holds `client_id`.
+    fn session_for(&self, client_id: &[u8]) -> Option<u32> {
+        self.by_client_id.get(client_id, &self.sessions)
     }
 
     // ---------------------------------------------------------------- input
