@@ -218,3 +218,33 @@ fn bridged_brokers_keep_every_promise() {
     );
     assert!(failing.is_empty(), "failing seeds: {failing:?}");
 }
+
+/// Three cluster nodes over a simulated backplane (see `ternmq::sim::cluster`), the
+/// publishers' node crashing at random and a client roaming between nodes: every acknowledged
+/// message reaches the subscriber on another node, QoS 2 exactly once, each shared-group
+/// message reaches one member across the nodes, and a roaming client's older connections are
+/// taken over. `TERNMQ_SIM_CLUSTER_SEEDS=N` sets how many seeds run (default 300).
+#[test]
+fn clustered_brokers_keep_every_promise() {
+    let count = env_u64("TERNMQ_SIM_CLUSTER_SEEDS", 300);
+    let mut failing = Vec::new();
+    let (mut acknowledged, mut shared, mut crashes, mut takeovers) = (0, 0, 0, 0);
+    for seed in 0..count {
+        let outcome = ternmq::sim::cluster::run(seed, 150);
+        acknowledged += outcome.acknowledged;
+        shared += outcome.shared;
+        crashes += outcome.crashes;
+        takeovers += outcome.takeovers;
+        assert!(outcome.acknowledged > 0, "seed {seed}: nothing was acknowledged");
+        if !outcome.violations.is_empty() {
+            eprintln!("seed {seed}: {:#?}", &outcome.violations[..outcome.violations.len().min(5)]);
+            failing.push(seed);
+        }
+    }
+    eprintln!(
+        "{count} cluster seeds: {acknowledged} acknowledged, {shared} to the shared group, \
+         {crashes} crashes, {takeovers} takeovers"
+    );
+    assert!(crashes > 0 && takeovers > 0 && shared > 0, "the faults and the group were exercised");
+    assert!(failing.is_empty(), "failing seeds: {failing:?}");
+}

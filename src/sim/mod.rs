@@ -53,6 +53,7 @@
 //! ```
 
 pub mod bridge;
+pub mod cluster;
 mod monitor;
 pub mod scenario;
 

@@ -19,19 +19,16 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use ternmq_core::broker::persist::{
     PersistOp, PersistSeq, Persistence, Replay, Snapshot, StoredDelivery, StoredMessage,
 };
 use ternmq_core::broker::{Broker, BrokerConfig};
 use ternmq_core::codec::{
-    Decoder, Encoder, MAX_PACKET_SIZE, MqttStr, Packet, PacketId, ProtocolVersion, Publish, QoS,
-    RetainHandling, SubscriptionId, SubscriptionOptions,
+    MqttStr, PacketId, ProtocolVersion, QoS, RetainHandling, SubscriptionId, SubscriptionOptions,
 };
-use ternmq_core::time::Duration;
 use ternmq_core::time::Instant;
-use ternmq_core::topic::{TopicFilter, TopicName};
+use ternmq_core::topic::TopicFilter;
 
 pub use ternmq_core as core;
 
@@ -341,7 +338,7 @@ impl Store {
             if r.u8() == Some(1) {
                 let at = r.u64().ok_or_else(|| bad("will"))?;
                 let delay = r.u32().ok_or_else(|| bad("will"))?;
-                let message = decode_message(r.rest()).ok_or_else(|| bad("will"))?;
+                let message = StoredMessage::decode(r.rest()).ok_or_else(|| bad("will"))?;
                 replay.apply(PersistOp::Will { client_id, message, delay }, at);
             }
         }
@@ -388,7 +385,7 @@ impl Store {
                 let id = r.u32().ok_or_else(|| bad("delivery"))?;
                 subscription_ids.extend(SubscriptionId::new(id));
             }
-            let message = decode_message(r.rest()).ok_or_else(|| bad("delivery"))?;
+            let message = StoredMessage::decode(r.rest()).ok_or_else(|| bad("delivery"))?;
             let delivery = StoredDelivery { message, qos: dq, retain, subscription_ids };
             replay.apply(PersistOp::Queued { client_id: client_id.clone(), key, delivery }, at);
             if let Some(packet_id) = PacketId::new(packet_id) {
@@ -410,7 +407,7 @@ impl Store {
             let (_, v) = row.map_err(|e| self.err(e))?;
             let mut r = Reader(v.value());
             let at = r.u64().ok_or_else(|| bad("retained"))?;
-            let message = decode_message(r.rest()).ok_or_else(|| bad("retained"))?;
+            let message = StoredMessage::decode(r.rest()).ok_or_else(|| bad("retained"))?;
             replay.apply(PersistOp::Retained { message }, at);
         }
         Ok(replay.snapshot(now))
@@ -509,7 +506,7 @@ impl Tables<'_> {
                 for id in delivery.subscription_ids.iter().take(255) {
                     v.extend_from_slice(&id.get().to_be_bytes());
                 }
-                encode_message(&delivery.message, &mut v);
+                delivery.message.encode(&mut v);
                 self.deliveries.insert(delivery_key(client_id, *key).as_slice(), v.as_slice())?;
             }
             PersistOp::Sent { client_id, key, packet_id } => {
@@ -551,7 +548,7 @@ impl Tables<'_> {
                     v.push(1);
                     v.extend_from_slice(&wall.to_be_bytes());
                     v.extend_from_slice(&delay.to_be_bytes());
-                    encode_message(message, &mut v);
+                    message.encode(&mut v);
                     self.sessions.insert(client_id.as_bytes(), v.as_slice())?;
                 }
             }
@@ -566,7 +563,7 @@ impl Tables<'_> {
             }
             PersistOp::Retained { message } => {
                 let mut v = wall.to_be_bytes().to_vec();
-                encode_message(message, &mut v);
+                message.encode(&mut v);
                 self.retained.insert(message.topic.as_bytes(), v.as_slice())?;
             }
             PersistOp::RetainedCleared { topic } => {
@@ -661,43 +658,6 @@ fn version(b: u8) -> Option<ProtocolVersion> {
 
 fn qos(b: u8) -> Option<QoS> {
     [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().find(|q| *q as u8 == b)
-}
-
-/// A message as an MQTT 5 PUBLISH packet (expiry as Message Expiry Interval, in whole
-/// seconds, rounded down: a restored message may expire early, never late).
-fn encode_message(m: &StoredMessage, out: &mut Vec<u8>) {
-    let mut p = Publish::new(m.topic.clone(), m.payload.clone());
-    p.qos = m.qos;
-    p.retain = m.retain;
-    p.packet_id = (m.qos != QoS::AtMostOnce).then(|| PacketId::new(1)).flatten();
-    p.properties = m.properties.clone();
-    p.properties.message_expiry_interval =
-        m.expires_in.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
-    let mut buf = BytesMut::new();
-    // Every stored message came off the wire or out of the broker: it encodes.
-    if Encoder::new(ProtocolVersion::V5).encode(&Packet::Publish(p), &mut buf).is_ok() {
-        out.extend_from_slice(&buf);
-    }
-}
-
-fn decode_message(b: &[u8]) -> Option<StoredMessage> {
-    let mut buf = BytesMut::from(b);
-    let Ok(Some(Packet::Publish(p))) =
-        Decoder::new(Some(ProtocolVersion::V5), MAX_PACKET_SIZE).decode(&mut buf)
-    else {
-        return None;
-    };
-    let mut properties = p.properties;
-    let expires_in =
-        properties.message_expiry_interval.take().map(|s| Duration::from_secs(s.into()));
-    Some(StoredMessage {
-        topic: TopicName::new(p.topic.as_str()).ok()?,
-        payload: p.payload,
-        qos: p.qos,
-        retain: p.retain,
-        properties,
-        expires_in,
-    })
 }
 
 struct Reader<'a>(&'a [u8]);

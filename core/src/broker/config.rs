@@ -238,6 +238,11 @@ pub struct BrokerConfig {
     /// sent and, until its queue drains to half, messages beyond its limits are dropped.
     /// Zero turns the flow control off (full queues drop at once).
     pub max_ack_delay: Duration,
+    /// This broker is one node of a cluster ([`cluster`](super::cluster)): it forwards what is
+    /// published here and says what it subscribes to through
+    /// [`Broker::poll_cluster`](super::Broker::poll_cluster), and takes the other nodes'
+    /// messages, retained messages and takeovers through the `handle_cluster_*` methods.
+    pub cluster: bool,
     /// The Topic Alias Maximum sent to MQTT 5 clients: aliases a client may use towards the
     /// broker.
     pub topic_alias_maximum: u16,
@@ -311,6 +316,7 @@ impl Default for BrokerConfig {
             max_outbound_bytes: 4 * 1024 * 1024,
             max_ack_delay: Duration::from_secs(5),
             persistence: super::persist::Persistence::Off,
+            cluster: false,
             topic_alias_maximum: 10,
             outgoing_topic_aliases: false,
             max_keepalive: 0,

@@ -119,8 +119,7 @@ impl Broker {
             return;
         }
         self.stats.count_received(will.msg.qos, will.msg.payload.len());
-        self.store_retained(now, &will.msg);
-        self.route(now, &will.msg, &mut Routing::default());
+        self.spread(now, &will.msg, &mut Routing::default());
     }
 
     /// Refuses a connection before CONNACK 0x00: CONNACK with `code`, then close
@@ -448,6 +447,7 @@ impl Broker {
             }
         });
         self.clear_session_timer(si);
+        self.announce(&client_id);
         let Some(s) = self.session_mut(si) else {
             return;
         };

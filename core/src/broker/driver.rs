@@ -31,7 +31,8 @@ use core::cmp::Reverse;
 use core::future::Future;
 use core::pin::Pin;
 
-use super::persist::{PersistOp, PersistSeq};
+use super::cluster::{ClusterOut, ClusterSeq, ClusterTarget};
+use super::persist::{PersistOp, PersistSeq, StoredMessage};
 use super::{
     AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, Command as BrokerCommand, ConnId,
     Event, PeerInfo,
@@ -96,6 +97,9 @@ pub enum Command<H> {
     /// Durable state to store, in order (see [`persist`](super::persist)); report what is on
     /// disk with [`Driver::handle_persisted`].
     Persist(Vec<(PersistSeq, PersistOp)>),
+    /// What must leave this node for the rest of its cluster ([`ClusterOut`]); report what the
+    /// backplane holds with [`Driver::handle_cluster_acked`].
+    Cluster(ClusterOut),
     /// Open a transport to the remote broker of bridge `bridge` (its index in the order of
     /// [`Driver::add_bridge`]) at its address `address`; report it with
     /// [`Driver::handle_bridge_dialed`] or [`Driver::handle_bridge_closed`]. Its bytes then go
@@ -452,6 +456,46 @@ impl<H: Clone> Driver<H> {
         self.collect();
     }
 
+    /// The cluster's backplane is reachable, or not ([`Broker::handle_cluster_link`]).
+    pub fn handle_cluster_link(&mut self, now: Instant, up: bool) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_link(now, up);
+        self.collect();
+    }
+
+    /// The backplane holds what was forwarded up to `seq` ([`Broker::handle_cluster_acked`]).
+    pub fn handle_cluster_acked(&mut self, now: Instant, seq: ClusterSeq) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_acked(now, seq);
+        self.collect();
+    }
+
+    /// A message from another node ([`Broker::handle_cluster_publish`]).
+    pub fn handle_cluster_publish(
+        &mut self,
+        now: Instant,
+        message: StoredMessage,
+        target: ClusterTarget,
+    ) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_publish(now, message, target);
+        self.collect();
+    }
+
+    /// A message retained on another node ([`Broker::handle_cluster_retained`]).
+    pub fn handle_cluster_retained(&mut self, now: Instant, message: StoredMessage) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_retained(now, message);
+        self.collect();
+    }
+
+    /// A client connected on another node since ([`Broker::handle_cluster_takeover`]).
+    pub fn handle_cluster_takeover(&mut self, now: Instant, client_id: &str) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_takeover(now, client_id);
+        self.collect();
+    }
+
     /// An operator's request (see [`admin`](super::admin)); the connections it closes or
     /// writes to come out as commands like any other.
     pub fn handle_admin(
@@ -600,6 +644,9 @@ impl<H: Clone> Driver<H> {
         }
         if !batch.is_empty() {
             self.commands.push_back(Command::Persist(batch));
+        }
+        while let Some(out) = self.broker.poll_cluster() {
+            self.commands.push_back(Command::Cluster(out));
         }
     }
 

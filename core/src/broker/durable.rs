@@ -37,7 +37,9 @@ impl Broker {
             if p.seq > persisted {
                 return true;
             }
-            self.send_ack(p);
+            // Stored: sent, or on to wait for the cluster (never back to `awaiting_store`,
+            // which is taken meanwhile).
+            self.release_ack(*p);
             false
         });
         self.awaiting_store = waiting;
@@ -213,6 +215,8 @@ impl Broker {
     pub(super) fn release_ack(&mut self, p: ParkedAck) {
         if p.seq > self.persisted {
             self.awaiting_store.push_back(p);
+        } else if self.cluster_behind(p.cluster) {
+            self.await_cluster(p);
         } else {
             self.send_ack(&p);
         }
@@ -244,7 +248,7 @@ pub(super) fn stored(msg: &Message, now: Instant) -> StoredMessage {
     }
 }
 
-fn message(m: StoredMessage, now: Instant) -> Message {
+pub(super) fn message(m: StoredMessage, now: Instant) -> Message {
     Message {
         topic: m.topic.detach(),
         payload: Bytes::copy_from_slice(&m.payload),

@@ -49,6 +49,7 @@
 pub mod admin;
 mod authz;
 mod clients;
+pub mod cluster;
 mod config;
 mod conn;
 mod connect;
@@ -73,6 +74,7 @@ use bytes::{Bytes, BytesMut};
 use core::fmt;
 use core::num::NonZeroU16;
 
+pub use cluster::{ClusterOut, ClusterSeq, ClusterTarget};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{
@@ -301,6 +303,12 @@ pub struct Stats {
     pub shared_redelivered: u64,
     /// Shared-subscription messages lost because their session ended and no member was left.
     pub dropped_no_member: u64,
+    /// Messages published here and forwarded to the other nodes of a cluster.
+    pub cluster_forwarded: u64,
+    /// Messages from other nodes of a cluster routed here.
+    pub cluster_received: u64,
+    /// Sessions dropped here because their client connected on another node since.
+    pub cluster_takeovers: u64,
     /// Messages not delivered to a subscriber because it may not receive their topic
     /// ([`Authorizer::may_receive`]).
     pub dropped_not_authorized: u64,
@@ -717,6 +725,8 @@ pub struct Broker {
     /// Durable mode: connections whose output waits at a gate for the store (see
     /// `gate_output`).
     gated: Vec<ConnId>,
+    /// A cluster node's side of the seam ([`BrokerConfig::cluster`]).
+    cluster: Option<Box<cluster::ClusterState>>,
 }
 
 impl fmt::Debug for Broker {
@@ -763,7 +773,12 @@ impl Broker {
             awaiting_store: VecDeque::new(),
             awaiting_reply: VecDeque::new(),
             gated: Vec::new(),
+            cluster: None,
         };
+        if broker.config.cluster {
+            broker.cluster = Some(Box::default());
+            broker.tree.record_interest();
+        }
         if let Some(interval) = broker.config.sys_interval {
             broker.timers.insert((now + interval, Timer::Sys));
         }

@@ -28,7 +28,8 @@ use bytes::Bytes;
 
 use crate::codec::MqttStr;
 use crate::codec::{
-    PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionId, SubscriptionOptions,
+    Decoder, Encoder, MAX_PACKET_SIZE, Packet, PacketId, ProtocolVersion, Publish,
+    PublishProperties, QoS, SubscriptionId, SubscriptionOptions,
 };
 use crate::time::Duration;
 use crate::topic::{TopicFilter, TopicName};
@@ -74,6 +75,47 @@ pub struct StoredMessage {
     /// Time left before it expires, counted from the operation (or, in a [`Snapshot`], from the
     /// restore); `None` never expires.
     pub expires_in: Option<Duration>,
+}
+
+impl StoredMessage {
+    /// Appends the message to `out` as an MQTT 5 PUBLISH packet, with its expiry as a Message
+    /// Expiry Interval in whole seconds, rounded down (a message read back may expire early,
+    /// never late). The form stores and cluster links keep messages in.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut p = Publish::new(self.topic.clone(), self.payload.clone());
+        p.qos = self.qos;
+        p.retain = self.retain;
+        p.packet_id = (self.qos != QoS::AtMostOnce).then(|| PacketId::new(1)).flatten();
+        p.properties = self.properties.clone();
+        p.properties.message_expiry_interval =
+            self.expires_in.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        let mut buf = bytes::BytesMut::new();
+        // Every stored message came off the wire or out of the broker: it encodes.
+        if Encoder::new(ProtocolVersion::V5).encode(&Packet::Publish(p), &mut buf).is_ok() {
+            out.extend_from_slice(&buf);
+        }
+    }
+
+    /// A message written by [`encode`](Self::encode); `None` if `b` is not one.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut buf = bytes::BytesMut::from(b);
+        let Ok(Some(Packet::Publish(p))) =
+            Decoder::new(Some(ProtocolVersion::V5), MAX_PACKET_SIZE).decode(&mut buf)
+        else {
+            return None;
+        };
+        let mut properties = p.properties;
+        let expires_in =
+            properties.message_expiry_interval.take().map(|s| Duration::from_secs(s.into()));
+        Some(StoredMessage {
+            topic: TopicName::new(p.topic.as_str()).ok()?,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            expires_in,
+        })
+    }
 }
 
 /// A message on its way to one session, as stored.

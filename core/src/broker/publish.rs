@@ -4,6 +4,16 @@
 
 use super::*;
 
+/// What a publisher's acknowledgement may have to wait for.
+pub(super) struct Waits {
+    /// The first connected session that took the message over its queue limit.
+    pub(super) congested: Option<u32>,
+    /// The persistence log's position before the publish.
+    pub(super) logged_before: u64,
+    /// Its position among the messages forwarded to the cluster (0: not forwarded).
+    pub(super) cluster: u64,
+}
+
 impl Broker {
     pub(super) fn on_publish(&mut self, now: Instant, index: u32, mut p: Publish) {
         let cfg_alias_max = self.config.topic_alias_maximum;
@@ -91,7 +101,8 @@ impl Broker {
                     let token = self.withhold_answer(index, id, QoS::ExactlyOnce);
                     let code = ReasonCode::Success;
                     let qos = QoS::ExactlyOnce;
-                    let ack = ParkedAck { conn, id, qos, since: now, seq, code, token };
+                    let cluster = 0;
+                    let ack = ParkedAck { conn, id, qos, since: now, seq, cluster, code, token };
                     self.awaiting_store.push_back(ack);
                 } else {
                     self.answer(conn, None, id, QoS::ExactlyOnce, Packet::PubRec(PubAck::new(id)));
@@ -128,18 +139,8 @@ impl Broker {
             };
             let logged_before = self.persist_seq;
             let matched = self.publish_message(now, serial, p, &mut how);
-            let congested = how.congested;
-            return self.acknowledge(
-                now,
-                index,
-                si,
-                qos,
-                id,
-                v5,
-                matched,
-                congested,
-                logged_before,
-            );
+            let waits = Waits { congested: how.congested, logged_before, cluster: how.cluster };
+            return self.acknowledge(now, index, si, qos, id, v5, matched, waits);
         };
         match (p.qos, p.packet_id) {
             // 3.1.1 has no way to say no: acknowledge as usual and drop ([MQTT-3.3.5-2]).
@@ -180,9 +181,9 @@ impl Broker {
         id: Option<PacketId>,
         v5: bool,
         matched: bool,
-        congested: Option<u32>,
-        logged_before: u64,
+        waits: Waits,
     ) {
+        let Waits { congested, logged_before, cluster } = waits;
         let Some(id) = id else {
             return;
         };
@@ -198,10 +199,14 @@ impl Broker {
         let behind = self.persist_seq - self.persisted > persist::MAX_UNSTORED;
         let wait = self.durable() || (self.logging() && behind);
         let seq = if wait && self.persist_seq > logged_before { self.persist_seq } else { 0 };
+        let cluster = if self.cluster_behind(cluster) { cluster } else { 0 };
         let conn = self.conn_id(index);
-        let token =
-            if congested.is_some() || seq > 0 { self.withhold_answer(index, id, qos) } else { 0 };
-        let ack = ParkedAck { conn, id, qos, since: now, seq, code, token };
+        let token = if congested.is_some() || seq > 0 || cluster > 0 {
+            self.withhold_answer(index, id, qos)
+        } else {
+            0
+        };
+        let ack = ParkedAck { conn, id, qos, since: now, seq, cluster, code, token };
         if let Some(target) = congested {
             // Withheld until `target`'s queue has room (`max_ack_delay`).
             if let Some(s) = self.session_mut(target) {
@@ -211,8 +216,8 @@ impl Broker {
             self.arm_session_timer(target);
             return;
         }
-        if seq > 0 {
-            self.awaiting_store.push_back(ack);
+        if seq > 0 || cluster > 0 {
+            self.release_ack(ack);
             return;
         }
         let ack = PubAck { packet_id: id, reason_code: code, properties: AckProperties::default() };
@@ -305,8 +310,17 @@ impl Broker {
             expires_at,
             origin,
         });
-        self.store_retained(now, &msg);
-        self.route(now, &msg, how)
+        self.spread(now, &msg, how)
+    }
+
+    /// Stores (if retained), forwards to the cluster and routes a message published on this
+    /// node. Returns whether any subscription matched (or it went to the cluster, where one
+    /// may).
+    pub(super) fn spread(&mut self, now: Instant, msg: &Arc<Message>, how: &mut Routing) -> bool {
+        self.store_retained(now, msg);
+        how.cluster = self.forward(now, msg);
+        how.skip_groups = how.cluster > 0;
+        self.route(now, msg, how)
     }
 
     /// RETAIN 1 replaces the topic's retained message; an empty payload clears it and is never

@@ -16,6 +16,10 @@ pub(super) struct Routing {
     pub(super) congested: Option<u32>,
     /// Sessions it was delivered (or queued) to.
     pub(super) delivered: usize,
+    /// Shared groups are left alone: the cluster's backplane serves them.
+    pub(super) skip_groups: bool,
+    /// Where it was forwarded to the cluster (0: it was not).
+    pub(super) cluster: u64,
 }
 
 impl Broker {
@@ -26,7 +30,7 @@ impl Broker {
         entries.clear();
         groups.clear();
         let sources = self.tree.matches(msg.topic.as_bytes(), &mut entries, &mut groups);
-        let any = !entries.is_empty() || !groups.is_empty();
+        let any = !entries.is_empty() || !groups.is_empty() || how.cluster > 0;
         // A session subscribed through several matching filters gets one copy: bring its
         // entries together. Entries of one filter are one per session already.
         if sources > 1 && entries.len() > 1 {
@@ -62,8 +66,10 @@ impl Broker {
                 self.deliver(now, session, d, how);
             }
         }
-        for &g in &groups {
-            self.deliver_shared(now, g, msg, how);
+        if !how.skip_groups {
+            for &g in &groups {
+                self.deliver_shared(now, g, msg, how);
+            }
         }
         self.scratch = entries;
         self.scratch_groups = groups;

@@ -153,6 +153,8 @@ pub(crate) struct ParkedAck {
     pub(crate) since: Instant,
     /// In durable mode: the persistence log position it must also wait for.
     pub(crate) seq: u64,
+    /// In a cluster: the forwarded position it must also wait for.
+    pub(crate) cluster: u64,
     pub(crate) code: crate::codec::ReasonCode,
     /// Its place in the connection's answer order.
     pub(crate) token: u64,

@@ -2,7 +2,7 @@
 //! the named ones so that matching a topic is a walk down its levels.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
 use crate::codec::{QoS, SubscriptionId};
@@ -70,13 +70,45 @@ pub(crate) struct SubTree {
     /// consumed).
     stack: Vec<(u32, usize, bool)>,
     len: usize,
+    /// In a cluster: filters that gained their first plain subscriber or shared group (`true`)
+    /// or lost their last (`false`), not yet taken.
+    interest: Option<VecDeque<InterestChange>>,
 }
 
 const ROOT: u32 = 0;
 
+/// A filter that gained or lost interest: the filter, the shared group's name, and whether it
+/// appeared.
+pub(crate) type InterestChange = (Box<str>, Option<Box<str>>, bool);
+
 impl SubTree {
     pub(crate) fn new() -> Self {
-        Self { nodes: alloc::vec![Node::default()], free: Vec::new(), stack: Vec::new(), len: 0 }
+        Self {
+            nodes: alloc::vec![Node::default()],
+            free: Vec::new(),
+            stack: Vec::new(),
+            len: 0,
+            interest: None,
+        }
+    }
+
+    /// Records, from now on, which filters gain their first plain subscriber or shared group
+    /// or lose their last ([`take_interest`](Self::take_interest)).
+    pub(crate) fn record_interest(&mut self) {
+        self.interest.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The next change of interest recorded: the filter, the shared group's name, and whether
+    /// it appeared.
+    pub(crate) fn take_interest(&mut self) -> Option<InterestChange> {
+        self.interest.as_mut()?.pop_front()
+    }
+
+    fn note(&mut self, filter: &TopicFilter, on: bool) {
+        if let Some(i) = self.interest.as_mut() {
+            let name = filter.share_name().map(Into::into);
+            i.push_back((filter.filter().into(), name, on));
+        }
     }
 
     /// Number of subscriptions (each member of a shared group counts once).
@@ -145,12 +177,17 @@ impl SubTree {
             n = self.child(n, level);
         }
         let node = self.node_mut(n);
+        let mut first = false;
         let list = match filter.share_name() {
-            None => &mut node.subs,
+            None => {
+                first = node.subs.is_empty();
+                &mut node.subs
+            }
             Some(name) => {
                 let g = match node.groups.iter().position(|g| &*g.name == name) {
                     Some(g) => g,
                     None => {
+                        first = true;
                         node.groups.push(Group {
                             name: name.into(),
                             filter: filter.detach(),
@@ -171,6 +208,9 @@ impl SubTree {
             None => {
                 list.push(entry);
                 self.len += 1;
+                if first {
+                    self.note(filter, true);
+                }
                 false
             }
         }
@@ -192,19 +232,28 @@ impl SubTree {
             return false;
         };
         let node = self.node_mut(n);
+        let mut last = false;
         let removed = match filter.share_name() {
-            None => remove_session(&mut node.subs, session),
+            None => {
+                let removed = remove_session(&mut node.subs, session);
+                last = removed && node.subs.is_empty();
+                removed
+            }
             Some(name) => match node.groups.iter().position(|g| &*g.name == name) {
                 Some(g) => {
                     let removed = remove_session(&mut node.groups[g].members, session);
                     if node.groups[g].members.is_empty() {
                         node.groups.swap_remove(g);
+                        last = true;
                     }
                     removed
                 }
                 None => false,
             },
         };
+        if last {
+            self.note(filter, false);
+        }
         if removed {
             self.len -= 1;
             self.prune(n);

@@ -1,0 +1,258 @@
+//! The cluster seam: what must leave this node for the other nodes of a cluster, and what
+//! arrives from them. The broker holds no cluster of its own; with [`BrokerConfig::cluster`]
+//! set it emits [`ClusterOut`] through [`Broker::poll_cluster`] and takes what a backplane
+//! carries from the other nodes through the `handle_cluster_*` methods, with the same `now`
+//! as every other input.
+//!
+//! - A message published here (by a client, the admin API or a will; never a `$` topic) is
+//!   routed to this node's own plain subscribers at once and goes out as
+//!   [`ClusterOut::Publish`] for every other node's. Its PUBACK or PUBREC waits until the
+//!   backplane holds it ([`Broker::handle_cluster_acked`]), as it waits for the store in
+//!   durable mode, so an acknowledged message survives this node. Shared groups are not
+//!   served from here: the backplane picks one node among those with members of the group
+//!   (this one included), which serves it to one of its members
+//!   ([`ClusterTarget::Group`]).
+//! - The subscriptions here, summed up as filters with plain subscribers and shared groups
+//!   with members, go out as [`ClusterOut::Interest`] whenever one appears or goes, so that
+//!   the backplane sends this node only what it has subscribers for.
+//! - Retained messages are one namespace: every node stores what is retained on any node
+//!   ([`Broker::handle_cluster_retained`]); the backplane keeps the last one per topic.
+//! - A client that completes CONNECT here is announced ([`ClusterOut::Connected`]); a node
+//!   told that the client connected elsewhere since ([`Broker::handle_cluster_takeover`]) closes
+//!   its connection with 0x8E and drops its session, which lives on the newer node now.
+//! - While the backplane is down ([`Broker::handle_cluster_link`]) the node serves its own
+//!   clients alone: nothing is forwarded, shared groups are served locally, and no
+//!   acknowledgement waits for the backplane.
+
+use super::durable;
+use super::persist::StoredMessage;
+use super::*;
+
+/// A position in the sequence of messages this node forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterSeq(pub u64);
+
+/// What must leave this node for the rest of the cluster, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "messages are what goes out; boxing them would cost an allocation each"
+)]
+pub enum ClusterOut {
+    /// A message published on this node, for the subscribers on every other node (plain and
+    /// shared, this node's shared groups included). A retained one (`retain`) also replaces
+    /// (or, with an empty payload, clears) the topic's retained message cluster-wide. Report
+    /// with [`Broker::handle_cluster_acked`] once the backplane holds it (for QoS 0, once it
+    /// is sent), in this order.
+    Publish {
+        /// Its position.
+        seq: ClusterSeq,
+        /// The message, with the expiry left.
+        message: StoredMessage,
+    },
+    /// This node now has (`on`), or no longer has, plain subscribers to `filter` (`group`
+    /// `None`) or members of the shared group `group` subscribed to `filter`.
+    Interest {
+        /// The topic filter, without any `$share/` prefix.
+        filter: Box<str>,
+        /// The shared group's name.
+        group: Option<Box<str>>,
+        /// Whether it appeared.
+        on: bool,
+    },
+    /// A client completed CONNECT here: a connection or session of the same client id on
+    /// any other node is taken over.
+    Connected {
+        /// The client id.
+        client_id: MqttStr,
+    },
+}
+
+/// Which subscribers of this node a message from another node is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterTarget {
+    /// Every plain (not shared) subscription that matches.
+    Subscribers,
+    /// One member of this node's shared group `group` subscribed to `filter`: the backplane
+    /// chose this node for it.
+    Group {
+        /// The shared group's name.
+        group: Box<str>,
+        /// The topic filter, without the `$share/` prefix.
+        filter: Box<str>,
+    },
+}
+
+/// A cluster node's side of the seam.
+#[derive(Debug, Default)]
+pub(super) struct ClusterState {
+    out: VecDeque<ClusterOut>,
+    /// The last position given and the last one the backplane holds.
+    seq: u64,
+    acked: u64,
+    /// Whether the backplane is reachable.
+    up: bool,
+    /// Acknowledgements waiting for the backplane.
+    awaiting: VecDeque<ParkedAck>,
+}
+
+impl Broker {
+    /// What must leave this node next, in order; call after every input, with the other
+    /// `poll_*`. Always `None` unless [`BrokerConfig::cluster`] is set.
+    #[must_use]
+    pub fn poll_cluster(&mut self) -> Option<ClusterOut> {
+        let c = self.cluster.as_deref_mut()?;
+        if let Some(o) = c.out.pop_front() {
+            return Some(o);
+        }
+        let (filter, group, on) = self.tree.take_interest()?;
+        Some(ClusterOut::Interest { filter, group, on })
+    }
+
+    /// The backplane is reachable (`up`) or not. While it is not, this node serves its own
+    /// clients alone: nothing is forwarded, its shared groups are served here, and the
+    /// acknowledgements that waited for the backplane are sent.
+    pub fn handle_cluster_link(&mut self, now: Instant, up: bool) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.up = up;
+        if !up {
+            let seq = ClusterSeq(c.seq);
+            self.handle_cluster_acked(now, seq);
+        }
+    }
+
+    /// The backplane holds every message forwarded up to and including `seq`: their
+    /// acknowledgements go.
+    pub fn handle_cluster_acked(&mut self, _now: Instant, seq: ClusterSeq) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.acked = c.acked.max(seq.0);
+        let acked = c.acked;
+        let waiting = core::mem::take(&mut c.awaiting);
+        let mut still = VecDeque::new();
+        for p in waiting {
+            if p.cluster > acked {
+                still.push_back(p);
+            } else {
+                self.release_ack(p);
+            }
+        }
+        if let Some(c) = self.cluster.as_deref_mut() {
+            still.extend(c.awaiting.drain(..));
+            c.awaiting = still;
+        }
+    }
+
+    /// A message published on another node, for `target` here. Nothing here forwards it
+    /// again.
+    pub fn handle_cluster_publish(
+        &mut self,
+        now: Instant,
+        message: StoredMessage,
+        target: ClusterTarget,
+    ) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let msg = Arc::new(durable::message(message, now));
+        if msg.expired(now) {
+            return;
+        }
+        self.stats.cluster_received += 1;
+        let mut how = Routing { skip_groups: true, ..Routing::default() };
+        match target {
+            ClusterTarget::Subscribers => {
+                self.route(now, &msg, &mut how);
+            }
+            ClusterTarget::Group { group, filter } => {
+                let shared = alloc::format!("$share/{group}/{filter}");
+                let found =
+                    TopicFilter::new(shared.as_str()).ok().and_then(|f| self.tree.group_of(&f));
+                let served = match found {
+                    Some(g) => self.deliver_shared(now, g, &msg, &mut how),
+                    None => false,
+                };
+                if !served {
+                    self.stats.dropped_no_member += 1;
+                }
+            }
+        }
+    }
+
+    /// A message retained (or, with an empty payload, cleared) on another node.
+    pub fn handle_cluster_retained(&mut self, now: Instant, message: StoredMessage) {
+        if self.cluster.is_none() || !message.retain {
+            return;
+        }
+        let msg = Arc::new(durable::message(message, now));
+        if msg.expired(now) {
+            return;
+        }
+        self.store_retained(now, &msg);
+    }
+
+    /// `client_id` connected on another node after it last connected here: its connection
+    /// here is closed (MQTT 5: DISCONNECT 0x8E) and its session dropped, without a will that
+    /// was still delayed (the session goes on there).
+    pub fn handle_cluster_takeover(&mut self, now: Instant, client_id: &str) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let Some(si) = self.session_for(client_id.as_bytes()) else {
+            return;
+        };
+        if let Some(old) = self.session(si).and_then(|s| s.conn) {
+            self.close_for_takeover(now, old.index, si, ReasonCode::SessionTakenOver);
+        }
+        if let Some(s) = self.session_mut(si) {
+            s.will = None;
+            s.will_at = MaybeAt::NONE;
+        }
+        if self.session(si).is_some() {
+            self.end_session(now, si);
+        }
+        self.stats.cluster_takeovers += 1;
+    }
+
+    /// Forwards `msg`, published here, to the other nodes if the backplane is up; returns its
+    /// position (0 if not forwarded).
+    pub(super) fn forward(&mut self, now: Instant, msg: &Message) -> u64 {
+        let Some(c) = self.cluster.as_deref_mut().filter(|c| c.up) else {
+            return 0;
+        };
+        if msg.topic.is_system() {
+            return 0;
+        }
+        c.seq += 1;
+        let seq = c.seq;
+        c.out.push_back(ClusterOut::Publish {
+            seq: ClusterSeq(seq),
+            message: durable::stored(msg, now),
+        });
+        self.stats.cluster_forwarded += 1;
+        seq
+    }
+
+    /// Announces that `client_id` connected here.
+    pub(super) fn announce(&mut self, client_id: &MqttStr) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.out.push_back(ClusterOut::Connected { client_id: client_id.clone() });
+        }
+    }
+
+    /// Whether an acknowledgement waiting for forwarded position `seq` must wait still.
+    pub(super) fn cluster_behind(&self, seq: u64) -> bool {
+        self.cluster.as_deref().is_some_and(|c| seq > c.acked)
+    }
+
+    /// Parks an acknowledgement until the backplane holds what it waits for.
+    pub(super) fn await_cluster(&mut self, p: ParkedAck) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.awaiting.push_back(p);
+        }
+    }
+}

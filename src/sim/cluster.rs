@@ -1,0 +1,603 @@
+//! A simulated cluster: three broker nodes (each the core's
+//! [`Driver`](ternmq_core::broker::driver::Driver) with [`BrokerConfig::cluster`] set), joined
+//! by a simulated backplane that does what the NATS side does for real: it keeps each node's
+//! interest (plain filters, and shared groups as queue groups), carries a forwarded message to
+//! every node with a matching plain filter and to one node of each matching shared group,
+//! holds retained messages for all, tells a node about a newer connection of its clients, and
+//! acknowledges what it holds after a random delay. Everything runs on a virtual clock from
+//! one seed.
+//!
+//! The faults: the publishing node crashes now and then (its process state is gone, what it
+//! had not handed to the backplane with it; it starts again empty and its clients reconnect),
+//! and a roaming client jumps between nodes, taking its session over each time. [`run`]
+//! checks what the seam promises: every message a publisher saw acknowledged reaches the plain
+//! subscriber on another node, each QoS 2 message exactly once; each message of the shared
+//! group reaches at most one member across the nodes; no message is forwarded twice; and a
+//! roaming client is connected on one node at a time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use ternmq_core::broker::driver::{Command, Driver};
+use ternmq_core::broker::{Broker, BrokerConfig, ClusterOut, ClusterSeq, ClusterTarget, ConnId};
+use ternmq_core::broker::{PeerInfo, persist::StoredMessage};
+use ternmq_core::client::{
+    Client, ClientConfig, Command as ClientCommand, DisconnectReason, Event,
+};
+use ternmq_core::codec::{
+    Connect, MqttStr, ProtocolVersion, Publish, QoS, ReasonCode, Subscription,
+};
+use ternmq_core::time::{Duration, Instant};
+use ternmq_core::topic::{TopicFilter, TopicName, matches};
+
+use super::Rng;
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct ClusterOutcome {
+    /// Messages the publishers saw acknowledged.
+    pub acknowledged: usize,
+    /// Messages the plain subscriber received.
+    pub delivered: usize,
+    /// Messages the shared group's members received, all nodes together.
+    pub shared: usize,
+    /// Times the publishing node crashed.
+    pub crashes: u32,
+    /// Times the roaming client took its session over on another node.
+    pub takeovers: u32,
+    /// Broken promises, in words; empty when every promise held.
+    pub violations: Vec<String>,
+}
+
+const NODES: usize = 3;
+const CRASH_CHANCE: f64 = 0.01;
+/// The node that crashes: the publishers' node.
+const CRASHING: usize = 0;
+
+/// Client roles, by index.
+const PUB_A: usize = 0;
+const PUB_B: usize = 1;
+const SUB: usize = 2;
+const MEMBER_1: usize = 3;
+const MEMBER_2: usize = 4;
+const ROAMER: usize = 5;
+
+struct Link {
+    client: usize,
+    node: usize,
+    conn: ConnId,
+    up: VecDeque<(Instant, Bytes)>,
+    down: VecDeque<(Instant, Bytes)>,
+    /// The broker closed it: it ends once its last bytes arrived.
+    closing: bool,
+}
+
+struct Peer {
+    core: Client,
+    node: usize,
+    link: Option<u32>,
+    received: Vec<Publish>,
+    acked_ids: Vec<u16>,
+    acked: Vec<(String, QoS)>,
+    /// Times its connection was taken over (DISCONNECT 0x8E, or closed under it).
+    taken_over: u32,
+}
+
+/// One node's side of the backplane: its interest, and what it forwarded not yet acknowledged.
+#[derive(Default)]
+struct Port {
+    plain: BTreeSet<String>,
+    groups: BTreeSet<(String, String)>,
+    /// Forwarded messages on their way into the backplane, with when it holds them.
+    unacked: VecDeque<(Instant, ClusterSeq, StoredMessage)>,
+}
+
+struct Net {
+    now: Instant,
+    rng: Rng,
+    nodes: Vec<Driver<u32>>,
+    ports: Vec<Port>,
+    /// Messages on their way from the backplane to a node.
+    inbound: VecDeque<(Instant, usize, StoredMessage, ClusterTarget)>,
+    /// Takeovers on their way to a node.
+    takeovers: VecDeque<(Instant, usize, MqttStr)>,
+    links: BTreeMap<u32, Link>,
+    next_link: u32,
+    peers: Vec<Peer>,
+    config: BrokerConfig,
+    crashes: u32,
+    /// Every message the backplane took, by `topic|payload`, with the crash count when it
+    /// did: a second copy in one life of the node is a loop. (A QoS 2 message resent after a
+    /// crash took its PUBREC is forwarded again by the restarted node, which kept no state:
+    /// exactly once across a crash needs the node's store, which this scenario leaves out.)
+    forwarded: BTreeMap<String, Vec<u32>>,
+    /// The client-id registry: where each client connected last.
+    owners: BTreeMap<String, usize>,
+    violations: Vec<String>,
+}
+
+fn connect(id: &str, persistent: bool) -> Connect {
+    let mut c = Connect::new(ProtocolVersion::V5, MqttStr::new(id).unwrap_or_default());
+    c.clean_start = !persistent;
+    c.keep_alive = 30;
+    c.properties.session_expiry_interval = Some(if persistent { 3600 } else { 0 });
+    c
+}
+
+impl Net {
+    fn latency(&mut self) -> Duration {
+        Duration::from_micros(self.rng.range(50, 3_000))
+    }
+
+    fn open(&mut self, client: usize, node: usize) -> Option<u32> {
+        let id = self.next_link;
+        self.next_link += 1;
+        let now = self.now;
+        let conn = self.nodes[node].handle_accepted(now, PeerInfo::default(), id).ok()?;
+        let (up, down) = (VecDeque::new(), VecDeque::new());
+        self.links.insert(id, Link { client, node, conn, up, down, closing: false });
+        Some(id)
+    }
+
+    fn reset(&mut self, id: u32) {
+        let Some(link) = self.links.remove(&id) else { return };
+        let now = self.now;
+        self.nodes[link.node].handle_closed(now, link.conn);
+        self.peers[link.client].link = None;
+        self.peers[link.client].core.handle_closed(now);
+    }
+
+    fn dial(&mut self, i: usize) {
+        let node = self.peers[i].node;
+        if let Some(l) = self.open(i, node) {
+            self.peers[i].link = Some(l);
+            let _ = self.peers[i].core.reconnect(self.now);
+        } else {
+            let now = self.now;
+            self.peers[i].core.handle_closed(now);
+        }
+    }
+
+    fn pump(&mut self) {
+        loop {
+            let mut busy = false;
+            for n in 0..NODES {
+                while let Some(c) = self.nodes[n].poll_command() {
+                    busy = true;
+                    self.command(n, c);
+                }
+                while self.nodes[n].poll_event().is_some() {}
+            }
+            for i in 0..self.peers.len() {
+                busy |= self.pump_peer(i);
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    fn command(&mut self, node: usize, command: Command<u32>) {
+        let now = self.now;
+        match command {
+            Command::Write(l, chunks) => {
+                let n: usize = chunks.iter().map(Bytes::len).sum();
+                let at = now + self.latency();
+                if let Some(link) = self.links.get_mut(&l) {
+                    link.down.extend(chunks.into_iter().map(|c| (at, c)));
+                    let conn = link.conn;
+                    self.nodes[node].handle_written(now, conn, n);
+                }
+            }
+            // What the broker wrote last (a DISCONNECT) arrives before the end.
+            Command::Close(l) => match self.links.get_mut(&l) {
+                Some(link) if !link.down.is_empty() => link.closing = true,
+                _ => self.reset(l),
+            },
+            Command::Abort(l) => self.reset(l),
+            Command::Cluster(out) => self.cluster(node, out),
+            _ => {}
+        }
+    }
+
+    /// What node `node` hands its backplane.
+    fn cluster(&mut self, node: usize, out: ClusterOut) {
+        let now = self.now;
+        match out {
+            ClusterOut::Publish { seq, message } => {
+                let at = now + Duration::from_micros(self.rng.range(100, 5_000));
+                self.ports[node].unacked.push_back((at, seq, message));
+            }
+            ClusterOut::Interest { filter, group, on } => {
+                let port = &mut self.ports[node];
+                match (group, on) {
+                    (None, true) => port.plain.insert(filter.into()),
+                    (None, false) => port.plain.remove(&*filter),
+                    (Some(g), true) => port.groups.insert((filter.into(), g.into())),
+                    (Some(g), false) => port.groups.remove(&(filter.into(), g.into())),
+                };
+            }
+            ClusterOut::Connected { client_id } => {
+                // The registry: the last node a client connected on wins.
+                self.owners.insert(client_id.as_str().to_owned(), node);
+                for other in (0..NODES).filter(|&n| n != node) {
+                    let at = now + self.latency();
+                    self.takeovers.push_back((at, other, client_id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The backplane holds `message`, forwarded by `from`: it goes to every other node with a
+    /// matching plain filter, and to one node (any, `from` included) per matching group.
+    fn carry(&mut self, from: usize, message: StoredMessage) {
+        let key = format!("{}|{}", message.topic, String::from_utf8_lossy(&message.payload));
+        let lives = self.forwarded.entry(key.clone()).or_default();
+        if lives.contains(&self.crashes) {
+            self.violations.push(format!("{key} was forwarded twice by one node's life"));
+        }
+        lives.push(self.crashes);
+        let topic = message.topic.as_str().to_owned();
+        for n in (0..NODES).filter(|&n| n != from) {
+            if self.ports[n].plain.iter().any(|f| matches(f, &topic)) {
+                let at = self.now + self.latency();
+                self.inbound.push_back((at, n, message.clone(), ClusterTarget::Subscribers));
+            }
+        }
+        let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        for n in 0..NODES {
+            for (f, g) in &self.ports[n].groups {
+                if matches(f, &topic) {
+                    groups.entry((f.clone(), g.clone())).or_default().push(n);
+                }
+            }
+        }
+        for ((filter, group), members) in groups {
+            let pick = members[self.rng.range(0, members.len() as u64 - 1) as usize];
+            let at = self.now + self.latency();
+            let target = ClusterTarget::Group { group: group.into(), filter: filter.into() };
+            self.inbound.push_back((at, pick, message.clone(), target));
+        }
+    }
+
+    fn pump_peer(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let mut busy = false;
+        while let Some(b) = self.peers[i].core.poll_transmit(usize::MAX) {
+            busy = true;
+            let at = now + self.latency();
+            if let Some(link) = self.peers[i].link.and_then(|l| self.links.get_mut(&l)) {
+                link.up.push_back((at, b));
+            }
+        }
+        while let Some(event) = self.peers[i].core.poll_event() {
+            busy = true;
+            match event {
+                Event::Message(p) => self.peers[i].received.push(p),
+                Event::Published { packet_id, reason_code, .. } if !reason_code.is_error() => {
+                    self.peers[i].acked_ids.push(packet_id.get());
+                }
+                Event::Disconnected(DisconnectReason::Server {
+                    reason_code: ReasonCode::SessionTakenOver,
+                    ..
+                }) => self.peers[i].taken_over += 1,
+                _ => {}
+            }
+        }
+        while let Some(c) = self.peers[i].core.poll_command() {
+            busy = true;
+            match c {
+                ClientCommand::CloseTransport => {
+                    if let Some(l) = self.peers[i].link {
+                        self.reset(l);
+                    }
+                }
+                // An older process of the roaming client, taken over: it gives up.
+                ClientCommand::Reconnect if i > ROAMER => {}
+                ClientCommand::Reconnect => self.dial(i),
+                _ => {}
+            }
+        }
+        busy
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let wire = self.links.values().flat_map(|l| l.up.front().into_iter().chain(l.down.front()));
+        let wire = wire.map(|(at, _)| *at).min();
+        let clients = self.peers.iter().filter_map(|p| p.core.poll_timeout()).min();
+        let backplane = self.ports.iter().filter_map(|p| p.unacked.front().map(|u| u.0)).min();
+        let inbound = self.inbound.iter().map(|m| m.0).min();
+        let takeovers = self.takeovers.iter().map(|t| t.0).min();
+        let nodes = self.nodes.iter().filter_map(Driver::poll_timeout).min();
+        [wire, clients, backplane, inbound, takeovers, nodes].into_iter().flatten().min()
+    }
+
+    fn run_until(&mut self, until: Instant) {
+        loop {
+            self.pump();
+            let Some(at) = self.next_due().filter(|at| *at <= until) else {
+                self.now = self.now.max(until);
+                return;
+            };
+            self.now = self.now.max(at);
+            self.step();
+        }
+    }
+
+    /// Node `CRASHING` dies and starts again empty: what it had not handed to the backplane
+    /// is gone, and every connection to it breaks.
+    fn crash(&mut self) {
+        self.crashes += 1;
+        let now = self.now;
+        self.ports[CRASHING].unacked.clear();
+        self.ports[CRASHING].plain.clear();
+        self.ports[CRASHING].groups.clear();
+        self.inbound.retain(|m| m.1 != CRASHING);
+        self.takeovers.retain(|t| t.1 != CRASHING);
+        let gone: Vec<u32> =
+            self.links.iter().filter(|(_, l)| l.node == CRASHING).map(|(id, _)| *id).collect();
+        for id in gone {
+            if let Some(link) = self.links.remove(&id) {
+                self.peers[link.client].link = None;
+                self.peers[link.client].core.handle_closed(now);
+            }
+        }
+        let broker = Broker::new(self.config.clone(), now)
+            .unwrap_or_else(|e| unreachable!("a valid configuration: {e}"));
+        self.nodes[CRASHING] = Driver::new(broker);
+        self.nodes[CRASHING].handle_cluster_link(now, true);
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        for n in 0..NODES {
+            while self.ports[n].unacked.front().is_some_and(|u| u.0 <= now) {
+                let Some((_, seq, message)) = self.ports[n].unacked.pop_front() else { break };
+                if message.retain {
+                    for other in (0..NODES).filter(|&o| o != n) {
+                        self.nodes[other].handle_cluster_retained(now, message.clone());
+                    }
+                }
+                self.carry(n, message);
+                self.nodes[n].handle_cluster_acked(now, seq);
+                self.pump();
+            }
+        }
+        while let Some(k) = self.inbound.iter().position(|m| m.0 <= now) {
+            let Some((_, n, message, target)) = self.inbound.remove(k) else { break };
+            self.nodes[n].handle_cluster_publish(now, message, target);
+            self.pump();
+        }
+        while let Some(k) = self.takeovers.iter().position(|t| t.0 <= now) {
+            let Some((_, n, id)) = self.takeovers.remove(k) else { break };
+            // A node hears of a connection elsewhere only while that is the newest one: the
+            // registry's order (the NATS side compares revisions).
+            if self.owners.get(id.as_str()) == Some(&n) {
+                continue;
+            }
+            self.nodes[n].handle_cluster_takeover(now, id.as_str());
+            self.pump();
+        }
+        let ids: Vec<u32> = self.links.keys().copied().collect();
+        for id in ids {
+            while let Some(link) = self.links.get_mut(&id) {
+                let (node, conn, client) = (link.node, link.conn, link.client);
+                if link.up.front().is_some_and(|(at, _)| *at <= now) {
+                    let Some((_, b)) = link.up.pop_front() else { break };
+                    self.nodes[node].handle_bytes(now, conn, BytesMut::from(&b[..]));
+                } else if link.down.front().is_some_and(|(at, _)| *at <= now) {
+                    let Some((_, b)) = link.down.pop_front() else { break };
+                    let last = link.closing && link.down.is_empty();
+                    self.peers[client].core.handle_bytes(now, &mut BytesMut::from(&b[..]));
+                    if last {
+                        self.reset(id);
+                    }
+                } else {
+                    break;
+                }
+                self.pump();
+            }
+        }
+        for i in 0..self.peers.len() {
+            if self.peers[i].core.poll_timeout().is_some_and(|at| at <= now) {
+                self.peers[i].core.handle_timeout(now);
+            }
+        }
+        for n in 0..NODES {
+            if self.nodes[n].poll_timeout().is_some_and(|at| at <= now) {
+                self.nodes[n].handle_timeout(now);
+            }
+        }
+    }
+
+    fn record_acks(&mut self, sent: &mut BTreeMap<(usize, u16), (String, QoS)>) {
+        for i in [PUB_A, PUB_B] {
+            for id in std::mem::take(&mut self.peers[i].acked_ids) {
+                if let Some(entry) = sent.remove(&(i, id)) {
+                    self.peers[i].acked.push(entry);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the cluster scenario with `seed`: `messages` publishes.
+pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
+    let mut rng = Rng::new(seed);
+    let now = Instant::ZERO;
+    let mut config = BrokerConfig::default();
+    config.cluster = true;
+    config.receive_maximum = u16::try_from(rng.range(4, 64)).unwrap_or(16);
+    let nodes = (0..NODES)
+        .map(|_| {
+            let broker = Broker::new(config.clone(), now)
+                .unwrap_or_else(|e| unreachable!("a valid configuration: {e}"));
+            let mut d = Driver::new(broker);
+            d.handle_cluster_link(now, true);
+            d
+        })
+        .collect();
+    let mut net = Net {
+        now,
+        rng: rng.fork(),
+        nodes,
+        ports: (0..NODES).map(|_| Port::default()).collect(),
+        inbound: VecDeque::new(),
+        takeovers: VecDeque::new(),
+        links: BTreeMap::new(),
+        next_link: 0,
+        peers: Vec::new(),
+        config,
+        crashes: 0,
+        forwarded: BTreeMap::new(),
+        owners: BTreeMap::new(),
+        violations: Vec::new(),
+    };
+    // Publishers on the crashing node (clean sessions: they start again with it), the plain
+    // subscriber on node 1, the shared group's members on nodes 1 and 2, and a client that
+    // roams.
+    let roles = [
+        ("pub-a", CRASHING, false),
+        ("pub-b", CRASHING, false),
+        ("sub", 1, true),
+        ("member-1", 1, true),
+        ("member-2", 2, true),
+        ("roamer", 1, true),
+    ];
+    for (id, node, persistent) in roles {
+        let config = ClientConfig { seed: rng.next_u64(), ..ClientConfig::default() };
+        let mut core = Client::new(config, now);
+        let _ = core.connect(now, connect(id, persistent));
+        net.peers.push(Peer {
+            core,
+            node,
+            link: None,
+            received: Vec::new(),
+            acked_ids: Vec::new(),
+            acked: Vec::new(),
+            taken_over: 0,
+        });
+        let i = net.peers.len() - 1;
+        let l = net.open(i, node);
+        net.peers[i].link = l;
+    }
+    net.run_until(now + Duration::from_secs(2));
+    for (i, filter) in [(SUB, "t/#"), (MEMBER_1, "$share/g/t/+"), (MEMBER_2, "$share/g/t/+")] {
+        let filter = TopicFilter::new(filter).unwrap_or_else(|_| unreachable!());
+        let at = net.now;
+        let _ = net.peers[i].core.subscribe(at, &[Subscription::new(filter, QoS::ExactlyOnce)]);
+    }
+    net.run_until(net.now + Duration::from_secs(1));
+
+    let mut sent: BTreeMap<(usize, u16), (String, QoS)> = BTreeMap::new();
+    let mut takeovers = 0;
+    for n in 0..messages {
+        let i = if n % 2 == 0 { PUB_A } else { PUB_B };
+        let qos = if net.rng.chance(0.5) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let topic = if n % 3 == 0 { "t/r" } else { "t/x" };
+        let body = format!("m{n}");
+        let mut p =
+            Publish::new(TopicName::new(topic).unwrap_or_else(|_| unreachable!()), body.clone());
+        p.qos = qos;
+        p.retain = topic == "t/r";
+        let at = net.now;
+        if let Ok(Some(id)) = net.peers[i].core.publish(at, p) {
+            sent.insert((i, id.get()), (format!("{topic}|{body}"), qos));
+        }
+        net.pump();
+        let gap = Duration::from_micros(net.rng.range(100, 3_000));
+        net.run_until(net.now + gap);
+        if net.rng.chance(CRASH_CHANCE) {
+            net.crash();
+        }
+        if net.rng.chance(0.02) {
+            // The roamer moves to another node, as a load balancer might send it.
+            let from = net.peers[ROAMER].node;
+            let to = (from + 1 + net.rng.range(0, (NODES - 2) as u64) as usize) % NODES;
+            net.peers[ROAMER].node = to;
+            net.peers[ROAMER].link = None;
+            let config = ClientConfig { seed: net.rng.next_u64(), ..ClientConfig::default() };
+            // A second process with the same id: the first keeps its connection until the
+            // cluster takes it over.
+            let mut core = Client::new(config, net.now);
+            let _ = core.connect(net.now, connect("roamer", true));
+            let old = std::mem::replace(&mut net.peers[ROAMER].core, core);
+            let before = net.links.iter().find(|(_, l)| l.client == ROAMER).map(|(id, _)| *id);
+            net.peers.push(Peer {
+                core: old,
+                node: from,
+                link: before,
+                received: Vec::new(),
+                acked_ids: Vec::new(),
+                acked: Vec::new(),
+                taken_over: 0,
+            });
+            let ghost = net.peers.len() - 1;
+            if let Some(l) = before.and_then(|l| net.links.get_mut(&l)) {
+                l.client = ghost;
+            }
+            let l = net.open(ROAMER, to);
+            net.peers[ROAMER].link = l;
+            takeovers += 1;
+        }
+        net.record_acks(&mut sent);
+    }
+    for _ in 0..30 {
+        net.run_until(net.now + Duration::from_secs(1));
+        net.record_acks(&mut sent);
+    }
+    check(&mut net, takeovers)
+}
+
+fn check(net: &mut Net, takeovers: u32) -> ClusterOutcome {
+    let mut out = ClusterOutcome {
+        crashes: net.crashes,
+        takeovers,
+        violations: std::mem::take(&mut net.violations),
+        ..ClusterOutcome::default()
+    };
+    let count = |i: usize| {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for p in &net.peers[i].received {
+            let key = format!("{}|{}", p.topic, String::from_utf8_lossy(&p.payload));
+            *seen.entry(key).or_default() += 1;
+        }
+        seen
+    };
+    let sub = count(SUB);
+    let resent = |key: &str| net.forwarded.get(key).map_or(1, Vec::len);
+    let (m1, m2) = (count(MEMBER_1), count(MEMBER_2));
+    for from in [PUB_A, PUB_B] {
+        for (key, qos) in &net.peers[from].acked {
+            out.acknowledged += 1;
+            match (sub.get(key).copied().unwrap_or(0), qos) {
+                (0, _) => out.violations.push(format!("{key} ({qos:?}) never reached node 1")),
+                (1, _) | (_, QoS::AtLeastOnce) => out.delivered += 1,
+                (n, _) if n <= resent(key) => out.delivered += 1,
+                (n, _) => out.violations.push(format!("QoS 2 message {key} arrived {n} times")),
+            }
+        }
+    }
+    for (key, n) in &m1 {
+        let both = n + m2.get(key).copied().unwrap_or(0);
+        if both > resent(key) {
+            out.violations.push(format!("{key} reached the shared group {both} times"));
+        }
+    }
+    out.shared = m1.values().chain(m2.values()).sum();
+    // The roamer's current process is connected; every earlier one was taken over.
+    if !net.peers[ROAMER].core.is_connected() {
+        out.violations.push("the roaming client's newest connection is not connected".into());
+    }
+    for ghost in net.peers.iter().skip(ROAMER + 1) {
+        if ghost.core.is_connected() {
+            out.violations.push("an older connection of the roaming client is still up".into());
+        }
+    }
+    if net.peers.iter().skip(ROAMER + 1).all(|g| g.taken_over == 0) && takeovers > 0 {
+        out.violations
+            .push("no older connection of the roaming client read DISCONNECT 0x8E".into());
+    }
+    out
+}
