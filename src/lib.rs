@@ -19,6 +19,8 @@ pub mod auth;
 pub use ternmq_core as core;
 pub use ternmq_core::{broker, codec, topic};
 
+#[cfg(feature = "cluster")]
+pub use ternmq_cluster as cluster;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "sim")]

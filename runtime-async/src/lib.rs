@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 pub mod client;
+pub mod cluster;
 #[cfg(feature = "server")]
 pub mod control;
 pub mod proxy;

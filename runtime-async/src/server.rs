@@ -16,6 +16,7 @@
 //! 2 queued in the session), so a stalled reader grows no memory here. Protocol decisions are
 //! the core's; this module only moves bytes and time, through a [`ServerRuntime`].
 
+use crate::cluster::{ClusterIn, ClusterInbox};
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -190,6 +191,9 @@ pub struct ServerConfig {
     pub store: Option<StoreConfig>,
     /// Bridges to other brokers.
     pub bridges: Vec<BridgeSpec>,
+    /// The cluster's backplane, if this broker is one node of a cluster; `None` runs alone,
+    /// with no backplane at all. (The std server has none.)
+    pub cluster: Option<Arc<dyn crate::cluster::ClusterLink>>,
 }
 
 /// A bridge to run: what the core's [`BridgeConfig`] says, and how to reach each of its
@@ -227,6 +231,7 @@ impl fmt::Debug for ServerConfig {
             .field("blocking_authorizer", &self.blocking_authorizer.is_some())
             .field("store", &self.store)
             .field("bridges", &self.bridges)
+            .field("cluster", &self.cluster.is_some())
             .finish()
     }
 }
@@ -243,6 +248,7 @@ impl ServerConfig {
             blocking_authorizer: None,
             store: None,
             bridges: Vec::new(),
+            cluster: None,
         }
     }
 
@@ -435,8 +441,10 @@ impl<R: ServerRuntime> Server<R> {
         let epoch = StdInstant::now();
         let (tx, rx) = self.input;
         let (done, fail) = (tx.clone(), tx.clone());
+        let mut broker_config = self.config.broker.clone();
+        broker_config.cluster = self.config.cluster.is_some();
         let (broker, writer) = ternmq_store::start_broker(
-            self.config.broker.clone(),
+            broker_config,
             self.store.zip(self.config.store.as_ref()),
             move |seq| {
                 let _ = R::send_blocking(&done, Input::Persisted(seq));
@@ -477,6 +485,15 @@ impl<R: ServerRuntime> Server<R> {
             runtime: PhantomData,
         };
         core.inbox.started(core.writer.as_ref().map(Writer::metrics));
+        if let Some(link) = &self.config.cluster {
+            let tx = core.tx.clone();
+            link.start(ClusterInbox::new(move |input| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    let _ = R::send(&tx, Input::Cluster(Box::new(input))).await;
+                })
+            }));
+        }
         for spec in &self.config.bridges {
             let now = core.now();
             core.driver.add_bridge(now, spec.config.clone());
@@ -528,6 +545,9 @@ enum Input<R: ServerRuntime> {
     BridgeWritten(u32, usize),
     Auth(AuthTicket, AuthDecision),
     Persisted(PersistSeq),
+    /// What the cluster's backplane reports (boxed: a message is large, and every input of
+    /// the queue is as large as the largest).
+    Cluster(Box<ClusterIn>),
     Authorized(AuthTicket, bool),
     StoreFailed(String),
 }
@@ -814,6 +834,24 @@ impl<R: ServerRuntime> Core<R> {
             Input::Authorized(ticket, allowed) => {
                 self.driver.handle_authorization(now, ticket, allowed);
             }
+            Input::Cluster(input) => match *input {
+                ClusterIn::Link(up) => {
+                    if up {
+                        log::info!("cluster backplane connected");
+                    } else {
+                        log::warn!("cluster backplane lost: serving local clients alone");
+                    }
+                    self.driver.handle_cluster_link(now, up);
+                }
+                ClusterIn::Acked(seq) => self.driver.handle_cluster_acked(now, seq),
+                ClusterIn::Publish(message, target) => {
+                    self.driver.handle_cluster_publish(now, message, target);
+                }
+                ClusterIn::Retained(message) => self.driver.handle_cluster_retained(now, message),
+                ClusterIn::Takeover(client_id) => {
+                    self.driver.handle_cluster_takeover(now, &client_id);
+                }
+            },
             Input::StoreFailed(e) => {
                 log::error!("{e}; stopping");
                 self.store_failed = Some(e);
@@ -860,6 +898,11 @@ impl<R: ServerRuntime> Core<R> {
                     }
                 }
                 Command::Dial { bridge, address } => self.dial(bridge, address),
+                Command::Cluster(out) => {
+                    if let Some(link) = &self.hooks.cluster {
+                        link.send(out);
+                    }
+                }
                 _ => {}
             }
         }

@@ -147,6 +147,12 @@ impl Server {
     /// Checks the configuration and binds every listener.
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
         config.validate()?;
+        if config.cluster.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cluster: the std server does not run a cluster backplane; use the Tokio server",
+            ));
+        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listeners = Vec::with_capacity(config.listeners.len());

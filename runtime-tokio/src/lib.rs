@@ -37,6 +37,7 @@ pub use server::{
     AsyncAuthenticator, AsyncAuthorizer, BridgeAddress, BridgeSpec, Control, Listener, Server,
     ServerConfig, ShutdownHandle, TlsAcceptor, TlsSettings, TlsVersion,
 };
+pub use ternmq_async::cluster::{ClusterIn, ClusterInbox, ClusterLink};
 pub use ternmq_async::transport::{ClientTransport, Transform};
 pub use ternmq_core as core;
 pub use ternmq_core::client::ReconnectOptions;

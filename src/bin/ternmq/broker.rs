@@ -38,6 +38,10 @@ options:
       --log-format F     text (default) or json (one JSON object a line)
       --http ADDR        serve the HTTP admin API, metrics and dashboard on ADDR
                          (e.g. 127.0.0.1:8080; off by default; see [http] in the config)
+      --cluster URLS     run as one node of a cluster over NATS JetStream at URLS
+                         (nats://host:port, repeated or comma-separated: every server of
+                         the NATS cluster; see [cluster] in the config)
+      --node-name NAME   this node's name in the cluster (default: the host name)
       --help             print this help
 
 Flags override the file. Ctrl-C or SIGTERM stops the broker gracefully. SIGHUP (or POST
@@ -93,6 +97,82 @@ struct FileConfig {
     http: Option<HttpTable>,
     #[serde(default)]
     bridge: Vec<crate::bridge::BridgeTable>,
+    cluster: Option<ClusterTable>,
+}
+
+/// The `[cluster]` table: this broker as one node of a cluster over NATS JetStream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterTable {
+    /// Every server of the NATS cluster.
+    #[serde(default)]
+    nats: Vec<String>,
+    node_name: Option<String>,
+    /// A NATS credentials file.
+    credentials: Option<PathBuf>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    /// Certificate authorities for NATS's TLS (turns TLS on).
+    cafile: Option<PathBuf>,
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
+    tls: Option<bool>,
+    replicas: Option<usize>,
+}
+
+/// The cluster's backplane from the `[cluster]` table and the `--cluster` and `--node-name`
+/// flags (which win); `None` when neither names a NATS server.
+fn cluster_link(
+    table: Option<ClusterTable>,
+    urls: Vec<String>,
+    node_name: Option<String>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<Arc<ternmq::cluster::NatsCluster>>, String> {
+    if table.is_none() && urls.is_empty() {
+        return Ok(None);
+    }
+    let table = table.unwrap_or_default();
+    let here = |key: &str| format!("{} (in [cluster])", at(key));
+    let servers = if urls.is_empty() { table.nats } else { urls };
+    let user = match (table.user, table.password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => return Err(format!("{}: user needs a password", here("user"))),
+        (None, Some(_)) => return Err(format!("{}: password needs a user", here("password"))),
+    };
+    let tls_client = match (table.certfile, table.keyfile) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err(format!("{}: certfile and keyfile go together", here("certfile"))),
+    };
+    let config = ternmq::cluster::NatsConfig {
+        servers,
+        node_name: node_name.or(table.node_name).unwrap_or_else(host_name),
+        credentials: table.credentials,
+        user,
+        token: table.token,
+        tls_ca: table.cafile,
+        tls_client,
+        tls_required: table.tls.unwrap_or(false),
+        replicas: table.replicas,
+    };
+    ternmq::cluster::NatsCluster::new(config).map(Some).map_err(|e| format!("ternmq broker: {e}"))
+}
+
+/// The host's name, as a node name (letters, digits, '-' and '_').
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    if name.is_empty() { "ternmq".into() } else { name }
 }
 
 /// The `[http]` table: the admin API.
@@ -428,7 +508,9 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut log_timestamp: Option<String> = None;
     let mut log_format: Option<String> = None;
     let mut http: Option<String> = None;
-    let mut runtime = Runtime::default_here();
+    let mut runtime = None;
+    let mut cluster_urls: Vec<String> = Vec::new();
+    let mut node_name: Option<String> = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = |name: &str| {
@@ -447,8 +529,12 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
             "--data-dir" => data_dir = Some(PathBuf::from(value(flag)?)),
             "--no-persistence" => no_persistence = true,
             "--allow-anonymous" => allow_anonymous = true,
+            "--cluster" => {
+                cluster_urls.extend(value(flag)?.split(',').map(|u| u.trim().to_string()));
+            }
+            "--node-name" => node_name = Some(value(flag)?),
             "--runtime" => {
-                runtime = match value(flag)?.as_str() {
+                runtime = Some(match value(flag)?.as_str() {
                     "tokio" => Runtime::Tokio,
                     "std" => Runtime::Std,
                     "smol" => Runtime::Smol,
@@ -457,7 +543,7 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
                             "ternmq broker: --runtime {v:?}: use tokio, smol or std"
                         ));
                     }
-                };
+                });
             }
             "-v" | "--verbose" => log_level = Some("debug".into()),
             "--log-level" => log_level = Some(value(flag)?),
@@ -491,8 +577,22 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
             .unwrap_or(LogFormat::Text);
     let http_table = fc.http.take();
     let bridges = std::mem::take(&mut fc.bridge);
+    let cluster_table = fc.cluster.take();
     let mut s = build(fc, bind, port, data_dir, no_persistence, allow_anonymous, log_level, &at)?;
-    s.runtime = runtime;
+    let cluster = cluster_link(cluster_table, cluster_urls, node_name, &at)?;
+    // The NATS backplane runs on Tokio.
+    s.runtime = match (runtime, &cluster) {
+        (Some(r @ (Runtime::Std | Runtime::Smol)), Some(_)) => {
+            let name = if r == Runtime::Std { "std" } else { "smol" };
+            return Err(format!(
+                "ternmq broker: --runtime {name}: a cluster node runs on the tokio runtime"
+            ));
+        }
+        (Some(r), _) => r,
+        (None, Some(_)) => Runtime::Tokio,
+        (None, None) => Runtime::default_here(),
+    };
+    s.config.cluster = cluster.map(|c| c as Arc<dyn ternmq::tokio::ClusterLink>);
     s.log_timestamp = timestamp;
     s.log_format = format;
     s.http = http_settings(http_table, http, &at)?;

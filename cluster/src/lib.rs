@@ -1,0 +1,719 @@
+//! Many ternmq broker nodes as one broker, over NATS JetStream.
+//!
+//! [`NatsCluster`] is the backplane a Tokio server runs when it is one node of a cluster
+//! ([`ClusterLink`]): the broker core decides what leaves the node and what an arrival means
+//! (see `ternmq_core::broker::cluster`); this crate only carries it, with `async-nats`.
+//!
+//! - **Messages.** A message published on a node goes to the NATS subject
+//!   `tmq.<class>.<topic>` ([`subject`]): class `0` for QoS 0 (core NATS, at most once) and `1`
+//!   for QoS 1 and 2, which the JetStream stream `TERNMQ` captures; the node acknowledges its
+//!   publisher only once JetStream acknowledged the message (replicated, on disk).
+//! - **Interest.** A node subscribes to `tmq.*.<filter>` ([`filter_subjects`]) for each filter
+//!   its clients subscribe to, so NATS sends it only what its subscribers match; a shared
+//!   group is a NATS queue group, so NATS picks one node of those with members for each
+//!   message. Plain subscriptions use a connection with no echo (a node already delivered its
+//!   own messages to its own subscribers); queue subscriptions use a second connection, so
+//!   that a node's own groups are in the choice.
+//! - **Retained messages** go to `tmq.r.<topic>` too, kept by the stream `TERNMQ_RETAINED`
+//!   one per subject; every node stores every retained message, and a starting node reads
+//!   the stream's last message of every subject first.
+//! - **Takeover.** A client id connected on a node is written to the key-value bucket
+//!   `ternmq_clients` (key: the id in hex; value: the node's name). Every node watches the
+//!   bucket: an entry for one of its clients, written by another node after its own, takes
+//!   the client's connection and session here over.
+//! - **Faults.** `async-nats` reconnects (to any server given) and resubscribes by itself;
+//!   the node is told the link is down and up again, and serves its own clients alone
+//!   meanwhile.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use ternmq_async::cluster::{
+    ClusterIn, ClusterInbox, ClusterLink, ClusterOut, ClusterSeq, ClusterTarget, StoredMessage,
+};
+use ternmq_core::codec::QoS;
+use tokio::sync::mpsc;
+
+/// The JetStream stream that holds QoS 1 and 2 messages.
+pub const MESSAGES_STREAM: &str = "TERNMQ";
+/// The JetStream stream that holds the last retained message of each topic.
+pub const RETAINED_STREAM: &str = "TERNMQ_RETAINED";
+/// The key-value bucket of client ids and the node each connected on last.
+pub const CLIENTS_BUCKET: &str = "ternmq_clients";
+/// The header that names a forwarded message: its node's name and run, and its position.
+pub const ID_HEADER: &str = "Tmq-Id";
+
+/// Ids of the messages routed lately (with the group they went to), so that a copy is not:
+/// NATS delivers a message once per matching subscription of a connection, and a message
+/// JetStream did not acknowledge in time is sent again.
+#[derive(Default)]
+struct Recent {
+    set: std::collections::HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    const KEEP: usize = 1 << 16;
+
+    /// Whether `id` is new; remembers it.
+    fn first(&mut self, id: String) -> bool {
+        if self.set.contains(&id) {
+            return false;
+        }
+        if self.order.len() == Self::KEEP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.order.push_back(id.clone());
+        self.set.insert(id);
+        true
+    }
+}
+
+/// How to reach NATS, and who this node is.
+#[derive(Clone, Debug, Default)]
+pub struct NatsConfig {
+    /// Every server of the NATS cluster (`nats://host:port`, `tls://host:port`).
+    pub servers: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node_name: String,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub credentials: Option<PathBuf>,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+    /// An authentication token.
+    pub token: Option<String>,
+    /// Certificate authorities to trust for NATS's TLS (PEM); also requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for NATS servers that verify clients.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// Require TLS even without a CA file.
+    pub tls_required: bool,
+    /// Replicas of the streams and the bucket (default: as many servers as given, at most 3).
+    pub replicas: Option<usize>,
+}
+
+impl NatsConfig {
+    /// Checks the configuration, naming the field that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.servers.is_empty() {
+            return Err("cluster.nats: no NATS server given".into());
+        }
+        for s in &self.servers {
+            if s.trim().is_empty() || s.contains(char::is_whitespace) {
+                return Err(format!("cluster.nats: {s:?} is not a server address"));
+            }
+        }
+        if self.node_name.is_empty() {
+            return Err("cluster.node_name: must not be empty".into());
+        }
+        if !self.node_name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+            return Err(format!(
+                "cluster.node_name: {:?} may hold only letters, digits, '-' and '_'",
+                self.node_name
+            ));
+        }
+        if self.replicas.is_some_and(|r| r == 0 || r > 5) {
+            return Err("cluster.replicas: must be 1 to 5".into());
+        }
+        Ok(())
+    }
+
+    fn replicas(&self) -> usize {
+        self.replicas.unwrap_or_else(|| self.servers.len().clamp(1, 3))
+    }
+
+    async fn options(&self, echo: bool) -> std::io::Result<async_nats::ConnectOptions> {
+        let mut o = async_nats::ConnectOptions::new()
+            .name(format!("ternmq-{}", self.node_name))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(10)));
+        if !echo {
+            o = o.no_echo();
+        }
+        if let Some(path) = &self.credentials {
+            o = o.credentials_file(path).await?;
+        }
+        if let Some((user, password)) = &self.user {
+            o = o.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            o = o.token(token.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            o = o.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.tls_required {
+            o = o.require_tls(true);
+        }
+        Ok(o)
+    }
+}
+
+/// One MQTT topic level as a NATS subject token: `.`, `*`, `>`, `%`, white space and control
+/// characters are written `%XX`, and an empty level is `%` alone, so that every topic has one
+/// subject and back.
+pub fn token(level: &str, out: &mut String) {
+    if level.is_empty() {
+        out.push('%');
+        return;
+    }
+    for c in level.chars() {
+        match c {
+            '.' | '*' | '>' | '%' => push_escaped(c as u32, out),
+            c if c.is_whitespace() || c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    push_escaped(u32::from(b), out);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+fn push_escaped(b: u32, out: &mut String) {
+    use fmt::Write;
+    let _ = write!(out, "%{b:02X}");
+}
+
+/// The NATS subject of an MQTT topic, under `prefix` (`tmq.1`, `tmq.r`).
+pub fn subject(prefix: &str, topic: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + topic.len() + 8);
+    s.push_str(prefix);
+    for level in topic.split('/') {
+        s.push('.');
+        token(level, &mut s);
+    }
+    s
+}
+
+/// The NATS subjects that an MQTT filter's messages arrive on, under `prefix` (`tmq.*`): `+`
+/// is `*`, and a trailing `#`, which also matches its parent level, is two subjects (`a/#`:
+/// `a` and `a.>`; `#` alone: `>`).
+pub fn filter_subjects(prefix: &str, filter: &str) -> Vec<String> {
+    let mut s = String::from(prefix);
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if *level == "#" {
+            if i == 0 {
+                return vec![format!("{prefix}.>")];
+            }
+            return vec![s.clone(), format!("{s}.>")];
+        }
+        s.push('.');
+        if *level == "+" {
+            s.push('*');
+        } else {
+            token(level, &mut s);
+        }
+    }
+    vec![s]
+}
+
+/// The MQTT topic a subject (under a prefix of `skip` tokens) carries; `None` if it is no
+/// subject of [`subject`].
+pub fn topic_of(subject: &str, skip: usize) -> Option<String> {
+    let mut out = Vec::new();
+    for tok in subject.split('.').skip(skip) {
+        if tok == "%" {
+            // An empty level.
+            out.push(b'/');
+            continue;
+        }
+        let b = tok.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                let hex = tok.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out.push(b'/');
+    }
+    out.pop()?;
+    String::from_utf8(out).ok()
+}
+
+/// The NATS backplane of one node.
+pub struct NatsCluster {
+    config: NatsConfig,
+    out: mpsc::UnboundedSender<ClusterOut>,
+    pending: Mutex<Option<mpsc::UnboundedReceiver<ClusterOut>>>,
+}
+
+impl fmt::Debug for NatsCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsCluster").field("config", &self.config).finish()
+    }
+}
+
+impl NatsCluster {
+    /// A backplane for `config`; it connects when the server starts it, on the Tokio runtime
+    /// the server runs on.
+    pub fn new(config: NatsConfig) -> Result<Arc<Self>, String> {
+        config.validate()?;
+        let (out, rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(Self { config, out, pending: Mutex::new(Some(rx)) }))
+    }
+}
+
+impl ClusterLink for NatsCluster {
+    fn start(&self, inbox: ClusterInbox) {
+        let rx = self.pending.lock().ok().and_then(|mut p| p.take());
+        let Some(rx) = rx else {
+            log::error!("cluster: the backplane was started twice");
+            return;
+        };
+        let config = self.config.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            log::error!("cluster: the NATS backplane runs on the Tokio runtime only");
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(e) = run(config, inbox, rx).await {
+                log::error!("cluster: {e}");
+            }
+        });
+    }
+
+    fn send(&self, out: ClusterOut) {
+        let _ = self.out.send(out);
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects, makes the streams and the bucket, reads the retained messages, then carries the
+/// node's output until the server drops its side.
+async fn run(
+    config: NatsConfig,
+    inbox: ClusterInbox,
+    mut rx: mpsc::UnboundedReceiver<ClusterOut>,
+) -> Result<(), Error> {
+    let servers: Vec<async_nats::ServerAddr> =
+        config.servers.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+    // Link state, from the connection that publishes (and holds the plain subscriptions).
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel::<bool>();
+    let options = config.options(false).await?.event_callback(move |event| {
+        let link = link_tx.clone();
+        async move {
+            match event {
+                async_nats::Event::Connected => {
+                    let _ = link.send(true);
+                }
+                async_nats::Event::Disconnected => {
+                    let _ = link.send(false);
+                }
+                other => log::info!("cluster: NATS {other}"),
+            }
+        }
+    });
+    let client = options.connect(servers.clone()).await?;
+    let queue_client = config.options(true).await?.connect(servers).await?;
+    let mut js = jetstream::new(client.clone());
+    // A publish JetStream did not acknowledge is sent again after this (a stream leader
+    // lost with its server is replaced in a few seconds).
+    js.set_timeout(Duration::from_secs(2));
+    // Who sent a message: this node's name and this run of it, so that copies of one message
+    // (over overlapping subscriptions, or sent again) are routed once.
+    let incarnation =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let origin = format!("{}.{incarnation:x}", config.node_name);
+    let recent = Arc::new(Mutex::new(Recent::default()));
+    let replicas = config.replicas();
+    // The retained messages so far, then the live ones (subscribed first: none is missed).
+    let mut live = client.subscribe("tmq.r.>").await?;
+    // JetStream may not be ready (a NATS cluster still electing its leader, or down): the
+    // node serves its own clients meanwhile and tries again.
+    let clients = loop {
+        match prepare(&js, replicas, &inbox).await {
+            Ok(clients) => break clients,
+            Err(e) => {
+                log::warn!("cluster: JetStream not ready ({e}); trying again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    log::info!(
+        "cluster: node {} on NATS {:?} ({} replicas)",
+        config.node_name,
+        config.servers,
+        replicas
+    );
+    let node = config.node_name.clone();
+    {
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            while let Some(m) = live.next().await {
+                if let Some(message) = retained_message(&m.payload, None) {
+                    inbox.put(ClusterIn::Retained(message)).await;
+                }
+            }
+        });
+    }
+    // Takeovers: the registry's entries written by other nodes after this one's.
+    let registry = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+    {
+        let mut watch = clients.watch_all().await?;
+        let (inbox, registry, node) = (inbox.clone(), Arc::clone(&registry), node.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(entry)) = watch.next().await {
+                if entry.value.as_ref() == node.as_bytes() {
+                    continue;
+                }
+                let Some(id) = unhex(&entry.key) else { continue };
+                let mine = registry.lock().ok().and_then(|mut r| {
+                    let rev = r.get(&entry.key).copied()?;
+                    (rev < entry.revision).then(|| r.remove(&entry.key)).flatten()
+                });
+                if mine.is_some() {
+                    inbox.put(ClusterIn::Takeover(id)).await;
+                }
+            }
+        });
+    }
+    inbox.put(ClusterIn::Link(true)).await;
+    {
+        let inbox = inbox.clone();
+        tokio::spawn(async move {
+            while let Some(up) = link_rx.recv().await {
+                inbox.put(ClusterIn::Link(up)).await;
+            }
+        });
+    }
+
+    let (acks, ack_rx) = mpsc::channel::<Pending>(4096);
+    tokio::spawn(confirm(js.clone(), ack_rx, inbox.clone()));
+    // Each filter's (and group's) subscription tasks.
+    let mut interest: HashMap<Interest, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+    while let Some(out) = rx.recv().await {
+        match out {
+            ClusterOut::Publish { seq, message } => {
+                let mut payload = Vec::with_capacity(message.payload.len() + 64);
+                message.encode(&mut payload);
+                let payload = Bytes::from(payload);
+                let topic = message.topic.as_str();
+                if message.retain {
+                    let _ = client.publish(subject("tmq.r", topic), payload.clone()).await;
+                }
+                let id = format!("{origin}:{}", seq.0);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(ID_HEADER, id.as_str());
+                // JetStream keeps one copy of a message sent again.
+                headers.insert("Nats-Msg-Id", id.as_str());
+                let pending = if message.qos == QoS::AtMostOnce {
+                    let _ = client
+                        .publish_with_headers(subject("tmq.0", topic), headers, payload)
+                        .await;
+                    let (subject, payload) = (String::new(), Bytes::new());
+                    Pending {
+                        seq,
+                        subject,
+                        headers: async_nats::HeaderMap::new(),
+                        payload,
+                        ack: None,
+                    }
+                } else {
+                    let subject = subject("tmq.1", topic);
+                    let ack = js
+                        .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                        .await
+                        .ok();
+                    Pending { seq, subject, headers, payload, ack }
+                };
+                if acks.send(pending).await.is_err() {
+                    break;
+                }
+            }
+            ClusterOut::Interest { filter, group, on } => {
+                let key = (filter, group);
+                if !on {
+                    for task in interest.remove(&key).unwrap_or_default() {
+                        task.abort();
+                    }
+                    continue;
+                }
+                let mut tasks = Vec::new();
+                for s in filter_subjects("tmq.*", &key.0) {
+                    let sub = match &key.1 {
+                        None => client.subscribe(s).await,
+                        Some(g) => {
+                            let queue = format!("{}.{}", queue_name(g), queue_name(&key.0));
+                            queue_client.queue_subscribe(s, queue).await
+                        }
+                    };
+                    let mut sub = match sub {
+                        Ok(sub) => sub,
+                        Err(e) => {
+                            log::error!("cluster: subscribing to {}: {e}", key.0);
+                            continue;
+                        }
+                    };
+                    let target = match &key.1 {
+                        None => ClusterTarget::Subscribers,
+                        Some(g) => ClusterTarget::Group { group: g.clone(), filter: key.0.clone() },
+                    };
+                    let (inbox, recent) = (inbox.clone(), Arc::clone(&recent));
+                    let group = key.1.clone().unwrap_or_default();
+                    tasks.push(tokio::spawn(async move {
+                        while let Some(m) = sub.next().await {
+                            let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
+                            let first = match id {
+                                Some(id) => recent
+                                    .lock()
+                                    .is_ok_and(|mut r| r.first(format!("{id}|{group}"))),
+                                None => true,
+                            };
+                            if !first {
+                                continue;
+                            }
+                            if let Some(message) = StoredMessage::decode(&m.payload) {
+                                inbox.put(ClusterIn::Publish(message, target.clone())).await;
+                            }
+                        }
+                    }));
+                }
+                interest.insert(key, tasks);
+            }
+            ClusterOut::Connected { client_id } => {
+                let key = hex(client_id.as_str());
+                if let Ok(mut r) = registry.lock() {
+                    r.insert(key.clone(), u64::MAX);
+                }
+                match clients.put(&key, Bytes::from(node.clone().into_bytes())).await {
+                    Ok(rev) => {
+                        if let Ok(mut r) = registry.lock()
+                            && let Some(v) = r.get_mut(&key)
+                        {
+                            *v = rev;
+                        }
+                    }
+                    Err(e) => log::warn!("cluster: registering client {client_id}: {e}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Makes the streams and the bucket (or finds them), and reads the retained messages into
+/// the node; returns the bucket.
+async fn prepare(
+    js: &jetstream::Context,
+    replicas: usize,
+    inbox: &ClusterInbox,
+) -> Result<kv::Store, Error> {
+    js.get_or_create_stream(stream::Config {
+        name: MESSAGES_STREAM.into(),
+        subjects: vec!["tmq.1.>".into()],
+        num_replicas: replicas,
+        max_age: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    })
+    .await?;
+    let retained = js
+        .get_or_create_stream(stream::Config {
+            name: RETAINED_STREAM.into(),
+            subjects: vec!["tmq.r.>".into()],
+            num_replicas: replicas,
+            max_messages_per_subject: 1,
+            ..Default::default()
+        })
+        .await?;
+    let clients = match js.get_key_value(CLIENTS_BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => {
+            js.create_key_value(kv::Config {
+                bucket: CLIENTS_BUCKET.into(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await?
+        }
+    };
+    load_retained(&retained, inbox).await?;
+    Ok(clients)
+}
+
+/// A filter this node subscribes to, and the shared group if it is one's.
+type Interest = (Box<str>, Option<Box<str>>);
+
+/// A forwarded message waiting for JetStream's acknowledgement (none for QoS 0).
+struct Pending {
+    seq: ClusterSeq,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+    ack: Option<jetstream::context::PublishAckFuture>,
+}
+
+/// Reports forwarded messages held, in order; a message JetStream did not take is published
+/// again until it is (its publisher's acknowledgement waits meanwhile).
+async fn confirm(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, inbox: ClusterInbox) {
+    let mut done: VecDeque<ClusterSeq> = VecDeque::new();
+    while let Some(p) = rx.recv().await {
+        if !p.subject.is_empty() {
+            let mut ack = p.ack;
+            loop {
+                let held = match ack.take() {
+                    Some(f) => f.await.is_ok(),
+                    None => false,
+                };
+                if held {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ack = js
+                    .publish_with_headers(p.subject.clone(), p.headers.clone(), p.payload.clone())
+                    .await
+                    .ok();
+            }
+        }
+        done.push_back(p.seq);
+        // Report the last of what is ready now.
+        if rx.is_empty()
+            && let Some(last) = done.drain(..).next_back()
+        {
+            inbox.put(ClusterIn::Acked(last)).await;
+        }
+    }
+}
+
+/// Reads the last message of every subject of the retained stream into the node.
+async fn load_retained(retained: &stream::Stream, inbox: &ClusterInbox) -> Result<(), Error> {
+    let info = retained.get_info().await?;
+    if info.state.messages == 0 {
+        return Ok(());
+    }
+    let consumer = retained
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            filter_subject: "tmq.r.>".into(),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut loaded = 0;
+    while let Some(Ok(m)) = messages.next().await {
+        let info = m.info().ok();
+        let published = info.as_ref().map(|i| SystemTime::from(i.published));
+        if let Some(message) = retained_message(&m.payload, published) {
+            inbox.put(ClusterIn::Retained(message)).await;
+            loaded += 1;
+        }
+        if info.is_none_or(|i| i.pending == 0) {
+            break;
+        }
+    }
+    log::info!("cluster: {loaded} retained messages read");
+    Ok(())
+}
+
+/// A retained message from its stream; with `published`, its expiry is counted from then.
+fn retained_message(payload: &[u8], published: Option<SystemTime>) -> Option<StoredMessage> {
+    let mut m = StoredMessage::decode(payload)?;
+    if let (Some(left), Some(at)) = (m.expires_in, published) {
+        let age = SystemTime::now().duration_since(at).unwrap_or_default();
+        let left = left.checked_sub(age)?;
+        m.expires_in = Some(left);
+    }
+    m.retain = true;
+    Some(m)
+}
+
+/// A name NATS takes as (part of) a queue group: letters, digits, `-` and `_` as they are,
+/// the rest as `%XX`.
+fn queue_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            push_escaped(u32::from(b), &mut out);
+        }
+    }
+    out
+}
+
+fn hex(s: &str) -> String {
+    use fmt::Write;
+    let mut out = String::with_capacity(s.len() * 2);
+    for b in s.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+fn unhex(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_map_to_subjects_and_back() {
+        for topic in ["a/b", "a.b/c*d", "x/>/%", "/", "a//b", "sp ace/tab\t", "ümlaut/日本"] {
+            let s = subject("tmq.1", topic);
+            assert!(!s.split('.').any(str::is_empty), "{s}");
+            assert!(!s.contains(char::is_whitespace), "{s}");
+            let tokens: Vec<&str> = s.split('.').skip(2).collect();
+            assert!(tokens.iter().all(|t| *t != "*" && *t != ">"), "{s}");
+            assert_eq!(topic_of(&s, 2).as_deref(), Some(topic), "{s}");
+        }
+        assert_eq!(subject("tmq.1", "a.b/c"), "tmq.1.a%2Eb.c");
+        assert_eq!(subject("tmq.1", "/x"), "tmq.1.%.x");
+    }
+
+    #[test]
+    fn filters_map_to_the_subjects_their_topics_use() {
+        assert_eq!(filter_subjects("tmq.*", "a/+/c"), ["tmq.*.a.*.c"]);
+        assert_eq!(filter_subjects("tmq.*", "a/#"), ["tmq.*.a", "tmq.*.a.>"]);
+        assert_eq!(filter_subjects("tmq.*", "#"), ["tmq.*.>"]);
+        assert_eq!(filter_subjects("tmq.*", "+/x.y"), ["tmq.*.*.x%2Ey"]);
+        assert_eq!(filter_subjects("tmq.*", "a//b"), ["tmq.*.a.%.b"]);
+    }
+
+    #[test]
+    fn client_ids_survive_the_registry_key() {
+        for id in ["", "dev-1", "ü/.*> x"] {
+            assert_eq!(unhex(&hex(id)).as_deref(), Some(id));
+        }
+    }
+
+    #[test]
+    fn a_bad_configuration_names_its_field() {
+        let mut c = NatsConfig { node_name: "n1".into(), ..NatsConfig::default() };
+        assert!(c.validate().unwrap_err().contains("cluster.nats"));
+        c.servers = vec!["nats://127.0.0.1:4222".into()];
+        assert!(c.validate().is_ok());
+        c.node_name = "a b".into();
+        assert!(c.validate().unwrap_err().contains("cluster.node_name"));
+        c.node_name = "n1".into();
+        c.replicas = Some(0);
+        assert!(c.validate().unwrap_err().contains("cluster.replicas"));
+    }
+}

