@@ -128,10 +128,16 @@ struct Node {
 
 impl Node {
     fn start(nats: &Nats, dir: &Path, name: &str) -> Node {
+        Self::start_with(nats, dir, name, &[])
+    }
+
+    /// [`start`](Self::start) with `extra` flags.
+    fn start_with(nats: &Nats, dir: &Path, name: &str, extra: &[&str]) -> Node {
         let log = dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
         let urls = nats.urls();
-        let args = ["--no-persistence", "--cluster", &urls, "--node-name", name];
+        let mut args = vec!["--no-persistence", "--cluster", &urls, "--node-name", name];
+        args.extend_from_slice(extra);
         let broker = Ternmq::start_on(free_port(), &args, Stdio::from(stderr));
         let node = Node { broker: Some(broker), log };
         node.wait_log("cluster backplane connected");
@@ -292,49 +298,84 @@ async fn messages_and_retained_cross_nodes_at_every_qos_mqtt311() {
 }
 
 /// An MQTT 5 CONNECT for `id` over a raw socket; returns the socket after CONNACK.
-fn raw_v5(port: u16, id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut c = Connect::new(ProtocolVersion::V5, MqttStr::new(id).unwrap());
-    c.keep_alive = 60;
-    let mut buf = BytesMut::new();
-    Encoder::new(ProtocolVersion::V5).encode(&Packet::Connect(Box::new(c)), &mut buf).unwrap();
-    s.write_all(&buf).unwrap();
-    match read_packet(&mut s) {
-        Some(Packet::ConnAck(ack)) => assert_eq!(ack.reason_code, ReasonCode::Success),
-        other => panic!("no CONNACK: {other:?}"),
-    }
-    s
+fn raw_v5(port: u16, id: &str) -> Raw {
+    raw_connect(port, id, ProtocolVersion::V5, true).0
 }
 
-fn read_packet(s: &mut TcpStream) -> Option<Packet> {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+/// A CONNECT for `id` in version `v` (`clean`: Clean Start; otherwise a session that lives
+/// 300 s, or 3.1.1's persistent session) over a raw socket; returns the socket after a
+/// successful CONNACK, and its Session Present.
+fn raw_connect(port: u16, id: &str, v: ProtocolVersion, clean: bool) -> (Raw, bool) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut c = Connect::new(v, MqttStr::new(id).unwrap());
+    c.keep_alive = 60;
+    c.clean_start = clean;
+    if v.is_v5() && !clean {
+        c.properties.session_expiry_interval = Some(300);
+    }
     let mut buf = BytesMut::new();
-    let mut d = Decoder::new(Some(ProtocolVersion::V5), 1 << 20);
-    loop {
-        if let Ok(Some(p)) = d.decode(&mut buf) {
-            return Some(p);
+    Encoder::new(v).encode(&Packet::Connect(Box::new(c)), &mut buf).unwrap();
+    s.write_all(&buf).unwrap();
+    let mut raw = Raw { s, buf: BytesMut::new(), d: Decoder::new(Some(v), 1 << 20) };
+    match raw.next() {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.reason_code, ReasonCode::Success);
+            (raw, ack.session_present)
         }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        other => panic!("no CONNACK: {other:?}"),
+    }
+}
+
+/// A raw MQTT connection and what it read but did not decode yet.
+struct Raw {
+    s: TcpStream,
+    buf: BytesMut,
+    d: Decoder,
+}
+
+impl Raw {
+    /// The next packet (within 10 s), or `None` when the connection ended.
+    fn next(&mut self) -> Option<Packet> {
+        self.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        loop {
+            if let Ok(Some(p)) = self.d.decode(&mut self.buf) {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
         }
     }
+}
+
+fn read_packet(raw: &mut Raw) -> Option<Packet> {
+    raw.next()
 }
 
 #[test]
 fn a_client_id_connecting_on_another_node_takes_the_session_over() {
     let Some(nats) = Nats::start("takeover") else { return };
     let dir = TempDir::new("cluster-takeover");
-    let a = Node::start(&nats, &dir.0, "a");
+    let http_port = free_port();
+    let http_addr = format!("127.0.0.1:{http_port}");
+    let a = Node::start_with(&nats, &dir.0, "a", &["--http", &http_addr]);
     let b = Node::start(&nats, &dir.0, "b");
-    let mut first = raw_v5(a.port(), "roamer");
+    let mut first = raw_connect(a.port(), "roamer", ProtocolVersion::V5, true).0;
     let _second = raw_v5(b.port(), "roamer");
     match read_packet(&mut first) {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::SessionTakenOver),
         other => panic!("node a did not take its connection over: {other:?}"),
     }
     a.wait_log("session taken over (0x8E)");
+    // The node's own figures say so.
+    let metrics = support::http(http_port, "GET", "/metrics", None, None).body;
+    assert!(metrics.contains("ternmq_cluster_connected 1"), "{metrics}");
+    assert!(metrics.contains("ternmq_cluster_takeovers_total 1"), "{metrics}");
+    let stats = support::http(http_port, "GET", "/api/v1/stats", None, None).json();
+    assert_eq!(stats["gauges"]["cluster_connected"], 1, "{stats}");
+    assert_eq!(stats["counters"]["cluster_takeovers"], 1, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,4 +488,61 @@ async fn service_goes_on_with_one_nats_server_of_three_killed() {
         assert!(Instant::now() < deadline, "no message crossed after a NATS server died");
     }
     assert!(a.log_text().contains("cluster"), "{}", a.log_text());
+}
+
+async fn session_moves(v: ProtocolVersion) {
+    let tag = if v.is_v5() { "5" } else { "311" };
+    let Some(nats) = Nats::start(&format!("resume-{tag}")) else { return };
+    let dir = TempDir::new(&format!("cluster-resume-{tag}"));
+    let a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    // A device with a persistent session on node a subscribes, then goes away.
+    let mut o = options(a.port(), "device", v);
+    o.connect.clean_start = false;
+    if v.is_v5() {
+        o.connect.properties.session_expiry_interval = Some(300);
+    }
+    let device = Client::connect(o).await.unwrap();
+    device.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
+    let probe = Client::connect(options(b.port(), "probe", v)).await.unwrap();
+    until_routed(&probe, &device, "cmd/probe").await;
+    device.disconnect().await.unwrap();
+    // Messages for it, published on node b, wait in its session on node a.
+    for i in 0..5 {
+        probe.publish("cmd/x", format!("queued{i}"), QoS::AtLeastOnce).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It comes back on node b: the session moved there, with what waited.
+    let port = b.port();
+    let (mut raw, present) =
+        tokio::task::spawn_blocking(move || raw_connect(port, "device", v, false)).await.unwrap();
+    assert!(present, "Session Present 0 on the other node");
+    let got = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            match raw.next() {
+                Some(Packet::Publish(p)) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned())
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        got
+    })
+    .await
+    .unwrap();
+    let want: Vec<String> = (0..5).map(|i| format!("queued{i}")).collect();
+    assert_eq!(got, want, "the queued messages, in order");
+    a.wait_log("session handed to another node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_to_another_node_with_its_messages_mqtt5() {
+    session_moves(ProtocolVersion::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_to_another_node_with_its_messages_mqtt311() {
+    session_moves(ProtocolVersion::V3_1_1).await;
 }

@@ -228,13 +228,14 @@ fn bridged_brokers_keep_every_promise() {
 fn clustered_brokers_keep_every_promise() {
     let count = env_u64("TERNMQ_SIM_CLUSTER_SEEDS", 300);
     let mut failing = Vec::new();
-    let (mut acknowledged, mut shared, mut crashes, mut takeovers) = (0, 0, 0, 0);
+    let (mut acknowledged, mut shared, mut crashes, mut takeovers, mut moves) = (0, 0, 0, 0, 0);
     for seed in 0..count {
         let outcome = ternmq::sim::cluster::run(seed, 150);
         acknowledged += outcome.acknowledged;
         shared += outcome.shared;
         crashes += outcome.crashes;
         takeovers += outcome.takeovers;
+        moves += outcome.moves;
         assert!(outcome.acknowledged > 0, "seed {seed}: nothing was acknowledged");
         if !outcome.violations.is_empty() {
             eprintln!("seed {seed}: {:#?}", &outcome.violations[..outcome.violations.len().min(5)]);
@@ -243,8 +244,11 @@ fn clustered_brokers_keep_every_promise() {
     }
     eprintln!(
         "{count} cluster seeds: {acknowledged} acknowledged, {shared} to the shared group, \
-         {crashes} crashes, {takeovers} takeovers"
+         {crashes} crashes, {takeovers} takeovers, {moves} sessions moved"
     );
-    assert!(crashes > 0 && takeovers > 0 && shared > 0, "the faults and the group were exercised");
+    assert!(
+        crashes > 0 && takeovers > 0 && shared > 0 && moves > 0,
+        "the faults, the group and the moves were exercised"
+    );
     assert!(failing.is_empty(), "failing seeds: {failing:?}");
 }

@@ -35,7 +35,8 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ternmq_async::cluster::{
-    ClusterIn, ClusterInbox, ClusterLink, ClusterOut, ClusterSeq, ClusterTarget, StoredMessage,
+    ClusterIn, ClusterInbox, ClusterLink, ClusterOut, ClusterSeq, ClusterTarget, SessionReply,
+    SnapshotSession, StoredMessage,
 };
 use ternmq_core::codec::QoS;
 use tokio::sync::mpsc;
@@ -388,6 +389,28 @@ async fn run(
             }
         });
     }
+    // Other nodes asking for a session of this node's: given up through the node's core.
+    {
+        let mut asks = client.subscribe(format!("tmq.claim.{node}")).await?;
+        let (inbox, client) = (inbox.clone(), client.clone());
+        tokio::spawn(async move {
+            while let Some(m) = asks.next().await {
+                let (Some(reply), Ok(id)) = (m.reply, String::from_utf8(m.payload.to_vec())) else {
+                    continue;
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let answer = SessionReply::new(move |s| {
+                    let _ = tx.send(s);
+                });
+                inbox.put(ClusterIn::Release(id, answer)).await;
+                let mut body = Vec::new();
+                if let Ok(Some(session)) = rx.await {
+                    session.encode(&mut body);
+                }
+                let _ = client.publish(reply, Bytes::from(body)).await;
+            }
+        });
+    }
     inbox.put(ClusterIn::Link(true)).await;
     {
         let inbox = inbox.clone();
@@ -491,6 +514,14 @@ async fn run(
                 }
                 interest.insert(key, tasks);
             }
+            ClusterOut::Claim { ticket, client_id } => {
+                let (inbox, client, clients) = (inbox.clone(), client.clone(), clients.clone());
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let session = claim(&client, &clients, &node, client_id.as_str()).await;
+                    inbox.put(ClusterIn::Claimed(ticket, session)).await;
+                });
+            }
             ClusterOut::Connected { client_id } => {
                 let key = hex(client_id.as_str());
                 if let Ok(mut r) = registry.lock() {
@@ -551,6 +582,43 @@ async fn prepare(
     };
     load_retained(&retained, inbox).await?;
     Ok(clients)
+}
+
+/// How long a node waits for another to give up a session before starting a new one.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks the node the registry names for `client_id`'s session, if another node: `None` when
+/// there is none, or that node does not answer within [`CLAIM_TIMEOUT`] (it died).
+async fn claim(
+    client: &async_nats::Client,
+    clients: &kv::Store,
+    node: &str,
+    client_id: &str,
+) -> Option<SnapshotSession> {
+    let entry = clients.entry(hex(client_id)).await.ok()??;
+    if entry.operation != kv::Operation::Put || entry.value.as_ref() == node.as_bytes() {
+        return None;
+    }
+    let owner = std::str::from_utf8(&entry.value).ok()?;
+    let ask = client.request(format!("tmq.claim.{owner}"), Bytes::from(client_id.to_owned()));
+    match tokio::time::timeout(CLAIM_TIMEOUT, ask).await {
+        Ok(Ok(answer)) if !answer.payload.is_empty() => {
+            let session = SnapshotSession::decode(&answer.payload);
+            if session.is_none() {
+                log::warn!("cluster: node {owner} sent an unreadable session for {client_id}");
+            }
+            session
+        }
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            log::warn!("cluster: node {owner} did not give up {client_id}'s session: {e}");
+            None
+        }
+        Err(_) => {
+            log::warn!("cluster: node {owner} did not answer for {client_id}'s session in time");
+            None
+        }
+    }
 }
 
 /// A filter this node subscribes to, and the shared group if it is one's.

@@ -9,8 +9,8 @@ use core::pin::Pin;
 use std::fmt;
 use std::sync::Arc;
 
-pub use ternmq_core::broker::persist::StoredMessage;
-pub use ternmq_core::broker::{ClusterOut, ClusterSeq, ClusterTarget};
+pub use ternmq_core::broker::persist::{SnapshotSession, StoredMessage};
+pub use ternmq_core::broker::{ClaimTicket, ClusterOut, ClusterSeq, ClusterTarget};
 
 /// What a backplane reports to its node.
 #[derive(Debug)]
@@ -26,6 +26,31 @@ pub enum ClusterIn {
     Retained(StoredMessage),
     /// This client connected on another node since it last connected here.
     Takeover(String),
+    /// The answer to [`ClusterOut::Claim`]: the session another node gave up, if any.
+    Claimed(ClaimTicket, Option<SnapshotSession>),
+    /// Another node asks for this client's session: give it up and answer through the reply.
+    Release(String, SessionReply),
+}
+
+/// Where a node's answer to [`ClusterIn::Release`] goes.
+pub struct SessionReply(Box<dyn FnOnce(Option<SnapshotSession>) + Send>);
+
+impl fmt::Debug for SessionReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionReply")
+    }
+}
+
+impl SessionReply {
+    /// A reply that hands the answer to `send`.
+    pub fn new(send: impl FnOnce(Option<SnapshotSession>) + Send + 'static) -> Self {
+        Self(Box::new(send))
+    }
+
+    /// Answers.
+    pub fn send(self, session: Option<SnapshotSession>) {
+        (self.0)(session);
+    }
 }
 
 /// A future a [`ClusterInbox`] returns.

@@ -851,6 +851,16 @@ impl<R: ServerRuntime> Core<R> {
                 ClusterIn::Takeover(client_id) => {
                     self.driver.handle_cluster_takeover(now, &client_id);
                 }
+                ClusterIn::Claimed(ticket, session) => {
+                    self.driver.handle_cluster_claimed(now, ticket, session);
+                }
+                ClusterIn::Release(client_id, reply) => {
+                    let session = self.driver.handle_cluster_release(now, &client_id);
+                    if session.is_some() {
+                        log::info!("client {client_id}: session handed to another node");
+                    }
+                    reply.send(session);
+                }
             },
             Input::StoreFailed(e) => {
                 log::error!("{e}; stopping");

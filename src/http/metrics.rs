@@ -187,6 +187,29 @@ pub(super) fn exposition(snap: &Snapshot<'_>) -> Result<String, String> {
             ],
         ),
     );
+    if let Some(up) = stats.cluster_connected {
+        r.register(
+            "cluster_connected",
+            "Whether this cluster node reaches its NATS backplane (1) or serves alone (0)",
+            gauge(u64::from(up)),
+        );
+        r.register(
+            "cluster_messages",
+            "Messages forwarded to the other nodes of the cluster, and received from them",
+            counters(
+                "direction",
+                [
+                    ("forwarded".into(), stats.cluster_forwarded),
+                    ("received".into(), stats.cluster_received),
+                ],
+            ),
+        );
+        r.register(
+            "cluster_takeovers",
+            "Sessions dropped here because their client connected on another node since",
+            counter(stats.cluster_takeovers),
+        );
+    }
     r.register("sessions", "Sessions held now, connected or not", gauge(gauges.sessions as u64));
     r.register(
         "sessions_expired",
@@ -275,7 +298,7 @@ pub(super) fn stats_json(snap: &Snapshot<'_>) -> Value {
             ((*v).to_string(), json!({ "connected": s.connected, "connects": s.connects }))
         })
         .collect();
-    json!({
+    let mut body = json!({
         "uptime_seconds": snap.uptime.as_secs(),
         "gauges": {
             "connections": gauges.connections,
@@ -313,6 +336,9 @@ pub(super) fn stats_json(snap: &Snapshot<'_>) -> Value {
             "acks_delayed": stats.acks_delayed,
             "inputs_paused": stats.inputs_paused,
             "shared_redelivered": stats.shared_redelivered,
+            "cluster_forwarded": stats.cluster_forwarded,
+            "cluster_received": stats.cluster_received,
+            "cluster_takeovers": stats.cluster_takeovers,
         },
         "listeners": listener_list,
         "protocols": versions,
@@ -330,5 +356,10 @@ pub(super) fn stats_json(snap: &Snapshot<'_>) -> Value {
             "fsyncs": s.fsyncs,
             "commit_seconds_total": s.latency_us as f64 / 1e6,
         })),
-    })
+    });
+    // A cluster node's link to its backplane, 1 or 0; nothing for a broker on its own.
+    if let (Some(up), Some(g)) = (stats.cluster_connected, body["gauges"].as_object_mut()) {
+        g.insert("cluster_connected".into(), json!(u8::from(up)));
+    }
+    body
 }

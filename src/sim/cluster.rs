@@ -19,13 +19,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::broker::driver::{Command, Driver};
-use ternmq_core::broker::{Broker, BrokerConfig, ClusterOut, ClusterSeq, ClusterTarget, ConnId};
-use ternmq_core::broker::{PeerInfo, persist::StoredMessage};
+use ternmq_core::broker::persist::{SnapshotSession, StoredMessage};
+use ternmq_core::broker::{
+    Broker, BrokerConfig, ClaimTicket, ClusterOut, ClusterSeq, ClusterTarget, ConnId, PeerInfo,
+};
 use ternmq_core::client::{
     Client, ClientConfig, Command as ClientCommand, DisconnectReason, Event,
 };
 use ternmq_core::codec::{
-    Connect, MqttStr, ProtocolVersion, Publish, QoS, ReasonCode, Subscription,
+    Connect, Disconnect, MqttStr, ProtocolVersion, Publish, QoS, ReasonCode, Subscription,
 };
 use ternmq_core::time::{Duration, Instant};
 use ternmq_core::topic::{TopicFilter, TopicName, matches};
@@ -45,6 +47,8 @@ pub struct ClusterOutcome {
     pub crashes: u32,
     /// Times the roaming client took its session over on another node.
     pub takeovers: u32,
+    /// Times the sleeping client came back on the other node, its session moved there.
+    pub moves: u32,
     /// Broken promises, in words; empty when every promise held.
     pub violations: Vec<String>,
 }
@@ -61,6 +65,10 @@ const SUB: usize = 2;
 const MEMBER_1: usize = 3;
 const MEMBER_2: usize = 4;
 const ROAMER: usize = 5;
+const SLEEPER: usize = 6;
+/// How long a message may take through the backplane: a message published closer than this
+/// to the sleeper's leaving or coming back may be on its way to the node it left.
+const SETTLE: Duration = Duration::from_millis(12);
 
 struct Link {
     client: usize,
@@ -101,6 +109,12 @@ struct Net {
     inbound: VecDeque<(Instant, usize, StoredMessage, ClusterTarget)>,
     /// Takeovers on their way to a node.
     takeovers: VecDeque<(Instant, usize, MqttStr)>,
+    /// Answers to claims on their way to a node: the ticket and the session given up.
+    claims: VecDeque<(Instant, usize, ClaimTicket, Option<SnapshotSession>)>,
+    /// When the sleeper left and came back.
+    moves: Vec<Instant>,
+    /// Sleeper CONNACKs after its first without Session Present.
+    lost_sessions: u32,
     links: BTreeMap<u32, Link>,
     next_link: u32,
     peers: Vec<Peer>,
@@ -111,6 +125,8 @@ struct Net {
     /// crash took its PUBREC is forwarded again by the restarted node, which kept no state:
     /// exactly once across a crash needs the node's store, which this scenario leaves out.)
     forwarded: BTreeMap<String, Vec<u32>>,
+    /// When the backplane first took each message.
+    carried: BTreeMap<String, Instant>,
     /// The client-id registry: where each client connected last.
     owners: BTreeMap<String, usize>,
     violations: Vec<String>,
@@ -217,6 +233,18 @@ impl Net {
                     (Some(g), false) => port.groups.remove(&(filter.into(), g.into())),
                 };
             }
+            ClusterOut::Claim { ticket, client_id } => {
+                // The registry names the node that has the session; that node gives it up.
+                let owner = self.owners.get(client_id.as_str()).copied();
+                let session = match owner {
+                    Some(o) if o != node => {
+                        self.nodes[o].handle_cluster_release(now, client_id.as_str())
+                    }
+                    _ => None,
+                };
+                let at = now + self.latency();
+                self.claims.push_back((at, node, ticket, session));
+            }
             ClusterOut::Connected { client_id } => {
                 // The registry: the last node a client connected on wins.
                 self.owners.insert(client_id.as_str().to_owned(), node);
@@ -238,6 +266,7 @@ impl Net {
             self.violations.push(format!("{key} was forwarded twice by one node's life"));
         }
         lives.push(self.crashes);
+        self.carried.entry(key.clone()).or_insert(self.now);
         let topic = message.topic.as_str().to_owned();
         for n in (0..NODES).filter(|&n| n != from) {
             if self.ports[n].plain.iter().any(|f| matches(f, &topic)) {
@@ -278,6 +307,11 @@ impl Net {
                 Event::Published { packet_id, reason_code, .. } if !reason_code.is_error() => {
                     self.peers[i].acked_ids.push(packet_id.get());
                 }
+                Event::Connected { session_present, .. }
+                    if i == SLEEPER && !self.moves.is_empty() && !session_present =>
+                {
+                    self.lost_sessions += 1;
+                }
                 Event::Disconnected(DisconnectReason::Server {
                     reason_code: ReasonCode::SessionTakenOver,
                     ..
@@ -294,7 +328,7 @@ impl Net {
                     }
                 }
                 // An older process of the roaming client, taken over: it gives up.
-                ClientCommand::Reconnect if i > ROAMER => {}
+                ClientCommand::Reconnect if i > SLEEPER => {}
                 ClientCommand::Reconnect => self.dial(i),
                 _ => {}
             }
@@ -309,8 +343,9 @@ impl Net {
         let backplane = self.ports.iter().filter_map(|p| p.unacked.front().map(|u| u.0)).min();
         let inbound = self.inbound.iter().map(|m| m.0).min();
         let takeovers = self.takeovers.iter().map(|t| t.0).min();
+        let claims = self.claims.iter().map(|c| c.0).min();
         let nodes = self.nodes.iter().filter_map(Driver::poll_timeout).min();
-        [wire, clients, backplane, inbound, takeovers, nodes].into_iter().flatten().min()
+        [wire, clients, backplane, inbound, takeovers, claims, nodes].into_iter().flatten().min()
     }
 
     fn run_until(&mut self, until: Instant) {
@@ -329,12 +364,14 @@ impl Net {
     /// is gone, and every connection to it breaks.
     fn crash(&mut self) {
         self.crashes += 1;
+
         let now = self.now;
         self.ports[CRASHING].unacked.clear();
         self.ports[CRASHING].plain.clear();
         self.ports[CRASHING].groups.clear();
         self.inbound.retain(|m| m.1 != CRASHING);
         self.takeovers.retain(|t| t.1 != CRASHING);
+        self.claims.retain(|c| c.1 != CRASHING);
         let gone: Vec<u32> =
             self.links.iter().filter(|(_, l)| l.node == CRASHING).map(|(id, _)| *id).collect();
         for id in gone {
@@ -366,7 +403,13 @@ impl Net {
         }
         while let Some(k) = self.inbound.iter().position(|m| m.0 <= now) {
             let Some((_, n, message, target)) = self.inbound.remove(k) else { break };
+
             self.nodes[n].handle_cluster_publish(now, message, target);
+            self.pump();
+        }
+        while let Some(k) = self.claims.iter().position(|c| c.0 <= now) {
+            let Some((_, n, ticket, session)) = self.claims.remove(k) else { break };
+            self.nodes[n].handle_cluster_claimed(now, ticket, session);
             self.pump();
         }
         while let Some(k) = self.takeovers.iter().position(|t| t.0 <= now) {
@@ -411,6 +454,20 @@ impl Net {
         }
     }
 
+    /// The sleeper comes back as a new process on the other of nodes 1 and 2, resuming its
+    /// session (Clean Start 0).
+    fn wake_sleeper(&mut self) {
+        let node = 3 - self.peers[SLEEPER].node;
+        self.peers[SLEEPER].node = node;
+        let config = ClientConfig { seed: self.rng.next_u64(), ..ClientConfig::default() };
+        let mut core = Client::new(config, self.now);
+        let _ = core.connect(self.now, connect("sleeper", true));
+        self.peers[SLEEPER].core = core;
+        let l = self.open(SLEEPER, node);
+        self.peers[SLEEPER].link = l;
+        self.moves.push(self.now);
+    }
+
     fn record_acks(&mut self, sent: &mut BTreeMap<(usize, u16), (String, QoS)>) {
         for i in [PUB_A, PUB_B] {
             for id in std::mem::take(&mut self.peers[i].acked_ids) {
@@ -445,6 +502,9 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         ports: (0..NODES).map(|_| Port::default()).collect(),
         inbound: VecDeque::new(),
         takeovers: VecDeque::new(),
+        claims: VecDeque::new(),
+        moves: Vec::new(),
+        lost_sessions: 0,
         links: BTreeMap::new(),
         next_link: 0,
         peers: Vec::new(),
@@ -452,6 +512,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         crashes: 0,
         forwarded: BTreeMap::new(),
         owners: BTreeMap::new(),
+        carried: BTreeMap::new(),
         violations: Vec::new(),
     };
     // Publishers on the crashing node (clean sessions: they start again with it), the plain
@@ -464,6 +525,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         ("member-1", 1, true),
         ("member-2", 2, true),
         ("roamer", 1, true),
+        ("sleeper", 1, true),
     ];
     for (id, node, persistent) in roles {
         let config = ClientConfig { seed: rng.next_u64(), ..ClientConfig::default() };
@@ -483,7 +545,9 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         net.peers[i].link = l;
     }
     net.run_until(now + Duration::from_secs(2));
-    for (i, filter) in [(SUB, "t/#"), (MEMBER_1, "$share/g/t/+"), (MEMBER_2, "$share/g/t/+")] {
+    for (i, filter) in
+        [(SUB, "t/#"), (MEMBER_1, "$share/g/t/+"), (MEMBER_2, "$share/g/t/+"), (SLEEPER, "t/#")]
+    {
         let filter = TopicFilter::new(filter).unwrap_or_else(|_| unreachable!());
         let at = net.now;
         let _ = net.peers[i].core.subscribe(at, &[Subscription::new(filter, QoS::ExactlyOnce)]);
@@ -492,6 +556,8 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
 
     let mut sent: BTreeMap<(usize, u16), (String, QoS)> = BTreeMap::new();
     let mut takeovers = 0;
+    // The sleeper's session: offline since when, on which node.
+    let mut asleep: Option<Instant> = None;
     for n in 0..messages {
         let i = if n % 2 == 0 { PUB_A } else { PUB_B };
         let qos = if net.rng.chance(0.5) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
@@ -510,6 +576,21 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         net.run_until(net.now + gap);
         if net.rng.chance(CRASH_CHANCE) {
             net.crash();
+        }
+        // The sleeper goes away now and then (its session stays, and queues, on its node) and
+        // comes back, as a new process, on the other of nodes 1 and 2.
+        match asleep {
+            None if net.rng.chance(0.02) && net.peers[SLEEPER].core.is_connected() => {
+                let at = net.now;
+                net.peers[SLEEPER].core.disconnect(at, Disconnect::default());
+                net.moves.push(at);
+                asleep = Some(at);
+            }
+            Some(since) if net.now >= since + Duration::from_millis(30) && net.rng.chance(0.1) => {
+                net.wake_sleeper();
+                asleep = None;
+            }
+            _ => {}
         }
         if net.rng.chance(0.02) {
             // The roamer moves to another node, as a load balancer might send it.
@@ -542,6 +623,12 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
             takeovers += 1;
         }
         net.record_acks(&mut sent);
+    }
+    if asleep.is_some() {
+        // It comes back for the end, on the other node, to collect what waited for it (once
+        // its last connection is over).
+        net.run_until(net.now + Duration::from_millis(50));
+        net.wake_sleeper();
     }
     for _ in 0..30 {
         net.run_until(net.now + Duration::from_secs(1));
@@ -590,12 +677,32 @@ fn check(net: &mut Net, takeovers: u32) -> ClusterOutcome {
     if !net.peers[ROAMER].core.is_connected() {
         out.violations.push("the roaming client's newest connection is not connected".into());
     }
-    for ghost in net.peers.iter().skip(ROAMER + 1) {
+    // The sleeper's session moved with it: every acknowledged message reached it, in one of
+    // its processes, unless the backplane took it as the sleeper left or came back.
+    let sleeper = count(SLEEPER);
+    for from in [PUB_A, PUB_B] {
+        for (key, _) in &net.peers[from].acked {
+            let Some(&at) = net.carried.get(key) else { continue };
+            let near = |m: &Instant| {
+                let (lo, hi) = if *m > at { (at, *m) } else { (*m, at) };
+                hi.saturating_duration_since(lo) < SETTLE
+            };
+            if !net.moves.iter().any(near) && !sleeper.contains_key(key) {
+                out.violations.push(format!("{key} never reached the sleeper"));
+            }
+        }
+    }
+    if net.lost_sessions > 0 {
+        out.violations
+            .push(format!("the sleeper came back without its session {} times", net.lost_sessions));
+    }
+    out.moves = net.moves.len() as u32 / 2;
+    for ghost in net.peers.iter().skip(SLEEPER + 1) {
         if ghost.core.is_connected() {
             out.violations.push("an older connection of the roaming client is still up".into());
         }
     }
-    if net.peers.iter().skip(ROAMER + 1).all(|g| g.taken_over == 0) && takeovers > 0 {
+    if net.peers.iter().skip(SLEEPER + 1).all(|g| g.taken_over == 0) && takeovers > 0 {
         out.violations
             .push("no older connection of the roaming client read DISCONNECT 0x8E".into());
     }

@@ -25,7 +25,7 @@
 //!   acknowledgement waits for the backplane.
 
 use super::durable;
-use super::persist::StoredMessage;
+use super::persist::{SnapshotSession, StoredMessage};
 use super::*;
 
 /// A position in the sequence of messages this node forwarded.
@@ -67,7 +67,22 @@ pub enum ClusterOut {
         /// The client id.
         client_id: MqttStr,
     },
+    /// A client connects here with Clean Start 0: ask the node that holds its session, if
+    /// another does, to give it up ([`Broker::handle_cluster_release`] there), and answer with
+    /// [`Broker::handle_cluster_claimed`] (with `None` when no other node has it, or none
+    /// answers in time). The connection's input waits meanwhile.
+    Claim {
+        /// What the answer names.
+        ticket: ClaimTicket,
+        /// The client id.
+        client_id: MqttStr,
+    },
 }
+
+/// A CONNECT that waits for the cluster to say whether another node holds its session
+/// ([`ClusterOut::Claim`], [`Broker::handle_cluster_claimed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClaimTicket(pub u64);
 
 /// Which subscribers of this node a message from another node is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +110,9 @@ pub(super) struct ClusterState {
     up: bool,
     /// Acknowledgements waiting for the backplane.
     awaiting: VecDeque<ParkedAck>,
+    /// CONNECTs waiting for their sessions, by ticket: the connection and the authenticator's
+    /// data for its CONNACK.
+    claims: BTreeMap<u64, (ConnId, Option<Bytes>)>,
 }
 
 impl Broker {
@@ -118,6 +136,7 @@ impl Broker {
             return;
         };
         c.up = up;
+        self.stats.cluster_connected = Some(up);
         if !up {
             let seq = ClusterSeq(c.seq);
             self.handle_cluster_acked(now, seq);
@@ -208,14 +227,117 @@ impl Broker {
         if let Some(old) = self.session(si).and_then(|s| s.conn) {
             self.close_for_takeover(now, old.index, si, ReasonCode::SessionTakenOver);
         }
+        self.drop_session(now, si);
+        self.stats.cluster_takeovers += 1;
+    }
+
+    /// The answer to [`ClusterOut::Claim`] `ticket`: the client's session as another node gave
+    /// it up, or `None`. The CONNECT then completes (with Session Present 1 if there is a
+    /// session, here or given), and the input that waited is handled.
+    pub fn handle_cluster_claimed(
+        &mut self,
+        now: Instant,
+        ticket: ClaimTicket,
+        session: Option<SnapshotSession>,
+    ) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some((conn, auth_data)) = c.claims.remove(&ticket.0) else {
+            return;
+        };
+        let Some(cn) = self.conn_mut(conn) else {
+            return;
+        };
+        if cn.ticket() != Some(ticket.0) {
+            return;
+        }
+        cn.extra().ticket = None;
+        match cn.pending.as_deref_mut() {
+            Some(p) => p.claimed = true,
+            None => return,
+        }
+        if let Some(s) = session {
+            // What this node still has of the client is older than what the other node gave.
+            if let Some(si) = self.session_for(s.client_id.as_bytes()) {
+                if let Some(old) = self.session(si).and_then(|s| s.conn) {
+                    self.close_for_takeover(now, old.index, si, ReasonCode::SessionTakenOver);
+                }
+                self.drop_session(now, si);
+            }
+            self.import_session(now, s);
+            self.stats.cluster_sessions_moved_in += 1;
+        }
+        self.complete_connect(now, conn.index, auth_data);
+        self.resume_held(now, conn);
+    }
+
+    /// Another node's client connects there with Clean Start 0 and asks for its session: its
+    /// connection here is closed (MQTT 5: DISCONNECT 0x8E) and the session, if it outlives
+    /// its connection, is given up (without its will: the new connection brings its own).
+    pub fn handle_cluster_release(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+    ) -> Option<SnapshotSession> {
+        self.cluster.as_ref()?;
+        let si = self.session_for(client_id.as_bytes())?;
+        if let Some(old) = self.session(si).and_then(|s| s.conn) {
+            self.close_for_takeover(now, old.index, si, ReasonCode::SessionTakenOver);
+        }
+        // A session that ended with its connection (expiry 0) is gone already.
+        let si = self.session_for(client_id.as_bytes())?;
+        let snapshot = self.export_session(now, si);
+        self.drop_session(now, si);
+        self.stats.cluster_takeovers += 1;
+        snapshot
+    }
+
+    /// Ends session `si`, which lives on (or moved to) another node now: no will, and its
+    /// messages are not given to other members of their shared groups.
+    fn drop_session(&mut self, now: Instant, si: u32) {
         if let Some(s) = self.session_mut(si) {
             s.will = None;
             s.will_at = MaybeAt::NONE;
+            s.queue = LazyDeque::default();
+            s.inflight = LazyDeque::default();
+            s.queued_bytes = 0;
         }
         if self.session(si).is_some() {
             self.end_session(now, si);
         }
-        self.stats.cluster_takeovers += 1;
+    }
+
+    /// Before a CONNECT with Clean Start 0 completes in a cluster: asks the other nodes for
+    /// the session ([`ClusterOut::Claim`]) and returns `None` (the CONNECT waits); else, or
+    /// once asked, gives `auth_data` back.
+    pub(super) fn claim_first(
+        &mut self,
+        index: u32,
+        auth_data: Option<Bytes>,
+    ) -> Option<Option<Bytes>> {
+        if !self.cluster.as_deref().is_some_and(|c| c.up) {
+            return Some(auth_data);
+        }
+        let conn = self.conn_id(index);
+        let ticket = self.next_ticket;
+        let Some(c) = self.slot_conn(index) else {
+            return Some(auth_data);
+        };
+        let Some(p) = c.pending.as_deref() else {
+            return Some(auth_data);
+        };
+        if p.claimed || p.connect.clean_start {
+            return Some(auth_data);
+        }
+        let client_id = p.client_id.detach();
+        c.extra().ticket = Some(ticket);
+        self.next_ticket += 1;
+        if let Some(cl) = self.cluster.as_deref_mut() {
+            cl.claims.insert(ticket, (conn, auth_data));
+            cl.out.push_back(ClusterOut::Claim { ticket: ClaimTicket(ticket), client_id });
+        }
+        None
     }
 
     /// Forwards `msg`, published here, to the other nodes if the backplane is up; returns its

@@ -224,7 +224,7 @@ impl Broker {
                 }
             }
         }
-        c.pending = Some(Box::new(PendingConnect { connect, client_id, assigned }));
+        c.pending = Some(Box::new(PendingConnect { connect, client_id, assigned, claimed: false }));
         c.phase = Phase::Authenticating;
         self.ask_authenticator(now, index, request);
     }
@@ -360,6 +360,10 @@ impl Broker {
 
     /// Authentication passed: take over or create the session, send CONNACK 0x00, resume.
     pub(super) fn complete_connect(&mut self, now: Instant, index: u32, auth_data: Option<Bytes>) {
+        // In a cluster, a session may be on another node: it is asked for first.
+        let Some(auth_data) = self.claim_first(index, auth_data) else {
+            return;
+        };
         let id = self.conn_id(index);
         let Some(c) = self.slot_conn(index) else {
             return;
@@ -367,7 +371,7 @@ impl Broker {
         let Some(pending) = c.pending.take() else {
             return;
         };
-        let PendingConnect { connect, client_id, assigned } = *pending;
+        let PendingConnect { connect, client_id, assigned, .. } = *pending;
         // Kept for the connection's and session's life: copies, so that they do not pin the
         // read buffer the CONNECT arrived in.
         let client_id = client_id.detach();

@@ -31,8 +31,8 @@ use core::cmp::Reverse;
 use core::future::Future;
 use core::pin::Pin;
 
-use super::cluster::{ClusterOut, ClusterSeq, ClusterTarget};
-use super::persist::{PersistOp, PersistSeq, StoredMessage};
+use super::cluster::{ClaimTicket, ClusterOut, ClusterSeq, ClusterTarget};
+use super::persist::{PersistOp, PersistSeq, SnapshotSession, StoredMessage};
 use super::{
     AcceptError, AuthDecision, AuthRequest, AuthTicket, Broker, Command as BrokerCommand, ConnId,
     Event, PeerInfo,
@@ -487,6 +487,30 @@ impl<H: Clone> Driver<H> {
         self.now = self.now.max(now);
         self.broker.handle_cluster_retained(now, message);
         self.collect();
+    }
+
+    /// The answer to a [`ClusterOut::Claim`] ([`Broker::handle_cluster_claimed`]).
+    pub fn handle_cluster_claimed(
+        &mut self,
+        now: Instant,
+        ticket: ClaimTicket,
+        session: Option<SnapshotSession>,
+    ) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_claimed(now, ticket, session);
+        self.collect();
+    }
+
+    /// Another node asks for a client's session ([`Broker::handle_cluster_release`]).
+    pub fn handle_cluster_release(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+    ) -> Option<SnapshotSession> {
+        self.now = self.now.max(now);
+        let session = self.broker.handle_cluster_release(now, client_id);
+        self.collect();
+        session
     }
 
     /// A client connected on another node since ([`Broker::handle_cluster_takeover`]).

@@ -95,70 +95,129 @@ impl Broker {
         now: Instant,
     ) -> Result<Self, ConfigError> {
         let mut b = Broker::new(config, now)?;
-        let max_qos = b.config.max_qos;
         for s in snapshot.sessions {
-            let si = b.new_session(s.client_id.detach(), s.protocol);
-            for (filter, options, sub_id) in &s.subscriptions {
-                let entry = Entry {
-                    session: si,
-                    qos: options.qos.min(max_qos),
-                    no_local: options.no_local,
-                    retain_as_published: options.retain_as_published,
-                    sub_id: *sub_id,
-                };
-                b.tree.insert(filter, entry);
-            }
-            let mut max_key = 0;
-            let Some(sess) = b.session_mut(si) else {
-                continue;
-            };
-            sess.persistent = true;
-            sess.expiry = s.expiry;
-            sess.expires_at = s.expires_in.map(|d| now + d).into();
-            sess.subscriptions = s.subscriptions.into_iter().map(|(f, _, _)| f.detach()).collect();
-            for id in s.incoming_qos2 {
-                sess.incoming_qos2.insert(id.get());
-            }
-            for d in s.deliveries {
-                max_key = max_key.max(d.key);
-                let delivery = Delivery {
-                    msg: Arc::new(message(d.delivery.message, now)),
-                    qos: d.delivery.qos,
-                    retain: d.delivery.retain,
-                    sub_ids: d.delivery.subscription_ids,
-                    key: d.key,
-                    shared: None,
-                };
-                match d.packet_id {
-                    Some(id) => {
-                        let state = if d.received {
-                            OutState::Comp
-                        } else if delivery.qos == QoS::ExactlyOnce {
-                            OutState::Rec
-                        } else {
-                            OutState::Ack
-                        };
-                        sess.inflight.push_back(Inflight { id, state, delivery, rel_after: 0 });
-                    }
-                    None => {
-                        sess.queued_bytes += delivery.msg.cost();
-                        sess.queue.push_back(delivery);
-                    }
-                }
-            }
-            if let Some((will, due)) = s.will {
-                let delay = u32::try_from(due.as_secs()).unwrap_or(u32::MAX);
-                sess.will = Some(PendingWill { msg: Arc::new(message(will, now)), delay });
-                sess.will_at = Some(now + due).into();
-            }
-            b.next_key = b.next_key.max(max_key + 1);
-            b.arm_session_timer(si);
+            b.import_session(now, s);
         }
         for m in snapshot.retained {
             let msg = Arc::new(message(m, now));
             b.retained.insert(msg.topic.clone(), msg);
         }
         Ok(b)
+    }
+
+    /// Makes `s` a session of this broker, offline, as a restore does; returns its number.
+    pub(super) fn import_session(&mut self, now: Instant, s: SnapshotSession) -> u32 {
+        let max_qos = self.config.max_qos;
+        let si = self.new_session(s.client_id.detach(), s.protocol);
+        for (filter, options, sub_id) in &s.subscriptions {
+            let entry = Entry {
+                session: si,
+                qos: options.qos.min(max_qos),
+                no_local: options.no_local,
+                retain_as_published: options.retain_as_published,
+                sub_id: *sub_id,
+            };
+            self.tree.insert(filter, entry);
+        }
+        let mut max_key = 0;
+        let Some(sess) = self.session_mut(si) else {
+            return si;
+        };
+        sess.persistent = true;
+        sess.expiry = s.expiry;
+        sess.expires_at = s.expires_in.map(|d| now + d).into();
+        sess.subscriptions = s.subscriptions.into_iter().map(|(f, _, _)| f.detach()).collect();
+        for id in s.incoming_qos2 {
+            sess.incoming_qos2.insert(id.get());
+        }
+        for d in s.deliveries {
+            max_key = max_key.max(d.key);
+            let delivery = Delivery {
+                msg: Arc::new(message(d.delivery.message, now)),
+                qos: d.delivery.qos,
+                retain: d.delivery.retain,
+                sub_ids: d.delivery.subscription_ids,
+                key: d.key,
+                shared: None,
+            };
+            match d.packet_id {
+                Some(id) => {
+                    let state = if d.received {
+                        OutState::Comp
+                    } else if delivery.qos == QoS::ExactlyOnce {
+                        OutState::Rec
+                    } else {
+                        OutState::Ack
+                    };
+                    sess.inflight.push_back(Inflight { id, state, delivery, rel_after: 0 });
+                }
+                None => {
+                    sess.queued_bytes += delivery.msg.cost();
+                    sess.queue.push_back(delivery);
+                }
+            }
+        }
+        if let Some((will, due)) = s.will {
+            let delay = u32::try_from(due.as_secs()).unwrap_or(u32::MAX);
+            sess.will = Some(PendingWill { msg: Arc::new(message(will, now)), delay });
+            sess.will_at = Some(now + due).into();
+        }
+        self.next_key = self.next_key.max(max_key + 1);
+        self.arm_session_timer(si);
+        si
+    }
+
+    /// Session `si` as a snapshot, without its will (a moved session's client brings its
+    /// own), for another node to [`import_session`](Self::import_session).
+    pub(super) fn export_session(&self, now: Instant, si: u32) -> Option<SnapshotSession> {
+        let s = self.session(si)?;
+        let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
+        for f in &s.subscriptions {
+            let Some(e) = self.tree.entry(f, si) else {
+                continue;
+            };
+            let options = crate::codec::SubscriptionOptions {
+                qos: e.qos,
+                no_local: e.no_local,
+                retain_as_published: e.retain_as_published,
+                ..Default::default()
+            };
+            subscriptions.push((f.clone(), options, e.sub_id));
+        }
+        let delivery = |d: &Delivery| StoredDelivery {
+            message: stored(&d.msg, now),
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.sub_ids.clone(),
+        };
+        let mut deliveries = Vec::new();
+        for (n, f) in s.inflight.iter().enumerate() {
+            deliveries.push(SnapshotDelivery {
+                key: n as u64 + 1,
+                delivery: delivery(&f.delivery),
+                packet_id: Some(f.id),
+                received: f.state == OutState::Comp,
+            });
+        }
+        let base = deliveries.len() as u64;
+        for (n, d) in s.queue.iter().enumerate() {
+            deliveries.push(SnapshotDelivery {
+                key: base + n as u64 + 1,
+                delivery: delivery(d),
+                packet_id: None,
+                received: false,
+            });
+        }
+        Some(SnapshotSession {
+            client_id: s.client_id.clone(),
+            protocol: s.protocol,
+            expiry: s.expiry,
+            expires_in: s.expires_at.get().map(|at| at.saturating_duration_since(now)),
+            subscriptions,
+            deliveries,
+            incoming_qos2: s.incoming_qos2.iter().filter_map(crate::codec::PacketId::new).collect(),
+            will: None,
+        })
     }
 
     pub(super) fn logging(&self) -> bool {

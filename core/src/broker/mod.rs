@@ -74,7 +74,7 @@ use bytes::{Bytes, BytesMut};
 use core::fmt;
 use core::num::NonZeroU16;
 
-pub use cluster::{ClusterOut, ClusterSeq, ClusterTarget};
+pub use cluster::{ClaimTicket, ClusterOut, ClusterSeq, ClusterTarget};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{
@@ -309,6 +309,11 @@ pub struct Stats {
     pub cluster_received: u64,
     /// Sessions dropped here because their client connected on another node since.
     pub cluster_takeovers: u64,
+    /// Sessions another node gave up to a client connecting here.
+    pub cluster_sessions_moved_in: u64,
+    /// In a cluster ([`BrokerConfig::cluster`]): whether its backplane is reachable now;
+    /// `None` for a broker on its own.
+    pub cluster_connected: Option<bool>,
     /// Messages not delivered to a subscriber because it may not receive their topic
     /// ([`Authorizer::may_receive`]).
     pub dropped_not_authorized: u64,
@@ -426,6 +431,9 @@ impl fmt::Display for Stats {
             (self.slow_consumers, "slow consumers"),
             (self.inputs_paused, "publishers paused"),
             (self.shared_redelivered, "shared-subscription messages redelivered"),
+            (self.cluster_forwarded, "messages forwarded to the cluster"),
+            (self.cluster_received, "messages received from the cluster"),
+            (self.cluster_takeovers, "sessions taken over by another node"),
             (self.transport_refused, "connections refused by their transport (TLS, WebSocket)"),
             (self.connect_timeouts, "connections that did not connect in time"),
             (self.auth_failures, "authentication failures"),
@@ -474,6 +482,8 @@ struct PendingConnect {
     connect: Box<Connect>,
     client_id: MqttStr,
     assigned: bool,
+    /// In a cluster: the nodes were asked for the client's session already.
+    claimed: bool,
 }
 
 /// What a connection owes its client and must send in order.
@@ -777,6 +787,7 @@ impl Broker {
         };
         if broker.config.cluster {
             broker.cluster = Some(Box::default());
+            broker.stats.cluster_connected = Some(false);
             broker.tree.record_interest();
         }
         if let Some(interval) = broker.config.sys_interval {

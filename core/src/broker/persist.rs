@@ -29,7 +29,7 @@ use bytes::Bytes;
 use crate::codec::MqttStr;
 use crate::codec::{
     Decoder, Encoder, MAX_PACKET_SIZE, Packet, PacketId, ProtocolVersion, Publish,
-    PublishProperties, QoS, SubscriptionId, SubscriptionOptions,
+    PublishProperties, QoS, RetainHandling, SubscriptionId, SubscriptionOptions,
 };
 use crate::time::Duration;
 use crate::topic::{TopicFilter, TopicName};
@@ -512,5 +512,197 @@ impl Replay {
         }
         snapshot.retained = self.retained.values().filter_map(message).collect();
         snapshot
+    }
+}
+
+impl SnapshotSession {
+    /// Appends the session to `out` in a compact binary form (version 1): what a cluster node
+    /// hands the node its client moved to.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        w.u8(1);
+        w.bytes16(self.client_id.as_bytes());
+        w.u8(self.protocol.level());
+        w.u32(self.expiry);
+        w.duration(self.expires_in);
+        w.u32(u32::try_from(self.subscriptions.len()).unwrap_or(u32::MAX));
+        for (filter, o, id) in &self.subscriptions {
+            w.bytes16(filter.as_str().as_bytes());
+            let rh = match o.retain_handling {
+                RetainHandling::SendOnSubscribe => 0,
+                RetainHandling::SendOnNewSubscribe => 1,
+                RetainHandling::DoNotSend => 2,
+            };
+            w.u8(o.qos as u8
+                | u8::from(o.no_local) << 2
+                | u8::from(o.retain_as_published) << 3
+                | rh << 4);
+            w.u32(id.map_or(0, |i| i.get()));
+        }
+        w.u32(u32::try_from(self.deliveries.len()).unwrap_or(u32::MAX));
+        for d in &self.deliveries {
+            w.u64(d.key);
+            w.u16(d.packet_id.map_or(0, PacketId::get));
+            w.u8(u8::from(d.received));
+            w.u8(d.delivery.qos as u8);
+            w.u8(u8::from(d.delivery.retain));
+            w.u16(u16::try_from(d.delivery.subscription_ids.len()).unwrap_or(u16::MAX));
+            for id in &d.delivery.subscription_ids {
+                w.u32(id.get());
+            }
+            w.message(&d.delivery.message);
+        }
+        w.u16(u16::try_from(self.incoming_qos2.len()).unwrap_or(u16::MAX));
+        for id in &self.incoming_qos2 {
+            w.u16(id.get());
+        }
+        match &self.will {
+            Some((m, due)) => {
+                w.u8(1);
+                w.message(m);
+                w.duration(Some(*due));
+            }
+            None => w.u8(0),
+        }
+    }
+
+    /// A session written by [`encode`](Self::encode); `None` if `b` is not one.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader(b);
+        if r.u8()? != 1 {
+            return None;
+        }
+        let client_id = MqttStr::new(core::str::from_utf8(r.bytes16()?).ok()?).ok()?.detach();
+        let protocol = ProtocolVersion::from_level(r.u8()?)?;
+        let expiry = r.u32()?;
+        let expires_in = r.duration()?;
+        let mut subscriptions = Vec::new();
+        for _ in 0..r.u32()? {
+            let filter = TopicFilter::new(core::str::from_utf8(r.bytes16()?).ok()?).ok()?.detach();
+            let o = r.u8()?;
+            let options = SubscriptionOptions {
+                qos: QoS::from_u8(o & 3)?,
+                no_local: o & 4 != 0,
+                retain_as_published: o & 8 != 0,
+                retain_handling: match o >> 4 {
+                    0 => RetainHandling::SendOnSubscribe,
+                    1 => RetainHandling::SendOnNewSubscribe,
+                    2 => RetainHandling::DoNotSend,
+                    _ => return None,
+                },
+            };
+            subscriptions.push((filter, options, SubscriptionId::new(r.u32()?)));
+        }
+        let mut deliveries = Vec::new();
+        for _ in 0..r.u32()? {
+            let key = r.u64()?;
+            let packet_id = PacketId::new(r.u16()?);
+            let received = r.u8()? != 0;
+            let qos = QoS::from_u8(r.u8()?)?;
+            let retain = r.u8()? != 0;
+            let mut subscription_ids = Vec::new();
+            for _ in 0..r.u16()? {
+                subscription_ids.push(SubscriptionId::new(r.u32()?)?);
+            }
+            let message = r.message()?;
+            let delivery = StoredDelivery { message, qos, retain, subscription_ids };
+            deliveries.push(SnapshotDelivery { key, delivery, packet_id, received });
+        }
+        let mut incoming_qos2 = Vec::new();
+        for _ in 0..r.u16()? {
+            incoming_qos2.push(PacketId::new(r.u16()?)?);
+        }
+        let will = match r.u8()? {
+            0 => None,
+            _ => {
+                let m = r.message()?;
+                Some((m, r.duration()??))
+            }
+        };
+        r.0.is_empty().then_some(SnapshotSession {
+            client_id,
+            protocol,
+            expiry,
+            expires_in,
+            subscriptions,
+            deliveries,
+            incoming_qos2,
+            will,
+        })
+    }
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn bytes16(&mut self, b: &[u8]) {
+        self.u16(u16::try_from(b.len()).unwrap_or(u16::MAX));
+        self.0.extend_from_slice(&b[..b.len().min(usize::from(u16::MAX))]);
+    }
+    fn duration(&mut self, d: Option<Duration>) {
+        match d {
+            Some(d) => {
+                self.u8(1);
+                self.u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
+            None => self.u8(0),
+        }
+    }
+    fn message(&mut self, m: &StoredMessage) {
+        let mut body = Vec::new();
+        m.encode(&mut body);
+        self.u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(&body);
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes16(&mut self) -> Option<&[u8]> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+    fn duration(&mut self) -> Option<Option<Duration>> {
+        Some(match self.u8()? {
+            0 => None,
+            _ => Some(Duration::from_millis(self.u64()?)),
+        })
+    }
+    fn message(&mut self) -> Option<StoredMessage> {
+        let n = self.u32()?;
+        StoredMessage::decode(self.take(usize::try_from(n).ok()?)?)
     }
 }

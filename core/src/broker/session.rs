@@ -318,6 +318,11 @@ impl LazySet {
     pub(crate) fn remove(&mut self, id: &u16) -> bool {
         self.0.as_mut().is_some_and(|s| s.remove(id))
     }
+
+    /// The identifiers, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().flat_map(|s| s.iter().copied())
+    }
 }
 
 impl<T> IntoIterator for LazyDeque<T> {

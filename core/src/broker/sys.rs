@@ -30,6 +30,13 @@ impl Broker {
         ];
         let mut entries: Vec<(alloc::string::String, alloc::string::String)> =
             entries.into_iter().map(|(t, v)| (t.to_string(), v)).collect();
+        if let Some(up) = st.cluster_connected {
+            let base = "$SYS/broker/cluster";
+            entries.push((format!("{base}/connected"), u8::from(up).to_string()));
+            entries.push((format!("{base}/messages/forwarded"), st.cluster_forwarded.to_string()));
+            entries.push((format!("{base}/messages/received"), st.cluster_received.to_string()));
+            entries.push((format!("{base}/takeovers"), st.cluster_takeovers.to_string()));
+        }
         for (name, b) in &st.bridges {
             // Mosquitto's topic for a bridge's state, then ours for its figures.
             let state = if b.connected { "1" } else { "0" };
