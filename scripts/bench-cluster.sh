@@ -20,7 +20,7 @@ BIN=target/release/ternmq
 . scripts/bench-lib.sh
 DIR="$(mktemp -d)"
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$DIR"' EXIT
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$DIR"' EXIT
 
 CLIENT=()
 ROUTE=()

@@ -464,11 +464,14 @@ async fn run(
                     break;
                 }
             }
-            ClusterOut::Interest { filter, group, on } => {
+            ClusterOut::Interest { seq, filter, group, on } => {
                 let key = (filter, group);
                 if !on {
                     for task in interest.remove(&key).unwrap_or_default() {
                         task.abort();
+                    }
+                    if acks.send(Pending::done(seq)).await.is_err() {
+                        break;
                     }
                     continue;
                 }
@@ -512,7 +515,18 @@ async fn run(
                         }
                     }));
                 }
+                // The server has the subscription before the SUBACK it holds goes.
+                let flushed = match &key.1 {
+                    None => client.flush().await,
+                    Some(_) => queue_client.flush().await,
+                };
+                if let Err(e) = flushed {
+                    log::warn!("cluster: subscribing to {}: {e}", key.0);
+                }
                 interest.insert(key, tasks);
+                if acks.send(Pending::done(seq)).await.is_err() {
+                    break;
+                }
             }
             ClusterOut::Claim { ticket, client_id } => {
                 let (inbox, client, clients) = (inbox.clone(), client.clone(), clients.clone());
@@ -631,6 +645,14 @@ struct Pending {
     headers: async_nats::HeaderMap,
     payload: Bytes,
     ack: Option<jetstream::context::PublishAckFuture>,
+}
+
+impl Pending {
+    /// Something at position `seq` that needs no acknowledgement from JetStream.
+    fn done(seq: ClusterSeq) -> Self {
+        let (subject, payload) = (String::new(), Bytes::new());
+        Pending { seq, subject, headers: async_nats::HeaderMap::new(), payload, ack: None }
+    }
 }
 
 /// Reports forwarded messages held, in order; a message JetStream did not take is published

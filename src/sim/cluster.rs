@@ -66,6 +66,9 @@ const MEMBER_1: usize = 3;
 const MEMBER_2: usize = 4;
 const ROAMER: usize = 5;
 const SLEEPER: usize = 6;
+const LATE: usize = 7;
+/// The first of the roaming client's older processes.
+const GHOSTS: usize = 8;
 /// How long a message may take through the backplane: a message published closer than this
 /// to the sleeper's leaving or coming back may be on its way to the node it left.
 const SETTLE: Duration = Duration::from_millis(12);
@@ -96,8 +99,16 @@ struct Peer {
 struct Port {
     plain: BTreeSet<String>,
     groups: BTreeSet<(String, String)>,
-    /// Forwarded messages on their way into the backplane, with when it holds them.
-    unacked: VecDeque<(Instant, ClusterSeq, StoredMessage)>,
+    /// Forwarded messages and changes of interest on their way into the backplane, with when
+    /// it holds them, in order.
+    unacked: VecDeque<(Instant, ClusterSeq, Change)>,
+}
+
+/// What a node hands its backplane that the backplane acknowledges.
+enum Change {
+    Message(StoredMessage),
+    /// A filter, its shared group, and whether it appeared.
+    Interest(String, Option<String>, bool),
 }
 
 struct Net {
@@ -115,6 +126,8 @@ struct Net {
     moves: Vec<Instant>,
     /// Sleeper CONNACKs after its first without Session Present.
     lost_sessions: u32,
+    /// When the late subscriber's SUBACK arrived.
+    late_since: Option<Instant>,
     links: BTreeMap<u32, Link>,
     next_link: u32,
     peers: Vec<Peer>,
@@ -222,16 +235,15 @@ impl Net {
         match out {
             ClusterOut::Publish { seq, message } => {
                 let at = now + Duration::from_micros(self.rng.range(100, 5_000));
-                self.ports[node].unacked.push_back((at, seq, message));
+                self.ports[node].unacked.push_back((at, seq, Change::Message(message)));
             }
-            ClusterOut::Interest { filter, group, on } => {
-                let port = &mut self.ports[node];
-                match (group, on) {
-                    (None, true) => port.plain.insert(filter.into()),
-                    (None, false) => port.plain.remove(&*filter),
-                    (Some(g), true) => port.groups.insert((filter.into(), g.into())),
-                    (Some(g), false) => port.groups.remove(&(filter.into(), g.into())),
-                };
+            ClusterOut::Interest { seq, filter, group, on } => {
+                // The backplane has it after a while, in order with the messages before it;
+                // until then it sends the node nothing for it.
+                let at = now + self.latency();
+                let at = self.ports[node].unacked.back().map_or(at, |u| u.0.max(at));
+                let change = Change::Interest(filter.into(), group.map(Into::into), on);
+                self.ports[node].unacked.push_back((at, seq, change));
             }
             ClusterOut::Claim { ticket, client_id } => {
                 // The registry names the node that has the session; that node gives it up.
@@ -307,6 +319,7 @@ impl Net {
                 Event::Published { packet_id, reason_code, .. } if !reason_code.is_error() => {
                     self.peers[i].acked_ids.push(packet_id.get());
                 }
+                Event::Subscribed { .. } if i == LATE => self.late_since = Some(now),
                 Event::Connected { session_present, .. }
                     if i == SLEEPER && !self.moves.is_empty() && !session_present =>
                 {
@@ -328,7 +341,7 @@ impl Net {
                     }
                 }
                 // An older process of the roaming client, taken over: it gives up.
-                ClientCommand::Reconnect if i > SLEEPER => {}
+                ClientCommand::Reconnect if i >= GHOSTS => {}
                 ClientCommand::Reconnect => self.dial(i),
                 _ => {}
             }
@@ -391,6 +404,21 @@ impl Net {
         for n in 0..NODES {
             while self.ports[n].unacked.front().is_some_and(|u| u.0 <= now) {
                 let Some((_, seq, message)) = self.ports[n].unacked.pop_front() else { break };
+                let message = match message {
+                    Change::Message(m) => m,
+                    Change::Interest(filter, group, on) => {
+                        let port = &mut self.ports[n];
+                        match (group, on) {
+                            (None, true) => port.plain.insert(filter),
+                            (None, false) => port.plain.remove(&filter),
+                            (Some(g), true) => port.groups.insert((filter, g)),
+                            (Some(g), false) => port.groups.remove(&(filter, g)),
+                        };
+                        self.nodes[n].handle_cluster_acked(now, seq);
+                        self.pump();
+                        continue;
+                    }
+                };
                 if message.retain {
                     for other in (0..NODES).filter(|&o| o != n) {
                         self.nodes[other].handle_cluster_retained(now, message.clone());
@@ -505,6 +533,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         claims: VecDeque::new(),
         moves: Vec::new(),
         lost_sessions: 0,
+        late_since: None,
         links: BTreeMap::new(),
         next_link: 0,
         peers: Vec::new(),
@@ -526,6 +555,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         ("member-2", 2, true),
         ("roamer", 1, true),
         ("sleeper", 1, true),
+        ("late", 2, false),
     ];
     for (id, node, persistent) in roles {
         let config = ClientConfig { seed: rng.next_u64(), ..ClientConfig::default() };
@@ -559,6 +589,14 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
     // The sleeper's session: offline since when, on which node.
     let mut asleep: Option<Instant> = None;
     for n in 0..messages {
+        if n == messages / 2 {
+            // A subscriber on node 2 subscribes in the middle of the load: what is published
+            // anywhere after its SUBACK reaches it.
+            let filter = TopicFilter::new("t/#").unwrap_or_else(|_| unreachable!());
+            let at = net.now;
+            let _ =
+                net.peers[LATE].core.subscribe(at, &[Subscription::new(filter, QoS::AtLeastOnce)]);
+        }
         let i = if n % 2 == 0 { PUB_A } else { PUB_B };
         let qos = if net.rng.chance(0.5) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
         let topic = if n % 3 == 0 { "t/r" } else { "t/x" };
@@ -692,17 +730,32 @@ fn check(net: &mut Net, takeovers: u32) -> ClusterOutcome {
             }
         }
     }
+    let late = count(LATE);
+    match net.late_since {
+        Some(since) => {
+            for from in [PUB_A, PUB_B] {
+                for (key, _) in &net.peers[from].acked {
+                    let after = net.carried.get(key).is_some_and(|at| *at >= since);
+                    if after && !late.contains_key(key) {
+                        out.violations
+                            .push(format!("{key}, after the late SUBACK, never reached it"));
+                    }
+                }
+            }
+        }
+        None => out.violations.push("the late subscriber got no SUBACK".into()),
+    }
     if net.lost_sessions > 0 {
         out.violations
             .push(format!("the sleeper came back without its session {} times", net.lost_sessions));
     }
     out.moves = net.moves.len() as u32 / 2;
-    for ghost in net.peers.iter().skip(SLEEPER + 1) {
+    for ghost in net.peers.iter().skip(GHOSTS) {
         if ghost.core.is_connected() {
             out.violations.push("an older connection of the roaming client is still up".into());
         }
     }
-    if net.peers.iter().skip(SLEEPER + 1).all(|g| g.taken_over == 0) && takeovers > 0 {
+    if net.peers.iter().skip(GHOSTS).all(|g| g.taken_over == 0) && takeovers > 0 {
         out.violations
             .push("no older connection of the roaming client read DISCONNECT 0x8E".into());
     }

@@ -52,8 +52,13 @@ pub enum ClusterOut {
         message: StoredMessage,
     },
     /// This node now has (`on`), or no longer has, plain subscribers to `filter` (`group`
-    /// `None`) or members of the shared group `group` subscribed to `filter`.
+    /// `None`) or members of the shared group `group` subscribed to `filter`. Report with
+    /// [`Broker::handle_cluster_acked`] once the backplane sends this node what it matches (a
+    /// SUBSCRIBE's SUBACK waits for it, so that what is published anywhere after the SUBACK
+    /// arrives).
     Interest {
+        /// Its position, in the order of forwarded messages.
+        seq: ClusterSeq,
         /// The topic filter, without any `$share/` prefix.
         filter: Box<str>,
         /// The shared group's name.
@@ -110,6 +115,8 @@ pub(super) struct ClusterState {
     up: bool,
     /// Acknowledgements waiting for the backplane.
     awaiting: VecDeque<ParkedAck>,
+    /// SUBACKs waiting for the backplane to have their interest, by position.
+    replies: VecDeque<(u64, ConnId, Packet)>,
     /// CONNECTs waiting for their sessions, by ticket: the connection and the authenticator's
     /// data for its CONNACK.
     claims: BTreeMap<u64, (ConnId, Option<Bytes>)>,
@@ -125,7 +132,29 @@ impl Broker {
             return Some(o);
         }
         let (filter, group, on) = self.tree.take_interest()?;
-        Some(ClusterOut::Interest { filter, group, on })
+        c.seq += 1;
+        Some(ClusterOut::Interest { seq: ClusterSeq(c.seq), filter, group, on })
+    }
+
+    /// After a SUBSCRIBE: the position of the last interest it changed, to hold its SUBACK
+    /// until the backplane has it; `None` when it changed none (or the backplane is down).
+    pub(super) fn interest_position(&mut self) -> Option<u64> {
+        let c = self.cluster.as_deref_mut().filter(|c| c.up)?;
+        let mut last = None;
+        while let Some((filter, group, on)) = self.tree.take_interest() {
+            c.seq += 1;
+            c.out.push_back(ClusterOut::Interest { seq: ClusterSeq(c.seq), filter, group, on });
+            last = Some(c.seq);
+        }
+        last
+    }
+
+    /// Sends `packet` (a SUBACK) on `conn` once the backplane has position `seq`.
+    pub(super) fn send_when_interest_held(&mut self, conn: ConnId, seq: u64, packet: Packet) {
+        match self.cluster.as_deref_mut() {
+            Some(c) if seq > c.acked => c.replies.push_back((seq, conn, packet)),
+            _ => self.send(conn.index, &packet),
+        }
     }
 
     /// The backplane is reachable (`up`) or not. While it is not, this node serves its own
@@ -163,6 +192,21 @@ impl Broker {
         if let Some(c) = self.cluster.as_deref_mut() {
             still.extend(c.awaiting.drain(..));
             c.awaiting = still;
+        }
+        let mut ready = Vec::new();
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.replies.retain(|(seq, conn, packet)| {
+                if *seq > acked {
+                    return true;
+                }
+                ready.push((*conn, packet.clone()));
+                false
+            });
+        }
+        for (conn, packet) in ready {
+            if self.conn_mut(conn).is_some_and(|c| c.phase == Phase::Connected) {
+                self.send(conn.index, &packet);
+            }
         }
     }
 

@@ -98,7 +98,14 @@ impl Broker {
             reason_codes: codes,
             properties: Default::default(),
         };
-        self.send(index, &ack.into());
+        // In a cluster, not before the other nodes send this one what it now subscribes to.
+        match self.interest_position() {
+            Some(seq) => {
+                let conn = self.conn_id(index);
+                self.send_when_interest_held(conn, seq, ack.into());
+            }
+            None => self.send(index, &ack.into()),
+        }
         for (filter, qos) in retained {
             self.send_retained(now, si, &filter, qos, sub_id);
         }
