@@ -546,3 +546,37 @@ async fn a_persistent_session_moves_to_another_node_with_its_messages_mqtt5() {
 async fn a_persistent_session_moves_to_another_node_with_its_messages_mqtt311() {
     session_moves(ProtocolVersion::V3_1_1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_connection_whose_node_died_is_published_once() {
+    let Some(nats) = Nats::start("wills") else { return };
+    let dir = TempDir::new("cluster-wills");
+    let mut a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let c = Node::start(&nats, &dir.0, "c");
+    let v = ProtocolVersion::V5;
+    let watcher = Client::connect(options(b.port(), "watcher", v)).await.unwrap();
+    watcher.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
+    let mut o = options(a.port(), "dying", v);
+    o.connect.will = Some(ternmq::codec::Will {
+        topic: ternmq::topic::TopicName::new("w/dying").unwrap(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let _dying = Client::connect(o).await.unwrap();
+    // Node a's will record reaches NATS; then node a dies with the connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    a.kill();
+    let got = tokio::time::timeout(Duration::from_secs(30), watcher.next_message()).await;
+    let m = got.expect("no will within 30 s of the node's death").unwrap();
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("w/dying", &b"gone"[..]));
+    // Once: node c, the other survivor, does not publish it too.
+    let again = tokio::time::timeout(Duration::from_secs(5), watcher.next_message()).await;
+    assert!(again.is_err(), "the will was published twice: {again:?}");
+    assert!(
+        [&b, &c].iter().any(|n| n.log_text().contains("is silent")),
+        "no survivor saw node a go"
+    );
+}

@@ -47,6 +47,14 @@ pub const MESSAGES_STREAM: &str = "TERNMQ";
 pub const RETAINED_STREAM: &str = "TERNMQ_RETAINED";
 /// The key-value bucket of client ids and the node each connected on last.
 pub const CLIENTS_BUCKET: &str = "ternmq_clients";
+/// The key-value bucket of the nodes' heartbeats.
+pub const NODES_BUCKET: &str = "ternmq_nodes";
+/// The key-value bucket of pending wills (key: the client id in hex, a dot, the node).
+pub const WILLS_BUCKET: &str = "ternmq_wills";
+/// How often a node says it lives.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a node's silence makes it dead for the others, who then publish its wills.
+pub const DEAD_AFTER: Duration = Duration::from_secs(10);
 /// The header that names a forwarded message: its node's name and run, and its position.
 pub const ID_HEADER: &str = "Tmq-Id";
 
@@ -342,15 +350,16 @@ async fn run(
     let mut live = client.subscribe("tmq.r.>").await?;
     // JetStream may not be ready (a NATS cluster still electing its leader, or down): the
     // node serves its own clients meanwhile and tries again.
-    let clients = loop {
+    let buckets = loop {
         match prepare(&js, replicas, &inbox).await {
-            Ok(clients) => break clients,
+            Ok(b) => break Arc::new(b),
             Err(e) => {
                 log::warn!("cluster: JetStream not ready ({e}); trying again in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     };
+    let clients = buckets.clients.clone();
     log::info!(
         "cluster: node {} on NATS {:?} ({} replicas)",
         config.node_name,
@@ -411,6 +420,7 @@ async fn run(
             }
         });
     }
+    tokio::spawn(watch_nodes(Arc::clone(&buckets), node.clone(), inbox.clone()));
     inbox.put(ClusterIn::Link(true)).await;
     {
         let inbox = inbox.clone();
@@ -528,6 +538,21 @@ async fn run(
                     break;
                 }
             }
+            ClusterOut::Will { client_id, will } => {
+                let key = format!("{}.{node}", hex(client_id.as_str()));
+                let done = match will {
+                    Some((message, delay)) => buckets
+                        .wills
+                        .put(&key, encode_will(&message, delay))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    None => buckets.wills.delete(&key).await.map_err(|e| e.to_string()),
+                };
+                if let Err(e) = done {
+                    log::warn!("cluster: keeping {client_id}'s will: {e}");
+                }
+            }
             ClusterOut::Claim { ticket, client_id } => {
                 let (inbox, client, clients) = (inbox.clone(), client.clone(), clients.clone());
                 let node = node.clone();
@@ -558,13 +583,13 @@ async fn run(
     Ok(())
 }
 
-/// Makes the streams and the bucket (or finds them), and reads the retained messages into
-/// the node; returns the bucket.
+/// Makes the streams and the buckets (or finds them), and reads the retained messages into
+/// the node.
 async fn prepare(
     js: &jetstream::Context,
     replicas: usize,
     inbox: &ClusterInbox,
-) -> Result<kv::Store, Error> {
+) -> Result<Buckets, Error> {
     js.get_or_create_stream(stream::Config {
         name: MESSAGES_STREAM.into(),
         subjects: vec!["tmq.1.>".into()],
@@ -582,20 +607,112 @@ async fn prepare(
             ..Default::default()
         })
         .await?;
-    let clients = match js.get_key_value(CLIENTS_BUCKET).await {
-        Ok(kv) => kv,
-        Err(_) => {
-            js.create_key_value(kv::Config {
-                bucket: CLIENTS_BUCKET.into(),
-                history: 1,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await?
-        }
-    };
+    let mut buckets = Vec::new();
+    for name in [CLIENTS_BUCKET, NODES_BUCKET, WILLS_BUCKET] {
+        buckets.push(match js.get_key_value(name).await {
+            Ok(kv) => kv,
+            Err(_) => {
+                js.create_key_value(kv::Config {
+                    bucket: name.into(),
+                    history: 1,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await?
+            }
+        });
+    }
     load_retained(&retained, inbox).await?;
-    Ok(clients)
+    let wills = buckets.pop().ok_or("no wills bucket")?;
+    let nodes = buckets.pop().ok_or("no nodes bucket")?;
+    let clients = buckets.pop().ok_or("no clients bucket")?;
+    Ok(Buckets { clients, nodes, wills })
+}
+
+/// The key-value buckets a node uses.
+struct Buckets {
+    clients: kv::Store,
+    nodes: kv::Store,
+    wills: kv::Store,
+}
+
+/// Says every [`HEARTBEAT`] that this node lives; and publishes, once among the survivors,
+/// the pending wills of a node silent for [`DEAD_AFTER`].
+async fn watch_nodes(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
+    let mut reaped: HashMap<String, u64> = HashMap::new();
+    loop {
+        let now = SystemTime::now();
+        let _ = b.nodes.put(&node, Bytes::from(node.clone().into_bytes())).await;
+        let mut dead = Vec::new();
+        if let Ok(mut keys) = b.nodes.keys().await {
+            while let Some(Ok(key)) = keys.next().await {
+                if key == node {
+                    continue;
+                }
+                let Ok(Some(e)) = b.nodes.entry(key.clone()).await else { continue };
+                let seen = SystemTime::from(e.created);
+                let silent = now.duration_since(seen).unwrap_or_default();
+                if silent > DEAD_AFTER && reaped.get(&key) != Some(&e.revision) {
+                    reaped.insert(key.clone(), e.revision);
+                    dead.push(key);
+                }
+            }
+        }
+        for gone in dead {
+            log::warn!("cluster: node {gone} is silent; publishing its clients' wills");
+            reap(&b, &gone, &inbox).await;
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// Claims (compare-and-set: one node wins each) and publishes the pending wills of `gone`.
+async fn reap(b: &Arc<Buckets>, gone: &str, inbox: &ClusterInbox) {
+    let suffix = format!(".{gone}");
+    let Ok(mut keys) = b.wills.keys().await else { return };
+    let mut mine = Vec::new();
+    while let Some(Ok(key)) = keys.next().await {
+        if !key.ends_with(&suffix) {
+            continue;
+        }
+        let Ok(Some(e)) = b.wills.entry(key.clone()).await else { continue };
+        if e.operation != kv::Operation::Put || e.value.is_empty() {
+            continue;
+        }
+        // Empty: claimed.
+        if b.wills.update(&key, Bytes::new(), e.revision).await.is_ok() {
+            mine.push((key, e.value));
+        }
+    }
+    for (key, value) in mine {
+        let (b, inbox, gone) = (Arc::clone(b), inbox.clone(), gone.to_owned());
+        tokio::spawn(async move {
+            let Some((delay, message)) = decode_will(&value) else { return };
+            let client = key.split('.').next().and_then(unhex).unwrap_or_default();
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_secs(delay.into())).await;
+                // Resumed elsewhere within the delay: not published ([MQTT-3.1.3-9]).
+                let owner = b.clients.entry(hex(&client)).await.ok().flatten();
+                if owner.is_some_and(|e| e.value.as_ref() != gone.as_bytes()) {
+                    let _ = b.wills.delete(&key).await;
+                    return;
+                }
+            }
+            inbox.put(ClusterIn::Will(message)).await;
+            let _ = b.wills.delete(&key).await;
+        });
+    }
+}
+
+fn encode_will(message: &StoredMessage, delay: u32) -> Bytes {
+    let mut v = delay.to_be_bytes().to_vec();
+    message.encode(&mut v);
+    Bytes::from(v)
+}
+
+fn decode_will(b: &[u8]) -> Option<(u32, StoredMessage)> {
+    let (delay, message) = b.split_first_chunk::<4>()?;
+    Some((u32::from_be_bytes(*delay), StoredMessage::decode(message)?))
 }
 
 /// How long a node waits for another to give up a session before starting a new one.

@@ -26,6 +26,8 @@ pub enum ClusterIn {
     Retained(StoredMessage),
     /// This client connected on another node since it last connected here.
     Takeover(String),
+    /// A will of a connection whose node died: publish it here.
+    Will(StoredMessage),
     /// The answer to [`ClusterOut::Claim`]: the session another node gave up, if any.
     Claimed(ClaimTicket, Option<SnapshotSession>),
     /// Another node asks for this client's session: give it up and answer through the reply.

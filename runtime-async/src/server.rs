@@ -851,6 +851,13 @@ impl<R: ServerRuntime> Core<R> {
                 ClusterIn::Takeover(client_id) => {
                     self.driver.handle_cluster_takeover(now, &client_id);
                 }
+                ClusterIn::Will(message) => {
+                    log::info!(
+                        "publishing the will on {} of a connection whose node died",
+                        message.topic
+                    );
+                    self.driver.handle_cluster_will(now, message);
+                }
                 ClusterIn::Claimed(ticket, session) => {
                     self.driver.handle_cluster_claimed(now, ticket, session);
                 }

@@ -35,10 +35,6 @@ pub struct ClusterSeq(pub u64);
 /// What must leave this node for the rest of the cluster, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "messages are what goes out; boxing them would cost an allocation each"
-)]
 pub enum ClusterOut {
     /// A message published on this node, for the subscribers on every other node (plain and
     /// shared, this node's shared groups included). A retained one (`retain`) also replaces
@@ -71,6 +67,16 @@ pub enum ClusterOut {
     Connected {
         /// The client id.
         client_id: MqttStr,
+    },
+    /// The will of a client connected here, as it is now: `Some` (with its delay, seconds)
+    /// while it is pending, `None` once it was published or dropped. Keep it where the other
+    /// nodes find it: if this node dies, one of them publishes it
+    /// ([`Broker::handle_cluster_will`]), once.
+    Will {
+        /// The client id.
+        client_id: MqttStr,
+        /// The will message and its delay.
+        will: Option<(StoredMessage, u32)>,
     },
     /// A client connects here with Clean Start 0: ask the node that holds its session, if
     /// another does, to give it up ([`Broker::handle_cluster_release`] there), and answer with
@@ -340,6 +346,12 @@ impl Broker {
     /// Ends session `si`, which lives on (or moved to) another node now: no will, and its
     /// messages are not given to other members of their shared groups.
     fn drop_session(&mut self, now: Instant, si: u32) {
+        if self.session(si).is_some_and(|s| s.will.is_some()) {
+            if let Some(s) = self.session_mut(si) {
+                s.will = None;
+            }
+            self.will_changed(now, si);
+        }
         if let Some(s) = self.session_mut(si) {
             s.will = None;
             s.will_at = MaybeAt::NONE;
@@ -401,6 +413,37 @@ impl Broker {
         });
         self.stats.cluster_forwarded += 1;
         seq
+    }
+
+    /// Tells the cluster session `si`'s will as it is now: pending (to be published by
+    /// another node if this one dies), or gone.
+    pub(super) fn will_changed(&mut self, now: Instant, si: u32) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let Some(s) = self.session(si) else {
+            return;
+        };
+        let client_id = s.client_id.clone();
+        let will = s.will.as_ref().map(|w| (durable::stored(&w.msg, now), w.delay));
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.out.push_back(ClusterOut::Will { client_id, will });
+        }
+    }
+
+    /// A will another node held for a connection of a node that died, published here (and
+    /// forwarded like any message published here).
+    pub fn handle_cluster_will(&mut self, now: Instant, message: StoredMessage) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let msg = Arc::new(durable::message(message, now));
+        if msg.expired(now) {
+            return;
+        }
+        self.stats.count_received(msg.qos, msg.payload.len());
+        self.stats.cluster_wills += 1;
+        self.spread(now, &msg, &mut Routing::default());
     }
 
     /// Announces that `client_id` connected here.

@@ -28,8 +28,8 @@ impl Broker {
                     s.will_at = Some(now + Duration::from_secs(delay.into())).into();
                 }
             }
-        } else {
-            s.will = None;
+        } else if s.will.take().is_some() {
+            self.will_changed(now, index);
         }
         let Some(s) = self.session_mut(index) else {
             return;
@@ -112,6 +112,8 @@ impl Broker {
     }
 
     pub(super) fn publish_will(&mut self, now: Instant, index: u32, will: PendingWill) {
+        // Out: no other node publishes it now.
+        self.will_changed(now, index);
         if let Some(s) = self.session(index)
             && !self.allowed(&s.client_id, s.username.as_ref(), &s.peer, will.msg.topic.as_str())
         {
@@ -462,7 +464,14 @@ impl Broker {
         s.expires_at = MaybeAt::NONE;
         // A pending will of the resumed session is not sent ([MQTT-3.1.3-9]).
         s.will_at = MaybeAt::NONE;
+        let had_will = s.will.is_some();
         s.will = will;
+        if had_will || s.will.is_some() {
+            self.will_changed(now, si);
+        }
+        let Some(s) = self.session_mut(si) else {
+            return;
+        };
         s.username = username.clone();
         s.peer = peer;
         let serial = s.serial;

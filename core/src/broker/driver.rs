@@ -513,6 +513,13 @@ impl<H: Clone> Driver<H> {
         session
     }
 
+    /// A will of a dead node's connection ([`Broker::handle_cluster_will`]).
+    pub fn handle_cluster_will(&mut self, now: Instant, message: StoredMessage) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_will(now, message);
+        self.collect();
+    }
+
     /// A client connected on another node since ([`Broker::handle_cluster_takeover`]).
     pub fn handle_cluster_takeover(&mut self, now: Instant, client_id: &str) {
         self.now = self.now.max(now);

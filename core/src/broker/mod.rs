@@ -309,6 +309,8 @@ pub struct Stats {
     pub cluster_received: u64,
     /// Sessions dropped here because their client connected on another node since.
     pub cluster_takeovers: u64,
+    /// Wills of connections of a node that died, published here.
+    pub cluster_wills: u64,
     /// Sessions another node gave up to a client connecting here.
     pub cluster_sessions_moved_in: u64,
     /// In a cluster ([`BrokerConfig::cluster`]): whether its backplane is reachable now;
