@@ -376,6 +376,25 @@ fn a_client_id_connecting_on_another_node_takes_the_session_over() {
     let stats = support::http(http_port, "GET", "/api/v1/stats", None, None).json();
     assert_eq!(stats["gauges"]["cluster_connected"], 1, "{stats}");
     assert_eq!(stats["counters"]["cluster_takeovers"], 1, "{stats}");
+    // Cluster-wide: both nodes, alive, with the client connected on node b counted there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats = support::http(http_port, "GET", "/api/v1/stats", None, None).json();
+        let nodes = stats["cluster"]["nodes"].as_array().cloned().unwrap_or_default();
+        let node = |n: &str| nodes.iter().find(|x| x["name"] == n).cloned();
+        if let (Some(na), Some(nb)) = (node("a"), node("b"))
+            && na["alive"] == true
+            && nb["alive"] == true
+            && nb["clients_connected"] == 1
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cluster-wide figures: {stats}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = support::http(http_port, "GET", "/metrics", None, None).body;
+    assert!(metrics.contains("ternmq_cluster_nodes 2"), "{metrics}");
+    drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

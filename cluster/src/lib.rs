@@ -35,8 +35,8 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ternmq_async::cluster::{
-    ClusterIn, ClusterInbox, ClusterLink, ClusterOut, ClusterSeq, ClusterTarget, SessionReply,
-    SnapshotSession, StoredMessage,
+    ClusterIn, ClusterInbox, ClusterLink, ClusterNode, ClusterOut, ClusterSeq, ClusterTarget,
+    NodeFigures, Reply, SnapshotSession, StoredMessage,
 };
 use ternmq_core::codec::QoS;
 use tokio::sync::mpsc;
@@ -408,7 +408,7 @@ async fn run(
                     continue;
                 };
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let answer = SessionReply::new(move |s| {
+                let answer = Reply::new(move |s| {
                     let _ = tx.send(s);
                 });
                 inbox.put(ClusterIn::Release(id, answer)).await;
@@ -642,8 +642,17 @@ async fn watch_nodes(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
     let mut reaped: HashMap<String, u64> = HashMap::new();
     loop {
         let now = SystemTime::now();
-        let _ = b.nodes.put(&node, Bytes::from(node.clone().into_bytes())).await;
+        // The heartbeat carries the node's figures, for the cluster-wide ones.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        inbox
+            .put(ClusterIn::Figures(Reply::new(move |f| {
+                let _ = tx.send(f);
+            })))
+            .await;
+        let mine = rx.await.unwrap_or_default();
+        let _ = b.nodes.put(&node, Bytes::from(mine.encode().into_bytes())).await;
         let mut dead = Vec::new();
+        let mut all = vec![ClusterNode { name: node.clone(), alive: true, figures: mine }];
         if let Ok(mut keys) = b.nodes.keys().await {
             while let Some(Ok(key)) = keys.next().await {
                 if key == node {
@@ -652,12 +661,19 @@ async fn watch_nodes(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
                 let Ok(Some(e)) = b.nodes.entry(key.clone()).await else { continue };
                 let seen = SystemTime::from(e.created);
                 let silent = now.duration_since(seen).unwrap_or_default();
+                let figures = std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(NodeFigures::decode)
+                    .unwrap_or_default();
+                all.push(ClusterNode { name: key.clone(), alive: silent <= DEAD_AFTER, figures });
                 if silent > DEAD_AFTER && reaped.get(&key) != Some(&e.revision) {
                     reaped.insert(key.clone(), e.revision);
                     dead.push(key);
                 }
             }
         }
+        all.sort_by(|x, y| x.name.cmp(&y.name));
+        inbox.put(ClusterIn::Nodes(all)).await;
         for gone in dead {
             log::warn!("cluster: node {gone} is silent; publishing its clients' wills");
             reap(&b, &gone, &inbox).await;

@@ -10,7 +10,9 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use ternmq_core::broker::persist::{SnapshotSession, StoredMessage};
-pub use ternmq_core::broker::{ClaimTicket, ClusterOut, ClusterSeq, ClusterTarget};
+pub use ternmq_core::broker::{
+    ClaimTicket, ClusterNode, ClusterOut, ClusterSeq, ClusterTarget, NodeFigures,
+};
 
 /// What a backplane reports to its node.
 #[derive(Debug)]
@@ -31,27 +33,31 @@ pub enum ClusterIn {
     /// The answer to [`ClusterOut::Claim`]: the session another node gave up, if any.
     Claimed(ClaimTicket, Option<SnapshotSession>),
     /// Another node asks for this client's session: give it up and answer through the reply.
-    Release(String, SessionReply),
+    Release(String, Reply<Option<SnapshotSession>>),
+    /// The backplane wants this node's figures, for its heartbeat.
+    Figures(Reply<NodeFigures>),
+    /// Every node of the cluster as the backplane sees them now.
+    Nodes(Vec<ClusterNode>),
 }
 
-/// Where a node's answer to [`ClusterIn::Release`] goes.
-pub struct SessionReply(Box<dyn FnOnce(Option<SnapshotSession>) + Send>);
+/// Where a node's answer to a question from its backplane goes.
+pub struct Reply<T>(Box<dyn FnOnce(T) + Send>);
 
-impl fmt::Debug for SessionReply {
+impl<T> fmt::Debug for Reply<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionReply")
+        f.write_str("Reply")
     }
 }
 
-impl SessionReply {
+impl<T> Reply<T> {
     /// A reply that hands the answer to `send`.
-    pub fn new(send: impl FnOnce(Option<SnapshotSession>) + Send + 'static) -> Self {
+    pub fn new(send: impl FnOnce(T) + Send + 'static) -> Self {
         Self(Box::new(send))
     }
 
     /// Answers.
-    pub fn send(self, session: Option<SnapshotSession>) {
-        (self.0)(session);
+    pub fn send(self, answer: T) {
+        (self.0)(answer);
     }
 }
 

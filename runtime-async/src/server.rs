@@ -858,6 +858,8 @@ impl<R: ServerRuntime> Core<R> {
                     );
                     self.driver.handle_cluster_will(now, message);
                 }
+                ClusterIn::Figures(reply) => reply.send(self.driver.broker().node_figures()),
+                ClusterIn::Nodes(nodes) => self.driver.handle_cluster_nodes(nodes),
                 ClusterIn::Claimed(ticket, session) => {
                     self.driver.handle_cluster_claimed(now, ticket, session);
                 }

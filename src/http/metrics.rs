@@ -204,6 +204,17 @@ pub(super) fn exposition(snap: &Snapshot<'_>) -> Result<String, String> {
                 ],
             ),
         );
+        let alive = stats.cluster_nodes.iter().filter(|n| n.alive);
+        r.register(
+            "cluster_nodes",
+            "Nodes of the cluster that said lately that they live, this one included",
+            gauge(alive.clone().count() as u64),
+        );
+        r.register(
+            "cluster_clients_connected",
+            "Clients connected to the cluster's live nodes, as each last said",
+            gauge(alive.map(|n| n.figures.clients_connected).sum()),
+        );
         r.register(
             "cluster_takeovers",
             "Sessions dropped here because their client connected on another node since",
@@ -360,6 +371,24 @@ pub(super) fn stats_json(snap: &Snapshot<'_>) -> Value {
     // A cluster node's link to its backplane, 1 or 0; nothing for a broker on its own.
     if let (Some(up), Some(g)) = (stats.cluster_connected, body["gauges"].as_object_mut()) {
         g.insert("cluster_connected".into(), json!(u8::from(up)));
+    }
+    if let (Some(up), Some(o)) = (stats.cluster_connected, body.as_object_mut()) {
+        let nodes: Vec<Value> = stats
+            .cluster_nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": n.name,
+                    "alive": n.alive,
+                    "clients_connected": n.figures.clients_connected,
+                    "sessions": n.figures.sessions,
+                    "subscriptions": n.figures.subscriptions,
+                    "messages_received": n.figures.messages_received,
+                    "messages_sent": n.figures.messages_sent,
+                })
+            })
+            .collect();
+        o.insert("cluster".into(), json!({ "connected": up, "nodes": nodes }));
     }
     body
 }

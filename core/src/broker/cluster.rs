@@ -110,6 +110,59 @@ pub enum ClusterTarget {
     },
 }
 
+/// What a node says of itself to the others, with its heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeFigures {
+    /// Clients connected now.
+    pub clients_connected: u64,
+    /// Sessions held now.
+    pub sessions: u64,
+    /// Subscriptions now.
+    pub subscriptions: u64,
+    /// PUBLISH packets received from clients since start.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients since start.
+    pub messages_sent: u64,
+}
+
+impl NodeFigures {
+    /// The figures as text: the five numbers, space-separated.
+    pub fn encode(&self) -> alloc::string::String {
+        alloc::format!(
+            "{} {} {} {} {}",
+            self.clients_connected,
+            self.sessions,
+            self.subscriptions,
+            self.messages_received,
+            self.messages_sent
+        )
+    }
+
+    /// Figures written by [`encode`](Self::encode).
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut n = s.split(' ').map(|w| w.parse::<u64>().ok());
+        let f = NodeFigures {
+            clients_connected: n.next()??,
+            sessions: n.next()??,
+            subscriptions: n.next()??,
+            messages_received: n.next()??,
+            messages_sent: n.next()??,
+        };
+        n.next().is_none().then_some(f)
+    }
+}
+
+/// One node of the cluster as this one knows it ([`Stats::cluster_nodes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// Its name.
+    pub name: alloc::string::String,
+    /// Whether it said it lives lately.
+    pub alive: bool,
+    /// What it last said of itself.
+    pub figures: NodeFigures,
+}
+
 /// A cluster node's side of the seam.
 #[derive(Debug, Default)]
 pub(super) struct ClusterState {
@@ -444,6 +497,26 @@ impl Broker {
         self.stats.count_received(msg.qos, msg.payload.len());
         self.stats.cluster_wills += 1;
         self.spread(now, &msg, &mut Routing::default());
+    }
+
+    /// This node's figures, for its heartbeat.
+    pub fn node_figures(&self) -> NodeFigures {
+        let g = self.gauges();
+        NodeFigures {
+            clients_connected: g.clients_connected as u64,
+            sessions: g.sessions as u64,
+            subscriptions: g.subscriptions as u64,
+            messages_received: self.stats.messages_received,
+            messages_sent: self.stats.messages_sent,
+        }
+    }
+
+    /// Every node of the cluster as the backplane last saw them (this one included), for
+    /// `$SYS`, the metrics and the admin API ([`Stats::cluster_nodes`]).
+    pub fn handle_cluster_nodes(&mut self, nodes: Vec<ClusterNode>) {
+        if self.cluster.is_some() {
+            self.stats.cluster_nodes = nodes;
+        }
     }
 
     /// Announces that `client_id` connected here.

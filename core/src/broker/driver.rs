@@ -513,6 +513,11 @@ impl<H: Clone> Driver<H> {
         session
     }
 
+    /// Every node of the cluster ([`Broker::handle_cluster_nodes`]).
+    pub fn handle_cluster_nodes(&mut self, nodes: Vec<super::ClusterNode>) {
+        self.broker.handle_cluster_nodes(nodes);
+    }
+
     /// A will of a dead node's connection ([`Broker::handle_cluster_will`]).
     pub fn handle_cluster_will(&mut self, now: Instant, message: StoredMessage) {
         self.now = self.now.max(now);

@@ -74,7 +74,7 @@ use bytes::{Bytes, BytesMut};
 use core::fmt;
 use core::num::NonZeroU16;
 
-pub use cluster::{ClaimTicket, ClusterOut, ClusterSeq, ClusterTarget};
+pub use cluster::{ClaimTicket, ClusterNode, ClusterOut, ClusterSeq, ClusterTarget, NodeFigures};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{
@@ -345,6 +345,9 @@ pub struct Stats {
     /// Each bridge's name and figures, as its host last reported them
     /// ([`Broker::set_bridge_stats`]).
     pub bridges: Vec<(alloc::string::String, crate::bridge::BridgeStats)>,
+    /// In a cluster: every node's name, whether it is alive, and its figures as it last said
+    /// them, this node included ([`Broker::handle_cluster_nodes`]).
+    pub cluster_nodes: Vec<ClusterNode>,
 }
 
 /// One listener's connections ([`Stats::listeners`]).

@@ -36,6 +36,21 @@ impl Broker {
             entries.push((format!("{base}/messages/forwarded"), st.cluster_forwarded.to_string()));
             entries.push((format!("{base}/messages/received"), st.cluster_received.to_string()));
             entries.push((format!("{base}/takeovers"), st.cluster_takeovers.to_string()));
+            // Cluster-wide: the nodes alive, and their sums.
+            let alive: Vec<&ClusterNode> = st.cluster_nodes.iter().filter(|n| n.alive).collect();
+            let sum =
+                |f: fn(&NodeFigures) -> u64| -> u64 { alive.iter().map(|n| f(&n.figures)).sum() };
+            entries.push((format!("{base}/nodes"), alive.len().to_string()));
+            let total = [
+                ("clients/connected", sum(|f| f.clients_connected)),
+                ("clients/total", sum(|f| f.sessions)),
+                ("subscriptions/count", sum(|f| f.subscriptions)),
+                ("messages/received", sum(|f| f.messages_received)),
+                ("messages/sent", sum(|f| f.messages_sent)),
+            ];
+            for (what, n) in total {
+                entries.push((format!("{base}/total/{what}"), n.to_string()));
+            }
         }
         for (name, b) in &st.bridges {
             // Mosquitto's topic for a bridge's state, then ours for its figures.
