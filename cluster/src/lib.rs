@@ -14,7 +14,7 @@
 //!   message. Plain subscriptions use a connection with no echo (a node already delivered its
 //!   own messages to its own subscribers); queue subscriptions use a second connection, so
 //!   that a node's own groups are in the choice.
-//! - **Retained messages** go to `tmq.r.<topic>` too, kept by the stream `TERNMQ_RETAINED`
+//! - **Retained messages** go to `tmqr.<topic>` too, kept by the stream `TERNMQ_RETAINED`
 //!   one per subject; every node stores every retained message, and a starting node reads
 //!   the stream's last message of every subject first.
 //! - **Takeover.** A client id connected on a node is written to the key-value bucket
@@ -197,7 +197,7 @@ fn push_escaped(b: u32, out: &mut String) {
     let _ = write!(out, "%{b:02X}");
 }
 
-/// The NATS subject of an MQTT topic, under `prefix` (`tmq.1`, `tmq.r`).
+/// The NATS subject of an MQTT topic, under `prefix` (`tmq.1`, `tmqr`).
 pub fn subject(prefix: &str, topic: &str) -> String {
     let mut s = String::with_capacity(prefix.len() + topic.len() + 8);
     s.push_str(prefix);
@@ -347,7 +347,7 @@ async fn run(
     let recent = Arc::new(Mutex::new(Recent::default()));
     let replicas = config.replicas();
     // The retained messages so far, then the live ones (subscribed first: none is missed).
-    let mut live = client.subscribe("tmq.r.>").await?;
+    let mut live = client.subscribe("tmqr.>").await?;
     // JetStream may not be ready (a NATS cluster still electing its leader, or down): the
     // node serves its own clients meanwhile and tries again.
     let buckets = loop {
@@ -400,7 +400,7 @@ async fn run(
     }
     // Other nodes asking for a session of this node's: given up through the node's core.
     {
-        let mut asks = client.subscribe(format!("tmq.claim.{node}")).await?;
+        let mut asks = client.subscribe(format!("tmqc.{node}")).await?;
         let (inbox, client) = (inbox.clone(), client.clone());
         tokio::spawn(async move {
             while let Some(m) = asks.next().await {
@@ -442,8 +442,24 @@ async fn run(
                 message.encode(&mut payload);
                 let payload = Bytes::from(payload);
                 let topic = message.topic.as_str();
+                let max_payload = client.server_info().max_payload;
+                if payload.len() + 256 > max_payload || subject("tmq.1", topic).len() > MAX_SUBJECT
+                {
+                    // NATS would refuse it (and close the connection for a subject too long):
+                    // it stays on this node.
+                    log::warn!(
+                        "cluster: a message on {topic} ({} bytes) is too large for NATS \
+                         (max_payload {max_payload}, subjects up to {MAX_SUBJECT} bytes); \
+                         delivered on this node only",
+                        payload.len()
+                    );
+                    if acks.send(Pending::done(seq)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 if message.retain {
-                    let _ = client.publish(subject("tmq.r", topic), payload.clone()).await;
+                    let _ = client.publish(subject("tmqr", topic), payload.clone()).await;
                 }
                 let id = format!("{origin}:{}", seq.0);
                 let mut headers = async_nats::HeaderMap::new();
@@ -454,14 +470,7 @@ async fn run(
                     let _ = client
                         .publish_with_headers(subject("tmq.0", topic), headers, payload)
                         .await;
-                    let (subject, payload) = (String::new(), Bytes::new());
-                    Pending {
-                        seq,
-                        subject,
-                        headers: async_nats::HeaderMap::new(),
-                        payload,
-                        ack: None,
-                    }
+                    Pending::done(seq)
                 } else {
                     let subject = subject("tmq.1", topic);
                     let ack = js
@@ -486,7 +495,15 @@ async fn run(
                     continue;
                 }
                 let mut tasks = Vec::new();
-                for s in filter_subjects("tmq.*", &key.0) {
+                let subjects = filter_subjects("tmq.*", &key.0);
+                if subjects.iter().any(|s| s.len() > MAX_SUBJECT) {
+                    log::warn!(
+                        "cluster: the filter {} is too long for a NATS subject; its \
+                         subscribers get only what is published on this node",
+                        key.0
+                    );
+                }
+                for s in subjects.into_iter().filter(|s| s.len() <= MAX_SUBJECT) {
                     let sub = match &key.1 {
                         None => client.subscribe(s).await,
                         Some(g) => {
@@ -506,9 +523,19 @@ async fn run(
                         Some(g) => ClusterTarget::Group { group: g.clone(), filter: key.0.clone() },
                     };
                     let (inbox, recent) = (inbox.clone(), Arc::clone(&recent));
-                    let group = key.1.clone().unwrap_or_default();
+                    // Copies of a message are routed once per plain filter set, and once per
+                    // shared subscription (group and filter).
+                    let group = match &key.1 {
+                        Some(g) => format!("{g}|{}", key.0),
+                        None => String::new(),
+                    };
                     tasks.push(tokio::spawn(async move {
                         while let Some(m) = sub.next().await {
+                            // Only messages (`tmq.0.`, `tmq.1.`) go to subscribers.
+                            let s = m.subject.as_str();
+                            if !(s.starts_with("tmq.0.") || s.starts_with("tmq.1.")) {
+                                continue;
+                            }
                             let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
                             let first = match id {
                                 Some(id) => recent
@@ -538,6 +565,7 @@ async fn run(
                     break;
                 }
             }
+            ClusterOut::Will { client_id, .. } if client_id.len() > MAX_CLIENT_ID => {}
             ClusterOut::Will { client_id, will } => {
                 let key = format!("{}.{node}", hex(client_id.as_str()));
                 let done = match will {
@@ -561,6 +589,9 @@ async fn run(
                     inbox.put(ClusterIn::Claimed(ticket, session)).await;
                 });
             }
+            ClusterOut::Connected { client_id } if client_id.len() > MAX_CLIENT_ID => {
+                log::warn!("cluster: a client id of {} bytes is not registered", client_id.len());
+            }
             ClusterOut::Connected { client_id } => {
                 let key = hex(client_id.as_str());
                 if let Ok(mut r) = registry.lock() {
@@ -574,7 +605,14 @@ async fn run(
                             *v = rev;
                         }
                     }
-                    Err(e) => log::warn!("cluster: registering client {client_id}: {e}"),
+                    Err(e) => {
+                        // Without its revision this node could not tell an older write from
+                        // a newer one: it forgets the client rather than never taking it over.
+                        if let Ok(mut r) = registry.lock() {
+                            r.remove(&key);
+                        }
+                        log::warn!("cluster: registering client {client_id}: {e}");
+                    }
                 }
             }
             _ => {}
@@ -601,7 +639,7 @@ async fn prepare(
     let retained = js
         .get_or_create_stream(stream::Config {
             name: RETAINED_STREAM.into(),
-            subjects: vec!["tmq.r.>".into()],
+            subjects: vec!["tmqr.>".into()],
             num_replicas: replicas,
             max_messages_per_subject: 1,
             ..Default::default()
@@ -640,8 +678,13 @@ struct Buckets {
 /// the pending wills of a node silent for [`DEAD_AFTER`].
 async fn watch_nodes(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
     let mut reaped: HashMap<String, u64> = HashMap::new();
+    // Each other node's last heartbeat revision, and when (by this node's own monotonic
+    // clock) it last changed: no clock of another machine is compared with this one's.
+    let mut beats: HashMap<String, (u64, tokio::time::Instant)> = HashMap::new();
+    // Since when this node's own heartbeats reach NATS: nobody is judged dead by a node that
+    // could not itself write (an outage of the bucket silences every node at once).
+    let mut healthy_since: Option<tokio::time::Instant> = None;
     loop {
-        let now = SystemTime::now();
         // The heartbeat carries the node's figures, for the cluster-wide ones.
         let (tx, rx) = tokio::sync::oneshot::channel();
         inbox
@@ -650,7 +693,13 @@ async fn watch_nodes(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
             })))
             .await;
         let mine = rx.await.unwrap_or_default();
-        let _ = b.nodes.put(&node, Bytes::from(mine.encode().into_bytes())).await;
+        match b.nodes.put(&node, Bytes::from(mine.encode().into_bytes())).await {
+            Ok(_) => {
+                healthy_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            Err(_) => healthy_since = None,
+        }
+        let judge = healthy_since.is_some_and(|t| t.elapsed() > DEAD_AFTER);
         let mut dead = Vec::new();
         let mut all = vec![ClusterNode { name: node.clone(), alive: true, figures: mine }];
         if let Ok(mut keys) = b.nodes.keys().await {
@@ -659,14 +708,18 @@ async fn watch_nodes(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
                     continue;
                 }
                 let Ok(Some(e)) = b.nodes.entry(key.clone()).await else { continue };
-                let seen = SystemTime::from(e.created);
-                let silent = now.duration_since(seen).unwrap_or_default();
+                let now = tokio::time::Instant::now();
+                let beat = beats.entry(key.clone()).or_insert((e.revision, now));
+                if beat.0 != e.revision {
+                    *beat = (e.revision, now);
+                }
+                let silent = now.duration_since(beat.1);
                 let figures = std::str::from_utf8(&e.value)
                     .ok()
                     .and_then(NodeFigures::decode)
                     .unwrap_or_default();
                 all.push(ClusterNode { name: key.clone(), alive: silent <= DEAD_AFTER, figures });
-                if silent > DEAD_AFTER && reaped.get(&key) != Some(&e.revision) {
+                if judge && silent > DEAD_AFTER && reaped.get(&key) != Some(&e.revision) {
                     reaped.insert(key.clone(), e.revision);
                     dead.push(key);
                 }
@@ -731,6 +784,14 @@ fn decode_will(b: &[u8]) -> Option<(u32, StoredMessage)> {
     Some((u32::from_be_bytes(*delay), StoredMessage::decode(message)?))
 }
 
+/// The longest subject this node sends NATS (its default control line is 4 KiB).
+pub const MAX_SUBJECT: usize = 2048;
+/// How long a message JetStream does not acknowledge is sent again before it is given up.
+pub const GIVE_UP: Duration = Duration::from_secs(60);
+/// The longest client id the registry, the wills and the hand-over keep (in bytes; its key
+/// is twice as long in hex).
+pub const MAX_CLIENT_ID: usize = 512;
+
 /// How long a node waits for another to give up a session before starting a new one.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -742,12 +803,16 @@ async fn claim(
     node: &str,
     client_id: &str,
 ) -> Option<SnapshotSession> {
-    let entry = clients.entry(hex(client_id)).await.ok()??;
+    if client_id.len() > MAX_CLIENT_ID {
+        return None;
+    }
+    let entry =
+        tokio::time::timeout(CLAIM_TIMEOUT, clients.entry(hex(client_id))).await.ok()?.ok()??;
     if entry.operation != kv::Operation::Put || entry.value.as_ref() == node.as_bytes() {
         return None;
     }
     let owner = std::str::from_utf8(&entry.value).ok()?;
-    let ask = client.request(format!("tmq.claim.{owner}"), Bytes::from(client_id.to_owned()));
+    let ask = client.request(format!("tmqc.{owner}"), Bytes::from(client_id.to_owned()));
     match tokio::time::timeout(CLAIM_TIMEOUT, ask).await {
         Ok(Ok(answer)) if !answer.payload.is_empty() => {
             let session = SnapshotSession::decode(&answer.payload);
@@ -791,16 +856,28 @@ impl Pending {
 /// Reports forwarded messages held, in order; a message JetStream did not take is published
 /// again until it is (its publisher's acknowledgement waits meanwhile).
 async fn confirm(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, inbox: ClusterInbox) {
-    let mut done: VecDeque<ClusterSeq> = VecDeque::new();
+    let mut unreported = 0;
     while let Some(p) = rx.recv().await {
         if !p.subject.is_empty() {
             let mut ack = p.ack;
+            let since = tokio::time::Instant::now();
             loop {
                 let held = match ack.take() {
                     Some(f) => f.await.is_ok(),
                     None => false,
                 };
                 if held {
+                    break;
+                }
+                if since.elapsed() > GIVE_UP {
+                    // Not for want of trying: what JetStream refuses this long it refuses
+                    // for good (a stream gone, a limit); the rest must not wait behind it.
+                    log::error!(
+                        "cluster: JetStream did not take a message on {} in {} s; \
+                         acknowledged without it",
+                        p.subject,
+                        GIVE_UP.as_secs()
+                    );
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -810,12 +887,12 @@ async fn confirm(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, inbox:
                     .ok();
             }
         }
-        done.push_back(p.seq);
-        // Report the last of what is ready now.
-        if rx.is_empty()
-            && let Some(last) = done.drain(..).next_back()
-        {
-            inbox.put(ClusterIn::Acked(last)).await;
+        unreported += 1;
+        // Reported when nothing else is ready, and at least every 64, so that a steady
+        // stream does not hold every acknowledgement back.
+        if rx.is_empty() || unreported >= 64 {
+            unreported = 0;
+            inbox.put(ClusterIn::Acked(p.seq)).await;
         }
     }
 }
@@ -829,7 +906,7 @@ async fn load_retained(retained: &stream::Stream, inbox: &ClusterInbox) -> Resul
     let consumer = retained
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            filter_subject: "tmq.r.>".into(),
+            filter_subject: "tmqr.>".into(),
             ..Default::default()
         })
         .await?;

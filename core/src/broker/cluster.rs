@@ -174,6 +174,8 @@ pub(super) struct ClusterState {
     up: bool,
     /// Acknowledgements waiting for the backplane.
     awaiting: VecDeque<ParkedAck>,
+    /// The position of the last change of interest.
+    interest_seq: u64,
     /// SUBACKs waiting for the backplane to have their interest, by position.
     replies: VecDeque<(u64, ConnId, Packet)>,
     /// CONNECTs waiting for their sessions, by ticket: the connection and the authenticator's
@@ -192,6 +194,7 @@ impl Broker {
         }
         let (filter, group, on) = self.tree.take_interest()?;
         c.seq += 1;
+        c.interest_seq = c.seq;
         Some(ClusterOut::Interest { seq: ClusterSeq(c.seq), filter, group, on })
     }
 
@@ -199,13 +202,14 @@ impl Broker {
     /// until the backplane has it; `None` when it changed none (or the backplane is down).
     pub(super) fn interest_position(&mut self) -> Option<u64> {
         let c = self.cluster.as_deref_mut().filter(|c| c.up)?;
-        let mut last = None;
         while let Some((filter, group, on)) = self.tree.take_interest() {
             c.seq += 1;
             c.out.push_back(ClusterOut::Interest { seq: ClusterSeq(c.seq), filter, group, on });
-            last = Some(c.seq);
+            c.interest_seq = c.seq;
         }
-        last
+        // Also a SUBSCRIBE to a filter another client's SUBSCRIBE gave the node a moment ago:
+        // its interest may be on the way still.
+        (c.interest_seq > c.acked).then_some(c.interest_seq)
     }
 
     /// Sends `packet` (a SUBACK) on `conn` once the backplane has position `seq`.
@@ -349,6 +353,23 @@ impl Broker {
         let Some((conn, auth_data)) = c.claims.remove(&ticket.0) else {
             return;
         };
+        // The other node gave the session up: it lives here now, even if the connection that
+        // asked for it is gone meanwhile (it waits offline, as after any disconnect).
+        if let Some(s) = session {
+            // What this node still has of the client is older than what the other node gave.
+            if let Some(si) = self.session_for(s.client_id.as_bytes()) {
+                if let Some(old) = self.session(si).and_then(|s| s.conn)
+                    && old != conn
+                {
+                    self.close_for_takeover(now, old.index, si, ReasonCode::SessionTakenOver);
+                }
+                self.drop_session(now, si);
+            }
+            let si = self.import_session(now, s);
+            let connected = self.conn_mut(conn).is_some_and(|c| c.ticket() == Some(ticket.0));
+            self.log_imported(now, si, connected);
+            self.stats.cluster_sessions_moved_in += 1;
+        }
         let Some(cn) = self.conn_mut(conn) else {
             return;
         };
@@ -359,17 +380,6 @@ impl Broker {
         match cn.pending.as_deref_mut() {
             Some(p) => p.claimed = true,
             None => return,
-        }
-        if let Some(s) = session {
-            // What this node still has of the client is older than what the other node gave.
-            if let Some(si) = self.session_for(s.client_id.as_bytes()) {
-                if let Some(old) = self.session(si).and_then(|s| s.conn) {
-                    self.close_for_takeover(now, old.index, si, ReasonCode::SessionTakenOver);
-                }
-                self.drop_session(now, si);
-            }
-            self.import_session(now, s);
-            self.stats.cluster_sessions_moved_in += 1;
         }
         self.complete_connect(now, conn.index, auth_data);
         self.resume_held(now, conn);
@@ -478,7 +488,9 @@ impl Broker {
             return;
         };
         let client_id = s.client_id.clone();
-        let will = s.will.as_ref().map(|w| (durable::stored(&w.msg, now), w.delay));
+        // The delay as the session applies it: never past the session's end.
+        let delay_cap = if s.protocol.is_v5() { s.expiry } else { 0 };
+        let will = s.will.as_ref().map(|w| (durable::stored(&w.msg, now), w.delay.min(delay_cap)));
         if let Some(c) = self.cluster.as_deref_mut() {
             c.out.push_back(ClusterOut::Will { client_id, will });
         }
@@ -524,6 +536,11 @@ impl Broker {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.out.push_back(ClusterOut::Connected { client_id: client_id.clone() });
         }
+    }
+
+    /// The last position forwarded if the backplane does not hold it yet, else 0.
+    pub(super) fn cluster_position(&self) -> u64 {
+        self.cluster.as_deref().map_or(0, |c| if c.seq > c.acked { c.seq } else { 0 })
     }
 
     /// Whether an acknowledgement waiting for forwarded position `seq` must wait still.

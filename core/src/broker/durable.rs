@@ -212,12 +212,73 @@ impl Broker {
             client_id: s.client_id.clone(),
             protocol: s.protocol,
             expiry: s.expiry,
-            expires_in: s.expires_at.get().map(|at| at.saturating_duration_since(now)),
+            // A session taken from its connection just now expires from now, unless its
+            // client resumes it at once.
+            expires_in: match s.expires_at.get() {
+                Some(at) => Some(at.saturating_duration_since(now)),
+                None if s.expiry == u32::MAX => None,
+                None => Some(crate::time::Duration::from_secs(s.expiry.into())),
+            },
             subscriptions,
             deliveries,
             incoming_qos2: s.incoming_qos2.iter().filter_map(crate::codec::PacketId::new).collect(),
             will: None,
         })
+    }
+
+    /// Logs all of session `si`, just taken in from another node, for this node's store: it
+    /// is this node's to keep from now on. Its deliveries get keys of this node's.
+    pub(super) fn log_imported(&mut self, now: Instant, si: u32, connected: bool) {
+        if !self.logging() {
+            return;
+        }
+        let Some(snap) = self.export_session(now, si) else {
+            return;
+        };
+        let (protocol, expiry) = (snap.protocol, snap.expiry);
+        self.log_session(si, |client_id| PersistOp::Session { client_id, protocol, expiry });
+        for (filter, options, subscription_id) in snap.subscriptions {
+            self.log_session(si, |client_id| PersistOp::Subscribed {
+                client_id,
+                filter,
+                options,
+                subscription_id,
+            });
+        }
+        let mut keys = Vec::with_capacity(snap.deliveries.len());
+        for d in snap.deliveries {
+            let key = self.next_key;
+            self.next_key += 1;
+            keys.push(key);
+            let delivery = d.delivery;
+            self.log_session(si, |client_id| PersistOp::Queued { client_id, key, delivery });
+            if let Some(packet_id) = d.packet_id {
+                self.log_session(si, |client_id| PersistOp::Sent { client_id, key, packet_id });
+            }
+            if d.received {
+                self.log_session(si, |client_id| PersistOp::Received { client_id, key });
+            }
+        }
+        for packet_id in snap.incoming_qos2 {
+            self.log_session(si, |client_id| PersistOp::IncomingQos2 { client_id, packet_id });
+        }
+        if !connected {
+            self.log_session(si, |client_id| PersistOp::Disconnected { client_id });
+        }
+        // The same order as the export: in flight, then queued.
+        if let Some(s) = self.session_mut(si) {
+            let n = s.inflight.len();
+            for (i, key) in keys.iter().enumerate() {
+                let d = if i < n {
+                    s.inflight.get_mut(i).map(|f| &mut f.delivery)
+                } else {
+                    s.queue.get_mut(i - n)
+                };
+                if let Some(d) = d {
+                    d.key = *key;
+                }
+            }
+        }
     }
 
     pub(super) fn logging(&self) -> bool {

@@ -96,14 +96,16 @@ impl Broker {
                 }
                 let wait = self.durable() && self.persist_seq > self.persisted;
                 let seq = if wait { self.persist_seq } else { 0 };
+                // In a cluster, not before the backplane has what was forwarded before it (the
+                // first copy among it).
+                let cluster = self.cluster_position();
                 let conn = self.conn_id(index);
-                if seq > 0 {
+                if seq > 0 || cluster > 0 {
                     let token = self.withhold_answer(index, id, QoS::ExactlyOnce);
                     let code = ReasonCode::Success;
                     let qos = QoS::ExactlyOnce;
-                    let cluster = 0;
                     let ack = ParkedAck { conn, id, qos, since: now, seq, cluster, code, token };
-                    self.awaiting_store.push_back(ack);
+                    self.release_ack(ack);
                 } else {
                     self.answer(conn, None, id, QoS::ExactlyOnce, Packet::PubRec(PubAck::new(id)));
                 }
