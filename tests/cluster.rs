@@ -27,7 +27,8 @@ use ternmq::tokio::{Client, ConnectOptions};
 struct Nats {
     servers: Vec<Option<Child>>,
     ports: Vec<u16>,
-    _dir: TempDir,
+    bin: PathBuf,
+    dir: TempDir,
     /// One NATS cluster at a time: two cores hold three servers and three brokers well, not
     /// six of each.
     _turn: std::sync::MutexGuard<'static, ()>,
@@ -82,20 +83,12 @@ impl Nats {
                 ),
             )
             .unwrap();
-            let log = std::fs::File::create(dir.0.join(format!("n{i}.log"))).unwrap();
-            let child = Command::new(&bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            servers.push(Some(child));
+            servers.push(Some(spawn_nats(&bin, &dir.0, i)));
         }
         for p in &ports {
             wait_port(*p);
         }
-        Some(Nats { servers, ports, _dir: dir, _turn: turn })
+        Some(Nats { servers, ports, bin, dir, _turn: turn })
     }
 
     fn urls(&self) -> String {
@@ -104,12 +97,35 @@ impl Nats {
         urls.join(",")
     }
 
+    /// Starts server `i` again, with its configuration and its JetStream store.
+    fn start_again(&mut self, i: usize) {
+        if self.servers[i].is_none() {
+            self.servers[i] = Some(spawn_nats(&self.bin, &self.dir.0, i));
+        }
+        wait_port(self.ports[i]);
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+fn spawn_nats(bin: &Path, dir: &Path, i: usize) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("n{i}.log")))
+        .unwrap();
+    Command::new(bin)
+        .arg("-c")
+        .arg(dir.join(format!("n{i}.conf")))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 fn wait_port(port: u16) {
@@ -436,14 +452,28 @@ async fn a_shared_group_gets_each_message_once_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_message_survives_its_node_killed_under_load() {
-    let Some(nats) = Nats::start("kill-node") else { return };
-    let dir = TempDir::new("cluster-kill-node");
+async fn every_acknowledged_qos1_message_survives_its_node_killed_under_load() {
+    killed_under_load(QoS::AtLeastOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_qos2_message_arrives_once_when_its_node_is_killed_under_load() {
+    killed_under_load(QoS::ExactlyOnce).await;
+}
+
+async fn killed_under_load(qos: QoS) {
+    let tag = qos as u8;
+    let Some(nats) = Nats::start(&format!("kill-node-{tag}")) else { return };
+    let dir = TempDir::new(&format!("cluster-kill-node-{tag}"));
     let mut a = Node::start(&nats, &dir.0, "a");
     let b = Node::start(&nats, &dir.0, "b");
     let v = ProtocolVersion::V5;
-    let sub = Client::connect(options(b.port(), "sub", v)).await.unwrap();
-    sub.subscribe("k/#", QoS::AtLeastOnce).await.unwrap();
+    // A persistent subscriber on the node that survives.
+    let mut o = options(b.port(), "sub", v);
+    o.connect.clean_start = false;
+    o.connect.properties.session_expiry_interval = Some(300);
+    let sub = Client::connect(o).await.unwrap();
+    sub.subscribe("k/#", qos).await.unwrap();
     let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
     until_routed(&publisher, &sub, "k/probe").await;
     // Publish until the node is killed under the publisher; record what was acknowledged.
@@ -452,7 +482,7 @@ async fn every_acknowledged_message_survives_its_node_killed_under_load() {
         let acked = acked.clone();
         tokio::spawn(async move {
             for i in 0..20_000 {
-                match publisher.publish("k/t", format!("m{i}"), QoS::AtLeastOnce).await {
+                match publisher.publish("k/t", format!("m{i}"), qos).await {
                     Ok(_) => acked.lock().unwrap().push(format!("m{i}")),
                     Err(_) => break,
                 }
@@ -477,6 +507,69 @@ async fn every_acknowledged_message_survives_its_node_killed_under_load() {
         acked.len(),
         &missing[..missing.len().min(10)]
     );
+    if qos == QoS::ExactlyOnce {
+        let twice: Vec<_> = seen.iter().filter(|(_, d)| d.len() > 1).collect();
+        assert!(twice.is_empty(), "QoS 2 messages delivered twice: {twice:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serve_alone_while_nats_is_gone_and_join_again_when_it_returns() {
+    let Some(mut nats) = Nats::start("nats-gone") else { return };
+    let dir = TempDir::new("cluster-nats-gone");
+    let a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let v = ProtocolVersion::V5;
+    let local = Client::connect(options(a.port(), "local", v)).await.unwrap();
+    local.subscribe("g/#", QoS::AtLeastOnce).await.unwrap();
+    let remote = Client::connect(options(b.port(), "remote", v)).await.unwrap();
+    remote.subscribe("g/#", QoS::AtLeastOnce).await.unwrap();
+    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    until_routed(&publisher, &remote, "g/probe").await;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), local.next_message()).await
+    {}
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    a.wait_log("cluster backplane lost: serving local clients alone");
+    // Node a goes on for its own clients: a QoS 1 publish is acknowledged and delivered here.
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        publisher.publish("g/t", "alone", QoS::AtLeastOnce),
+    )
+    .await;
+    assert!(matches!(r, Ok(Ok(_))), "no PUBACK without NATS: {r:?}");
+    let m = tokio::time::timeout(Duration::from_secs(5), local.next_message()).await;
+    assert_eq!(&m.expect("nothing locally without NATS").unwrap().payload[..], b"alone");
+    // NATS comes back: the nodes join again and messages cross once more.
+    let before = a.log_text().matches("cluster backplane connected").count();
+    for i in 0..3 {
+        nats.start_again(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.log_text().matches("cluster backplane connected").count() <= before {
+        assert!(Instant::now() < deadline, "node a never joined again:\n{}", a.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    loop {
+        i += 1;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            publisher.publish("g/t", format!("back{i}"), QoS::AtLeastOnce),
+        )
+        .await;
+        let got = tokio::time::timeout(Duration::from_secs(1), remote.next_message()).await;
+        if let Ok(Some(m)) = got
+            && m.payload.starts_with(b"back")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing crossed after NATS returned");
+    }
+    drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
