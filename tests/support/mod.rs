@@ -445,3 +445,44 @@ pub(crate) fn connect_packet(id: &str) -> Vec<u8> {
     p.extend(body);
     p
 }
+
+/// Options for a Tokio client of the broker on loopback `port`: client id `id`, protocol `v`,
+/// no reconnecting, 10 s to connect.
+pub(crate) fn client_options(
+    port: u16,
+    id: &str,
+    v: ternmq::codec::ProtocolVersion,
+) -> ternmq::tokio::ConnectOptions {
+    let mut o = ternmq::tokio::ConnectOptions::new("127.0.0.1", port);
+    o.connect.protocol = v;
+    o.connect.client_id = ternmq::codec::MqttStr::new(id).unwrap();
+    o.config.reconnect.enable = false;
+    o.timeout = StdDuration::from_secs(10);
+    o
+}
+
+/// Messages a subscriber saw: (topic, payload) to the QoS of each delivery.
+pub(crate) type Seen = std::collections::BTreeMap<(String, String), Vec<u8>>;
+
+/// Takes messages from `c` until `expected` deliveries have arrived (or `wait`), then for
+/// 300 ms more, to catch duplicates.
+pub(crate) async fn gather(c: &ternmq::tokio::Client, expected: usize, wait: StdDuration) -> Seen {
+    let mut seen = Seen::new();
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = if count >= expected {
+            StdDuration::from_millis(300)
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(left, c.next_message()).await {
+            Ok(Some(m)) => {
+                let key = (m.topic.to_string(), String::from_utf8_lossy(&m.payload).into_owned());
+                seen.entry(key).or_default().push(m.qos as u8);
+                count += 1;
+            }
+            _ => return seen,
+        }
+    }
+}
