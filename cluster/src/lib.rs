@@ -378,7 +378,9 @@ async fn run(
         });
     }
     // Takeovers: the registry's entries written by other nodes after this one's.
-    let registry = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+    // Per client id connected here: the registry revision of its entry (MAX until written)
+    // and the core's announcement of that connection.
+    let registry = Arc::new(Mutex::new(HashMap::<String, (u64, u64)>::new()));
     {
         let mut watch = clients.watch_all().await?;
         let (inbox, registry, node) = (inbox.clone(), Arc::clone(&registry), node.clone());
@@ -389,11 +391,11 @@ async fn run(
                 }
                 let Some(id) = unhex(&entry.key) else { continue };
                 let mine = registry.lock().ok().and_then(|mut r| {
-                    let rev = r.get(&entry.key).copied()?;
+                    let (rev, _) = r.get(&entry.key).copied()?;
                     (rev < entry.revision).then(|| r.remove(&entry.key)).flatten()
                 });
-                if mine.is_some() {
-                    inbox.put(ClusterIn::Takeover(id)).await;
+                if let Some((_, announce)) = mine {
+                    inbox.put(ClusterIn::Takeover(id, announce)).await;
                 }
             }
         });
@@ -589,20 +591,21 @@ async fn run(
                     inbox.put(ClusterIn::Claimed(ticket, session)).await;
                 });
             }
-            ClusterOut::Connected { client_id } if client_id.len() > MAX_CLIENT_ID => {
+            ClusterOut::Connected { client_id, .. } if client_id.len() > MAX_CLIENT_ID => {
                 log::warn!("cluster: a client id of {} bytes is not registered", client_id.len());
             }
-            ClusterOut::Connected { client_id } => {
+            ClusterOut::Connected { client_id, announce } => {
                 let key = hex(client_id.as_str());
                 if let Ok(mut r) = registry.lock() {
-                    r.insert(key.clone(), u64::MAX);
+                    r.insert(key.clone(), (u64::MAX, announce));
                 }
                 match clients.put(&key, Bytes::from(node.clone().into_bytes())).await {
                     Ok(rev) => {
                         if let Ok(mut r) = registry.lock()
                             && let Some(v) = r.get_mut(&key)
+                            && v.1 == announce
                         {
-                            *v = rev;
+                            v.0 = rev;
                         }
                     }
                     Err(e) => {

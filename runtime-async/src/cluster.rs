@@ -26,8 +26,9 @@ pub enum ClusterIn {
     Publish(StoredMessage, ClusterTarget),
     /// A message retained (or cleared) on another node.
     Retained(StoredMessage),
-    /// This client connected on another node since it last connected here.
-    Takeover(String),
+    /// This client connected on another node since its connection here announced as this
+    /// ([`ClusterOut::Connected`]'s `announce`).
+    Takeover(String, u64),
     /// A will of a connection whose node died: publish it here.
     Will(StoredMessage),
     /// The answer to [`ClusterOut::Claim`]: the session another node gave up, if any.

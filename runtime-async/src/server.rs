@@ -848,8 +848,8 @@ impl<R: ServerRuntime> Core<R> {
                     self.driver.handle_cluster_publish(now, message, target);
                 }
                 ClusterIn::Retained(message) => self.driver.handle_cluster_retained(now, message),
-                ClusterIn::Takeover(client_id) => {
-                    self.driver.handle_cluster_takeover(now, &client_id);
+                ClusterIn::Takeover(client_id, announce) => {
+                    self.driver.handle_cluster_takeover(now, &client_id, announce);
                 }
                 ClusterIn::Will(message) => {
                     log::info!(

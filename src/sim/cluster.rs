@@ -119,7 +119,12 @@ struct Net {
     /// Messages on their way from the backplane to a node.
     inbound: VecDeque<(Instant, usize, StoredMessage, ClusterTarget)>,
     /// Takeovers on their way to a node.
-    takeovers: VecDeque<(Instant, usize, MqttStr)>,
+    /// Takeovers on their way to a node, naming that node's connection they take over.
+    takeovers: VecDeque<(Instant, usize, MqttStr, u64)>,
+    /// Takeovers a node's backplane passed on, on their way into its core.
+    to_core: VecDeque<(Instant, usize, MqttStr, u64)>,
+    /// Each node's last announcement of each client.
+    announced: BTreeMap<(usize, String), u64>,
     /// Answers to claims on their way to a node: the ticket and the session given up.
     claims: VecDeque<(Instant, usize, ClaimTicket, Option<SnapshotSession>)>,
     /// When the sleeper left and came back.
@@ -257,12 +262,16 @@ impl Net {
                 let at = now + self.latency();
                 self.claims.push_back((at, node, ticket, session));
             }
-            ClusterOut::Connected { client_id } => {
+            ClusterOut::Connected { client_id, announce } => {
                 // The registry: the last node a client connected on wins.
-                self.owners.insert(client_id.as_str().to_owned(), node);
+                let id = client_id.as_str().to_owned();
+                self.owners.insert(id.clone(), node);
+                self.announced.insert((node, id.clone()), announce);
                 for other in (0..NODES).filter(|&n| n != node) {
                     let at = now + self.latency();
-                    self.takeovers.push_back((at, other, client_id.clone()));
+                    // What the other node had announced of the client when told.
+                    let theirs = self.announced.get(&(other, id.clone())).copied().unwrap_or(0);
+                    self.takeovers.push_back((at, other, client_id.clone(), theirs));
                 }
             }
             _ => {}
@@ -355,7 +364,7 @@ impl Net {
         let clients = self.peers.iter().filter_map(|p| p.core.poll_timeout()).min();
         let backplane = self.ports.iter().filter_map(|p| p.unacked.front().map(|u| u.0)).min();
         let inbound = self.inbound.iter().map(|m| m.0).min();
-        let takeovers = self.takeovers.iter().map(|t| t.0).min();
+        let takeovers = self.takeovers.iter().chain(&self.to_core).map(|t| t.0).min();
         let claims = self.claims.iter().map(|c| c.0).min();
         let nodes = self.nodes.iter().filter_map(Driver::poll_timeout).min();
         [wire, clients, backplane, inbound, takeovers, claims, nodes].into_iter().flatten().min()
@@ -385,6 +394,8 @@ impl Net {
         self.inbound.retain(|m| m.1 != CRASHING);
         self.takeovers.retain(|t| t.1 != CRASHING);
         self.claims.retain(|c| c.1 != CRASHING);
+        self.announced.retain(|(n, _), _| *n != CRASHING);
+        self.to_core.retain(|t| t.1 != CRASHING);
         let gone: Vec<u32> =
             self.links.iter().filter(|(_, l)| l.node == CRASHING).map(|(id, _)| *id).collect();
         for id in gone {
@@ -441,13 +452,20 @@ impl Net {
             self.pump();
         }
         while let Some(k) = self.takeovers.iter().position(|t| t.0 <= now) {
-            let Some((_, n, id)) = self.takeovers.remove(k) else { break };
+            let Some((_, n, id, announce)) = self.takeovers.remove(k) else { break };
             // A node hears of a connection elsewhere only while that is the newest one: the
-            // registry's order (the NATS side compares revisions).
+            // registry's order (the NATS side compares revisions). Its core takes the news a
+            // moment later, from its input queue, when the client may have connected to it
+            // again meanwhile.
             if self.owners.get(id.as_str()) == Some(&n) {
                 continue;
             }
-            self.nodes[n].handle_cluster_takeover(now, id.as_str());
+            let at = now + Duration::from_micros(self.rng.range(0, 3_000));
+            self.to_core.push_back((at, n, id, announce));
+        }
+        while let Some(k) = self.to_core.iter().position(|t| t.0 <= now) {
+            let Some((_, n, id, announce)) = self.to_core.remove(k) else { break };
+            self.nodes[n].handle_cluster_takeover(now, id.as_str(), announce);
             self.pump();
         }
         let ids: Vec<u32> = self.links.keys().copied().collect();
@@ -530,6 +548,8 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         ports: (0..NODES).map(|_| Port::default()).collect(),
         inbound: VecDeque::new(),
         takeovers: VecDeque::new(),
+        announced: BTreeMap::new(),
+        to_core: VecDeque::new(),
         claims: VecDeque::new(),
         moves: Vec::new(),
         lost_sessions: 0,
@@ -630,7 +650,9 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
             }
             _ => {}
         }
-        if net.rng.chance(0.02) {
+        // (Once its connection is up: two processes connecting at once on two nodes are
+        // ordered by the registry, and either may win.)
+        if net.rng.chance(0.02) && net.peers[ROAMER].core.is_connected() {
             // The roamer moves to another node, as a load balancer might send it.
             let from = net.peers[ROAMER].node;
             let to = (from + 1 + net.rng.range(0, (NODES - 2) as u64) as usize) % NODES;
@@ -658,6 +680,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
             }
             let l = net.open(ROAMER, to);
             net.peers[ROAMER].link = l;
+            net.peers[ROAMER].taken_over = 0;
             takeovers += 1;
         }
         net.record_acks(&mut sent);
@@ -712,6 +735,9 @@ fn check(net: &mut Net, takeovers: u32) -> ClusterOutcome {
     }
     out.shared = m1.values().chain(m2.values()).sum();
     // The roamer's current process is connected; every earlier one was taken over.
+    if net.peers[ROAMER].taken_over > 0 {
+        out.violations.push("the roaming client's newest connection was taken over".into());
+    }
     if !net.peers[ROAMER].core.is_connected() {
         out.violations.push("the roaming client's newest connection is not connected".into());
     }

@@ -67,6 +67,9 @@ pub enum ClusterOut {
     Connected {
         /// The client id.
         client_id: MqttStr,
+        /// Which of this node's announcements it is (increasing): a takeover names the one it
+        /// takes over ([`Broker::handle_cluster_takeover`]).
+        announce: u64,
     },
     /// The will of a client connected here, as it is now: `Some` (with its delay, seconds)
     /// while it is pending, `None` once it was published or dropped. Keep it where the other
@@ -176,6 +179,9 @@ pub(super) struct ClusterState {
     awaiting: VecDeque<ParkedAck>,
     /// The position of the last change of interest.
     interest_seq: u64,
+    /// Connections announced so far, and the last announcement of each session (by index).
+    announcements: u64,
+    announced: BTreeMap<u32, u64>,
     /// SUBACKs waiting for the backplane to have their interest, by position.
     replies: VecDeque<(u64, ConnId, Packet)>,
     /// CONNECTs waiting for their sessions, by ticket: the connection and the authenticator's
@@ -321,16 +327,21 @@ impl Broker {
         self.store_retained(now, &msg);
     }
 
-    /// `client_id` connected on another node after it last connected here: its connection
-    /// here is closed (MQTT 5: DISCONNECT 0x8E) and its session dropped, without a will that
-    /// was still delayed (the session goes on there).
-    pub fn handle_cluster_takeover(&mut self, now: Instant, client_id: &str) {
-        if self.cluster.is_none() {
+    /// `client_id` connected on another node after its connection announced here as
+    /// `announce` ([`ClusterOut::Connected`]): its connection here is closed (MQTT 5:
+    /// DISCONNECT 0x8E) and its session dropped, without a will that was still delayed (the
+    /// session goes on there). If the client connected here again since that announcement,
+    /// this connection is the newer one and stays.
+    pub fn handle_cluster_takeover(&mut self, now: Instant, client_id: &str, announce: u64) {
+        let Some(c) = self.cluster.as_deref() else {
             return;
-        }
+        };
         let Some(si) = self.session_for(client_id.as_bytes()) else {
             return;
         };
+        if c.announced.get(&si).is_some_and(|&a| a > announce) {
+            return;
+        }
         if let Some(old) = self.session(si).and_then(|s| s.conn) {
             self.close_for_takeover(now, old.index, si, ReasonCode::SessionTakenOver);
         }
@@ -532,9 +543,12 @@ impl Broker {
     }
 
     /// Announces that `client_id` connected here.
-    pub(super) fn announce(&mut self, client_id: &MqttStr) {
+    pub(super) fn announce(&mut self, si: u32, client_id: &MqttStr) {
         if let Some(c) = self.cluster.as_deref_mut() {
-            c.out.push_back(ClusterOut::Connected { client_id: client_id.clone() });
+            c.announcements += 1;
+            let announce = c.announcements;
+            c.announced.insert(si, announce);
+            c.out.push_back(ClusterOut::Connected { client_id: client_id.clone(), announce });
         }
     }
 

@@ -453,7 +453,7 @@ impl Broker {
             }
         });
         self.clear_session_timer(si);
-        self.announce(&client_id);
+        self.announce(si, &client_id);
         let Some(s) = self.session_mut(si) else {
             return;
         };

@@ -526,9 +526,9 @@ impl<H: Clone> Driver<H> {
     }
 
     /// A client connected on another node since ([`Broker::handle_cluster_takeover`]).
-    pub fn handle_cluster_takeover(&mut self, now: Instant, client_id: &str) {
+    pub fn handle_cluster_takeover(&mut self, now: Instant, client_id: &str, announce: u64) {
         self.now = self.now.max(now);
-        self.broker.handle_cluster_takeover(now, client_id);
+        self.broker.handle_cluster_takeover(now, client_id, announce);
         self.collect();
     }
 
