@@ -218,8 +218,15 @@ async fn across_nodes(v: ProtocolVersion) {
     // Overlapping filters on one node: NATS sends the node a copy per filter; the client gets
     // one.
     sub.subscribe("x/+", QoS::ExactlyOnce).await.unwrap();
+    // And one on the publishers' node: it gets each message once too (its node delivers it
+    // itself, and must not take it again from the cluster).
+    let near = Client::connect(client_options(a.port(), "near", v)).await.unwrap();
+    near.subscribe("x/#", QoS::ExactlyOnce).await.unwrap();
     let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
     until_routed(&publisher, &sub, "x/probe").await;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), near.next_message()).await
+    {}
     for q in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         // Levels NATS could misread: a dot, a star, an empty level.
         for topic in ["x/plain", "x/a.b*c", "x//e"] {
@@ -240,6 +247,9 @@ async fn across_nodes(v: ProtocolVersion) {
     }
     assert_eq!(seen.get(&("x/kept".to_string(), "q2".to_string())), Some(&vec![2]), "{seen:#?}");
     assert_eq!(seen.len(), 10, "only these: {seen:#?}");
+    let here = gather(&near, 10, Duration::from_secs(20)).await;
+    assert_eq!(here.len(), 10, "on the publishers' node: {here:#?}");
+    assert!(here.values().all(|d| d.len() == 1), "twice on the publishers' node: {here:#?}");
 
     // Retained through node a: read on node b, and on a node started afterwards.
     publisher.publish_with(retained("r/t", "kept")).await.unwrap();

@@ -8,12 +8,14 @@
 //!   `tmq.<class>.<topic>` ([`subject`]): class `0` for QoS 0 (core NATS, at most once) and `1`
 //!   for QoS 1 and 2, which the JetStream stream `TERNMQ` captures; the node acknowledges its
 //!   publisher only once JetStream acknowledged the message (replicated, on disk).
-//! - **Interest.** A node subscribes to `tmq.*.<filter>` ([`filter_subjects`]) for each filter
-//!   its clients subscribe to, so NATS sends it only what its subscribers match; a shared
-//!   group is a NATS queue group, so NATS picks one node of those with members for each
-//!   message. Plain subscriptions use a connection with no echo (a node already delivered its
-//!   own messages to its own subscribers); queue subscriptions use a second connection, so
-//!   that a node's own groups are in the choice.
+//! - **Interest.** For each filter its clients subscribe to ([`filter_subjects`]), a node
+//!   reads QoS 1/2 messages (`tmq.1.<filter>`) through its durable JetStream consumer, whose
+//!   filter subjects follow its interest and which sends again what the node did not
+//!   acknowledge, and subscribes to QoS 0 messages (`tmq.0.<filter>`) by core NATS, on a
+//!   connection with no echo (a node already delivered its own messages to its own
+//!   subscribers; its consumer skips them too). A shared group is a NATS queue group on
+//!   `tmq.*.<filter>`, so NATS picks one node of those with members for each message; queue
+//!   subscriptions use a second connection, so that a node's own groups are in the choice.
 //! - **Retained messages** go to `tmqr.<topic>` too, kept by the stream `TERNMQ_RETAINED`
 //!   one per subject; every node stores every retained message, and a starting node reads
 //!   the stream's last message of every subject first.
@@ -423,6 +425,20 @@ async fn run(
         });
     }
     tokio::spawn(watch_nodes(Arc::clone(&buckets), node.clone(), inbox.clone()));
+    // QoS 1/2 messages for this node's plain subscribers come from its durable consumer;
+    // its filters follow the node's interest.
+    let mut wanted: HashMap<String, usize> = HashMap::new();
+    let mut filters = consumer_filters(wanted.keys());
+    let reader = loop {
+        match consumer(&buckets, &node, filters.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                log::warn!("cluster: this node's consumer: {e}; trying again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tokio::spawn(consume(reader, origin.clone(), inbox.clone(), Arc::clone(&recent)));
     inbox.put(ClusterIn::Link(true)).await;
     {
         let inbox = inbox.clone();
@@ -487,6 +503,29 @@ async fn run(
             }
             ClusterOut::Interest { seq, filter, group, on } => {
                 let key = (filter, group);
+                // Plain interest in QoS 1/2 messages: the consumer's filters.
+                if key.1.is_none() {
+                    for s in filter_subjects("tmq.1", &key.0) {
+                        if s.len() > MAX_SUBJECT {
+                            continue;
+                        }
+                        if on {
+                            *wanted.entry(s).or_default() += 1;
+                        } else if let Some(n) = wanted.get_mut(&s) {
+                            *n -= 1;
+                            if *n == 0 {
+                                wanted.remove(&s);
+                            }
+                        }
+                    }
+                    let next = consumer_filters(wanted.keys());
+                    if next != filters {
+                        match consumer(&buckets, &node, next.clone()).await {
+                            Ok(_) => filters = next,
+                            Err(e) => log::error!("cluster: this node's consumer filters: {e}"),
+                        }
+                    }
+                }
                 if !on {
                     for task in interest.remove(&key).unwrap_or_default() {
                         task.abort();
@@ -497,7 +536,10 @@ async fn run(
                     continue;
                 }
                 let mut tasks = Vec::new();
-                let subjects = filter_subjects("tmq.*", &key.0);
+                // Plain subscribers get QoS 0 messages by core NATS; a shared group gets both
+                // classes through its queue group.
+                let class = if key.1.is_none() { "tmq.0" } else { "tmq.*" };
+                let subjects = filter_subjects(class, &key.0);
                 if subjects.iter().any(|s| s.len() > MAX_SUBJECT) {
                     log::warn!(
                         "cluster: the filter {} is too long for a NATS subject; its \
@@ -631,14 +673,15 @@ async fn prepare(
     replicas: usize,
     inbox: &ClusterInbox,
 ) -> Result<Buckets, Error> {
-    js.get_or_create_stream(stream::Config {
-        name: MESSAGES_STREAM.into(),
-        subjects: vec!["tmq.1.>".into()],
-        num_replicas: replicas,
-        max_age: Duration::from_secs(24 * 3600),
-        ..Default::default()
-    })
-    .await?;
+    let messages = js
+        .get_or_create_stream(stream::Config {
+            name: MESSAGES_STREAM.into(),
+            subjects: vec!["tmq.1.>".into()],
+            num_replicas: replicas,
+            max_age: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        })
+        .await?;
     let retained = js
         .get_or_create_stream(stream::Config {
             name: RETAINED_STREAM.into(),
@@ -667,7 +710,7 @@ async fn prepare(
     let wills = buckets.pop().ok_or("no wills bucket")?;
     let nodes = buckets.pop().ok_or("no nodes bucket")?;
     let clients = buckets.pop().ok_or("no clients bucket")?;
-    Ok(Buckets { clients, nodes, wills })
+    Ok(Buckets { clients, nodes, wills, messages })
 }
 
 /// The key-value buckets a node uses.
@@ -675,6 +718,125 @@ struct Buckets {
     clients: kv::Store,
     nodes: kv::Store,
     wills: kv::Store,
+    /// The stream of QoS 1/2 messages, which the node's consumer reads.
+    messages: stream::Stream,
+}
+
+/// A subject no message has: a token `%` followed by anything but two hex digits is never
+/// written by [`subject`]. A consumer with no interest filters on it.
+const NOTHING: &str = "tmq.1.%none";
+
+/// Whether NATS subject pattern `a` matches everything `b` matches.
+fn covers(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(t)) if t != ">" => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some subject matches both patterns.
+fn overlaps(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The filter subjects of the node's consumer for these subjects of interest: JetStream takes
+/// no two that overlap, so those another covers go, and if two still overlap the consumer
+/// takes every message (the node's own subscription tree picks what its subscribers match).
+fn consumer_filters<'a>(wanted: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let wanted: Vec<&String> = wanted.collect();
+    let mut kept: Vec<String> = Vec::new();
+    for (i, w) in wanted.iter().enumerate() {
+        let covered = wanted
+            .iter()
+            .enumerate()
+            .any(|(j, o)| j != i && covers(o, w) && (!covers(w, o) || j < i));
+        if !covered {
+            kept.push((*w).clone());
+        }
+    }
+    for (i, a) in kept.iter().enumerate() {
+        if kept[i + 1..].iter().any(|b| overlaps(a, b)) {
+            return vec!["tmq.1.>".into()];
+        }
+    }
+    if kept.is_empty() {
+        kept.push(NOTHING.into());
+    }
+    kept
+}
+
+/// The node's durable consumer of QoS 1/2 messages, filtered on `filters`: created, or
+/// changed to these filters.
+async fn consumer(
+    b: &Buckets,
+    node: &str,
+    filters: Vec<String>,
+) -> Result<jetstream::consumer::PullConsumer, Error> {
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let config = pull::Config {
+        durable_name: Some(format!("node-{node}")),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::New,
+        filter_subjects: filters,
+        max_ack_pending: 20_000,
+        // A node that never comes back does not keep its consumer for ever.
+        inactive_threshold: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    };
+    Ok(b.messages.create_consumer(config).await?)
+}
+
+/// Reads the node's consumer: each QoS 1/2 message for this node's plain subscribers is
+/// handed to the node, then acknowledged, so that one the node did not take comes again.
+async fn consume(
+    consumer: jetstream::consumer::PullConsumer,
+    origin: String,
+    inbox: ClusterInbox,
+    recent: Arc<Mutex<Recent>>,
+) {
+    // This node's own messages are in the stream too; it delivered them itself.
+    let own = format!("{origin}:");
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("cluster: reading this node's consumer: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            let Ok(m) = m else { break };
+            let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
+            let mine = id.is_some_and(|id| id.as_str().starts_with(&own));
+            let first = match id {
+                Some(id) => recent.lock().is_ok_and(|mut r| r.first(format!("{id}|"))),
+                None => true,
+            };
+            if first
+                && !mine
+                && let Some(message) = StoredMessage::decode(&m.payload)
+            {
+                inbox.put(ClusterIn::Publish(message, ClusterTarget::Subscribers)).await;
+            }
+            let _ = m.ack().await;
+        }
+    }
 }
 
 /// Says every [`HEARTBEAT`] that this node lives; and publishes, once among the survivors,
@@ -998,6 +1160,26 @@ mod tests {
         assert_eq!(filter_subjects("tmq.*", "#"), ["tmq.*.>"]);
         assert_eq!(filter_subjects("tmq.*", "+/x.y"), ["tmq.*.*.x%2Ey"]);
         assert_eq!(filter_subjects("tmq.*", "a//b"), ["tmq.*.a.%.b"]);
+    }
+
+    #[test]
+    fn consumer_filters_never_overlap() {
+        let f = |v: &[&str]| {
+            let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+            consumer_filters(v.iter())
+        };
+        assert_eq!(f(&[]), [NOTHING]);
+        assert_eq!(f(&["tmq.1.a", "tmq.1.a.>"]), ["tmq.1.a", "tmq.1.a.>"]);
+        // Covered ones go.
+        assert_eq!(f(&["tmq.1.a.>", "tmq.1.a.*", "tmq.1.a.b"]), ["tmq.1.a.>"]);
+        assert_eq!(f(&["tmq.1.>", "tmq.1.x"]), ["tmq.1.>"]);
+        // Two that overlap without either covering the other: everything.
+        assert_eq!(f(&["tmq.1.*.b", "tmq.1.a.*"]), ["tmq.1.>"]);
+        // Apart.
+        assert_eq!(f(&["tmq.1.a.*", "tmq.1.b.*"]), ["tmq.1.a.*", "tmq.1.b.*"]);
+        assert!(!overlaps(NOTHING, &subject("tmq.1", "%none")));
+        assert!(covers("tmq.1.*", "tmq.1.x") && !covers("tmq.1.x", "tmq.1.*"));
+        assert!(!covers("tmq.1.a.>", "tmq.1.a"));
     }
 
     #[test]
