@@ -69,6 +69,19 @@ struct Recent {
     order: VecDeque<String>,
 }
 
+/// Whether a message with these headers is the first copy routed for `scope` (a shared
+/// subscription, or "" for plain subscribers); remembers it. One without an id is.
+fn first_copy(
+    recent: &Mutex<Recent>,
+    headers: Option<&async_nats::HeaderMap>,
+    scope: &str,
+) -> bool {
+    match headers.and_then(|h| h.get(ID_HEADER)) {
+        Some(id) => recent.lock().is_ok_and(|mut r| r.first(format!("{id}|{scope}"))),
+        None => true,
+    }
+}
+
 impl Recent {
     const KEEP: usize = 1 << 16;
 
@@ -580,14 +593,7 @@ async fn run(
                             if !(s.starts_with("tmq.0.") || s.starts_with("tmq.1.")) {
                                 continue;
                             }
-                            let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
-                            let first = match id {
-                                Some(id) => recent
-                                    .lock()
-                                    .is_ok_and(|mut r| r.first(format!("{id}|{group}"))),
-                                None => true,
-                            };
-                            if !first {
+                            if !first_copy(&recent, m.headers.as_ref(), &group) {
                                 continue;
                             }
                             if let Some(message) = StoredMessage::decode(&m.payload) {
@@ -824,12 +830,8 @@ async fn consume(
             let Ok(m) = m else { break };
             let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
             let mine = id.is_some_and(|id| id.as_str().starts_with(&own));
-            let first = match id {
-                Some(id) => recent.lock().is_ok_and(|mut r| r.first(format!("{id}|"))),
-                None => true,
-            };
-            if first
-                && !mine
+            if !mine
+                && first_copy(&recent, m.headers.as_ref(), "")
                 && let Some(message) = StoredMessage::decode(&m.payload)
             {
                 inbox.put(ClusterIn::Publish(message, ClusterTarget::Subscribers)).await;

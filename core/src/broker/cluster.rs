@@ -194,25 +194,28 @@ impl Broker {
     /// `poll_*`. Always `None` unless [`BrokerConfig::cluster`] is set.
     #[must_use]
     pub fn poll_cluster(&mut self) -> Option<ClusterOut> {
-        let c = self.cluster.as_deref_mut()?;
-        if let Some(o) = c.out.pop_front() {
-            return Some(o);
+        self.queue_interest();
+        self.cluster.as_deref_mut()?.out.pop_front()
+    }
+
+    /// Moves the changes of interest the subscription tree recorded into the output, each
+    /// with its position.
+    fn queue_interest(&mut self) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        while let Some((filter, group, on)) = self.tree.take_interest() {
+            c.seq += 1;
+            c.interest_seq = c.seq;
+            c.out.push_back(ClusterOut::Interest { seq: ClusterSeq(c.seq), filter, group, on });
         }
-        let (filter, group, on) = self.tree.take_interest()?;
-        c.seq += 1;
-        c.interest_seq = c.seq;
-        Some(ClusterOut::Interest { seq: ClusterSeq(c.seq), filter, group, on })
     }
 
     /// After a SUBSCRIBE: the position of the last interest it changed, to hold its SUBACK
     /// until the backplane has it; `None` when it changed none (or the backplane is down).
     pub(super) fn interest_position(&mut self) -> Option<u64> {
-        let c = self.cluster.as_deref_mut().filter(|c| c.up)?;
-        while let Some((filter, group, on)) = self.tree.take_interest() {
-            c.seq += 1;
-            c.out.push_back(ClusterOut::Interest { seq: ClusterSeq(c.seq), filter, group, on });
-            c.interest_seq = c.seq;
-        }
+        self.queue_interest();
+        let c = self.cluster.as_deref().filter(|c| c.up)?;
         // Also a SUBSCRIBE to a filter another client's SUBSCRIBE gave the node a moment ago:
         // its interest may be on the way still.
         (c.interest_seq > c.acked).then_some(c.interest_seq)
@@ -249,30 +252,17 @@ impl Broker {
         };
         c.acked = c.acked.max(seq.0);
         let acked = c.acked;
-        let waiting = core::mem::take(&mut c.awaiting);
-        let mut still = VecDeque::new();
-        for p in waiting {
-            if p.cluster > acked {
-                still.push_back(p);
-            } else {
-                self.release_ack(p);
-            }
+        let (ready, still): (VecDeque<ParkedAck>, VecDeque<ParkedAck>) =
+            core::mem::take(&mut c.awaiting).into_iter().partition(|p| p.cluster <= acked);
+        c.awaiting = still;
+        let (replies, held): (VecDeque<_>, VecDeque<_>) =
+            core::mem::take(&mut c.replies).into_iter().partition(|r| r.0 <= acked);
+        c.replies = held;
+        // Released from the backplane; each may still wait for the store.
+        for p in ready {
+            self.release_ack(p);
         }
-        if let Some(c) = self.cluster.as_deref_mut() {
-            still.extend(c.awaiting.drain(..));
-            c.awaiting = still;
-        }
-        let mut ready = Vec::new();
-        if let Some(c) = self.cluster.as_deref_mut() {
-            c.replies.retain(|(seq, conn, packet)| {
-                if *seq > acked {
-                    return true;
-                }
-                ready.push((*conn, packet.clone()));
-                false
-            });
-        }
-        for (conn, packet) in ready {
+        for (_, conn, packet) in replies {
             if self.conn_mut(conn).is_some_and(|c| c.phase == Phase::Connected) {
                 self.send(conn.index, &packet);
             }
@@ -287,13 +277,9 @@ impl Broker {
         message: StoredMessage,
         target: ClusterTarget,
     ) {
-        if self.cluster.is_none() {
+        let Some(msg) = self.arrival(now, message) else {
             return;
-        }
-        let msg = Arc::new(durable::message(message, now));
-        if msg.expired(now) {
-            return;
-        }
+        };
         self.stats.cluster_received += 1;
         let mut how = Routing { skip_groups: true, ..Routing::default() };
         match target {
@@ -317,14 +303,12 @@ impl Broker {
 
     /// A message retained (or, with an empty payload, cleared) on another node.
     pub fn handle_cluster_retained(&mut self, now: Instant, message: StoredMessage) {
-        if self.cluster.is_none() || !message.retain {
+        if !message.retain {
             return;
         }
-        let msg = Arc::new(durable::message(message, now));
-        if msg.expired(now) {
-            return;
+        if let Some(msg) = self.arrival(now, message) {
+            self.store_retained(now, &msg);
         }
-        self.store_retained(now, &msg);
     }
 
     /// `client_id` connected on another node after its connection announced here as
@@ -510,13 +494,9 @@ impl Broker {
     /// A will another node held for a connection of a node that died, published here (and
     /// forwarded like any message published here).
     pub fn handle_cluster_will(&mut self, now: Instant, message: StoredMessage) {
-        if self.cluster.is_none() {
+        let Some(msg) = self.arrival(now, message) else {
             return;
-        }
-        let msg = Arc::new(durable::message(message, now));
-        if msg.expired(now) {
-            return;
-        }
+        };
         self.stats.count_received(msg.qos, msg.payload.len());
         self.stats.cluster_wills += 1;
         self.spread(now, &msg, &mut Routing::default());
@@ -540,6 +520,14 @@ impl Broker {
         if self.cluster.is_some() {
             self.stats.cluster_nodes = nodes;
         }
+    }
+
+    /// A message from another node as this node keeps messages; `None` on a broker on its
+    /// own, or once it expired.
+    fn arrival(&self, now: Instant, message: StoredMessage) -> Option<Arc<Message>> {
+        self.cluster.as_ref()?;
+        let msg = Arc::new(durable::message(message, now));
+        (!msg.expired(now)).then_some(msg)
     }
 
     /// Announces that `client_id` connected here.
