@@ -25,7 +25,7 @@
 //!   acknowledgement waits for the backplane.
 
 use super::durable;
-use super::persist::{SnapshotSession, StoredMessage};
+use super::persist::{LogEntry, PersistOp, SnapshotSession, StoredMessage};
 use super::*;
 
 /// A position in the sequence of messages this node forwarded.
@@ -91,6 +91,20 @@ pub enum ClusterOut {
         /// The client id.
         client_id: MqttStr,
     },
+    /// An entry of this node's log, mirrored where the other nodes can read it, so that one
+    /// of them can take the sessions of this node if it dies ([`LogReplay`]). Mirroring starts
+    /// with a snapshot, when the backplane asks for one ([`Broker::handle_cluster_snapshot`]),
+    /// and stops while the backplane is down. Only with persistence on. Report with
+    /// [`Broker::handle_cluster_acked`] once the backplane holds it: acknowledgements wait for
+    /// it, as they wait for forwarded messages.
+    ///
+    /// [`LogReplay`]: super::persist::LogReplay
+    Log {
+        /// Its position, in the order of forwarded messages.
+        seq: ClusterSeq,
+        /// The entry.
+        entry: LogEntry,
+    },
 }
 
 /// A CONNECT that waits for the cluster to say whether another node holds its session
@@ -110,6 +124,12 @@ pub enum ClusterTarget {
         group: Box<str>,
         /// The topic filter, without the `$share/` prefix.
         filter: Box<str>,
+    },
+    /// The plain subscriptions of one session that match, and no other: a message it missed
+    /// while its node died, before it came here.
+    Session {
+        /// The session's client id.
+        client_id: Box<str>,
     },
 }
 
@@ -187,6 +207,10 @@ pub(super) struct ClusterState {
     /// CONNECTs waiting for their sessions, by ticket: the connection and the authenticator's
     /// data for its CONNACK.
     claims: BTreeMap<u64, (ConnId, Option<Bytes>)>,
+    /// Whether the log is mirrored ([`ClusterOut::Log`]).
+    mirror: bool,
+    /// The highest stream position handled ([`Broker::handle_cluster_consumed`]).
+    consumed: u64,
 }
 
 impl Broker {
@@ -211,14 +235,18 @@ impl Broker {
         }
     }
 
-    /// After a SUBSCRIBE: the position of the last interest it changed, to hold its SUBACK
-    /// until the backplane has it; `None` when it changed none (or the backplane is down).
+    /// After a SUBSCRIBE: the position of the last interest it changed (or, with the log
+    /// mirrored, of the entry that has the subscription), to hold its SUBACK until the
+    /// backplane has it; `None` when there is none (or the backplane is down).
     pub(super) fn interest_position(&mut self) -> Option<u64> {
         self.queue_interest();
+        // And until the mirrored log has the subscription.
+        let mirrored = self.mirror_position();
         let c = self.cluster.as_deref().filter(|c| c.up)?;
         // Also a SUBSCRIBE to a filter another client's SUBSCRIBE gave the node a moment ago:
         // its interest may be on the way still.
-        (c.interest_seq > c.acked).then_some(c.interest_seq)
+        let seq = if c.interest_seq > c.acked { c.interest_seq } else { 0 }.max(mirrored);
+        (seq > 0).then_some(seq)
     }
 
     /// Sends `packet` (a SUBACK) on `conn` once the backplane has position `seq`.
@@ -239,6 +267,8 @@ impl Broker {
         c.up = up;
         self.stats.cluster_connected = Some(up);
         if !up {
+            // What changes meanwhile is not mirrored: mirroring starts again with a snapshot.
+            c.mirror = false;
             let seq = ClusterSeq(c.seq);
             self.handle_cluster_acked(now, seq);
         }
@@ -262,6 +292,7 @@ impl Broker {
         for p in ready {
             self.release_ack(p);
         }
+        self.release_replies();
         for (_, conn, packet) in replies {
             if self.conn_mut(conn).is_some_and(|c| c.phase == Phase::Connected) {
                 self.send(conn.index, &packet);
@@ -284,6 +315,13 @@ impl Broker {
         let mut how = Routing { skip_groups: true, ..Routing::default() };
         match target {
             ClusterTarget::Subscribers => {
+                self.route(now, &msg, &mut how);
+            }
+            ClusterTarget::Session { client_id } => {
+                let Some(si) = self.session_for(client_id.as_bytes()) else {
+                    return;
+                };
+                how.only = Some(si);
                 self.route(now, &msg, &mut how);
             }
             ClusterTarget::Group { group, filter } => {
@@ -336,17 +374,21 @@ impl Broker {
     /// The answer to [`ClusterOut::Claim`] `ticket`: the client's session as another node gave
     /// it up, or `None`. The CONNECT then completes (with Session Present 1 if there is a
     /// session, here or given), and the input that waited is handled.
+    ///
+    /// Returns the last position given out so far (what this node published before the
+    /// session came in is at or before it).
     pub fn handle_cluster_claimed(
         &mut self,
         now: Instant,
         ticket: ClaimTicket,
         session: Option<SnapshotSession>,
-    ) {
+    ) -> ClusterSeq {
         let Some(c) = self.cluster.as_deref_mut() else {
-            return;
+            return ClusterSeq(0);
         };
+        let position = ClusterSeq(c.seq);
         let Some((conn, auth_data)) = c.claims.remove(&ticket.0) else {
-            return;
+            return position;
         };
         // The other node gave the session up: it lives here now, even if the connection that
         // asked for it is gone meanwhile (it waits offline, as after any disconnect).
@@ -366,18 +408,100 @@ impl Broker {
             self.stats.cluster_sessions_moved_in += 1;
         }
         let Some(cn) = self.conn_mut(conn) else {
-            return;
+            return position;
         };
         if cn.ticket() != Some(ticket.0) {
-            return;
+            return position;
         }
         cn.extra().ticket = None;
         match cn.pending.as_deref_mut() {
             Some(p) => p.claimed = true,
-            None => return,
+            None => return position,
         }
         self.complete_connect(now, conn.index, auth_data);
         self.resume_held(now, conn);
+        position
+    }
+
+    /// The message just given to [`handle_cluster_publish`](Self::handle_cluster_publish)
+    /// (in the same input) was at `position` in the backplane's stream: the mirrored log
+    /// records it with what the message caused, so that a node taking this node's sessions
+    /// knows where to go on from.
+    pub fn handle_cluster_consumed(&mut self, position: u64) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.consumed = c.consumed.max(position);
+        if !(c.mirror && c.up) {
+            return;
+        }
+        if let Some(ClusterOut::Log { entry: LogEntry::Ops { consumed, .. }, .. }) =
+            c.out.back_mut()
+        {
+            *consumed = Some(c.consumed);
+            return;
+        }
+        c.seq += 1;
+        let entry = LogEntry::Ops { ops: Vec::new(), consumed: Some(c.consumed) };
+        c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+    }
+
+    /// The backplane wants this node's log mirrored from now on ([`ClusterOut::Log`]): the
+    /// whole durable state goes out as a snapshot, then every change. Asked once the backplane
+    /// is reachable, and again from time to time so that what it keeps stays short.
+    pub fn handle_cluster_snapshot(&mut self, now: Instant) {
+        if !self.logging() || !self.cluster.as_deref().is_some_and(|c| c.up) {
+            return;
+        }
+        let mut entries = Vec::new();
+        let mut batch = Vec::new();
+        let persistent: Vec<u32> = (0..self.sessions.len() as u32)
+            .filter(|&si| self.session(si).is_some_and(|s| s.persistent))
+            .collect();
+        for si in persistent {
+            let connected = self.session(si).is_some_and(|s| s.conn.is_some());
+            batch.extend(self.session_ops(now, si, connected));
+            if batch.len() >= 256 {
+                entries.push(LogEntry::Ops { ops: core::mem::take(&mut batch), consumed: None });
+            }
+        }
+        if !batch.is_empty() {
+            entries.push(LogEntry::Ops { ops: batch, consumed: None });
+        }
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        c.mirror = true;
+        let start = LogEntry::SnapshotStart { consumed: c.consumed };
+        for entry in core::iter::once(start).chain(entries).chain([LogEntry::SnapshotEnd]) {
+            c.seq += 1;
+            c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+        }
+    }
+
+    /// Mirrors `op`, just logged, if the log is mirrored: with the other operations of the
+    /// same input, in one entry.
+    pub(super) fn mirror(&mut self, op: &PersistOp) {
+        let Some(c) = self.cluster.as_deref_mut().filter(|c| c.mirror && c.up) else {
+            return;
+        };
+        // Retained messages have a place of their own on the backplane.
+        if matches!(op, PersistOp::Retained { .. } | PersistOp::RetainedCleared { .. }) {
+            return;
+        }
+        if let Some(ClusterOut::Log { entry: LogEntry::Ops { ops, .. }, .. }) = c.out.back_mut() {
+            ops.push(op.clone());
+            return;
+        }
+        c.seq += 1;
+        let entry = LogEntry::Ops { ops: alloc::vec![op.clone()], consumed: None };
+        c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+    }
+
+    /// The position an acknowledgement must wait for so that what its message caused here is
+    /// mirrored: the last one given out, while the log is mirrored and it is not held yet.
+    pub(super) fn mirror_position(&self) -> u64 {
+        self.cluster.as_deref().filter(|c| c.mirror && c.up && c.seq > c.acked).map_or(0, |c| c.seq)
     }
 
     /// Another node's client connects there with Clean Start 0 and asks for its session: its

@@ -495,9 +495,24 @@ impl<H: Clone> Driver<H> {
         now: Instant,
         ticket: ClaimTicket,
         session: Option<SnapshotSession>,
-    ) {
+    ) -> ClusterSeq {
         self.now = self.now.max(now);
-        self.broker.handle_cluster_claimed(now, ticket, session);
+        let position = self.broker.handle_cluster_claimed(now, ticket, session);
+        self.collect();
+        position
+    }
+
+    /// The message from another node just handed in was at `position` in the backplane's
+    /// stream ([`Broker::handle_cluster_consumed`]).
+    pub fn handle_cluster_consumed(&mut self, position: u64) {
+        self.broker.handle_cluster_consumed(position);
+    }
+
+    /// The backplane asks for the log to be mirrored, from a snapshot on
+    /// ([`Broker::handle_cluster_snapshot`]).
+    pub fn handle_cluster_snapshot(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.broker.handle_cluster_snapshot(now);
         self.collect();
     }
 

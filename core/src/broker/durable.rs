@@ -69,8 +69,19 @@ impl Broker {
                 self.pump(now, session);
             }
         }
-        while self.awaiting_reply.front().is_some_and(|r| r.0 <= persisted) {
-            let Some((_, conn, packet)) = self.awaiting_reply.pop_front() else {
+        self.release_replies();
+    }
+
+    /// Sends the replies (PUBREL, PUBCOMP) whose operations the store, and a mirror of the
+    /// log, now hold; in order.
+    pub(super) fn release_replies(&mut self) {
+        let persisted = self.persisted;
+        while self
+            .awaiting_reply
+            .front()
+            .is_some_and(|r| r.0 <= persisted && !self.cluster_behind(r.1))
+        {
+            let Some((_, _, conn, packet)) = self.awaiting_reply.pop_front() else {
                 break;
             };
             // A connection that ended meanwhile gets its PUBREL when the session resumes, and
@@ -232,53 +243,60 @@ impl Broker {
         if !self.logging() {
             return;
         }
-        let Some(snap) = self.export_session(now, si) else {
-            return;
-        };
-        let (protocol, expiry) = (snap.protocol, snap.expiry);
-        self.log_session(si, |client_id| PersistOp::Session { client_id, protocol, expiry });
-        for (filter, options, subscription_id) in snap.subscriptions {
-            self.log_session(si, |client_id| PersistOp::Subscribed {
-                client_id,
-                filter,
-                options,
-                subscription_id,
-            });
-        }
-        let mut keys = Vec::with_capacity(snap.deliveries.len());
-        for d in snap.deliveries {
-            let key = self.next_key;
-            self.next_key += 1;
-            keys.push(key);
-            let delivery = d.delivery;
-            self.log_session(si, |client_id| PersistOp::Queued { client_id, key, delivery });
-            if let Some(packet_id) = d.packet_id {
-                self.log_session(si, |client_id| PersistOp::Sent { client_id, key, packet_id });
-            }
-            if d.received {
-                self.log_session(si, |client_id| PersistOp::Received { client_id, key });
-            }
-        }
-        for packet_id in snap.incoming_qos2 {
-            self.log_session(si, |client_id| PersistOp::IncomingQos2 { client_id, packet_id });
-        }
-        if !connected {
-            self.log_session(si, |client_id| PersistOp::Disconnected { client_id });
-        }
-        // The same order as the export: in flight, then queued.
+        let mut next = self.next_key;
         if let Some(s) = self.session_mut(si) {
-            let n = s.inflight.len();
-            for (i, key) in keys.iter().enumerate() {
-                let d = if i < n {
-                    s.inflight.get_mut(i).map(|f| &mut f.delivery)
-                } else {
-                    s.queue.get_mut(i - n)
-                };
-                if let Some(d) = d {
-                    d.key = *key;
+            for i in 0..s.inflight.len() {
+                if let Some(f) = s.inflight.get_mut(i) {
+                    f.delivery.key = next;
+                    next += 1;
+                }
+            }
+            for i in 0..s.queue.len() {
+                if let Some(d) = s.queue.get_mut(i) {
+                    d.key = next;
+                    next += 1;
                 }
             }
         }
+        self.next_key = next;
+        for op in self.session_ops(now, si, connected) {
+            self.log(op);
+        }
+    }
+
+    /// The operations that make session `si` as it is now, with its deliveries' keys (a
+    /// connected one, unless `connected`, is recorded offline): for a store that starts
+    /// from them.
+    pub(super) fn session_ops(&self, now: Instant, si: u32, connected: bool) -> Vec<PersistOp> {
+        let (Some(snap), Some(s)) = (self.export_session(now, si), self.session(si)) else {
+            return Vec::new();
+        };
+        let keys = s.inflight.iter().map(|f| f.delivery.key).chain(s.queue.iter().map(|d| d.key));
+        let client_id = snap.client_id;
+        let (protocol, expiry) = (snap.protocol, snap.expiry);
+        let mut ops =
+            alloc::vec![PersistOp::Session { client_id: client_id.clone(), protocol, expiry }];
+        for (filter, options, subscription_id) in snap.subscriptions {
+            let client_id = client_id.clone();
+            ops.push(PersistOp::Subscribed { client_id, filter, options, subscription_id });
+        }
+        for (d, key) in snap.deliveries.into_iter().zip(keys) {
+            let delivery = d.delivery;
+            ops.push(PersistOp::Queued { client_id: client_id.clone(), key, delivery });
+            if let Some(packet_id) = d.packet_id {
+                ops.push(PersistOp::Sent { client_id: client_id.clone(), key, packet_id });
+            }
+            if d.received {
+                ops.push(PersistOp::Received { client_id: client_id.clone(), key });
+            }
+        }
+        for packet_id in snap.incoming_qos2 {
+            ops.push(PersistOp::IncomingQos2 { client_id: client_id.clone(), packet_id });
+        }
+        if !connected {
+            ops.push(PersistOp::Disconnected { client_id });
+        }
+        ops
     }
 
     pub(super) fn logging(&self) -> bool {
@@ -292,6 +310,7 @@ impl Broker {
     pub(super) fn log(&mut self, op: PersistOp) {
         if self.logging() {
             self.persist_seq += 1;
+            self.mirror(&op);
             self.persist_log.push_back((PersistSeq(self.persist_seq), op));
         }
     }

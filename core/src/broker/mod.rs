@@ -736,7 +736,7 @@ pub struct Broker {
     /// restarted broker send the message again to a client that already completed it; a
     /// PUBCOMP sent earlier could make it take a reused packet identifier for a resend and
     /// drop a new message.
-    awaiting_reply: VecDeque<(u64, ConnId, Packet)>,
+    awaiting_reply: VecDeque<(u64, u64, ConnId, Packet)>,
     /// Durable mode: connections whose output waits at a gate for the store (see
     /// `gate_output`).
     gated: Vec<ConnId>,

@@ -528,15 +528,7 @@ impl SnapshotSession {
         w.u32(u32::try_from(self.subscriptions.len()).unwrap_or(u32::MAX));
         for (filter, o, id) in &self.subscriptions {
             w.bytes16(filter.as_str().as_bytes());
-            let rh = match o.retain_handling {
-                RetainHandling::SendOnSubscribe => 0,
-                RetainHandling::SendOnNewSubscribe => 1,
-                RetainHandling::DoNotSend => 2,
-            };
-            w.u8(o.qos as u8
-                | u8::from(o.no_local) << 2
-                | u8::from(o.retain_as_published) << 3
-                | rh << 4);
+            w.options(o);
             w.u32(id.map_or(0, |i| i.get()));
         }
         w.u32(u32::try_from(self.deliveries.len()).unwrap_or(u32::MAX));
@@ -544,13 +536,7 @@ impl SnapshotSession {
             w.u64(d.key);
             w.u16(d.packet_id.map_or(0, PacketId::get));
             w.u8(u8::from(d.received));
-            w.u8(d.delivery.qos as u8);
-            w.u8(u8::from(d.delivery.retain));
-            w.u16(u16::try_from(d.delivery.subscription_ids.len()).unwrap_or(u16::MAX));
-            for id in &d.delivery.subscription_ids {
-                w.u32(id.get());
-            }
-            w.message(&d.delivery.message);
+            w.delivery(&d.delivery);
         }
         w.u16(u16::try_from(self.incoming_qos2.len()).unwrap_or(u16::MAX));
         for id in &self.incoming_qos2 {
@@ -578,19 +564,8 @@ impl SnapshotSession {
         let expires_in = r.duration()?;
         let mut subscriptions = Vec::new();
         for _ in 0..r.u32()? {
-            let filter = TopicFilter::new(core::str::from_utf8(r.bytes16()?).ok()?).ok()?.detach();
-            let o = r.u8()?;
-            let options = SubscriptionOptions {
-                qos: QoS::from_u8(o & 3)?,
-                no_local: o & 4 != 0,
-                retain_as_published: o & 8 != 0,
-                retain_handling: match o >> 4 {
-                    0 => RetainHandling::SendOnSubscribe,
-                    1 => RetainHandling::SendOnNewSubscribe,
-                    2 => RetainHandling::DoNotSend,
-                    _ => return None,
-                },
-            };
+            let filter = r.filter()?;
+            let options = r.options()?;
             subscriptions.push((filter, options, SubscriptionId::new(r.u32()?)));
         }
         let mut deliveries = Vec::new();
@@ -598,14 +573,7 @@ impl SnapshotSession {
             let key = r.u64()?;
             let packet_id = PacketId::new(r.u16()?);
             let received = r.u8()? != 0;
-            let qos = QoS::from_u8(r.u8()?)?;
-            let retain = r.u8()? != 0;
-            let mut subscription_ids = Vec::new();
-            for _ in 0..r.u16()? {
-                subscription_ids.push(SubscriptionId::new(r.u32()?)?);
-            }
-            let message = r.message()?;
-            let delivery = StoredDelivery { message, qos, retain, subscription_ids };
+            let delivery = r.delivery()?;
             deliveries.push(SnapshotDelivery { key, delivery, packet_id, received });
         }
         let mut incoming_qos2 = Vec::new();
@@ -660,6 +628,26 @@ impl Writer<'_> {
             None => self.u8(0),
         }
     }
+    fn options(&mut self, o: &SubscriptionOptions) {
+        let rh = match o.retain_handling {
+            RetainHandling::SendOnSubscribe => 0,
+            RetainHandling::SendOnNewSubscribe => 1,
+            RetainHandling::DoNotSend => 2,
+        };
+        self.u8(o.qos as u8
+            | u8::from(o.no_local) << 2
+            | u8::from(o.retain_as_published) << 3
+            | rh << 4);
+    }
+    fn delivery(&mut self, d: &StoredDelivery) {
+        self.u8(d.qos as u8);
+        self.u8(u8::from(d.retain));
+        self.u16(u16::try_from(d.subscription_ids.len()).unwrap_or(u16::MAX));
+        for id in &d.subscription_ids {
+            self.u32(id.get());
+        }
+        self.message(&d.message);
+    }
     fn message(&mut self, m: &StoredMessage) {
         let mut body = Vec::new();
         m.encode(&mut body);
@@ -701,8 +689,273 @@ impl Reader<'_> {
             _ => Some(Duration::from_millis(self.u64()?)),
         })
     }
+    fn filter(&mut self) -> Option<TopicFilter> {
+        Some(TopicFilter::new(core::str::from_utf8(self.bytes16()?).ok()?).ok()?.detach())
+    }
+    fn options(&mut self) -> Option<SubscriptionOptions> {
+        let o = self.u8()?;
+        Some(SubscriptionOptions {
+            qos: QoS::from_u8(o & 3)?,
+            no_local: o & 4 != 0,
+            retain_as_published: o & 8 != 0,
+            retain_handling: match o >> 4 {
+                0 => RetainHandling::SendOnSubscribe,
+                1 => RetainHandling::SendOnNewSubscribe,
+                2 => RetainHandling::DoNotSend,
+                _ => return None,
+            },
+        })
+    }
+    fn delivery(&mut self) -> Option<StoredDelivery> {
+        let qos = QoS::from_u8(self.u8()?)?;
+        let retain = self.u8()? != 0;
+        let mut subscription_ids = Vec::new();
+        for _ in 0..self.u16()? {
+            subscription_ids.push(SubscriptionId::new(self.u32()?)?);
+        }
+        let message = self.message()?;
+        Some(StoredDelivery { message, qos, retain, subscription_ids })
+    }
     fn message(&mut self) -> Option<StoredMessage> {
         let n = self.u32()?;
         StoredMessage::decode(self.take(usize::try_from(n).ok()?)?)
+    }
+}
+
+impl PersistOp {
+    /// Appends the operation to `out` in a compact binary form (version 1): how a cluster node
+    /// mirrors its log where the other nodes can read it ([`LogEntry`]).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        let id = |w: &mut Writer<'_>, tag: u8, c: &MqttStr| {
+            w.u8(tag);
+            w.bytes16(c.as_bytes());
+        };
+        match self {
+            PersistOp::Session { client_id, protocol, expiry } => {
+                id(&mut w, 1, client_id);
+                w.u8(protocol.level());
+                w.u32(*expiry);
+            }
+            PersistOp::Disconnected { client_id } => id(&mut w, 2, client_id),
+            PersistOp::SessionDeleted { client_id } => id(&mut w, 3, client_id),
+            PersistOp::Subscribed { client_id, filter, options, subscription_id } => {
+                id(&mut w, 4, client_id);
+                w.bytes16(filter.as_str().as_bytes());
+                w.options(options);
+                w.u32(subscription_id.map_or(0, |i| i.get()));
+            }
+            PersistOp::Unsubscribed { client_id, filter } => {
+                id(&mut w, 5, client_id);
+                w.bytes16(filter.as_str().as_bytes());
+            }
+            PersistOp::Queued { client_id, key, delivery } => {
+                id(&mut w, 6, client_id);
+                w.u64(*key);
+                w.delivery(delivery);
+            }
+            PersistOp::Sent { client_id, key, packet_id } => {
+                id(&mut w, 7, client_id);
+                w.u64(*key);
+                w.u16(packet_id.get());
+            }
+            PersistOp::Received { client_id, key } => {
+                id(&mut w, 8, client_id);
+                w.u64(*key);
+            }
+            PersistOp::Released { client_id, key } => {
+                id(&mut w, 9, client_id);
+                w.u64(*key);
+            }
+            PersistOp::IncomingQos2 { client_id, packet_id } => {
+                id(&mut w, 10, client_id);
+                w.u16(packet_id.get());
+            }
+            PersistOp::IncomingQos2Released { client_id, packet_id } => {
+                id(&mut w, 11, client_id);
+                w.u16(packet_id.get());
+            }
+            PersistOp::Will { client_id, message, delay } => {
+                id(&mut w, 12, client_id);
+                w.message(message);
+                w.u32(*delay);
+            }
+            PersistOp::WillCleared { client_id } => id(&mut w, 13, client_id),
+            PersistOp::Retained { message } => {
+                w.u8(14);
+                w.message(message);
+            }
+            PersistOp::RetainedCleared { topic } => {
+                w.u8(15);
+                w.bytes16(topic.as_str().as_bytes());
+            }
+        }
+    }
+
+    /// The operation [`encode`](Self::encode) wrote at the start of `r`.
+    fn read(r: &mut Reader<'_>) -> Option<Self> {
+        let tag = r.u8()?;
+        if tag == 14 {
+            return Some(PersistOp::Retained { message: r.message()? });
+        }
+        if tag == 15 {
+            let topic = TopicName::new(core::str::from_utf8(r.bytes16()?).ok()?).ok()?.detach();
+            return Some(PersistOp::RetainedCleared { topic });
+        }
+        let client_id = MqttStr::new(core::str::from_utf8(r.bytes16()?).ok()?).ok()?.detach();
+        Some(match tag {
+            1 => PersistOp::Session {
+                client_id,
+                protocol: ProtocolVersion::from_level(r.u8()?)?,
+                expiry: r.u32()?,
+            },
+            2 => PersistOp::Disconnected { client_id },
+            3 => PersistOp::SessionDeleted { client_id },
+            4 => PersistOp::Subscribed {
+                client_id,
+                filter: r.filter()?,
+                options: r.options()?,
+                subscription_id: SubscriptionId::new(r.u32()?),
+            },
+            5 => PersistOp::Unsubscribed { client_id, filter: r.filter()? },
+            6 => PersistOp::Queued { client_id, key: r.u64()?, delivery: r.delivery()? },
+            7 => PersistOp::Sent { client_id, key: r.u64()?, packet_id: PacketId::new(r.u16()?)? },
+            8 => PersistOp::Received { client_id, key: r.u64()? },
+            9 => PersistOp::Released { client_id, key: r.u64()? },
+            10 => PersistOp::IncomingQos2 { client_id, packet_id: PacketId::new(r.u16()?)? },
+            11 => {
+                PersistOp::IncomingQos2Released { client_id, packet_id: PacketId::new(r.u16()?)? }
+            }
+            12 => PersistOp::Will { client_id, message: r.message()?, delay: r.u32()? },
+            13 => PersistOp::WillCleared { client_id },
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of a cluster node's mirrored log: what another node reads to take the sessions
+/// of a node that died ([`LogReplay`]). A node mirrors its whole state first (a snapshot,
+/// between [`LogEntry::SnapshotStart`] and [`LogEntry::SnapshotEnd`]), then every change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEntry {
+    /// The operations one input caused, all or none; and, for a message from another node's
+    /// stream, its position there once handled (`consumed`).
+    Ops {
+        /// The operations, in order.
+        ops: Vec<PersistOp>,
+        /// The position in the backplane's stream of messages this node has handled up to.
+        consumed: Option<u64>,
+    },
+    /// The node's whole state follows, up to [`LogEntry::SnapshotEnd`]; it replaces
+    /// everything before it. `consumed` is the stream position it had handled up to.
+    SnapshotStart {
+        /// The stream position.
+        consumed: u64,
+    },
+    /// The end of the snapshot that [`LogEntry::SnapshotStart`] began.
+    SnapshotEnd,
+}
+
+impl LogEntry {
+    /// Appends the entry to `out` (version 1).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            LogEntry::Ops { ops, consumed } => {
+                let mut w = Writer(out);
+                w.u8(1);
+                w.u64(consumed.map_or(0, |c| c + 1));
+                w.u32(u32::try_from(ops.len()).unwrap_or(u32::MAX));
+                for op in ops {
+                    op.encode(out);
+                }
+            }
+            LogEntry::SnapshotStart { consumed } => {
+                let mut w = Writer(out);
+                w.u8(2);
+                w.u64(*consumed);
+            }
+            LogEntry::SnapshotEnd => out.push(3),
+        }
+    }
+
+    /// An entry written by [`encode`](Self::encode); `None` if `b` is not one.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader(b);
+        let entry = match r.u8()? {
+            1 => {
+                let consumed = r.u64()?.checked_sub(1);
+                let n = r.u32()?;
+                let mut ops = Vec::new();
+                for _ in 0..n {
+                    ops.push(PersistOp::read(&mut r)?);
+                }
+                LogEntry::Ops { ops, consumed }
+            }
+            2 => LogEntry::SnapshotStart { consumed: r.u64()? },
+            3 => LogEntry::SnapshotEnd,
+            _ => return None,
+        };
+        r.0.is_empty().then_some(entry)
+    }
+}
+
+/// A cluster node's mirrored log read back ([`LogEntry`]): its sessions as it last mirrored
+/// them, and the stream position it had handled.
+#[derive(Clone, Debug, Default)]
+pub struct LogReplay {
+    state: Replay,
+    consumed: u64,
+    /// A snapshot being read: it replaces `state` once complete.
+    snapshot: Option<(Replay, u64)>,
+}
+
+impl LogReplay {
+    /// Nothing read yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies `entry`, mirrored at wall-clock millisecond `at`.
+    pub fn apply(&mut self, entry: LogEntry, at: u64) {
+        match entry {
+            LogEntry::SnapshotStart { consumed } => self.snapshot = Some((Replay::new(), consumed)),
+            LogEntry::SnapshotEnd => {
+                if let Some((state, consumed)) = self.snapshot.take() {
+                    self.state = state;
+                    self.consumed = consumed;
+                }
+            }
+            LogEntry::Ops { ops, consumed } => {
+                let (state, position) = match self.snapshot.as_mut() {
+                    Some((s, c)) => (s, c),
+                    None => (&mut self.state, &mut self.consumed),
+                };
+                for op in ops {
+                    state.apply(op, at);
+                }
+                if let Some(c) = consumed {
+                    *position = (*position).max(c);
+                }
+                state.note_time(at);
+            }
+        }
+    }
+
+    /// The stream position the node had handled up to.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// `client_id`'s session as the node left it, at wall-clock millisecond `now` (`None` if
+    /// it has none, or it expired); its will stays behind (the backplane publishes the wills
+    /// of a dead node's connections on its own).
+    pub fn session(&self, client_id: &str, now: u64) -> Option<SnapshotSession> {
+        let key = MqttStr::new(client_id).ok()?.detach();
+        let s = self.state.sessions.get(&key)?;
+        let mut one = Replay { last: self.state.last, ..Replay::default() };
+        one.sessions.insert(key, s.clone());
+        let mut session = one.snapshot(now).sessions.pop()?;
+        session.will = None;
+        Some(session)
     }
 }

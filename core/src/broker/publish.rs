@@ -201,6 +201,8 @@ impl Broker {
         let behind = self.persist_seq - self.persisted > persist::MAX_UNSTORED;
         let wait = self.durable() || (self.logging() && behind);
         let seq = if wait && self.persist_seq > logged_before { self.persist_seq } else { 0 };
+        // In a cluster mirroring its log, also for what the message caused here.
+        let cluster = cluster.max(self.mirror_position());
         let cluster = if self.cluster_behind(cluster) { cluster } else { 0 };
         let conn = self.conn_id(index);
         let token = if congested.is_some() || seq > 0 || cluster > 0 {
@@ -430,12 +432,14 @@ impl Broker {
         self.send_after(index, Packet::PubRel(PubAck::new(id)), rel_after);
     }
 
-    /// Sends `packet` once the store has log position `seq` (at once if it has), and after
-    /// the replies this connection already has waiting, so that PUBRELs keep the order of
-    /// their PUBRECs ([MQTT-4.6.0-4]).
+    /// Sends `packet` once the store has log position `seq` (at once if it has) and, in a
+    /// cluster mirroring its log, once the mirror has what was logged so far; and after the
+    /// replies this connection already has waiting, so that PUBRELs keep the order of their
+    /// PUBRECs ([MQTT-4.6.0-4]).
     pub(super) fn send_after(&mut self, index: u32, packet: Packet, seq: u64) {
         let conn = self.conn_id(index);
         let persisted = self.persisted;
+        let mirrored = self.mirror_position();
         let Some(c) = self.slot_conn(index) else {
             return;
         };
@@ -443,7 +447,8 @@ impl Broker {
             Some(o) if o.replies_waiting > 0 => seq.max(o.reply_after),
             _ => seq,
         };
-        if seq <= persisted {
+        let waiting = c.owing.as_deref().is_some_and(|o| o.replies_waiting > 0);
+        if seq <= persisted && mirrored == 0 && !waiting {
             return self.send(index, &packet);
         }
         let o = c.owing();
@@ -452,7 +457,7 @@ impl Broker {
         }
         o.replies_waiting += 1;
         o.reply_after = seq;
-        self.awaiting_reply.push_back((seq, conn, packet));
+        self.awaiting_reply.push_back((seq, mirrored, conn, packet));
     }
 
     pub(super) fn on_pubrel(&mut self, index: u32, ack: PubAck) {

@@ -20,6 +20,8 @@ pub(super) struct Routing {
     pub(super) skip_groups: bool,
     /// Where it was forwarded to the cluster (0: it was not).
     pub(super) cluster: u64,
+    /// Only this session's plain subscriptions (and no shared group) take it.
+    pub(super) only: Option<u32>,
 }
 
 impl Broker {
@@ -30,6 +32,10 @@ impl Broker {
         entries.clear();
         groups.clear();
         let sources = self.tree.matches(msg.topic.as_bytes(), &mut entries, &mut groups);
+        if let Some(only) = how.only {
+            entries.retain(|e| e.session == only);
+            groups.clear();
+        }
         let any = !entries.is_empty() || !groups.is_empty() || how.cluster > 0;
         // A session subscribed through several matching filters gets one copy: bring its
         // entries together. Entries of one filter are one per session already.
