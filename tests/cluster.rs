@@ -148,10 +148,22 @@ impl Node {
 
     /// [`start`](Self::start) with `extra` flags.
     fn start_with(nats: &Nats, dir: &Path, name: &str, extra: &[&str]) -> Node {
+        let mut args = vec!["--no-persistence"];
+        args.extend_from_slice(extra);
+        Self::start_args(nats, dir, name, &args)
+    }
+
+    /// [`start`](Self::start) with persistence on, in `dir`.
+    fn start_persistent(nats: &Nats, dir: &Path, name: &str) -> Node {
+        let data = dir.join(format!("{name}-data"));
+        Self::start_args(nats, dir, name, &["--data-dir", data.to_str().unwrap()])
+    }
+
+    fn start_args(nats: &Nats, dir: &Path, name: &str, extra: &[&str]) -> Node {
         let log = dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).unwrap();
         let urls = nats.urls();
-        let mut args = vec!["--no-persistence", "--cluster", &urls, "--node-name", name];
+        let mut args = vec!["--cluster", &urls, "--node-name", name];
         args.extend_from_slice(extra);
         let broker = Ternmq::start_on(free_port(), &args, Stdio::from(stderr));
         let node = Node { broker: Some(broker), log };
@@ -678,4 +690,127 @@ async fn the_will_of_a_connection_whose_node_died_is_published_once() {
         [&b, &c].iter().any(|n| n.log_text().contains("is silent")),
         "no survivor saw node a go"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_of_a_killed_node_resumes_on_a_survivor_with_every_acknowledged_qos2_message() {
+    subscribers_node_killed(QoS::ExactlyOnce, ProtocolVersion::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_of_a_killed_node_resumes_on_a_survivor_with_every_acknowledged_qos1_message() {
+    subscribers_node_killed(QoS::AtLeastOnce, ProtocolVersion::V3_1_1).await;
+}
+
+/// A persistent subscriber's node is SIGKILLed under load published on another node; the
+/// subscriber comes back on that other node and gets every acknowledged message: those its
+/// node had queued, and those published while it was away. At QoS 2, a message comes twice
+/// only if it was in flight when the node died, and then with DUP set (the new client has
+/// no memory of what it received before).
+async fn subscribers_node_killed(qos: QoS, v: ProtocolVersion) {
+    let tag = qos as u8;
+    let Some(nats) = Nats::start(&format!("kill-subs-{tag}")) else { return };
+    let dir = TempDir::new(&format!("cluster-kill-subs-{tag}"));
+    let a = Node::start(&nats, &dir.0, "a");
+    let mut b = Node::start_persistent(&nats, &dir.0, "b");
+    let connect = |port: u16| {
+        let mut o = client_options(port, "device", v);
+        o.connect.clean_start = false;
+        if v.is_v5() {
+            o.connect.properties.session_expiry_interval = Some(600);
+        }
+        o
+    };
+    let sub = Client::connect(connect(b.port())).await.unwrap();
+    sub.subscribe("d/#", qos).await.unwrap();
+    let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
+    until_routed(&publisher, &sub, "d/probe").await;
+    // Before the kill the device reads what comes, as it comes.
+    let before = tokio::spawn(async move {
+        let mut got: Vec<String> = Vec::new();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(Duration::from_secs(3), sub.next_message()).await
+        {
+            got.push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+        got
+    });
+    let total = 3000;
+    let mut acked = Vec::new();
+    for i in 0..total {
+        let m = format!("m{i}");
+        publisher.publish("d/t", m.clone(), qos).await.unwrap();
+        acked.push(m);
+        if i == 500 {
+            b.kill();
+        }
+    }
+    let before = before.await.unwrap();
+    // The device comes back on node a.
+    let back = Client::connect(connect(a.port())).await.unwrap();
+    let mut after: Vec<(String, bool)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut have: std::collections::HashSet<String> = before.iter().cloned().collect();
+    while Instant::now() < deadline {
+        let wait = if acked.iter().all(|m| have.contains(m)) { 500 } else { 2000 };
+        match tokio::time::timeout(Duration::from_millis(wait), back.next_message()).await {
+            Ok(Some(m)) => {
+                let text = String::from_utf8_lossy(&m.payload).into_owned();
+                have.insert(text.clone());
+                after.push((text, m.dup));
+            }
+            _ if acked.iter().all(|m| have.contains(m)) => break,
+            _ => {}
+        }
+    }
+    let missing: Vec<&String> = acked.iter().filter(|m| !have.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged lost ({} before the kill, {} after): {:?}\n{}",
+        missing.len(),
+        acked.len(),
+        before.len(),
+        after.len(),
+        &missing[..missing.len().min(10)],
+        a.log_text()
+    );
+    assert!(a.log_text().contains("taking device's session from its log"), "{}", a.log_text());
+    if qos == QoS::ExactlyOnce {
+        let mut once = std::collections::HashSet::new();
+        let twice_before: Vec<&String> = before.iter().filter(|m| !once.insert(*m)).collect();
+        assert!(twice_before.is_empty(), "delivered twice before the kill: {twice_before:?}");
+        let mut again = std::collections::HashSet::new();
+        for (m, dup) in &after {
+            assert!(again.insert(m), "{m} delivered twice after the kill");
+            assert!(!before.contains(m) || *dup, "{m} delivered again, without DUP");
+        }
+        let resent = after.iter().filter(|(m, _)| before.contains(m)).count();
+        assert!(resent <= 100, "{resent} messages delivered again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscription_gets_no_message_published_before_it() {
+    let Some(nats) = Nats::start("late-sub") else { return };
+    let dir = TempDir::new("cluster-late-sub");
+    let a = Node::start(&nats, &dir.0, "a");
+    let b = Node::start(&nats, &dir.0, "b");
+    let v = ProtocolVersion::V5;
+    // Node b's consumer reads something, so that it has a position in the stream.
+    let early = Client::connect(client_options(b.port(), "early", v)).await.unwrap();
+    early.subscribe("early/#", QoS::AtLeastOnce).await.unwrap();
+    let publisher = Client::connect(client_options(a.port(), "pub", v)).await.unwrap();
+    until_routed(&publisher, &early, "early/probe").await;
+    publisher.publish("early/x", "e", QoS::AtLeastOnce).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), early.next_message()).await.is_ok());
+    // Published while no node has interest in them.
+    for i in 0..20 {
+        publisher.publish("late/x", format!("old{i}"), QoS::AtLeastOnce).await.unwrap();
+    }
+    let late = Client::connect(client_options(b.port(), "late", v)).await.unwrap();
+    late.subscribe("late/#", QoS::AtLeastOnce).await.unwrap();
+    publisher.publish("late/x", "new", QoS::AtLeastOnce).await.unwrap();
+    let seen = gather(&late, 1, Duration::from_secs(10)).await;
+    let got: Vec<&String> = seen.keys().map(|(_, p)| p).collect();
+    assert_eq!(got, vec!["new"], "only what was published after the SUBACK");
 }

@@ -23,9 +23,14 @@
 //!   `ternmq_clients` (key: the id in hex; value: the node's name). Every node watches the
 //!   bucket: an entry for one of its clients, written by another node after its own, takes
 //!   the client's connection and session here over.
+//! - **Sessions of a dead node.** With persistence on, each node mirrors its log into the
+//!   stream `TERNMQ_LOG`; a node a client comes to after its node died takes its session from
+//!   there, and the messages it missed from `TERNMQ` (see the `adopt` module).
 //! - **Faults.** `async-nats` reconnects (to any server given) and resubscribes by itself;
 //!   the node is told the link is down and up again, and serves its own clients alone
 //!   meanwhile.
+
+mod adopt;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -40,8 +45,12 @@ use ternmq_async::cluster::{
     ClusterIn, ClusterInbox, ClusterLink, ClusterNode, ClusterOut, ClusterSeq, ClusterTarget,
     NodeFigures, Reply, SnapshotSession, StoredMessage,
 };
+use ternmq_core::broker::persist::{LogEntry, PersistOp};
 use ternmq_core::codec::QoS;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use adopt::LOG_STREAM;
+use adopt::{AT_HEADER, Handed, Missed, SNAPSHOT_EVERY};
 
 /// The JetStream stream that holds QoS 1 and 2 messages.
 pub const MESSAGES_STREAM: &str = "TERNMQ";
@@ -441,7 +450,13 @@ async fn run(
     // QoS 1/2 messages for this node's plain subscribers come from its durable consumer;
     // its filters follow the node's interest.
     let mut wanted: HashMap<String, usize> = HashMap::new();
-    let mut filters = consumer_filters(wanted.keys());
+    // A node started again keeps the filters its consumer had (what the stream took
+    // meanwhile for its sessions is theirs) until its restored interest replaces them.
+    let mut filters = match buckets.messages.consumer_info(format!("node-{node}")).await {
+        Ok(info) if !info.config.filter_subjects.is_empty() => info.config.filter_subjects,
+        Ok(info) if !info.config.filter_subject.is_empty() => vec![info.config.filter_subject],
+        _ => consumer_filters(wanted.keys()),
+    };
     let reader = loop {
         match consumer(&buckets, &node, filters.clone()).await {
             Ok(c) => break c,
@@ -451,19 +466,39 @@ async fn run(
             }
         }
     };
-    tokio::spawn(consume(reader, origin.clone(), inbox.clone(), Arc::clone(&recent)));
+    let handed = Arc::new(tokio::sync::Mutex::new(Handed::default()));
+    let refilter = Arc::new(tokio::sync::Notify::new());
+    let changes = Arc::new(Mutex::new(Changes::default()));
+    tokio::spawn(consume(
+        reader,
+        origin.clone(),
+        inbox.clone(),
+        Arc::clone(&recent),
+        (Arc::clone(&handed), Arc::clone(&refilter), Arc::clone(&changes)),
+    ));
+    // Once reachable, the node mirrors its log from a snapshot on (again after each outage:
+    // what changed meanwhile was not mirrored).
     inbox.put(ClusterIn::Link(true)).await;
+    inbox.put(ClusterIn::Snapshot).await;
     {
         let inbox = inbox.clone();
         tokio::spawn(async move {
             while let Some(up) = link_rx.recv().await {
                 inbox.put(ClusterIn::Link(up)).await;
+                if up {
+                    inbox.put(ClusterIn::Snapshot).await;
+                }
             }
         });
     }
+    let (filters_tx, filters_rx) = watch::channel(filters.clone());
+    let log_subject = adopt::log_subject(&node);
+    let mut since_snapshot = 0u64;
+    let mut snapshot_start: Option<oneshot::Receiver<u64>> = None;
 
     let (acks, ack_rx) = mpsc::channel::<Pending>(4096);
-    tokio::spawn(confirm(js.clone(), ack_rx, inbox.clone()));
+    let (acked_tx, acked_rx) = watch::channel(0u64);
+    tokio::spawn(confirm(js.clone(), ack_rx, inbox.clone(), acked_tx));
     // Each filter's (and group's) subscription tasks.
     let mut interest: HashMap<Interest, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
     while let Some(out) = rx.recv().await {
@@ -508,7 +543,7 @@ async fn run(
                         .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
                         .await
                         .ok();
-                    Pending { seq, subject, headers, payload, ack }
+                    Pending { seq, subject, headers, payload, ack, held: None }
                 };
                 if acks.send(pending).await.is_err() {
                     break;
@@ -533,8 +568,21 @@ async fn run(
                     }
                     let next = consumer_filters(wanted.keys());
                     if next != filters {
+                        // What the stream holds now was published before this interest.
+                        match buckets.messages.get_info().await {
+                            Ok(info) => {
+                                if let Ok(mut c) = changes.lock() {
+                                    c.push(info.state.last_sequence, filters.clone());
+                                }
+                            }
+                            Err(e) => log::warn!("cluster: reading the message stream: {e}"),
+                        }
                         match consumer(&buckets, &node, next.clone()).await {
-                            Ok(_) => filters = next,
+                            Ok(_) => {
+                                filters = next;
+                                filters_tx.send_replace(filters.clone());
+                                refilter.notify_one();
+                            }
                             Err(e) => log::error!("cluster: this node's consumer filters: {e}"),
                         }
                     }
@@ -597,7 +645,7 @@ async fn run(
                                 continue;
                             }
                             if let Some(message) = StoredMessage::decode(&m.payload) {
-                                inbox.put(ClusterIn::Publish(message, target.clone())).await;
+                                inbox.put(ClusterIn::Publish(message, target.clone(), None)).await;
                             }
                         }
                     }));
@@ -632,12 +680,63 @@ async fn run(
                 }
             }
             ClusterOut::Claim { ticket, client_id } => {
-                let (inbox, client, clients) = (inbox.clone(), client.clone(), clients.clone());
-                let node = node.clone();
-                tokio::spawn(async move {
-                    let session = claim(&client, &clients, &node, client_id.as_str()).await;
-                    inbox.put(ClusterIn::Claimed(ticket, session)).await;
-                });
+                let here = Here {
+                    client: client.clone(),
+                    js: js.clone(),
+                    buckets: Arc::clone(&buckets),
+                    node: node.clone(),
+                    origin: origin.clone(),
+                    inbox: inbox.clone(),
+                    handed: Arc::clone(&handed),
+                    filters: filters_rx.clone(),
+                    acked: acked_rx.clone(),
+                };
+                tokio::spawn(async move { here.claim(ticket, client_id.as_str()).await });
+            }
+            ClusterOut::Log { seq, entry } => {
+                let start = matches!(entry, LogEntry::SnapshotStart { .. });
+                let end = matches!(entry, LogEntry::SnapshotEnd);
+                let limit = client.server_info().max_payload.saturating_sub(1024);
+                let payloads = adopt::log_payloads(entry, limit);
+                if payloads.is_empty() && acks.send(Pending::done(seq)).await.is_err() {
+                    break;
+                }
+                for payload in payloads {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(AT_HEADER, adopt::now_ms().to_string().as_str());
+                    let subject = log_subject.clone();
+                    let ack = js
+                        .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                        .await
+                        .ok();
+                    let mut pending = Pending { seq, subject, headers, payload, ack, held: None };
+                    if start || end {
+                        let (tx, rx) = oneshot::channel();
+                        pending.held = Some(tx);
+                        if start {
+                            snapshot_start = Some(rx);
+                        } else if let Some(first) = snapshot_start.take() {
+                            // Once the whole snapshot is held, what came before it goes.
+                            let (log, subject) = (buckets.log.clone(), log_subject.clone());
+                            tokio::spawn(async move {
+                                let (Ok(first), Ok(_)) = (first.await, rx.await) else { return };
+                                if let Err(e) = log.purge().filter(subject).sequence(first).await {
+                                    log::warn!("cluster: dropping the log before a snapshot: {e}");
+                                }
+                            });
+                        }
+                    }
+                    if acks.send(pending).await.is_err() {
+                        break;
+                    }
+                }
+                since_snapshot += 1;
+                if start {
+                    since_snapshot = 0;
+                } else if since_snapshot == SNAPSHOT_EVERY {
+                    let inbox = inbox.clone();
+                    tokio::spawn(async move { inbox.put(ClusterIn::Snapshot).await });
+                }
             }
             ClusterOut::Connected { client_id, .. } if client_id.len() > MAX_CLIENT_ID => {
                 log::warn!("cluster: a client id of {} bytes is not registered", client_id.len());
@@ -697,6 +796,14 @@ async fn prepare(
             ..Default::default()
         })
         .await?;
+    let log = js
+        .get_or_create_stream(stream::Config {
+            name: LOG_STREAM.into(),
+            subjects: vec!["tmql.>".into()],
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await?;
     let mut buckets = Vec::new();
     for name in [CLIENTS_BUCKET, NODES_BUCKET, WILLS_BUCKET] {
         buckets.push(match js.get_key_value(name).await {
@@ -716,7 +823,7 @@ async fn prepare(
     let wills = buckets.pop().ok_or("no wills bucket")?;
     let nodes = buckets.pop().ok_or("no nodes bucket")?;
     let clients = buckets.pop().ok_or("no clients bucket")?;
-    Ok(Buckets { clients, nodes, wills, messages })
+    Ok(Buckets { clients, nodes, wills, messages, log })
 }
 
 /// The key-value buckets a node uses.
@@ -726,6 +833,8 @@ struct Buckets {
     wills: kv::Store,
     /// The stream of QoS 1/2 messages, which the node's consumer reads.
     messages: stream::Stream,
+    /// The stream of the nodes' mirrored logs.
+    log: stream::Stream,
 }
 
 /// A subject no message has: a token `%` followed by anything but two hex digits is never
@@ -808,12 +917,18 @@ async fn consumer(
 }
 
 /// Reads the node's consumer: each QoS 1/2 message for this node's plain subscribers is
-/// handed to the node, then acknowledged, so that one the node did not take comes again.
+/// handed to the node with its stream position, then acknowledged, so that one the node did
+/// not take comes again.
 async fn consume(
     consumer: jetstream::consumer::PullConsumer,
     origin: String,
     inbox: ClusterInbox,
     recent: Arc<Mutex<Recent>>,
+    (handed, refilter, changes): (
+        Arc<tokio::sync::Mutex<Handed>>,
+        Arc<tokio::sync::Notify>,
+        Arc<Mutex<Changes>>,
+    ),
 ) {
     // This node's own messages are in the stream too; it delivered them itself.
     let own = format!("{origin}:");
@@ -826,18 +941,65 @@ async fn consume(
                 continue;
             }
         };
-        while let Some(m) = messages.next().await {
-            let Ok(m) = m else { break };
+        loop {
+            // New filters: a pull already waiting would not see the messages stored before
+            // them until it expires; a new one does.
+            let m = tokio::select! {
+                m = messages.next() => m,
+                () = refilter.notified() => break,
+            };
+            let Some(Ok(m)) = m else { break };
             let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
             let mine = id.is_some_and(|id| id.as_str().starts_with(&own));
+            let position = m.info().map(|i| i.stream_sequence).ok();
+            // A consumer given new filters also delivers what the stream held before that
+            // matches them: not for the subscriptions that came after it.
+            let stale = position
+                .is_some_and(|p| changes.lock().is_ok_and(|c| c.before(p, m.subject.as_str())));
+            // Handed in and recorded under one lock: a session coming in from a dead node is
+            // handed in either before or after it, never in between.
+            let mut h = handed.lock().await;
             if !mine
+                && !stale
                 && first_copy(&recent, m.headers.as_ref(), "")
                 && let Some(message) = StoredMessage::decode(&m.payload)
             {
-                inbox.put(ClusterIn::Publish(message, ClusterTarget::Subscribers)).await;
+                inbox.put(ClusterIn::Publish(message, ClusterTarget::Subscribers, position)).await;
+                if let Some(p) = position {
+                    h.record(p);
+                }
             }
+            if let Some(p) = position {
+                h.saw(p);
+            }
+            drop(h);
             let _ = m.ack().await;
         }
+    }
+}
+
+/// The changes of the node consumer's filters: for each, the stream's last position then and
+/// the filters before it.
+#[derive(Default)]
+struct Changes(VecDeque<(u64, Vec<String>)>);
+
+impl Changes {
+    const KEEP: usize = 1024;
+
+    fn push(&mut self, last: u64, before: Vec<String>) {
+        self.0.push_back((last, before));
+        if self.0.len() > Self::KEEP {
+            self.0.pop_front();
+        }
+    }
+
+    /// Whether the message on `subject` at stream position `seq` was stored before the node
+    /// had interest in it (the filters then did not take it).
+    fn before(&self, seq: u64, subject: &str) -> bool {
+        self.0
+            .iter()
+            .find(|(last, _)| seq <= *last)
+            .is_some_and(|(_, then)| !then.iter().any(|f| covers(f, subject)))
     }
 }
 
@@ -962,42 +1124,181 @@ pub const MAX_CLIENT_ID: usize = 512;
 /// How long a node waits for another to give up a session before starting a new one.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Asks the node the registry names for `client_id`'s session, if another node: `None` when
-/// there is none, or that node does not answer within [`CLAIM_TIMEOUT`] (it died).
-async fn claim(
-    client: &async_nats::Client,
-    clients: &kv::Store,
-    node: &str,
-    client_id: &str,
-) -> Option<SnapshotSession> {
-    if client_id.len() > MAX_CLIENT_ID {
-        return None;
-    }
-    let entry =
-        tokio::time::timeout(CLAIM_TIMEOUT, clients.entry(hex(client_id))).await.ok()?.ok()??;
-    if entry.operation != kv::Operation::Put || entry.value.as_ref() == node.as_bytes() {
-        return None;
-    }
-    let owner = std::str::from_utf8(&entry.value).ok()?;
-    let ask = client.request(format!("tmqc.{owner}"), Bytes::from(client_id.to_owned()));
-    match tokio::time::timeout(CLAIM_TIMEOUT, ask).await {
-        Ok(Ok(answer)) if !answer.payload.is_empty() => {
-            let session = SnapshotSession::decode(&answer.payload);
-            if session.is_none() {
-                log::warn!("cluster: node {owner} sent an unreadable session for {client_id}");
+/// What answering a claim needs of this node.
+struct Here {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    buckets: Arc<Buckets>,
+    node: String,
+    origin: String,
+    inbox: ClusterInbox,
+    handed: Arc<tokio::sync::Mutex<Handed>>,
+    filters: watch::Receiver<Vec<String>>,
+    /// The last position JetStream holds.
+    acked: watch::Receiver<u64>,
+}
+
+impl Here {
+    /// Answers [`ClusterOut::Claim`] `ticket`: the session of `client_id` the node the
+    /// registry names gives up, or, if that node is gone, the session it mirrored (with the
+    /// messages it missed, after it came in).
+    async fn claim(self, ticket: ternmq_async::cluster::ClaimTicket, client_id: &str) {
+        let (session, taken) = match self.ask(client_id).await {
+            Asked::Given(s) => (s.map(|s| *s), None),
+            Asked::Gone(owner) => match self.take(&owner, client_id).await {
+                Ok(Some((s, from))) => (Some(s), Some((owner, from))),
+                Ok(None) => (None, None),
+                Err(e) => {
+                    log::warn!("cluster: reading the log of node {owner} for {client_id}: {e}");
+                    (None, None)
+                }
+            },
+        };
+        let subjects: Vec<String> = session
+            .iter()
+            .flat_map(|s| &s.subscriptions)
+            .filter(|(f, _, _)| !f.as_str().starts_with("$share/"))
+            .flat_map(|(f, _, _)| filter_subjects("tmq.1", f.as_str()))
+            .filter(|s| s.len() <= MAX_SUBJECT)
+            .collect();
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply::new(move |p: ClusterSeq| {
+            let _ = tx.send(p);
+        });
+        let mark = {
+            let h = self.handed.lock().await;
+            self.inbox.put(ClusterIn::Claimed(ticket, session, Some(reply))).await;
+            h.count
+        };
+        let Some((owner, from)) = taken else { return };
+        let Ok(taken_at) = rx.await else { return };
+        let to = match self.caught_up(&subjects, taken_at.0).await {
+            Ok(to) => to,
+            Err(e) => {
+                log::warn!("cluster: the messages {client_id} missed: {e}");
+                return;
             }
-            session
-        }
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => {
-            log::warn!("cluster: node {owner} did not give up {client_id}'s session: {e}");
-            None
-        }
-        Err(_) => {
-            log::warn!("cluster: node {owner} did not answer for {client_id}'s session in time");
-            None
+        };
+        let missed = Missed {
+            client_id: client_id.to_owned(),
+            subjects,
+            from,
+            to,
+            owner,
+            origin: self.origin.clone(),
+            taken_at: taken_at.0,
+            mark,
+        };
+        match adopt::catch_up(&self.buckets.messages, missed, &self.handed, &self.inbox).await {
+            Ok(n) => log::info!("cluster: {client_id} got {n} messages it missed"),
+            Err(e) => log::warn!("cluster: the messages {client_id} missed: {e}"),
         }
     }
+
+    /// Once a session taken from a dead node is here (at this node's position `taken_at`):
+    /// waits until what this node published up to then is in the stream, its consumer takes
+    /// the session's `subjects` on, and the consumer handed in what it has up to the stream's
+    /// last position then; returns that position. Whatever the stream takes after it reaches
+    /// the session the usual way.
+    async fn caught_up(&self, subjects: &[String], taken_at: u64) -> Result<u64, Error> {
+        let deadline = Duration::from_secs(10);
+        let mut acked = self.acked.clone();
+        tokio::time::timeout(deadline, acked.wait_for(|&a| a >= taken_at)).await??;
+        let mut filters = self.filters.clone();
+        let covered = filters.wait_for(|f| {
+            subjects.iter().all(|s| f.iter().any(|c| covers(c, s) || c == "tmq.1.>"))
+        });
+        tokio::time::timeout(deadline, covered).await??;
+        let to = self.buckets.messages.get_info().await?.state.last_sequence;
+        let name = format!("node-{}", self.node);
+        let since = tokio::time::Instant::now();
+        loop {
+            let info = self.buckets.messages.consumer_info(&name).await?;
+            let delivered = info.delivered.stream_sequence;
+            let read = info.num_pending == 0 || delivered >= to;
+            let seen = self.handed.lock().await.seen;
+            if read && seen >= delivered.min(to) {
+                return Ok(to);
+            }
+            if since.elapsed() > deadline {
+                return Err(format!(
+                    "this node's consumer did not catch up in time (stream position {to}, \
+                     delivered {delivered}, {} pending, read {seen})",
+                    info.num_pending
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asks the node the registry names for `client_id`'s session, if another node.
+    async fn ask(&self, client_id: &str) -> Asked {
+        if client_id.len() > MAX_CLIENT_ID {
+            return Asked::Given(None);
+        }
+        let entry = tokio::time::timeout(CLAIM_TIMEOUT, self.buckets.clients.entry(hex(client_id)));
+        let Ok(Ok(Some(entry))) = entry.await else {
+            return Asked::Given(None);
+        };
+        if entry.operation != kv::Operation::Put || entry.value.as_ref() == self.node.as_bytes() {
+            return Asked::Given(None);
+        }
+        let Ok(owner) = std::str::from_utf8(&entry.value) else {
+            return Asked::Given(None);
+        };
+        let ask = self.client.request(format!("tmqc.{owner}"), Bytes::from(client_id.to_owned()));
+        match tokio::time::timeout(CLAIM_TIMEOUT, ask).await {
+            Ok(Ok(answer)) if !answer.payload.is_empty() => {
+                let session = SnapshotSession::decode(&answer.payload);
+                if session.is_none() {
+                    log::warn!("cluster: node {owner} sent an unreadable session for {client_id}");
+                }
+                Asked::Given(session.map(Box::new))
+            }
+            Ok(Ok(_)) => Asked::Given(None),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                log::info!(
+                    "cluster: node {owner} is gone; taking {client_id}'s session from its log"
+                );
+                Asked::Gone(owner.to_owned())
+            }
+            Ok(Err(e)) => {
+                log::warn!("cluster: node {owner} did not give up {client_id}'s session: {e}");
+                Asked::Given(None)
+            }
+            Err(_) => {
+                log::warn!(
+                    "cluster: node {owner} did not answer for {client_id}'s session in time"
+                );
+                Asked::Given(None)
+            }
+        }
+    }
+
+    /// `client_id`'s session as `owner` mirrored it, and the stream position `owner` had
+    /// handled; marked taken in `owner`'s log.
+    async fn take(
+        &self,
+        owner: &str,
+        client_id: &str,
+    ) -> Result<Option<(SnapshotSession, u64)>, Error> {
+        let replay = adopt::read_log(&self.buckets.log, owner).await?;
+        let Some(session) = replay.session(client_id, adopt::now_ms()) else {
+            return Ok(None);
+        };
+        let ops = vec![PersistOp::SessionDeleted { client_id: session.client_id.clone() }];
+        adopt::append(&self.js, owner, LogEntry::Ops { ops, consumed: None }).await?;
+        Ok(Some((session, replay.consumed())))
+    }
+}
+
+/// What the node holding a session said.
+enum Asked {
+    /// It gave this up (or there is none elsewhere).
+    Given(Option<Box<SnapshotSession>>),
+    /// The node the registry names is not on NATS.
+    Gone(String),
 }
 
 /// A filter this node subscribes to, and the shared group if it is one's.
@@ -1010,30 +1311,42 @@ struct Pending {
     headers: async_nats::HeaderMap,
     payload: Bytes,
     ack: Option<jetstream::context::PublishAckFuture>,
+    /// Told the stream position once JetStream holds it.
+    held: Option<oneshot::Sender<u64>>,
 }
 
 impl Pending {
     /// Something at position `seq` that needs no acknowledgement from JetStream.
     fn done(seq: ClusterSeq) -> Self {
         let (subject, payload) = (String::new(), Bytes::new());
-        Pending { seq, subject, headers: async_nats::HeaderMap::new(), payload, ack: None }
+        let headers = async_nats::HeaderMap::new();
+        Pending { seq, subject, headers, payload, ack: None, held: None }
     }
 }
 
 /// Reports forwarded messages held, in order; a message JetStream did not take is published
 /// again until it is (its publisher's acknowledgement waits meanwhile).
-async fn confirm(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, inbox: ClusterInbox) {
+async fn confirm(
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Pending>,
+    inbox: ClusterInbox,
+    acked: watch::Sender<u64>,
+) {
     let mut unreported = 0;
     while let Some(p) = rx.recv().await {
         if !p.subject.is_empty() {
             let mut ack = p.ack;
+            let mut tell = p.held;
             let since = tokio::time::Instant::now();
             loop {
                 let held = match ack.take() {
-                    Some(f) => f.await.is_ok(),
-                    None => false,
+                    Some(f) => f.await.ok(),
+                    None => None,
                 };
-                if held {
+                if let Some(held) = held {
+                    if let Some(tell) = tell.take() {
+                        let _ = tell.send(held.sequence);
+                    }
                     break;
                 }
                 if since.elapsed() > GIVE_UP {
@@ -1054,6 +1367,7 @@ async fn confirm(js: jetstream::Context, mut rx: mpsc::Receiver<Pending>, inbox:
                     .ok();
             }
         }
+        acked.send_replace(p.seq.0);
         unreported += 1;
         // Reported when nothing else is ready, and at least every 64, so that a steady
         // stream does not hold every acknowledgement back.

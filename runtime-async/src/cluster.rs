@@ -22,8 +22,9 @@ pub enum ClusterIn {
     Link(bool),
     /// It holds everything forwarded up to this position.
     Acked(ClusterSeq),
-    /// A message from another node, for these subscribers here.
-    Publish(StoredMessage, ClusterTarget),
+    /// A message from another node, for these subscribers here; and its position in the
+    /// backplane's stream, if it came from there.
+    Publish(StoredMessage, ClusterTarget, Option<u64>),
     /// A message retained (or cleared) on another node.
     Retained(StoredMessage),
     /// This client connected on another node since its connection here announced as this
@@ -31,8 +32,11 @@ pub enum ClusterIn {
     Takeover(String, u64),
     /// A will of a connection whose node died: publish it here.
     Will(StoredMessage),
-    /// The answer to [`ClusterOut::Claim`]: the session another node gave up, if any.
-    Claimed(ClaimTicket, Option<SnapshotSession>),
+    /// The answer to [`ClusterOut::Claim`]: the session another node gave up, if any; the
+    /// reply gets the last position this node had given out when it took the session in.
+    Claimed(ClaimTicket, Option<SnapshotSession>, Option<Reply<ClusterSeq>>),
+    /// Mirror the log from now on, starting with a snapshot ([`ClusterOut::Log`]).
+    Snapshot,
     /// Another node asks for this client's session: give it up and answer through the reply.
     Release(String, Reply<Option<SnapshotSession>>),
     /// The backplane wants this node's figures, for its heartbeat.

@@ -844,9 +844,13 @@ impl<R: ServerRuntime> Core<R> {
                     self.driver.handle_cluster_link(now, up);
                 }
                 ClusterIn::Acked(seq) => self.driver.handle_cluster_acked(now, seq),
-                ClusterIn::Publish(message, target) => {
+                ClusterIn::Publish(message, target, position) => {
                     self.driver.handle_cluster_publish(now, message, target);
+                    if let Some(p) = position {
+                        self.driver.handle_cluster_consumed(p);
+                    }
                 }
+                ClusterIn::Snapshot => self.driver.handle_cluster_snapshot(now),
                 ClusterIn::Retained(message) => self.driver.handle_cluster_retained(now, message),
                 ClusterIn::Takeover(client_id, announce) => {
                     self.driver.handle_cluster_takeover(now, &client_id, announce);
@@ -860,8 +864,11 @@ impl<R: ServerRuntime> Core<R> {
                 }
                 ClusterIn::Figures(reply) => reply.send(self.driver.broker().node_figures()),
                 ClusterIn::Nodes(nodes) => self.driver.handle_cluster_nodes(nodes),
-                ClusterIn::Claimed(ticket, session) => {
-                    self.driver.handle_cluster_claimed(now, ticket, session);
+                ClusterIn::Claimed(ticket, session, reply) => {
+                    let position = self.driver.handle_cluster_claimed(now, ticket, session);
+                    if let Some(reply) = reply {
+                        reply.send(position);
+                    }
                 }
                 ClusterIn::Release(client_id, reply) => {
                     let session = self.driver.handle_cluster_release(now, &client_id);
