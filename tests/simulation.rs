@@ -222,13 +222,16 @@ fn bridged_brokers_keep_every_promise() {
 /// Three cluster nodes over a simulated backplane (see `ternmq::sim::cluster`), the
 /// publishers' node crashing at random and a client roaming between nodes: every acknowledged
 /// message reaches the subscriber on another node, QoS 2 exactly once, each shared-group
-/// message reaches one member across the nodes, and a roaming client's older connections are
-/// taken over. `TERNMQ_SIM_CLUSTER_SEEDS=N` sets how many seeds run (default 300).
+/// message reaches one member across the nodes, a roaming client's older connections are
+/// taken over, and a subscriber whose node died gets every message on the node that took its
+/// session from the dead node's mirrored log. `TERNMQ_SIM_CLUSTER_SEEDS=N` sets how many seeds
+/// run (default 300).
 #[test]
 fn clustered_brokers_keep_every_promise() {
     let count = env_u64("TERNMQ_SIM_CLUSTER_SEEDS", 300);
     let mut failing = Vec::new();
     let (mut acknowledged, mut shared, mut crashes, mut takeovers, mut moves) = (0, 0, 0, 0, 0);
+    let (mut adoptions, mut castaway) = (0, 0);
     for seed in 0..count {
         let outcome = ternmq::sim::cluster::run(seed, 150);
         acknowledged += outcome.acknowledged;
@@ -236,6 +239,8 @@ fn clustered_brokers_keep_every_promise() {
         crashes += outcome.crashes;
         takeovers += outcome.takeovers;
         moves += outcome.moves;
+        adoptions += outcome.adoptions;
+        castaway += outcome.castaway;
         assert!(outcome.acknowledged > 0, "seed {seed}: nothing was acknowledged");
         if !outcome.violations.is_empty() {
             eprintln!("seed {seed}: {:#?}", &outcome.violations[..outcome.violations.len().min(5)]);
@@ -244,10 +249,11 @@ fn clustered_brokers_keep_every_promise() {
     }
     eprintln!(
         "{count} cluster seeds: {acknowledged} acknowledged, {shared} to the shared group, \
-         {crashes} crashes, {takeovers} takeovers, {moves} sessions moved"
+         {crashes} crashes, {takeovers} takeovers, {moves} sessions moved, {adoptions} \
+         sessions taken from a dead node's log ({castaway} messages to it)"
     );
     assert!(
-        crashes > 0 && takeovers > 0 && shared > 0 && moves > 0,
+        crashes > 0 && takeovers > 0 && shared > 0 && moves > 0 && adoptions > 0,
         "the faults, the group and the moves were exercised"
     );
     assert!(failing.is_empty(), "failing seeds: {failing:?}");

@@ -134,6 +134,35 @@ pub(crate) async fn append(
     Ok(())
 }
 
+/// The sessions this node took from dead nodes' logs: the node, the message stream's last
+/// position then, the client id. What that node published up to that position does not go
+/// to them from the stream: its log gave them what they had of it.
+#[derive(Default)]
+pub(crate) struct Adopted(VecDeque<(String, u64, Box<str>)>);
+
+impl Adopted {
+    const KEEP: usize = 1 << 16;
+
+    pub(crate) fn add(&mut self, owner: &str, last: u64, client_id: &str) {
+        self.0.push_back((owner.to_owned(), last, client_id.into()));
+        if self.0.len() > Self::KEEP {
+            self.0.pop_front();
+        }
+    }
+
+    /// The sessions a message at stream position `seq` with id `id` must not go to.
+    pub(crate) fn except(&self, id: Option<&str>, seq: u64) -> Vec<Box<str>> {
+        let Some(node) = id.and_then(|id| id.split('.').next()) else {
+            return Vec::new();
+        };
+        self.0
+            .iter()
+            .filter(|(owner, last, _)| owner == node && seq <= *last)
+            .map(|(_, _, c)| c.clone())
+            .collect()
+    }
+}
+
 /// What this node's consumer handed to the core lately.
 #[derive(Default)]
 pub(crate) struct Handed {

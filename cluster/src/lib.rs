@@ -50,7 +50,7 @@ use ternmq_core::codec::QoS;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use adopt::LOG_STREAM;
-use adopt::{AT_HEADER, Handed, Missed, SNAPSHOT_EVERY};
+use adopt::{AT_HEADER, Adopted, Handed, Missed, SNAPSHOT_EVERY};
 
 /// The JetStream stream that holds QoS 1 and 2 messages.
 pub const MESSAGES_STREAM: &str = "TERNMQ";
@@ -467,6 +467,7 @@ async fn run(
         }
     };
     let handed = Arc::new(tokio::sync::Mutex::new(Handed::default()));
+    let adopted = Arc::new(Mutex::new(Adopted::default()));
     let refilter = Arc::new(tokio::sync::Notify::new());
     let changes = Arc::new(Mutex::new(Changes::default()));
     tokio::spawn(consume(
@@ -474,7 +475,12 @@ async fn run(
         origin.clone(),
         inbox.clone(),
         Arc::clone(&recent),
-        (Arc::clone(&handed), Arc::clone(&refilter), Arc::clone(&changes)),
+        Shared {
+            handed: Arc::clone(&handed),
+            refilter: Arc::clone(&refilter),
+            changes: Arc::clone(&changes),
+            adopted: Arc::clone(&adopted),
+        },
     ));
     // Once reachable, the node mirrors its log from a snapshot on (again after each outage:
     // what changed meanwhile was not mirrored).
@@ -688,6 +694,7 @@ async fn run(
                     origin: origin.clone(),
                     inbox: inbox.clone(),
                     handed: Arc::clone(&handed),
+                    adopted: Arc::clone(&adopted),
                     filters: filters_rx.clone(),
                     acked: acked_rx.clone(),
                 };
@@ -924,12 +931,9 @@ async fn consume(
     origin: String,
     inbox: ClusterInbox,
     recent: Arc<Mutex<Recent>>,
-    (handed, refilter, changes): (
-        Arc<tokio::sync::Mutex<Handed>>,
-        Arc<tokio::sync::Notify>,
-        Arc<Mutex<Changes>>,
-    ),
+    shared: Shared,
 ) {
+    let Shared { handed, refilter, changes, adopted } = shared;
     // This node's own messages are in the stream too; it delivered them itself.
     let own = format!("{origin}:");
     loop {
@@ -964,7 +968,19 @@ async fn consume(
                 && first_copy(&recent, m.headers.as_ref(), "")
                 && let Some(message) = StoredMessage::decode(&m.payload)
             {
-                inbox.put(ClusterIn::Publish(message, ClusterTarget::Subscribers, position)).await;
+                // Not to the sessions taken from the dead node that published it.
+                let except = position
+                    .and_then(|p| {
+                        let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
+                        adopted.lock().ok().map(|a| a.except(id.map(|v| v.as_str()), p))
+                    })
+                    .unwrap_or_default();
+                let target = if except.is_empty() {
+                    ClusterTarget::Subscribers
+                } else {
+                    ClusterTarget::SubscribersBut { except }
+                };
+                inbox.put(ClusterIn::Publish(message, target, position)).await;
                 if let Some(p) = position {
                     h.record(p);
                 }
@@ -976,6 +992,16 @@ async fn consume(
             let _ = m.ack().await;
         }
     }
+}
+
+/// What the node consumer's reader shares with the rest of the link.
+struct Shared {
+    /// What it handed in.
+    handed: Arc<tokio::sync::Mutex<Handed>>,
+    /// Told when the consumer's filters changed.
+    refilter: Arc<tokio::sync::Notify>,
+    changes: Arc<Mutex<Changes>>,
+    adopted: Arc<Mutex<Adopted>>,
 }
 
 /// The changes of the node consumer's filters: for each, the stream's last position then and
@@ -1133,6 +1159,7 @@ struct Here {
     origin: String,
     inbox: ClusterInbox,
     handed: Arc<tokio::sync::Mutex<Handed>>,
+    adopted: Arc<Mutex<Adopted>>,
     filters: watch::Receiver<Vec<String>>,
     /// The last position JetStream holds.
     acked: watch::Receiver<u64>,
@@ -1146,7 +1173,12 @@ impl Here {
         let (session, taken) = match self.ask(client_id).await {
             Asked::Given(s) => (s.map(|s| *s), None),
             Asked::Gone(owner) => match self.take(&owner, client_id).await {
-                Ok(Some((s, from))) => (Some(s), Some((owner, from))),
+                Ok(Some((s, from, last))) => {
+                    if let Ok(mut a) = self.adopted.lock() {
+                        a.add(&owner, last, client_id);
+                    }
+                    (Some(s), Some((owner, from)))
+                }
                 Ok(None) => (None, None),
                 Err(e) => {
                     log::warn!("cluster: reading the log of node {owner} for {client_id}: {e}");
@@ -1276,20 +1308,22 @@ impl Here {
         }
     }
 
-    /// `client_id`'s session as `owner` mirrored it, and the stream position `owner` had
-    /// handled; marked taken in `owner`'s log.
+    /// `client_id`'s session as `owner` mirrored it, the stream position `owner` had handled,
+    /// and the stream's last position; marked taken in `owner`'s log.
     async fn take(
         &self,
         owner: &str,
         client_id: &str,
-    ) -> Result<Option<(SnapshotSession, u64)>, Error> {
+    ) -> Result<Option<(SnapshotSession, u64, u64)>, Error> {
+        // What the dead node published is in the stream up to here, and in its log.
+        let last = self.buckets.messages.get_info().await?.state.last_sequence;
         let replay = adopt::read_log(&self.buckets.log, owner).await?;
         let Some(session) = replay.session(client_id, adopt::now_ms()) else {
             return Ok(None);
         };
         let ops = vec![PersistOp::SessionDeleted { client_id: session.client_id.clone() }];
         adopt::append(&self.js, owner, LogEntry::Ops { ops, consumed: None }).await?;
-        Ok(Some((session, replay.consumed())))
+        Ok(Some((session, replay.consumed(), last)))
     }
 }
 

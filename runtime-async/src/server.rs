@@ -845,10 +845,7 @@ impl<R: ServerRuntime> Core<R> {
                 }
                 ClusterIn::Acked(seq) => self.driver.handle_cluster_acked(now, seq),
                 ClusterIn::Publish(message, target, position) => {
-                    self.driver.handle_cluster_publish(now, message, target);
-                    if let Some(p) = position {
-                        self.driver.handle_cluster_consumed(p);
-                    }
+                    self.driver.handle_cluster_publish(now, message, target, position);
                 }
                 ClusterIn::Snapshot => self.driver.handle_cluster_snapshot(now),
                 ClusterIn::Retained(message) => self.driver.handle_cluster_retained(now, message),

@@ -8,18 +8,25 @@
 //! one seed.
 //!
 //! The faults: the publishing node crashes now and then (its process state is gone, what it
-//! had not handed to the backplane with it; it starts again empty and its clients reconnect),
-//! and a roaming client jumps between nodes, taking its session over each time. [`run`]
+//! had not handed to the backplane with it; it is down for a while, then starts again empty
+//! and its clients reconnect), and a roaming client jumps between nodes, taking its session
+//! over each time. The nodes log with persistence on and mirror their logs into the
+//! backplane; a persistent subscriber on the crashing node (the castaway) comes back on
+//! another node while its node is down, which takes its session from the mirror and replays
+//! the messages it missed from the stream. [`run`]
 //! checks what the seam promises: every message a publisher saw acknowledged reaches the plain
 //! subscriber on another node, each QoS 2 message exactly once; each message of the shared
 //! group reaches at most one member across the nodes; no message is forwarded twice; and a
-//! roaming client is connected on one node at a time.
+//! roaming client is connected on one node at a time; and the castaway gets every message
+//! acknowledged, QoS 2 once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 use ternmq_core::broker::driver::{Command, Driver};
-use ternmq_core::broker::persist::{SnapshotSession, StoredMessage};
+use ternmq_core::broker::persist::{
+    LogEntry, LogReplay, PersistOp, Persistence, SnapshotSession, StoredMessage,
+};
 use ternmq_core::broker::{
     Broker, BrokerConfig, ClaimTicket, ClusterOut, ClusterSeq, ClusterTarget, ConnId, PeerInfo,
 };
@@ -49,6 +56,10 @@ pub struct ClusterOutcome {
     pub takeovers: u32,
     /// Times the sleeping client came back on the other node, its session moved there.
     pub moves: u32,
+    /// Times a node took the castaway's session from its dead node's mirrored log.
+    pub adoptions: u32,
+    /// Messages the castaway received.
+    pub castaway: usize,
     /// Broken promises, in words; empty when every promise held.
     pub violations: Vec<String>,
 }
@@ -67,8 +78,9 @@ const MEMBER_2: usize = 4;
 const ROAMER: usize = 5;
 const SLEEPER: usize = 6;
 const LATE: usize = 7;
+const CASTAWAY: usize = 8;
 /// The first of the roaming client's older processes.
-const GHOSTS: usize = 8;
+const GHOSTS: usize = 9;
 /// How long a message may take through the backplane: a message published closer than this
 /// to the sleeper's leaving or coming back may be on its way to the node it left.
 const SETTLE: Duration = Duration::from_millis(12);
@@ -107,6 +119,8 @@ struct Port {
 /// What a node hands its backplane that the backplane acknowledges.
 enum Change {
     Message(StoredMessage),
+    /// An entry of the node's mirrored log.
+    Log(LogEntry),
     /// A filter, its shared group, and whether it appeared.
     Interest(String, Option<String>, bool),
 }
@@ -116,8 +130,32 @@ struct Net {
     rng: Rng,
     nodes: Vec<Driver<u32>>,
     ports: Vec<Port>,
-    /// Messages on their way from the backplane to a node.
-    inbound: VecDeque<(Instant, usize, StoredMessage, ClusterTarget)>,
+    /// Messages on their way from the backplane to a node, with their stream positions; in
+    /// order for each node, as a consumer delivers them.
+    inbound: VecDeque<Inbound>,
+    inbound_last: Vec<Instant>,
+    /// The stream of QoS 1/2 messages: position, node and life that forwarded it, its
+    /// position there, the message.
+    stream: Vec<(u64, usize, u32, u64, StoredMessage)>,
+    /// The lives of the nodes (node `CRASHING` starts a new one at each crash).
+    lives: Vec<u32>,
+    /// Until when node `CRASHING` is down.
+    down_until: Option<Instant>,
+    /// When the castaway, whose node went down, connects to node 1 (before that node is back).
+    castaway_dial: Option<Instant>,
+    /// For each acknowledged message, the crashes of the publishers' node between its
+    /// publishing and its acknowledgement.
+    unsure: BTreeMap<String, u32>,
+    /// Each node's mirrored log, as the backplane keeps it.
+    mirrors: Vec<LogReplay>,
+    /// The stream positions each node was handed, with how many it had been handed then.
+    handed: Vec<BTreeMap<u64, u64>>,
+    handed_count: Vec<u64>,
+    /// Sessions taken from a dead node's mirror, whose missed messages are to be replayed.
+    catch_ups: VecDeque<(Instant, usize, CatchUp)>,
+    /// The sessions each node took from a dead node's mirror, with the life they came from.
+    adopted: Vec<Vec<(u32, String)>>,
+    adoptions: u32,
     /// Takeovers on their way to a node.
     /// Takeovers on their way to a node, naming that node's connection they take over.
     takeovers: VecDeque<(Instant, usize, MqttStr, u64)>,
@@ -126,7 +164,7 @@ struct Net {
     /// Each node's last announcement of each client.
     announced: BTreeMap<(usize, String), u64>,
     /// Answers to claims on their way to a node: the ticket and the session given up.
-    claims: VecDeque<(Instant, usize, ClaimTicket, Option<SnapshotSession>)>,
+    claims: VecDeque<Claimed>,
     /// When the sleeper left and came back.
     moves: Vec<Instant>,
     /// Sleeper CONNACKs after its first without Session Present.
@@ -145,9 +183,37 @@ struct Net {
     forwarded: BTreeMap<String, Vec<u32>>,
     /// When the backplane first took each message.
     carried: BTreeMap<String, Instant>,
-    /// The client-id registry: where each client connected last.
+    /// The client-id registry: where each client connected last, and in which of that
+    /// node's lives.
     owners: BTreeMap<String, usize>,
+    owner_lives: BTreeMap<String, u32>,
     violations: Vec<String>,
+}
+
+/// A message on its way from the backplane to a node: when it arrives, where, for whom, its
+/// stream position, and the node and life that forwarded it.
+type Inbound = (Instant, usize, StoredMessage, ClusterTarget, Option<u64>, (usize, u32));
+
+/// An answer to a claim on its way to a node: when, where, the ticket, the session given up,
+/// and, for one taken from a dead node's mirror, what it missed.
+type Claimed = (Instant, usize, ClaimTicket, Option<SnapshotSession>, Option<CatchUp>);
+
+/// What a session taken from a dead node's mirror missed: the stream after `from`, matching
+/// `filters`, but not what the dead life forwarded (it delivered that itself), what the taking
+/// node forwarded after `taken_at`, or what it was handed after its `mark`-th.
+#[derive(Clone)]
+struct CatchUp {
+    client_id: String,
+    filters: Vec<String>,
+    from: u64,
+    dead_life: u32,
+    taken_at: u64,
+    mark: u64,
+}
+
+/// Wall-clock milliseconds, for the mirrored log's stamps.
+fn wall(now: Instant) -> u64 {
+    1_000_000 + now.saturating_duration_since(Instant::ZERO).as_millis() as u64
 }
 
 fn connect(id: &str, persistent: bool) -> Connect {
@@ -164,6 +230,9 @@ impl Net {
     }
 
     fn open(&mut self, client: usize, node: usize) -> Option<u32> {
+        if node == CRASHING && self.down_until.is_some() {
+            return None;
+        }
         let id = self.next_link;
         self.next_link += 1;
         let now = self.now;
@@ -230,6 +299,12 @@ impl Net {
             },
             Command::Abort(l) => self.reset(l),
             Command::Cluster(out) => self.cluster(node, out),
+            // The store writes at once.
+            Command::Persist(batch) => {
+                if let Some((seq, _)) = batch.last() {
+                    self.nodes[node].handle_persisted(now, *seq);
+                }
+            }
             _ => {}
         }
     }
@@ -251,21 +326,54 @@ impl Net {
                 self.ports[node].unacked.push_back((at, seq, change));
             }
             ClusterOut::Claim { ticket, client_id } => {
-                // The registry names the node that has the session; that node gives it up.
+                // The registry names the node that has the session; that node gives it up,
+                // or, if it is down, its mirrored log does.
                 let owner = self.owners.get(client_id.as_str()).copied();
+                let mut catch_up = None;
                 let session = match owner {
+                    Some(o) if o == CRASHING && self.down_until.is_some() && o != node => {
+                        let id = client_id.as_str();
+                        let s = self.mirrors[o].session(id, wall(now));
+                        if let Some(s) = &s {
+                            let ops =
+                                vec![PersistOp::SessionDeleted { client_id: client_id.clone() }];
+                            self.mirrors[o].apply(LogEntry::Ops { ops, consumed: None }, wall(now));
+                            let filters = s
+                                .subscriptions
+                                .iter()
+                                .map(|(f, _, _)| f.as_str().to_owned())
+                                .filter(|f| !f.starts_with("$share/"))
+                                .collect();
+                            catch_up = Some(CatchUp {
+                                client_id: id.to_owned(),
+                                filters,
+                                from: self.mirrors[o].consumed(),
+                                dead_life: self.owner_lives.get(id).copied().unwrap_or(0),
+                                taken_at: 0,
+                                mark: 0,
+                            });
+                            self.adoptions += 1;
+                        }
+                        s
+                    }
                     Some(o) if o != node => {
                         self.nodes[o].handle_cluster_release(now, client_id.as_str())
                     }
                     _ => None,
                 };
                 let at = now + self.latency();
-                self.claims.push_back((at, node, ticket, session));
+                self.claims.push_back((at, node, ticket, session, catch_up));
+            }
+            ClusterOut::Log { seq, entry } => {
+                let at = now + self.latency();
+                let at = self.ports[node].unacked.back().map_or(at, |u| u.0.max(at));
+                self.ports[node].unacked.push_back((at, seq, Change::Log(entry)));
             }
             ClusterOut::Connected { client_id, announce } => {
                 // The registry: the last node a client connected on wins.
                 let id = client_id.as_str().to_owned();
                 self.owners.insert(id.clone(), node);
+                self.owner_lives.insert(id.clone(), self.lives[node]);
                 self.announced.insert((node, id.clone()), announce);
                 for other in (0..NODES).filter(|&n| n != node) {
                     let at = now + self.latency();
@@ -280,7 +388,7 @@ impl Net {
 
     /// The backplane holds `message`, forwarded by `from`: it goes to every other node with a
     /// matching plain filter, and to one node (any, `from` included) per matching group.
-    fn carry(&mut self, from: usize, message: StoredMessage) {
+    fn carry(&mut self, from: usize, seq: ClusterSeq, message: StoredMessage) {
         let key = format!("{}|{}", message.topic, String::from_utf8_lossy(&message.payload));
         let lives = self.forwarded.entry(key.clone()).or_default();
         if lives.contains(&self.crashes) {
@@ -288,11 +396,18 @@ impl Net {
         }
         lives.push(self.crashes);
         self.carried.entry(key.clone()).or_insert(self.now);
+        let position = (message.qos != QoS::AtMostOnce).then(|| {
+            let p = self.stream.len() as u64 + 1;
+            self.stream.push((p, from, self.lives[from], seq.0, message.clone()));
+            p
+        });
         let topic = message.topic.as_str().to_owned();
         for n in (0..NODES).filter(|&n| n != from) {
             if self.ports[n].plain.iter().any(|f| matches(f, &topic)) {
-                let at = self.now + self.latency();
-                self.inbound.push_back((at, n, message.clone(), ClusterTarget::Subscribers));
+                let at = self.inbound_at(n);
+                let target = ClusterTarget::Subscribers;
+                let origin = (from, self.lives[from]);
+                self.inbound.push_back((at, n, message.clone(), target, position, origin));
             }
         }
         let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
@@ -305,10 +420,51 @@ impl Net {
         }
         for ((filter, group), members) in groups {
             let pick = members[self.rng.range(0, members.len() as u64 - 1) as usize];
-            let at = self.now + self.latency();
+            let at = self.inbound_at(pick);
             let target = ClusterTarget::Group { group: group.into(), filter: filter.into() };
-            self.inbound.push_back((at, pick, message.clone(), target));
+            let origin = (from, self.lives[from]);
+            self.inbound.push_back((at, pick, message.clone(), target, None, origin));
         }
+    }
+
+    /// When a message the backplane sends node `n` now arrives: after the ones before it.
+    fn inbound_at(&mut self, n: usize) -> Instant {
+        let at = (self.now + self.latency()).max(self.inbound_last[n]);
+        self.inbound_last[n] = at;
+        at
+    }
+
+    /// Replays what the session of `c`, taken from a dead node's mirror by node `n`, missed;
+    /// `false` while what it needs is not in place yet: everything `n` forwarded up to the
+    /// session's coming in held by the backplane, `n`'s interest in the session's filters, and
+    /// everything the backplane sent `n` so far arrived.
+    fn catch_up(&mut self, n: usize, c: &CatchUp) -> bool {
+        let forwarded = self.ports[n]
+            .unacked
+            .iter()
+            .any(|u| u.1.0 <= c.taken_at && matches!(u.2, Change::Message(_)));
+        let interest = c.filters.iter().all(|f| self.ports[n].plain.contains(f));
+        let arriving = self.inbound.iter().any(|m| m.1 == n && m.4.is_some());
+        if forwarded || !interest || arriving {
+            return false;
+        }
+        let mut missed = Vec::new();
+        for (p, from, life, seq, message) in &self.stream {
+            let topic = message.topic.as_str();
+            let reached = *p <= c.from
+                || (*from == CRASHING && *life == c.dead_life)
+                || (*from == n && *seq > c.taken_at)
+                || self.handed[n].get(p).is_some_and(|&k| k > c.mark);
+            if !reached && c.filters.iter().any(|f| matches(f, topic)) {
+                missed.push(message.clone());
+            }
+        }
+        for message in missed {
+            let at = self.inbound_at(n);
+            let target = ClusterTarget::Session { client_id: c.client_id.clone().into() };
+            self.inbound.push_back((at, n, message, target, None, (usize::MAX, 0)));
+        }
+        true
     }
 
     fn pump_peer(&mut self, i: usize) -> bool {
@@ -364,10 +520,15 @@ impl Net {
         let clients = self.peers.iter().filter_map(|p| p.core.poll_timeout()).min();
         let backplane = self.ports.iter().filter_map(|p| p.unacked.front().map(|u| u.0)).min();
         let inbound = self.inbound.iter().map(|m| m.0).min();
+        let restart = self.down_until.into_iter().chain(self.castaway_dial).min();
+        let catch_ups = self.catch_ups.iter().map(|c| c.0).min();
         let takeovers = self.takeovers.iter().chain(&self.to_core).map(|t| t.0).min();
         let claims = self.claims.iter().map(|c| c.0).min();
         let nodes = self.nodes.iter().filter_map(Driver::poll_timeout).min();
-        [wire, clients, backplane, inbound, takeovers, claims, nodes].into_iter().flatten().min()
+        [wire, clients, backplane, inbound, takeovers, claims, nodes, restart, catch_ups]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn run_until(&mut self, until: Instant) {
@@ -382,10 +543,21 @@ impl Net {
         }
     }
 
-    /// Node `CRASHING` dies and starts again empty: what it had not handed to the backplane
-    /// is gone, and every connection to it breaks.
+    /// Node `CRASHING` dies, is down for a while, and starts again empty: what it had not
+    /// handed to the backplane is gone, and every connection to it breaks. The castaway, if
+    /// it is there, goes to node 1.
     fn crash(&mut self) {
         self.crashes += 1;
+        self.lives[CRASHING] += 1;
+        let down = self.rng.range(20, 60);
+        self.down_until = Some(self.now + Duration::from_millis(down));
+        if self.peers[CASTAWAY].node == CRASHING {
+            self.peers[CASTAWAY].node = 1;
+            // Well before the node is back, so that its CONNECT is there in time.
+            let dial = Duration::from_micros(self.rng.range(500, 5_000));
+            self.castaway_dial = Some(self.now + dial);
+        }
+        self.catch_ups.retain(|c| c.1 != CRASHING);
 
         let now = self.now;
         self.ports[CRASHING].unacked.clear();
@@ -407,16 +579,35 @@ impl Net {
         let broker = Broker::new(self.config.clone(), now)
             .unwrap_or_else(|e| unreachable!("a valid configuration: {e}"));
         self.nodes[CRASHING] = Driver::new(broker);
-        self.nodes[CRASHING].handle_cluster_link(now, true);
     }
 
     fn step(&mut self) {
         let now = self.now;
+        if self.castaway_dial.is_some_and(|at| at <= now) {
+            self.castaway_dial = None;
+            if self.peers[CASTAWAY].link.is_none() && !self.peers[CASTAWAY].core.is_connected() {
+                self.dial(CASTAWAY);
+                self.pump();
+            }
+        }
+        if self.down_until.is_some_and(|at| at <= now) {
+            // Node `CRASHING` is back: it mirrors its (empty) state from now on.
+            self.down_until = None;
+            self.nodes[CRASHING].handle_cluster_link(now, true);
+            self.nodes[CRASHING].handle_cluster_snapshot(now);
+            self.pump();
+        }
         for n in 0..NODES {
             while self.ports[n].unacked.front().is_some_and(|u| u.0 <= now) {
                 let Some((_, seq, message)) = self.ports[n].unacked.pop_front() else { break };
                 let message = match message {
                     Change::Message(m) => m,
+                    Change::Log(entry) => {
+                        self.mirrors[n].apply(entry, wall(now));
+                        self.nodes[n].handle_cluster_acked(now, seq);
+                        self.pump();
+                        continue;
+                    }
                     Change::Interest(filter, group, on) => {
                         let port = &mut self.ports[n];
                         match (group, on) {
@@ -435,21 +626,57 @@ impl Net {
                         self.nodes[other].handle_cluster_retained(now, message.clone());
                     }
                 }
-                self.carry(n, message);
+                self.carry(n, seq, message);
                 self.nodes[n].handle_cluster_acked(now, seq);
                 self.pump();
             }
         }
         while let Some(k) = self.inbound.iter().position(|m| m.0 <= now) {
-            let Some((_, n, message, target)) = self.inbound.remove(k) else { break };
-
-            self.nodes[n].handle_cluster_publish(now, message, target);
+            let Some((_, n, message, target, position, origin)) = self.inbound.remove(k) else {
+                break;
+            };
+            // What a dead life of the crashing node forwarded does not go to the sessions
+            // taken from its mirror: they have what they had of it.
+            let except: Vec<Box<str>> = self.adopted[n]
+                .iter()
+                .filter(|(life, _)| origin == (CRASHING, *life))
+                .map(|(_, id)| id.as_str().into())
+                .collect();
+            let target = match target {
+                ClusterTarget::Subscribers if !except.is_empty() => {
+                    ClusterTarget::SubscribersBut { except }
+                }
+                t => t,
+            };
+            if n == CRASHING && self.down_until.is_some() {
+                continue;
+            }
+            if let Some(p) = position {
+                self.handed_count[n] += 1;
+                self.handed[n].insert(p, self.handed_count[n]);
+            }
+            self.nodes[n].handle_cluster_publish(now, message, target, position);
             self.pump();
         }
         while let Some(k) = self.claims.iter().position(|c| c.0 <= now) {
-            let Some((_, n, ticket, session)) = self.claims.remove(k) else { break };
-            self.nodes[n].handle_cluster_claimed(now, ticket, session);
+            let Some((_, n, ticket, session, catch_up)) = self.claims.remove(k) else { break };
+            let mark = self.handed_count[n];
+            if let Some(c) = &catch_up {
+                self.adopted[n].push((c.dead_life, c.client_id.clone()));
+            }
+            let taken_at = self.nodes[n].handle_cluster_claimed(now, ticket, session);
+            if let Some(c) = catch_up {
+                let c = CatchUp { taken_at: taken_at.0, mark, ..c };
+                let at = now + self.latency();
+                self.catch_ups.push_back((at, n, c));
+            }
             self.pump();
+        }
+        while let Some(k) = self.catch_ups.iter().position(|c| c.0 <= now) {
+            let Some((_, n, c)) = self.catch_ups.remove(k) else { break };
+            if !self.catch_up(n, &c) {
+                self.catch_ups.push_back((now + Duration::from_millis(1), n, c));
+            }
         }
         while let Some(k) = self.takeovers.iter().position(|t| t.0 <= now) {
             let Some((_, n, id, announce)) = self.takeovers.remove(k) else { break };
@@ -498,6 +725,7 @@ impl Net {
                 self.nodes[n].handle_timeout(now);
             }
         }
+        self.pump();
     }
 
     /// The sleeper comes back as a new process on the other of nodes 1 and 2, resuming its
@@ -514,11 +742,14 @@ impl Net {
         self.moves.push(self.now);
     }
 
-    fn record_acks(&mut self, sent: &mut BTreeMap<(usize, u16), (String, QoS)>) {
+    fn record_acks(&mut self, sent: &mut BTreeMap<(usize, u16), (String, QoS, u32)>) {
         for i in [PUB_A, PUB_B] {
             for id in std::mem::take(&mut self.peers[i].acked_ids) {
-                if let Some(entry) = sent.remove(&(i, id)) {
-                    self.peers[i].acked.push(entry);
+                if let Some((key, qos, crashes)) = sent.remove(&(i, id)) {
+                    // Each crash of the publishers' node before the acknowledgement may have
+                    // delivered it there, before the publisher (a clean session) sent it again.
+                    self.unsure.insert(key.clone(), self.crashes - crashes);
+                    self.peers[i].acked.push((key, qos));
                 }
             }
         }
@@ -531,6 +762,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
     let now = Instant::ZERO;
     let mut config = BrokerConfig::default();
     config.cluster = true;
+    config.persistence = Persistence::Log;
     config.receive_maximum = u16::try_from(rng.range(4, 64)).unwrap_or(16);
     let nodes = (0..NODES)
         .map(|_| {
@@ -538,6 +770,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
                 .unwrap_or_else(|e| unreachable!("a valid configuration: {e}"));
             let mut d = Driver::new(broker);
             d.handle_cluster_link(now, true);
+            d.handle_cluster_snapshot(now);
             d
         })
         .collect();
@@ -547,6 +780,18 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         nodes,
         ports: (0..NODES).map(|_| Port::default()).collect(),
         inbound: VecDeque::new(),
+        inbound_last: vec![now; NODES],
+        stream: Vec::new(),
+        lives: vec![0; NODES],
+        down_until: None,
+        castaway_dial: None,
+        unsure: BTreeMap::new(),
+        mirrors: (0..NODES).map(|_| LogReplay::new()).collect(),
+        handed: vec![BTreeMap::new(); NODES],
+        handed_count: vec![0; NODES],
+        catch_ups: VecDeque::new(),
+        adopted: vec![Vec::new(); NODES],
+        adoptions: 0,
         takeovers: VecDeque::new(),
         announced: BTreeMap::new(),
         to_core: VecDeque::new(),
@@ -561,6 +806,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         crashes: 0,
         forwarded: BTreeMap::new(),
         owners: BTreeMap::new(),
+        owner_lives: BTreeMap::new(),
         carried: BTreeMap::new(),
         violations: Vec::new(),
     };
@@ -576,6 +822,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         ("roamer", 1, true),
         ("sleeper", 1, true),
         ("late", 2, false),
+        ("castaway", CRASHING, true),
     ];
     for (id, node, persistent) in roles {
         let config = ClientConfig { seed: rng.next_u64(), ..ClientConfig::default() };
@@ -595,16 +842,20 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         net.peers[i].link = l;
     }
     net.run_until(now + Duration::from_secs(2));
-    for (i, filter) in
-        [(SUB, "t/#"), (MEMBER_1, "$share/g/t/+"), (MEMBER_2, "$share/g/t/+"), (SLEEPER, "t/#")]
-    {
+    for (i, filter) in [
+        (SUB, "t/#"),
+        (MEMBER_1, "$share/g/t/+"),
+        (MEMBER_2, "$share/g/t/+"),
+        (SLEEPER, "t/#"),
+        (CASTAWAY, "t/#"),
+    ] {
         let filter = TopicFilter::new(filter).unwrap_or_else(|_| unreachable!());
         let at = net.now;
         let _ = net.peers[i].core.subscribe(at, &[Subscription::new(filter, QoS::ExactlyOnce)]);
     }
     net.run_until(net.now + Duration::from_secs(1));
 
-    let mut sent: BTreeMap<(usize, u16), (String, QoS)> = BTreeMap::new();
+    let mut sent: BTreeMap<(usize, u16), (String, QoS, u32)> = BTreeMap::new();
     let mut takeovers = 0;
     // The sleeper's session: offline since when, on which node.
     let mut asleep: Option<Instant> = None;
@@ -627,12 +878,12 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         p.retain = topic == "t/r";
         let at = net.now;
         if let Ok(Some(id)) = net.peers[i].core.publish(at, p) {
-            sent.insert((i, id.get()), (format!("{topic}|{body}"), qos));
+            sent.insert((i, id.get()), (format!("{topic}|{body}"), qos, net.crashes));
         }
         net.pump();
         let gap = Duration::from_micros(net.rng.range(100, 3_000));
         net.run_until(net.now + gap);
-        if net.rng.chance(CRASH_CHANCE) {
+        if net.rng.chance(CRASH_CHANCE) && net.down_until.is_none() {
             net.crash();
         }
         // The sleeper goes away now and then (its session stays, and queues, on its node) and
@@ -655,7 +906,11 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         if net.rng.chance(0.02) && net.peers[ROAMER].core.is_connected() {
             // The roamer moves to another node, as a load balancer might send it.
             let from = net.peers[ROAMER].node;
-            let to = (from + 1 + net.rng.range(0, (NODES - 2) as u64) as usize) % NODES;
+            let mut to = (from + 1 + net.rng.range(0, (NODES - 2) as u64) as usize) % NODES;
+            if to == CRASHING && net.down_until.is_some() {
+                // A load balancer sends nobody to a node that is down.
+                to = 3 - from;
+            }
             net.peers[ROAMER].node = to;
             net.peers[ROAMER].link = None;
             let config = ClientConfig { seed: net.rng.next_u64(), ..ClientConfig::default() };
@@ -756,6 +1011,27 @@ fn check(net: &mut Net, takeovers: u32) -> ClusterOutcome {
             }
         }
     }
+    // The castaway got every acknowledged message, wherever its session was then: QoS 2
+    // once (its client keeps its QoS 2 state across the move).
+    let castaway = count(CASTAWAY);
+    for from in [PUB_A, PUB_B] {
+        for (key, qos) in &net.peers[from].acked {
+            match (castaway.get(key).copied().unwrap_or(0), qos) {
+                (0, _) => {
+                    out.violations.push(format!("{key} ({qos:?}) never reached the castaway"))
+                }
+                (1, _) | (_, QoS::AtLeastOnce) => {}
+                (n, _)
+                    if n <= resent(key)
+                        .max(1 + net.unsure.get(key).copied().unwrap_or(0) as usize) => {}
+                (n, _) => out
+                    .violations
+                    .push(format!("QoS 2 message {key} reached the castaway {n} times")),
+            }
+        }
+    }
+    out.castaway = castaway.values().sum();
+    out.adoptions = net.adoptions;
     let late = count(LATE);
     match net.late_since {
         Some(since) => {

@@ -125,6 +125,13 @@ pub enum ClusterTarget {
         /// The topic filter, without the `$share/` prefix.
         filter: Box<str>,
     },
+    /// Every plain subscription that matches, but those of these sessions: a message a node
+    /// that died published, whose sessions came here with what they had of it (in that node's
+    /// mirrored log).
+    SubscribersBut {
+        /// The sessions' client ids.
+        except: Vec<Box<str>>,
+    },
     /// The plain subscriptions of one session that match, and no other: a message it missed
     /// while its node died, before it came here.
     Session {
@@ -276,7 +283,7 @@ impl Broker {
 
     /// The backplane holds every message forwarded up to and including `seq`: their
     /// acknowledgements go.
-    pub fn handle_cluster_acked(&mut self, _now: Instant, seq: ClusterSeq) {
+    pub fn handle_cluster_acked(&mut self, now: Instant, seq: ClusterSeq) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -292,7 +299,7 @@ impl Broker {
         for p in ready {
             self.release_ack(p);
         }
-        self.release_replies();
+        self.open_gates(now);
         for (_, conn, packet) in replies {
             if self.conn_mut(conn).is_some_and(|c| c.phase == Phase::Connected) {
                 self.send(conn.index, &packet);
@@ -315,6 +322,11 @@ impl Broker {
         let mut how = Routing { skip_groups: true, ..Routing::default() };
         match target {
             ClusterTarget::Subscribers => {
+                self.route(now, &msg, &mut how);
+            }
+            ClusterTarget::SubscribersBut { except } => {
+                how.except =
+                    except.iter().filter_map(|id| self.session_for(id.as_bytes())).collect();
                 self.route(now, &msg, &mut how);
             }
             ClusterTarget::Session { client_id } => {
@@ -667,6 +679,11 @@ impl Broker {
     /// The last position forwarded if the backplane does not hold it yet, else 0.
     pub(super) fn cluster_position(&self) -> u64 {
         self.cluster.as_deref().map_or(0, |c| if c.seq > c.acked { c.seq } else { 0 })
+    }
+
+    /// The last position the backplane holds (all of them without a cluster).
+    pub(super) fn cluster_acked(&self) -> u64 {
+        self.cluster.as_deref().map_or(u64::MAX, |c| c.acked)
     }
 
     /// Whether an acknowledgement waiting for forwarded position `seq` must wait still.

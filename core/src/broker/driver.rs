@@ -470,15 +470,20 @@ impl<H: Clone> Driver<H> {
         self.collect();
     }
 
-    /// A message from another node ([`Broker::handle_cluster_publish`]).
+    /// A message from another node ([`Broker::handle_cluster_publish`]), at `position` in
+    /// the backplane's stream if it came from there ([`Broker::handle_cluster_consumed`]).
     pub fn handle_cluster_publish(
         &mut self,
         now: Instant,
         message: StoredMessage,
         target: ClusterTarget,
+        position: Option<u64>,
     ) {
         self.now = self.now.max(now);
         self.broker.handle_cluster_publish(now, message, target);
+        if let Some(p) = position {
+            self.broker.handle_cluster_consumed(p);
+        }
         self.collect();
     }
 
@@ -500,12 +505,6 @@ impl<H: Clone> Driver<H> {
         let position = self.broker.handle_cluster_claimed(now, ticket, session);
         self.collect();
         position
-    }
-
-    /// The message from another node just handed in was at `position` in the backplane's
-    /// stream ([`Broker::handle_cluster_consumed`]).
-    pub fn handle_cluster_consumed(&mut self, position: u64) {
-        self.broker.handle_cluster_consumed(position);
     }
 
     /// The backplane asks for the log to be mirrored, from a snapshot on

@@ -43,7 +43,14 @@ impl Broker {
             false
         });
         self.awaiting_store = waiting;
-        // Output held for the store goes; the sessions behind it take up their queues again.
+        self.open_gates(now);
+    }
+
+    /// Output held for the store (and a mirror of the log) goes once they have what it
+    /// waited for; the sessions behind it take up their queues again.
+    pub(super) fn open_gates(&mut self, now: Instant) {
+        let persisted = self.persisted;
+        let acked = self.cluster_acked();
         let mut gated = core::mem::take(&mut self.gated);
         let mut opened = Vec::new();
         gated.retain(|&id| {
@@ -54,10 +61,11 @@ impl Broker {
             let Some(o) = c.owing.as_deref_mut() else {
                 return false;
             };
-            if o.gate_seq > persisted {
+            if o.gate_seq > persisted || o.gate_cluster > acked {
                 return true;
             }
             o.gate_seq = 0;
+            o.gate_cluster = 0;
             o.gate_bytes = 0;
             opened.push((id, session));
             false

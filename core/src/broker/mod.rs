@@ -507,9 +507,17 @@ struct Owing {
     replies_waiting: u32,
     reply_after: u64,
     /// Durable mode, while non-zero: output past the first `gate_bytes` bytes waits until the
-    /// store has log position `gate_seq` (see `Broker::gate_output`).
+    /// store has log position `gate_seq` (see `Broker::gate_output`); and, in a cluster that
+    /// mirrors its log, until the backplane has position `gate_cluster`.
     gate_seq: u64,
+    gate_cluster: u64,
     gate_bytes: usize,
+}
+
+impl Owing {
+    fn gated(&self) -> bool {
+        self.gate_seq > 0 || self.gate_cluster > 0
+    }
 }
 
 impl Conn {
@@ -644,7 +652,7 @@ impl Conn {
     /// Whether output waits at a gate for the store (`Broker::gate_output`): queued messages
     /// then stay queued, to be checked for expiry when they can actually go.
     fn is_gated(&self) -> bool {
-        self.owing.as_ref().is_some_and(|o| o.gate_seq > 0)
+        self.owing.as_ref().is_some_and(|o| o.gated())
     }
 
     fn deadline(&self, connect_timeout: Duration) -> Option<Instant> {
@@ -1072,7 +1080,7 @@ impl Broker {
     pub fn poll_transmit(&mut self, conn: ConnId, limit: usize) -> Option<Bytes> {
         let c = self.conn_mut(conn)?;
         let limit = match c.owing.as_deref() {
-            Some(o) if o.gate_seq > 0 => limit.min(o.gate_bytes),
+            Some(o) if o.gated() => limit.min(o.gate_bytes),
             _ => limit,
         };
         if limit == 0 {
@@ -1106,7 +1114,7 @@ impl Broker {
             chunk
         };
         if let Some(o) = c.owing.as_deref_mut()
-            && o.gate_seq > 0
+            && o.gated()
         {
             o.gate_bytes -= chunk.len();
         }

@@ -22,6 +22,8 @@ pub(super) struct Routing {
     pub(super) cluster: u64,
     /// Only this session's plain subscriptions (and no shared group) take it.
     pub(super) only: Option<u32>,
+    /// These sessions do not take it.
+    pub(super) except: Vec<u32>,
 }
 
 impl Broker {
@@ -35,6 +37,9 @@ impl Broker {
         if let Some(only) = how.only {
             entries.retain(|e| e.session == only);
             groups.clear();
+        }
+        if !how.except.is_empty() {
+            entries.retain(|e| !how.except.contains(&e.session));
         }
         let any = !entries.is_empty() || !groups.is_empty() || how.cluster > 0;
         // A session subscribed through several matching filters gets one copy: bring its
@@ -333,22 +338,28 @@ impl Broker {
     /// that its publisher's copy was received. Otherwise a crash in between makes the restarted
     /// broker take the publisher's resend as a new message, or send its stored copy under a
     /// new identifier, and the client receives it twice ([MQTT-4.3.3-10], exactly once).
-    /// Everything after it waits too, so the connection's order is kept.
+    /// Everything after it waits too, so the connection's order is kept. In a cluster that
+    /// mirrors its log, the same holds for the mirror: a node that takes the session from it
+    /// must know the identifier, or it could give another message the same one, which the
+    /// client would take for a copy.
     pub(super) fn gate_output(&mut self, index: u32, before: usize) {
-        if !self.durable() || self.persist_seq <= self.persisted {
+        let store = self.durable() && self.persist_seq > self.persisted;
+        let cluster = self.mirror_position();
+        if !store && cluster == 0 {
             return;
         }
-        let seq = self.persist_seq;
+        let seq = if store { self.persist_seq } else { 0 };
         let id = self.conn_id(index);
         let Some(c) = self.slot_conn(index) else {
             return;
         };
         let o = c.owing();
-        let new = o.gate_seq == 0;
+        let new = !o.gated();
         if new {
             o.gate_bytes = before;
         }
         o.gate_seq = o.gate_seq.max(seq);
+        o.gate_cluster = o.gate_cluster.max(cluster);
         if new {
             self.gated.push(id);
         }
