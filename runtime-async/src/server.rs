@@ -848,6 +848,7 @@ impl<R: ServerRuntime> Core<R> {
                     self.driver.handle_cluster_publish(now, message, target, position);
                 }
                 ClusterIn::Snapshot => self.driver.handle_cluster_snapshot(now),
+                ClusterIn::CaughtUp(position) => self.driver.handle_cluster_caught_up(position),
                 ClusterIn::Retained(message) => self.driver.handle_cluster_retained(now, message),
                 ClusterIn::Takeover(client_id, announce) => {
                     self.driver.handle_cluster_takeover(now, &client_id, announce);

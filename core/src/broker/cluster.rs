@@ -438,7 +438,8 @@ impl Broker {
     /// The message just given to [`handle_cluster_publish`](Self::handle_cluster_publish)
     /// (in the same input) was at `position` in the backplane's stream: the mirrored log
     /// records it with what the message caused, so that a node taking this node's sessions
-    /// knows where to go on from.
+    /// knows where to go on from. A message that caused nothing to log (no session here
+    /// keeps it) costs the mirror nothing: the next entry carries the position.
     pub fn handle_cluster_consumed(&mut self, position: u64) {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
@@ -451,11 +452,26 @@ impl Broker {
             c.out.back_mut()
         {
             *consumed = Some(c.consumed);
+        }
+    }
+
+    /// The backplane's stream holds nothing for this node up to `position` that it has not
+    /// been given (its consumer read that far, or acknowledged that far before a restart):
+    /// the mirrored log records it at once, so that a node taking a session from it does not
+    /// replay what is older.
+    pub fn handle_cluster_caught_up(&mut self, position: u64) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if position <= c.consumed {
             return;
         }
-        c.seq += 1;
-        let entry = LogEntry::Ops { ops: Vec::new(), consumed: Some(c.consumed) };
-        c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+        c.consumed = position;
+        if c.mirror && c.up {
+            c.seq += 1;
+            let entry = LogEntry::Ops { ops: Vec::new(), consumed: Some(position) };
+            c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+        }
     }
 
     /// The backplane wants this node's log mirrored from now on ([`ClusterOut::Log`]): the
@@ -506,7 +522,8 @@ impl Broker {
             return;
         }
         c.seq += 1;
-        let entry = LogEntry::Ops { ops: alloc::vec![op.clone()], consumed: None };
+        let consumed = (c.consumed > 0).then_some(c.consumed);
+        let entry = LogEntry::Ops { ops: alloc::vec![op.clone()], consumed };
         c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
     }
 

@@ -507,6 +507,13 @@ impl<H: Clone> Driver<H> {
         position
     }
 
+    /// The backplane's stream has nothing more for this node up to `position`
+    /// ([`Broker::handle_cluster_caught_up`]).
+    pub fn handle_cluster_caught_up(&mut self, position: u64) {
+        self.broker.handle_cluster_caught_up(position);
+        self.collect();
+    }
+
     /// The backplane asks for the log to be mirrored, from a snapshot on
     /// ([`Broker::handle_cluster_snapshot`]).
     pub fn handle_cluster_snapshot(&mut self, now: Instant) {
