@@ -81,12 +81,12 @@ pub(crate) fn log_payloads(entry: LogEntry, limit: usize) -> Vec<Bytes> {
     out
 }
 
-/// `node`'s mirrored log, read back to its last entry.
-pub(crate) async fn read_log(log: &stream::Stream, node: &str) -> Result<LogReplay, Error> {
+/// `node`'s mirrored log, read back to its last entry, and that entry's position.
+pub(crate) async fn read_log(log: &stream::Stream, node: &str) -> Result<(LogReplay, u64), Error> {
     let subject = log_subject(node);
     let mut replay = LogReplay::new();
     let Ok(last) = log.get_last_raw_message_by_subject(&subject).await else {
-        return Ok(replay); // nothing mirrored
+        return Ok((replay, 0)); // nothing mirrored
     };
     let reader = log
         .create_consumer(consumer::pull::OrderedConfig {
@@ -115,21 +115,24 @@ pub(crate) async fn read_log(log: &stream::Stream, node: &str) -> Result<LogRepl
             None => log::warn!("cluster: an unreadable entry in {node}'s log"),
         }
         if seq >= last.sequence || info.pending == 0 {
-            return Ok(replay);
+            return Ok((replay, seq));
         }
     }
 }
 
-/// Appends `entry` to `node`'s mirrored log, as written by this node.
+/// Appends `entry` to `node`'s mirrored log, as written by this node, if the log's last entry
+/// is still at position `last` (compare-and-set: another node that appended meanwhile wins).
 pub(crate) async fn append(
     js: &jetstream::Context,
     node: &str,
     entry: LogEntry,
+    last: u64,
 ) -> Result<(), Error> {
     let mut payload = Vec::new();
     entry.encode(&mut payload);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(AT_HEADER, now_ms().to_string().as_str());
+    headers.insert("Nats-Expected-Last-Subject-Sequence", last.to_string().as_str());
     js.publish_with_headers(log_subject(node), headers, Bytes::from(payload)).await?.await?;
     Ok(())
 }

@@ -469,6 +469,7 @@ async fn run(
     let handed = Arc::new(tokio::sync::Mutex::new(Handed::default()));
     let adopted = Arc::new(Mutex::new(Adopted::default()));
     let changes = Arc::new(Mutex::new(Changes::default()));
+    let refilter = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(consume(
         reader,
         origin.clone(),
@@ -476,6 +477,7 @@ async fn run(
         Arc::clone(&recent),
         Shared {
             handed: Arc::clone(&handed),
+            refilter: Arc::clone(&refilter),
             changes: Arc::clone(&changes),
             adopted: Arc::clone(&adopted),
         },
@@ -591,6 +593,7 @@ async fn run(
                             Ok(_) => {
                                 filters = next;
                                 filters_tx.send_replace(filters.clone());
+                                refilter.notify_one();
                             }
                             Err(e) => log::error!("cluster: this node's consumer filters: {e}"),
                         }
@@ -942,14 +945,11 @@ async fn consume(
     recent: Arc<Mutex<Recent>>,
     shared: Shared,
 ) {
-    let Shared { handed, changes, adopted } = shared;
+    let Shared { handed, refilter, changes, adopted } = shared;
     // This node's own messages are in the stream too; it delivered them itself.
     let own = format!("{origin}:");
     loop {
-        // Pulls that expire every second: a consumer given new filters then delivers what
-        // the stream already held for them within a second, not once a long pull expires.
-        let pulls = consumer.stream().expires(Duration::from_secs(1));
-        let mut messages = match pulls.heartbeat(Duration::from_millis(400)).messages().await {
+        let mut messages = match consumer.messages().await {
             Ok(m) => m,
             Err(e) => {
                 log::warn!("cluster: reading this node's consumer: {e}");
@@ -957,8 +957,36 @@ async fn consume(
                 continue;
             }
         };
-        while let Some(m) = messages.next().await {
-            let Ok(m) = m else { break };
+        // A consumer given new filters delivers what the stream already held for them only
+        // to a new pull (a waiting one sees new messages only): one short extra pull, beside
+        // the long one, whose messages stay.
+        let mut extra = None;
+        loop {
+            let m = tokio::select! {
+                m = messages.next() => match m {
+                    Some(m) => m.map_err(|e| e.to_string()),
+                    None => break,
+                },
+                m = next_extra(&mut extra) => match m {
+                    Some(m) => m,
+                    None => {
+                        extra = None;
+                        continue;
+                    }
+                },
+                () = refilter.notified() => {
+                    let fetch = consumer.fetch().max_messages(1000).expires(Duration::from_secs(1));
+                    extra = fetch.messages().await.ok();
+                    continue;
+                }
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!("cluster: reading this node's consumer: {e}");
+                    break;
+                }
+            };
             let id = m.headers.as_ref().and_then(|h| h.get(ID_HEADER));
             let mine = id.is_some_and(|id| id.as_str().starts_with(&own));
             let position = m.info().map(|i| i.stream_sequence).ok();
@@ -1021,10 +1049,22 @@ async fn caught_up(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
     }
 }
 
+/// The next message of an extra pull, if there is one running (else never).
+async fn next_extra(
+    extra: &mut Option<jetstream::consumer::pull::Batch>,
+) -> Option<Result<jetstream::Message, String>> {
+    match extra {
+        Some(b) => b.next().await.map(|m| m.map_err(|e| e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
 /// What the node consumer's reader shares with the rest of the link.
 struct Shared {
     /// What it handed in.
     handed: Arc<tokio::sync::Mutex<Handed>>,
+    /// Told when the consumer's filters changed.
+    refilter: Arc<tokio::sync::Notify>,
     changes: Arc<Mutex<Changes>>,
     adopted: Arc<Mutex<Adopted>>,
 }
@@ -1282,7 +1322,7 @@ impl Here {
     /// last position then; returns that position. Whatever the stream takes after it reaches
     /// the session the usual way.
     async fn caught_up(&self, subjects: &[String], taken_at: u64) -> Result<u64, Error> {
-        let deadline = Duration::from_secs(10);
+        let deadline = Duration::from_secs(60);
         let mut acked = self.acked.clone();
         tokio::time::timeout(deadline, acked.wait_for(|&a| a >= taken_at)).await??;
         let mut filters = self.filters.clone();
@@ -1328,8 +1368,23 @@ impl Here {
         let Ok(owner) = std::str::from_utf8(&entry.value) else {
             return Asked::Given(None);
         };
-        let ask = self.client.request(format!("tmqc.{owner}"), Bytes::from(client_id.to_owned()));
-        match tokio::time::timeout(CLAIM_TIMEOUT, ask).await {
+        // No responder: the node is not on NATS. Asked twice more, a second apart, so that a
+        // node reconnecting to NATS is not taken for dead.
+        let mut absent = 0;
+        let asked = loop {
+            let request = Bytes::from(client_id.to_owned());
+            let ask = self.client.request(format!("tmqc.{owner}"), request);
+            match tokio::time::timeout(CLAIM_TIMEOUT, ask).await {
+                Ok(Err(e))
+                    if e.kind() == async_nats::RequestErrorKind::NoResponders && absent < 2 =>
+                {
+                    absent += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => break other,
+            }
+        };
+        match asked {
             Ok(Ok(answer)) if !answer.payload.is_empty() => {
                 let session = SnapshotSession::decode(&answer.payload);
                 if session.is_none() {
@@ -1366,13 +1421,22 @@ impl Here {
     ) -> Result<Option<(SnapshotSession, u64, u64)>, Error> {
         // What the dead node published is in the stream up to here, and in its log.
         let last = self.buckets.messages.get_info().await?.state.last_sequence;
-        let replay = adopt::read_log(&self.buckets.log, owner).await?;
-        let Some(session) = replay.session(client_id, adopt::now_ms()) else {
-            return Ok(None);
-        };
-        let ops = vec![PersistOp::SessionDeleted { client_id: session.client_id.clone() }];
-        adopt::append(&self.js, owner, LogEntry::Ops { ops, consumed: None }).await?;
-        Ok(Some((session, replay.consumed(), last)))
+        // Two nodes taking the same session at once: one appends "taken" first, the other
+        // reads the log again and finds it taken.
+        let mut tries = 0;
+        loop {
+            let (replay, end) = adopt::read_log(&self.buckets.log, owner).await?;
+            let Some(session) = replay.session(client_id, adopt::now_ms()) else {
+                return Ok(None);
+            };
+            let ops = vec![PersistOp::SessionDeleted { client_id: session.client_id.clone() }];
+            let entry = LogEntry::Ops { ops, consumed: None };
+            match adopt::append(&self.js, owner, entry, end).await {
+                Ok(()) => return Ok(Some((session, replay.consumed(), last))),
+                Err(e) if tries >= 2 => return Err(e),
+                Err(_) => tries += 1,
+            }
+        }
     }
 }
 
