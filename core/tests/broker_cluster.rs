@@ -22,6 +22,18 @@ fn node() -> Harness {
     h
 }
 
+/// SUBSCRIBE to `cmd/#` at QoS 1, sent by hand: in a cluster its SUBACK waits.
+fn subscribe_cmd() -> Subscribe {
+    Subscribe {
+        packet_id: pid(1),
+        subscriptions: vec![Subscription {
+            filter: filter("cmd/#"),
+            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
+        }],
+        properties: Default::default(),
+    }
+}
+
 /// Acknowledges everything the node put out so far, as a backplane would.
 fn settle(h: &mut Harness) -> Vec<ClusterOut> {
     let mut out = Vec::new();
@@ -53,14 +65,7 @@ fn a_session_moves_whole_and_lands_in_the_new_nodes_store() {
     let (mut dev, _) = a.connect_v5_session("dev", true, 600);
     let _ = settle(&mut a);
     // The SUBACK waits for the backplane to have the interest.
-    let sub = Subscribe {
-        packet_id: pid(1),
-        subscriptions: vec![Subscription {
-            filter: filter("cmd/#"),
-            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-        }],
-        properties: Default::default(),
-    };
+    let sub = subscribe_cmd();
     a.send(&dev, sub);
     assert!(a.recv(&mut dev).is_empty(), "the SUBACK went before the backplane had the filter");
     let _ = settle(&mut a);
@@ -140,14 +145,7 @@ fn a_mirrored_log_gives_another_node_the_session_of_a_node_that_died() {
     a.broker.handle_cluster_acked(now, ClusterSeq(last));
     let (dev, _) = a.connect_v5_session("dev", true, 600);
     let mut dev = dev;
-    let sub = Subscribe {
-        packet_id: pid(1),
-        subscriptions: vec![Subscription {
-            filter: filter("cmd/#"),
-            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-        }],
-        properties: Default::default(),
-    };
+    let sub = subscribe_cmd();
     a.send(&dev, sub);
     let (_, last) = mirror(&mut a, &mut log, 1_000);
     let now = a.now;
@@ -201,14 +199,7 @@ fn a_mirrored_log_gives_another_node_the_session_of_a_node_that_died() {
     assert_eq!(session.subscriptions.len(), 1);
     let mut b = node();
     let (mut other, _) = b.connect_v5_session("other", true, 0);
-    let sub = Subscribe {
-        packet_id: pid(1),
-        subscriptions: vec![Subscription {
-            filter: filter("cmd/#"),
-            options: SubscriptionOptions::qos(QoS::AtLeastOnce),
-        }],
-        properties: Default::default(),
-    };
+    let sub = subscribe_cmd();
     b.send(&other, sub);
     let _ = settle(&mut b);
     assert!(matches!(b.recv(&mut other).as_slice(), [Packet::SubAck(_)]));
