@@ -224,14 +224,14 @@ fn bridged_brokers_keep_every_promise() {
 /// message reaches the subscriber on another node, QoS 2 exactly once, each shared-group
 /// message reaches one member across the nodes, a roaming client's older connections are
 /// taken over, and a subscriber whose node died gets every message on the node that took its
-/// session from the dead node's mirrored log. `TERNMQ_SIM_CLUSTER_SEEDS=N` sets how many seeds
-/// run (default 300).
+/// session from the dead node's mirrored log; with another node cut off from the backplane now
+/// and then. `TERNMQ_SIM_CLUSTER_SEEDS=N` sets how many seeds run (default 300).
 #[test]
 fn clustered_brokers_keep_every_promise() {
     let count = env_u64("TERNMQ_SIM_CLUSTER_SEEDS", 300);
     let mut failing = Vec::new();
     let (mut acknowledged, mut shared, mut crashes, mut takeovers, mut moves) = (0, 0, 0, 0, 0);
-    let (mut adoptions, mut castaway) = (0, 0);
+    let (mut adoptions, mut castaway, mut partitions) = (0, 0, 0);
     for seed in 0..count {
         let outcome = ternmq::sim::cluster::run(seed, 150);
         acknowledged += outcome.acknowledged;
@@ -241,6 +241,7 @@ fn clustered_brokers_keep_every_promise() {
         moves += outcome.moves;
         adoptions += outcome.adoptions;
         castaway += outcome.castaway;
+        partitions += outcome.partitions;
         assert!(outcome.acknowledged > 0, "seed {seed}: nothing was acknowledged");
         if !outcome.violations.is_empty() {
             eprintln!("seed {seed}: {:#?}", &outcome.violations[..outcome.violations.len().min(5)]);
@@ -250,10 +251,11 @@ fn clustered_brokers_keep_every_promise() {
     eprintln!(
         "{count} cluster seeds: {acknowledged} acknowledged, {shared} to the shared group, \
          {crashes} crashes, {takeovers} takeovers, {moves} sessions moved, {adoptions} \
-         sessions taken from a dead node's log ({castaway} messages to it)"
+         sessions taken from a dead node's log ({castaway} messages to it), {partitions} \
+         partitions"
     );
     assert!(
-        crashes > 0 && takeovers > 0 && shared > 0 && moves > 0 && adoptions > 0,
+        crashes > 0 && takeovers > 0 && shared > 0 && moves > 0 && adoptions > 0 && partitions > 0,
         "the faults, the group and the moves were exercised"
     );
     assert!(failing.is_empty(), "failing seeds: {failing:?}");

@@ -13,7 +13,9 @@
 //! over each time. The nodes log with persistence on and mirror their logs into the
 //! backplane; a persistent subscriber on the crashing node (the castaway) comes back on
 //! another node while its node is down, which takes its session from the mirror and replays
-//! the messages it missed from the stream. [`run`]
+//! the messages it missed from the stream. Node 2 is cut off from the backplane now and then:
+//! it serves its own clients alone, and gets what waited for it from its durable consumer
+//! once it is back. [`run`]
 //! checks what the seam promises: every message a publisher saw acknowledged reaches the plain
 //! subscriber on another node, each QoS 2 message exactly once; each message of the shared
 //! group reaches at most one member across the nodes; no message is forwarded twice; and a
@@ -58,6 +60,8 @@ pub struct ClusterOutcome {
     pub moves: u32,
     /// Times a node took the castaway's session from its dead node's mirrored log.
     pub adoptions: u32,
+    /// Times node 2 was cut off from the backplane for a while.
+    pub partitions: u32,
     /// Messages the castaway received.
     pub castaway: usize,
     /// Broken promises, in words; empty when every promise held.
@@ -66,8 +70,11 @@ pub struct ClusterOutcome {
 
 const NODES: usize = 3;
 const CRASH_CHANCE: f64 = 0.01;
+const CUT_CHANCE: f64 = 0.01;
 /// The node that crashes: the publishers' node.
 const CRASHING: usize = 0;
+/// The node cut off from the backplane now and then.
+const PARTED: usize = 2;
 
 /// Client roles, by index.
 const PUB_A: usize = 0;
@@ -141,6 +148,9 @@ struct Net {
     lives: Vec<u32>,
     /// Until when node `CRASHING` is down.
     down_until: Option<Instant>,
+    /// Until when node `PARTED` is cut off from the backplane, and every such time.
+    cut_until: Option<Instant>,
+    cuts: Vec<(Instant, Instant)>,
     /// When the castaway, whose node went down, connects to node 1 (before that node is back).
     castaway_dial: Option<Instant>,
     /// For each acknowledged message, the crashes of the publishers' node between its
@@ -319,8 +329,14 @@ impl Net {
             }
             ClusterOut::Interest { seq, filter, group, on } => {
                 // The backplane has it after a while, in order with the messages before it;
-                // until then it sends the node nothing for it.
-                let at = now + self.latency();
+                // until then it sends the node nothing for it. (A node cut off subscribes
+                // again once it is back.)
+                let mut at = now + self.latency();
+                if node == PARTED
+                    && let Some(end) = self.cut_until
+                {
+                    at = at.max(end + self.latency());
+                }
                 let at = self.ports[node].unacked.back().map_or(at, |u| u.0.max(at));
                 let change = Change::Interest(filter.into(), group.map(Into::into), on);
                 self.ports[node].unacked.push_back((at, seq, change));
@@ -376,7 +392,12 @@ impl Net {
                 self.owner_lives.insert(id.clone(), self.lives[node]);
                 self.announced.insert((node, id.clone()), announce);
                 for other in (0..NODES).filter(|&n| n != node) {
-                    let at = now + self.latency();
+                    let mut at = now + self.latency();
+                    if other == PARTED
+                        && let Some(end) = self.cut_until
+                    {
+                        at = at.max(end + self.latency());
+                    }
                     // What the other node had announced of the client when told.
                     let theirs = self.announced.get(&(other, id.clone())).copied().unwrap_or(0);
                     self.takeovers.push_back((at, other, client_id.clone(), theirs));
@@ -412,6 +433,10 @@ impl Net {
         }
         let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
         for n in 0..NODES {
+            // A node cut off has no queue subscription NATS could choose.
+            if n == PARTED && self.cut_until.is_some() {
+                continue;
+            }
             for (f, g) in &self.ports[n].groups {
                 if matches(f, &topic) {
                     groups.entry((f.clone(), g.clone())).or_default().push(n);
@@ -427,9 +452,21 @@ impl Net {
         }
     }
 
+    /// Whether node `PARTED` is connected, and got what waited for it while it was not.
+    fn settled(&self) -> bool {
+        self.cut_until.is_none()
+            && self.cuts.last().is_none_or(|(_, end)| self.now >= *end + Duration::from_millis(100))
+    }
+
     /// When a message the backplane sends node `n` now arrives: after the ones before it.
     fn inbound_at(&mut self, n: usize) -> Instant {
-        let at = (self.now + self.latency()).max(self.inbound_last[n]);
+        let mut at = (self.now + self.latency()).max(self.inbound_last[n]);
+        // A node cut off gets it from its durable consumer once it is back.
+        if n == PARTED
+            && let Some(end) = self.cut_until
+        {
+            at = at.max(end + self.latency());
+        }
         self.inbound_last[n] = at;
         at
     }
@@ -520,7 +557,8 @@ impl Net {
         let clients = self.peers.iter().filter_map(|p| p.core.poll_timeout()).min();
         let backplane = self.ports.iter().filter_map(|p| p.unacked.front().map(|u| u.0)).min();
         let inbound = self.inbound.iter().map(|m| m.0).min();
-        let restart = self.down_until.into_iter().chain(self.castaway_dial).min();
+        let restart =
+            self.down_until.into_iter().chain(self.castaway_dial).chain(self.cut_until).min();
         let catch_ups = self.catch_ups.iter().map(|c| c.0).min();
         let takeovers = self.takeovers.iter().chain(&self.to_core).map(|t| t.0).min();
         let claims = self.claims.iter().map(|c| c.0).min();
@@ -583,6 +621,13 @@ impl Net {
 
     fn step(&mut self) {
         let now = self.now;
+        if self.cut_until.is_some_and(|at| at <= now) {
+            // Node `PARTED` reaches the backplane again, and mirrors its log from a snapshot.
+            self.cut_until = None;
+            self.nodes[PARTED].handle_cluster_link(now, true);
+            self.nodes[PARTED].handle_cluster_snapshot(now);
+            self.pump();
+        }
         if self.castaway_dial.is_some_and(|at| at <= now) {
             self.castaway_dial = None;
             if self.peers[CASTAWAY].link.is_none() && !self.peers[CASTAWAY].core.is_connected() {
@@ -784,6 +829,8 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         stream: Vec::new(),
         lives: vec![0; NODES],
         down_until: None,
+        cut_until: None,
+        cuts: Vec::new(),
         castaway_dial: None,
         unsure: BTreeMap::new(),
         mirrors: (0..NODES).map(|_| LogReplay::new()).collect(),
@@ -886,16 +933,36 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         if net.rng.chance(CRASH_CHANCE) && net.down_until.is_none() {
             net.crash();
         }
+        // (Not just after the sleeper moved: a session that comes to a node as it loses the
+        // backplane misses what is published elsewhere meanwhile, the stated degradation.)
+        let moved_lately =
+            net.moves.last().is_some_and(|m| net.now < *m + Duration::from_millis(100));
+        if net.rng.chance(CUT_CHANCE) && net.cut_until.is_none() && !moved_lately {
+            // Node `PARTED` loses the backplane for a while: it serves its own clients alone.
+            let end = net.now + Duration::from_millis(net.rng.range(5, 50));
+            net.cut_until = Some(end);
+            net.cuts.push((net.now, end));
+            let at = net.now;
+            net.nodes[PARTED].handle_cluster_link(at, false);
+            net.pump();
+        }
+        // While it is cut off, and until what waited for it arrived, clients do not move (its
+        // sessions could not be asked for, or would miss what is on its way to it).
+        let moving = net.settled();
         // The sleeper goes away now and then (its session stays, and queues, on its node) and
         // comes back, as a new process, on the other of nodes 1 and 2.
         match asleep {
-            None if net.rng.chance(0.02) && net.peers[SLEEPER].core.is_connected() => {
+            None if moving && net.rng.chance(0.02) && net.peers[SLEEPER].core.is_connected() => {
                 let at = net.now;
                 net.peers[SLEEPER].core.disconnect(at, Disconnect::default());
                 net.moves.push(at);
                 asleep = Some(at);
             }
-            Some(since) if net.now >= since + Duration::from_millis(30) && net.rng.chance(0.1) => {
+            Some(since)
+                if moving
+                    && net.now >= since + Duration::from_millis(30)
+                    && net.rng.chance(0.1) =>
+            {
                 net.wake_sleeper();
                 asleep = None;
             }
@@ -903,7 +970,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
         }
         // (Once its connection is up: two processes connecting at once on two nodes are
         // ordered by the registry, and either may win.)
-        if net.rng.chance(0.02) && net.peers[ROAMER].core.is_connected() {
+        if moving && net.rng.chance(0.02) && net.peers[ROAMER].core.is_connected() {
             // The roamer moves to another node, as a load balancer might send it.
             let from = net.peers[ROAMER].node;
             let mut to = (from + 1 + net.rng.range(0, (NODES - 2) as u64) as usize) % NODES;
@@ -943,7 +1010,7 @@ pub fn run(seed: u64, messages: usize) -> ClusterOutcome {
     if asleep.is_some() {
         // It comes back for the end, on the other node, to collect what waited for it (once
         // its last connection is over).
-        net.run_until(net.now + Duration::from_millis(50));
+        net.run_until(net.now + Duration::from_millis(150));
         net.wake_sleeper();
     }
     for _ in 0..30 {
@@ -1032,8 +1099,17 @@ fn check(net: &mut Net, takeovers: u32) -> ClusterOutcome {
     }
     out.castaway = castaway.values().sum();
     out.adoptions = net.adoptions;
+    out.partitions = net.cuts.len() as u32;
     let late = count(LATE);
-    match net.late_since {
+    // A SUBSCRIBE while its node is cut off is answered at once (the node serves alone): it
+    // gets what is published elsewhere from when the node is back and subscribed again.
+    let late_since = net.late_since.map(|since| {
+        match net.cuts.iter().find(|(start, end)| *start <= since && since <= *end) {
+            Some((_, end)) => *end + SETTLE,
+            None => since,
+        }
+    });
+    match late_since {
         Some(since) => {
             for from in [PUB_A, PUB_B] {
                 for (key, _) in &net.peers[from].acked {
