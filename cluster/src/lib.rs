@@ -451,10 +451,16 @@ async fn run(
     // its filters follow the node's interest.
     let mut wanted: HashMap<String, usize> = HashMap::new();
     // A node started again keeps the filters its consumer had (what the stream took
-    // meanwhile for its sessions is theirs) until its restored interest replaces them.
-    let mut filters = match buckets.messages.consumer_info(format!("node-{node}")).await {
-        Ok(info) if !info.config.filter_subjects.is_empty() => info.config.filter_subjects,
-        Ok(info) if !info.config.filter_subject.is_empty() => vec![info.config.filter_subject],
+    // meanwhile for its sessions is theirs) until its restored interest replaces them; and
+    // what that consumer acknowledged before, the node has: a session taken from its log does
+    // not get it again.
+    let before = buckets.messages.consumer_info(consumer_name(&node)).await.ok();
+    if let Some(info) = &before {
+        inbox.put(ClusterIn::CaughtUp(info.ack_floor.stream_sequence)).await;
+    }
+    let mut filters = match before {
+        Some(info) if !info.config.filter_subjects.is_empty() => info.config.filter_subjects,
+        Some(info) if !info.config.filter_subject.is_empty() => vec![info.config.filter_subject],
         _ => consumer_filters(wanted.keys()),
     };
     let reader = loop {
@@ -482,11 +488,6 @@ async fn run(
             adopted: Arc::clone(&adopted),
         },
     ));
-    // What the consumer acknowledged before (a node started again) the node has: a session
-    // taken from its log does not get it again.
-    if let Ok(info) = buckets.messages.consumer_info(format!("node-{node}")).await {
-        inbox.put(ClusterIn::CaughtUp(info.ack_floor.stream_sequence)).await;
-    }
     tokio::spawn(caught_up(Arc::clone(&buckets), node.clone(), inbox.clone()));
     // Once reachable, the node mirrors its log from a snapshot on (again after each outage:
     // what changed meanwhile was not mirrored).
@@ -914,6 +915,11 @@ fn consumer_filters<'a>(wanted: impl Iterator<Item = &'a String>) -> Vec<String>
     kept
 }
 
+/// The name of `node`'s durable consumer of QoS 1/2 messages.
+fn consumer_name(node: &str) -> String {
+    format!("node-{node}")
+}
+
 /// The node's durable consumer of QoS 1/2 messages, filtered on `filters`: created, or
 /// changed to these filters.
 async fn consumer(
@@ -923,7 +929,7 @@ async fn consumer(
 ) -> Result<jetstream::consumer::PullConsumer, Error> {
     use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
     let config = pull::Config {
-        durable_name: Some(format!("node-{node}")),
+        durable_name: Some(consumer_name(node)),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::New,
         filter_subjects: filters,
@@ -1038,7 +1044,7 @@ async fn consume(
 /// (its consumer has nothing pending or unacknowledged), so that its mirrored log's read
 /// position keeps up while no message comes for it.
 async fn caught_up(b: Arc<Buckets>, node: String, inbox: ClusterInbox) {
-    let name = format!("node-{node}");
+    let name = consumer_name(&node);
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         let Ok(stream) = b.messages.get_info().await else { continue };
@@ -1331,7 +1337,7 @@ impl Here {
         });
         tokio::time::timeout(deadline, covered).await??;
         let to = self.buckets.messages.get_info().await?.state.last_sequence;
-        let name = format!("node-{}", self.node);
+        let name = consumer_name(&self.node);
         let since = tokio::time::Instant::now();
         loop {
             let info = self.buckets.messages.consumer_info(&name).await?;

@@ -220,6 +220,22 @@ pub(super) struct ClusterState {
     consumed: u64,
 }
 
+impl ClusterState {
+    /// Puts `entry` of the mirrored log out, at the next position.
+    fn push_log(&mut self, entry: LogEntry) {
+        self.seq += 1;
+        self.out.push_back(ClusterOut::Log { seq: ClusterSeq(self.seq), entry });
+    }
+
+    /// The entry the operations of the input being handled go into, if it is still here.
+    fn open_ops(&mut self) -> Option<&mut LogEntry> {
+        match self.out.back_mut() {
+            Some(ClusterOut::Log { entry: e @ LogEntry::Ops { .. }, .. }) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl Broker {
     /// What must leave this node next, in order; call after every input, with the other
     /// `poll_*`. Always `None` unless [`BrokerConfig::cluster`] is set.
@@ -448,10 +464,9 @@ impl Broker {
         if !(c.mirror && c.up) {
             return;
         }
-        if let Some(ClusterOut::Log { entry: LogEntry::Ops { consumed, .. }, .. }) =
-            c.out.back_mut()
-        {
-            *consumed = Some(c.consumed);
+        let position = c.consumed;
+        if let Some(LogEntry::Ops { consumed, .. }) = c.open_ops() {
+            *consumed = Some(position);
         }
     }
 
@@ -468,9 +483,7 @@ impl Broker {
         }
         c.consumed = position;
         if c.mirror && c.up {
-            c.seq += 1;
-            let entry = LogEntry::Ops { ops: Vec::new(), consumed: Some(position) };
-            c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+            c.push_log(LogEntry::Ops { ops: Vec::new(), consumed: Some(position) });
         }
     }
 
@@ -502,8 +515,7 @@ impl Broker {
         c.mirror = true;
         let start = LogEntry::SnapshotStart { consumed: c.consumed };
         for entry in core::iter::once(start).chain(entries).chain([LogEntry::SnapshotEnd]) {
-            c.seq += 1;
-            c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+            c.push_log(entry);
         }
     }
 
@@ -517,14 +529,12 @@ impl Broker {
         if matches!(op, PersistOp::Retained { .. } | PersistOp::RetainedCleared { .. }) {
             return;
         }
-        if let Some(ClusterOut::Log { entry: LogEntry::Ops { ops, .. }, .. }) = c.out.back_mut() {
+        if let Some(LogEntry::Ops { ops, .. }) = c.open_ops() {
             ops.push(op.clone());
             return;
         }
-        c.seq += 1;
         let consumed = (c.consumed > 0).then_some(c.consumed);
-        let entry = LogEntry::Ops { ops: alloc::vec![op.clone()], consumed };
-        c.out.push_back(ClusterOut::Log { seq: ClusterSeq(c.seq), entry });
+        c.push_log(LogEntry::Ops { ops: alloc::vec![op.clone()], consumed });
     }
 
     /// The position an acknowledgement must wait for so that what its message caused here is

@@ -443,12 +443,10 @@ impl Broker {
         let Some(c) = self.slot_conn(index) else {
             return;
         };
-        let seq = match c.owing.as_deref() {
-            Some(o) if o.replies_waiting > 0 => seq.max(o.reply_after),
-            _ => seq,
-        };
-        let waiting = c.owing.as_deref().is_some_and(|o| o.replies_waiting > 0);
-        if seq <= persisted && mirrored == 0 && !waiting {
+        // After the replies waiting already, in their order.
+        let waiting = c.owing.as_deref().filter(|o| o.replies_waiting > 0).map(|o| o.reply_after);
+        let seq = waiting.map_or(seq, |after| seq.max(after));
+        if seq <= persisted && mirrored == 0 && waiting.is_none() {
             return self.send(index, &packet);
         }
         let o = c.owing();
