@@ -592,6 +592,16 @@ fn broker_errors_say_what_to_do() {
     assert_ne!(code, 0);
     assert!(err.contains("did you mean `max_connections`?"), "{err}");
     let _ = std::fs::remove_file(&file);
+    // I/O threads: a count, and only for the std server.
+    for bad in ["0", "256", "many"] {
+        let (code, _, err) = ternmq(&["broker", "--io-threads", bad, "--no-persistence"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("--io-threads") && err.contains("1 to 255"), "{bad}: {err}");
+    }
+    let (code, _, err) =
+        ternmq(&["broker", "--runtime", "tokio", "--io-threads", "2", "--no-persistence"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("only the std server"), "{err}");
 }
 
 #[test]
@@ -1007,7 +1017,7 @@ fn banner_on_cpus(cpus: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn the_default_server_is_the_one_thread_server_on_one_cpu_and_tokio_on_more() {
+fn the_default_server_is_one_thread_on_one_cpu_and_an_io_thread_per_cpu_on_more() {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         eprintln!("skipped: this machine has one CPU");
         return;
@@ -1015,7 +1025,9 @@ fn the_default_server_is_the_one_thread_server_on_one_cpu_and_tokio_on_more() {
     let one = banner_on_cpus("0", &[]);
     assert!(one.contains("std (one thread) runtime"), "{one}");
     let both = banner_on_cpus("0,1", &[]);
-    assert!(both.contains("tokio runtime"), "{both}");
+    assert!(both.contains("std, 2 I/O threads runtime"), "{both}");
+    let three = banner_on_cpus("0", &["--io-threads", "3"]);
+    assert!(three.contains("std, 3 I/O threads runtime"), "{three}");
     // Asked for, Tokio it is, on one CPU too.
     let asked = banner_on_cpus("0", &["--runtime", "tokio"]);
     assert!(asked.contains("tokio runtime"), "{asked}");

@@ -80,7 +80,12 @@ fn stays_connected(c: &SyncClient) {
 
 /// The whole API on the server of `runtime`.
 fn the_api_serves_and_steers(runtime: &str) {
-    let (b, hp, _dir) = broker(&["--runtime", runtime]);
+    let args = match runtime {
+        "std" => vec!["--runtime", "std", "--io-threads", "1"],
+        "std-io" => vec!["--runtime", "std", "--io-threads", "2"],
+        other => vec!["--runtime", other],
+    };
+    let (b, hp, _dir) = broker(&args);
     assert_eq!(http(hp, "GET", "/healthz", None, None).status, 200);
     // The HTTP line is printed once the listeners are bound; the server's loop marks it ready
     // once it runs (503 "not ready" until then is the documented answer while starting).
@@ -225,6 +230,7 @@ fn the_api_serves_and_steers_the_tokio_server() {
 #[test]
 fn the_api_serves_and_steers_the_std_and_smol_servers() {
     the_api_serves_and_steers("std");
+    the_api_serves_and_steers("std-io");
     the_api_serves_and_steers("smol");
 }
 

@@ -124,7 +124,8 @@ fn mosquitto_clients_publish_and_subscribe_at_every_qos_across_versions() {
 
 #[test]
 fn mosquitto_clients_against_the_std_threads_runtime() {
-    every_qos_across_versions(&["--runtime", "std"]);
+    every_qos_across_versions(&["--runtime", "std", "--io-threads", "1"]);
+    every_qos_across_versions(&["--runtime", "std", "--io-threads", "3"]);
 }
 
 #[test]

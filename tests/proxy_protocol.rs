@@ -69,7 +69,7 @@ fn v2_header(src: ([u16; 8], u16), dst: ([u16; 8], u16)) -> Vec<u8> {
 
 #[test]
 fn the_proxy_header_names_the_client_on_every_server() {
-    for runtime in ["tokio", "smol", "std"] {
+    for runtime in ["tokio", "smol", "std", "std-io"] {
         let seen = Arc::new(Addresses::default());
         let (addrs, _running) = serve(runtime, config(&seen, None));
         let addr = addrs[0];

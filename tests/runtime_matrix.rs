@@ -60,13 +60,24 @@ fn tokio_smol_and_std_clients_against_the_std_server_qos2_round_trip() {
 }
 
 #[test]
+fn tokio_smol_and_std_clients_against_the_std_server_with_io_threads_qos2_round_trip() {
+    every_client_against("std-io");
+}
+
+#[test]
 fn tokio_smol_and_std_clients_against_the_smol_server_qos2_round_trip() {
     every_client_against("smol");
 }
 
 #[test]
 fn std_server_shutdown_sends_server_shutting_down_to_v5_clients() {
-    let (addr, running) = start("std");
+    for runtime in ["std", "std-io"] {
+        std_server_shutdown_sends_server_shutting_down(runtime);
+    }
+}
+
+fn std_server_shutdown_sends_server_shutting_down(runtime: &str) {
+    let (addr, running) = start(runtime);
     let o = ternmq::blocking::ConnectOptions::new("127.0.0.1", addr.port());
     let c = SyncClient::connect(o).unwrap();
     assert!(c.is_connected());
@@ -115,7 +126,7 @@ fn a_client_still_sending_reads_the_disconnect(server: &str) {
 
 #[test]
 fn a_client_still_sending_reads_the_disconnect_on_every_server() {
-    for server in ["tokio", "std", "smol"] {
+    for server in ["tokio", "std", "std-io", "smol"] {
         a_client_still_sending_reads_the_disconnect(server);
     }
 }
@@ -161,7 +172,7 @@ fn a_stalled_reader_does_not_hold_up_others(server: &str) {
 
 #[test]
 fn a_stalled_reader_does_not_hold_up_others_on_every_server() {
-    for server in ["tokio", "std", "smol"] {
+    for server in ["tokio", "std", "std-io", "smol"] {
         a_stalled_reader_does_not_hold_up_others(server);
     }
 }
@@ -221,7 +232,7 @@ impl ternmq::blocking::BlockingAuthorizer for BlockingAnswer {
 /// kind of hook gives it: an async one or a blocking one (all servers share one configuration).
 #[test]
 fn every_server_waits_for_a_deferred_authorization() {
-    for runtime in ["tokio", "std", "smol"] {
+    for runtime in ["tokio", "std", "std-io", "smol"] {
         for blocking in [false, true] {
             let mut config = ternmq::tokio::ServerConfig::new(loopback());
             config.broker.authorizer = Some(std::sync::Arc::new(Deferring));
@@ -304,7 +315,7 @@ fn the_control_handle_reaches_the_broker(server: &str) {
 
 #[test]
 fn every_server_answers_its_control_handle() {
-    for server in ["tokio", "std", "smol"] {
+    for server in ["tokio", "std", "std-io", "smol"] {
         the_control_handle_reaches_the_broker(server);
     }
 }

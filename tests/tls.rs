@@ -86,7 +86,7 @@ fn mosquitto_clients_talk_mqtt_over_tls_to_every_server() {
     }
     let pki = Pki::new("tls-basic");
     let ca = pki.path("ca.pem");
-    for runtime in ["tokio", "smol", "std"] {
+    for runtime in ["tokio", "smol", "std", "std-io"] {
         let (addrs, _running) = serve(runtime, tls_config(pki.settings()));
         let port = addrs[0].port();
         let tls = ["--cafile", path(&ca)];
@@ -126,7 +126,7 @@ fn plaintext_to_a_tls_port_is_closed_and_the_others_go_on() {
     }
     let pki = Pki::new("tls-plain");
     let ca = pki.path("ca.pem");
-    for runtime in ["tokio", "smol", "std"] {
+    for runtime in ["tokio", "smol", "std", "std-io"] {
         let (addrs, _running) = serve(runtime, tls_config(pki.settings()));
         let addr: SocketAddr = addrs[0];
         // A 3.1.1 CONNECT in the clear.
@@ -160,7 +160,7 @@ fn required_client_certificates_name_the_user_for_the_acl() {
     let (watcher_cert, watcher_key) = pki.client("watcher");
     let (stranger_cert, stranger_key) = pki.stranger("device-7");
     let (expired_cert, expired_key) = pki.expired("device-7");
-    for runtime in ["tokio", "smol", "std"] {
+    for runtime in ["tokio", "smol", "std", "std-io"] {
         let settings = TlsSettings {
             cafile: Some(ca.clone()),
             require_certificate: true,
@@ -440,7 +440,7 @@ fn tls_to_a_plain_port_is_closed_and_the_others_go_on() {
     }
     let pki = Pki::new("tls-to-plain");
     let ca = pki.path("ca.pem");
-    for runtime in ["tokio", "smol", "std"] {
+    for runtime in ["tokio", "smol", "std", "std-io"] {
         let (addrs, _running) = serve(runtime, ServerConfig::new("127.0.0.1:0".parse().unwrap()));
         let port = addrs[0].port();
         let tls =

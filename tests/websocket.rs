@@ -18,7 +18,7 @@ use ternmq::tokio::{Listener, ServerConfig, TlsAcceptor};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-const RUNTIMES: [&str; 3] = ["tokio", "smol", "std"];
+const RUNTIMES: [&str; 4] = ["tokio", "smol", "std", "std-io"];
 
 /// A server config with one WebSocket listener at /mqtt, over TLS when `pki` is given.
 fn ws_config(pki: Option<&Pki>) -> ServerConfig {

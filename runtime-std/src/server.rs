@@ -1,21 +1,28 @@
-//! The MQTT broker server without an async runtime: one std thread and a readiness loop.
+//! The MQTT broker server without an async runtime: readiness loops on std threads.
 //!
-//! One thread serves every connection: a readiness loop (epoll, kqueue or IOCP, through `mio`)
-//! over the listeners and the sockets. It reads what is ready, a bounded amount per connection
-//! and turn so that one busy client cannot starve the others, feeds it to the broker (through
-//! [`Driver`]), and writes what the broker hands out with one vectored write per connection and
-//! turn. A connection costs a slot in a table and its socket, not a thread. The store's writer
-//! and the hooks that answer deferred decisions (blocking or async, see [`ServerConfig`]) run
-//! on threads of their own and report back through a channel that wakes the loop. Protocol decisions are the core's: this module moves bytes and
-//! time.
+//! A readiness loop (epoll, kqueue or IOCP, through `mio`) serves sockets: it reads what is
+//! ready, a bounded amount per connection and turn so that one busy client cannot starve the
+//! others, and writes what the broker hands out with one vectored write per connection and
+//! turn. A connection costs a slot in its loop's table and its socket, not a thread or a task.
+//!
+//! The broker's thread runs the listeners, the broker (through [`Driver`]) and a loop of its
+//! own. With one thread ([`Server::io_threads`] 1, the default) that loop serves every socket
+//! and gives the driver each read at once. With `n` I/O threads, each runs a loop over its share
+//! of the client connections (handed out in turn as they are accepted) and, once per turn,
+//! sends the broker's thread what its sockets did; the broker's orders (write, close, pause)
+//! go back in a list per thread, with one wake per batch. The broker's own loop then keeps only
+//! the bridges' sockets. The store's writer and the hooks that answer deferred decisions
+//! (blocking or async, see [`ServerConfig`]) run on threads of their own and report back
+//! through a channel that wakes the broker's loop. Protocol decisions are the core's: this
+//! module moves bytes and time.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -36,6 +43,7 @@ use ternmq_async::transport::Transform;
 use ternmq_core::broker::driver::{Command, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
 use ternmq_core::broker::persist::PersistSeq;
 use ternmq_core::broker::{AuthDecision, AuthRequest, AuthTicket, ConnId, PeerInfo};
+use ternmq_core::codec::MqttStr;
 use ternmq_core::time::Instant;
 use ternmq_store::{Store, StoreConfig, Writer};
 
@@ -58,7 +66,7 @@ fn listener_token(i: usize) -> Token {
     Token(usize::MAX - 1 - i)
 }
 
-/// What other threads tell the loop.
+/// What other threads tell the core's loop.
 enum Input {
     /// A bridge's transport to its remote broker, opened (and through its handshake) on a
     /// thread of its own: the socket, its TLS or WebSocket session, and MQTT bytes that came
@@ -68,9 +76,40 @@ enum Input {
     Authorized(AuthTicket, bool),
     Persisted(PersistSeq),
     StoreFailed(String),
+    /// What an I/O thread's sockets did, in order (by the thread's number), and how many MQTT
+    /// bytes that carries.
+    Io(usize, Vec<Event>, usize),
 }
 
 type Dialed = (std::net::TcpStream, Option<Box<dyn Transform>>, BytesMut);
+
+/// What happened on a socket, for the driver.
+enum Event {
+    Bytes(Peer, BytesMut),
+    Closed(Peer),
+    Written(Peer, usize),
+    /// The transport refused the connection before any MQTT.
+    Refused(Peer),
+    Identity(ConnId, MqttStr),
+    PeerAddr(ConnId, SocketAddr),
+    /// The socket in this slot is gone: the slot may be given again.
+    Freed(Slot),
+}
+
+/// What the core asks of a socket.
+enum Order {
+    /// A new connection for this slot: watch it and serve it.
+    Place(TcpStream, Option<Box<Layered>>, Peer),
+    Write(Vec<Bytes>),
+    /// Write what is queued, then shut and linger (see [`Command::Close`]).
+    Close,
+    /// Drop it now; the driver knows.
+    Abort,
+    Pause,
+    Resume,
+    /// (To an I/O thread, whatever the slot.) The server is done.
+    Stop,
+}
 
 /// What a socket is to the driver: a client's connection, or a bridge's transport to its remote
 /// broker (by the bridge's index).
@@ -80,38 +119,7 @@ enum Peer {
     Bridge(usize),
 }
 
-impl Peer {
-    fn bytes(self, driver: &mut Driver<Slot>, now: Instant, bytes: BytesMut) {
-        match self {
-            Peer::Client(id) => driver.handle_bytes(now, id, bytes),
-            Peer::Bridge(b) => driver.handle_bridge_bytes(now, b, bytes),
-        }
-    }
-
-    fn closed(self, driver: &mut Driver<Slot>, now: Instant) {
-        match self {
-            Peer::Client(id) => driver.handle_closed(now, id),
-            Peer::Bridge(b) => driver.handle_bridge_closed(now, b),
-        }
-    }
-
-    fn written(self, driver: &mut Driver<Slot>, now: Instant, n: usize) {
-        match self {
-            Peer::Client(id) => driver.handle_written(now, id, n),
-            Peer::Bridge(b) => driver.handle_bridge_written(now, b, n),
-        }
-    }
-
-    /// The transport refused the connection before any MQTT.
-    fn refused(self, driver: &mut Driver<Slot>, now: Instant) {
-        match self {
-            Peer::Client(id) => driver.handle_refused(now, id),
-            Peer::Bridge(b) => driver.handle_bridge_closed(now, b),
-        }
-    }
-}
-
-/// Sends to the loop and wakes it.
+/// Sends to the core's loop and wakes it.
 #[derive(Clone)]
 struct Mailbox {
     tx: Sender<Input>,
@@ -126,7 +134,7 @@ impl Mailbox {
     }
 }
 
-/// A bound MQTT broker server: one std thread serving every socket.
+/// A bound MQTT broker server: readiness loops on std threads (see the module's text).
 pub struct Server {
     poll: Poll,
     waker: Arc<Waker>,
@@ -135,6 +143,7 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     store: Option<Store>,
     control: (Control, ControlInbox),
+    io_threads: usize,
 }
 
 impl fmt::Debug for Server {
@@ -169,7 +178,16 @@ impl Server {
         let control = Control::pair(bound, &config.listeners, move || {
             let _ = wake.wake();
         });
-        Ok(Server { poll, waker, listeners, config, stopping, store, control })
+        Ok(Server { poll, waker, listeners, config, stopping, store, control, io_threads: 1 })
+    }
+
+    /// Serves the connections from `n` threads of their own, each a readiness loop over its
+    /// share of the sockets, beside the thread that runs the broker (and any bridge's
+    /// sockets). With 1 (the default) one thread does everything.
+    #[must_use]
+    pub fn io_threads(mut self, n: usize) -> Server {
+        self.io_threads = n.clamp(1, MAX_IO_THREADS);
+        self
     }
 
     /// The addresses actually bound, in the order of [`ServerConfig::listeners`].
@@ -201,18 +219,16 @@ impl Server {
             move |seq| done.send(Input::Persisted(seq)),
             move |e| fail.send(Input::StoreFailed(e.to_string())),
         )?;
-        let mut server = Loop {
-            poll: self.poll,
+        // With I/O threads, the core's own loop keeps only the bridges' sockets.
+        let workers = if self.io_threads > 1 { self.io_threads } else { 0 };
+        let mut core = Core {
             listeners: self.listeners.into_iter().map(Some).collect(),
             accept_more: false,
             accept_paused: Vec::new(),
-            conns: Vec::new(),
-            free: Vec::new(),
-            generation: 0,
+            slots: (0..=workers).map(Slots::new).collect(),
+            workers: Vec::with_capacity(workers),
+            next_worker: 0,
             driver: Driver::new(broker),
-            ready: VecDeque::new(),
-            dirty: Vec::new(),
-            scratch: vec![0; READ_CHUNK],
             epoch: StdInstant::now(),
             rx,
             mailbox,
@@ -221,21 +237,30 @@ impl Server {
             store_failed: None,
             inbox: self.control.1,
         };
-        server.inbox.started(server.writer.as_ref().map(Writer::metrics));
-        for spec in &self.config.bridges {
-            let now = server.now();
-            server.driver.add_bridge(now, spec.config.clone());
-        }
-        let now = server.now();
-        server.settle(now);
-        let served = server.run(&self.stopping);
+        let mut io = Io::new(self.poll, 0);
+        let started = (1..=workers).try_for_each(|n| {
+            let worker = Worker::start(n, core.mailbox.clone())?;
+            core.workers.push(worker);
+            Ok::<_, io::Error>(())
+        });
+        let served = started.and_then(|()| {
+            core.inbox.started(core.writer.as_ref().map(Writer::metrics));
+            for spec in &self.config.bridges {
+                let now = core.now();
+                core.driver.add_bridge(now, spec.config.clone());
+            }
+            let now = core.now();
+            core.settle(now, &mut io);
+            core.run(&mut io, &self.stopping)
+        });
+        core.stop_workers();
         // Everything logged, up to the last connection's close, is committed before the server
         // returns, however the loop ended.
-        if let Some(w) = server.writer.take() {
+        if let Some(w) = core.writer.take() {
             w.close();
         }
         served?;
-        match server.store_failed.take() {
+        match core.store_failed.take() {
             Some(e) => Err(io::Error::other(e)),
             None => Ok(()),
         }
@@ -284,7 +309,8 @@ impl Layered {
     }
 }
 
-/// How the driver names a connection to the loop: its slot, and the generation that tells a
+/// How the driver names a connection: the thread whose loop serves it and its slot there (in
+/// `index`, the thread's number above [`THREAD_SHIFT`]), and the generation that tells a
 /// slot's later occupants apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
@@ -292,7 +318,52 @@ struct Slot {
     generation: u32,
 }
 
-/// One socket and what the loop knows of it.
+/// Where a slot's thread number starts in [`Slot::index`]: 2^24 slots per thread.
+const THREAD_SHIFT: u32 = 24;
+const MAX_IO_THREADS: usize = 255;
+
+impl Slot {
+    /// The loop that serves it: 0 is the core's own.
+    fn thread(self) -> usize {
+        (self.index >> THREAD_SHIFT) as usize
+    }
+
+    /// Its place in that loop's table.
+    fn at(self) -> u32 {
+        self.index & ((1 << THREAD_SHIFT) - 1)
+    }
+}
+
+/// The slots of one loop, handed out by the core (which names a connection before its loop
+/// has it) and given back once the loop has dropped the socket.
+struct Slots {
+    thread: u32,
+    free: Vec<u32>,
+    next: u32,
+    generation: u32,
+}
+
+impl Slots {
+    fn new(thread: usize) -> Slots {
+        let thread = u32::try_from(thread).unwrap_or(0);
+        Slots { thread, free: Vec::new(), next: 0, generation: 0 }
+    }
+
+    fn take(&mut self) -> Slot {
+        let at = self.free.pop().unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
+        self.generation = self.generation.wrapping_add(1);
+        Slot { index: self.thread << THREAD_SHIFT | at, generation: self.generation }
+    }
+
+    fn give(&mut self, slot: Slot) {
+        self.free.push(slot.at());
+    }
+}
+
+/// One socket and what its loop knows of it.
 struct Conn {
     stream: TcpStream,
     /// TLS, WebSocket or a PROXY header on this connection, if its listener has them.
@@ -306,9 +377,9 @@ struct Conn {
     out: Vec<Bytes>,
     /// The socket reported readable and has not been read until it would block.
     readable: bool,
-    /// In [`Loop::ready`].
+    /// In [`Io::ready`].
     queued: bool,
-    /// In [`Loop::dirty`].
+    /// In [`Io::dirty`].
     dirty: bool,
     /// The broker paused reading (a subscriber of what this client publishes is behind).
     paused: bool,
@@ -320,23 +391,386 @@ struct Conn {
     shut: bool,
 }
 
-struct Loop {
+/// The sockets of one thread's readiness loop: it reads them, writes them and carries out the
+/// core's orders on them, and keeps what happened as [`Event`]s for the driver. The core's own
+/// loop and every I/O thread run one.
+struct Io {
     poll: Poll,
+    thread: u32,
+    conns: Vec<Option<Conn>>,
+    /// Connections to read from this turn.
+    ready: VecDeque<u32>,
+    /// Connections with something to write this turn.
+    dirty: Vec<u32>,
+    scratch: Vec<u8>,
+    /// What the sockets did, not yet given to the driver.
+    events: VecDeque<Event>,
+    /// The MQTT bytes in `events`.
+    event_bytes: usize,
+}
+
+impl Io {
+    fn new(poll: Poll, thread: usize) -> Io {
+        Io {
+            poll,
+            thread: u32::try_from(thread).unwrap_or(0),
+            conns: Vec::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            events: VecDeque::new(),
+            event_bytes: 0,
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        if let Event::Bytes(_, b) = &event {
+            self.event_bytes += b.len();
+        }
+        self.events.push_back(event);
+    }
+
+    /// The slot of the connection at `index`.
+    fn slot(&self, index: u32, generation: u32) -> Slot {
+        Slot { index: self.thread << THREAD_SHIFT | index, generation }
+    }
+
+    /// A readiness event for a connection's token.
+    fn on_ready(&mut self, event: &mio::event::Event) {
+        let t = event.token().0;
+        let Some(Some(c)) = self.conns.get_mut(t) else {
+            return;
+        };
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            c.readable = true;
+            mark_ready(c, &mut self.ready, t as u32);
+        }
+        if event.is_writable() || event.is_write_closed() {
+            mark_dirty(c, &mut self.dirty, t as u32);
+        }
+    }
+
+    /// Watches `stream` for readiness under `slot`'s token and serves it there.
+    fn place(
+        &mut self,
+        slot: Slot,
+        mut stream: TcpStream,
+        layer: Option<Box<Layered>>,
+        peer: Peer,
+    ) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let at = slot.at() as usize;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(at), interest) {
+            log::warn!("cannot watch connection {peer:?}: {e}; closing it");
+            self.emit(Event::Closed(peer));
+            self.emit(Event::Freed(slot));
+            return;
+        }
+        let conn = Conn {
+            stream,
+            layer,
+            generation: slot.generation,
+            peer,
+            open: true,
+            out: Vec::new(),
+            readable: false,
+            queued: false,
+            dirty: false,
+            paused: false,
+            peer_done: false,
+            broken: false,
+            shut: false,
+        };
+        if self.conns.len() <= at {
+            self.conns.resize_with(at + 1, || None);
+        }
+        if let Some(s) = self.conns.get_mut(at) {
+            *s = Some(conn);
+        }
+    }
+
+    /// Carries out one of the core's orders.
+    fn apply(&mut self, slot: Slot, order: Order) {
+        let index = slot.at();
+        if let Order::Place(stream, layer, peer) = order {
+            self.place(slot, stream, layer, peer);
+            return;
+        }
+        let Some(c) = conn_at(&mut self.conns, slot) else {
+            return;
+        };
+        match order {
+            Order::Write(chunks) => {
+                if let Some(layer) = c.layer.as_deref_mut() {
+                    layer.seal(&chunks, &mut c.out);
+                } else if c.out.is_empty() {
+                    c.out = chunks;
+                } else {
+                    c.out.extend(chunks);
+                }
+                mark_dirty(c, &mut self.dirty, index);
+            }
+            // Written out, then shut and lingered over (or dropped) by `flush`.
+            Order::Close => {
+                if let Some(layer) = c.layer.as_deref_mut() {
+                    layer.session.close();
+                    layer.seal(&[], &mut c.out);
+                }
+                c.open = false;
+                c.paused = false;
+                mark_dirty(c, &mut self.dirty, index);
+                if c.readable {
+                    mark_ready(c, &mut self.ready, index);
+                }
+            }
+            Order::Abort => self.drop_conn(index, false),
+            Order::Pause => c.paused = true,
+            Order::Resume => {
+                c.paused = false;
+                if c.readable {
+                    mark_ready(c, &mut self.ready, index);
+                }
+            }
+            Order::Place(..) | Order::Stop => {}
+        }
+    }
+
+    /// Reads from each ready connection up to its budget; one that has more goes again next
+    /// turn. After each read `then` runs (the core's loop gives the driver what was read, so
+    /// that a pause takes effect before the next read); once it says no, reading stops for
+    /// this turn.
+    fn read_ready(&mut self, mut then: impl FnMut(&mut Io) -> bool) {
+        for _ in 0..self.ready.len() {
+            let Some(index) = self.ready.pop_front() else {
+                break;
+            };
+            let mut budget = READ_BUDGET;
+            if let Some(Some(c)) = self.conns.get_mut(index as usize) {
+                c.queued = false;
+            }
+            while let Some(Some(c)) = self.conns.get_mut(index as usize) {
+                if !c.readable || c.paused || c.peer_done {
+                    break;
+                }
+                if budget == 0 {
+                    mark_ready(c, &mut self.ready, index);
+                    break;
+                }
+                let n = self.read_once(index);
+                budget = budget.saturating_sub(n.unwrap_or(0));
+                if !then(self) {
+                    if let Some(Some(c)) = self.conns.get_mut(index as usize) {
+                        mark_ready(c, &mut self.ready, index);
+                    }
+                    return;
+                }
+                if n.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One read from the connection at `index`: the bytes read, or `None` when it is done for
+    /// this turn.
+    fn read_once(&mut self, index: u32) -> Option<usize> {
+        let c = self.conns.get_mut(index as usize)?.as_mut()?;
+        match c.stream.read(&mut self.scratch) {
+            Ok(0) => {
+                c.peer_done = true;
+                self.peer_gone(index);
+                None
+            }
+            Ok(n) => {
+                let bytes = self.scratch.get(..n).unwrap_or_default();
+                let peer = c.peer;
+                // Once the broker closed it, what the peer still sends is dropped.
+                if !c.open {
+                    return Some(n);
+                }
+                let Some(layer) = c.layer.as_deref_mut() else {
+                    self.emit(Event::Bytes(peer, BytesMut::from(bytes)));
+                    return Some(n);
+                };
+                let mut plain = BytesMut::new();
+                let received = layer.session.handle_input(bytes, &mut plain);
+                // Handshake messages, or the alert that says what went wrong.
+                layer.seal(&[], &mut c.out);
+                let identity = layer.session.poll_identity();
+                let peer_addr = layer.session.poll_peer_addr();
+                if !c.out.is_empty() {
+                    mark_dirty(c, &mut self.dirty, index);
+                }
+                let closed = match received {
+                    Ok(r) => r.closed,
+                    Err(e) => {
+                        // Refused before any MQTT: counted, and closed after what the
+                        // transport has to say (an alert, an HTTP error).
+                        log::info!("connection {peer:?} refused: {e}");
+                        c.peer_done = true;
+                        self.emit(Event::Refused(peer));
+                        return None;
+                    }
+                };
+                c.peer_done = closed;
+                if let Peer::Client(id) = peer {
+                    if let Some(identity) = identity {
+                        self.emit(Event::Identity(id, identity));
+                    }
+                    if let Some(addr) = peer_addr {
+                        self.emit(Event::PeerAddr(id, addr));
+                    }
+                }
+                if !plain.is_empty() {
+                    self.emit(Event::Bytes(peer, plain));
+                }
+                if closed {
+                    self.peer_gone(index);
+                    return None;
+                }
+                Some(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.readable = false;
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
+            Err(_) => {
+                c.peer_done = true;
+                c.broken = true;
+                self.peer_gone(index);
+                None
+            }
+        }
+    }
+
+    /// The peer closed or the socket failed.
+    fn peer_gone(&mut self, index: u32) {
+        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        if c.open {
+            // The broker decides; its Close comes now or once paused input is handled.
+            let peer = c.peer;
+            self.emit(Event::Closed(peer));
+        } else {
+            // Already closed by the broker: nothing waits for the peer any more.
+            mark_dirty(c, &mut self.dirty, index);
+        }
+    }
+
+    /// Writes every connection with something to write, once.
+    fn flush_dirty(&mut self) {
+        for index in std::mem::take(&mut self.dirty) {
+            self.flush(index);
+        }
+    }
+
+    /// Writes what `index` holds until done or the socket would block; then, once a closed
+    /// connection has written everything, shuts it or drops it.
+    fn flush(&mut self, index: u32) {
+        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        c.dirty = false;
+        let mut written = 0;
+        let mut first = 0;
+        while !c.broken && first < c.out.len() {
+            let mut slices = [IoSlice::new(&[]); IOVECS];
+            let mut k = 0;
+            for (s, b) in slices.iter_mut().zip(c.out.iter().skip(first)) {
+                *s = IoSlice::new(b);
+                k += 1;
+            }
+            match c.stream.write_vectored(slices.get(..k).unwrap_or_default()) {
+                Ok(0) => c.broken = true,
+                Ok(n) => {
+                    first = consume(&mut c.out, first, n);
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => c.broken = true,
+            }
+        }
+        if first == c.out.len() {
+            // An idle connection keeps no buffer list.
+            c.out = Vec::new();
+        } else {
+            // Written buffers go now: behind a slow reader the list is never empty for long.
+            c.out.drain(..first);
+        }
+        let (peer, open) = (c.peer, c.open);
+        if c.broken {
+            c.peer_done = true;
+            if open {
+                // Its Close (now, or once paused input is handled) drops it.
+                self.emit(Event::Closed(peer));
+            } else {
+                self.drop_conn(index, true);
+            }
+            return;
+        }
+        let written = match c.layer.as_deref_mut() {
+            Some(layer) => layer.written(written),
+            None => written,
+        };
+        let done = !c.open && c.out.is_empty();
+        if done && !c.peer_done && !c.shut {
+            // Shut our side, then read and drop until the peer closes (see Command::Close).
+            c.shut = true;
+            let _ = c.stream.shutdown(Shutdown::Write);
+        }
+        let gone = done && c.peer_done;
+        if written > 0 {
+            // The driver times stalled writers and lingering from these reports.
+            self.emit(Event::Written(peer, written));
+        }
+        if gone {
+            // Everything written; the peer is gone too: done.
+            self.drop_conn(index, true);
+        }
+    }
+
+    /// Drops the connection at `index`, telling the driver unless it asked for the drop.
+    fn drop_conn(&mut self, index: u32, report: bool) {
+        let Some(place) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        if let Some(mut c) = place.take() {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            if report {
+                self.emit(Event::Closed(c.peer));
+            }
+            let slot = self.slot(index, c.generation);
+            self.emit(Event::Freed(slot));
+        }
+    }
+
+    /// Every socket dropped, each reported closed (its loop can no longer serve it).
+    fn drop_all(&mut self) {
+        for index in 0..self.conns.len() {
+            self.drop_conn(u32::try_from(index).unwrap_or(u32::MAX), true);
+        }
+    }
+}
+
+/// The broker's thread: the driver, the listeners, and the loop that serves its own sockets
+/// (every socket, or with I/O threads only the bridges'), and hands the others' orders over.
+struct Core {
     /// `None` once the server stops accepting.
     listeners: Vec<Option<TcpListener>>,
     /// A listener's accept budget ran out: accept again next turn.
     accept_more: bool,
     /// Listeners whose accepting failed, until the driver resumes them.
     accept_paused: Vec<usize>,
-    conns: Vec<Option<Conn>>,
-    free: Vec<u32>,
-    generation: u32,
+    /// Per loop (0 the core's own, then each I/O thread), the slots it serves.
+    slots: Vec<Slots>,
+    /// The I/O threads (thread `n` at `n - 1`).
+    workers: Vec<Worker>,
+    /// The I/O thread the next accepted connection goes to.
+    next_worker: usize,
     driver: Driver<Slot>,
-    /// Connections to read from this turn.
-    ready: VecDeque<u32>,
-    /// Connections with something to write this turn.
-    dirty: Vec<u32>,
-    scratch: Vec<u8>,
     epoch: StdInstant,
     rx: Receiver<Input>,
     mailbox: Mailbox,
@@ -350,12 +784,12 @@ struct Loop {
     inbox: ControlInbox,
 }
 
-impl Loop {
+impl Core {
     fn now(&self) -> Instant {
         Instant::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn run(&mut self, stopping: &AtomicBool) -> io::Result<()> {
+    fn run(&mut self, io: &mut Io, stopping: &AtomicBool) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS);
         let mut shut_down = false;
         loop {
@@ -363,14 +797,14 @@ impl Loop {
                 return Ok(());
             }
             let now = self.now();
-            let timeout = if self.ready.is_empty() && !self.accept_more {
+            let timeout = if io.ready.is_empty() && !self.accept_more {
                 self.driver
                     .poll_timeout()
                     .map(|at| Duration::from_nanos(at.as_nanos().saturating_sub(now.as_nanos())))
             } else {
                 Some(Duration::ZERO)
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout)
+            if let Err(e) = io.poll.poll(&mut events, timeout)
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 return Err(e);
@@ -380,51 +814,44 @@ impl Loop {
                 match event.token() {
                     WAKER => {}
                     Token(t) if t >= usize::MAX - self.listeners.len() => {
-                        self.accept(usize::MAX - 1 - t, now);
+                        self.accept(io, usize::MAX - 1 - t, now);
                     }
-                    Token(t) => {
-                        let Some(Some(c)) = self.conns.get_mut(t) else {
-                            continue;
-                        };
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            c.readable = true;
-                            mark_ready(c, &mut self.ready, t as u32);
-                        }
-                        if event.is_writable() || event.is_write_closed() {
-                            mark_dirty(c, &mut self.dirty, t as u32);
-                        }
-                    }
+                    _ => io.on_ready(event),
                 }
             }
             if std::mem::take(&mut self.accept_more) {
                 for i in 0..self.listeners.len() {
-                    self.accept(i, now);
+                    self.accept(io, i, now);
                 }
             }
             while let Ok(input) = self.rx.try_recv() {
-                self.input(now, input);
+                self.input(now, io, input);
             }
             let driver = &mut self.driver;
             self.inbox.serve(|request| driver.handle_admin(now, request));
             if self.store_failed.is_some() {
                 stopping.store(true, Ordering::SeqCst);
             }
-            self.read_ready(now);
+            io.read_ready(|io| {
+                self.act(now, io);
+                true
+            });
             if self.driver.poll_timeout().is_some_and(|at| at <= now) {
                 self.driver.handle_timeout(now);
             }
-            self.settle(now);
+            self.settle(now, io);
             if !shut_down && stopping.load(Ordering::SeqCst) {
                 shut_down = true;
                 self.inbox.stopping();
-                self.shutdown(now);
+                self.shutdown(now, io);
             }
+            self.post();
         }
     }
 
-    fn input(&mut self, now: Instant, input: Input) {
+    fn input(&mut self, now: Instant, io: &mut Io, input: Input) {
         match input {
-            Input::Dialed(bridge, Ok(dialed)) => self.dialed(now, bridge, dialed),
+            Input::Dialed(bridge, Ok(dialed)) => self.dialed(now, io, bridge, dialed),
             Input::Dialed(bridge, Err(e)) => {
                 let name = self.hooks.bridges.get(bridge).map(|b| b.config.name.as_str());
                 log::warn!("bridge {}: {e}", name.unwrap_or_default());
@@ -439,6 +866,47 @@ impl Loop {
                 log::error!("{e}; stopping");
                 self.store_failed = Some(e);
             }
+            Input::Io(thread, events, bytes) => {
+                for event in events {
+                    self.feed(now, event);
+                }
+                if let Some(w) = thread.checked_sub(1).and_then(|i| self.workers.get(i)) {
+                    w.shared.taken(bytes);
+                }
+            }
+        }
+    }
+
+    /// Gives the driver what a socket did.
+    fn feed(&mut self, now: Instant, event: Event) {
+        let driver = &mut self.driver;
+        match event {
+            Event::Bytes(Peer::Client(id), bytes) => driver.handle_bytes(now, id, bytes),
+            Event::Bytes(Peer::Bridge(b), bytes) => driver.handle_bridge_bytes(now, b, bytes),
+            Event::Closed(Peer::Client(id)) => driver.handle_closed(now, id),
+            Event::Closed(Peer::Bridge(b)) | Event::Refused(Peer::Bridge(b)) => {
+                driver.handle_bridge_closed(now, b);
+            }
+            Event::Written(Peer::Client(id), n) => driver.handle_written(now, id, n),
+            Event::Written(Peer::Bridge(b), n) => driver.handle_bridge_written(now, b, n),
+            Event::Refused(Peer::Client(id)) => driver.handle_refused(now, id),
+            Event::Identity(id, identity) => driver.handle_identity(id, identity),
+            Event::PeerAddr(id, addr) => {
+                log::debug!("{id:?} is from {addr} (PROXY protocol)");
+                driver.handle_peer_addr(id, addr);
+            }
+            Event::Freed(slot) => {
+                if let Some(s) = self.slots.get_mut(slot.thread()) {
+                    s.give(slot);
+                }
+            }
+        }
+    }
+
+    /// Hands each I/O thread the orders gathered for it, waking it if it had none waiting.
+    fn post(&mut self) {
+        for w in &mut self.workers {
+            w.post();
         }
     }
 
@@ -467,12 +935,11 @@ impl Loop {
         }
     }
 
-    /// Bridge `bridge`'s transport is open: it becomes a connection of the loop.
-    fn dialed(&mut self, now: Instant, bridge: usize, (stream, session, plain): Dialed) {
-        let slot = self.next_slot();
-        let stream = stream.set_nonblocking(true).map(|()| TcpStream::from_std(stream));
-        let stream = match stream.and_then(|s| self.watch(s, slot)) {
-            Ok(s) => s,
+    /// Bridge `bridge`'s transport is open: it becomes a connection of the core's own loop.
+    fn dialed(&mut self, now: Instant, io: &mut Io, bridge: usize, dialed: Dialed) {
+        let (stream, session, plain) = dialed;
+        let stream = match stream.set_nonblocking(true) {
+            Ok(()) => TcpStream::from_std(stream),
             Err(e) => {
                 log::warn!("cannot watch a bridge's connection: {e}");
                 self.driver.handle_bridge_closed(now, bridge);
@@ -480,15 +947,19 @@ impl Loop {
             }
         };
         let _ = stream.set_nodelay(true);
+        let Some(slots) = self.slots.get_mut(0) else {
+            return;
+        };
+        let slot = slots.take();
         let layer = session.map(|session| Box::new(Layered { session, owed: VecDeque::new() }));
-        self.place(slot, stream, layer, Peer::Bridge(bridge));
+        io.place(slot, stream, layer, Peer::Bridge(bridge));
         self.driver.handle_bridge_dialed(now, bridge, slot);
         if !plain.is_empty() {
             self.driver.handle_bridge_bytes(now, bridge, plain);
         }
     }
 
-    fn accept(&mut self, listener: usize, now: Instant) {
+    fn accept(&mut self, io: &mut Io, listener: usize, now: Instant) {
         if self.accept_paused.contains(&listener) {
             return;
         }
@@ -497,7 +968,7 @@ impl Loop {
                 return;
             };
             match l.accept() {
-                Ok((stream, addr)) => self.admit(stream, addr, listener, now),
+                Ok((stream, addr)) => self.admit(io, stream, addr, listener, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -514,7 +985,16 @@ impl Loop {
         self.accept_more = true;
     }
 
-    fn admit(&mut self, stream: TcpStream, addr: SocketAddr, listener: usize, now: Instant) {
+    /// A new client connection: named to the driver, then served by the core's loop or, with
+    /// I/O threads, by the next of them in turn.
+    fn admit(
+        &mut self,
+        io: &mut Io,
+        stream: TcpStream,
+        addr: SocketAddr,
+        listener: usize,
+        now: Instant,
+    ) {
         let _ = stream.set_nodelay(true);
         let max_packet_size = self.hooks.broker.max_packet_size;
         let transport = self.hooks.listeners.get(listener).map(|l| l.transport(max_packet_size));
@@ -526,7 +1006,16 @@ impl Loop {
             }
             _ => None,
         };
-        let slot = self.next_slot();
+        let thread = if self.workers.is_empty() {
+            0
+        } else {
+            self.next_worker = (self.next_worker + 1) % self.workers.len();
+            self.next_worker + 1
+        };
+        let Some(slots) = self.slots.get_mut(thread) else {
+            return;
+        };
+        let slot = slots.take();
         let listener = u16::try_from(listener).unwrap_or(u16::MAX);
         let peer = PeerInfo { addr: Some(addr), listener, identity: None, trusted: false };
         let id = match self.driver.handle_accepted(now, peer, slot) {
@@ -536,221 +1025,49 @@ impl Loop {
             }
             Err(e) => {
                 log::warn!("refused connection from {addr}: {e}");
+                slots.give(slot);
                 return;
             }
         };
-        let stream = match self.watch(stream, slot) {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("cannot watch the connection from {addr}: {e}; closing it");
-                self.driver.handle_closed(now, id);
-                return;
+        self.order(io, slot, Order::Place(stream, layer, Peer::Client(id)));
+    }
+
+    /// Carries out `order` on the core's own loop, or hands it to the slot's I/O thread.
+    fn order(&mut self, io: &mut Io, slot: Slot, order: Order) {
+        match slot.thread().checked_sub(1) {
+            None => io.apply(slot, order),
+            Some(i) => {
+                if let Some(w) = self.workers.get_mut(i) {
+                    w.orders.push((slot, order));
+                }
             }
-        };
-        self.place(slot, stream, layer, Peer::Client(id));
-    }
-
-    /// The slot the next connection takes (a free one, or a new one at the end), with a
-    /// generation of its own.
-    fn next_slot(&mut self) -> Slot {
-        let index = match self.free.last() {
-            Some(i) => *i,
-            None => u32::try_from(self.conns.len()).unwrap_or(u32::MAX),
-        };
-        self.generation = self.generation.wrapping_add(1);
-        Slot { index, generation: self.generation }
-    }
-
-    /// Registers `stream` for readiness under `slot`'s token.
-    fn watch(&self, mut stream: TcpStream, slot: Slot) -> io::Result<TcpStream> {
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll.registry().register(&mut stream, Token(slot.index as usize), interest)?;
-        Ok(stream)
-    }
-
-    /// Puts a new connection, already watched, in `slot` (from [`next_slot`](Self::next_slot)).
-    fn place(&mut self, slot: Slot, stream: TcpStream, layer: Option<Box<Layered>>, peer: Peer) {
-        let conn = Conn {
-            stream,
-            layer,
-            generation: slot.generation,
-            peer,
-            open: true,
-            out: Vec::new(),
-            readable: false,
-            queued: false,
-            dirty: false,
-            paused: false,
-            peer_done: false,
-            broken: false,
-            shut: false,
-        };
-        if self.free.pop().is_none() {
-            self.conns.push(Some(conn));
-        } else if let Some(s) = self.conns.get_mut(slot.index as usize) {
-            *s = Some(conn);
         }
     }
 
-    /// Reads from each ready connection up to its budget; one that has more goes again next
-    /// turn.
-    fn read_ready(&mut self, now: Instant) {
-        for _ in 0..self.ready.len() {
-            let Some(index) = self.ready.pop_front() else {
+    /// Gives the driver what the core's sockets did and carries out the driver's commands,
+    /// until neither has more; then logs what the driver reports.
+    fn act(&mut self, now: Instant, io: &mut Io) {
+        loop {
+            if let Some(event) = io.events.pop_front() {
+                if let Event::Bytes(_, b) = &event {
+                    io.event_bytes = io.event_bytes.saturating_sub(b.len());
+                }
+                self.feed(now, event);
+                continue;
+            }
+            let Some(command) = self.driver.poll_command() else {
                 break;
             };
-            let mut budget = READ_BUDGET;
-            if let Some(Some(c)) = self.conns.get_mut(index as usize) {
-                c.queued = false;
-            }
-            while let Some(Some(c)) = self.conns.get_mut(index as usize) {
-                if !c.readable || c.paused || c.peer_done {
-                    break;
-                }
-                if budget == 0 {
-                    mark_ready(c, &mut self.ready, index);
-                    break;
-                }
-                match c.stream.read(&mut self.scratch) {
-                    Ok(0) => {
-                        c.peer_done = true;
-                        self.peer_gone(now, index);
-                        break;
-                    }
-                    Ok(n) => {
-                        budget = budget.saturating_sub(n);
-                        let bytes = self.scratch.get(..n).unwrap_or_default();
-                        // Once the broker closed it, what the peer still sends is dropped.
-                        if !c.open {
-                        } else if let Some(layer) = c.layer.as_deref_mut() {
-                            let mut plain = BytesMut::new();
-                            let received = layer.session.handle_input(bytes, &mut plain);
-                            // Handshake messages, or the alert that says what went wrong.
-                            layer.seal(&[], &mut c.out);
-                            let identity = layer.session.poll_identity();
-                            let peer_addr = layer.session.poll_peer_addr();
-                            if !c.out.is_empty() {
-                                mark_dirty(c, &mut self.dirty, index);
-                            }
-                            let peer = c.peer;
-                            let closed = match received {
-                                Ok(r) => r.closed,
-                                Err(e) => {
-                                    // Refused before any MQTT: counted, and closed after what
-                                    // the transport has to say (an alert, an HTTP error).
-                                    log::info!("connection {peer:?} refused: {e}");
-                                    c.peer_done = true;
-                                    peer.refused(&mut self.driver, now);
-                                    self.act(now);
-                                    break;
-                                }
-                            };
-                            if let Peer::Client(id) = peer {
-                                if let Some(identity) = identity {
-                                    self.driver.handle_identity(id, identity);
-                                }
-                                if let Some(addr) = peer_addr {
-                                    log::debug!("{id:?} is from {addr} (PROXY protocol)");
-                                    self.driver.handle_peer_addr(id, addr);
-                                }
-                            }
-                            if !plain.is_empty() {
-                                peer.bytes(&mut self.driver, now, plain);
-                                self.act(now);
-                            }
-                            if closed {
-                                if let Some(Some(c)) = self.conns.get_mut(index as usize) {
-                                    c.peer_done = true;
-                                }
-                                self.peer_gone(now, index);
-                                break;
-                            }
-                        } else {
-                            let peer = c.peer;
-                            peer.bytes(&mut self.driver, now, BytesMut::from(bytes));
-                            self.act(now);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        c.peer_done = true;
-                        c.broken = true;
-                        self.peer_gone(now, index);
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The peer closed or the socket failed.
-    fn peer_gone(&mut self, now: Instant, index: u32) {
-        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
-            return;
-        };
-        if c.open {
-            // The broker decides; its Close comes now or once paused input is handled.
-            let peer = c.peer;
-            peer.closed(&mut self.driver, now);
-            self.act(now);
-        } else {
-            // Already closed by the broker: nothing waits for the peer any more.
-            mark_dirty(c, &mut self.dirty, index);
-        }
-    }
-
-    /// Carries out the driver's commands until it has none, and logs what it reports.
-    fn act(&mut self, now: Instant) {
-        while let Some(command) = self.driver.poll_command() {
             match command {
-                Command::Write(slot, chunks) => {
-                    if let Some(c) = conn_at(&mut self.conns, slot) {
-                        if let Some(layer) = c.layer.as_deref_mut() {
-                            layer.seal(&chunks, &mut c.out);
-                        } else if c.out.is_empty() {
-                            c.out = chunks;
-                        } else {
-                            c.out.extend(chunks);
-                        }
-                        mark_dirty(c, &mut self.dirty, slot.index);
-                    }
-                }
-                // Written out, then shut and lingered over (or dropped) by `flush`.
-                Command::Close(slot) => {
-                    if let Some(c) = conn_at(&mut self.conns, slot) {
-                        if let Some(layer) = c.layer.as_deref_mut() {
-                            layer.session.close();
-                            layer.seal(&[], &mut c.out);
-                        }
-                        c.open = false;
-                        c.paused = false;
-                        mark_dirty(c, &mut self.dirty, slot.index);
-                        if c.readable {
-                            mark_ready(c, &mut self.ready, slot.index);
-                        }
-                    }
-                }
-                Command::Abort(slot) if conn_at(&mut self.conns, slot).is_some() => {
-                    self.drop_conn(now, slot.index, false);
-                }
-                Command::PauseRead(slot) => {
-                    if let Some(c) = conn_at(&mut self.conns, slot) {
-                        c.paused = true;
-                    }
-                }
-                Command::ResumeRead(slot) => {
-                    if let Some(c) = conn_at(&mut self.conns, slot) {
-                        c.paused = false;
-                        if c.readable {
-                            mark_ready(c, &mut self.ready, slot.index);
-                        }
-                    }
-                }
+                Command::Write(slot, chunks) => self.order(io, slot, Order::Write(chunks)),
+                Command::Close(slot) => self.order(io, slot, Order::Close),
+                Command::Abort(slot) => self.order(io, slot, Order::Abort),
+                Command::PauseRead(slot) => self.order(io, slot, Order::Pause),
+                Command::ResumeRead(slot) => self.order(io, slot, Order::Resume),
                 Command::ResumeAccept(listener) => {
                     let listener = usize::from(listener);
                     self.accept_paused.retain(|l| *l != listener);
-                    self.accept(listener, now);
+                    self.accept(io, listener, now);
                 }
                 Command::Authenticate(ticket, request) => self.authenticate(now, ticket, request),
                 Command::Authorize(ticket, request) => self.authorize(now, ticket, request),
@@ -811,115 +1128,170 @@ impl Loop {
         }
     }
 
-    /// Acts and writes until nothing is left that can be written now.
-    fn settle(&mut self, now: Instant) {
+    /// Acts and writes the core's own sockets until nothing is left that can be written now.
+    fn settle(&mut self, now: Instant, io: &mut Io) {
         loop {
-            self.act(now);
-            if self.dirty.is_empty() {
+            self.act(now, io);
+            if io.dirty.is_empty() {
                 return;
             }
-            for index in std::mem::take(&mut self.dirty) {
-                self.flush(now, index);
-            }
-        }
-    }
-
-    /// Writes what `index` holds until done or the socket would block; then, once a closed
-    /// connection has written everything, shuts it or drops it.
-    fn flush(&mut self, now: Instant, index: u32) {
-        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
-            return;
-        };
-        c.dirty = false;
-        let mut written = 0;
-        let mut first = 0;
-        while !c.broken && first < c.out.len() {
-            let mut slices = [IoSlice::new(&[]); IOVECS];
-            let mut k = 0;
-            for (s, b) in slices.iter_mut().zip(c.out.iter().skip(first)) {
-                *s = IoSlice::new(b);
-                k += 1;
-            }
-            match c.stream.write_vectored(slices.get(..k).unwrap_or_default()) {
-                Ok(0) => c.broken = true,
-                Ok(n) => {
-                    first = consume(&mut c.out, first, n);
-                    written += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => c.broken = true,
-            }
-        }
-        if first == c.out.len() {
-            // An idle connection keeps no buffer list.
-            c.out = Vec::new();
-        } else {
-            // Written buffers go now: behind a slow reader the list is never empty for long.
-            c.out.drain(..first);
-        }
-        let (peer, open) = (c.peer, c.open);
-        if c.broken {
-            c.peer_done = true;
-            if open {
-                // Its Close (now, or once paused input is handled) drops it.
-                peer.closed(&mut self.driver, now);
-            } else {
-                self.drop_conn(now, index, true);
-            }
-            return;
-        }
-        let written = match c.layer.as_deref_mut() {
-            Some(layer) => layer.written(written),
-            None => written,
-        };
-        if written > 0 {
-            // The driver times stalled writers and lingering from these reports.
-            peer.written(&mut self.driver, now, written);
-        }
-        let Some(Some(c)) = self.conns.get_mut(index as usize) else {
-            return;
-        };
-        if c.open || !c.out.is_empty() {
-            return;
-        }
-        if c.peer_done {
-            // Everything written; the peer is gone too: done.
-            self.drop_conn(now, index, true);
-        } else if !c.shut {
-            // Shut our side, then read and drop until the peer closes (see Command::Close).
-            c.shut = true;
-            let _ = c.stream.shutdown(Shutdown::Write);
-        }
-    }
-
-    /// Drops the connection at `index`, telling the driver unless it asked for the drop.
-    fn drop_conn(&mut self, now: Instant, index: u32, report: bool) {
-        let Some(slot) = self.conns.get_mut(index as usize) else {
-            return;
-        };
-        if let Some(mut c) = slot.take() {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            self.free.push(index);
-            if report {
-                c.peer.closed(&mut self.driver, now);
-            }
+            io.flush_dirty();
         }
     }
 
     /// Stops accepting and has the broker disconnect everyone; the loop then writes out what
     /// is left and runs until the driver says every connection is gone.
-    fn shutdown(&mut self, now: Instant) {
+    fn shutdown(&mut self, now: Instant, io: &mut Io) {
         for l in &mut self.listeners {
             if let Some(mut l) = l.take() {
-                let _ = self.poll.registry().deregister(&mut l);
+                let _ = io.poll.registry().deregister(&mut l);
             }
         }
         self.accept_more = false;
         log::info!("{}", self.driver.broker().stats());
         self.driver.shutdown(now);
-        self.settle(now);
+        self.settle(now, io);
     }
+
+    /// Tells every I/O thread to stop and waits for it.
+    fn stop_workers(&mut self) {
+        for w in &mut self.workers {
+            w.orders.push((Slot { index: 0, generation: 0 }, Order::Stop));
+            w.post();
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take()
+                && t.join().is_err()
+            {
+                log::error!("an I/O thread panicked");
+            }
+        }
+    }
+}
+
+/// MQTT bytes an I/O thread may have read and not yet seen taken by the core: past this it
+/// reads no more until the core catches up.
+const IO_BACKLOG: usize = 1024 * 1024;
+
+/// An I/O thread, from the core's side.
+struct Worker {
+    shared: Arc<Shared>,
+    /// Orders gathered this turn, handed over by [`post`](Self::post).
+    orders: Vec<(Slot, Order)>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What the core and an I/O thread share.
+struct Shared {
+    orders: Mutex<Vec<(Slot, Order)>>,
+    waker: Waker,
+    /// MQTT bytes sent to the core and not yet taken.
+    backlog: AtomicUsize,
+    /// The thread waits for the core to take its backlog.
+    blocked: AtomicBool,
+}
+
+impl Shared {
+    /// Whether the backlog is full; if so the thread is to be woken once it is not.
+    fn full(&self) -> bool {
+        if self.backlog.load(Ordering::SeqCst) < IO_BACKLOG {
+            return false;
+        }
+        self.blocked.store(true, Ordering::SeqCst);
+        self.backlog.load(Ordering::SeqCst) >= IO_BACKLOG
+    }
+
+    /// The core took `bytes` of the backlog.
+    fn taken(&self, bytes: usize) {
+        let before = self.backlog.fetch_sub(bytes, Ordering::SeqCst);
+        if before.saturating_sub(bytes) < IO_BACKLOG && self.blocked.swap(false, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+impl Worker {
+    /// Starts I/O thread `n` (from 1), which reports to `mailbox`.
+    fn start(n: usize, mailbox: Mailbox) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(Shared {
+            orders: Mutex::new(Vec::new()),
+            waker,
+            backlog: AtomicUsize::new(0),
+            blocked: AtomicBool::new(false),
+        });
+        let io = Io::new(poll, n);
+        let theirs = Arc::clone(&shared);
+        let thread = thread::Builder::new()
+            .name(format!("ternmq-io-{n}"))
+            .stack_size(STACK)
+            .spawn(move || serve_io(io, &theirs, &mailbox, n))?;
+        Ok(Worker { shared, orders: Vec::new(), thread: Some(thread) })
+    }
+
+    fn post(&mut self) {
+        if self.orders.is_empty() {
+            return;
+        }
+        let mut queue = lock(&self.shared.orders);
+        let idle = queue.is_empty();
+        queue.append(&mut self.orders);
+        drop(queue);
+        if idle {
+            let _ = self.shared.waker.wake();
+        }
+    }
+}
+
+/// An I/O thread's loop: carries out the core's orders, reads and writes its sockets, and
+/// sends what happened to the core once per turn.
+fn serve_io(mut io: Io, shared: &Shared, mailbox: &Mailbox, n: usize) {
+    let mut events = Events::with_capacity(EVENTS);
+    let mut orders = Vec::new();
+    loop {
+        let full = shared.full();
+        let timeout = if io.ready.is_empty() || full { None } else { Some(Duration::ZERO) };
+        if let Err(e) = io.poll.poll(&mut events, timeout)
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            log::error!("I/O thread {n} cannot wait for its sockets: {e}; closing them");
+            io.drop_all();
+            let batch = io.events.drain(..).collect();
+            mailbox.send(Input::Io(n, batch, 0));
+            return;
+        }
+        for event in &events {
+            if event.token() != WAKER {
+                io.on_ready(event);
+            }
+        }
+        std::mem::swap(&mut orders, &mut *lock(&shared.orders));
+        for (slot, order) in orders.drain(..) {
+            if matches!(order, Order::Stop) {
+                return;
+            }
+            io.apply(slot, order);
+        }
+        if !full {
+            io.read_ready(|io| {
+                shared.backlog.load(Ordering::Relaxed) + io.event_bytes < IO_BACKLOG
+            });
+        }
+        while !io.dirty.is_empty() {
+            io.flush_dirty();
+        }
+        if !io.events.is_empty() {
+            let bytes = std::mem::take(&mut io.event_bytes);
+            shared.backlog.fetch_add(bytes, Ordering::SeqCst);
+            let batch = io.events.drain(..).collect();
+            mailbox.send(Input::Io(n, batch, bytes));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A bridge's transport: TCP, then its TLS or WebSocket handshake, blocking.
@@ -936,7 +1308,7 @@ fn open(target: &BridgeAddress) -> io::Result<Dialed> {
 
 /// The connection at `slot`, unless the slot has a later occupant.
 fn conn_at(conns: &mut [Option<Conn>], slot: Slot) -> Option<&mut Conn> {
-    match conns.get_mut(slot.index as usize) {
+    match conns.get_mut(slot.at() as usize) {
         Some(Some(c)) if c.generation == slot.generation => Some(c),
         _ => None,
     }

@@ -328,8 +328,9 @@ impl Drop for Running {
     }
 }
 
-/// Serves `config` on the server of `runtime` ("tokio", "std" or "smol"), in this process;
-/// returns the addresses bound, in the order of its listeners.
+/// Serves `config` on the server of `runtime` ("tokio", "std", "std-io": the std server with
+/// two I/O threads beside the broker's, or "smol"), in this process; returns the addresses
+/// bound, in the order of its listeners.
 pub(crate) fn serve(
     runtime: &str,
     config: ternmq::tokio::ServerConfig,
@@ -348,8 +349,9 @@ pub(crate) fn serve(
             let task = rt.spawn(server.run());
             (addrs, Running { control, server: Server::Tokio(rt, handle, Some(task)) })
         }
-        "std" => {
-            let server = ternmq::blocking::Server::bind(config).unwrap();
+        "std" | "std-io" => {
+            let threads = if runtime == "std" { 1 } else { 2 };
+            let server = ternmq::blocking::Server::bind(config).unwrap().io_threads(threads);
             let addrs = server.local_addrs();
             let handle = server.shutdown_handle();
             let control = server.control();

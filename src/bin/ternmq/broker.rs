@@ -27,8 +27,10 @@ options:
   -p, --port N           port to listen on (default 1883)
       --data-dir DIR     where persistent state is kept (default ./mqtt_data)
       --no-persistence   keep everything in memory
-      --runtime NAME     tokio (every core), smol, or std (one thread, least memory); by
-                         default tokio, or std when the process may use only one CPU
+      --runtime NAME     std (the default: readiness loops, least memory), tokio or smol;
+                         a cluster node runs on tokio
+      --io-threads N     the std server's threads for connections, beside the broker's
+                         (default: one per CPU; 1 serves everything on one thread)
       --allow-anonymous  accept clients without credentials (on a non-loopback address, or
                          beside a password_file)
   -v, --verbose          also log each TCP connection with the peer's address, and the
@@ -308,6 +310,8 @@ pub(crate) struct Settings {
     log_timestamp: Timestamp,
     log_format: LogFormat,
     pub(crate) runtime: Runtime,
+    /// The std server's threads for connections (1: the broker's thread serves them).
+    pub(crate) io_threads: usize,
     pub(crate) durability: Durability,
     /// The HTTP admin API, when configured.
     pub(crate) http: Option<HttpSettings>,
@@ -330,16 +334,18 @@ pub(crate) enum Runtime {
 }
 
 impl Runtime {
-    /// The server for this process: Tokio's, which spreads socket work over every core, unless
-    /// the process may use only one CPU (affinity or a container's quota). There the std
-    /// server's one readiness loop is as fast as Tokio's single thread and holds less memory
-    /// per connection (no task and no I/O registration of Tokio's each), measured with
-    /// `scripts/bench-vs-peers.sh`.
+    /// The server for this process: the std server, with one I/O thread per CPU the process
+    /// may use (affinity or a container's quota) beside the broker's thread, or on one CPU
+    /// everything on one thread. It was as fast as the Tokio server in every shape of
+    /// `ternmq bench` and holds half the memory per idle connection (no task and no I/O
+    /// registration of Tokio's each); a cluster node runs on Tokio, which its backplane needs.
     pub(crate) fn default_here() -> Runtime {
-        match std::thread::available_parallelism() {
-            Ok(n) if n.get() == 1 => Runtime::Std,
-            _ => Runtime::Tokio,
-        }
+        Runtime::Std
+    }
+
+    /// The std server's I/O threads by default: one per CPU, or none of its own on one CPU.
+    pub(crate) fn default_io_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
     }
 }
 
@@ -379,10 +385,11 @@ impl Settings {
 
     /// The startup lines: version, one per listener, and where state is kept.
     fn announce(&self, addrs: &[std::net::SocketAddr], http: Option<&str>) {
-        let runtime = match self.runtime {
-            Runtime::Std => "std (one thread)",
-            Runtime::Smol => "smol",
-            Runtime::Tokio => "tokio",
+        let runtime = match (self.runtime, self.io_threads) {
+            (Runtime::Std, 1) => "std (one thread)".to_string(),
+            (Runtime::Std, n) => format!("std, {n} I/O threads"),
+            (Runtime::Smol, _) => "smol".to_string(),
+            (Runtime::Tokio, _) => "tokio".to_string(),
         };
         say!("ternmq {} (MQTT 3.1.1 and 5.0 broker, {runtime} runtime)", env!("CARGO_PKG_VERSION"));
         for (addr, l) in addrs.iter().zip(&self.config.listeners) {
@@ -468,7 +475,8 @@ fn serve_std(
     let mut config = settings.config.clone();
     config.store = settings.store();
     let server = ternmq::blocking::Server::bind(config)
-        .map_err(|e| bind_error(&e, &settings.config.listeners))?;
+        .map_err(|e| bind_error(&e, &settings.config.listeners))?
+        .io_threads(settings.io_threads);
     let http = ops.start(&settings, server.control())?;
     settings.announce(&server.local_addrs(), http.as_deref());
     let handle = server.shutdown_handle();
@@ -509,6 +517,7 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
     let mut log_format: Option<String> = None;
     let mut http: Option<String> = None;
     let mut runtime = None;
+    let mut io_threads = None;
     let mut cluster_urls: Vec<String> = Vec::new();
     let mut node_name: Option<String> = None;
     let mut it = args.iter();
@@ -544,6 +553,13 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
                         ));
                     }
                 });
+            }
+            "--io-threads" => {
+                let v = value(flag)?;
+                io_threads =
+                    Some(v.parse().ok().filter(|n| (1..=255).contains(n)).ok_or_else(|| {
+                        format!("ternmq broker: {flag} {v:?}: give a number of threads, 1 to 255")
+                    })?);
             }
             "-v" | "--verbose" => log_level = Some("debug".into()),
             "--log-level" => log_level = Some(value(flag)?),
@@ -592,6 +608,14 @@ pub(crate) fn settings(args: &[String]) -> Result<Option<Settings>, String> {
         (None, Some(_)) => Runtime::Tokio,
         (None, None) => Runtime::default_here(),
     };
+    if let Some(n) = io_threads {
+        if s.runtime != Runtime::Std {
+            return Err(format!(
+                "ternmq broker: --io-threads {n}: only the std server has I/O threads"
+            ));
+        }
+        s.io_threads = n;
+    }
     s.config.cluster = cluster.map(|c| c as Arc<dyn ternmq::tokio::ClusterLink>);
     s.log_timestamp = timestamp;
     s.log_format = format;
@@ -1023,6 +1047,7 @@ fn build(
         log_timestamp: Timestamp::Rfc3339,
         log_format: LogFormat::Text,
         runtime: Runtime::default_here(),
+        io_threads: Runtime::default_io_threads(),
         durability,
         http: None,
         users,
