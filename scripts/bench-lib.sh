@@ -1,9 +1,15 @@
 # What the benchmark scripts share; sourced by them, not run. The broker under test goes on
 # CPU 0 ($PIN_BROKER) and the load on CPU 1 ($PIN_LOAD) when there are two CPUs and taskset.
 
+# PIN=0 pins nothing: every process may use every CPU (how the default server's I/O threads
+# spread socket work over the CPUs is measured that way).
 PIN_BROKER="taskset -c 0"
 PIN_LOAD="taskset -c 1"
-if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
+if [ "${PIN:-1}" = 0 ]; then
+    PIN_BROKER=""
+    PIN_LOAD=""
+    echo "note: not pinning (PIN=0)" >&2
+elif ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
     PIN_BROKER=""
     PIN_LOAD=""
     echo "note: not pinning (taskset missing or fewer than 2 CPUs)" >&2

@@ -17,6 +17,10 @@ fn live_bytes() -> isize {
     dhat::HeapStats::get().curr_bytes as isize
 }
 
+fn live_blocks() -> isize {
+    dhat::HeapStats::get().curr_blocks as isize
+}
+
 const N: usize = 20_000;
 const READ_BUFFER: usize = 4096;
 
@@ -82,6 +86,7 @@ fn per_driver_client() -> isize {
     let mut driver: Driver<u32> = Driver::new(Broker::new(config(), now).unwrap());
     let packets = connect_packets(true);
     let before = live_bytes();
+    let blocks = live_blocks();
     for (i, packet) in packets.into_iter().enumerate() {
         let id = driver.handle_accepted(now, PeerInfo::default(), i as u32).unwrap();
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
@@ -96,6 +101,10 @@ fn per_driver_client() -> isize {
         while driver.poll_event().is_some() {}
     }
     let per = (live_bytes() - before) / N as isize;
+    println!(
+        "heap blocks per idle connection with a server's driver: {}",
+        (live_blocks() - blocks) / N as isize
+    );
     std::hint::black_box(&driver);
     per
 }
