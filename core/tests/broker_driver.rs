@@ -209,6 +209,23 @@ fn a_closed_connection_lingers_until_its_peer_closes_or_the_linger_deadline() {
 }
 
 #[test]
+fn a_peer_gone_reported_after_the_close_leaves_the_close_lingering() {
+    let (mut d, sub, publisher) = setup(BrokerConfig::default());
+    // The broker closes the subscriber; its reader, apart from the driver, then reports the
+    // peer's end of stream it saw before that close reached it.
+    d.handle_bytes(NOW, sub, bytes(Packet::Disconnect(Default::default())));
+    assert!(commands(&mut d).iter().any(|c| matches!(c, Command::Close(0))));
+    d.handle_peer_gone(NOW, sub);
+    // Not the end of the close: its linger deadline still drops a writer that never finishes.
+    d.handle_timeout(NOW + LINGER);
+    assert_eq!(aborted(&commands(&mut d)), [0]);
+    // While open, a peer gone is a close: the broker forgets the publisher at once.
+    assert_eq!(d.connections(), 1);
+    d.handle_peer_gone(NOW, publisher);
+    assert_eq!(d.connections(), 0);
+}
+
+#[test]
 fn shutdown_finishes_when_every_peer_closed_or_at_the_flush_deadline() {
     let (mut d, sub, publisher) = setup(BrokerConfig::default());
     d.handle_bytes(NOW, publisher, burst(1));

@@ -86,6 +86,10 @@ type Dialed = (std::net::TcpStream, Option<Box<dyn Transform>>, BytesMut);
 /// What happened on a socket, for the driver.
 enum Event {
     Bytes(Peer, BytesMut),
+    /// The reader saw the peer close, or the socket fail, while the connection was open to
+    /// it: the broker may have closed it meanwhile (see [`Driver::handle_peer_gone`]).
+    PeerGone(Peer),
+    /// The socket is dropped.
     Closed(Peer),
     Written(Peer, usize),
     /// The transport refused the connection before any MQTT.
@@ -652,7 +656,7 @@ impl Io {
         if c.open {
             // The broker decides; its Close comes now or once paused input is handled.
             let peer = c.peer;
-            self.emit(Event::Closed(peer));
+            self.emit(Event::PeerGone(peer));
         } else {
             // Already closed by the broker: nothing waits for the peer any more.
             mark_dirty(c, &mut self.dirty, index);
@@ -705,7 +709,7 @@ impl Io {
             c.peer_done = true;
             if open {
                 // Its Close (now, or once paused input is handled) drops it.
-                self.emit(Event::Closed(peer));
+                self.emit(Event::PeerGone(peer));
             } else {
                 self.drop_conn(index, true);
             }
@@ -870,8 +874,10 @@ impl Core {
                 for event in events {
                     self.feed(now, event);
                 }
-                if let Some(w) = thread.checked_sub(1).and_then(|i| self.workers.get(i)) {
-                    w.shared.taken(bytes);
+                // Given back with this turn's orders (see `post`), so that a pause those bytes
+                // caused reaches the thread before it reads again.
+                if let Some(w) = thread.checked_sub(1).and_then(|i| self.workers.get_mut(i)) {
+                    w.taken += bytes;
                 }
             }
         }
@@ -884,9 +890,10 @@ impl Core {
             Event::Bytes(Peer::Client(id), bytes) => driver.handle_bytes(now, id, bytes),
             Event::Bytes(Peer::Bridge(b), bytes) => driver.handle_bridge_bytes(now, b, bytes),
             Event::Closed(Peer::Client(id)) => driver.handle_closed(now, id),
-            Event::Closed(Peer::Bridge(b)) | Event::Refused(Peer::Bridge(b)) => {
-                driver.handle_bridge_closed(now, b);
-            }
+            Event::PeerGone(Peer::Client(id)) => driver.handle_peer_gone(now, id),
+            Event::Closed(Peer::Bridge(b))
+            | Event::PeerGone(Peer::Bridge(b))
+            | Event::Refused(Peer::Bridge(b)) => driver.handle_bridge_closed(now, b),
             Event::Written(Peer::Client(id), n) => driver.handle_written(now, id, n),
             Event::Written(Peer::Bridge(b), n) => driver.handle_bridge_written(now, b, n),
             Event::Refused(Peer::Client(id)) => driver.handle_refused(now, id),
@@ -904,9 +911,21 @@ impl Core {
     }
 
     /// Hands each I/O thread the orders gathered for it, waking it if it had none waiting.
+    /// A thread that has stopped (its poll failed, or it panicked) gets none: the
+    /// connections placed on it are closed to the driver.
     fn post(&mut self) {
-        for w in &mut self.workers {
-            w.post();
+        let now = self.now();
+        for i in 0..self.workers.len() {
+            let Some(w) = self.workers.get_mut(i) else { continue };
+            if w.shared.alive.load(Ordering::SeqCst) {
+                w.post();
+                continue;
+            }
+            for (_, order) in std::mem::take(&mut w.orders) {
+                if let Order::Place(_, _, peer) = order {
+                    self.feed(now, Event::Closed(peer));
+                }
+            }
         }
     }
 
@@ -1006,12 +1025,7 @@ impl Core {
             }
             _ => None,
         };
-        let thread = if self.workers.is_empty() {
-            0
-        } else {
-            self.next_worker = (self.next_worker + 1) % self.workers.len();
-            self.next_worker + 1
-        };
+        let thread = self.next_thread();
         let Some(slots) = self.slots.get_mut(thread) else {
             return;
         };
@@ -1030,6 +1044,23 @@ impl Core {
             }
         };
         self.order(io, slot, Order::Place(stream, layer, Peer::Client(id)));
+    }
+
+    /// The loop a new connection goes to: the next live I/O thread in turn, or the core's own
+    /// (when it has none, or none is left).
+    fn next_thread(&mut self) -> usize {
+        let n = self.workers.len();
+        for _ in 0..n {
+            self.next_worker = (self.next_worker + 1) % n;
+            if self
+                .workers
+                .get(self.next_worker)
+                .is_some_and(|w| w.shared.alive.load(Ordering::SeqCst))
+            {
+                return self.next_worker + 1;
+            }
+        }
+        0
     }
 
     /// Carries out `order` on the core's own loop, or hands it to the slot's I/O thread.
@@ -1170,15 +1201,24 @@ impl Core {
 }
 
 /// MQTT bytes an I/O thread may have read and not yet seen taken by the core: past this it
-/// reads no more until the core catches up. Small: a saturating QoS 0 fan-in peaked at 10-12 MB
+/// reads no more until the core catches up (so it holds at most this and one read more). Small: a saturating QoS 0 fan-in peaked at 10-12 MB
 /// with 16 KiB and 14-19 MB with 256 KiB to 1 MiB, at the same rate (2 I/O threads, 2 CPUs).
 const IO_BACKLOG: usize = 16 * 1024;
+
+impl Drop for Core {
+    /// However the broker's thread ends (a panic included), the I/O threads end with it.
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}
 
 /// An I/O thread, from the core's side.
 struct Worker {
     shared: Arc<Shared>,
     /// Orders gathered this turn, handed over by [`post`](Self::post).
     orders: Vec<(Slot, Order)>,
+    /// Backlog bytes the core took this turn, given back by [`post`](Self::post).
+    taken: usize,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -1190,6 +1230,17 @@ struct Shared {
     backlog: AtomicUsize,
     /// The thread waits for the core to take its backlog.
     blocked: AtomicBool,
+    /// Cleared when the thread ends, however it ends.
+    alive: AtomicBool,
+}
+
+/// Clears [`Shared::alive`] when the I/O thread ends, a panic included.
+struct Alive<'a>(&'a Shared);
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -1221,6 +1272,7 @@ impl Worker {
             waker,
             backlog: AtomicUsize::new(0),
             blocked: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
         });
         let io = Io::new(poll, n);
         let theirs = Arc::clone(&shared);
@@ -1228,19 +1280,21 @@ impl Worker {
             .name(format!("ternmq-io-{n}"))
             .stack_size(STACK)
             .spawn(move || serve_io(io, &theirs, &mailbox, n))?;
-        Ok(Worker { shared, orders: Vec::new(), thread: Some(thread) })
+        Ok(Worker { shared, orders: Vec::new(), taken: 0, thread: Some(thread) })
     }
 
     fn post(&mut self) {
-        if self.orders.is_empty() {
-            return;
+        if !self.orders.is_empty() {
+            let mut queue = lock(&self.shared.orders);
+            let idle = queue.is_empty();
+            queue.append(&mut self.orders);
+            drop(queue);
+            if idle {
+                let _ = self.shared.waker.wake();
+            }
         }
-        let mut queue = lock(&self.shared.orders);
-        let idle = queue.is_empty();
-        queue.append(&mut self.orders);
-        drop(queue);
-        if idle {
-            let _ = self.shared.waker.wake();
+        if self.taken > 0 {
+            self.shared.taken(std::mem::take(&mut self.taken));
         }
     }
 }
@@ -1248,6 +1302,7 @@ impl Worker {
 /// An I/O thread's loop: carries out the core's orders, reads and writes its sockets, and
 /// sends what happened to the core once per turn.
 fn serve_io(mut io: Io, shared: &Shared, mailbox: &Mailbox, n: usize) {
+    let _alive = Alive(shared);
     let mut events = Events::with_capacity(EVENTS);
     let mut orders = Vec::new();
     loop {

@@ -435,6 +435,20 @@ impl<H: Clone> Driver<H> {
         }
     }
 
+    /// `id`'s reader saw its peer close (end of stream) or its socket fail, while the server
+    /// still counted it open. A server whose reader runs apart from the driver (an I/O
+    /// thread, a batch of events) can report this after the broker has already issued
+    /// [`Command::Close`]: then it is not the end of the close, whose writer and linger
+    /// deadline go on until [`handle_closed`](Self::handle_closed) or an
+    /// [`Command::Abort`]. Otherwise it is [`handle_closed`](Self::handle_closed).
+    pub fn handle_peer_gone(&mut self, now: Instant, id: ConnId) {
+        if self.closing.contains_key(&id) {
+            self.now = self.now.max(now);
+            return;
+        }
+        self.handle_closed(now, id);
+    }
+
     /// The answer to a [`Command::Authenticate`].
     pub fn handle_auth(&mut self, now: Instant, ticket: AuthTicket, decision: AuthDecision) {
         self.now = self.now.max(now);
