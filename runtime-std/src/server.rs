@@ -120,7 +120,8 @@ enum Order {
 #[derive(Clone, Copy, Debug)]
 enum Peer {
     Client(ConnId),
-    Bridge(usize),
+    /// (A `u32`, which keeps a connection's record at 40 bytes.)
+    Bridge(u32),
 }
 
 /// Sends to the core's loop and wakes it.
@@ -375,24 +376,49 @@ struct Conn {
     generation: u32,
     /// Who it is to the driver.
     peer: Peer,
-    /// Whether the broker still has it open (once closed, it lingers).
-    open: bool,
-    /// Buffers handed out by the broker and not yet written.
-    out: Vec<Bytes>,
-    /// The socket reported readable and has not been read until it would block.
-    readable: bool,
-    /// In [`Io::ready`].
-    queued: bool,
-    /// In [`Io::dirty`].
-    dirty: bool,
-    /// The broker paused reading (a subscriber of what this client publishes is behind).
-    paused: bool,
-    /// The peer closed, or the socket failed: nothing more will be read.
-    peer_done: bool,
-    /// The socket failed: nothing more will be written either.
-    broken: bool,
-    /// Our side was shut after the last byte; the connection lingers until the peer closes.
-    shut: bool,
+    /// Buffers handed out by the broker and not yet written; none while idle (boxed, as an
+    /// empty list in every idle connection's record would be 24 bytes).
+    #[expect(clippy::box_collection, reason = "8 bytes in the record, not a Vec's 24")]
+    out: Option<Box<Vec<Bytes>>>,
+    /// Its state, as bits: [`OPEN`], [`READABLE`], [`QUEUED`], [`DIRTY`], [`PAUSED`],
+    /// [`PEER_DONE`], [`BROKEN`], [`SHUT`] (one byte rather than eight `bool`s).
+    flags: u8,
+}
+
+/// The broker still has it open (once closed, it lingers).
+const OPEN: u8 = 1;
+/// The socket reported readable and has not been read until it would block.
+const READABLE: u8 = 1 << 1;
+/// In [`Io::ready`].
+const QUEUED: u8 = 1 << 2;
+/// In [`Io::dirty`].
+const DIRTY: u8 = 1 << 3;
+/// The broker paused reading (a subscriber of what this client publishes is behind).
+const PAUSED: u8 = 1 << 4;
+/// The peer closed, or the socket failed: nothing more will be read.
+const PEER_DONE: u8 = 1 << 5;
+/// The socket failed: nothing more will be written either.
+const BROKEN: u8 = 1 << 6;
+/// Our side was shut after the last byte; the connection lingers until the peer closes.
+const SHUT: u8 = 1 << 7;
+
+impl Conn {
+    fn is(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    /// Bytes wait to be written.
+    fn unwritten(&self) -> bool {
+        self.out.as_ref().is_some_and(|out| !out.is_empty())
+    }
 }
 
 /// The sockets of one thread's readiness loop: it reads them, writes them and carries out the
@@ -446,7 +472,7 @@ impl Io {
             return;
         };
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            c.readable = true;
+            c.set(READABLE, true);
             mark_ready(c, &mut self.ready, t as u32);
         }
         if event.is_writable() || event.is_write_closed() {
@@ -470,21 +496,8 @@ impl Io {
             self.emit(Event::Freed(slot));
             return;
         }
-        let conn = Conn {
-            stream,
-            layer,
-            generation: slot.generation,
-            peer,
-            open: true,
-            out: Vec::new(),
-            readable: false,
-            queued: false,
-            dirty: false,
-            paused: false,
-            peer_done: false,
-            broken: false,
-            shut: false,
-        };
+        let conn =
+            Conn { stream, layer, generation: slot.generation, peer, out: None, flags: OPEN };
         if self.conns.len() <= at {
             self.conns.resize_with(at + 1, || None);
         }
@@ -506,11 +519,11 @@ impl Io {
         match order {
             Order::Write(chunks) => {
                 if let Some(layer) = c.layer.as_deref_mut() {
-                    layer.seal(&chunks, &mut c.out);
-                } else if c.out.is_empty() {
-                    c.out = chunks;
+                    layer.seal(&chunks, c.out.get_or_insert_default());
+                } else if let Some(out) = c.out.as_deref_mut() {
+                    out.extend(chunks);
                 } else {
-                    c.out.extend(chunks);
+                    c.out = Some(Box::new(chunks));
                 }
                 mark_dirty(c, &mut self.dirty, index);
             }
@@ -518,20 +531,20 @@ impl Io {
             Order::Close => {
                 if let Some(layer) = c.layer.as_deref_mut() {
                     layer.session.close();
-                    layer.seal(&[], &mut c.out);
+                    layer.seal(&[], c.out.get_or_insert_default());
                 }
-                c.open = false;
-                c.paused = false;
+                c.set(OPEN, false);
+                c.set(PAUSED, false);
                 mark_dirty(c, &mut self.dirty, index);
-                if c.readable {
+                if c.is(READABLE) {
                     mark_ready(c, &mut self.ready, index);
                 }
             }
             Order::Abort => self.drop_conn(index, false),
-            Order::Pause => c.paused = true,
+            Order::Pause => c.set(PAUSED, true),
             Order::Resume => {
-                c.paused = false;
-                if c.readable {
+                c.set(PAUSED, false);
+                if c.is(READABLE) {
                     mark_ready(c, &mut self.ready, index);
                 }
             }
@@ -550,10 +563,10 @@ impl Io {
             };
             let mut budget = READ_BUDGET;
             if let Some(Some(c)) = self.conns.get_mut(index as usize) {
-                c.queued = false;
+                c.set(QUEUED, false);
             }
             while let Some(Some(c)) = self.conns.get_mut(index as usize) {
-                if !c.readable || c.paused || c.peer_done {
+                if !c.is(READABLE) || c.is(PAUSED) || c.is(PEER_DONE) {
                     break;
                 }
                 if budget == 0 {
@@ -581,7 +594,7 @@ impl Io {
         let c = self.conns.get_mut(index as usize)?.as_mut()?;
         match c.stream.read(&mut self.scratch) {
             Ok(0) => {
-                c.peer_done = true;
+                c.set(PEER_DONE, true);
                 self.peer_gone(index);
                 None
             }
@@ -589,7 +602,7 @@ impl Io {
                 let bytes = self.scratch.get(..n).unwrap_or_default();
                 let peer = c.peer;
                 // Once the broker closed it, what the peer still sends is dropped.
-                if !c.open {
+                if !c.is(OPEN) {
                     return Some(n);
                 }
                 let Some(layer) = c.layer.as_deref_mut() else {
@@ -599,10 +612,10 @@ impl Io {
                 let mut plain = BytesMut::new();
                 let received = layer.session.handle_input(bytes, &mut plain);
                 // Handshake messages, or the alert that says what went wrong.
-                layer.seal(&[], &mut c.out);
+                layer.seal(&[], c.out.get_or_insert_default());
                 let identity = layer.session.poll_identity();
                 let peer_addr = layer.session.poll_peer_addr();
-                if !c.out.is_empty() {
+                if c.unwritten() {
                     mark_dirty(c, &mut self.dirty, index);
                 }
                 let closed = match received {
@@ -611,12 +624,12 @@ impl Io {
                         // Refused before any MQTT: counted, and closed after what the
                         // transport has to say (an alert, an HTTP error).
                         log::info!("connection {peer:?} refused: {e}");
-                        c.peer_done = true;
+                        c.set(PEER_DONE, true);
                         self.emit(Event::Refused(peer));
                         return None;
                     }
                 };
-                c.peer_done = closed;
+                c.set(PEER_DONE, closed);
                 if let Peer::Client(id) = peer {
                     if let Some(identity) = identity {
                         self.emit(Event::Identity(id, identity));
@@ -635,13 +648,13 @@ impl Io {
                 Some(n)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.readable = false;
+                c.set(READABLE, false);
                 None
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
             Err(_) => {
-                c.peer_done = true;
-                c.broken = true;
+                c.set(PEER_DONE, true);
+                c.set(BROKEN, true);
                 self.peer_gone(index);
                 None
             }
@@ -653,7 +666,7 @@ impl Io {
         let Some(Some(c)) = self.conns.get_mut(index as usize) else {
             return;
         };
-        if c.open {
+        if c.is(OPEN) {
             // The broker decides; its Close comes now or once paused input is handled.
             let peer = c.peer;
             self.emit(Event::PeerGone(peer));
@@ -676,37 +689,40 @@ impl Io {
         let Some(Some(c)) = self.conns.get_mut(index as usize) else {
             return;
         };
-        c.dirty = false;
+        c.set(DIRTY, false);
         let mut written = 0;
-        let mut first = 0;
-        while !c.broken && first < c.out.len() {
-            let mut slices = [IoSlice::new(&[]); IOVECS];
-            let mut k = 0;
-            for (s, b) in slices.iter_mut().zip(c.out.iter().skip(first)) {
-                *s = IoSlice::new(b);
-                k += 1;
-            }
-            match c.stream.write_vectored(slices.get(..k).unwrap_or_default()) {
-                Ok(0) => c.broken = true,
-                Ok(n) => {
-                    first = consume(&mut c.out, first, n);
-                    written += n;
+        let mut broken = c.is(BROKEN);
+        if let Some(out) = c.out.as_deref_mut() {
+            let mut first = 0;
+            while !broken && first < out.len() {
+                let mut slices = [IoSlice::new(&[]); IOVECS];
+                let mut k = 0;
+                for (s, b) in slices.iter_mut().zip(out.iter().skip(first)) {
+                    *s = IoSlice::new(b);
+                    k += 1;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => c.broken = true,
+                match c.stream.write_vectored(slices.get(..k).unwrap_or_default()) {
+                    Ok(0) => broken = true,
+                    Ok(n) => {
+                        first = consume(out, first, n);
+                        written += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => broken = true,
+                }
             }
-        }
-        if first == c.out.len() {
-            // An idle connection keeps no buffer list.
-            c.out = Vec::new();
-        } else {
             // Written buffers go now: behind a slow reader the list is never empty for long.
-            c.out.drain(..first);
+            out.drain(..first);
         }
-        let (peer, open) = (c.peer, c.open);
-        if c.broken {
-            c.peer_done = true;
+        c.set(BROKEN, broken);
+        if !c.unwritten() {
+            // An idle connection keeps no buffer list.
+            c.out = None;
+        }
+        let (peer, open) = (c.peer, c.is(OPEN));
+        if c.is(BROKEN) {
+            c.set(PEER_DONE, true);
             if open {
                 // Its Close (now, or once paused input is handled) drops it.
                 self.emit(Event::PeerGone(peer));
@@ -719,13 +735,13 @@ impl Io {
             Some(layer) => layer.written(written),
             None => written,
         };
-        let done = !c.open && c.out.is_empty();
-        if done && !c.peer_done && !c.shut {
+        let done = !c.is(OPEN) && !c.unwritten();
+        if done && !c.is(PEER_DONE) && !c.is(SHUT) {
             // Shut our side, then read and drop until the peer closes (see Command::Close).
-            c.shut = true;
+            c.set(SHUT, true);
             let _ = c.stream.shutdown(Shutdown::Write);
         }
-        let gone = done && c.peer_done;
+        let gone = done && c.is(PEER_DONE);
         if written > 0 {
             // The driver times stalled writers and lingering from these reports.
             self.emit(Event::Written(peer, written));
@@ -888,14 +904,14 @@ impl Core {
         let driver = &mut self.driver;
         match event {
             Event::Bytes(Peer::Client(id), bytes) => driver.handle_bytes(now, id, bytes),
-            Event::Bytes(Peer::Bridge(b), bytes) => driver.handle_bridge_bytes(now, b, bytes),
+            Event::Bytes(Peer::Bridge(b), bytes) => driver.handle_bridge_bytes(now, at(b), bytes),
             Event::Closed(Peer::Client(id)) => driver.handle_closed(now, id),
             Event::PeerGone(Peer::Client(id)) => driver.handle_peer_gone(now, id),
             Event::Closed(Peer::Bridge(b))
             | Event::PeerGone(Peer::Bridge(b))
-            | Event::Refused(Peer::Bridge(b)) => driver.handle_bridge_closed(now, b),
+            | Event::Refused(Peer::Bridge(b)) => driver.handle_bridge_closed(now, at(b)),
             Event::Written(Peer::Client(id), n) => driver.handle_written(now, id, n),
-            Event::Written(Peer::Bridge(b), n) => driver.handle_bridge_written(now, b, n),
+            Event::Written(Peer::Bridge(b), n) => driver.handle_bridge_written(now, at(b), n),
             Event::Refused(Peer::Client(id)) => driver.handle_refused(now, id),
             Event::Identity(id, identity) => driver.handle_identity(id, identity),
             Event::PeerAddr(id, addr) => {
@@ -957,21 +973,23 @@ impl Core {
     /// Bridge `bridge`'s transport is open: it becomes a connection of the core's own loop.
     fn dialed(&mut self, now: Instant, io: &mut Io, bridge: usize, dialed: Dialed) {
         let (stream, session, plain) = dialed;
-        let stream = match stream.set_nonblocking(true) {
-            Ok(()) => TcpStream::from_std(stream),
+        let index = u32::try_from(bridge).map_err(io::Error::other);
+        let index = match index.and_then(|i| stream.set_nonblocking(true).map(|()| i)) {
+            Ok(index) => index,
             Err(e) => {
                 log::warn!("cannot watch a bridge's connection: {e}");
                 self.driver.handle_bridge_closed(now, bridge);
                 return;
             }
         };
+        let stream = TcpStream::from_std(stream);
         let _ = stream.set_nodelay(true);
         let Some(slots) = self.slots.get_mut(0) else {
             return;
         };
         let slot = slots.take();
         let layer = session.map(|session| Box::new(Layered { session, owed: VecDeque::new() }));
-        io.place(slot, stream, layer, Peer::Bridge(bridge));
+        io.place(slot, stream, layer, Peer::Bridge(index));
         self.driver.handle_bridge_dialed(now, bridge, slot);
         if !plain.is_empty() {
             self.driver.handle_bridge_bytes(now, bridge, plain);
@@ -1362,6 +1380,11 @@ fn open(target: &BridgeAddress) -> io::Result<Dialed> {
     Ok((stream, Some(session), plain))
 }
 
+/// A bridge's index, from [`Peer::Bridge`].
+fn at(bridge: u32) -> usize {
+    usize::try_from(bridge).unwrap_or(usize::MAX)
+}
+
 /// The connection at `slot`, unless the slot has a later occupant.
 fn conn_at(conns: &mut [Option<Conn>], slot: Slot) -> Option<&mut Conn> {
     match conns.get_mut(slot.at() as usize) {
@@ -1371,15 +1394,24 @@ fn conn_at(conns: &mut [Option<Conn>], slot: Slot) -> Option<&mut Conn> {
 }
 
 fn mark_ready(c: &mut Conn, ready: &mut VecDeque<u32>, index: u32) {
-    if !c.queued {
-        c.queued = true;
+    if !c.is(QUEUED) {
+        c.set(QUEUED, true);
         ready.push_back(index);
     }
 }
 
 fn mark_dirty(c: &mut Conn, dirty: &mut Vec<u32>, index: u32) {
-    if !c.dirty {
-        c.dirty = true;
+    if !c.is(DIRTY) {
+        c.set(DIRTY, true);
         dirty.push(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's record in its loop's table, which every idle connection pays.
+    #[test]
+    fn a_connection_record_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<Option<super::Conn>>(), 40);
     }
 }
