@@ -1061,7 +1061,9 @@ impl<R: ServerRuntime> Core<R> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A mutex's guard, poisoned or not: what the servers keep under a lock (buffers, queues of
+/// orders) stays consistent if a holder panicked, and a panic elsewhere must not stop the rest.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

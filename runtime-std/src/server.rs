@@ -22,7 +22,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -32,12 +32,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use ternmq_async::control::ControlInbox;
 pub use ternmq_async::control::{Control, ListenerInfo};
 use ternmq_async::server::BRIDGE_HANDSHAKE;
-use ternmq_async::server::bind_error;
 pub use ternmq_async::server::{
     AsyncAuthenticator, AsyncAuthorizer, AuthFuture, AuthorizeRequest, AuthzFuture,
     BlockingAuthenticator, BlockingAuthorizer, BridgeAddress, BridgeSpec, Listener, ServerConfig,
     ShutdownHandle,
 };
+use ternmq_async::server::{bind_error, lock};
 pub use ternmq_async::tls::{TlsAcceptor, TlsSettings, TlsVersion};
 use ternmq_async::transport::Transform;
 use ternmq_core::broker::driver::{Command, Driver, NO_ASYNC_AUTHENTICATOR, consume, log_event};
@@ -258,7 +258,7 @@ impl Server {
             core.settle(now, &mut io);
             core.run(&mut io, &self.stopping)
         });
-        core.stop_workers();
+        // (The I/O threads stop when `core` is dropped, however the loop ended.)
         // Everything logged, up to the last connection's close, is committed before the server
         // returns, however the loop ended.
         if let Some(w) = core.writer.take() {
@@ -328,6 +328,11 @@ const THREAD_SHIFT: u32 = 24;
 const MAX_IO_THREADS: usize = 255;
 
 impl Slot {
+    /// Place `at` in loop `thread`'s table, for its `generation`-th occupant.
+    fn new(thread: u32, at: u32, generation: u32) -> Slot {
+        Slot { index: thread << THREAD_SHIFT | at, generation }
+    }
+
     /// The loop that serves it: 0 is the core's own.
     fn thread(self) -> usize {
         (self.index >> THREAD_SHIFT) as usize
@@ -360,7 +365,7 @@ impl Slots {
             self.next - 1
         });
         self.generation = self.generation.wrapping_add(1);
-        Slot { index: self.thread << THREAD_SHIFT | at, generation: self.generation }
+        Slot::new(self.thread, at, self.generation)
     }
 
     fn give(&mut self, slot: Slot) {
@@ -458,11 +463,6 @@ impl Io {
             self.event_bytes += b.len();
         }
         self.events.push_back(event);
-    }
-
-    /// The slot of the connection at `index`.
-    fn slot(&self, index: u32, generation: u32) -> Slot {
-        Slot { index: self.thread << THREAD_SHIFT | index, generation }
     }
 
     /// A readiness event for a connection's token.
@@ -721,7 +721,7 @@ impl Io {
             c.out = None;
         }
         let (peer, open) = (c.peer, c.is(OPEN));
-        if c.is(BROKEN) {
+        if broken {
             c.set(PEER_DONE, true);
             if open {
                 // Its Close (now, or once paused input is handled) drops it.
@@ -762,8 +762,7 @@ impl Io {
             if report {
                 self.emit(Event::Closed(c.peer));
             }
-            let slot = self.slot(index, c.generation);
-            self.emit(Event::Freed(slot));
+            self.emit(Event::Freed(Slot::new(self.thread, index, c.generation)));
         }
     }
 
@@ -1218,17 +1217,18 @@ impl Core {
     }
 }
 
-/// MQTT bytes an I/O thread may have read and not yet seen taken by the core: past this it
-/// reads no more until the core catches up (so it holds at most this and one read more). Small: a saturating QoS 0 fan-in peaked at 10-12 MB
-/// with 16 KiB and 14-19 MB with 256 KiB to 1 MiB, at the same rate (2 I/O threads, 2 CPUs).
-const IO_BACKLOG: usize = 16 * 1024;
-
 impl Drop for Core {
     /// However the broker's thread ends (a panic included), the I/O threads end with it.
     fn drop(&mut self) {
         self.stop_workers();
     }
 }
+
+/// MQTT bytes an I/O thread may have read and not yet seen taken by the core: past this it
+/// reads no more until the core catches up (so it holds at most this and one read more).
+/// Small: a saturating QoS 0 fan-in peaked at 10-12 MB with 16 KiB and 14-19 MB with 256 KiB
+/// to 1 MiB, at the same rate (2 I/O threads, 2 CPUs).
+const IO_BACKLOG: usize = 16 * 1024;
 
 /// An I/O thread, from the core's side.
 struct Worker {
@@ -1331,8 +1331,7 @@ fn serve_io(mut io: Io, shared: &Shared, mailbox: &Mailbox, n: usize) {
         {
             log::error!("I/O thread {n} cannot wait for its sockets: {e}; closing them");
             io.drop_all();
-            let batch = io.events.drain(..).collect();
-            mailbox.send(Input::Io(n, batch, 0));
+            ship(&mut io, shared, mailbox, n);
             return;
         }
         for event in &events {
@@ -1355,17 +1354,20 @@ fn serve_io(mut io: Io, shared: &Shared, mailbox: &Mailbox, n: usize) {
         while !io.dirty.is_empty() {
             io.flush_dirty();
         }
-        if !io.events.is_empty() {
-            let bytes = std::mem::take(&mut io.event_bytes);
-            shared.backlog.fetch_add(bytes, Ordering::SeqCst);
-            let batch = io.events.drain(..).collect();
-            mailbox.send(Input::Io(n, batch, bytes));
-        }
+        ship(&mut io, shared, mailbox, n);
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Sends the core what I/O thread `n`'s sockets did since last time, if anything, counting its
+/// MQTT bytes into the thread's backlog.
+fn ship(io: &mut Io, shared: &Shared, mailbox: &Mailbox, n: usize) {
+    if io.events.is_empty() {
+        return;
+    }
+    let bytes = std::mem::take(&mut io.event_bytes);
+    shared.backlog.fetch_add(bytes, Ordering::SeqCst);
+    let batch = io.events.drain(..).collect();
+    mailbox.send(Input::Io(n, batch, bytes));
 }
 
 /// A bridge's transport: TCP, then its TLS or WebSocket handshake, blocking.
