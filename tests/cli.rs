@@ -962,6 +962,23 @@ fn bench_idle_reports_connect_rate_memory_and_a_pair_meanwhile() {
     assert!(row.contains("1000 of 1000 delivered"), "{row}");
 }
 
+/// `bench conns` is the idle scenario by its other name, given first without `-s`; an
+/// unknown name is refused with the list.
+#[test]
+fn bench_conns_is_the_idle_scenario_named_first() {
+    let broker = support::Ternmq::start(&[]);
+    let (port, pid) = (broker.port.to_string(), broker.child.id().to_string());
+    let args = ["--connections", "50", "--hold", "0", "--broker-pid", &pid, "-p", &port];
+    let (code, out, err) = ternmq(&[&["bench", "conns"][..], &args[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().find(|l| l.starts_with("conns ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("50 open, 0 failed, connected in"), "{row}");
+    assert!(row.contains(" B/connection"), "{row}");
+    let (code, _, err) = ternmq(&["bench", "nothing", "-p", &port]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown scenario \"nothing\"") && err.contains("conns"), "{err}");
+}
+
 #[test]
 fn bench_latency_reports_its_rate_and_p99_9() {
     let broker = support::Ternmq::start(&[]);

@@ -26,7 +26,7 @@ use crate::tls_flags::{TlsFlags, USAGE as TLS};
 fn usage() -> String {
     format!(
         "\
-usage: ternmq bench [options]
+usage: ternmq bench [SCENARIOS] [options]
 
 Measures an MQTT broker (any: ternmq, Mosquitto, rumqttd, ...) with one or more scenarios and
 prints a summary table: messages/s, latency p50/p99/max, losses, duplicates and reorders.
@@ -37,12 +37,13 @@ scenarios (-s, default all but idle):
   pairs      P publishers, each with its own subscriber
   latency    1 publisher at a fixed rate (--rate) -> 1 subscriber
   idle       open --connections connections and hold them for --hold seconds
+  conns      idle, by the name it also goes by: ternmq bench conns --connections 100000
 
 options:
   -h, --host HOST       broker address (default 127.0.0.1)
   -p, --port N          broker port (default 1883; 8883 with TLS)
   -L, --url URL         the broker as mqtt://, mqtts://, ws:// or wss://HOST[:PORT][/PATH]
-  -s, --scenario LIST   comma-separated scenarios, or `all`
+  -s, --scenario LIST   comma-separated scenarios, or `all` (also the first argument)
   -q, --qos N           QoS of the messages, 0, 1 or 2 (default 0)
   -V, --protocol-version 5|311   (default 5)
       --size N          payload bytes, at least 20 (default 64)
@@ -122,7 +123,11 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     };
     let mut tls = TlsFlags::default();
     let (mut port_given, mut url_tls, mut url_ws) = (false, false, None::<String>);
-    let mut it = args.iter();
+    let mut it = args.iter().peekable();
+    // `ternmq bench conns ...`: the scenarios may come first, without -s.
+    if let Some(first) = it.next_if(|a| !a.starts_with('-')) {
+        o.scenarios = scenarios(first)?;
+    }
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("{flag} needs a value"));
         fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
@@ -145,19 +150,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                 (o.host, o.port, url_tls, url_ws) = (u.host, u.port, u.tls, u.ws_path);
                 port_given = true;
             }
-            "-s" | "--scenario" => {
-                let v = value()?;
-                o.scenarios = if v == "all" {
-                    ["fan-in", "fan-out", "pairs", "latency", "idle"].map(String::from).to_vec()
-                } else {
-                    v.split(',').map(String::from).collect()
-                };
-                for s in &o.scenarios {
-                    if !["fan-in", "fan-out", "pairs", "latency", "idle"].contains(&s.as_str()) {
-                        return Err(format!("-s: unknown scenario {s:?}"));
-                    }
-                }
-            }
+            "-s" | "--scenario" => o.scenarios = scenarios(&value()?)?,
             "-q" | "--qos" => {
                 o.qos = match value()?.as_str() {
                     "0" => QoS::AtMostOnce,
@@ -206,6 +199,25 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
     Ok(Some(o))
 }
 
+/// The scenarios `list` names (comma-separated, or `all`).
+fn scenarios(list: &str) -> Result<Vec<String>, String> {
+    const ALL: [&str; 5] = ["fan-in", "fan-out", "pairs", "latency", "idle"];
+    if list == "all" {
+        return Ok(ALL.map(String::from).to_vec());
+    }
+    list.split(',')
+        .map(|s| match s {
+            s if ALL.contains(&s) || s == CONNS => Ok(s.to_string()),
+            s => Err(format!(
+                "unknown scenario {s:?}: use fan-in, fan-out, pairs, latency, idle, conns or all"
+            )),
+        })
+        .collect()
+}
+
+/// The idle scenario's other name.
+const CONNS: &str = "conns";
+
 /// Runs `ternmq bench`.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let Some(o) = parse(args).map_err(|e| format!("ternmq bench: {e}"))? else {
@@ -218,7 +230,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let mut rows = Vec::new();
         for s in o.scenarios.clone() {
             let row = match s.as_str() {
-                "idle" => idle(&o).await,
+                "idle" | CONNS => idle(&o, &s).await,
                 _ => flow(&o, &s).await,
             };
             eprintln!();
@@ -712,7 +724,7 @@ fn rss_of(pid: u32) -> Option<u64> {
     kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
 }
 
-async fn idle(o: &Options) -> Result<Row, String> {
+async fn idle(o: &Options, name: &str) -> Result<Row, String> {
     let limit = crate::limits::raise_open_files(o.connections as u64 + 1024);
     if limit < o.connections as u64 + 64 {
         eprintln!("idle: the open-file limit is {limit}; connections beyond it will fail");
@@ -789,7 +801,7 @@ async fn idle(o: &Options) -> Result<Row, String> {
     }
     let seen = Seen { received: open, unique: open, ..Seen::default() };
     Ok(Row {
-        scenario: "idle".into(),
+        scenario: name.into(),
         publishers: 0,
         subscribers: o.connections,
         sent: o.connections as u64,
@@ -852,7 +864,7 @@ fn table(o: &Options, rows: &[Row]) -> String {
             r.subscribers,
             r.sent,
             r.seen.received,
-            if r.scenario == "idle" {
+            if matches!(r.scenario.as_str(), "idle" | CONNS) {
                 r.seen.received as f64 * 1e9 / r.span.max(1) as f64
             } else {
                 rate
